@@ -1,0 +1,1 @@
+"""micagent agent layer."""

@@ -1,0 +1,48 @@
+"""Typed errors of the instrument layer. Each names what failed and where."""
+
+from __future__ import annotations
+
+
+class InstrumentError(Exception):
+    """Base of every instrument failure; `where` names the instrument/endpoint."""
+
+    def __init__(self, message: str, where: str = "") -> None:
+        self.where = where
+        super().__init__(f"{message} [{where}]" if where else message)
+
+
+class InstrumentUnreachable(InstrumentError):
+    """The instrument or its server cannot be reached (refused, dropped, closed)."""
+
+
+class InstrumentTimeout(InstrumentError):
+    """A call did not complete within its timeout."""
+
+
+class ProtocolError(InstrumentError):
+    """The peer answered, but not in the protocol's form (malformed netstring, bad reply)."""
+
+
+class RemoteError(InstrumentError):
+    """The server executed the call and reported an error."""
+
+
+class BadFrame(InstrumentError):
+    """An acquired frame is unusable: non-finite, wrong shape/dtype, saturated or empty."""
+
+
+class SafetyRefused(InstrumentError):
+    """A request falls outside the session's safety envelope and was not sent to hardware."""
+
+
+class ApprovalRequired(SafetyRefused):
+    """A request is inside the hard limits but outside the free zone: it needs a recorded
+    human approval (see `GuardedMicroscope.grant`) before it may reach the hardware."""
+
+    def __init__(self, message: str, request: dict, where: str = "") -> None:
+        self.request = request
+        super().__init__(message, where)
+
+
+class UnknownInstrument(InstrumentError):
+    """An instrument URI with an unknown scheme or malformed address."""

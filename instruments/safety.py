@@ -1,0 +1,146 @@
+"""The safety envelope and the guard that enforces it below every caller.
+
+Two tiers: hard limits (stage travel, FOV, dwell, dose per area, move count) are always
+refused; a *free zone* inside the stage limits may be set for live sessions, and a move
+outside it needs a recorded human approval granted on the guard for that exact target.
+Every frame leaving the guard has passed `check_image`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from instruments.errors import ApprovalRequired, SafetyRefused
+from instruments.frame import Frame, ImagingSettings, StagePosition
+from instruments.frame_checks import check_image
+from instruments.microscope import Capabilities, InstrumentStatus, Microscope
+
+ELEMENTARY_CHARGE = 1.602176634e-19
+
+
+@dataclass(frozen=True)
+class SafetyEnvelope:
+    """Limits for one session. Lengths in m, dwell in s, dose in electrons per nm^2."""
+
+    stage_x: tuple[float, float] = (-1e-3, 1e-3)
+    stage_y: tuple[float, float] = (-1e-3, 1e-3)
+    stage_z: tuple[float, float] = (-1e-3, 1e-3)
+    tilt: tuple[float, float] = (-10.0, 10.0)
+    fov: tuple[float, float] = (0.5e-6, 200e-6)
+    dwell: tuple[float, float] = (1e-8, 1e-4)
+    max_dose_per_nm2: float = 1e6
+    max_moves: int = 10_000
+    free_zone: tuple[tuple[float, float], tuple[float, float]] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def dose_per_nm2(settings: ImagingSettings) -> float:
+    """Electrons per nm^2 delivered by one scan with these settings."""
+    electrons_per_pixel = settings.beam_current * settings.dwell / ELEMENTARY_CHARGE
+    pixel_area_nm2 = (settings.pixel_size * 1e9) ** 2
+    return electrons_per_pixel / pixel_area_nm2
+
+
+def _inside(value: float, bounds: tuple[float, float]) -> bool:
+    return bounds[0] <= value <= bounds[1]
+
+
+@dataclass(frozen=True)
+class Approval:
+    """A human approval of one stage target: who, when, and why."""
+
+    target: StagePosition
+    operator: str
+    note: str = ""
+    timestamp: float = field(default_factory=time.time)
+
+
+class GuardedMicroscope:
+    """Wraps any Microscope; enforces the envelope and validates frames."""
+
+    def __init__(self, inner: Microscope, envelope: SafetyEnvelope | None = None) -> None:
+        self.inner = inner
+        self.envelope = envelope or SafetyEnvelope()
+        self.instrument_id = inner.instrument_id
+        self.moves = 0
+        self._pending: list[Approval] = []
+        self.approvals_used: list[Approval] = []
+        self._settings: ImagingSettings | None = None
+
+    # --- checks ---------------------------------------------------------------------------
+    def check_settings(self, settings: ImagingSettings) -> None:
+        env, where = self.envelope, self.instrument_id
+        if not _inside(settings.fov, env.fov):
+            raise SafetyRefused(f"FOV {settings.fov:.3g} m outside envelope {env.fov}", where)
+        if not _inside(settings.dwell, env.dwell):
+            raise SafetyRefused(f"dwell {settings.dwell:.3g} s outside envelope {env.dwell}",
+                                where)
+        dose = dose_per_nm2(settings)
+        if dose > env.max_dose_per_nm2:
+            raise SafetyRefused(
+                f"dose {dose:.3g} e/nm^2 exceeds envelope {env.max_dose_per_nm2:.3g}", where)
+
+    def check_move(self, target: StagePosition) -> None:
+        env, where = self.envelope, self.instrument_id
+        for name, value, bounds in (("x", target.x, env.stage_x), ("y", target.y, env.stage_y),
+                                    ("z", target.z, env.stage_z),
+                                    ("tilt", target.tilt, env.tilt)):
+            if not (math.isfinite(value) and _inside(value, bounds)):
+                raise SafetyRefused(f"stage {name}={value:.6g} outside envelope {bounds}", where)
+        if self.moves >= env.max_moves:
+            raise SafetyRefused(f"move budget of {env.max_moves} stage moves used up", where)
+        if env.free_zone is not None:
+            (x0, x1), (y0, y1) = env.free_zone
+            if not (x0 <= target.x <= x1 and y0 <= target.y <= y1) and not self._approved(
+                    target):
+                raise ApprovalRequired(
+                    f"stage target ({target.x:.6g}, {target.y:.6g}) m is outside the free zone"
+                    " and needs a recorded human approval",
+                    request={"action": "move_stage", "target": target.as_dict()}, where=where)
+
+    def _approved(self, target: StagePosition) -> bool:
+        for approval in self._pending:
+            if approval.target == target:
+                return True
+        return False
+
+    def grant(self, approval: Approval) -> None:
+        """Record a human approval for exactly one stage target (consumed by the move)."""
+        self._pending.append(approval)
+
+    # --- Microscope ---------------------------------------------------------------------
+    def status(self) -> InstrumentStatus:
+        return self.inner.status()
+
+    def capabilities(self) -> Capabilities:
+        return self.inner.capabilities()
+
+    def set_imaging(self, settings: ImagingSettings) -> ImagingSettings:
+        self.check_settings(settings)
+        applied = self.inner.set_imaging(settings)
+        self._settings = applied
+        return applied
+
+    def move_stage(self, position: StagePosition) -> StagePosition:
+        self.check_move(position)
+        reached = self.inner.move_stage(position)
+        self.moves += 1
+        for approval in list(self._pending):
+            if approval.target == position:
+                self._pending.remove(approval)
+                self.approvals_used.append(approval)
+        return reached
+
+    def acquire(self) -> Frame:
+        frame = self.inner.acquire()
+        expected = self._settings.pixels if self._settings is not None else None
+        frame.image = check_image(frame.image, expected, where=self.instrument_id)
+        return frame
+
+    def close(self) -> None:
+        self.inner.close()

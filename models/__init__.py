@@ -1,0 +1,1 @@
+"""micagent models layer."""

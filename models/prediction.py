@@ -1,0 +1,52 @@
+"""What the classifier returns for one frame."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Prediction:
+    """Calibrated class probabilities and what is derived from them.
+
+    `conformal_set`: class names in the split-conformal prediction set (coverage 1 - alpha).
+    `embedding`: the fused representation used to pick similar demonstrations.
+    """
+
+    class_names: list[str]
+    probabilities: np.ndarray
+    conformal_set: list[str]
+    embedding: np.ndarray
+    lmm_label: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return self.class_names[int(np.argmax(self.probabilities))]
+
+    @property
+    def confidence(self) -> float:
+        return float(np.max(self.probabilities))
+
+    @property
+    def entropy(self) -> float:
+        p = np.clip(self.probabilities.astype(np.float64), 1e-12, 1.0)
+        return float(-(p * np.log(p)).sum())
+
+    def top_k(self, k: int = 3) -> list[tuple[str, float]]:
+        order = np.argsort(self.probabilities)[::-1][:k]
+        return [(self.class_names[i], float(self.probabilities[i])) for i in order]
+
+    def as_record(self, k: int = 3) -> dict:
+        """JSON-serialisable summary for the session file."""
+        return {
+            "label": self.label,
+            "confidence": self.confidence,
+            "probabilities": {n: float(p) for n, p in zip(self.class_names, self.probabilities)},
+            "top_k": self.top_k(k),
+            "conformal_set": list(self.conformal_set),
+            "entropy": self.entropy,
+            "lmm_label": self.lmm_label,
+        }
