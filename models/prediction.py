@@ -44,7 +44,8 @@ class Prediction:
         return {
             "label": self.label,
             "confidence": self.confidence,
-            "probabilities": {n: float(p) for n, p in zip(self.class_names, self.probabilities)},
+            "probabilities": dict(
+                zip(self.class_names, map(float, self.probabilities), strict=True)),
             "top_k": self.top_k(k),
             "conformal_set": list(self.conformal_set),
             "entropy": self.entropy,

@@ -1,0 +1,126 @@
+"""The safety envelope is enforced below every caller, and frames are validated."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from instruments.errors import ApprovalRequired, BadFrame, SafetyRefused
+from instruments.frame import Frame, ImagingSettings, StagePosition
+from instruments.frame_checks import check_image
+from instruments.microscope import Capabilities, InstrumentStatus
+from instruments.safety import Approval, GuardedMicroscope, SafetyEnvelope, dose_per_nm2
+
+
+class RecordingMicroscope:
+    """A minimal instrument that records what reached it and returns a given image."""
+
+    instrument_id = "recording"
+
+    def __init__(self, image: np.ndarray | None = None) -> None:
+        self.calls: list[tuple[str, object]] = []
+        self.image = image if image is not None else np.random.default_rng(0).random((8, 8))
+        self.settings = ImagingSettings(pixels=8)
+        self.stage = StagePosition()
+
+    def status(self) -> InstrumentStatus:
+        return InstrumentStatus(self.instrument_id, True, self.stage, self.settings)
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities()
+
+    def set_imaging(self, settings: ImagingSettings) -> ImagingSettings:
+        self.calls.append(("set_imaging", settings))
+        self.settings = settings
+        return settings
+
+    def move_stage(self, position: StagePosition) -> StagePosition:
+        self.calls.append(("move_stage", position))
+        self.stage = position
+        return position
+
+    def acquire(self) -> Frame:
+        return Frame(self.image, self.instrument_id, self.settings, self.stage)
+
+    def close(self) -> None:
+        self.calls.append(("close", None))
+
+
+def test_move_outside_stage_travel_never_reaches_hardware():
+    inner = RecordingMicroscope()
+    guard = GuardedMicroscope(inner, SafetyEnvelope(stage_x=(-1e-4, 1e-4)))
+    with pytest.raises(SafetyRefused, match="stage x"):
+        guard.move_stage(StagePosition(x=2e-4))
+    assert inner.calls == []
+
+
+def test_non_finite_target_is_refused():
+    guard = GuardedMicroscope(RecordingMicroscope())
+    with pytest.raises(SafetyRefused):
+        guard.move_stage(StagePosition(x=float("nan")))
+
+
+def test_move_budget_is_enforced():
+    inner = RecordingMicroscope()
+    guard = GuardedMicroscope(inner, SafetyEnvelope(max_moves=2))
+    guard.move_stage(StagePosition(x=1e-6))
+    guard.move_stage(StagePosition(x=2e-6))
+    with pytest.raises(SafetyRefused, match="move budget"):
+        guard.move_stage(StagePosition(x=3e-6))
+    assert len(inner.calls) == 2
+
+
+def test_fov_dwell_and_dose_limits():
+    guard = GuardedMicroscope(RecordingMicroscope(),
+                              SafetyEnvelope(fov=(1e-6, 50e-6), dwell=(1e-7, 1e-5),
+                                             max_dose_per_nm2=100.0))
+    with pytest.raises(SafetyRefused, match="FOV"):
+        guard.set_imaging(ImagingSettings(fov=100e-6))
+    with pytest.raises(SafetyRefused, match="dwell"):
+        guard.set_imaging(ImagingSettings(dwell=1e-3))
+    dense = ImagingSettings(fov=1e-6, pixels=1024, dwell=1e-5, beam_current=1e-9)
+    assert dose_per_nm2(dense) > 100.0
+    with pytest.raises(SafetyRefused, match="dose"):
+        guard.set_imaging(dense)
+
+
+def test_free_zone_requires_a_recorded_approval_for_that_exact_target():
+    inner = RecordingMicroscope()
+    guard = GuardedMicroscope(inner, SafetyEnvelope(free_zone=((-1e-5, 1e-5), (-1e-5, 1e-5))))
+    guard.move_stage(StagePosition(x=5e-6))
+    target = StagePosition(x=5e-5)
+    with pytest.raises(ApprovalRequired) as refused:
+        guard.move_stage(target)
+    assert refused.value.request["target"]["x"] == 5e-5
+    guard.grant(Approval(target=StagePosition(x=6e-5), operator="ana"))
+    with pytest.raises(ApprovalRequired):
+        guard.move_stage(target)
+    guard.grant(Approval(target=target, operator="ana", note="check edge"))
+    assert guard.move_stage(target) == target
+    assert [a.operator for a in guard.approvals_used] == ["ana"]
+    with pytest.raises(ApprovalRequired):  # an approval is consumed by its move
+        guard.move_stage(target)
+
+
+@pytest.mark.parametrize("image, message", [
+    (np.full((8, 8), np.nan), "non-finite"),
+    (np.zeros((8, 8)), "empty"),
+    (np.ones((8, 8, 3)), "2-D"),
+    (np.r_[np.ones(50), np.zeros(14)].reshape(8, 8), "saturated"),
+])
+def test_bad_frames_are_typed_errors(image, message):
+    with pytest.raises(BadFrame, match=message):
+        check_image(image)
+
+
+def test_guard_rejects_frame_of_wrong_shape():
+    guard = GuardedMicroscope(RecordingMicroscope(np.random.default_rng(1).random((4, 4))))
+    guard.set_imaging(ImagingSettings(pixels=8))
+    with pytest.raises(BadFrame, match="shape"):
+        guard.acquire()
+
+
+def test_good_frame_passes_as_float32():
+    guard = GuardedMicroscope(RecordingMicroscope())
+    frame = guard.acquire()
+    assert frame.image.dtype == np.float32 and frame.shape == (8, 8)
