@@ -1,0 +1,222 @@
+"""The web approval page over an ApprovalBroker: token access, the evidence it serves, and a
+decision posted (by HTTP or by a click in headless Chromium) reaching the waiting session."""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from web_browser import headless_chromium, require_chromium
+
+from agent.approval_broker import ApprovalBroker
+from workflows.web_approval import TOKEN_HEADER, WebUIHandle, start_web_ui
+
+CLASSES = ["Fibres", "Nanowires", "Particles", "Powder"]
+
+
+def _png(seed: int, size: int = 48) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray((rng.random((size, size)) * 255).astype(np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _payload(**extra: Any) -> dict[str, Any]:
+    probabilities = {"Fibres": 0.48, "Nanowires": 0.41, "Particles": 0.08, "Powder": 0.03}
+    return {
+        "frame_id": "0f3c2a9e-1111-2222-3333-444455556666", "sequence": 7,
+        "position": {"x": 12e-6, "y": -4e-6},
+        "reason": "classifier unsure after adjudication",
+        "prediction": {"label": "Fibres", "confidence": 0.48, "probabilities": probabilities,
+                       "top_k": [["Fibres", 0.48], ["Nanowires", 0.41]],
+                       "conformal_set": ["Fibres", "Nanowires"]},
+        "adjudication": {"adjudicator": "offline-knn",
+                         "answer": {"label": "Nanowires", "confidence": 0.7,
+                                    "rationale": "long thin bright strands on dark ground"}},
+        "proposal": "Fibres", "on_approve": "record the frame as Fibres",
+        "thumbnail_png": base64.b64encode(_png(1)).decode(),
+        **extra,
+    }
+
+
+class Session:
+    """Stands in for the running graph: submits a payload and blocks on the broker."""
+
+    def __init__(self, broker: ApprovalBroker, payload: dict[str, Any]) -> None:
+        self.request_id = broker.submit(payload)
+        self.decision: dict[str, Any] | None = None
+        self._thread = threading.Thread(target=self._wait, args=(broker,), daemon=True)
+        self._thread.start()
+
+    def _wait(self, broker: ApprovalBroker) -> None:
+        self.decision = broker.wait(self.request_id, timeout=30)
+
+    def resumed_with(self, timeout: float = 30) -> dict[str, Any] | None:
+        self._thread.join(timeout)
+        return self.decision
+
+
+@pytest.fixture
+def broker() -> ApprovalBroker:
+    return ApprovalBroker()
+
+
+@pytest.fixture
+def ui(broker: ApprovalBroker) -> Iterator[WebUIHandle]:
+    handle = start_web_ui(broker, class_names=CLASSES)
+    yield handle
+    handle.stop()
+    assert not handle.thread.is_alive()
+
+
+def _base(ui: WebUIHandle) -> str:
+    return f"http://127.0.0.1:{ui.port}"
+
+
+def test_binds_loopback_on_a_free_port_with_a_random_token(ui: WebUIHandle) -> None:
+    other = start_web_ui(ApprovalBroker())
+    try:
+        assert ui.host == other.host == "127.0.0.1"
+        assert ui.port != other.port and ui.port > 0
+        assert len(ui.token) >= 32 and ui.token != other.token
+        assert ui.url == f"http://127.0.0.1:{ui.port}/?token={ui.token}"
+    finally:
+        other.stop()
+
+
+def test_every_endpoint_refuses_a_missing_or_wrong_token(broker, ui) -> None:
+    request_id = broker.submit(_payload())
+    base = _base(ui)
+    for method, path in [("GET", "/"), ("GET", "/api/pending"), ("GET", "/api/progress"),
+                         ("GET", f"/api/image/{request_id}/frame"),
+                         ("POST", f"/api/decide/{request_id}")]:
+        body = {"decision": "approve", "operator": "mallory"} if method == "POST" else None
+        assert httpx.request(method, base + path, json=body).status_code == 401, path
+        wrong = httpx.request(method, base + path, json=body, params={"token": "guess"},
+                              headers={TOKEN_HEADER: "guess"})
+        assert wrong.status_code == 401, path
+    assert [p["request_id"] for p in broker.pending()] == [request_id]
+
+
+def test_pending_view_carries_the_evidence_and_images_are_served(broker, ui) -> None:
+    request_id = broker.submit(_payload())
+    headers = {TOKEN_HEADER: ui.token}
+    [view] = httpx.get(_base(ui) + "/api/pending", headers=headers).json()
+    assert view["request_id"] == request_id and view["sequence"] == 7
+    assert view["top_k"][0] == ["Fibres", 0.48] and len(view["top_k"]) == 4
+    assert view["conformal_set"] == ["Fibres", "Nanowires"]
+    assert view["adjudicator"] == "offline-knn"
+    assert view["adjudication"]["rationale"] == "long thin bright strands on dark ground"
+    assert view["proposal"] == "Fibres" and view["class_names"] == CLASSES
+    assert view["has_image"] and not view["has_previous"]
+    image = httpx.get(_base(ui) + f"/api/image/{request_id}/frame", headers=headers)
+    assert image.headers["content-type"] == "image/png" and image.content == _png(1)
+    missing = httpx.get(_base(ui) + f"/api/image/{request_id}/previous", headers=headers)
+    assert missing.status_code == 404
+
+
+def test_images_from_a_path_an_array_and_a_previous_attempt(broker, ui, tmp_path) -> None:
+    path = tmp_path / "thumb.png"
+    path.write_bytes(_png(2))
+    request_id = broker.submit(_payload(thumbnail_png=None, thumbnail=str(path),
+                                        previous_image=np.arange(64.0).reshape(8, 8)))
+    headers = {TOKEN_HEADER: ui.token}
+    frame = httpx.get(_base(ui) + f"/api/image/{request_id}/frame", headers=headers)
+    assert frame.content == Path(path).read_bytes()
+    previous = httpx.get(_base(ui) + f"/api/image/{request_id}/previous", headers=headers)
+    assert Image.open(io.BytesIO(previous.content)).size == (8, 8)
+
+
+def test_posted_decision_resumes_the_waiting_session(broker, ui) -> None:
+    session = Session(broker, _payload())
+    reply = httpx.post(_base(ui) + f"/api/decide/{session.request_id}",
+                       params={"token": ui.token},
+                       json={"decision": "relabel", "label": "Nanowires", "operator": "Ada",
+                             "note": "strands, not fibres"})
+    assert reply.status_code == 200
+    assert session.resumed_with() == {"decision": "relabel", "label": "Nanowires",
+                                      "operator": "Ada", "note": "strands, not fibres"}
+    assert broker.pending() == []
+    again = httpx.post(_base(ui) + f"/api/decide/{session.request_id}",
+                       params={"token": ui.token}, json={"decision": "skip", "operator": "Ada"})
+    assert again.status_code == 404
+
+
+@pytest.mark.parametrize("body", [
+    {"decision": "delete", "operator": "Ada"},
+    {"decision": "relabel", "label": "Unicorns", "operator": "Ada"},
+    {"decision": "relabel", "operator": "Ada"},
+    {"decision": "approve", "operator": ""},
+    {"decision": "approve"},
+])
+def test_bad_decisions_are_refused_and_the_request_stays_pending(broker, ui, body) -> None:
+    request_id = broker.submit(_payload())
+    reply = httpx.post(_base(ui) + f"/api/decide/{request_id}",
+                       headers={TOKEN_HEADER: ui.token}, json=body)
+    assert reply.status_code == 422
+    assert [p["request_id"] for p in broker.pending()] == [request_id]
+
+
+def test_progress_is_served_as_the_session_reports_it(broker, ui) -> None:
+    broker.update_progress(frames_done=3, routes={"confident": 2, "human": 1},
+                           budgets_left={"rescans": 4, "adjudications": 9})
+    progress = httpx.get(_base(ui) + "/api/progress", params={"token": ui.token}).json()
+    assert progress == {"frames_done": 3, "routes": {"confident": 2, "human": 1},
+                        "budgets_left": {"rescans": 4, "adjudications": 9}}
+
+
+def test_a_click_in_headless_chromium_reaches_the_session(broker, ui) -> None:
+    require_chromium()
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    broker.update_progress(frames_done=2, routes={"confident": 2})
+    first = Session(broker, _payload())
+    second = Session(broker, _payload(sequence=8, thumbnail_png=None))
+    with headless_chromium() as driver:
+        wait = WebDriverWait(driver, 20)
+        driver.get(_base(ui) + "/")
+        assert "missing or wrong access token" in driver.page_source
+
+        driver.get(ui.url)
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "section.approval")) == 2)
+        cards = driver.find_elements(By.CSS_SELECTOR, "section.approval")
+        card = cards[0]
+        assert card.get_attribute("data-request-id") == first.request_id
+        assert len(card.find_elements(By.CSS_SELECTOR, "svg.topk rect")) == 8  # 4 bars + 4 bg
+        assert "Nanowires" in card.find_element(By.CSS_SELECTOR, ".chips").text
+        assert "long thin bright strands" in card.text
+        img = card.find_element(By.CSS_SELECTOR, ".frames img")
+        wait.until(lambda d: d.execute_script(
+            "return arguments[0].complete && arguments[0].naturalWidth", img) == 48)
+        wait.until(ec.text_to_be_present_in_element((By.ID, "progress"), "frames done"))
+
+        card.find_element(By.CSS_SELECTOR, "button.btn-approve").click()
+        wait.until(ec.text_to_be_present_in_element((By.ID, "notice"), "operator name"))
+        assert broker.pending()[0]["request_id"] == first.request_id
+
+        driver.find_element(By.ID, "operator").send_keys("Ada")
+        card.find_element(By.CSS_SELECTOR, "button.btn-approve").click()
+        assert first.resumed_with() == {"decision": "approve", "label": "Fibres",
+                                        "operator": "Ada", "note": ""}
+
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "section.approval")) == 1)
+        card = driver.find_element(By.CSS_SELECTOR, "section.approval")
+        assert card.get_attribute("data-request-id") == second.request_id
+        assert "no image in request" in card.text
+        Select(card.find_element(By.CSS_SELECTOR, "select.relabel-choice")) \
+            .select_by_visible_text("Powder")
+        card.find_element(By.CSS_SELECTOR, "input.note").send_keys("granular")
+        card.find_element(By.CSS_SELECTOR, "button.btn-relabel").click()
+        assert second.resumed_with() == {"decision": "relabel", "label": "Powder",
+                                         "operator": "Ada", "note": "granular"}
+        wait.until(ec.text_to_be_present_in_element((By.ID, "queue"), "No pending approvals"))

@@ -1,0 +1,309 @@
+"""The web approval page: a token-protected FastAPI app over an `ApprovalBroker`.
+
+A running session submits each `interrupt` payload to the broker; this app lists the pending
+ones, serves their frame images, and turns a click into `broker.decide(...)`, which the
+session resumes with through `Command(resume=decision)`. `start_web_ui` runs it with uvicorn
+in a background thread.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import math
+import secrets
+import socket
+import threading
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import uvicorn
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from PIL import Image
+from pydantic import BaseModel, Field
+
+from agent.approval_broker import ApprovalBroker
+
+DECISIONS = ("approve", "relabel", "rescan", "skip")
+TOKEN_HEADER = "X-Micagent-Token"
+IMAGE_KINDS = ("frame", "previous")
+# Payload keys that may carry each image, in order of preference: a PNG/TIFF path, base64
+# PNG text (optionally a data: URL), raw PNG bytes, or a 2-D array.
+_IMAGE_KEYS = {
+    "frame": ("thumbnail", "thumbnail_path", "thumbnail_png", "thumbnail_b64", "image_png",
+              "image_path", "image"),
+    "previous": ("previous_thumbnail", "previous_thumbnail_path", "previous_thumbnail_png",
+                 "previous_thumbnail_b64", "previous_image_png", "previous_image"),
+}
+
+
+class DecisionIn(BaseModel):
+    """What the page posts: the decision dict the graph resumes with."""
+
+    decision: str
+    label: str | None = None
+    operator: str = Field(min_length=1, max_length=200)
+    note: str = Field(default="", max_length=2000)
+
+
+def _check_token(expected: str):
+    def dependency(request: Request) -> None:
+        given = request.query_params.get("token") or request.headers.get(TOKEN_HEADER) or ""
+        if not secrets.compare_digest(given.encode(), expected.encode()):
+            raise HTTPException(status_code=401, detail="missing or wrong access token")
+
+    return dependency
+
+
+def _json_safe(value: Any) -> Any:
+    """Payload values as JSON: arrays become lists, bytes and non-finite floats are dropped."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist() if value.size <= 64 else f"<array {value.shape}>"
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, bytes | bytearray):
+        return f"<{len(value)} bytes>"
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
+
+
+def _png_from_array(array: np.ndarray) -> bytes:
+    a = np.asarray(array, dtype=np.float64)
+    if a.ndim != 2 or a.size == 0:
+        raise ValueError(f"expected a 2-D image, got shape {a.shape}")
+    lo, hi = np.nanpercentile(a, [0.5, 99.5])
+    scaled = np.clip((a - lo) / (hi - lo if hi > lo else 1.0), 0, 1)
+    buf = io.BytesIO()
+    Image.fromarray(np.nan_to_num(scaled * 255).astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _png_from_value(value: Any) -> bytes | None:
+    """PNG bytes from whatever form the payload uses; None if the value holds no image."""
+    if value is None:
+        return None
+    if isinstance(value, np.ndarray):
+        return _png_from_array(value)
+    if isinstance(value, bytes | bytearray):
+        raw = bytes(value)
+    elif isinstance(value, str):
+        if value.startswith("data:"):
+            value = value.split(",", 1)[-1]
+        path = Path(value) if len(value) < 4096 else None
+        if path is not None and path.is_file():
+            raw = path.read_bytes()
+        else:
+            try:
+                raw = base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError):
+                return None
+    else:
+        return None
+    try:
+        with Image.open(io.BytesIO(raw)) as img:
+            if img.format == "PNG":
+                return raw
+            buf = io.BytesIO()
+            img.convert("L" if img.mode not in ("RGB", "RGBA") else img.mode).save(buf, "PNG")
+            return buf.getvalue()
+    except OSError:
+        try:
+            return _png_from_array(np.array(Image.open(io.BytesIO(raw))))
+        except OSError:
+            return None
+
+
+def payload_image(payload: dict[str, Any], kind: str) -> bytes | None:
+    """The `kind` ("frame" or "previous") image of a payload as PNG bytes, if it has one."""
+    for key in _IMAGE_KEYS[kind]:
+        png = _png_from_value(payload.get(key))
+        if png is not None:
+            return png
+    if kind == "previous":
+        rescans = payload.get("rescans") or (payload.get("record") or {}).get("rescans") or []
+        for attempt in reversed(rescans if isinstance(rescans, list) else []):
+            if isinstance(attempt, dict):
+                for key in ("thumbnail", "thumbnail_png", "image_png"):
+                    png = _png_from_value(attempt.get(key))
+                    if png is not None:
+                        return png
+    return None
+
+
+def _class_names(payload: dict[str, Any], known: list[str]) -> list[str]:
+    for key in ("class_names", "labels", "allowed_labels"):
+        names = payload.get(key)
+        if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
+            return list(names)
+    probabilities = (payload.get("prediction") or {}).get("probabilities")
+    if isinstance(probabilities, dict) and probabilities:
+        return list(probabilities)
+    return list(known)
+
+
+def _top_k(prediction: dict[str, Any], k: int = 5) -> list[list[Any]]:
+    probabilities = prediction.get("probabilities")
+    if isinstance(probabilities, dict) and probabilities:
+        ranked = sorted(probabilities.items(), key=lambda item: -float(item[1]))
+        return [[name, float(p)] for name, p in ranked[:k]]
+    return [[str(pair[0]), float(pair[1])] for pair in prediction.get("top_k") or []][:k]
+
+
+def view_of(payload: dict[str, Any], known_classes: list[str]) -> dict[str, Any]:
+    """The page's view of one pending payload: the evidence, without image bytes."""
+    record = payload.get("record") if isinstance(payload.get("record"), dict) else {}
+    prediction = payload.get("prediction") or record.get("prediction") or {}
+    adjudication = payload.get("adjudication") or record.get("adjudication") or {}
+    answer = adjudication.get("answer") if isinstance(adjudication, dict) else None
+    proposal = payload.get("proposal", record.get("label"))
+    rescans = payload.get("rescans") or record.get("rescans") or []
+    request_id = str(payload["request_id"])
+    return _json_safe({
+        "request_id": request_id,
+        "kind": payload.get("kind", "label"),
+        "frame_id": payload.get("frame_id", record.get("frame_id")),
+        "sequence": payload.get("sequence", record.get("sequence")),
+        "position": payload.get("position", record.get("position")),
+        "reason": payload.get("reason") or payload.get("question") or "",
+        "proposal": proposal,
+        "on_approve": payload.get("on_approve") or payload.get("action") or "",
+        "top_k": _top_k(prediction) if isinstance(prediction, dict) else [],
+        "confidence": prediction.get("confidence") if isinstance(prediction, dict) else None,
+        "conformal_set": prediction.get("conformal_set", []) if isinstance(prediction, dict)
+        else [],
+        "adjudicator": adjudication.get("adjudicator") if isinstance(adjudication, dict)
+        else None,
+        "adjudication": answer if isinstance(answer, dict) else (
+            adjudication if isinstance(adjudication, dict) and "label" in adjudication else None),
+        "rescans": len(rescans) if isinstance(rescans, list) else 0,
+        "class_names": _class_names(payload, known_classes),
+        "has_image": payload_image(payload, "frame") is not None,
+        "has_previous": payload_image(payload, "previous") is not None,
+    })
+
+
+def create_app(broker: ApprovalBroker, token: str,
+               class_names: list[str] | None = None) -> FastAPI:
+    """The approval app; every route requires `token` (query `?token=` or header)."""
+    known = list(class_names or [])
+    app = FastAPI(title="micagent approvals", docs_url=None, redoc_url=None,
+                  openapi_url=None, dependencies=[Depends(_check_token(token))])
+    page = resources.files("workflows").joinpath("web_static/index.html").read_text("utf-8")
+
+    def pending_payload(request_id: str) -> dict[str, Any]:
+        for payload in broker.pending():
+            if str(payload.get("request_id")) == request_id:
+                return payload
+        raise HTTPException(status_code=404, detail=f"no pending approval {request_id!r}")
+
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> HTMLResponse:
+        return HTMLResponse(page, headers={"Cache-Control": "no-store"})
+
+    @app.get("/api/pending")
+    def pending() -> list[dict[str, Any]]:
+        return [view_of(p, known) for p in broker.pending()]
+
+    @app.get("/api/progress")
+    def progress() -> JSONResponse:
+        return JSONResponse(_json_safe(dict(broker.progress)))
+
+    @app.get("/api/image/{request_id}/{kind}")
+    def image(request_id: str, kind: str) -> Response:
+        if kind not in IMAGE_KINDS:
+            raise HTTPException(status_code=404, detail=f"unknown image kind {kind!r}")
+        png = payload_image(pending_payload(request_id), kind)
+        if png is None:
+            raise HTTPException(status_code=404, detail=f"approval {request_id} has no {kind}")
+        return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
+
+    @app.post("/api/decide/{request_id}")
+    def decide(request_id: str, body: DecisionIn) -> dict[str, Any]:
+        payload = pending_payload(request_id)
+        if body.decision not in DECISIONS:
+            raise HTTPException(status_code=422, detail=f"decision must be one of {DECISIONS}")
+        label = body.label
+        if body.decision == "relabel":
+            allowed = _class_names(payload, known)
+            if not label or (allowed and label not in allowed):
+                raise HTTPException(status_code=422,
+                                    detail=f"relabel needs a label from {allowed}")
+        elif body.decision == "approve":
+            proposal = payload.get("proposal")
+            label = proposal if isinstance(proposal, str) else None
+        else:
+            label = None
+        decision = {"decision": body.decision, "label": label,
+                    "operator": body.operator.strip(), "note": body.note}
+        try:
+            broker.decide(request_id, decision)
+        except KeyError as exc:  # answered by another front-end in the meantime
+            raise HTTPException(status_code=409, detail=str(exc)) from exc
+        return {"request_id": request_id, **decision}
+
+    return app
+
+
+@dataclass
+class WebUIHandle:
+    """A running approval page: its address, token, and how to stop it."""
+
+    host: str
+    port: int
+    token: str
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/?token={self.token}"
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout)
+
+
+def start_web_ui(broker: ApprovalBroker, host: str = "127.0.0.1", port: int = 0,
+                 token: str | None = None, class_names: list[str] | None = None,
+                 startup_timeout: float = 15.0) -> WebUIHandle:
+    """Serve the approval page in a background thread; port 0 picks a free port."""
+    token = token or secrets.token_urlsafe(24)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot serve the approval page on {host}:{port}: {exc}") from exc
+    bound_port = sock.getsockname()[1]
+    config = uvicorn.Config(create_app(broker, token, class_names), log_level="warning",
+                            access_log=False, lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
+                              name="micagent-web-ui", daemon=True)
+    thread.start()
+    handle = WebUIHandle(host, bound_port, token, server, thread)
+    deadline = threading.Event()
+    for _ in range(int(startup_timeout / 0.02)):
+        if server.started or not thread.is_alive():
+            break
+        deadline.wait(0.02)
+    if not server.started:
+        handle.stop()
+        sock.close()
+        raise RuntimeError(f"the approval page did not start on {host}:{bound_port}")
+    return handle
