@@ -1,0 +1,50 @@
+"""Drives a compiled graph: streams until an interrupt, hands the payload to the
+ApprovalBroker, resumes with the human's decision via `Command(resume=...)`, until the end."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from langgraph.types import Command
+
+from agent.approval_broker import ApprovalBroker
+from agent.state import AgentState
+
+
+class ApprovalUnavailable(RuntimeError):
+    """The graph asks a human but the session has no approval front-end."""
+
+
+def thread_config(session_id: str) -> dict[str, Any]:
+    return {"configurable": {"thread_id": session_id}, "recursion_limit": 1_000_000}
+
+
+def run_graph(graph, session_id: str, initial: AgentState | None,
+              broker: ApprovalBroker | None = None,
+              on_step: Callable[[str, dict[str, Any]], None] | None = None,
+              approval_timeout: float | None = None) -> dict[str, Any]:
+    """Run (or, with `initial=None`, resume) the session's thread to its end; its final state.
+
+    Each step's checkpoint is written before the next step starts (durability "sync").
+    """
+    config = thread_config(session_id)
+    payload: Any = initial
+    while True:
+        for chunk in graph.stream(payload, config, stream_mode="updates", durability="sync"):
+            for node, update in chunk.items():
+                if node != "__interrupt__" and on_step is not None:
+                    on_step(node, update or {})
+        snapshot = graph.get_state(config)
+        if not snapshot.interrupts:
+            return dict(snapshot.values)
+        request = snapshot.interrupts[0].value
+        if broker is None:
+            raise ApprovalUnavailable(f"session {session_id} waits for a human decision "
+                                      f"({request.get('kind')}) but has no front-end")
+        request_id = broker.submit(request)
+        decision = broker.wait(request_id, timeout=approval_timeout)
+        if decision is None:
+            raise ApprovalUnavailable(f"no decision for approval {request_id} within "
+                                      f"{approval_timeout} s")
+        payload = Command(resume=decision)

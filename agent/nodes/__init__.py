@@ -1,0 +1,1 @@
+"""One graph node per module; each exposes `make(rt) -> node(state) -> update`."""

@@ -1,0 +1,63 @@
+"""approve: a human decides, through `interrupt`; the graph resumes with the decision
+({"decision": approve|relabel|rescan|skip, "label", "operator", "note"})."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from langgraph.types import interrupt
+
+from agent.adjudication.images import png_bytes
+from agent.runtime import Runtime
+from agent.state import AgentState
+
+DECISIONS = ("approve", "relabel", "rescan", "skip")
+
+
+def decision_error(decision: Any, class_names: list[str]) -> str:
+    """Why a decision is unusable, or "" when it is fine."""
+    if not isinstance(decision, dict) or decision.get("decision") not in DECISIONS:
+        return f"decision must be a dict with 'decision' in {DECISIONS}"
+    if decision["decision"] == "relabel" and decision.get("label") not in class_names:
+        return f"relabel needs a label from {class_names}"
+    return ""
+
+
+def payload(rt: Runtime, state: AgentState, current: dict[str, Any]) -> dict[str, Any]:
+    frame = rt.scratch.get(current["frame_id"])
+    thumb = rt.thumbnails / f"{frame.frame_id}.png"
+    if not thumb.exists():
+        thumb.write_bytes(png_bytes(frame.image, max_side=256))
+    adjudication = current.get("adjudication") or {}
+    proposal = current["proposal"]
+    return {"kind": "label", "session_id": state["session_id"], "frame_id": frame.frame_id,
+            "sequence": current["sequence"], "thumbnail": str(thumb),
+            "position": current["position"], "top_k": current["prediction"]["top_k"],
+            "conformal_set": current["prediction"]["conformal_set"],
+            "quality": current["quality"], "adjudicator": adjudication.get("answer"),
+            "adjudicator_name": adjudication.get("adjudicator"), "proposal": proposal,
+            "approve_does": f"record this frame as {proposal['label']}",
+            "choices": list(DECISIONS), "labels": rt.class_names}
+
+
+def make(rt: Runtime):
+    def approve(state: AgentState) -> dict[str, Any]:
+        current = dict(state["current"])
+        request = payload(rt, state, current)
+        decision = interrupt(request)
+        while (error := decision_error(decision, rt.class_names)):
+            decision = interrupt({**request, "error": error})
+        proposal = current["proposal"]["label"]
+        label = decision["label"] if decision["decision"] == "relabel" else proposal
+        if decision["decision"] == "skip":
+            label = None
+        current["human"] = {"operator": decision.get("operator", "?"), "time": time.time(),
+                            "proposal": proposal, "decision": decision["decision"],
+                            "label": label, "note": decision.get("note", ""),
+                            "changed": label != proposal}
+        if decision["decision"] == "rescan":
+            return {"current": current, "next": "rescan"}
+        current.update(label=label, route="human")
+        return {"current": current, "next": "record"}
+    return approve

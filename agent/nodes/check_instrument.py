@@ -1,0 +1,27 @@
+"""check_instrument: the instrument is connected, under vacuum and with beam (where it says)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent.nodes._common import fail
+from agent.runtime import Runtime
+from agent.state import AgentState
+from instruments.errors import InstrumentError
+
+
+def make(rt: Runtime):
+    def check_instrument(state: AgentState) -> dict[str, Any]:
+        try:
+            status = rt.microscope.status()
+        except InstrumentError as exc:
+            return fail(state, f"instrument status: {exc}")
+        if not status.connected:
+            return fail(state, f"instrument {status.instrument_id} reports not connected")
+        if status.vacuum_ok is False:
+            return fail(state, f"instrument {status.instrument_id}: vacuum not ready")
+        if status.beam_on is False:
+            return fail(state, f"instrument {status.instrument_id}: beam is off")
+        rt.stage = status.stage
+        return {"next": "plan"}
+    return check_instrument

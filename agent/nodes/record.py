@@ -1,0 +1,48 @@
+"""record: append the frame and its decision record to the session file (idempotent by
+frame id, so a record replayed after a crash is stored once)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from agent.runtime import Runtime
+from agent.state import AgentState, bump
+
+RECORD_KEYS = ("frame_id", "sequence", "position", "tile", "prediction", "label", "route",
+               "rescans", "quality", "adjudication", "human")
+
+
+def decision_record(current: dict[str, Any]) -> dict[str, Any]:
+    """The per-frame decision record of the brief's schema (no ground truth in it)."""
+    record = {key: current.get(key) for key in RECORD_KEYS}
+    timings = dict(current["timings"])
+    timings["total_s"] = time.time() - current.get("started", time.time())
+    record["timings"] = timings
+    record["settings"] = current["settings"]
+    return record
+
+
+def make(rt: Runtime):
+    def record(state: AgentState) -> dict[str, Any]:
+        current = state["current"]
+        frame = rt.scratch.get(current["frame_id"])
+        rt.writer.write_frame(frame, decision_record(current))
+        counts = dict(state["counts"])
+        counts["recorded"] = counts.get("recorded", 0) + 1
+        counts["routes"] = bump(counts.get("routes", {}), current["route"])
+        label = current.get("label")
+        counts["labels"] = bump(counts.get("labels", {}), str(label))
+        objective = state["objective"]
+        if (objective["kind"] == "hunt" and label in objective["classes"]
+                and current["quality"]["ok"]):
+            counts["hits"] = counts.get("hits", 0) + 1
+        rt.scratch.drop(frame.frame_id)
+        rt.predictions.pop(frame.frame_id, None)
+        rt.reference = None
+        if rt.on_update is not None:
+            rt.on_update("recorded", {"frame_id": frame.frame_id, "label": label,
+                                      "route": current["route"], "counts": counts})
+        return {"counts": counts, "current": None, "previous_frame_id": frame.frame_id,
+                "sequence": state["sequence"] + 1, "next": "plan"}
+    return record

@@ -1,0 +1,95 @@
+"""rescan: adapt the imaging settings to what was wrong and send the frame back to acquire.
+
+noise -> dwell x4 (within the envelope); blur -> a focus sweep at reduced pixels that keeps
+the defocus of the sharpest frame; drift -> half dwell (a faster scan drifts less); a last
+rescan that follows an unsuccessful one also narrows the FOV to 0.7x around the centre.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any
+
+from agent.nodes._common import fail
+from agent.quality import sharpness
+from agent.runtime import Runtime
+from agent.state import AgentState
+from instruments.errors import InstrumentError, SafetyRefused
+from instruments.frame import ImagingSettings
+
+SWEEP_STEPS = (-2, -1, 0, 1, 2)
+SWEEP_PIXELS = 256
+
+
+def _clamp(value: float, *ranges: tuple[float, float]) -> float:
+    lo = max(r[0] for r in ranges)
+    hi = min(r[1] for r in ranges)
+    return min(max(value, lo), hi)
+
+
+def focus_sweep(rt: Runtime, settings: ImagingSettings) -> tuple[float, list[list[float]]]:
+    """Acquire at defocus offsets around the current value; the sharpest defocus and the
+    (defocus, sharpness) pairs measured."""
+    caps = rt.microscope.capabilities()
+    pixels = min(settings.pixels, SWEEP_PIXELS)
+    pixels = pixels if pixels in caps.pixel_options else settings.pixels
+    results = []
+    for step in SWEEP_STEPS:
+        defocus = _clamp(settings.defocus + step * rt.focus_step, caps.defocus_range)
+        trial = replace(settings, defocus=defocus, pixels=pixels)
+        rt.applied = rt.microscope.set_imaging(trial)
+        results.append([defocus, sharpness(rt.microscope.acquire().image)])
+    best = max(results, key=lambda r: r[1])[0]
+    return best, results
+
+
+def adapt(rt: Runtime, settings: ImagingSettings, failures: list[str],
+          last_chance: bool) -> tuple[ImagingSettings, dict[str, Any]]:
+    """New settings for the rescan and a note of what was changed."""
+    caps, env = rt.microscope.capabilities(), rt.microscope.envelope
+    note: dict[str, Any] = {}
+    new = settings
+    if "noise" in failures:
+        new = replace(new, dwell=_clamp(new.dwell * 4, caps.dwell_range, env.dwell))
+        note["dwell"] = new.dwell
+    if "drift" in failures and "noise" not in failures:
+        new = replace(new, dwell=_clamp(new.dwell / 2, caps.dwell_range, env.dwell))
+        note["dwell"] = new.dwell
+    if "blur" in failures and caps.defocus_range[0] < caps.defocus_range[1]:
+        best, sweep = focus_sweep(rt, new)
+        new = replace(new, defocus=best)
+        note["focus_sweep"] = sweep
+    if last_chance or not failures:
+        new = replace(new, fov=_clamp(new.fov * 0.7, caps.fov_range, env.fov))
+        note["fov"] = new.fov
+    return new, note
+
+
+def make(rt: Runtime):
+    def rescan(state: AgentState) -> dict[str, Any]:
+        current = dict(state["current"])
+        settings = ImagingSettings(**current["settings"])
+        failures = list(current["quality"].get("failures", []))
+        last_chance = bool(current["rescans"]) and len(current["rescans"]) + 1 >= \
+            rt.policy.max_rescans
+        t0 = time.perf_counter()
+        try:
+            new, note = adapt(rt, settings, failures, last_chance)
+        except SafetyRefused as exc:
+            note, new = {"refused": str(exc)}, settings
+        except InstrumentError as exc:
+            return fail(state, f"rescan: {type(exc).__name__}: {exc}")
+        rt.reference = rt.scratch.get(current["frame_id"]).image
+        reason = ", ".join(failures) or ("operator asked" if current.get("human")
+                                         else "unsure")
+        current["rescans"] = [*current["rescans"], {
+            "settings": settings.as_dict(), "new_settings": new.as_dict(), "reason": reason,
+            "quality": current["quality"], "prediction": current["prediction"],
+            "adaptation": note, "adapt_s": time.perf_counter() - t0}]
+        current["settings"] = new.as_dict()
+        current["human"] = None
+        used = dict(state["used"])
+        used["rescans"] = used.get("rescans", 0) + 1
+        return {"current": current, "used": used, "next": "acquire"}
+    return rescan

@@ -1,0 +1,58 @@
+"""Frames in flight: kept in memory and mirrored to a scratch folder, keyed by frame id, so a
+session killed between acquisition and recording still records that frame once on resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from instruments.frame import Frame, ImagingSettings, StagePosition
+
+
+class FrameScratch:
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._memory: dict[str, Frame] = {}
+
+    def _paths(self, frame_id: str) -> tuple[Path, Path]:
+        return self.folder / f"{frame_id}.npy", self.folder / f"{frame_id}.json"
+
+    def put(self, frame: Frame) -> None:
+        image_path, meta_path = self._paths(frame.frame_id)
+        np.save(image_path, frame.image)
+        meta = {"instrument_id": frame.instrument_id, "settings": frame.settings.as_dict(),
+                "stage": frame.stage.as_dict(), "sequence": frame.sequence,
+                "timestamp": frame.timestamp, "original_metadata": frame.original_metadata,
+                "evaluation": frame.evaluation}
+        tmp = meta_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(meta, default=str))
+        tmp.replace(meta_path)
+        self._memory[frame.frame_id] = frame
+
+    def get(self, frame_id: str) -> Frame:
+        """The frame, from memory or (after a restart) from disk; KeyError when unknown."""
+        if frame_id in self._memory:
+            return self._memory[frame_id]
+        image_path, meta_path = self._paths(frame_id)
+        if not (image_path.exists() and meta_path.exists()):
+            raise KeyError(f"frame {frame_id} is not in the scratch folder {self.folder}")
+        meta = json.loads(meta_path.read_text())
+        frame = Frame(image=np.load(image_path), instrument_id=meta["instrument_id"],
+                      settings=ImagingSettings(**meta["settings"]),
+                      stage=StagePosition(**meta["stage"]), sequence=meta["sequence"],
+                      frame_id=frame_id, timestamp=meta["timestamp"],
+                      original_metadata=meta["original_metadata"],
+                      evaluation=meta["evaluation"])
+        self._memory[frame_id] = frame
+        return frame
+
+    def has(self, frame_id: str) -> bool:
+        return frame_id in self._memory or self._paths(frame_id)[0].exists()
+
+    def drop(self, frame_id: str) -> None:
+        self._memory.pop(frame_id, None)
+        for path in self._paths(frame_id):
+            path.unlink(missing_ok=True)
