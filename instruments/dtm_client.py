@@ -1,0 +1,239 @@
+"""Client for DTMicroscope's STEM Pyro5 server (and our twin server, which extends it).
+
+Speaks DTMicroscope's API unchanged (arrays as `(list, shape, dtype)`) and implements the
+Microscope protocol on top. Against our twin server (`get_capabilities` advertises it) it
+uses the acquisition API and the binary transport (raw bytes over Pyro5's msgpack
+serializer); against DTMicroscope's own server `acquire()` returns the overview image and
+the stage cannot move. Pyro5 failures become the typed errors of `instruments.errors`.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import fields, replace
+from typing import Any
+
+import numpy as np
+import Pyro5.api
+import Pyro5.errors
+
+from instruments.errors import (
+    InstrumentError,
+    InstrumentTimeout,
+    InstrumentUnreachable,
+    ProtocolError,
+    RemoteError,
+)
+from instruments.frame import Frame, ImagingSettings, StagePosition
+from instruments.microscope import Capabilities, InstrumentStatus
+from instruments.wire_arrays import from_binary, from_tuple
+
+DEFAULT_PORT = 9091
+OBJECT_ID = "microscope.server"
+BINARY_SERIALIZER = "msgpack"
+
+
+def _known(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in values.items() if k in names}
+
+
+def capabilities_from_dict(values: dict[str, Any]) -> Capabilities:
+    """Capabilities from a wire dict (lists back to tuples)."""
+    values = _known(Capabilities, values)
+    for name in ("detectors", "fov_range", "pixel_options", "dwell_range", "defocus_range"):
+        if name in values:
+            values[name] = tuple(values[name])
+    if "stage_range" in values:
+        values["stage_range"] = tuple(tuple(axis) for axis in values["stage_range"])
+    return Capabilities(**values)
+
+
+class DTMicroscopeClient:
+    """A Microscope over DTMicroscope's Pyro5 STEM protocol.
+
+    `binary`: None = use the binary transport when the server offers it; False = always the
+    `(list, shape, dtype)` path; True = require it.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
+                 timeout: float = 10.0, binary: bool | None = None,
+                 object_id: str = OBJECT_ID) -> None:
+        self.uri = f"PYRO:{object_id}@{host}:{port}"
+        self.instrument_id = f"dtm://{host}:{port}"
+        self.timeout = timeout
+        self._lock = threading.RLock()
+        self._proxy = Pyro5.api.Proxy(self.uri)
+        self._proxy._pyroTimeout = timeout
+        self._guard("connect", self._proxy._pyroBind)
+        self.server_info: dict[str, Any] | None = (
+            dict(self._call("get_capabilities")) if self._offers("get_capabilities") else None)
+        offered = bool(self.server_info and self.server_info.get("binary_transport"))
+        if binary and not offered:
+            raise ProtocolError("server offers no binary transport", self.uri)
+        self.binary = offered if binary is None else bool(binary and offered)
+        self.acquisition = bool(self.server_info and self.server_info.get("acquisition"))
+        self._settings = ImagingSettings()
+        self._stage = StagePosition()
+        self._sequence = 0
+        self._overview_shape: tuple[int, ...] | None = None
+
+    # --- transport ------------------------------------------------------------------------
+    def _offers(self, method: str) -> bool:
+        return method in self._proxy._pyroMethods
+
+    def _guard(self, what: str, func: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run one Pyro5 call, mapping its failures to typed instrument errors."""
+        try:
+            return func(*args, **kwargs)
+        except Pyro5.errors.TimeoutError as exc:
+            raise InstrumentTimeout(f"{what}: no reply within {self.timeout} s",
+                                    self.uri) from exc
+        except Pyro5.errors.ConnectionClosedError as exc:
+            raise InstrumentUnreachable(f"{what}: connection closed by the server ({exc})",
+                                        self.uri) from exc
+        except Pyro5.errors.ProtocolError as exc:
+            raise ProtocolError(f"{what}: {exc}", self.uri) from exc
+        except Pyro5.errors.CommunicationError as exc:
+            raise InstrumentUnreachable(f"{what}: {exc}", self.uri) from exc
+        except Pyro5.errors.PyroError as exc:
+            raise ProtocolError(f"{what}: {type(exc).__name__}: {exc}", self.uri) from exc
+        except InstrumentError:
+            raise
+        except Exception as exc:  # raised on the server and re-raised here by Pyro5
+            raise RemoteError(f"{what} failed on the server: {type(exc).__name__}: {exc}",
+                              self.uri) from exc
+
+    def _call(self, method: str, *args: Any, serializer: str | None = None,
+              **kwargs: Any) -> Any:
+        with self._lock:
+            self._proxy._pyroClaimOwnership()
+            if self._proxy._pyroConnection is None:
+                self._guard("reconnect", self._proxy._pyroBind)
+            if not self._offers(method):
+                raise RemoteError(f"server exposes no method {method!r}", self.uri)
+            self._proxy._pyroSerializer = serializer
+            return self._guard(method, getattr(self._proxy, method), *args, **kwargs)
+
+    def _array(self, method: str, *args: Any) -> np.ndarray:
+        """Fetch an array by the binary variant when in use, else the tuple form."""
+        if self.binary and self._offers(f"{method}_bytes"):
+            reply = self._call(f"{method}_bytes", *args, serializer=BINARY_SERIALIZER)
+            return from_binary(reply, self.uri)
+        return from_tuple(self._call(method, *args), self.uri)
+
+    # --- DTMicroscope's STEM server API ---------------------------------------------------
+    def initialize_microscope(self, microscope: str = "dummy") -> None:
+        self._call("initialize_microscope", microscope)
+        self._overview_shape = None
+
+    def register_data(self, data_source: str = "test.h5") -> None:
+        self._call("register_data", data_source)
+        self._overview_shape = None
+
+    def get_dataset_info(self) -> list[tuple[str, Any]]:
+        info = self._call("get_dataset_info")
+        return [tuple(item) for item in info]
+
+    def get_overview_image(self) -> np.ndarray:
+        return self._array("get_overview_image")
+
+    def get_point_data(self, spectrum_image_index: str | int, x: int, y: int) -> np.ndarray:
+        return self._array("get_point_data", spectrum_image_index, x, y)
+
+    def get_spectrum_image(self, spectrum_image_index: str = "Channel_001") -> np.ndarray:
+        return self._array("get_spectrum_image", spectrum_image_index)
+
+    def get_spectrum_image_e_axis(self, spectrum_image_index: str = "Channel_001"
+                                  ) -> np.ndarray:
+        return from_tuple(self._call("get_spectrum_image_e_axis", spectrum_image_index),
+                          self.uri)
+
+    # --- Microscope protocol --------------------------------------------------------------
+    def status(self) -> InstrumentStatus:
+        if self.acquisition:
+            values = self._call("get_status")
+            extra = dict(values.get("extra") or {})
+            extra["remote_instrument_id"] = values.get("instrument_id")
+            return InstrumentStatus(
+                instrument_id=self.instrument_id, connected=bool(values.get("connected", True)),
+                stage=StagePosition(**_known(StagePosition, values["stage"])),
+                settings=ImagingSettings(**_known(ImagingSettings, values["settings"])),
+                vacuum_ok=values.get("vacuum_ok"), beam_on=values.get("beam_on"), extra=extra)
+        with self._lock:
+            self._proxy._pyroClaimOwnership()
+            self._guard("ping", self._proxy._pyroBind)
+        return InstrumentStatus(instrument_id=self.instrument_id, connected=True,
+                                stage=self._stage, settings=self._settings,
+                                extra={"server": "DTMicroscope STEM (no acquisition API)"})
+
+    def capabilities(self) -> Capabilities:
+        if self.acquisition:
+            return capabilities_from_dict(dict(self.server_info["capabilities"]))
+        side = self._overview_side()
+        return Capabilities(detectors=("overview",), pixel_options=(side,),
+                            can_move_stage=False, has_overview=True,
+                            has_spectra=self._has_spectra())
+
+    def _has_spectra(self) -> bool:
+        if not self._offers("get_dataset_info"):
+            return False
+        info = dict(self.get_dataset_info())
+        return bool(info.get("spectra_channel_index") or
+                    info.get("spectral_image_channel_index"))
+
+    def _overview_side(self) -> int:
+        if self._overview_shape is None:
+            self._overview_shape = tuple(self.get_overview_image().shape)
+        return int(self._overview_shape[0])
+
+    def set_imaging(self, settings: ImagingSettings) -> ImagingSettings:
+        if self.acquisition:
+            applied = self._call("set_imaging", settings.as_dict())
+            self._settings = ImagingSettings(**_known(ImagingSettings, applied))
+        else:
+            self._settings = replace(settings, pixels=self._overview_side())
+        return self._settings
+
+    def move_stage(self, position: StagePosition) -> StagePosition:
+        if not self.acquisition:
+            raise InstrumentError("DTMicroscope's STEM server has no stage to move "
+                                  "(capabilities: can_move_stage=False)", self.uri)
+        reached = self._call("move_stage", position.as_dict())
+        self._stage = StagePosition(**_known(StagePosition, reached))
+        return self._stage
+
+    def acquire(self) -> Frame:
+        if not self.acquisition:
+            image = self.get_overview_image()
+            self._overview_shape = tuple(image.shape)
+            self._sequence += 1
+            return Frame(image=image, instrument_id=self.instrument_id,
+                         settings=self._settings, stage=self._stage, sequence=self._sequence,
+                         original_metadata={"source": "get_overview_image",
+                                            "dtype": str(image.dtype)})
+        serializer = BINARY_SERIALIZER if self.binary else None
+        reply = self._call("acquire_frame", self.binary, serializer=serializer)
+        return self._frame(reply)
+
+    def _frame(self, reply: dict[str, Any]) -> Frame:
+        try:
+            meta = reply["metadata"]
+            image = (from_binary if self.binary else from_tuple)(reply["image"], self.uri)
+            settings = ImagingSettings(**_known(ImagingSettings, meta["settings"]))
+            stage = StagePosition(**_known(StagePosition, meta["stage"]))
+        except (KeyError, TypeError) as exc:
+            raise ProtocolError(f"malformed acquire_frame reply: {exc!r}", self.uri) from exc
+        original = dict(reply.get("original_metadata") or {})
+        original.update(remote_instrument_id=meta.get("instrument_id"),
+                        transport="binary" if self.binary else "tuple")
+        self._settings, self._stage = settings, stage
+        return Frame(image=image, instrument_id=self.instrument_id, settings=settings,
+                     stage=stage, sequence=int(meta.get("sequence", 0)),
+                     frame_id=str(meta["frame_id"]), timestamp=float(meta["timestamp"]),
+                     original_metadata=original, evaluation=dict(reply.get("evaluation") or {}))
+
+    def close(self) -> None:
+        with self._lock:
+            self._proxy._pyroClaimOwnership()
+            self._proxy._pyroRelease()

@@ -1,0 +1,69 @@
+"""Arrays on the wire: DTMicroscope's `(array.tolist(), shape, dtype_str)` tuples and our
+binary form `{"data": bytes, "shape": [...], "dtype": str}` (C order, native dtype)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from instruments.errors import ProtocolError
+
+
+def to_tuple(array: np.ndarray) -> tuple[Any, tuple[int, ...], str]:
+    """The form DTMicroscope's servers return: (nested list, shape, dtype string)."""
+    array = np.asarray(array)
+    return array.tolist(), array.shape, str(array.dtype)
+
+
+def to_binary(array: np.ndarray) -> dict[str, Any]:
+    """Raw bytes plus shape and dtype; carried natively by Pyro5's msgpack serializer."""
+    array = np.ascontiguousarray(array)
+    return {"data": array.tobytes(), "shape": list(array.shape), "dtype": array.dtype.str}
+
+
+def _dtype(name: Any, where: str) -> np.dtype:
+    try:
+        dtype = np.dtype(name)
+    except TypeError as exc:
+        raise ProtocolError(f"unknown dtype {name!r} in array reply", where) from exc
+    if dtype.kind not in "biufc":
+        raise ProtocolError(f"non-numeric dtype {dtype} in array reply", where)
+    return dtype
+
+
+def _shape(shape: Any, where: str) -> tuple[int, ...]:
+    if not isinstance(shape, list | tuple) or not all(
+            isinstance(n, int) and n >= 0 for n in shape):
+        raise ProtocolError(f"malformed shape {shape!r} in array reply", where)
+    return tuple(shape)
+
+
+def from_tuple(reply: Any, where: str = "") -> np.ndarray:
+    """Decode a `(list, shape, dtype)` reply (tuple or list) into a numpy array."""
+    if not isinstance(reply, list | tuple) or len(reply) != 3:
+        raise ProtocolError(
+            f"expected a (list, shape, dtype) triple, got {type(reply).__name__}", where)
+    values, shape, dtype_name = reply
+    shape_t, dtype = _shape(shape, where), _dtype(dtype_name, where)
+    try:
+        return np.array(values, dtype=dtype).reshape(shape_t)
+    except (ValueError, TypeError) as exc:
+        raise ProtocolError(f"array values do not fit shape {shape_t} / dtype {dtype}: "
+                            f"{exc}", where) from exc
+
+
+def from_binary(reply: Any, where: str = "") -> np.ndarray:
+    """Decode a binary array reply into a (writable) numpy array."""
+    if not isinstance(reply, dict) or not {"data", "shape", "dtype"} <= reply.keys():
+        raise ProtocolError("expected a binary array reply with data, shape and dtype", where)
+    data = reply["data"]
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise ProtocolError(f"binary array data is {type(data).__name__}, not bytes "
+                            "(was the msgpack serializer used?)", where)
+    shape, dtype = _shape(reply["shape"], where), _dtype(reply["dtype"], where)
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(data) != expected:
+        raise ProtocolError(f"binary array has {len(data)} bytes; shape {shape} of {dtype} "
+                            f"needs {expected}", where)
+    return np.frombuffer(data, dtype=dtype).reshape(shape).copy()

@@ -1,0 +1,94 @@
+"""Shared pieces of the twin servers: transport fault injection, the twin they serve, and
+`python -m twins.serve` (the same entry as `micagent twin serve`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from collections.abc import Callable
+
+from instruments.microscope import Microscope
+from twins.faults import FaultSpec
+
+READY_PREFIX = "READY"
+
+
+class TransportFaults:
+    """Counts server calls (1-based, across all connections) and says which to drop or
+    stall, following `FaultSpec.drop_at` / `FaultSpec.stall_at`."""
+
+    def __init__(self, spec: FaultSpec | None) -> None:
+        self.spec = spec or FaultSpec()
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    def next_call(self) -> tuple[str | None, float]:
+        """Register one call; return ("drop", 0), ("stall", seconds) or (None, 0)."""
+        with self._lock:
+            self.calls += 1
+            call = self.calls
+        if call in self.spec.drop_at:
+            return "drop", 0.0
+        if call in self.spec.stall_at:
+            return "stall", float(self.spec.stall_at[call])
+        return None, 0.0
+
+
+def make_twin(seed: int, faults: FaultSpec) -> Microscope:
+    """The served instrument: a TwinMicroscope with the frame/stage faults of the spec."""
+    from twins.microscope import TwinMicroscope
+
+    return TwinMicroscope(seed=seed, faults=faults)
+
+
+def run_server(protocol: str, host: str, port: int | None, seed: int = 0,
+               faults: str | None = None, data: str | None = None,
+               announce: Callable[[str], None] = print) -> None:
+    """Serve a twin over `protocol` ("dtm" or "tem") until interrupted.
+
+    Port 0 picks a free port. Once listening, `announce` gets one line
+    `READY <protocol> <address>` naming the bound address.
+    """
+    spec = FaultSpec.parse(faults)
+    twin = make_twin(seed, spec)
+    if protocol == "dtm":
+        from twins.dtm_server import DEFAULT_PORT, DTMServer
+
+        server = DTMServer(twin, host=host, port=DEFAULT_PORT if port is None else port,
+                           faults=spec)
+        if data:
+            server.servant.initialize_microscope("STEM")
+            server.servant.register_data(data)
+    elif protocol == "tem":
+        from twins.tem_server import DEFAULT_PORT as TEM_PORT
+        from twins.tem_server import TemServer
+
+        server = TemServer(twin, host=host, port=TEM_PORT if port is None else port,
+                           faults=spec)
+    else:
+        raise ValueError(f"unknown protocol {protocol!r}; known: dtm, tem")
+    announce(f"{READY_PREFIX} {protocol} {server.address}")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m twins.serve", description=__doc__)
+    parser.add_argument("--protocol", choices=("dtm", "tem"), required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--faults", default="")
+    parser.add_argument("--data", default=None, help="NSID HDF5 file to register (dtm)")
+    args = parser.parse_args(argv)
+    run_server(args.protocol, args.host, args.port, args.seed, args.faults, args.data,
+               announce=lambda line: print(line, flush=True))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

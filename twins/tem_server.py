@@ -1,0 +1,245 @@
+"""The twin behind DTMicroscope's TEM instrument-server protocol: JSON-RPC 2.0 messages
+framed as netstrings over TCP (default port 9093), several requests per connection.
+
+Method names, parameters and reply forms follow that server (`get_detectors`,
+`activate_device`, `device_settings`, `get_stage` -> [x, y, z, a, b] in m and rad,
+`set_stage`, `acquire_image` -> [list, shape, dtype], ..., errors as {"error": "..."}).
+Additions: `get_capabilities` and `acquire_frame` (image plus frame metadata).
+Transport faults: drop@N closes the connection instead of answering request N,
+stall@N:S answers it S seconds late.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import socketserver
+import threading
+import time
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from instruments.errors import InstrumentError
+from instruments.frame import ImagingSettings, StagePosition
+from instruments.jsonrpc import dumps, failure, parse_request, success, to_plain
+from instruments.microscope import Microscope
+from instruments.netstring import NetstringReader, encode
+from instruments.wire_arrays import to_tuple
+from twins.dtm_server import API_VERSION, frame_reply
+from twins.faults import FaultSpec
+from twins.serve import TransportFaults
+
+DEFAULT_PORT = 9093
+SETTING_KEYS = ("size", "dwell_time", "field_of_view", "defocus", "beam_energy",
+                "beam_current")
+
+
+class TemService:
+    """The methods a TEM-protocol client may call, over one twin (thread-safe)."""
+
+    def __init__(self, twin: Microscope) -> None:
+        self.twin = twin
+        self._lock = threading.RLock()
+        self._settings = ImagingSettings()
+        self._active = self._settings.detector
+        self._beam = (0.0, 0.0)
+
+    def _detectors(self) -> list[str]:
+        return list(self.twin.capabilities().detectors)
+
+    def get_capabilities(self) -> dict[str, Any]:
+        return {"server": "micagent-tem", "api_version": API_VERSION, "acquisition": True,
+                "binary_transport": False, "frame_metadata": True,
+                "instrument_id": self.twin.instrument_id,
+                "capabilities": to_plain(self.twin.capabilities().as_dict())}
+
+    def get_detectors(self) -> list[str]:
+        return self._detectors()
+
+    def activate_device(self, device: str) -> int:
+        if device not in self._detectors():
+            return 0
+        with self._lock:
+            self._settings = self.twin.set_imaging(replace(self._settings, detector=device))
+            self._active = device
+        return 1
+
+    def device_settings(self, device: str, **settings: Any) -> int:
+        """Set scan settings of a detector: size (px), dwell_time (s), field_of_view
+        (m, or [m, m]), defocus (m), beam_energy (eV), beam_current (A)."""
+        if device not in self._detectors():
+            return 0
+        unknown = set(settings) - set(SETTING_KEYS)
+        if unknown:
+            raise ValueError(f"unknown settings {sorted(unknown)} for {device}; "
+                             f"known: {list(SETTING_KEYS)}")
+        fov = settings.get("field_of_view", self._settings.fov)
+        if isinstance(fov, list | tuple):
+            if len(fov) != 2 or not math.isclose(fov[0], fov[1]):
+                raise ValueError(f"field_of_view {fov} must be square")
+            fov = fov[0]
+        wanted = replace(
+            self._settings, detector=device, fov=float(fov),
+            pixels=int(settings.get("size", self._settings.pixels)),
+            dwell=float(settings.get("dwell_time", self._settings.dwell)),
+            defocus=float(settings.get("defocus", self._settings.defocus)),
+            beam_energy=float(settings.get("beam_energy", self._settings.beam_energy)),
+            beam_current=float(settings.get("beam_current", self._settings.beam_current)))
+        with self._lock:
+            self._settings = self.twin.set_imaging(wanted)
+            self._active = device
+        return 1
+
+    def get_stage(self) -> list[float]:
+        stage = self.twin.status().stage
+        return [stage.x, stage.y, stage.z, math.radians(stage.tilt), 0.0]
+
+    def set_stage(self, stage_positions: Any, relative: bool = True) -> dict[str, list[float]]:
+        """Move to (or by, if relative) x, y, z (m) and a (alpha tilt, rad); b must be 0."""
+        axes = ("x", "y", "z", "a", "b")
+        if isinstance(stage_positions, list | tuple):
+            stage_positions = dict(zip(axes, stage_positions, strict=False))
+        if not isinstance(stage_positions, dict) or set(stage_positions) - set(axes):
+            raise ValueError(f"stage_positions must be a list or a dict of {axes}")
+        if stage_positions.get("b"):
+            raise ValueError("this stage has no beta tilt")
+        with self._lock:
+            current = self.get_stage()
+            target = []
+            for i, axis in enumerate(axes[:4]):
+                value = stage_positions.get(axis)
+                if value is None:
+                    target.append(current[i])
+                else:
+                    target.append(float(value) + (current[i] if relative else 0.0))
+            self.twin.move_stage(StagePosition(x=target[0], y=target[1], z=target[2],
+                                               tilt=math.degrees(target[3])))
+            return {"new_stage": self.get_stage()}
+
+    def _acquire(self, device: str, settings: dict[str, Any]):
+        if settings or device != self._active:
+            if not self.device_settings(device, **settings):
+                return None
+        with self._lock:
+            return self.twin.acquire()
+
+    def acquire_image(self, device: str, **settings: Any) -> Any:
+        """[list, shape, dtype] of one frame, or None for an unknown device."""
+        frame = self._acquire(device, settings)
+        return None if frame is None else to_tuple(frame.image)
+
+    def acquire_frame(self, device: str, **settings: Any) -> Any:
+        frame = self._acquire(device, settings)
+        return None if frame is None else frame_reply(frame, binary=False)
+
+    def acquire_image_stack(self, device: str, frames: int = 2, **settings: Any) -> Any:
+        """[list, shape, dtype] of `frames` successive frames stacked (frames, H, W)."""
+        if not 1 <= int(frames) <= 64:
+            raise ValueError("frames must be within 1..64")
+        stack = []
+        for _ in range(int(frames)):
+            frame = self._acquire(device, settings)
+            if frame is None:
+                return None
+            stack.append(frame.image)
+        return to_tuple(np.stack(stack))
+
+    def acquire_spectrum(self, device: str, **settings: Any) -> Any:
+        raise ValueError(f"the SEM twin has no spectrometer ({device!r})")
+
+    def acquire_spectrum_points(self, device: str, points: list, **settings: Any) -> Any:
+        raise ValueError(f"the SEM twin has no spectrometer ({device!r})")
+
+    def set_beam_position(self, x: float, y: float) -> int:
+        self._beam = (float(x), float(y))
+        return 1
+
+    def get_vacuum(self) -> float:
+        status = self.twin.status()
+        return 1e-5 if status.vacuum_ok in (True, None) else 1.0
+
+    def get_microscope_status(self) -> str:
+        return "Idle" if self.twin.status().connected else "Offline"
+
+    def aberration_correction(self, order: int, **settings: Any) -> int:
+        return 1
+
+    def close(self) -> int:
+        return 1
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    server: _TCPServer
+
+    def handle(self) -> None:
+        reader = NetstringReader(self.request, where=str(self.client_address))
+        while True:
+            try:
+                payload = reader.read()
+            except InstrumentError:
+                return  # malformed frame or broken peer: the stream cannot be resynchronised
+            if payload is None:
+                return
+            action, seconds = self.server.faults.next_call()
+            if action == "drop":
+                return  # closing without a reply
+            if action == "stall":
+                time.sleep(seconds)
+            try:
+                self.request.sendall(encode(dumps(self.server.dispatch(payload))))
+            except OSError:
+                return
+
+
+class _TCPServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], service: TemService,
+                 faults: TransportFaults) -> None:
+        self.service = service
+        self.faults = faults
+        super().__init__(address, _Handler)
+
+    def dispatch(self, payload: bytes) -> dict[str, Any]:
+        try:
+            request_id, method, params = parse_request(payload)
+        except ValueError as exc:  # includes JSON decode errors
+            return failure(None, f"Invalid JSON-RPC request: {exc}", code=-32600)
+        func = getattr(self.service, method, None)
+        if method.startswith("_") or not callable(func):
+            return failure(request_id, f"Method {method} not implemented on server.",
+                           code=-32601)
+        args, kwargs = ((), params) if isinstance(params, dict) else (params, {})
+        try:
+            inspect.signature(func).bind(*args, **kwargs)
+        except TypeError as exc:
+            return failure(request_id, f"bad parameters for {method}: {exc}", code=-32602)
+        try:
+            return success(request_id, func(*args, **kwargs))
+        except Exception as exc:
+            return failure(request_id, f"{type(exc).__name__}: {exc}")
+
+
+class TemServer:
+    """A threaded TCP server speaking netstring JSON-RPC over one twin."""
+
+    def __init__(self, twin: Microscope, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
+                 faults: FaultSpec | None = None) -> None:
+        self.service = TemService(twin)
+        self.tcp = _TCPServer((host, port), self.service, TransportFaults(faults))
+
+    @property
+    def address(self) -> str:
+        host, port = self.tcp.server_address[:2]
+        return f"{host}:{port}"
+
+    def serve_forever(self) -> None:
+        self.tcp.serve_forever(poll_interval=0.2)
+
+    def shutdown(self) -> None:
+        self.tcp.shutdown()
+        self.tcp.server_close()
+        self.service.twin.close()

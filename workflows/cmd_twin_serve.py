@@ -1,0 +1,37 @@
+"""`micagent twin serve`: a twin microscope behind DTMicroscope's Pyro5 STEM protocol (dtm)
+or its netstring JSON-RPC TEM protocol (tem)."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import typer
+
+from twins.faults import FaultSpec, FaultSpecError
+from twins.serve import run_server
+from workflows.cli import twin_app
+
+
+class Protocol(str, Enum):
+    dtm = "dtm"
+    tem = "tem"
+
+
+@twin_app.command("serve")
+def serve(
+    protocol: Protocol = typer.Option(..., help="dtm: Pyro5 STEM server (port 9091); "
+                                                 "tem: netstring JSON-RPC (port 9093)."),
+    port: int = typer.Option(None, help="TCP port (default 9091 dtm / 9093 tem; 0 = any "
+                                        "free port)."),
+    host: str = typer.Option("127.0.0.1", help="Interface to bind."),
+    seed: int = typer.Option(0, help="Twin seed (specimen and noise)."),
+    faults: str = typer.Option("", help="Fault spec, e.g. 'nan@3,stall@5:30,drop@8'."),
+    data: str = typer.Option(None, help="dtm: NSID HDF5 file to register at start."),
+) -> None:
+    """Serve a digital-twin microscope until interrupted (Ctrl-C)."""
+    try:
+        FaultSpec.parse(faults)
+    except FaultSpecError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--faults") from exc
+    run_server(protocol.value, host, port, seed=seed, faults=faults, data=data,
+               announce=lambda line: typer.echo(line))
