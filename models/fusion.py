@@ -1,0 +1,130 @@
+"""FusionClassifier: one configurable model for CM-EMRL, MultiFusion-LLM, their union and the
+papers' ablations and baselines (see models/config.py for the presets).
+
+Data flow (full model):
+  images -> ViT -> h_cls;  images -> HNF -> h_fus
+  class descriptions -> text branch -> H_text (C, d)
+  h_cls, H_text -> cross-modal alignment -> h_text*;  h_fus, H_text -> relevance -> h_fus^text
+  [h_cls, h_fus, h_text*, h_fus^text] -> stage-1 attention -> h_img-text
+  [h_img-text, h_ICL] -> stage-2 attention -> h_cross -> linear -> logits (softmax outside)
+"w/o MHA" concatenates every embedding above and maps it linearly to the logits.
+Baselines (vit_only, gnn_only) map their single embedding linearly to the logits.
+
+`embed(images)` returns h_img-text (the concatenation of the image/text embeddings for w/o MHA;
+the image embedding for baselines): independent of any LMM answer, it is the representation used
+to find similar demonstrations.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from models.alignment import CrossModalAlignment, RelevanceScoring
+from models.attention import HierarchicalAttention
+from models.config import FusionConfig
+from models.errors import ModelInputError
+from models.gnn import ChebGNNEncoder
+from models.hnf import HierarchicalNetworkFusion
+from models.lmm import PredictionEmbedding
+from models.text import TextBranch
+from models.vit import ViTEncoder
+
+
+class FusionClassifier(nn.Module):
+    """model(images (B, C, 224, 224), lmm_index (B,) long, -1 = none) -> logits (B, n_classes)."""
+
+    def __init__(self, config: FusionConfig, descriptions: list[str] | None = None) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        d, branches = config.d, config.image_branches
+        self.vit = ViTEncoder(config) if "vit" in branches else None
+        self.hnf = HierarchicalNetworkFusion(config) if "hnf" in branches else None
+        self.gnn = ChebGNNEncoder(config) if "gnn" in branches else None
+        self.text = self.align = self.relevance = None
+        if config.text_on:
+            if descriptions is None:
+                raise ModelInputError("the text branch needs one description per class")
+            self.text = TextBranch(config, descriptions)
+            if self.vit is not None:
+                self.align = CrossModalAlignment(d, config.heads, config.align_temperature)
+            if self.hnf is not None:
+                self.relevance = RelevanceScoring(d, config.align_temperature)
+        self.lmm = PredictionEmbedding(config.n_classes, d) if config.lmm_on else None
+        n_stage1 = len(branches) * (2 if self.text is not None else 1)
+        self.attention = None
+        if config.baseline is None and config.use_mha:
+            self.attention = HierarchicalAttention(n_stage1, self.lmm is not None, d,
+                                                   config.heads)
+            self.head = nn.Linear(d, config.n_classes)
+        else:
+            n_all = n_stage1 + (1 if self.lmm is not None else 0)
+            self.head = nn.Linear(d * n_all, config.n_classes)
+
+    def check_inputs(self, images: torch.Tensor, lmm_index: torch.Tensor | None) -> torch.Tensor:
+        """Validate a batch; return lmm_index as (B,) long (all -1 when None)."""
+        c, s = self.config.in_chans, self.config.img_size
+        if not isinstance(images, torch.Tensor) or not images.is_floating_point():
+            raise ModelInputError("images must be a floating-point torch.Tensor")
+        if images.ndim != 4 or tuple(images.shape[1:]) != (c, s, s):
+            raise ModelInputError(
+                f"images must have shape (B, {c}, {s}, {s}); got {tuple(images.shape)}")
+        if images.shape[0] == 0:
+            raise ModelInputError("empty batch")
+        if not torch.isfinite(images).all():
+            raise ModelInputError("images contain non-finite values (NaN or inf)")
+        b = images.shape[0]
+        if lmm_index is None:
+            return torch.full((b,), -1, dtype=torch.long, device=images.device)
+        if lmm_index.shape != (b,) or lmm_index.dtype != torch.long:
+            raise ModelInputError(f"lmm_index must be a long tensor of shape ({b},)")
+        if ((lmm_index < -1) | (lmm_index >= self.config.n_classes)).any():
+            raise ModelInputError(f"lmm_index values must lie in [-1, {self.config.n_classes})")
+        return lmm_index.to(images.device)
+
+    def _stage1(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Image embeddings followed by their matched text embeddings."""
+        image_tokens = [enc(images) for enc in (self.vit, self.hnf, self.gnn) if enc is not None]
+        if self.text is None:
+            return image_tokens
+        h_text = self.text()
+        matched = []
+        if self.vit is not None:
+            matched.append(self.align(image_tokens[0], h_text)[0])
+        if self.hnf is not None:
+            matched.append(self.relevance(image_tokens[-1], h_text)[0])
+        return image_tokens + matched
+
+    def encode(self, images: torch.Tensor, lmm_index: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h_cross, h_img-text): the pre-logit embedding and the LMM-free embedding."""
+        lmm_index = self.check_inputs(images, lmm_index)
+        stage1 = self._stage1(images)
+        h_icl = self.lmm(lmm_index) if self.lmm is not None else None
+        if self.attention is not None:
+            return self.attention(stage1, h_icl)
+        joint = torch.cat(stage1, dim=-1)
+        if h_icl is None:
+            return joint, joint
+        return torch.cat([joint, h_icl], dim=-1), joint
+
+    def forward(self, images: torch.Tensor, lmm_index: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.encode(images, lmm_index)[0])
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """LMM-free fused embedding (B, e) for similarity-driven demonstration sampling."""
+        return self.encode(images)[1]
+
+    def frozen_prefixes(self) -> tuple[str, ...]:
+        """state_dict prefixes of weights not trained here (not stored in checkpoints)."""
+        if self.text is not None and not self.config.text_finetune:
+            return ("text.encoder.",)
+        return ()
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        frozen = self.frozen_prefixes()
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(frozen)}
+
+    def count_parameters(self, trainable_only: bool = True) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

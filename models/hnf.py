@@ -1,0 +1,94 @@
+"""Hierarchical Network Fusion (MultiFusion-LLM 3.2, Figure 3).
+
+Layer l tokenises the image with patch size p_l (16, 28, 32 -> 196, 64, 49 patches at 224x224),
+embeds the patches linearly to d with learnable position embeddings, and computes two views:
+- patch sequence + <cls> token, refined by the bidirectional neural ODE (models/ode.py);
+- kNN vision graph (K_l = 10, 6, 4) over the patch embeddings + a virtual node connected both
+  ways to all nodes, encoded by ChebConv (models/graph.py).
+A mixture-of-experts gate (softmax over the two experts, computed from both) mixes the <cls>
+embedding and the virtual-node embedding into the layer's fused embedding. The fused embedding
+is added to the initial <cls> token and virtual node of the next layer ("the fused information
+is combined with the individual modalities at higher patch resolutions"); the last layer's
+fused embedding is h_fus.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from models.config import FusionConfig
+from models.graph import ChebGraphEncoder, build_vision_graphs
+from models.ode import BidirectionalNeuralODE
+
+
+class PatchEmbedding(nn.Module):
+    """images (B, C, H, W) -> patch embeddings without / with position (B, n, d) each."""
+
+    def __init__(self, in_chans: int, img_size: int, patch: int, d: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, d, kernel_size=patch, stride=patch)
+        n = (img_size // patch) ** 2
+        self.position = nn.Parameter(torch.randn(1, n, d) * 0.02)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raw = self.proj(images).flatten(2).transpose(1, 2)
+        return raw, raw + self.position
+
+
+class MixtureOfExpertsGate(nn.Module):
+    """Gated mixture of the <cls> (sequence expert) and virtual-node (graph expert) embeddings."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.gate = nn.Linear(2 * d, 2)
+
+    def forward(self, cls: torch.Tensor, virtual: torch.Tensor) -> torch.Tensor:
+        weights = torch.softmax(self.gate(torch.cat([cls, virtual], dim=-1)), dim=-1)
+        return weights[:, :1] * cls + weights[:, 1:] * virtual
+
+
+class HNFLayer(nn.Module):
+    """One scale of HNF: (images, fused info from the previous layer) -> fused (B, d)."""
+
+    def __init__(self, config: FusionConfig, patch: int, k: int) -> None:
+        super().__init__()
+        d = config.d
+        self.k = k
+        self.embed = PatchEmbedding(config.in_chans, config.img_size, patch, d)
+        self.cls = nn.Parameter(torch.randn(1, 1, d) * 0.02)
+        self.virtual = nn.Parameter(torch.randn(1, d) * 0.02)
+        self.sequence = BidirectionalNeuralODE(d, config.heads, config.ode_ff, config.ode_layers,
+                                               config.ode_steps, config.ode_adjoint,
+                                               config.dropout)
+        self.graph = ChebGraphEncoder(d, config.cheb_order)
+        self.moe = MixtureOfExpertsGate(d)
+
+    def forward(self, images: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
+        raw, patches = self.embed(images)
+        b, n, d = patches.shape
+        cls = self.cls.expand(b, 1, d)
+        virtual = self.virtual.expand(b, d)
+        if previous is not None:
+            cls = cls + previous[:, None]
+            virtual = virtual + previous
+        refined = self.sequence(torch.cat([patches, cls], dim=1))
+        h_cls = refined[:, -1]
+        graphs = build_vision_graphs(raw, patches, self.k, virtual)
+        nodes = self.graph(graphs).view(b, n + 1, d)
+        return self.moe(h_cls, nodes[:, -1])
+
+
+class HierarchicalNetworkFusion(nn.Module):
+    """images (B, C, 224, 224) -> h_fus (B, d) through the cascade of HNF layers."""
+
+    def __init__(self, config: FusionConfig) -> None:
+        super().__init__()
+        scales = zip(config.hnf_patch_sizes, config.hnf_knn, strict=True)
+        self.layers = nn.ModuleList(HNFLayer(config, p, k) for p, k in scales)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        fused = None
+        for layer in self.layers:
+            fused = layer(images, fused)
+        return fused
