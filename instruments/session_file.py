@@ -1,0 +1,342 @@
+"""SessionWriter: appends Frames and their decision records to a sidpy/NSID HDF5 file.
+
+Each frame is a sidpy Dataset (IMAGE, x/y in metres) written by pyNSID under
+`/Measurement_000/Channel_NNNNNN` (see `instruments.session_layout`). A frame is first built
+under `/micagent/pending/<uuid>`, marked complete, moved into place and flushed: after every
+`write_frame` that returned, the file on disk holds that frame whole, and a crash mid-frame
+leaves nothing that a reader takes for a frame.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import os
+import platform
+import threading
+import uuid
+import warnings
+from typing import Any
+
+import dask
+import h5py
+import numpy as np
+import sidpy
+from pyNSID.io.hdf_io import write_nsid_dataset
+
+from instruments.frame import Frame
+from instruments.session_layout import (
+    ATTR_COMPLETE,
+    ATTR_FORMAT,
+    ATTR_FORMAT_VERSION,
+    ATTR_FRAME_ID,
+    ATTR_INDEX,
+    CHANNEL_PREFIX,
+    CLOSING_STATUSES,
+    EVALUATION_JSON,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    FRAME_JSON,
+    MEASUREMENT_GROUP,
+    NSID_GROUP,
+    PENDING_GROUP,
+    PROVENANCE,
+    RECORD_JSON,
+    NotASessionFile,
+    SessionFileCorrupt,
+    SessionFileError,
+    SessionRecordError,
+    SessionWriteError,
+    channel_path,
+    from_json,
+    to_json,
+    write_error,
+)
+
+_SEM_DETECTORS = {"SE", "BSE", "ETD", "TLD", "INLENS", "ICD", "CBS"}
+_STEM_DETECTORS = {"HAADF", "MAADF", "ADF", "BF", "DF", "ABF"}
+_PACKAGES = ("micagent", "numpy", "h5py", "sidpy", "pyNSID", "SciFiReaders", "torch",
+             "langgraph", "openai")
+
+
+def utc_now() -> str:
+    """ISO-8601 UTC timestamp."""
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds")
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of Python, HDF5 and the packages that make and read session files."""
+    versions = {"python": platform.python_version(), "hdf5": h5py.version.hdf5_version}
+    for name in _PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def modality(detector: str) -> str:
+    """sidpy modality string for a detector name."""
+    name = detector.upper()
+    if name in _SEM_DETECTORS:
+        return "SEM"
+    if name in _STEM_DETECTORS:
+        return "STEM"
+    return "electron microscopy"
+
+
+def frame_to_dataset(frame: Frame) -> sidpy.Dataset:
+    """The frame as a sidpy IMAGE Dataset: x/y spatial dimensions in metres, intensity in
+    arbitrary units, frame metadata in `.metadata`, the instrument's in `.original_metadata`."""
+    height, width = frame.shape
+    pixel = frame.settings.pixel_size
+    ds = sidpy.Dataset.from_array(frame.image, title=NSID_GROUP)
+    ds.data_type = "IMAGE"
+    ds.quantity = "intensity"
+    ds.units = str(frame.original_metadata.get("units", "a.u."))
+    ds.modality = modality(frame.settings.detector)
+    ds.source = f"micagent:{frame.instrument_id}"
+    for axis, (name, length) in enumerate((("x", height), ("y", width))):
+        ds.set_dimension(axis, sidpy.Dimension(np.arange(length) * pixel, name=name,
+                                               units="m", quantity="distance",
+                                               dimension_type="spatial"))
+    meta = frame.metadata()
+    meta["timestamp_iso"] = _dt.datetime.fromtimestamp(
+        frame.timestamp, _dt.UTC).isoformat()
+    ds.metadata = meta
+    ds.original_metadata = from_json(to_json(frame.original_metadata, "original metadata"),
+                                     "original metadata")
+    return ds
+
+
+def _string_dataset(group: h5py.Group, name: str, text: str) -> None:
+    group.create_dataset(name, data=text, dtype=h5py.string_dtype("utf-8"))
+
+
+class SessionWriter:
+    """Append-only writer of one session file; opening an existing session file resumes it.
+
+    `provenance` is stored at file level (session id, instrument, model, policy, envelope...);
+    `session_id`, `started`, `status` and `software` are filled in when absent.
+    """
+
+    def __init__(self, path: str | os.PathLike, provenance: dict[str, Any] | None = None) -> None:
+        self.path = os.path.abspath(os.fspath(path))
+        self._lock = threading.Lock()
+        self._ids: dict[str, int] = {}
+        self._next_index = 0
+        given = dict(provenance or {})
+        to_json(given, "provenance", self.path)
+        if os.path.exists(self.path):
+            self._file = self._open_existing()
+            self._provenance = self._resume(given)
+        else:
+            self._file = self._create()
+            self._provenance = self._start(given)
+        self._store_provenance()
+
+    # -- opening ---------------------------------------------------------------------------
+
+    def _create(self) -> h5py.File:
+        try:
+            f = h5py.File(self.path, "w-")
+        except OSError as exc:
+            raise SessionWriteError(f"cannot create session file: {exc}", self.path) from exc
+        f.attrs[ATTR_FORMAT] = FORMAT_NAME
+        f.attrs[ATTR_FORMAT_VERSION] = FORMAT_VERSION
+        f.create_group(MEASUREMENT_GROUP)
+        f.create_group(PENDING_GROUP)
+        _string_dataset(f, PROVENANCE, "{}")
+        return f
+
+    def _open_existing(self) -> h5py.File:
+        if not os.access(self.path, os.W_OK):
+            raise SessionWriteError("session file is not writable", self.path)
+        if not h5py.is_hdf5(self.path):
+            raise SessionFileCorrupt("not an HDF5 file (truncated or overwritten?)", self.path)
+        try:
+            f = h5py.File(self.path, "r+")
+        except OSError as exc:
+            if "lock" in str(exc).lower():
+                raise SessionWriteError(f"session file is open in another process: {exc}",
+                                        self.path) from exc
+            raise SessionFileCorrupt(f"cannot open HDF5 file: {exc}", self.path) from exc
+        if f.attrs.get(ATTR_FORMAT) != FORMAT_NAME or PROVENANCE not in f:
+            f.close()
+            raise NotASessionFile("HDF5 file is not a micagent session; refusing to append",
+                                  self.path)
+        return f
+
+    def _start(self, given: dict[str, Any]) -> dict[str, Any]:
+        prov = dict(given)
+        prov.setdefault("session_id", str(uuid.uuid4()))
+        prov.setdefault("started", utc_now())
+        prov["software"] = {**software_versions(), **dict(prov.get("software") or {})}
+        prov.update(ended=None, status="running", reason="", resumed=[])
+        return prov
+
+    def _resume(self, given: dict[str, Any]) -> dict[str, Any]:
+        f = self._file
+        try:
+            prov = from_json(f[PROVENANCE][()], "provenance", self.path)
+            self._scan_frames()
+        except SessionFileError:
+            f.close()
+            raise
+        except (KeyError, OSError, ValueError) as exc:
+            f.close()
+            raise SessionFileCorrupt(f"session layout unreadable: {exc}", self.path) from exc
+        stored_id = prov.get("session_id")
+        if "session_id" in given and stored_id and given["session_id"] != stored_id:
+            f.close()
+            raise SessionRecordError(
+                f"file belongs to session {stored_id}, not {given['session_id']}", self.path)
+        prov.update({k: v for k, v in given.items() if k not in ("started", "session_id")})
+        prov.update(ended=None, status="running", reason="")
+        prov["resumed"] = [*prov.get("resumed", []), utc_now()]
+        return prov
+
+    def _scan_frames(self) -> None:
+        """Index complete frames by uuid; drop what a crash left half-written."""
+        f = self._file
+        pending = f.require_group(PENDING_GROUP)
+        for name in list(pending):
+            del pending[name]
+        measurement = f.require_group(MEASUREMENT_GROUP)
+        for name in list(measurement):
+            group = measurement[name]
+            if not name.startswith(CHANNEL_PREFIX) or not isinstance(group, h5py.Group):
+                continue
+            if not group.attrs.get(ATTR_COMPLETE, False):
+                del measurement[name]
+                continue
+            index = int(group.attrs[ATTR_INDEX])
+            self._ids[str(group.attrs[ATTR_FRAME_ID])] = index
+            self._next_index = max(self._next_index, index + 1)
+        f.flush()
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def has_frame(self, frame_id: str) -> bool:
+        return frame_id in self._ids
+
+    def frame_ids(self) -> list[str]:
+        """Stored frame uuids in write order."""
+        return sorted(self._ids, key=self._ids.__getitem__)
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        return dict(self._provenance)
+
+    @property
+    def closed(self) -> bool:
+        return self._file is None
+
+    def write_frame(self, frame: Frame, record: dict[str, Any]) -> bool:
+        """Store `frame` with its decision record; False if that frame id is already stored.
+
+        On return True the frame is flushed to disk. On failure the frame is rolled back and
+        SessionWriteError (SessionDiskFull for ENOSPC) is raised; earlier frames are intact.
+        """
+        if not isinstance(record, dict):
+            raise SessionRecordError(f"record must be a dict, got {type(record).__name__}",
+                                     self.path)
+        if record.get("frame_id", frame.frame_id) != frame.frame_id:
+            raise SessionRecordError(
+                f"record frame_id {record['frame_id']} != frame {frame.frame_id}", self.path)
+        record_json = to_json(record, f"record of frame {frame.frame_id}", self.path)
+        evaluation_json = to_json(frame.evaluation, "frame evaluation", self.path)
+        frame_json = to_json({**frame.metadata(), "original_metadata": frame.original_metadata},
+                             "frame metadata", self.path)
+        dataset = frame_to_dataset(frame)
+        with self._lock:
+            self._require_open()
+            if frame.frame_id in self._ids:
+                return False
+            index = self._next_index
+            self._write(frame.frame_id, index, dataset,
+                        {FRAME_JSON: frame_json, RECORD_JSON: record_json,
+                         EVALUATION_JSON: evaluation_json})
+            self._ids[frame.frame_id] = index
+            self._next_index = index + 1
+        return True
+
+    def _write(self, frame_id: str, index: int, dataset: sidpy.Dataset,
+               texts: dict[str, str]) -> None:
+        f = self._file
+        pending = f"{PENDING_GROUP}/{frame_id}"
+        final = channel_path(index)
+        try:
+            group = f.create_group(pending)
+            group.attrs[ATTR_FRAME_ID] = frame_id
+            group.attrs[ATTR_INDEX] = index
+            for name, text in texts.items():
+                _string_dataset(group, name, text)
+            with dask.config.set(scheduler="synchronous"), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "validate_h5_dimension", FutureWarning)
+                write_nsid_dataset(dataset, group, main_data_name=NSID_GROUP)
+            group.attrs[ATTR_COMPLETE] = True
+            f.move(pending, final)
+            f.flush()
+        except Exception as exc:
+            self._rollback(pending, final)
+            raise write_error(exc, f"writing frame {frame_id}", self.path) from exc
+
+    def _rollback(self, *paths: str) -> None:
+        """Remove a half-written frame; best effort (the disk may be full)."""
+        for path in paths:
+            try:
+                if path in self._file:
+                    del self._file[path]
+            except Exception:  # noqa: BLE001 - readers ignore incomplete frames anyway
+                continue
+        try:
+            self._file.flush()
+        except Exception:  # noqa: BLE001
+            pass
+
+    def update_provenance(self, **values: Any) -> None:
+        """Merge `values` into the session provenance and flush."""
+        to_json(values, "provenance", self.path)
+        with self._lock:
+            self._require_open()
+            self._provenance.update(values)
+            self._store_provenance()
+
+    def _store_provenance(self) -> None:
+        try:
+            self._file[PROVENANCE][()] = to_json(self._provenance, "provenance", self.path)
+            self._file.flush()
+        except OSError as exc:
+            raise write_error(exc, "storing provenance", self.path) from exc
+
+    def close(self, status: str = "completed", reason: str = "") -> None:
+        """Record the closing status (completed / interrupted / failed) and close the file.
+        Closing twice is a no-op."""
+        if status not in CLOSING_STATUSES:
+            raise ValueError(f"status must be one of {CLOSING_STATUSES}, got {status!r}")
+        with self._lock:
+            if self._file is None:
+                return
+            try:
+                self._provenance.update(status=status, reason=reason, ended=utc_now(),
+                                        frames=len(self._ids))
+                self._store_provenance()
+            finally:
+                self._file.close()
+                self._file = None
+
+    def _require_open(self) -> None:
+        if self._file is None:
+            raise SessionWriteError("session writer is closed", self.path)
+
+    def __enter__(self) -> SessionWriter:
+        return self
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: Any) -> None:
+        if exc is None:
+            self.close("completed")
+        elif isinstance(exc, KeyboardInterrupt):
+            self.close("interrupted", "KeyboardInterrupt")
+        else:
+            self.close("failed", f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,213 @@
+"""SessionReader: read-only access to a session file's Frames, decision records, provenance.
+
+Opens the file with h5py in mode 'r' (never NSIDReader, which opens files 'r+'), so reading
+never changes a byte of the user's file. Only frames marked complete are seen.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import fields
+from typing import Any
+
+import h5py
+import numpy as np
+
+from instruments.frame import Frame, ImagingSettings, StagePosition
+from instruments.session_layout import (
+    ATTR_COMPLETE,
+    ATTR_FORMAT,
+    ATTR_FRAME_ID,
+    CHANNEL_PREFIX,
+    EVALUATION_JSON,
+    FORMAT_NAME,
+    FRAME_JSON,
+    MEASUREMENT_GROUP,
+    NSID_GROUP,
+    PROVENANCE,
+    RECORD_JSON,
+    NotASessionFile,
+    SessionFileCorrupt,
+    SessionFileError,
+    from_json,
+)
+
+
+def open_hdf5_readonly(path: str) -> h5py.File:
+    """Open `path` read-only, mapping failures to typed errors. A file held by a live writer
+    (HDF5 lock) is opened without locking: reading it then shows the frames flushed so far."""
+    if not os.path.exists(path):
+        raise SessionFileError("no such file", path)
+    if not h5py.is_hdf5(path):
+        raise SessionFileCorrupt("not an HDF5 file (truncated or overwritten?)", path)
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        if "lock" not in str(exc).lower():
+            raise SessionFileCorrupt(f"cannot open HDF5 file: {exc}", path) from exc
+    try:
+        return h5py.File(path, "r", locking=False)
+    except OSError as exc:
+        raise SessionFileCorrupt(f"cannot open HDF5 file: {exc}", path) from exc
+
+
+def _nsid_dataset_count(f: h5py.File) -> int:
+    """How many NSID main-looking datasets the file holds (for a helpful error message)."""
+    found = []
+
+    def visit(_name: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Dataset) and "pyNSID_version" in obj.attrs \
+                and "data_type" in obj.attrs:
+            found.append(obj)
+
+    f.visititems(visit)
+    return len(found)
+
+
+def _dataclass_from(cls: type, values: dict[str, Any]) -> Any:
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in values.items() if k in names})
+
+
+class SessionReader:
+    """Read-only view of one session file. Use as a context manager or call close()."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = os.path.abspath(os.fspath(path))
+        self._file = open_hdf5_readonly(self.path)
+        try:
+            self._check_format()
+            self.provenance: dict[str, Any] = from_json(
+                self._file[PROVENANCE][()], "provenance", self.path)
+            self._channels = self._complete_channels()
+        except Exception:
+            self._file.close()
+            raise
+
+    def _check_format(self) -> None:
+        f = self._file
+        if f.attrs.get(ATTR_FORMAT) == FORMAT_NAME and PROVENANCE in f:
+            return
+        count = _nsid_dataset_count(f)
+        if count:
+            raise NotASessionFile(
+                f"HDF5 file holds {count} NSID dataset(s) but no micagent session records; "
+                "replay:// serves its images as frames", self.path)
+        raise NotASessionFile("HDF5 file is neither a micagent session nor NSID data",
+                              self.path)
+
+    def _complete_channels(self) -> list[h5py.Group]:
+        measurement = self._file.get(MEASUREMENT_GROUP)
+        if not isinstance(measurement, h5py.Group):
+            raise SessionFileCorrupt(f"missing group /{MEASUREMENT_GROUP}", self.path)
+        names = sorted(n for n in measurement if n.startswith(CHANNEL_PREFIX))
+        return [measurement[n] for n in names
+                if isinstance(measurement[n], h5py.Group)
+                and measurement[n].attrs.get(ATTR_COMPLETE, False)]
+
+    @property
+    def frame_ids(self) -> list[str]:
+        """Frame uuids in write order."""
+        return [str(g.attrs[ATTR_FRAME_ID]) for g in self._channels]
+
+    def __len__(self) -> int:
+        return len(self._channels)
+
+    def _json(self, group: h5py.Group, name: str) -> Any:
+        if name not in group:
+            raise SessionFileCorrupt(f"{group.name} has no {name}", self.path)
+        return from_json(group[name][()], f"{group.name}/{name}", self.path)
+
+    def _frame(self, group: h5py.Group) -> Frame:
+        meta = self._json(group, FRAME_JSON)
+        main = f"{NSID_GROUP}/{NSID_GROUP}"
+        if main not in group:
+            raise SessionFileCorrupt(f"{group.name} has no image dataset", self.path)
+        try:
+            image = np.asarray(group[main][()], dtype=np.float32)
+        except OSError as exc:
+            raise SessionFileCorrupt(f"{group.name} image unreadable: {exc}", self.path) from exc
+        evaluation = self._json(group, EVALUATION_JSON) if EVALUATION_JSON in group else {}
+        return Frame(
+            image=image,
+            instrument_id=str(meta.get("instrument_id", "")),
+            settings=_dataclass_from(ImagingSettings, meta.get("settings", {})),
+            stage=_dataclass_from(StagePosition, meta.get("stage", {})),
+            sequence=int(meta.get("sequence", 0)),
+            frame_id=str(meta.get("frame_id", group.attrs[ATTR_FRAME_ID])),
+            timestamp=float(meta.get("timestamp", 0.0)),
+            original_metadata=dict(meta.get("original_metadata") or {}),
+            evaluation=dict(evaluation or {}),
+        )
+
+    def iter_frames(self) -> Iterator[Frame]:
+        """Frames in write order (records not needed: what replay uses)."""
+        for group in self._channels:
+            yield self._frame(group)
+
+    def frames(self) -> Iterator[tuple[Frame, dict[str, Any]]]:
+        """(Frame, decision record) pairs in write order; SessionFileCorrupt if a frame has
+        no record."""
+        for group in self._channels:
+            yield self._frame(group), self._json(group, RECORD_JSON)
+
+    def records(self) -> list[dict[str, Any]]:
+        """Decision records in write order (no image data read)."""
+        return [self._json(g, RECORD_JSON) for g in self._channels]
+
+    def evaluations(self) -> list[dict[str, Any]]:
+        """Ground truth per frame (empty dicts where none was stored)."""
+        return [self._json(g, EVALUATION_JSON) if EVALUATION_JSON in g else {}
+                for g in self._channels]
+
+    def summary(self) -> dict[str, Any]:
+        """The `micagent inspect --json` object."""
+        records = self.records()
+        truths = self.evaluations()
+        prov = self.provenance
+        labels = [r.get("label") for r in records]
+        routes = [r.get("route") for r in records]
+        humans = [r["human"] for r in records if r.get("human")]
+        escalation_counts = {
+            "rescan": sum(1 for r in records if r.get("rescans")),
+            "adjudication": sum(1 for r in records if r.get("adjudication")),
+            "human": len(humans),
+        }
+        scored = [(lab, t["label"]) for lab, t in zip(labels, truths, strict=True)
+                  if t.get("label")]
+        return {
+            "path": self.path,
+            "session_id": prov.get("session_id"),
+            "status": prov.get("status"),
+            "reason": prov.get("reason", ""),
+            "closed": prov.get("status") != "running",
+            "started": prov.get("started"),
+            "ended": prov.get("ended"),
+            "instrument": prov.get("instrument"),
+            "model": prov.get("model"),
+            "frames": len(records),
+            "frame_ids": self.frame_ids,
+            "labels": labels,
+            "routes": routes,
+            "label_counts": dict(Counter(lab for lab in labels if lab is not None)),
+            "route_counts": dict(Counter(r for r in routes if r is not None)),
+            "escalations": sum(1 for r in records
+                               if r.get("rescans") or r.get("adjudication") or r.get("human")),
+            "escalation_counts": escalation_counts,
+            "approvals": len(humans),
+            "approval_decisions": dict(Counter(h.get("decision") for h in humans)),
+            "human_changed": sum(1 for h in humans if h.get("changed")),
+            "scored_frames": len(scored),
+            "accuracy": (sum(a == b for a, b in scored) / len(scored)) if scored else None,
+        }
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> SessionReader:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,0 +1,181 @@
+"""Session files: frames, decision records and provenance go in, come back out unchanged, and
+the pycroscopy readers (SciFiReaders, DTMicroscope's loader) see every frame as a sidpy
+IMAGE Dataset in frame order."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from instruments.frame import Frame, ImagingSettings, StagePosition
+from instruments.session_file import SessionWriter
+from instruments.session_reader import SessionReader
+
+
+def make_frame(i: int, size: int = 64, label: str = "Fibres") -> Frame:
+    rng = np.random.default_rng(i)
+    return Frame(
+        image=rng.random((size, size), dtype=np.float32) * 100,
+        instrument_id="twin",
+        settings=ImagingSettings(fov=10e-6 * (i + 1), pixels=size, dwell=1e-6 * (i + 1),
+                                 detector="SE", defocus=1e-7 * i),
+        stage=StagePosition(x=1e-5 * i, y=-2e-5 * i, z=1e-6, tilt=0.5),
+        sequence=i,
+        original_metadata={"vendor": "twin", "hv": 5000.0, "optional": None},
+        evaluation={"label": label, "class_fractions": {label: 0.9, "Powder": 0.1}},
+    )
+
+
+def make_record(frame: Frame, label: str, route: str = "confident", **extra) -> dict:
+    return {"frame_id": frame.frame_id, "sequence": frame.sequence,
+            "position": {"x": frame.stage.x, "y": frame.stage.y}, "tile": {"row": 0, "col": 1},
+            "prediction": {"label": label, "confidence": 0.93,
+                           "probabilities": {label: 0.93, "Powder": 0.07},
+                           "top_k": [[label, 0.93], ["Powder", 0.07]],
+                           "conformal_set": [label]},
+            "label": label, "route": route, "rescans": [], "adjudication": None,
+            "human": None, "quality": {"sharpness": 1.5, "snr": 12.0, "drift_px": 0.2,
+                                        "ok": True},
+            "timings": {"acquire_s": 0.1, "classify_s": 0.2, "total_s": 0.3}, **extra}
+
+
+PROVENANCE = {
+    "session_id": "s-1",
+    "instrument": {"uri": "twin", "identity": "twin seed=0"},
+    "model": {"checkpoint": "models/bundled/sem_twin", "sha256": "ab" * 32,
+              "class_names": ["Fibres", "Powder"]},
+    "policy": {"confidence": 0.8}, "envelope": {"max_moves": 100},
+}
+
+
+@pytest.fixture
+def session(tmp_path: Path) -> tuple[Path, list[Frame], list[dict]]:
+    path = tmp_path / "session.h5"
+    frames = [make_frame(i) for i in range(3)]
+    records = [make_record(frames[0], "Fibres"),
+               make_record(frames[1], "Powder", route="human",
+                           human={"operator": "ana", "time": "t", "proposal": "Fibres",
+                                  "decision": "relabel", "label": "Powder", "note": "",
+                                  "changed": True}),
+               make_record(frames[2], "Fibres", route="rescan",
+                           rescans=[{"settings": {"dwell": 4e-6}, "reason": "low snr",
+                                     "quality": {"snr": 3.0}, "prediction": {}}])]
+    with SessionWriter(path, PROVENANCE) as writer:
+        for frame, record in zip(frames, records, strict=True):
+            assert writer.write_frame(frame, record) is True
+    return path, frames, records
+
+
+def test_round_trip_of_frames_records_and_provenance(session) -> None:
+    path, frames, records = session
+    with SessionReader(path) as reader:
+        assert reader.frame_ids == [f.frame_id for f in frames]
+        back = list(reader.frames())
+        prov = reader.provenance
+    for (frame, record), original, original_record in zip(back, frames, records, strict=True):
+        np.testing.assert_array_equal(frame.image, original.image)
+        assert frame.image.dtype == np.float32
+        assert frame.settings == original.settings
+        assert frame.stage == original.stage
+        assert (frame.frame_id, frame.sequence, frame.instrument_id, frame.timestamp) == (
+            original.frame_id, original.sequence, original.instrument_id, original.timestamp)
+        assert frame.original_metadata == original.original_metadata
+        assert frame.evaluation == original.evaluation
+        assert record == original_record
+    assert prov["session_id"] == "s-1"
+    assert prov["model"] == PROVENANCE["model"]
+    assert prov["status"] == "completed" and prov["ended"] and prov["started"]
+    assert {"python", "h5py", "hdf5", "sidpy", "pyNSID"} <= set(prov["software"])
+
+
+def test_summary_counts_labels_routes_escalations_and_accuracy(session) -> None:
+    path, frames, _ = session
+    with SessionReader(path) as reader:
+        summary = reader.summary()
+    assert summary["session_id"] == "s-1" and summary["status"] == "completed"
+    assert summary["frames"] == 3
+    assert summary["frame_ids"] == [f.frame_id for f in frames]
+    assert summary["labels"] == ["Fibres", "Powder", "Fibres"]
+    assert summary["routes"] == ["confident", "human", "rescan"]
+    assert summary["escalations"] == 2 and summary["approvals"] == 1
+    assert summary["approval_decisions"] == {"relabel": 1} and summary["human_changed"] == 1
+    assert summary["accuracy"] == pytest.approx(2 / 3)   # truth is Fibres for every frame
+
+
+def test_rewriting_a_frame_is_refused_and_resume_appends(session) -> None:
+    path, frames, records = session
+    writer = SessionWriter(path, {"session_id": "s-1", "note": "resumed"})
+    assert writer.frame_ids() == [f.frame_id for f in frames]
+    assert writer.has_frame(frames[1].frame_id)
+    assert writer.write_frame(frames[1], records[1]) is False
+    extra = make_frame(7)
+    assert writer.write_frame(extra, make_record(extra, "Powder")) is True
+    writer.close("interrupted", "operator stop")
+    with SessionReader(path) as reader:
+        assert reader.frame_ids == [f.frame_id for f in frames] + [extra.frame_id]
+        assert reader.provenance["status"] == "interrupted"
+        assert reader.provenance["reason"] == "operator stop"
+        assert reader.provenance["note"] == "resumed" and len(reader.provenance["resumed"]) == 1
+
+
+def test_reader_never_modifies_the_file(session) -> None:
+    path, _, _ = session
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    with SessionReader(path) as reader:
+        list(reader.frames())
+        reader.summary()
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+
+
+def test_scifireaders_reads_every_frame_as_a_sidpy_image(session, tmp_path: Path) -> None:
+    import SciFiReaders
+    import sidpy
+
+    path, frames, _ = session
+    copy = tmp_path / "copy.h5"          # NSIDReader opens files r+
+    shutil.copy(path, copy)
+    reader = SciFiReaders.NSIDReader(str(copy))
+    try:
+        datasets = reader.read()
+        assert list(datasets) == ["Channel_000", "Channel_001", "Channel_002"]
+        for key, frame in zip(datasets, frames, strict=True):
+            ds = datasets[key]
+            assert isinstance(ds, sidpy.Dataset)
+            assert ds.data_type == sidpy.DataType.IMAGE
+            assert (ds.quantity, ds.units) == ("intensity", "a.u.")
+            np.testing.assert_allclose(np.array(ds), frame.image)
+            for axis in (0, 1):
+                dim = ds._axes[axis]
+                assert (dim.units, dim.quantity) == ("m", "distance")
+                assert dim.dimension_type == sidpy.DimensionType.SPATIAL
+                assert dim.values[1] - dim.values[0] == pytest.approx(frame.settings.pixel_size)
+            assert ds.metadata["frame_id"] == frame.frame_id
+            assert ds.metadata["stage"]["x"] == pytest.approx(frame.stage.x)
+            assert ds.original_metadata["vendor"] == "twin"
+    finally:
+        reader.close()
+
+
+def test_dtmicroscope_loader_serves_the_first_frame_as_overview(session, tmp_path: Path) -> None:
+    """DTMicroscope STEM._load_dataset: NSIDReader(path).read(), keyed Channel_000...;
+    get_overview_image() returns np.array(dataset['Channel_000'])."""
+    import SciFiReaders
+
+    path, frames, _ = session
+    copy = tmp_path / "registered.h5"
+    shutil.copy(path, copy)
+    reader = SciFiReaders.NSIDReader(str(copy))
+    try:
+        dataset = reader.read()
+        if not hasattr(dataset, "keys"):
+            dataset = {f"Channel_{i:03}": item for i, item in enumerate(dataset)}
+        overview = np.array(dataset["Channel_000"])
+        np.testing.assert_allclose(overview, frames[0].image)
+        images = [k for k, v in dataset.items() if v.data_type.name == "IMAGE"]
+        assert len(images) == len(frames)
+    finally:
+        reader.close()
