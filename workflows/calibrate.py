@@ -1,0 +1,62 @@
+"""After training: temperature scaling and split-conformal calibration on the validation part,
+then an atomic checkpoint save (temporary folder renamed into place)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.calibration import nll
+from models.classifier import Classifier
+from models.fusion import FusionClassifier
+
+CONFORMAL_ALPHA = 0.1
+
+
+def batched_logits(model: FusionClassifier, x: torch.Tensor, lmm: torch.Tensor | None,
+                   batch_size: int = 48) -> np.ndarray:
+    """Logits (N, C) of the model in eval mode, in batches."""
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            sl = slice(i, i + batch_size)
+            out.append(model(x[sl], None if lmm is None else lmm[sl]).double().numpy())
+    return np.concatenate(out)
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = logits / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def save_calibrated(clf: Classifier, x: torch.Tensor, y: torch.Tensor, lmm: torch.Tensor,
+                    split, folder: Path, extra: dict, alpha: float = CONFORMAL_ALPHA) -> Path:
+    """Fit T and the conformal threshold on `split.val` (Classifier.calibrate: disjoint halves),
+    then write the checkpoint `folder` atomically, with `training_fold.json` beside it."""
+    val = torch.as_tensor(split.val)
+    logits = batched_logits(clf.model, x[val], lmm[val])
+    labels = y[val].numpy()
+    clf.calibrate(logits, labels, alpha=alpha)
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    clf.save(tmp)
+    history = extra.get("history", [])
+    record = {**extra, "best_val_loss": min((h["val_loss"] for h in history), default=None),
+              "temperature": clf.temperature, "conformal_qhat": clf.conformal_qhat,
+              "val_nll_before": nll(logits, labels),
+              "val_nll_after": nll(logits, labels, clf.temperature)}
+    (tmp / "training_fold.json").write_text(json.dumps(record, indent=1))
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    return folder

@@ -1,0 +1,332 @@
+"""Training with the papers' protocol (CM-EMRL appendix "Experimental Setup"; MultiFusion-LLM
+6.1): Adam, lr 1e-3, batch 48, early stopping on the validation loss, learning rate halved after
+5 epochs without improvement (ReduceLROnPlateau); `paper` profile: stratified 10-fold CV for 50
+epochs; `quick` profile: one stratified train/val/test split and fewer epochs.
+
+Interruptions: `<out>.partial/` holds the run description (`run.json`: options, dataset
+fingerprint, splits, LMM labels) and, per fold, the state after the last finished epoch
+(`fold_K.pt`, written atomically), then the fold's finished, calibrated checkpoint. Running the
+same command again resumes there. The final checkpoint folder appears only at the end, by a
+rename of a complete temporary folder, so a partial checkpoint never looks valid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from models.classifier import Classifier
+from models.config import FusionConfig
+from models.fusion import FusionClassifier
+from models.preprocess import preprocess_batch
+from workflows.calibrate import save_calibrated
+from workflows.confounding import few_shot_labels, pca_features, select_confounding
+from workflows.data import LabelledDataset, load_folder_dataset
+from workflows.knowledge import Knowledge, resolve_knowledge
+from workflows.splits import Split, holdout_split, kfold_splits
+
+PROFILES: dict[str, dict] = {
+    # The papers' protocol.
+    "paper": {"folds": 10, "epochs": 50, "early_stop": 10, "lr_patience": 5},
+    # One split; sized for ~2,000 images at 224 px in about 30 min on 2 CPU cores.
+    "quick": {"folds": 1, "epochs": 6, "early_stop": 3, "lr_patience": 2},
+}
+
+
+class TrainError(RuntimeError):
+    """A training run that cannot start or continue (says why and what to do)."""
+
+
+@dataclass
+class TrainOptions:
+    profile: str = "quick"
+    folds: int | None = None
+    epochs: int | None = None
+    seed: int = 0
+    ablation: str = "full"
+    knowledge: str | None = None
+    batch_size: int = 48
+    lr: float = 1e-3
+    lr_factor: float = 0.5
+    crop: float | int | None = None
+    dedup: bool = True
+    confounding_fraction: float = 0.1
+    shots: int = 5
+    demo_strategy: str = "similar"
+    config_overrides: dict = field(default_factory=dict)
+
+    def resolved(self) -> dict:
+        """Options with the profile's defaults filled in (the record of the run)."""
+        if self.profile not in PROFILES:
+            raise TrainError(f"unknown profile {self.profile!r}; choose {sorted(PROFILES)}")
+        prof = PROFILES[self.profile]
+        out = asdict(self)
+        out["folds"] = self.folds or prof["folds"]
+        out["epochs"] = self.epochs or prof["epochs"]
+        out["early_stop"] = prof["early_stop"]
+        out["lr_patience"] = prof["lr_patience"]
+        return out
+
+
+def atomic_torch_save(obj: object, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def atomic_json(obj: object, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def make_splits(ds: LabelledDataset, opts: dict) -> list[Split]:
+    if opts["folds"] <= 1:
+        return [holdout_split(ds.labels, ds.groups, seed=opts["seed"])]
+    return kfold_splits(ds.labels, ds.groups, k=opts["folds"], seed=opts["seed"])
+
+
+def lmm_labels_per_fold(ds: LabelledDataset, splits: list[Split], opts: dict,
+                        config: FusionConfig) -> tuple[list[list[int]], dict]:
+    """Few-shot adjudicator labels of the confounding images (-1 elsewhere), one array per
+    fold (demonstrations come from that fold's training part only)."""
+    if not config.lmm_on or opts["confounding_fraction"] <= 0:
+        return [[-1] * len(ds)] * len(splits), {"selected": [], "verdicts": []}
+    sel = select_confounding(ds.images, len(ds.class_names), opts["confounding_fraction"],
+                             seed=opts["seed"])
+    feats = pca_features(ds.images, seed=opts["seed"])
+    out, verdicts = [], []
+    for split in splits:
+        labels, v = few_shot_labels(feats, ds.labels, ds.class_names, sel.selected, split.train,
+                                    k=opts["shots"], strategy=opts["demo_strategy"],
+                                    seed=opts["seed"])
+        out.append(labels.tolist())
+        verdicts.append(v)
+    info = {"selected": sel.selected.tolist(), "adjudicator": "offline-knn",
+            "embedding": "PCA of z-scored 224x224 images", "verdicts": verdicts}
+    return out, info
+
+
+class FoldTrainer:
+    """Trains one fold with per-epoch resumable state."""
+
+    def __init__(self, model: FusionClassifier, x: torch.Tensor, y: torch.Tensor,
+                 lmm: torch.Tensor, split: Split, opts: dict, state_path: Path,
+                 console: Console) -> None:
+        self.model, self.x, self.y, self.lmm = model, x, y, lmm
+        self.split, self.opts, self.path, self.console = split, opts, state_path, console
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optim = torch.optim.Adam(params, lr=opts["lr"])
+        self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optim, mode="min", factor=opts["lr_factor"], patience=opts["lr_patience"])
+        self.epoch, self.best_loss, self.best_state, self.since_best = 0, float("inf"), None, 0
+        self.history: list[dict] = []
+
+    def load(self) -> bool:
+        """Restore the last saved epoch; False when there is none."""
+        if not self.path.exists():
+            return False
+        st = torch.load(self.path, weights_only=False)
+        self.model.load_state_dict(st["model"], strict=False)
+        self.optim.load_state_dict(st["optim"])
+        self.sched.load_state_dict(st["sched"])
+        self.epoch, self.best_loss = st["epoch"], st["best_loss"]
+        self.best_state, self.since_best, self.history = (st["best_state"], st["since_best"],
+                                                          st["history"])
+        return True
+
+    def save(self) -> None:
+        atomic_torch_save({"model": self.model.trainable_state_dict(),
+                           "optim": self.optim.state_dict(), "sched": self.sched.state_dict(),
+                           "epoch": self.epoch, "best_loss": self.best_loss,
+                           "best_state": self.best_state, "since_best": self.since_best,
+                           "history": self.history}, self.path)
+
+    @property
+    def finished(self) -> bool:
+        return self.epoch >= self.opts["epochs"] or self.since_best >= self.opts["early_stop"]
+
+    def _batches(self, idx: np.ndarray, shuffle: bool) -> list[np.ndarray]:
+        if shuffle:  # seeded by (seed, epoch): a resumed run sees the same order
+            rng = np.random.default_rng([self.opts["seed"], self.epoch])
+            idx = rng.permutation(idx)
+        bs = self.opts["batch_size"]
+        return [idx[i:i + bs] for i in range(0, len(idx), bs)]
+
+    def evaluate(self, idx: np.ndarray) -> tuple[float, float]:
+        """(mean cross-entropy, accuracy) on `idx`."""
+        self.model.eval()
+        loss, correct = 0.0, 0
+        with torch.no_grad():
+            for b in self._batches(idx, False):
+                logits = self.model(self.x[b], self.lmm[b])
+                loss += torch.nn.functional.cross_entropy(logits, self.y[b], reduction="sum").item()
+                correct += int((logits.argmax(1) == self.y[b]).sum())
+        return loss / len(idx), correct / len(idx)
+
+    def run_epoch(self, progress: Progress, task) -> dict:
+        self.model.train()
+        t0, total, n = time.time(), 0.0, 0
+        batches = self._batches(self.split.train, True)
+        progress.reset(task, total=len(batches), description=f"epoch {self.epoch + 1}")
+        for b in batches:
+            logits = self.model(self.x[b], self.lmm[b])
+            loss = torch.nn.functional.cross_entropy(logits, self.y[b])
+            self.optim.zero_grad()
+            loss.backward()
+            self.optim.step()
+            total += loss.item() * len(b)
+            n += len(b)
+            progress.advance(task)
+        val_loss, val_acc = self.evaluate(self.split.val)
+        self.sched.step(val_loss)
+        self.epoch += 1
+        if val_loss < self.best_loss - 1e-6:
+            self.best_loss, self.since_best = val_loss, 0
+            self.best_state = {k: v.clone() for k, v in self.model.trainable_state_dict().items()}
+        else:
+            self.since_best += 1
+        row = {"epoch": self.epoch, "train_loss": total / n, "val_loss": val_loss,
+               "val_acc": val_acc, "lr": self.optim.param_groups[0]["lr"],
+               "seconds": round(time.time() - t0, 1)}
+        self.history.append(row)
+        return row
+
+
+def _load_dataset(data_dir: Path, opts: dict, size: int, console: Console) -> LabelledDataset:
+    with Progress(TextColumn("loading images"), BarColumn(), MofNCompleteColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task("load", total=None)
+        return load_folder_dataset(
+            data_dir, size=size, crop=opts["crop"], group_duplicates=opts["dedup"],
+            progress=lambda i, n: progress.update(task, completed=i, total=n))
+
+
+def _prepare_run(partial: Path, ds: LabelledDataset, opts: dict, config: FusionConfig,
+                 know: Knowledge, console: Console) -> dict:
+    """Load `run.json` of an interrupted run with the same data and options, or start one."""
+    run_path = partial / "run.json"
+    if run_path.exists():
+        run = json.loads(run_path.read_text())
+        if run["fingerprint"] != ds.fingerprint() or run["options"] != opts:
+            raise TrainError(
+                f"{partial} holds an interrupted run with other data or options; delete that "
+                f"folder (or pass --restart) to start over")
+        console.print(f"[cyan]resuming the interrupted run in {partial}")
+        return run
+    partial.mkdir(parents=True, exist_ok=True)
+    splits = make_splits(ds, opts)
+    lmm, lmm_info = lmm_labels_per_fold(ds, splits, opts, config)
+    run = {"fingerprint": ds.fingerprint(), "options": opts, "config": config.to_dict(),
+           "class_names": ds.class_names, "sources": ds.sources, "digests": ds.digests,
+           "splits": [s.as_dict() for s in splits], "lmm_labels": lmm, "lmm_info": lmm_info,
+           "knowledge": {"path": know.path, "sha256": know.sha256,
+                         "provenance": know.provenance}}
+    atomic_json(run, run_path)
+    return run
+
+
+def train(data_dir: str | Path, out: str | Path, options: TrainOptions | None = None,
+          console: Console | None = None, restart: bool = False,
+          on_epoch_end: Callable[[int, dict], None] | None = None) -> Path:
+    """Train (or resume), calibrate and save a checkpoint folder at `out`; returns `out`.
+
+    `on_epoch_end(fold, row)` is called after each saved epoch (progress hooks, tests).
+    """
+    console = console or Console()
+    opts = (options or TrainOptions()).resolved()
+    out = Path(out)
+    partial = out.with_name(out.name + ".partial")
+    if restart and partial.exists():
+        shutil.rmtree(partial)
+    data_dir = Path(data_dir)
+    size = int(opts["config_overrides"].get("img_size", 224))
+    ds = _load_dataset(data_dir, opts, size, console)
+    know = resolve_knowledge(opts["knowledge"], ds.class_names)
+    if know.path == "<class names>":
+        console.print("[yellow]no knowledge file covers these classes: the text branch uses "
+                      "the class names only (pass --knowledge FILE from `micagent describe`)")
+    config = FusionConfig.ablation(opts["ablation"], n_classes=len(ds.class_names),
+                                   **opts["config_overrides"])
+    run = _prepare_run(partial, ds, opts, config, know, console)
+    descriptions = know.for_classes(ds.class_names)
+    x = preprocess_batch(ds.images, channels=config.in_chans, size=config.img_size)
+    y = torch.as_tensor(ds.labels)
+    started = time.time()
+    fold_dirs = []
+    for fold, split_d in enumerate(run["splits"]):
+        split = Split.from_dict(split_d)
+        fold_dir = partial / f"fold_{fold}"
+        fold_dirs.append(fold_dir)
+        if (fold_dir / "config.json").exists():
+            continue
+        torch.manual_seed(opts["seed"] * 1000 + fold)
+        clf = Classifier.create(config, ds.class_names, descriptions)
+        model = clf.model
+        lmm = torch.as_tensor(run["lmm_labels"][fold], dtype=torch.long)
+        trainer = FoldTrainer(model, x, y, lmm, split, opts, partial / f"fold_{fold}.pt",
+                              console)
+        if trainer.load():
+            console.print(f"fold {fold + 1}: resuming after epoch {trainer.epoch}")
+        with Progress(TextColumn(f"fold {fold + 1}/{len(run['splits'])}"),
+                      TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=console) as progress:
+            task = progress.add_task("", total=1)
+            while not trainer.finished:
+                row = trainer.run_epoch(progress, task)
+                trainer.save()
+                progress.console.print(
+                    f"fold {fold + 1} epoch {row['epoch']}: train loss {row['train_loss']:.4f}"
+                    f"  val loss {row['val_loss']:.4f}  val acc {row['val_acc']:.4f}"
+                    f"  lr {row['lr']:.2e}  {row['seconds']:.0f}s")
+                if on_epoch_end is not None:
+                    on_epoch_end(fold, row)
+        if trainer.best_state is not None:
+            model.load_state_dict(trainer.best_state, strict=False)
+        save_calibrated(clf, x, y, lmm, split, fold_dir,
+                        extra={"fold": fold, "history": trainer.history})
+    return _assemble(out, partial, run, fold_dirs, time.time() - started)
+
+
+def _assemble(out: Path, partial: Path, run: dict, fold_dirs: list[Path],
+              seconds: float) -> Path:
+    """Build the final folder next to `out`, then rename it into place."""
+    best = 0
+    if len(fold_dirs) > 1:
+        losses = [json.loads((d / "training_fold.json").read_text())["best_val_loss"]
+                  for d in fold_dirs]
+        best = int(np.argmin(losses))
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(fold_dirs[best], tmp)
+    if len(fold_dirs) > 1:
+        for k, d in enumerate(fold_dirs):
+            shutil.copytree(d, tmp / "folds" / f"fold_{k}")
+    record = {key: run[key] for key in ("fingerprint", "options", "config", "class_names",
+                                        "splits", "knowledge")}
+    record.update({"digests": run["digests"], "sources": run["sources"],
+                   "lmm_labels": run["lmm_labels"],
+                   "confounding": {k: v for k, v in run["lmm_info"].items() if k != "verdicts"},
+                   "selected_fold": best, "train_seconds_this_session": round(seconds, 1),
+                   "torch_threads": torch.get_num_threads()})
+    atomic_json(record, tmp / "training.json")
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, out)
+    shutil.rmtree(partial)
+    return out
