@@ -1,0 +1,105 @@
+"""A session's run configuration: what `micagent run` was asked, JSON-able, so `--resume ID`
+rebuilds the same session from it."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.policy import APPROVE_MODES, RoutePolicy
+from agent.quality import QualityThresholds
+from instruments.frame import ImagingSettings
+
+
+class RunConfigError(ValueError):
+    """A run configuration that cannot work (unknown mode, no frames, ...)."""
+
+
+@dataclass
+class RunConfig:
+    session_id: str
+    instrument: str = "twin"
+    objective: str = "survey"
+    frames: int = 36
+    approve: str = "none"
+    adjudicator: str = "offline"
+    model: str | None = None
+    out: str = ""
+    seed: int = 0
+    state_dir: str = ".micagent"
+    imaging: dict[str, Any] = field(default_factory=lambda: ImagingSettings().as_dict())
+    confidence: float = 0.9
+    max_set_size: int = 1
+    max_rescans: int = 2
+    demo_k: int = 8
+    demo_strategy: str = "similar"
+    bank: str | None = None
+    budgets: dict[str, float] = field(default_factory=dict)
+    thresholds: dict[str, float] = field(default_factory=lambda: QualityThresholds().as_dict())
+    vlm_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.approve not in APPROVE_MODES and self.approve != "web":
+            raise RunConfigError(f"--approve must be one of {APPROVE_MODES} or web, "
+                                 f"got {self.approve!r}")
+        if self.adjudicator not in ("offline", "openai"):
+            raise RunConfigError(f"--adjudicator must be offline or openai, "
+                                 f"got {self.adjudicator!r}")
+        if self.frames < 1:
+            raise RunConfigError("--frames must be at least 1")
+        if self.demo_strategy not in ("similar", "random"):
+            raise RunConfigError("demonstration strategy must be similar or random")
+        self.budgets = {**default_budgets(self.frames), **self.budgets}
+
+    @property
+    def approve_mode(self) -> str:
+        """The policy's approval mode (`web` is the uncertain mode with a web front-end)."""
+        return "uncertain" if self.approve == "web" else self.approve
+
+    def policy(self) -> RoutePolicy:
+        return RoutePolicy(confidence=self.confidence, max_set_size=self.max_set_size,
+                           max_rescans=self.max_rescans, approve=self.approve_mode)
+
+    def imaging_settings(self) -> ImagingSettings:
+        return ImagingSettings(**self.imaging)
+
+    def quality_thresholds(self) -> QualityThresholds:
+        return QualityThresholds(**self.thresholds)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.as_dict(), indent=1))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> RunConfig:
+        return cls(**json.loads(path.read_text()))
+
+
+def default_budgets(frames: int) -> dict[str, float]:
+    """Budgets that scale with the session: rescans and adjudications for a fifth of the
+    frames each, tokens for paid endpoints, 20 stage moves per frame, one hour."""
+    return {"rescans": max(4, math.ceil(0.2 * frames)),
+            "adjudications": max(4, math.ceil(0.2 * frames)),
+            "tokens": 500_000, "moves": 20 * frames, "wall_s": 3600.0}
+
+
+def registry_path(state_dir: str | Path, session_id: str) -> Path:
+    """Where a session's run configuration is kept for `--resume`."""
+    return Path(state_dir) / "sessions" / f"{session_id}.json"
+
+
+def checkpoint_path(out: str | Path) -> Path:
+    return Path(f"{out}.ckpt.sqlite")
+
+
+def work_dir(out: str | Path) -> Path:
+    """Scratch frames and thumbnails of a session live beside its file."""
+    return Path(f"{out}.work")

@@ -1,0 +1,132 @@
+"""A session: session file, checkpointer, runtime and compiled graph put together, run to its
+end (or resumed), with the file's closing status always written."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.adjudication.cache import AnswerCache
+from agent.adjudication.demonstrations import DemonstrationBank
+from agent.adjudication.offline import OfflineKnnAdjudicator
+from agent.adjudication.openai_vlm import OpenAIAdjudicator, VlmConfig
+from agent.approval_broker import ApprovalBroker
+from agent.config import RunConfig, checkpoint_path, work_dir
+from agent.driver import run_graph, thread_config
+from agent.graph import compile_graph, open_checkpointer
+from agent.objectives import parse_objective
+from agent.runtime import Runtime, TileSource
+from agent.scratch import FrameScratch
+from agent.state import AgentState, new_state
+from instruments.safety import GuardedMicroscope
+from instruments.session_file import SessionWriter
+
+
+@dataclass
+class SessionParts:
+    """What the caller opened for the session."""
+
+    microscope: GuardedMicroscope
+    classifier: Any
+    bank: DemonstrationBank | None = None
+    survey_positions: list[dict[str, Any]] | None = None
+    region: tuple[tuple[float, float], tuple[float, float]] | None = None
+    tiles: TileSource | None = None
+    hunt_start: tuple[float, float] = (0.0, 0.0)
+    model_info: dict[str, Any] = field(default_factory=dict)
+
+
+def make_adjudicator(config: RunConfig, cache_dir: Path):
+    """The offline stand-in, or the OpenAI-compatible VLM (config from the environment)."""
+    if config.adjudicator == "openai":
+        vlm = VlmConfig.from_env(timeout_s=config.vlm_timeout_s)
+        return OpenAIAdjudicator(vlm, AnswerCache(cache_dir))
+    return OfflineKnnAdjudicator()
+
+
+def provenance(config: RunConfig, parts: SessionParts, adjudicator_name: str) -> dict[str, Any]:
+    """Session-level provenance (never an API key)."""
+    return {"session_id": config.session_id, "instrument": {
+                "uri": config.instrument, "id": parts.microscope.instrument_id},
+            "model": {**parts.model_info,
+                      "class_names": list(parts.classifier.class_names)},
+            "policy": config.policy().as_dict(),
+            "quality_thresholds": config.thresholds,
+            "envelope": parts.microscope.envelope.as_dict(),
+            "objective": config.objective, "budgets": config.budgets,
+            "adjudicator": adjudicator_name,
+            "vlm_base_url": os.environ.get("MICAGENT_VLM_BASE_URL")
+            if config.adjudicator == "openai" else None,
+            "demonstrations": {"k": config.demo_k, "strategy": config.demo_strategy,
+                               "bank_size": len(parts.bank) if parts.bank else 0},
+            "run_config": {k: v for k, v in config.as_dict().items() if k != "budgets"}}
+
+
+def record_failed_start(config: RunConfig, reason: str,
+                        extra: dict[str, Any] | None = None) -> None:
+    """A session that could not start still leaves a closed file saying why."""
+    writer = SessionWriter(config.out, {"session_id": config.session_id,
+                                        "instrument": {"uri": config.instrument},
+                                        "objective": config.objective, **(extra or {})})
+    writer.close("failed", reason)
+
+
+class Session:
+    def __init__(self, config: RunConfig, parts: SessionParts,
+                 on_update: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+        self.config, self.parts = config, parts
+        work = work_dir(config.out)
+        (work / "thumbnails").mkdir(parents=True, exist_ok=True)
+        adjudicator = make_adjudicator(config, Path(config.state_dir) / "vlm-cache")
+        self.writer = SessionWriter(config.out, provenance(config, parts, adjudicator.name))
+        self.checkpointer = open_checkpointer(checkpoint_path(config.out))
+        if parts.bank is not None:
+            parts.bank.check_classes(parts.classifier.class_names)
+        self.runtime = Runtime(
+            microscope=parts.microscope, classifier=parts.classifier, writer=self.writer,
+            adjudicator=adjudicator, bank=parts.bank, scratch=FrameScratch(work / "frames"),
+            thumbnails=work / "thumbnails", policy=config.policy(),
+            thresholds=config.quality_thresholds(), imaging=config.imaging_settings(),
+            survey_positions=parts.survey_positions, region=parts.region, tiles=parts.tiles,
+            demo_k=config.demo_k, demo_strategy=config.demo_strategy,
+            rng=np.random.default_rng(config.seed), on_update=on_update)
+        self.graph = compile_graph(self.runtime, self.checkpointer)
+
+    def initial_state(self) -> AgentState:
+        objective = parse_objective(self.config.objective, self.parts.classifier.class_names)
+        objective["start"] = list(self.parts.hunt_start)
+        return new_state(self.config.session_id, objective, self.config.frames,
+                         self.config.budgets)
+
+    def saved_state(self) -> tuple[dict[str, Any], tuple[str, ...]]:
+        snapshot = self.graph.get_state(thread_config(self.config.session_id))
+        return dict(snapshot.values or {}), tuple(snapshot.next or ())
+
+    def run(self, broker: ApprovalBroker | None = None,
+            on_step: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Run the session, or continue it from its checkpoint; returns the final state.
+        Ctrl-C closes the file as interrupted, any other failure as failed, then re-raises."""
+        values, pending = self.saved_state()
+        if values and not pending:                   # finished before: nothing to do
+            self.writer.close(values.get("status", "completed"), values.get("reason", ""))
+            return values
+        initial = None if values else self.initial_state()
+        try:
+            return run_graph(self.graph, self.config.session_id, initial, broker, on_step)
+        except KeyboardInterrupt:
+            self.writer.close("interrupted", "stopped by the operator; continue with "
+                              f"`micagent run --resume {self.config.session_id}`")
+            raise
+        except Exception as exc:
+            self.writer.close("failed", f"{type(exc).__name__}: {exc}")
+            raise
+
+    def close(self) -> None:
+        if not self.writer.closed:
+            self.writer.close("interrupted", "session object closed before the end")
+        self.checkpointer.conn.close()
