@@ -66,7 +66,7 @@ def _nsid_dataset_count(f: h5py.File) -> int:
     return len(found)
 
 
-def _dataclass_from(cls: type, values: dict[str, Any]) -> Any:
+def dataclass_from(cls: type, values: dict[str, Any]) -> Any:
     names = {f.name for f in fields(cls)}
     return cls(**{k: v for k, v in values.items() if k in names})
 
@@ -133,14 +133,22 @@ class SessionReader:
         return Frame(
             image=image,
             instrument_id=str(meta.get("instrument_id", "")),
-            settings=_dataclass_from(ImagingSettings, meta.get("settings", {})),
-            stage=_dataclass_from(StagePosition, meta.get("stage", {})),
+            settings=dataclass_from(ImagingSettings, meta.get("settings", {})),
+            stage=dataclass_from(StagePosition, meta.get("stage", {})),
             sequence=int(meta.get("sequence", 0)),
             frame_id=str(meta.get("frame_id", group.attrs[ATTR_FRAME_ID])),
             timestamp=float(meta.get("timestamp", 0.0)),
             original_metadata=dict(meta.get("original_metadata") or {}),
             evaluation=dict(evaluation or {}),
         )
+
+    def frame(self, index: int) -> Frame:
+        """The index-th stored frame (write order)."""
+        return self._frame(self._channels[index])
+
+    def frame_metadata(self) -> list[dict[str, Any]]:
+        """Each frame's stored metadata (settings, stage, ids) without reading images."""
+        return [self._json(g, FRAME_JSON) for g in self._channels]
 
     def iter_frames(self) -> Iterator[Frame]:
         """Frames in write order (records not needed: what replay uses)."""

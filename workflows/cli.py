@@ -19,6 +19,7 @@ twin_app = typer.Typer(help="Digital-twin microscopes: serve them, export datase
 app.add_typer(twin_app, name="twin")
 
 COMMAND_MODULES: tuple[str, ...] = (
+    "cmd_inspect",
     "cmd_twin_serve",
     "cmd_report",
 )

@@ -1,0 +1,92 @@
+"""Export the frames of a session (or any NSID) file as images: 8-bit PNG or float32 TIFF.
+
+Files are named `<index>_<frame uuid>.<ext>` in frame order; each carries the frame id, pixel
+size and stage position (PNG text chunks, TIFF ImageDescription JSON + resolution tags).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from instruments.frame import Frame
+from instruments.replay import ReplayExhausted, ReplayMicroscope, ReplaySourceError
+from instruments.session_layout import SessionFileError
+
+FORMATS = ("png", "tiff")
+
+
+class ExportError(SessionFileError):
+    """The frames cannot be exported (unreadable input, unwritable output folder)."""
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Min-max scale to 0..255 (a constant image becomes all zeros)."""
+    arr = np.asarray(image, dtype=np.float64)
+    lo, hi = float(np.min(arr)), float(np.max(arr))
+    if hi <= lo:
+        return np.zeros(arr.shape, dtype=np.uint8)
+    return np.round((arr - lo) / (hi - lo) * 255.0).astype(np.uint8)
+
+
+def _description(frame: Frame) -> dict:
+    return {"frame_id": frame.frame_id, "sequence": frame.sequence,
+            "instrument_id": frame.instrument_id, "pixel_size_m": frame.settings.pixel_size,
+            "stage_m": frame.stage.as_dict(), "settings": frame.settings.as_dict(),
+            "timestamp": frame.timestamp}
+
+
+def _write_png(frame: Frame, path: Path) -> None:
+    info = PngInfo()
+    for key, value in _description(frame).items():
+        info.add_text(key, json.dumps(value))
+    Image.fromarray(to_uint8(frame.image), mode="L").save(path, pnginfo=info)
+
+
+def _write_tiff(frame: Frame, path: Path) -> None:
+    pixels_per_cm = 0.01 / frame.settings.pixel_size
+    tifffile.imwrite(path, frame.image.astype(np.float32),
+                     description=json.dumps(_description(frame)), metadata=None,
+                     resolution=(pixels_per_cm, pixels_per_cm), resolutionunit="CENTIMETER")
+
+
+def export_frames(source: str | os.PathLike, out_dir: str | os.PathLike,
+                  fmt: str = "png") -> list[Path]:
+    """Write every frame of `source` into `out_dir` (created if missing); returns the paths."""
+    fmt = fmt.lower()
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ExportError(f"cannot create output folder: {exc}", str(out)) from exc
+    if not os.access(out, os.W_OK):
+        raise ExportError("output folder is not writable", str(out))
+    try:
+        replay = ReplayMicroscope(source)
+    except ReplaySourceError as exc:
+        raise ExportError(str(exc), os.fspath(source)) from exc
+    writer = _write_png if fmt == "png" else _write_tiff
+    written: list[Path] = []
+    try:
+        for index in range(len(replay)):
+            try:
+                frame = replay.acquire()
+            except ReplayExhausted:
+                break
+            path = out / f"{index:06d}_{frame.frame_id}.{'png' if fmt == 'png' else 'tif'}"
+            try:
+                writer(frame, path)
+            except OSError as exc:
+                raise ExportError(f"cannot write {path.name}: {exc}", str(out)) from exc
+            written.append(path)
+    finally:
+        replay.close()
+    return written
