@@ -19,6 +19,7 @@ class AgentState(TypedDict, total=False):
     sequence: int
     current: dict[str, Any] | None  # the decision being built for the frame in flight
     previous_frame_id: str | None
+    defocus: float                 # last defocus that gave a good frame (carried forward)
     budgets: dict[str, float]      # limits: rescans, adjudications, tokens, moves, wall_s
     used: dict[str, float]         # spent so far, same keys (wall_s = seconds elapsed)
     counts: dict[str, Any]         # recorded, hits, routes{}, labels{}, errors, refused, ...

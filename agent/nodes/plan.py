@@ -60,7 +60,9 @@ def make(rt: Runtime):
         current = {"position": {"x": position["x"], "y": position["y"]},
                    "tile": ({"row": position["row"], "col": position["col"]}
                             if "row" in position else None),
-                   "settings": rt.imaging.as_dict(), "rescans": [], "adjudication": None,
+                   "settings": {**rt.imaging.as_dict(),
+                                "defocus": state.get("defocus", rt.imaging.defocus)},
+                   "rescans": [], "adjudication": None,
                    "human": None, "timings": {"acquire_s": 0.0, "classify_s": 0.0}}
         return {**update, "plan_index": index + 1, "current": current, "next": "acquire"}
     return plan

@@ -43,6 +43,9 @@ def make(rt: Runtime):
         if rt.on_update is not None:
             rt.on_update("recorded", {"frame_id": frame.frame_id, "label": label,
                                       "route": current["route"], "counts": counts})
-        return {"counts": counts, "current": None, "previous_frame_id": frame.frame_id,
-                "sequence": state["sequence"] + 1, "next": "plan"}
+        update = {"counts": counts, "current": None, "previous_frame_id": frame.frame_id,
+                  "sequence": state["sequence"] + 1, "next": "plan"}
+        if current["quality"]["ok"]:          # a focus that worked carries to the next tile
+            update["defocus"] = current["settings"]["defocus"]
+        return update
     return record

@@ -1,0 +1,75 @@
+"""Tiles of a stored overview, for instruments that serve an overview instead of moving a
+stage (DTMicroscope's STEM server): the overview is windowed with pycroscopy's
+ImageWindowing, each window becomes a Frame, and where the dataset holds a spectrum image the
+spectrum at the tile centre is fetched with `get_point_data`."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import sidpy
+from pycroscopy.image import ImageWindowing
+
+from instruments.frame import Frame
+from instruments.safety import GuardedMicroscope
+
+
+def window_overview(image: np.ndarray, tile_px: int) -> np.ndarray:
+    """Non-overlapping `tile_px` windows of `image` (cropped to a whole number of tiles), as
+    (rows, cols, tile_px, tile_px), computed by pycroscopy's ImageWindowing."""
+    rows, cols = image.shape[0] // tile_px, image.shape[1] // tile_px
+    if rows < 1 or cols < 1:
+        raise ValueError(f"overview {image.shape} is smaller than one {tile_px} px tile")
+    crop = np.asarray(image[:rows * tile_px, :cols * tile_px], dtype=np.float32)
+    with contextlib.redirect_stdout(io.StringIO()):
+        dataset = sidpy.Dataset.from_array(crop, title="overview")
+        dataset.data_type = "image"
+    windowing = ImageWindowing({"window_size_x": tile_px, "window_size_y": tile_px,
+                                "window_step_x": tile_px, "window_step_y": tile_px,
+                                "mode": "image"})
+    with contextlib.redirect_stdout(io.StringIO()):      # it prints per-dimension notes
+        windows = np.asarray(windowing.MakeWindows(dataset), dtype=np.float32)
+    return windows.transpose(1, 0, 2, 3)      # ImageWindowing indexes (x, y) = (col, row)
+
+
+class OverviewTiles:
+    """A TileSource over the overview image of a stage-less instrument."""
+
+    def __init__(self, microscope: GuardedMicroscope, tile_px: int = 64,
+                 spectrum_index: str | None = None) -> None:
+        self.microscope = microscope
+        self.overview = microscope.acquire()
+        self.tile_px = tile_px
+        self.windows = window_overview(self.overview.image, tile_px)
+        self.spectrum_index = spectrum_index
+        fov = self.overview.settings.fov
+        self.pixel = fov / self.overview.image.shape[0]
+
+    def positions(self) -> list[dict[str, Any]]:
+        rows, cols = self.windows.shape[:2]
+        origin = self.overview.stage
+        half = self.overview.image.shape[0] * self.pixel / 2
+        return [{"x": origin.x - half + (c + 0.5) * self.tile_px * self.pixel,
+                 "y": origin.y - half + (r + 0.5) * self.tile_px * self.pixel,
+                 "row": r, "col": c} for r in range(rows) for c in range(cols)]
+
+    def frame(self, position: dict[str, Any], sequence: int) -> Frame:
+        r, c = int(position["row"]), int(position["col"])
+        settings = replace(self.overview.settings, fov=self.tile_px * self.pixel,
+                           pixels=self.tile_px)
+        meta: dict[str, Any] = {"source": "overview window", "overview_frame_id":
+                                self.overview.frame_id, "window": {"row": r, "col": c,
+                                                                   "size_px": self.tile_px}}
+        if self.spectrum_index is not None:
+            x = c * self.tile_px + self.tile_px // 2
+            y = r * self.tile_px + self.tile_px // 2
+            spectrum = self.microscope.inner.get_point_data(self.spectrum_index, x, y)
+            meta["point_spectrum"] = {"index": self.spectrum_index, "x": x, "y": y,
+                                      "values": np.asarray(spectrum).ravel().tolist()}
+        stage = replace(self.overview.stage, x=float(position["x"]), y=float(position["y"]))
+        return Frame(image=self.windows[r, c].copy(), instrument_id=self.overview.instrument_id,
+                     settings=settings, stage=stage, sequence=sequence, original_metadata=meta)

@@ -1,0 +1,75 @@
+"""The terminal front-end of the ApprovalBroker: a thread that prompts (rich) for each
+pending request and answers it with `broker.decide`."""
+
+from __future__ import annotations
+
+import getpass
+import threading
+from typing import Any
+
+from rich.console import Console
+from rich.prompt import Prompt
+from rich.table import Table
+
+from agent.approval_broker import ApprovalBroker
+
+
+def describe(console: Console, request: dict[str, Any]) -> None:
+    if request.get("kind") == "move":
+        console.print(f"[bold yellow]Approval needed:[/] {request['message']}")
+        return
+    table = Table(title=f"Frame {request.get('sequence')} ({request.get('frame_id', '')[:8]})")
+    table.add_column("class")
+    table.add_column("p", justify="right")
+    for label, p in request.get("top_k", []):
+        table.add_row(label, f"{p:.3f}")
+    console.print(table)
+    console.print(f"thumbnail: {request.get('thumbnail')}")
+    if request.get("adjudicator"):
+        answer = request["adjudicator"]
+        console.print(f"adjudicator ({request.get('adjudicator_name')}): {answer['label']} "
+                      f"({answer['confidence']:.2f}) — {answer.get('rationale', '')}")
+    if request.get("error"):
+        console.print(f"[red]{request['error']}[/]")
+    console.print(f"[bold]approve[/] will {request.get('approve_does')}")
+
+
+def ask(console: Console, request: dict[str, Any], operator: str) -> dict[str, Any]:
+    """Prompt for one decision."""
+    describe(console, request)
+    choice = Prompt.ask("decision", choices=list(request.get("choices", ["approve", "skip"])),
+                        default="approve", console=console)
+    label = None
+    if choice == "relabel":
+        label = Prompt.ask("label", choices=list(request.get("labels", [])), console=console)
+    note = Prompt.ask("note", default="", console=console)
+    return {"decision": choice, "label": label, "operator": operator, "note": note}
+
+
+class TerminalApprover:
+    """Answers the broker's pending requests from the terminal until stopped."""
+
+    def __init__(self, broker: ApprovalBroker, console: Console | None = None,
+                 operator: str | None = None) -> None:
+        self.broker, self.console = broker, console or Console()
+        self.operator = operator or getpass.getuser()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="micagent-terminal-approval",
+                                        daemon=True)
+
+    def start(self) -> TerminalApprover:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            for request in self.broker.pending():
+                decision = ask(self.console, request, self.operator)
+                try:
+                    self.broker.decide(request["request_id"], decision)
+                except KeyError:
+                    continue                  # answered elsewhere (web page) meanwhile
+            self._stop.wait(0.1)

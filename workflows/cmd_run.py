@@ -1,0 +1,326 @@
+"""`micagent run` (an acquisition session driven by the agent) and `micagent replay` (stored
+frames through the current model and policy, with a diff of old and new decisions)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from agent.adjudication.demonstrations import DemonstrationBank
+from agent.approval_broker import ApprovalBroker
+from agent.config import RunConfig, registry_path
+from agent.objectives import ObjectiveError
+from agent.overview import OverviewTiles
+from agent.session import Session, SessionParts, record_failed_start
+from agent.terminal_approval import TerminalApprover
+from instruments.errors import InstrumentError
+from instruments.microscope import Microscope
+from instruments.safety import GuardedMicroscope, SafetyEnvelope
+from instruments.session_reader import SessionReader
+from instruments.uri import open_instrument
+from workflows.cli import app
+
+BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "models" / "bundled" / "sem_twin"
+err = Console(stderr=True)
+
+
+class StartError(RuntimeError):
+    """The session cannot start (model, instrument, bank): recorded as failed."""
+
+
+# --- opening the parts ---------------------------------------------------------------------
+def _twin_factory(seed: int):
+    def make() -> Microscope:
+        from twins.microscope import TwinMicroscope
+        return TwinMicroscope(seed=seed)
+    return make
+
+
+def _load_classifier(config: RunConfig, twin: bool):
+    from models.classifier import Classifier
+    path = Path(config.model) if config.model else BUNDLED_MODEL
+    class_names = None
+    if twin:
+        from twins.classes import SEM_CLASSES
+        class_names = list(SEM_CLASSES)
+    try:
+        return Classifier.load(path, class_names=class_names), str(path)
+    except Exception as exc:  # noqa: BLE001 - every load failure ends the start, recorded
+        raise StartError(f"cannot use model {path}: {exc}") from exc
+
+
+def _bank(config: RunConfig, classifier) -> DemonstrationBank | None:
+    source = config.bank or "twin"
+    if source == "none":
+        return None
+    from workflows.demonstrations import cached_bank
+    try:
+        return cached_bank(classifier, Path(config.state_dir) / "banks", source,
+                           seed=config.seed)
+    except Exception as exc:  # noqa: BLE001
+        raise StartError(f"cannot build the demonstration bank from {source}: {exc}") from exc
+
+
+def _twin_positions(inner: Microscope, fov: float) -> list[dict[str, Any]] | None:
+    specimen = getattr(inner, "specimen", None)
+    if specimen is None:
+        return None
+    (x0, _), (y0, _) = specimen.extent
+    return [{"x": p.x, "y": p.y, "row": int(round((p.y - y0 - fov / 2) / fov)),
+             "col": int(round((p.x - x0 - fov / 2) / fov))}
+            for p in specimen.survey_centres(fov)]
+
+
+def open_parts(config: RunConfig) -> SessionParts:
+    """Instrument (guarded), classifier, demonstration bank and plan inputs for a session."""
+    twin = config.instrument == "twin"
+    classifier, model_path = _load_classifier(config, twin)
+    try:
+        inner = open_instrument(config.instrument, {"twin": _twin_factory(config.seed)})
+    except InstrumentError as exc:
+        raise StartError(f"cannot open instrument {config.instrument}: {exc}") from exc
+    guarded = GuardedMicroscope(inner, SafetyEnvelope())
+    parts = SessionParts(microscope=guarded, classifier=classifier,
+                         bank=_bank(config, classifier),
+                         model_info={"path": model_path,
+                                     "sha256": getattr(classifier, "checkpoint_sha256", None)})
+    try:
+        caps = guarded.capabilities()
+        status = guarded.status()
+        if config.instrument.startswith("replay://"):
+            with SessionReader(config.instrument[len("replay://"):]) as reader:
+                parts.survey_positions = [{"x": f.stage.x, "y": f.stage.y}
+                                          for f in reader.iter_frames()]
+        elif caps.has_overview and not caps.can_move_stage:
+            parts.tiles = OverviewTiles(guarded, tile_px=64)
+        else:
+            parts.survey_positions = _twin_positions(inner, config.imaging["fov"])
+        parts.hunt_start = (status.stage.x, status.stage.y)
+    except InstrumentError as exc:
+        guarded.close()
+        raise StartError(f"instrument {config.instrument}: {exc}") from exc
+    return parts
+
+
+# --- running --------------------------------------------------------------------------------
+def _summary_table(path: str) -> Table:
+    with SessionReader(path) as reader:
+        summary = reader.summary()
+        records, truths = reader.records(), reader.evaluations()
+    table = Table(title=f"session {summary['session_id']} — {summary['status']}")
+    table.add_column("item")
+    table.add_column("value")
+    table.add_row("frames", str(summary["frames"]))
+    table.add_row("reason", summary.get("reason") or "")
+    table.add_row("labels", ", ".join(f"{k}: {v}" for k, v in
+                                      sorted(summary["label_counts"].items())))
+    table.add_row("routes", ", ".join(f"{k}: {v}" for k, v in
+                                      sorted(summary["route_counts"].items())))
+    table.add_row("escalated", f"{summary['escalations']} "
+                               f"({summary['escalation_counts']})")
+    scored = [(r, t["label"]) for r, t in zip(records, truths, strict=True) if t.get("label")]
+    if scored:
+        final = sum(r.get("label") == t for r, t in scored) / len(scored)
+        alone = sum(r["prediction"]["label"] == t for r, t in scored) / len(scored)
+        table.add_row("accuracy (twin truth)", f"{final:.3f} final, {alone:.3f} classifier "
+                                               f"alone, {len(scored)} frames")
+    table.add_row("file", path)
+    return table
+
+
+def run_session(config: RunConfig, console: Console, quiet: bool = False) -> dict[str, Any]:
+    """Open everything, run (or resume) the session to its end, print the summary."""
+    config.save(registry_path(config.state_dir, config.session_id))
+    try:
+        parts = open_parts(config)
+    except StartError as exc:
+        record_failed_start(config, str(exc))
+        raise
+    broker = ApprovalBroker() if config.approve != "none" else None
+    frontend, web = None, None
+    if config.approve == "web":
+        from workflows.web_approval import start_web_ui
+        web = start_web_ui(broker, class_names=parts.classifier.class_names)
+        err.print(f"approval page: http://{web.host}:{web.port}/?token={web.token}")
+    elif broker is not None:
+        frontend = TerminalApprover(broker, console).start()
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=console,
+                        disable=quiet or broker is not None)
+    task = progress.add_task("frames", total=config.frames)
+
+    def on_update(kind: str, info: dict[str, Any]) -> None:
+        if kind == "recorded":
+            progress.update(task, completed=info["counts"]["recorded"],
+                            description=f"{info['label']} ({info['route']})")
+            if broker is not None:
+                broker.update_progress(recorded=info["counts"]["recorded"],
+                                       total=config.frames)
+                console.print(f"recorded {info['frame_id'][:8]}: {info['label']} "
+                              f"({info['route']})")
+
+    session = Session(config, parts, on_update=on_update)
+    try:
+        with progress:
+            final = session.run(broker=broker)
+    finally:
+        session.close()
+        parts.microscope.close()
+        if frontend is not None:
+            frontend.stop()
+        if web is not None:
+            web.stop()
+    return final
+
+
+def _config_from_args(**kw: Any) -> RunConfig:
+    session_id = str(uuid.uuid4())
+    out = kw.pop("out") or f"micagent-{session_id}.h5"
+    imaging = {"fov": kw.pop("fov"), "pixels": kw.pop("pixels"), "dwell": kw.pop("dwell"),
+               "detector": "SE", "defocus": 0.0, "beam_energy": 5e3, "beam_current": 100e-12}
+    return RunConfig(session_id=session_id, out=str(Path(out).resolve()), imaging=imaging, **kw)
+
+
+@app.command("run")
+def run(
+    instrument: str = typer.Option("twin", help="twin | dtm://H:P | tem://H:P | replay://F.h5"),
+    objective: str = typer.Option("survey", help="survey | hunt:CLASS[,CLASS][:N]"),
+    frames: int = typer.Option(36, help="survey: tiles to record; hunt: positions to visit"),
+    approve: str = typer.Option("none", help="none | uncertain | all | web"),
+    adjudicator: str = typer.Option("offline", help="offline | openai (MICAGENT_VLM_*)"),
+    model: str | None = typer.Option(None, help="checkpoint folder (default: bundled)"),
+    out: str | None = typer.Option(None, help="session file (default micagent-<id>.h5)"),
+    resume: str | None = typer.Option(None, help="continue the killed session with this id"),
+    seed: int = typer.Option(0, help="twin seed and sampling seed"),
+    state_dir: str = typer.Option(".micagent", help="run configs, caches, banks"),
+    bank: str | None = typer.Option(None, help="demonstrations: twin | DATASET_DIR | none"),
+    pixels: int = typer.Option(256, help="pixels per frame side"),
+    fov: float = typer.Option(20e-6, help="field of view (m)"),
+    dwell: float = typer.Option(2e-6, help="dwell time per pixel (s)"),
+    confidence: float = typer.Option(0.9, help="confident when top p >= this ..."),
+    max_rescans: int = typer.Option(2, help="rescans per frame at most"),
+    quiet: bool = typer.Option(False, help="no progress bar"),
+) -> None:
+    """Run an acquisition session (no arguments: a survey on the embedded twin)."""
+    console = Console()
+    try:
+        if resume:
+            path = registry_path(state_dir, resume)
+            if not path.exists():
+                err.print(f"[red]no session {resume} under {state_dir} (looked for {path})[/]")
+                raise typer.Exit(2)
+            config = RunConfig.load(path)
+        else:
+            config = _config_from_args(
+                instrument=instrument, objective=objective, frames=frames, approve=approve,
+                adjudicator=adjudicator, model=model, out=out, seed=seed,
+                state_dir=str(Path(state_dir).resolve()), bank=bank, pixels=pixels, fov=fov,
+                dwell=dwell, confidence=confidence, max_rescans=max_rescans)
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from exc
+    console.print(f"session [bold]{config.session_id}[/] -> {config.out}"
+                  + (" (resumed)" if resume else ""))
+    try:
+        final = run_session(config, console, quiet)
+    except (StartError, ObjectiveError) as exc:
+        err.print(f"[red]session failed to start: {exc}[/]")
+        raise typer.Exit(2) from exc
+    except KeyboardInterrupt as exc:
+        err.print(f"[yellow]interrupted; continue with: micagent run --resume "
+                  f"{config.session_id} --state-dir {config.state_dir}[/]")
+        raise typer.Exit(130) from exc
+    console.print(_summary_table(config.out))
+    if final.get("status") == "failed":
+        err.print(f"[red]session failed: {final.get('reason')}[/]")
+        raise typer.Exit(1)
+
+
+# --- replay ---------------------------------------------------------------------------------
+def decision_diff(old: list[dict[str, Any]], new: list[dict[str, Any]],
+                  truths: list[dict[str, Any]]) -> dict[str, Any]:
+    """Old vs new decisions per frame (matched by frame id), with accuracy where known."""
+    new_by_id = {r["frame_id"]: r for r in new}
+    rows, changed = [], 0
+    for rec, truth in zip(old, truths, strict=True):
+        again = new_by_id.get(rec["frame_id"])
+        row = {"frame_id": rec["frame_id"], "old_label": rec.get("label"),
+               "old_route": rec.get("route"), "new_label": again and again.get("label"),
+               "new_route": again and again.get("route"), "truth": truth.get("label")}
+        row["changed"] = (row["old_label"], row["old_route"]) != (row["new_label"],
+                                                                  row["new_route"])
+        changed += row["changed"]
+        rows.append(row)
+    scored = [r for r in rows if r["truth"]]
+    accuracy = None
+    if scored:
+        accuracy = {"old": sum(r["old_label"] == r["truth"] for r in scored) / len(scored),
+                    "new": sum(r["new_label"] == r["truth"] for r in scored) / len(scored)}
+    return {"frames": len(rows), "changed": changed, "accuracy": accuracy, "rows": rows}
+
+
+@app.command("replay")
+def replay(
+    session_file: str = typer.Argument(..., help="a stored session file"),
+    model: str | None = typer.Option(None, help="checkpoint folder (default: bundled)"),
+    as_json: bool = typer.Option(False, "--json", help="print the diff as one JSON object"),
+    state_dir: str = typer.Option(".micagent", help="caches and banks"),
+) -> None:
+    """Run a stored session's frames through the current model and policy (unattended) and
+    print what changed."""
+    source = Path(session_file).resolve()
+    try:
+        with SessionReader(source) as reader:
+            old, truths = reader.records(), reader.evaluations()
+            stored = reader.provenance.get("run_config") or {}
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's error
+        err.print(f"[red]cannot read {session_file}: {exc}[/]")
+        raise typer.Exit(2) from exc
+    if not old:
+        err.print(f"[red]{session_file} holds no frames to replay[/]")
+        raise typer.Exit(2)
+    out = Path(tempfile.mkdtemp(prefix="micagent-replay-")) / "replay.h5"
+    base = RunConfig(session_id=str(uuid.uuid4()), out=str(out),
+                     state_dir=str(Path(state_dir).resolve()), frames=len(old))
+    config = replace(base, instrument=f"replay://{source}", model=model, approve="none",
+                     max_rescans=0, adjudicator="offline",
+                     confidence=float(stored.get("confidence", base.confidence)),
+                     max_set_size=int(stored.get("max_set_size", base.max_set_size)),
+                     imaging=stored.get("imaging", base.imaging), budgets={})
+    config.budgets = {**config.budgets, "adjudications": len(old), "rescans": 0}
+    quiet_console = Console(quiet=True)
+    try:
+        run_session(config, quiet_console, quiet=True)
+    except StartError as exc:
+        err.print(f"[red]replay failed to start: {exc}[/]")
+        raise typer.Exit(2) from exc
+    with SessionReader(out) as reader:
+        new = reader.records()
+    diff = decision_diff(old, new, truths)
+    diff.update(source=str(source), replay_file=str(out))
+    if as_json:
+        sys.stdout.write(json.dumps(diff) + "\n")
+        return
+    table = Table(title=f"replay of {source.name}: {diff['changed']} of {diff['frames']} "
+                        "decisions changed")
+    for column in ("frame", "old", "new", "truth"):
+        table.add_column(column)
+    for row in diff["rows"]:
+        if row["changed"]:
+            table.add_row(row["frame_id"][:8], f"{row['old_label']} ({row['old_route']})",
+                          f"{row['new_label']} ({row['new_route']})", str(row["truth"]))
+    console = Console()
+    console.print(table)
+    if diff["accuracy"]:
+        console.print(f"accuracy: old {diff['accuracy']['old']:.3f}, "
+                      f"new {diff['accuracy']['new']:.3f}")
