@@ -22,6 +22,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cmd_inspect",
     "cmd_twin_serve",
     "cmd_report",
+    "cmd_train",
+    "cmd_run",
 )
 
 for _name in COMMAND_MODULES:

@@ -1,0 +1,238 @@
+"""CLI: `micagent train`, `evaluate`, `ablate`, `describe`, `select-confounding`."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from workflows.cli import app
+
+CROP_HELP = "Crop the SEM info bar off the bottom: pixels (>= 1) or a fraction of the height."
+ABLATION_HELP = ("full, no_text, no_lmm, no_mha, no_hnf, vit_only, gnn_only, cm_emrl, "
+                 "multifusion.")
+KNOWLEDGE_HELP = ("Class knowledge JSON (micagent describe); default: the bundled SEM knowledge "
+                  "when it covers the classes.")
+DEDUP_HELP = "Do not keep near-duplicates on one side of a split."
+CONFIG_HELP = "JSON object of FusionConfig overrides."
+
+
+def _console() -> Console:
+    return Console(stderr=True)
+
+
+def _fail(message: str) -> None:
+    _console().print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code=2)
+
+
+def _threads() -> None:
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "0")) or torch.get_num_threads())
+
+
+def _options(profile: str, folds: int | None, epochs: int | None, seed: int, ablation: str,
+             knowledge: Path | None, crop: str | None, no_dedup: bool, batch_size: int,
+             config: str | None):
+    from workflows.data import parse_crop
+    from workflows.train import TrainOptions
+
+    overrides = json.loads(config) if config else {}
+    if not isinstance(overrides, dict):
+        raise ValueError("--config must be a JSON object of FusionConfig fields")
+    return TrainOptions(profile=profile, folds=folds, epochs=epochs, seed=seed,
+                        ablation=ablation, knowledge=str(knowledge) if knowledge else None,
+                        crop=parse_crop(crop), dedup=not no_dedup, batch_size=batch_size,
+                        config_overrides=overrides)
+
+
+@app.command("train")
+def train_cmd(
+    data_dir: Annotated[Path, typer.Argument(help="Folder with one sub-folder per class.")],
+    out: Annotated[Path, typer.Option("--out", help="Checkpoint folder to write.")],
+    profile: Annotated[str, typer.Option(help="quick (one split) or paper (10-fold CV).")]
+    = "quick",
+    folds: Annotated[int | None, typer.Option(help="CV folds (paper profile: 10).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs (paper 50, quick 6).")]
+    = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    ablation: Annotated[str, typer.Option(help=ABLATION_HELP)] = "full",
+    knowledge: Annotated[Path | None, typer.Option(help=KNOWLEDGE_HELP)] = None,
+    crop_bottom: Annotated[str | None, typer.Option("--crop-bottom", help=CROP_HELP)] = None,
+    no_dedup: Annotated[bool, typer.Option("--no-dedup", help=DEDUP_HELP)] = False,
+    batch_size: Annotated[int, typer.Option()] = 48,
+    config: Annotated[str | None, typer.Option(help=CONFIG_HELP)] = None,
+    restart: Annotated[bool, typer.Option(help="Discard an interrupted run's state.")] = False,
+) -> None:
+    """Train the fusion classifier with the papers' protocol; resumes an interrupted run."""
+    from models.errors import ModelError
+    from workflows.data import DatasetError
+    from workflows.knowledge import KnowledgeError
+    from workflows.splits import SplitError
+    from workflows.train import TrainError, train
+
+    _threads()
+    try:
+        opts = _options(profile, folds, epochs, seed, ablation, knowledge, crop_bottom,
+                        no_dedup, batch_size, config)
+        path = train(data_dir, out, opts, _console(), restart=restart)
+    except (DatasetError, SplitError, TrainError, KnowledgeError, ModelError,
+            ValueError) as exc:
+        _fail(str(exc))
+    _console().print(f"[green]checkpoint written to {path}")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    ckpt: Annotated[Path, typer.Argument(help="Checkpoint folder.")],
+    data_dir: Annotated[Path, typer.Argument(help="Folder-per-class dataset.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    crop_bottom: Annotated[str | None, typer.Option("--crop-bottom", help=CROP_HELP)] = None,
+    plots: Annotated[Path | None, typer.Option(help="PNG plot folder (default: CKPT).")] = None,
+) -> None:
+    """Top-k accuracy, per-class P/R/F1, confusion matrix, calibration and conformal sets."""
+    from models.errors import ModelError
+    from workflows.data import DatasetError, parse_crop
+    from workflows.evaluate import EvaluateError, evaluate, write_plots
+
+    _threads()
+    try:
+        report = evaluate(ckpt, data_dir, crop=parse_crop(crop_bottom))
+    except (DatasetError, EvaluateError, ModelError) as exc:
+        _fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(report))
+        return
+    console = Console()
+    table = Table(title=f"{ckpt} on {data_dir} ({report['subset']}, {report['n_images']} images)")
+    for col in ("class", "precision", "recall", "F1", "support"):
+        table.add_column(col)
+    for name, row in report["per_class"].items():
+        table.add_row(name, *(f"{row[m]:.4f}" + (f" ± {row[m + '_std']:.4f}"
+                                                 if m + "_std" in row else "")
+                              for m in ("precision", "recall", "f1")), str(row["support"]))
+    console.print(table)
+    for key in ("top1", "top2", "top3", "top5", "macro_precision", "macro_recall", "macro_f1",
+                "ece_before_temperature", "ece", "conformal_coverage",
+                "conformal_mean_set_size"):
+        if key in report:
+            std = report.get("std", {}).get(key)
+            console.print(f"{key:>24}: {report[key]:.4f}" + (f" ± {std:.4f}" if std else ""))
+    for path in write_plots(report, plots or ckpt):
+        console.print(f"plot: {path}")
+
+
+@app.command("ablate")
+def ablate_cmd(
+    data_dir: Annotated[Path, typer.Argument()],
+    out: Annotated[Path, typer.Option("--out", help="Checkpoints + table.")]
+    = Path("ablation"),
+    profile: Annotated[str, typer.Option()] = "quick",
+    folds: Annotated[int | None, typer.Option()] = None,
+    epochs: Annotated[int | None, typer.Option()] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    variants: Annotated[str | None, typer.Option(help="Comma-separated variants.")] = None,
+    knowledge: Annotated[Path | None, typer.Option()] = None,
+    crop_bottom: Annotated[str | None, typer.Option("--crop-bottom", help=CROP_HELP)] = None,
+    batch_size: Annotated[int, typer.Option()] = 48,
+    config: Annotated[str | None, typer.Option(help=CONFIG_HELP)] = None,
+) -> None:
+    """Train and evaluate the full model, the papers' ablations and the baselines."""
+    from models.errors import ModelError
+    from workflows.ablate import ablate
+    from workflows.data import DatasetError
+    from workflows.splits import SplitError
+    from workflows.train import TrainError
+
+    _threads()
+    try:
+        opts = _options(profile, folds, epochs, seed, "full", knowledge, crop_bottom, False,
+                        batch_size, config)
+        table = ablate(data_dir, out, opts, variants.split(",") if variants else None,
+                       _console())
+    except (DatasetError, SplitError, TrainError, ModelError, ValueError) as exc:
+        _fail(str(exc))
+    from workflows.ablate import markdown_table
+
+    Console().print(markdown_table(table))
+
+
+@app.command("describe")
+def describe_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Knowledge JSON to write.")],
+    classes: Annotated[str | None, typer.Option(help="Comma-separated class names.")] = None,
+    data: Annotated[Path | None, typer.Option(help="Classes from this dataset.")] = None,
+    prompts: Annotated[str, typer.Option(help="nanomaterial, nanomaterial-cmemrl, "
+                                "defect, corrosion or material.")] = "nanomaterial",
+    model: Annotated[str | None, typer.Option(help="LLM (default $MICAGENT_LLM_MODEL).")] = None,
+    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible server "
+                                 "(default $MICAGENT_LLM_BASE_URL, else OpenAI).")] = None,
+    cache: Annotated[Path | None, typer.Option(help="Answer cache (default OUT.cache/).")]
+    = None,
+    timeout: Annotated[float, typer.Option(help="Seconds per request.")] = 120.0,
+    retries: Annotated[int, typer.Option(help="Retries per request.")] = 2,
+) -> None:
+    """Class descriptions by zero-shot CoT prompting of an LLM (temperature 0, top-p 1)."""
+    from workflows.data import DatasetError, class_folders
+    from workflows.describe import DescribeError, describe, llm_settings
+    from workflows.prompts import get_prompt_set
+
+    try:
+        if bool(classes) == bool(data):
+            raise ValueError("pass exactly one of --classes or --data")
+        names = ([c.strip() for c in classes.split(",") if c.strip()] if classes
+                 else [f.name for f in class_folders(data)])
+        if not names:
+            raise ValueError("no class names given")
+        settings = llm_settings(model, base_url, timeout=timeout, max_retries=retries)
+        describe(names, get_prompt_set(prompts), settings, out,
+                 cache or out.with_name(out.name + ".cache"), _console())
+    except (DescribeError, DatasetError, ValueError) as exc:
+        _fail(str(exc))
+    _console().print(f"[green]knowledge written to {out}")
+
+
+@app.command("select-confounding")
+def select_confounding_cmd(
+    data_dir: Annotated[Path, typer.Argument()],
+    out: Annotated[Path, typer.Option("--out")] = Path("confounding.json"),
+    fraction: Annotated[float, typer.Option(help="Share of the dataset to select.")] = 0.1,
+    seed: Annotated[int, typer.Option()] = 0,
+    crop_bottom: Annotated[str | None, typer.Option("--crop-bottom", help=CROP_HELP)] = None,
+    shots: Annotated[int, typer.Option(help="Demonstrations per query (K).")] = 5,
+    strategy: Annotated[str, typer.Option(help="similar or random demonstrations.")] = "similar",
+) -> None:
+    """Ambiguous micrographs (PCA + K-Means, CM-EMRL) and their few-shot adjudicator labels."""
+    import numpy as np
+
+    from workflows.confounding import few_shot_labels, pca_features, select_confounding
+    from workflows.data import DatasetError, load_folder_dataset, parse_crop
+
+    try:
+        ds = load_folder_dataset(data_dir, crop=parse_crop(crop_bottom), group_duplicates=False)
+        sel = select_confounding(ds.images, len(ds.class_names), fraction, seed)
+        feats = pca_features(ds.images, seed=seed)
+        lmm, verdicts = few_shot_labels(feats, ds.labels, ds.class_names, sel.selected,
+                                        np.arange(len(ds)), k=shots, strategy=strategy,
+                                        seed=seed)
+    except (DatasetError, ValueError) as exc:
+        _fail(str(exc))
+    names = [ds.class_names[i] for i in ds.labels]
+    rows = sel.records(ds.sources, names)
+    for row in rows:
+        j = lmm[row["index"]]
+        row["adjudicator_label"] = ds.class_names[j] if j >= 0 else None
+    result = {"data": str(data_dir), "fraction": fraction, "seed": seed,
+              "n_images": len(ds), "n_clusters": len(ds.class_names),
+              "pca_components": sel.n_components, "adjudicator": "offline-knn",
+              "demonstrations": {"k": shots, "strategy": strategy,
+                                 "pool": "all other images of the dataset"},
+              "selected": rows, "verdicts": verdicts}
+    out.write_text(json.dumps(result, indent=1))
+    _console().print(f"{len(rows)} confounding images written to {out}")
