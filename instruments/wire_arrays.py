@@ -18,7 +18,9 @@ def to_tuple(array: np.ndarray) -> tuple[Any, tuple[int, ...], str]:
 
 def to_binary(array: np.ndarray) -> dict[str, Any]:
     """Raw bytes plus shape and dtype; carried natively by Pyro5's msgpack serializer."""
-    array = np.ascontiguousarray(array)
+    array = np.asarray(array)
+    if not array.flags.c_contiguous:
+        array = array.copy(order="C")  # (np.ascontiguousarray would turn 0-d into 1-d)
     return {"data": array.tobytes(), "shape": list(array.shape), "dtype": array.dtype.str}
 
 

@@ -99,12 +99,20 @@ class _Dataset:
         self.channels: dict[str, Any] = dict(read)
         if not self.channels:
             raise ValueError(f"{source} holds no NSID datasets")
+        self._arrays: dict[str, np.ndarray] = {}
 
     def key(self, index: str | int) -> str:
         key = f"Channel_{index:03}" if isinstance(index, int) else str(index)
         if key not in self.channels:
             raise KeyError(f"no channel {key!r}; channels: {list(self.channels)}")
         return key
+
+    def array(self, index: str | int) -> np.ndarray:
+        """A channel's values as numpy (read from the file once)."""
+        key = self.key(index)
+        if key not in self._arrays:
+            self._arrays[key] = np.array(self.channels[key])
+        return self._arrays[key]
 
     def info(self) -> list[tuple[str, Any]]:
         """The (name, value) list of DTMicroscope's STEM.get_dataset_info."""
@@ -223,18 +231,15 @@ class DTMicroscopeService:
     def _overview(self) -> np.ndarray:
         if self._kind == "dummy":
             return _checkerboard()
-        data = self._dataset()
-        return np.array(data.channels[data.key("Channel_000")])
+        return self._dataset().array("Channel_000")
 
     def _point(self, index: str | int, x: int, y: int) -> np.ndarray:
         if self._kind == "dummy":
             return np.array([x, y])
-        data = self._dataset()
-        return np.array(data.channels[data.key(index)][int(x)][int(y)])
+        return np.array(self._dataset().array(index)[int(x)][int(y)])
 
     def _channel(self, index: str | int) -> np.ndarray:
-        data = self._dataset()
-        return np.array(data.channels[data.key(index)])
+        return self._dataset().array(index)
 
     def _e_axis(self, index: str | int) -> np.ndarray:
         data = self._dataset()

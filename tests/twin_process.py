@@ -1,0 +1,85 @@
+"""Run a twin server in a separate process for tests: `python -m twins.serve` (or the
+`micagent twin serve` CLI) on a free port of 127.0.0.1, stopped when the block ends."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+START_TIMEOUT_S = 60.0
+
+
+@dataclass
+class ServedTwin:
+    process: subprocess.Popen
+    protocol: str
+    address: str
+    output: list[str] = field(default_factory=list)
+
+    @property
+    def host(self) -> str:
+        return self.address.rsplit("@", 1)[-1].rsplit(":", 1)[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rsplit(":", 1)[1])
+
+    @property
+    def uri(self) -> str:
+        return f"{self.protocol}://{self.host}:{self.port}"
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=10)
+
+
+def _drain(stream, lines: list[str], ready: threading.Event) -> None:
+    for line in stream:
+        lines.append(line.rstrip("\n"))
+        if line.startswith("READY "):
+            ready.set()
+    ready.set()
+
+
+@contextmanager
+def served_twin(protocol: str, faults: str = "", seed: int = 0, data: str | None = None,
+                via_cli: bool = False) -> Iterator[ServedTwin]:
+    """Start a twin server process and yield it once it announces its address."""
+    entry = ([str(Path(sys.executable).with_name("micagent")), "twin", "serve"] if via_cli
+             else [sys.executable, "-m", "twins.serve"])
+    cmd = [*entry, "--protocol", protocol, "--host", "127.0.0.1",
+           "--port", "0", "--seed", str(seed)]
+    if faults:
+        cmd += ["--faults", faults]
+    if data:
+        cmd += ["--data", data]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    ready = threading.Event()
+    threading.Thread(target=_drain, args=(process.stdout, lines, ready), daemon=True).start()
+    served = None
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not ready.wait(0.05):
+            if time.monotonic() > deadline or process.poll() is not None:
+                break
+        announced = [line for line in lines if line.startswith("READY ")]
+        if not announced:
+            raise RuntimeError(f"twin server did not start: {cmd}\n" + "\n".join(lines))
+        served = ServedTwin(process, protocol, announced[0].split()[2], lines)
+        yield served
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
