@@ -112,6 +112,10 @@ def _sample_linear(tile: np.ndarray, u: np.ndarray, v: np.ndarray, periodic: boo
 class Specimen:
     """A seeded virtual specimen of SEM class regions on a substrate.
 
+    `grid` x `grid` cells over `extent` (m); `gap` bounds each region's inset from its cell
+    edge; region heights are uniform in +-`height_range`; textures are `tile` px (periodic)
+    and at most `cache_size` regions' pyramids are kept.
+
     Labels are coded as small integers: 0 is SUBSTRATE, 1..10 follow SEM_CLASSES, real tiles
     add their own labels after that (`label_names` maps codes to names).
     """
@@ -120,8 +124,9 @@ class Specimen:
                  extent: tuple[tuple[float, float], tuple[float, float]] = ((-1e-3, 1e-3),
                                                                             (-1e-3, 1e-3)),
                  grid: int = 8, gap: tuple[float, float] = (4e-6, 10e-6),
-                 height_range: float = 3e-6, cache_size: int = 16) -> None:
+                 height_range: float = 3e-6, cache_size: int = 16, tile: int = TILE) -> None:
         self.seed = seed
+        self.tile = tile
         self.extent = extent
         self.grid = grid
         self.label_names: list[str] = [SUBSTRATE, *SEM_CLASSES]
@@ -280,7 +285,7 @@ class Specimen:
             tiles = TileSet(physics.mipmaps(region.image, 8), physics.mipmaps(region.image, 8),
                             region.pixel, (region.x0, region.y0), False, "real")
         else:
-            tex = textures.generate(region.label, np.random.default_rng(region.seed), TILE)
+            tex = textures.generate(region.label, np.random.default_rng(region.seed), self.tile)
             tiles = self._tileset(tex, region.pixel, (region.x0, region.y0))
         self._cache[index] = tiles
         if len(self._cache) > self._cache_size:

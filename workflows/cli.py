@@ -21,6 +21,7 @@ app.add_typer(twin_app, name="twin")
 COMMAND_MODULES: tuple[str, ...] = (
     "cmd_inspect",
     "cmd_twin_serve",
+    "cmd_twin_dataset",
     "cmd_report",
     "cmd_train",
     "cmd_run",

@@ -1,0 +1,140 @@
+"""Labelled image datasets from the twin, in the SEM dataset's folder-per-class layout.
+
+Each image is a real twin acquisition (stage move, imaging settings, acquire) inside one
+class region, with randomised but sane settings: magnification relative to the region's
+texture scale (so the look varies with FOV), dwell time (noise), a small focus error, and
+occasionally the BSE detector. Deterministic by seed: image k of class c depends only on
+(seed, c, k).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from instruments.frame import ImagingSettings, StagePosition
+from twins.classes import SEM_CLASSES
+from twins.microscope import TwinMicroscope
+from twins.specimen import Specimen
+
+
+@dataclass(frozen=True)
+class DatasetSettings:
+    """Ranges the generator draws from (log-uniform for zoom and dwell).
+
+    `zoom` is image pixel size / region texture pixel size; `max_blur_px` bounds the defocus
+    blur sigma; FOVs are clipped to `fov_limits` and to 80 % of the region's size.
+    """
+
+    zoom: tuple[float, float] = (0.5, 8.0)
+    dwell: tuple[float, float] = (1e-6, 20e-6)
+    bse_fraction: float = 0.15
+    max_blur_px: float = 1.2
+    fov_limits: tuple[float, float] = (1e-6, 100e-6)
+
+
+@dataclass
+class LabelledImage:
+    label: str
+    index: int
+    image: np.ndarray  # uint8 (size, size)
+    record: dict
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Percentile (0.5, 99.5) contrast stretch to 8 bits, as an SEM's auto contrast does."""
+    lo, hi = np.percentile(image, [0.5, 99.5])
+    scaled = (image - lo) / max(float(hi - lo), 1e-12)
+    return (np.clip(scaled, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
+    return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+
+
+def iter_labelled(per_class: int, size: int = 224, seed: int = 0,
+                  settings: DatasetSettings | None = None,
+                  microscope: TwinMicroscope | None = None) -> Iterator[LabelledImage]:
+    """Yield `per_class` images of every SEM class, class by class."""
+    if per_class < 1 or size < 16:
+        raise ValueError(f"per_class must be >= 1 and size >= 16 (got {per_class}, {size})")
+    cfg = settings or DatasetSettings()
+    scope = microscope or TwinMicroscope(seed=seed, instrument_id="twin-dataset")
+    spec = scope.specimen
+    alpha = scope.params.convergence
+    for c, label in enumerate(SEM_CLASSES):
+        regions = [i for i, r in enumerate(spec.regions) if r.label == label and r.image is None]
+        if not regions:
+            raise ValueError(f"specimen has no region of class {label}")
+        for k in range(per_class):
+            rng = np.random.default_rng([seed, c, k, 97])
+            index = regions[int(rng.integers(len(regions)))]
+            region = spec.regions[index]
+            width = min(region.x1 - region.x0, region.y1 - region.y0)
+            pixel = _log_uniform(rng, *cfg.zoom) * region.pixel
+            fov = float(np.clip(pixel * size, cfg.fov_limits[0],
+                                min(cfg.fov_limits[1], 0.8 * width)))
+            pixel = fov / size
+            x = rng.uniform(region.x0 + fov / 2, region.x1 - fov / 2)
+            y = rng.uniform(region.y0 + fov / 2, region.y1 - fov / 2)
+            focus_error = rng.uniform(-1, 1) * 2 * cfg.max_blur_px * pixel / alpha
+            imaging = ImagingSettings(
+                fov=fov, pixels=size, dwell=_log_uniform(rng, *cfg.dwell),
+                detector="BSE" if rng.random() < cfg.bse_fraction else "SE",
+                defocus=float(np.clip(region.z + focus_error, -50e-6, 50e-6)))
+            scope.move_stage(StagePosition(x=float(x), y=float(y)))
+            scope.set_imaging(imaging)
+            frame = scope.acquire()
+            record = {"label": label, "region": index, "look": spec.look(index),
+                      "stage": {"x": float(x), "y": float(y)}, "fov": fov, "pixels": size,
+                      "dwell": imaging.dwell, "defocus": imaging.defocus,
+                      "focus_error": float(focus_error), "detector": imaging.detector,
+                      "true_label_fraction": frame.evaluation["class_fractions"].get(label, 0.0)}
+            yield LabelledImage(label, k, to_uint8(frame.image), record)
+
+
+def render_labelled_images(per_class: int, size: int = 224, seed: int = 0,
+                           specimen: Specimen | None = None
+                           ) -> tuple[np.ndarray, list[str]]:
+    """(images float32 (N, size, size) in [0, 1] -- the 8-bit dataset images / 255 --,
+    labels) for `per_class` images of every class."""
+    scope = TwinMicroscope(seed=seed, specimen=specimen, instrument_id="twin-dataset")
+    items = list(iter_labelled(per_class, size, seed, microscope=scope))
+    images = np.stack([it.image for it in items]).astype(np.float32) / 255.0
+    return images, [it.label for it in items]
+
+
+def render_dataset(out_dir: str | Path, per_class: int, size: int = 224, seed: int = 0,
+                   settings: DatasetSettings | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> dict:
+    """Write OUT_DIR/<Class>/<Class>_<i>.png (8-bit grey) and OUT_DIR/manifest.json;
+    returns the manifest. `progress(done, total)` is called after every image."""
+    out = Path(out_dir)
+    cfg = settings or DatasetSettings()
+    scope = TwinMicroscope(seed=seed, instrument_id="twin-dataset")
+    for label in SEM_CLASSES:
+        (out / label).mkdir(parents=True, exist_ok=True)
+    total = per_class * len(SEM_CLASSES)
+    images = []
+    for done, item in enumerate(iter_labelled(per_class, size, seed, cfg, scope), start=1):
+        name = f"{item.label}/{item.label}_{item.index}.png"
+        Image.fromarray(item.image).save(out / name)
+        images.append({"file": name, **item.record})
+        if progress is not None:
+            progress(done, total)
+    manifest = {
+        "generator": "micagent twin dataset",
+        "seed": seed, "per_class": per_class, "size": size, "classes": list(SEM_CLASSES),
+        "settings": asdict(cfg), "physics": asdict(scope.params),
+        "specimen": {"seed": scope.specimen.seed, "extent": scope.specimen.extent,
+                     "grid": scope.specimen.grid},
+        "images": images,
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return manifest
