@@ -49,6 +49,7 @@ from instruments.session_layout import (
     SessionWriteError,
     channel_path,
     from_json,
+    is_lock_error,
     to_json,
     write_error,
 )
@@ -157,7 +158,7 @@ class SessionWriter:
         try:
             f = h5py.File(self.path, "r+")
         except OSError as exc:
-            if "lock" in str(exc).lower():
+            if is_lock_error(exc):
                 raise SessionWriteError(f"session file is open in another process: {exc}",
                                         self.path) from exc
             raise SessionFileCorrupt(f"cannot open HDF5 file: {exc}", self.path) from exc

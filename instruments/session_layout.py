@@ -97,6 +97,12 @@ def write_error(exc: BaseException, what: str, path: str) -> SessionWriteError:
     return SessionWriteError(f"{what} failed: {type(exc).__name__}: {exc}", path)
 
 
+def is_lock_error(exc: OSError) -> bool:
+    """True when HDF5 refused to open a file because another process holds its lock."""
+    text = str(exc).lower()
+    return "unable to lock file" in text or exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK)
+
+
 def _jsonable(value: Any) -> Any:
     """json.dumps fallback for numpy values and tuples-in-disguise."""
     if isinstance(value, np.generic):

@@ -32,6 +32,7 @@ from instruments.session_layout import (
     SessionFileCorrupt,
     SessionFileError,
     from_json,
+    is_lock_error,
 )
 
 
@@ -45,7 +46,7 @@ def open_hdf5_readonly(path: str) -> h5py.File:
     try:
         return h5py.File(path, "r")
     except OSError as exc:
-        if "lock" not in str(exc).lower():
+        if not is_lock_error(exc):
             raise SessionFileCorrupt(f"cannot open HDF5 file: {exc}", path) from exc
     try:
         return h5py.File(path, "r", locking=False)

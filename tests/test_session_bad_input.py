@@ -1,0 +1,157 @@
+"""Bad input gets a clear typed error and loses nothing: truncated or garbage files, HDF5 that
+is not a session, frames without records, unwritable paths, a disk that fills mid-frame,
+records that are not JSON."""
+
+from __future__ import annotations
+
+import errno
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from test_session_file import make_frame, make_record
+
+import instruments.session_file as session_file
+from instruments.replay import ReplayMicroscope, ReplaySourceError
+from instruments.session_file import SessionWriter
+from instruments.session_layout import (
+    NotASessionFile,
+    SessionDiskFull,
+    SessionFileCorrupt,
+    SessionFileError,
+    SessionRecordError,
+    SessionWriteError,
+)
+from instruments.session_reader import SessionReader
+
+
+def _session(path: Path, n: int = 3) -> list[str]:
+    with SessionWriter(path, {"session_id": "bad-input"}) as writer:
+        frames = [make_frame(i) for i in range(n)]
+        for frame in frames:
+            writer.write_frame(frame, make_record(frame, "Fibres"))
+    return [f.frame_id for f in frames]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_damaged_files_raise_session_file_corrupt(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "damaged.h5"
+    _session(path)
+    data = path.read_bytes()
+    path.write_bytes({"truncated": data[: len(data) // 2],
+                      "garbage": np.random.default_rng(0).bytes(4096), "empty": b""}[damage])
+    with pytest.raises(SessionFileCorrupt):
+        SessionReader(path)
+    with pytest.raises(SessionFileCorrupt):
+        SessionWriter(path, {})
+    with pytest.raises(ReplaySourceError):
+        ReplayMicroscope(path)
+
+
+def test_plain_hdf5_is_not_a_session(tmp_path: Path) -> None:
+    path = tmp_path / "plain.h5"
+    with h5py.File(path, "w") as f:
+        f["data"] = np.arange(10)
+    with pytest.raises(NotASessionFile, match="neither a micagent session nor NSID"):
+        SessionReader(path)
+    with pytest.raises(NotASessionFile):
+        SessionWriter(path, {})        # never appends to someone else's file
+    with h5py.File(path, "r") as f:
+        assert list(f) == ["data"]
+    with pytest.raises(ReplaySourceError, match="no NSID IMAGE"):
+        ReplayMicroscope(path)
+
+
+def test_nsid_file_without_records_is_named_as_such(shared_nsid_file: Path) -> None:
+    with pytest.raises(NotASessionFile, match="4 NSID dataset.*no micagent session records"):
+        SessionReader(shared_nsid_file)
+
+
+def test_frame_without_record_is_reported_and_replay_still_serves_it(tmp_path: Path) -> None:
+    path = tmp_path / "norecord.h5"
+    ids = _session(path)
+    with h5py.File(path, "r+") as f:
+        del f["Measurement_000/Channel_000001/record"]
+    with SessionReader(path) as reader:
+        assert reader.frame_ids == ids
+        with pytest.raises(SessionFileCorrupt, match="Channel_000001 has no record"):
+            list(reader.frames())
+        assert [f.frame_id for f in reader.iter_frames()] == ids
+    replay = ReplayMicroscope(path)
+    assert [replay.acquire().frame_id for _ in range(3)] == ids
+    replay.close()
+
+
+def test_unwritable_output_paths_raise_session_write_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    for path in (tmp_path / "missing" / "dir" / "s.h5", blocker / "s.h5"):
+        with pytest.raises(SessionWriteError, match="cannot create session file"):
+            SessionWriter(path, {})
+        assert not path.exists()
+
+
+def test_disk_full_mid_frame_rolls_the_frame_back(tmp_path: Path, monkeypatch) -> None:
+    import SciFiReaders
+
+    path = tmp_path / "full.h5"
+    writer = SessionWriter(path, {"session_id": "full"})
+    first = make_frame(0)
+    assert writer.write_frame(first, make_record(first, "Fibres"))
+
+    def disk_fills(dataset, group, main_data_name, **_):
+        inner = group.create_group(main_data_name)          # half a frame, then ENOSPC
+        inner.create_dataset(main_data_name, shape=dataset.shape, dtype="f4")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(session_file, "write_nsid_dataset", disk_fills)
+    second = make_frame(1)
+    with pytest.raises(SessionDiskFull, match="disk full while writing frame"):
+        writer.write_frame(second, make_record(second, "Powder"))
+    assert not writer.has_frame(second.frame_id)
+
+    with SessionReader(path) as reader:                       # readers see the good frame only
+        assert reader.frame_ids == [first.frame_id]
+    copy = tmp_path / "copy.h5"
+    shutil.copy(path, copy)
+    nsid = SciFiReaders.NSIDReader(str(copy))
+    try:
+        assert list(nsid.read()) == ["Channel_000"]
+    finally:
+        nsid.close()
+
+    monkeypatch.undo()                                        # space freed: the retry works
+    assert writer.write_frame(second, make_record(second, "Powder")) is True
+    writer.close()
+    with SessionReader(path) as reader:
+        assert reader.frame_ids == [first.frame_id, second.frame_id]
+
+
+def test_records_that_cannot_be_stored_are_refused_before_writing(tmp_path: Path) -> None:
+    path = tmp_path / "records.h5"
+    writer = SessionWriter(path, {})
+    frame = make_frame(0)
+    with pytest.raises(SessionRecordError, match="not JSON-serialisable"):
+        writer.write_frame(frame, {"label": "Fibres", "blob": object()})
+    with pytest.raises(SessionRecordError, match="frame_id"):
+        writer.write_frame(frame, {"frame_id": "someone-else", "label": "Fibres"})
+    assert writer.frame_ids() == []
+    record = make_record(frame, "Fibres") | {"score": np.float32(0.5), "nan": float("nan")}
+    assert writer.write_frame(frame, record) is True           # numpy and NaN are fine
+    with pytest.raises(ValueError):
+        writer.close("exploded")
+    writer.close("failed", "adjudicator crashed")
+    with pytest.raises(SessionWriteError, match="closed"):
+        writer.write_frame(make_frame(1), {})
+    with SessionReader(path) as reader:
+        _, stored = next(reader.frames())
+        assert stored["score"] == 0.5 and stored["nan"] is None
+        assert (reader.provenance["status"], reader.provenance["reason"]) == (
+            "failed", "adjudicator crashed")
+
+
+def test_missing_file_is_a_session_file_error(tmp_path: Path) -> None:
+    with pytest.raises(SessionFileError, match="no such file"):
+        SessionReader(tmp_path / "nope.h5")

@@ -1,0 +1,90 @@
+"""A writer killed with SIGKILL mid-session leaves a file that opens, holds every frame whose
+write_frame returned, and resumes where it stopped."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from test_session_file import make_frame, make_record
+
+from instruments.session_file import SessionWriter
+from instruments.session_reader import SessionReader
+
+WRITER = """
+import sys
+import numpy as np
+from instruments.frame import Frame, ImagingSettings, StagePosition
+from instruments.session_file import SessionWriter
+writer = SessionWriter(sys.argv[1], {"session_id": "killed"})
+rng = np.random.default_rng(0)
+i = 0
+while True:
+    frame = Frame(rng.random((128, 128), dtype=np.float32), "twin",
+                  ImagingSettings(pixels=128), StagePosition(x=i * 1e-6), sequence=i)
+    writer.write_frame(frame, {"frame_id": frame.frame_id, "label": "Powder",
+                               "route": "confident", "note": "x" * 2000})
+    if i % 3 == 1:
+        writer.update_provenance(progress=i)
+    print(frame.frame_id, flush=True)
+    i += 1
+"""
+
+
+def _kill_after(path: Path, frames: int) -> list[str]:
+    """Run the writer, SIGKILL it as soon as `frames` writes returned; the uuids it printed."""
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    printed: list[str] = []
+    deadline = time.monotonic() + 120
+    try:
+        while len(printed) < frames:
+            line = proc.stdout.readline()
+            assert line, "writer process died before writing its frames"
+            printed.append(line.strip())
+            assert time.monotonic() < deadline, "writer too slow"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    printed += [line.strip() for line in proc.stdout.read().splitlines() if line.strip()]
+    return printed
+
+
+def test_sigkill_mid_session_keeps_every_completed_frame(tmp_path: Path) -> None:
+    import SciFiReaders
+
+    path = tmp_path / "killed.h5"
+    printed = _kill_after(path, frames=5)
+
+    with SessionReader(path) as reader:
+        stored = reader.frame_ids
+        frames = [frame for frame, _ in reader.frames()]
+        assert reader.provenance["status"] == "running"          # never closed
+    assert stored[:len(printed)] == printed                      # order kept, nothing lost
+    assert len(stored) <= len(printed) + 1                       # at most the frame in flight
+    assert all(f.image.shape == (128, 128) and np.isfinite(f.image).all() for f in frames)
+
+    copy = tmp_path / "copy.h5"
+    shutil.copy(path, copy)
+    nsid = SciFiReaders.NSIDReader(str(copy))
+    try:
+        assert len(nsid.read()) == len(stored)
+    finally:
+        nsid.close()
+
+    writer = SessionWriter(path, {"session_id": "killed"})
+    assert writer.frame_ids() == stored
+    extra = make_frame(99)
+    assert writer.write_frame(extra, make_record(extra, "Tips")) is True
+    writer.close("completed")
+    with SessionReader(path) as reader:
+        assert reader.frame_ids == stored + [extra.frame_id]
+        assert reader.provenance["status"] == "completed"
+        assert len(reader.provenance["resumed"]) == 1
