@@ -3,7 +3,8 @@ or its netstring JSON-RPC TEM protocol (tem)."""
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
+from typing import Annotated
 
 import typer
 
@@ -12,21 +13,23 @@ from twins.serve import run_server
 from workflows.cli import twin_app
 
 
-class Protocol(str, Enum):
+class Protocol(StrEnum):
     dtm = "dtm"
     tem = "tem"
 
 
 @twin_app.command("serve")
 def serve(
-    protocol: Protocol = typer.Option(..., help="dtm: Pyro5 STEM server (port 9091); "
-                                                 "tem: netstring JSON-RPC (port 9093)."),
-    port: int = typer.Option(None, help="TCP port (default 9091 dtm / 9093 tem; 0 = any "
-                                        "free port)."),
-    host: str = typer.Option("127.0.0.1", help="Interface to bind."),
-    seed: int = typer.Option(0, help="Twin seed (specimen and noise)."),
-    faults: str = typer.Option("", help="Fault spec, e.g. 'nan@3,stall@5:30,drop@8'."),
-    data: str = typer.Option(None, help="dtm: NSID HDF5 file to register at start."),
+    protocol: Annotated[Protocol, typer.Option(
+        help="dtm: Pyro5 STEM server (port 9091); tem: netstring JSON-RPC (port 9093).")],
+    port: Annotated[int | None, typer.Option(
+        help="TCP port (default 9091 dtm / 9093 tem; 0 = any free port).")] = None,
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    seed: Annotated[int, typer.Option(help="Twin seed (specimen and noise).")] = 0,
+    faults: Annotated[str, typer.Option(
+        help="Fault spec, e.g. 'nan@3,stall@5:30,drop@8,slow:0.05'.")] = "",
+    data: Annotated[str | None, typer.Option(
+        help="dtm: NSID HDF5 file to register at start.")] = None,
 ) -> None:
     """Serve a digital-twin microscope until interrupted (Ctrl-C)."""
     try:
@@ -34,4 +37,4 @@ def serve(
     except FaultSpecError as exc:
         raise typer.BadParameter(str(exc), param_hint="--faults") from exc
     run_server(protocol.value, host, port, seed=seed, faults=faults, data=data,
-               announce=lambda line: typer.echo(line))
+               announce=typer.echo)
