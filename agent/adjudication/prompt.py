@@ -58,7 +58,7 @@ def parse_answer(text: str | None, class_names: list[str]) -> Answer:
         raise AnswerError("empty answer (refusal?)")
     match = _JSON.search(text)
     if match is None:
-        raise AnswerError(f"answer is not JSON: {text[:80]!r}")
+        raise AnswerError(f"malformed JSON answer: no JSON object in {text[:80]!r}")
     try:
         data = json.loads(match.group(0))
     except json.JSONDecodeError as exc:
