@@ -1,0 +1,136 @@
+"""Train / evaluate end to end on a tiny generated 4-class set (small model, 1-2 epochs),
+the evaluate --json schema, resume after an interruption, and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+from workflows_synth import CLASSES, write_dataset
+
+from models.checkpoint import read_meta
+from models.classifier import Classifier
+from models.errors import CheckpointError
+from workflows.cli import app
+from workflows.train import TrainOptions, train
+
+SMALL = {"img_size": 64, "vit_depth": 1, "hnf_patch_sizes": [16, 32], "hnf_knn": [4, 2],
+         "gnn_patch": 16}
+SMALL_JSON = json.dumps(SMALL)
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("data"), per_class=12, size=48)
+
+
+@pytest.fixture(scope="module")
+def ckpt(data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ckpt") / "model"
+    result = runner.invoke(app, ["train", str(data), "--out", str(out), "--epochs", "2",
+                                 "--batch-size", "16", "--config", SMALL_JSON])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_train_writes_a_calibrated_checkpoint_with_its_training_record(ckpt):
+    meta = read_meta(ckpt)
+    assert meta["class_names"] == sorted(CLASSES)
+    assert meta["conformal"]["qhat"] is not None and meta["temperature"] > 0
+    record = json.loads((ckpt / "training.json").read_text())
+    assert record["options"]["profile"] == "quick" and record["options"]["epochs"] == 2
+    split = record["splits"][0]
+    assert not set(split["train"]) & set(split["test"])
+    assert len(record["confounding"]["selected"]) == round(0.1 * 48)
+    assert not ckpt.with_name(ckpt.name + ".partial").exists()
+    preds = Classifier.load(ckpt).classify(torch.rand(3, 50, 50).numpy())
+    assert len(preds) == 3 and preds[0].label in CLASSES
+
+
+def test_evaluate_json_has_the_agreed_keys_and_scores_the_held_out_split(ckpt, data):
+    result = runner.invoke(app, ["evaluate", str(ckpt), str(data), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    for key in ("top1", "top2", "top3", "top5", "macro_precision", "macro_recall",
+                "macro_f1", "ece", "per_class", "ece_before_temperature",
+                "conformal_coverage", "conformal_mean_set_size", "confusion_matrix"):
+        assert key in report
+    assert 0 <= report["top1"] <= report["top2"] <= report["top3"] <= report["top5"] == 1.0
+    assert set(report["per_class"]) == set(CLASSES)
+    assert set(report["per_class"]["Dots"]) >= {"precision", "recall", "f1", "support"}
+    test_size = len(json.loads((ckpt / "training.json").read_text())["splits"][0]["test"])
+    assert report["n_images"] == test_size and report["subset"].startswith("held-out")
+
+
+def test_evaluate_table_writes_plots(ckpt, data, tmp_path):
+    result = runner.invoke(app, ["evaluate", str(ckpt), str(data), "--plots", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "macro_f1" in result.stdout
+    assert (tmp_path / "reliability.png").stat().st_size > 1000
+    assert (tmp_path / "confusion_matrix.png").stat().st_size > 1000
+
+
+def test_evaluate_refuses_a_dataset_of_another_class_set(ckpt, tmp_path):
+    other = write_dataset(tmp_path, per_class=3, size=48, classes=("Dots", "Spirals"))
+    result = runner.invoke(app, ["evaluate", str(ckpt), str(other), "--json"])
+    assert result.exit_code == 2 and "Spirals" in result.output
+    assert "another class set" in result.output
+
+
+def test_interrupted_training_leaves_no_checkpoint_and_resumes_after_its_last_epoch(data,
+                                                                                     tmp_path):
+    out = tmp_path / "model"
+    opts = TrainOptions(epochs=2, batch_size=16, config_overrides=SMALL)
+    first: list[dict] = []
+
+    def interrupt(fold: int, row: dict) -> None:
+        first.append(row)
+        raise KeyboardInterrupt  # as if the process were killed after epoch 1
+
+    with pytest.raises(KeyboardInterrupt):
+        train(data, out, opts, on_epoch_end=interrupt)
+    assert not out.exists()
+    with pytest.raises(CheckpointError):
+        read_meta(out)
+    assert (tmp_path / "model.partial" / "fold_0.pt").exists()
+    second: list[dict] = []
+    train(data, out, opts, on_epoch_end=lambda fold, row: second.append(row))
+    assert [r["epoch"] for r in first] == [1] and [r["epoch"] for r in second] == [2]
+    history = json.loads((out / "training_fold.json").read_text())["history"]
+    assert history[0] == first[0] and len(history) == 2
+    read_meta(out)
+
+
+def test_a_resumed_run_with_other_options_is_refused(data, tmp_path):
+    out = tmp_path / "model"
+
+    def interrupt(fold: int, row: dict) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(data, out, TrainOptions(epochs=2, batch_size=16, config_overrides=SMALL),
+              on_epoch_end=interrupt)
+    result = runner.invoke(app, ["train", str(data), "--out", str(out), "--epochs", "3",
+                                 "--batch-size", "16", "--config", SMALL_JSON])
+    assert result.exit_code == 2 and "--restart" in result.output
+    assert not out.exists()
+
+
+def test_one_class_and_empty_folders_fail_clearly(tmp_path):
+    one = write_dataset(tmp_path / "one", per_class=4, size=32, classes=("A",))
+    result = runner.invoke(app, ["train", str(one), "--out", str(tmp_path / "m")])
+    assert result.exit_code == 2 and "at least two class folders" in result.output
+    two = write_dataset(tmp_path / "two", per_class=4, size=32, classes=("A", "B"))
+    (two / "C").mkdir()
+    result = runner.invoke(app, ["train", str(two), "--out", str(tmp_path / "m")])
+    assert result.exit_code == 2 and "'C'" in result.output
+    assert not (tmp_path / "m").exists() and not (tmp_path / "m.partial").exists()
