@@ -128,7 +128,7 @@ class SessionWriter:
         self._next_index = 0
         given = dict(provenance or {})
         to_json(given, "provenance", self.path)
-        if os.path.exists(self.path):
+        if os.path.exists(self.path) and os.path.getsize(self.path) > 0:
             self._file = self._open_existing()
             self._provenance = self._resume(given)
         else:
@@ -140,7 +140,7 @@ class SessionWriter:
 
     def _create(self) -> h5py.File:
         try:
-            f = h5py.File(self.path, "w-")
+            f = h5py.File(self.path, "w")      # absent or empty (e.g. a fresh temp file)
         except OSError as exc:
             raise SessionWriteError(f"cannot create session file: {exc}", self.path) from exc
         f.attrs[ATTR_FORMAT] = FORMAT_NAME

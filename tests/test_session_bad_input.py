@@ -35,19 +35,33 @@ def _session(path: Path, n: int = 3) -> list[str]:
     return [f.frame_id for f in frames]
 
 
-@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
 def test_damaged_files_raise_session_file_corrupt(tmp_path: Path, damage: str) -> None:
     path = tmp_path / "damaged.h5"
     _session(path)
     data = path.read_bytes()
-    path.write_bytes({"truncated": data[: len(data) // 2],
-                      "garbage": np.random.default_rng(0).bytes(4096), "empty": b""}[damage])
+    damaged = {"truncated": data[: len(data) // 2],
+               "garbage": np.random.default_rng(0).bytes(4096)}[damage]
+    path.write_bytes(damaged)
     with pytest.raises(SessionFileCorrupt):
         SessionReader(path)
     with pytest.raises(SessionFileCorrupt):
-        SessionWriter(path, {})
+        SessionWriter(path, {})           # never overwrites a damaged session
     with pytest.raises(ReplaySourceError):
         ReplayMicroscope(path)
+    assert path.read_bytes() == damaged
+
+
+def test_an_empty_file_is_unreadable_but_a_writer_may_start_in_it(tmp_path: Path) -> None:
+    path = tmp_path / "empty.h5"
+    path.touch()                          # e.g. a freshly made temp file
+    with pytest.raises(SessionFileCorrupt):
+        SessionReader(path)
+    frame = make_frame(0)
+    with SessionWriter(path, {}) as writer:
+        assert writer.write_frame(frame, make_record(frame, "Tips"))
+    with SessionReader(path) as reader:
+        assert reader.frame_ids == [frame.frame_id]
 
 
 def test_plain_hdf5_is_not_a_session(tmp_path: Path) -> None:
