@@ -59,7 +59,7 @@ def train_cmd(
     profile: Annotated[str, typer.Option(help="quick (one split) or paper (10-fold CV).")]
     = "quick",
     folds: Annotated[int | None, typer.Option(help="CV folds (paper profile: 10).")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Maximum epochs (paper 50, quick 6).")]
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs (paper 50, quick 10).")]
     = None,
     seed: Annotated[int, typer.Option()] = 0,
     ablation: Annotated[str, typer.Option(help=ABLATION_HELP)] = "full",
@@ -99,7 +99,7 @@ def evaluate_cmd(
     """Top-k accuracy, per-class P/R/F1, confusion matrix, calibration and conformal sets."""
     from models.errors import ModelError
     from workflows.data import DatasetError, parse_crop
-    from workflows.evaluate import EvaluateError, evaluate, write_plots
+    from workflows.evaluate import EvaluateError, evaluate, markdown_report, write_plots
 
     _threads()
     try:
@@ -124,8 +124,12 @@ def evaluate_cmd(
         if key in report:
             std = report.get("std", {}).get(key)
             console.print(f"{key:>24}: {report[key]:.4f}" + (f" ± {std:.4f}" if std else ""))
-    for path in write_plots(report, plots or ckpt):
+    folder = plots or ckpt
+    for path in write_plots(report, folder):
         console.print(f"plot: {path}")
+    (folder / "evaluation.json").write_text(json.dumps(report, indent=1))
+    (folder / "evaluation.md").write_text(markdown_report(report))
+    console.print(f"report: {folder / 'evaluation.md'}, {folder / 'evaluation.json'}")
 
 
 @app.command("ablate")

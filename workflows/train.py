@@ -6,7 +6,8 @@ epochs; `quick` profile: one stratified train/val/test split and fewer epochs.
 Interruptions: `<out>.partial/` holds the run description (`run.json`: options, dataset
 fingerprint, splits, LMM labels) and, per fold, the state after the last finished epoch
 (`fold_K.pt`, written atomically), then the fold's finished, calibrated checkpoint. Running the
-same command again resumes there. The final checkpoint folder appears only at the end, by a
+same command again resumes there (the epoch limit may be changed on resume; every other
+option must be the same). The final checkpoint folder appears only at the end, by a
 rename of a complete temporary folder, so a partial checkpoint never looks valid.
 """
 
@@ -39,7 +40,7 @@ PROFILES: dict[str, dict] = {
     # The papers' protocol.
     "paper": {"folds": 10, "epochs": 50, "early_stop": 10, "lr_patience": 5},
     # One split; sized for ~2,000 images at 224 px in about 30 min on 2 CPU cores.
-    "quick": {"folds": 1, "epochs": 6, "early_stop": 3, "lr_patience": 2},
+    "quick": {"folds": 1, "epochs": 10, "early_stop": 4, "lr_patience": 2},
 }
 
 
@@ -212,17 +213,25 @@ def _load_dataset(data_dir: Path, opts: dict, size: int, console: Console) -> La
             progress=lambda i, n: progress.update(task, completed=i, total=n))
 
 
+def _identity(opts: dict) -> dict:
+    """The options that define a run (all but the epoch limit)."""
+    return {k: v for k, v in opts.items() if k != "epochs"}
+
+
 def _prepare_run(partial: Path, ds: LabelledDataset, opts: dict, config: FusionConfig,
                  know: Knowledge, console: Console) -> dict:
     """Load `run.json` of an interrupted run with the same data and options, or start one."""
     run_path = partial / "run.json"
     if run_path.exists():
         run = json.loads(run_path.read_text())
-        if run["fingerprint"] != ds.fingerprint() or run["options"] != opts:
+        if run["fingerprint"] != ds.fingerprint() or _identity(run["options"]) != _identity(opts):
             raise TrainError(
                 f"{partial} holds an interrupted run with other data or options; delete that "
                 f"folder (or pass --restart) to start over")
         console.print(f"[cyan]resuming the interrupted run in {partial}")
+        if run["options"]["epochs"] != opts["epochs"]:  # the epoch limit may change on resume
+            run["options"]["epochs"] = opts["epochs"]
+            atomic_json(run, run_path)
         return run
     partial.mkdir(parents=True, exist_ok=True)
     splits = make_splits(ds, opts)
