@@ -1,0 +1,258 @@
+"""The agent's graph on the in-process twin: decision records, routes, budgets, approvals
+(interrupt/resume through the ApprovalBroker), envelope refusals and closing statuses.
+
+The classifier here has random weights (Classifier.create): these tests are about control
+flow, so thresholds are set to force each route; accuracy lives in benchmarks/.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import numpy as np
+import pytest
+import torch
+
+from agent.adjudication.demonstrations import DemonstrationBank
+from agent.approval_broker import ApprovalBroker
+from agent.config import RunConfig
+from agent.session import Session, SessionParts
+from instruments.frame import StagePosition
+from instruments.safety import GuardedMicroscope, SafetyEnvelope
+from instruments.session_reader import SessionReader
+from models.classifier import Classifier
+from models.config import FusionConfig
+from twins.classes import SEM_CLASSES
+from twins.faults import FaultSpec
+from twins.microscope import TwinMicroscope
+
+torch.set_num_threads(1)
+RECORD_KEYS = {"frame_id", "sequence", "position", "tile", "prediction", "label", "route",
+               "rescans", "quality", "adjudication", "human", "timings"}
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    torch.manual_seed(0)
+    return Classifier.create(FusionConfig.ablation("vit_only"), SEM_CLASSES)
+
+
+@pytest.fixture(scope="module")
+def bank(classifier):
+    """Twin frames of three class regions, labelled by the twin's ground truth."""
+    twin = TwinMicroscope(seed=5)
+    centres = twin.specimen.survey_centres(20e-6)
+    images, labels, seen = [], [], set()
+    for centre in centres:
+        label = twin.specimen.label_at(centre.x, centre.y)
+        if label in seen:
+            continue
+        seen.add(label)
+        twin.move_stage(centre)
+        for offset in (0.0, 20e-6, 40e-6, 60e-6):
+            twin.move_stage(StagePosition(x=centre.x + offset, y=centre.y))
+            frame = twin.acquire()
+            images.append(frame.image)
+            labels.append(frame.evaluation["label"])
+        if len(seen) == 3:
+            break
+    return DemonstrationBank(np.stack(images), labels, classifier.embed(images))
+
+
+def twin_positions(twin: TwinMicroscope, fov: float, count: int = 12) -> list[dict]:
+    """The first `count` survey tiles (neighbours, so the twin renders few regions)."""
+    return [{"x": p.x, "y": p.y, "row": 0, "col": i}
+            for i, p in enumerate(twin.specimen.survey_centres(fov)[:count])]
+
+
+def make_session(tmp_path, classifier, bank=None, envelope=None, faults=None, positions=None,
+                 **config) -> Session:
+    twin = TwinMicroscope(seed=0, faults=faults)
+    config.setdefault("imaging", {"fov": 20e-6, "pixels": 128, "dwell": 2e-6})
+    cfg = RunConfig(session_id=str(uuid.uuid4()), out=str(tmp_path / "s.h5"),
+                    state_dir=str(tmp_path / "state"), **config)
+    parts = SessionParts(GuardedMicroscope(twin, envelope or SafetyEnvelope()), classifier,
+                         bank=bank, survey_positions=positions or twin_positions(twin, 20e-6))
+    return Session(cfg, parts)
+
+
+def read(path):
+    with SessionReader(path) as reader:
+        return reader.summary(), reader.records(), reader.evaluations(), reader.provenance
+
+
+def test_confident_survey_records_every_tile_with_its_decision(tmp_path, classifier):
+    session = make_session(tmp_path, classifier, frames=5, confidence=0.0, max_set_size=10)
+    final = session.run()
+    session.close()
+    summary, records, truths, prov = read(tmp_path / "s.h5")
+    assert final["status"] == summary["status"] == "completed"
+    assert summary["frames"] == 5 and summary["session_id"] == session.config.session_id
+    assert [r["sequence"] for r in records] == list(range(5))
+    assert all(r["route"] == "confident" for r in records)
+    for record, truth in zip(records, truths, strict=True):
+        assert RECORD_KEYS <= set(record)
+        assert record["label"] == record["prediction"]["label"]
+        assert set(record["quality"]) >= {"sharpness", "snr", "drift_px", "ok"}
+        assert truth["label"] in SEM_CLASSES and "evaluation" not in record
+    assert prov["outcome"]["counts"]["recorded"] == 5
+    assert prov["policy"]["confidence"] == 0.0 and "run_config" in prov
+
+
+def test_unsure_frames_go_to_the_adjudicator_until_its_budget_is_spent(tmp_path, classifier,
+                                                                         bank):
+    session = make_session(tmp_path, classifier, bank, frames=5, confidence=1.01,
+                           max_rescans=0, thresholds={"min_sharpness": 0.0, "min_snr": 0.0,
+                                                      "max_drift_px": 1e9},
+                           budgets={"adjudications": 3}, demo_k=4)
+    final = session.run()
+    _, records, _, _ = read(tmp_path / "s.h5")
+    assert final["used"]["adjudications"] == 3
+    judged = [r for r in records if r["adjudication"]]
+    assert len(judged) == 3
+    for record in judged:
+        adjudication = record["adjudication"]
+        assert adjudication["adjudicator"] == "offline-knn" and len(
+            adjudication["demonstrations"]) == 4
+        assert adjudication["reclassified"]["lmm_label"] == adjudication["answer"]["label"]
+        assert record["route"] in ("adjudicated", "contested")
+        assert record["label"] == adjudication["reclassified"]["label"]
+    assert all(r["route"] == "unresolved" for r in records if not r["adjudication"])
+
+
+def test_poor_frames_are_rescanned_with_adapted_settings_at_most_r_times(tmp_path, classifier):
+    session = make_session(tmp_path, classifier, frames=3, confidence=1.01, max_rescans=2,
+                           thresholds={"min_sharpness": 0.0, "min_snr": 1e9,
+                                       "max_drift_px": 1e9},
+                           budgets={"rescans": 5, "adjudications": 0})
+    final = session.run()
+    _, records, _, _ = read(tmp_path / "s.h5")
+    assert final["used"]["rescans"] == 5
+    assert [len(r["rescans"]) for r in records] == [2, 2, 1]
+    first = records[0]["rescans"][0]
+    assert first["reason"] == "noise" and first["new_settings"]["dwell"] == pytest.approx(8e-6)
+    assert records[0]["settings"]["dwell"] > records[0]["rescans"][0]["settings"]["dwell"]
+    assert records[0]["rescans"][1]["new_settings"]["fov"] == pytest.approx(0.7 * 20e-6)
+    assert all(r["route"] == "quality_failed" for r in records)
+
+
+def test_focus_sweep_keeps_the_sharpest_defocus(tmp_path, classifier):
+    session = make_session(tmp_path, classifier, frames=1, confidence=1.01, max_rescans=1,
+                           imaging={"fov": 4e-6, "pixels": 128, "dwell": 2e-6,
+                                    "defocus": 30e-6},
+                           thresholds={"min_sharpness": 1e9, "min_snr": 0.0,
+                                       "max_drift_px": 1e9},
+                           budgets={"rescans": 1, "adjudications": 0})
+    session.runtime.focus_step = 15e-6
+    session.run()
+    _, records, truths, _ = read(tmp_path / "s.h5")
+    sweep = records[0]["rescans"][0]["adaptation"]["focus_sweep"]
+    best = max(sweep, key=lambda pair: pair[1])[0]
+    assert records[0]["settings"]["defocus"] == best
+    assert abs(truths[0]["focus_error_m"]) < 30e-6       # closer to focus than it started
+
+
+def answer_with(broker: ApprovalBroker, decisions: list[dict], seen: list[dict],
+                stop: threading.Event) -> threading.Thread:
+    def loop():
+        while not stop.is_set():
+            for request in broker.pending():
+                seen.append(request)
+                broker.decide(request["request_id"], decisions[min(len(seen) - 1,
+                                                                   len(decisions) - 1)])
+            stop.wait(0.02)
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_approve_all_interrupts_and_resumes_with_the_human_decision(tmp_path, classifier):
+    broker, seen, stop = ApprovalBroker(), [], threading.Event()
+    decisions = [{"decision": "relabel", "label": "Tips", "operator": "ana", "note": "tip"},
+                 {"decision": "bogus"},
+                 {"decision": "approve", "operator": "ana", "note": ""},
+                 {"decision": "skip", "operator": "ben", "note": "out of focus"}]
+    answer_with(broker, decisions, seen, stop)
+    session = make_session(tmp_path, classifier, frames=3, approve="all")
+    final = session.run(broker=broker)
+    stop.set()
+    _, records, _, _ = read(tmp_path / "s.h5")
+    assert final["status"] == "completed" and len(records) == 3
+    assert [r["route"] for r in records] == ["human"] * 3
+    first, second, third = (r["human"] for r in records)
+    assert first["decision"] == "relabel" and records[0]["label"] == "Tips"
+    assert first["changed"] == (first["proposal"] != "Tips") and first["operator"] == "ana"
+    assert "error" in seen[2] and second["decision"] == "approve"   # bogus decision re-asked
+    assert records[1]["label"] == second["proposal"] and not second["changed"]
+    assert third["decision"] == "skip" and records[2]["label"] is None
+    assert seen[0]["thumbnail"].endswith(".png") and seen[0]["top_k"]
+
+
+def free_zone_envelope(position: dict) -> SafetyEnvelope:
+    x, y = position["x"], position["y"]
+    return SafetyEnvelope(free_zone=((x - 1e-6, x + 1e-6), (y - 1e-6, y + 1e-6)))
+
+
+def test_move_outside_the_free_zone_waits_for_approval(tmp_path, classifier):
+    twin_positions_ = twin_positions(TwinMicroscope(seed=0), 20e-6)[:2]
+    broker, seen, stop = ApprovalBroker(), [], threading.Event()
+    answer_with(broker, [{"decision": "approve", "operator": "ana", "note": "ok"}], seen, stop)
+    session = make_session(tmp_path, classifier, envelope=free_zone_envelope(
+        twin_positions_[0]), positions=twin_positions_, frames=2, approve="uncertain",
+        confidence=0.0, max_set_size=10)
+    session.run(broker=broker)
+    stop.set()
+    summary, records, _, _ = read(tmp_path / "s.h5")
+    assert summary["frames"] == 2 and [s["kind"] for s in seen] == ["move"]
+    assert seen[0]["request"]["target"]["x"] == twin_positions_[1]["x"]
+    used = session.parts.microscope.approvals_used
+    assert len(used) == 1 and used[0].operator == "ana"
+    assert used[0].target == StagePosition(x=twin_positions_[1]["x"], y=twin_positions_[1]["y"])
+
+
+def test_unattended_session_skips_moves_outside_the_free_zone(tmp_path, classifier):
+    positions = twin_positions(TwinMicroscope(seed=0), 20e-6)[:3]
+    session = make_session(tmp_path, classifier, envelope=free_zone_envelope(positions[0]),
+                           positions=positions, frames=3, confidence=0.0, max_set_size=10)
+    final = session.run()
+    summary, _, _, _ = read(tmp_path / "s.h5")
+    assert summary["frames"] == 1 and final["counts"]["refused"] == 2
+    assert sum(e["kind"] == "refused" for e in final["events"]) == 2
+
+
+def test_hunt_ends_when_the_move_budget_is_spent(tmp_path, classifier):
+    session = make_session(tmp_path, classifier, objective="hunt:Tips:50", frames=100,
+                           confidence=0.0, max_set_size=10, budgets={"moves": 4})
+    final = session.run()
+    summary, _, _, prov = read(tmp_path / "s.h5")
+    assert final["used"]["moves"] == 4
+    assert summary["frames"] == 5          # the first position is where the stage already is
+    assert summary["status"] == "completed" and "4 stage moves" in summary["reason"]
+    assert prov["outcome"]["used"]["moves"] == 4
+
+
+def test_wall_time_budget_ends_the_session_before_any_frame(tmp_path, classifier):
+    session = make_session(tmp_path, classifier, frames=3, budgets={"wall_s": 0.0})
+    session.run()
+    summary, _, _, _ = read(tmp_path / "s.h5")
+    assert summary["frames"] == 0 and "wall time" in summary["reason"]
+
+
+def test_repeated_bad_frames_fail_the_session_with_the_reason_recorded(tmp_path, classifier):
+    faults = FaultSpec.parse(",".join(f"nan@{i}" for i in range(1, 9)))
+    session = make_session(tmp_path, classifier, frames=4, faults=faults)
+    final = session.run()
+    summary, _, _, _ = read(tmp_path / "s.h5")
+    assert final["status"] == summary["status"] == "failed"
+    assert "bad frames in a row" in summary["reason"] and "non-finite" in summary["reason"]
+    assert final["counts"]["errors"] == 3
+
+
+def test_one_bad_frame_is_retried_and_the_survey_goes_on(tmp_path, classifier):
+    session = make_session(tmp_path, classifier, frames=3, confidence=0.0, max_set_size=10,
+                           faults=FaultSpec.parse("nan@2"))
+    session.run()
+    summary, records, _, _ = read(tmp_path / "s.h5")
+    assert summary["frames"] == 3 and summary["status"] == "completed"
+    assert np.all([r["route"] == "confident" for r in records])
