@@ -29,11 +29,16 @@ class DatasetSettings:
     """Ranges the generator draws from (log-uniform for zoom and dwell).
 
     `zoom` is image pixel size / region texture pixel size; `max_blur_px` bounds the defocus
-    blur sigma; FOVs are clipped to `fov_limits` and to 80 % of the region's size.
+    blur sigma; FOVs are clipped to `fov_limits` and to 80 % of the region's size. A field
+    whose noise-free contrast (std / mean) is below `min_contrast` shows nothing of its class
+    (e.g. the background between two tips) and is redrawn, up to `tries` times, as a
+    microscopist would move on.
     """
 
-    zoom: tuple[float, float] = (0.5, 8.0)
-    dwell: tuple[float, float] = (1e-6, 20e-6)
+    zoom: tuple[float, float] = (0.5, 4.0)
+    dwell: tuple[float, float] = (2e-6, 20e-6)
+    min_contrast: float = 0.08
+    tries: int = 8
     bse_fraction: float = 0.15
     max_blur_px: float = 1.2
     fov_limits: tuple[float, float] = (1e-6, 100e-6)
@@ -81,8 +86,12 @@ def iter_labelled(per_class: int, size: int = 224, seed: int = 0,
             fov = float(np.clip(pixel * size, cfg.fov_limits[0],
                                 min(cfg.fov_limits[1], 0.8 * width)))
             pixel = fov / size
-            x = rng.uniform(region.x0 + fov / 2, region.x1 - fov / 2)
-            y = rng.uniform(region.y0 + fov / 2, region.y1 - fov / 2)
+            for _ in range(cfg.tries):
+                x = rng.uniform(region.x0 + fov / 2, region.x1 - fov / 2)
+                y = rng.uniform(region.y0 + fov / 2, region.y1 - fov / 2)
+                clean, _ = spec.render((x, y), fov, size)
+                if float(clean.std()) >= cfg.min_contrast * float(clean.mean()):
+                    break
             focus_error = rng.uniform(-1, 1) * 2 * cfg.max_blur_px * pixel / alpha
             imaging = ImagingSettings(
                 fov=fov, pixels=size, dwell=_log_uniform(rng, *cfg.dwell),

@@ -45,7 +45,7 @@ class TwinMicroscope:
         self._drift_dir = self._new_drift_direction()
         self._closed = False
         (sx, sy) = self.specimen.extent
-        self._caps = Capabilities(detectors=("SE", "BSE"), fov_range=(1e-6, 100e-6),
+        self._caps = Capabilities(detectors=("SE", "BSE"), fov_range=(0.5e-6, 100e-6),
                                   pixel_options=(128, 224, 256, 512, 1024),
                                   dwell_range=(1e-7, 1e-4), defocus_range=(-50e-6, 50e-6),
                                   can_move_stage=True, stage_range=(sx, sy))

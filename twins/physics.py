@@ -30,8 +30,8 @@ ELEMENTARY_CHARGE = 1.602176634e-19
 class PhysicsParams:
     """Tunable constants of the twin's image formation (SI units)."""
 
-    se_efficiency: float = 0.05
-    bse_efficiency: float = 0.02
+    se_efficiency: float = 0.1
+    bse_efficiency: float = 0.04
     probe_sigma: float = 2e-9
     convergence: float = 10e-3
     line_noise: float = 0.015
@@ -68,22 +68,60 @@ def mipmaps(image: np.ndarray, min_size: int = 32) -> list[np.ndarray]:
     return levels
 
 
+def _down2(a: np.ndarray) -> np.ndarray:
+    return (a[0::2, 0::2] + a[1::2, 0::2] + a[0::2, 1::2] + a[1::2, 1::2]) * np.float32(0.25)
+
+
+def _up2_rows(a: np.ndarray) -> np.ndarray:
+    """Linear 2x upsampling along axis 0 (edge-clamped)."""
+    prev = np.concatenate([a[:1], a[:-1]], axis=0)
+    nxt = np.concatenate([a[1:], a[-1:]], axis=0)
+    out = np.empty((2 * a.shape[0], a.shape[1]), np.float32)
+    out[0::2] = 0.75 * a + 0.25 * prev
+    out[1::2] = 0.75 * a + 0.25 * nxt
+    return out
+
+
+def _up2_cols(a: np.ndarray) -> np.ndarray:
+    """Linear 2x upsampling along axis 1 (edge-clamped)."""
+    prev = np.concatenate([a[:, :1], a[:, :-1]], axis=1)
+    nxt = np.concatenate([a[:, 1:], a[:, -1:]], axis=1)
+    out = np.empty((a.shape[0], 2 * a.shape[1]), np.float32)
+    out[:, 0::2] = 0.75 * a + 0.25 * prev
+    out[:, 1::2] = 0.75 * a + 0.25 * nxt
+    return out
+
+
+def _binomial(a: np.ndarray, sigma: float, passes: int | None = None) -> np.ndarray:
+    """Gaussian approximated by repeated [1, 2, 1] / 4 passes (variance 0.5 px^2 each)."""
+    out = np.array(a, dtype=np.float32)
+    for _ in range(passes if passes is not None else int(round(2 * sigma * sigma))):
+        for view in (out, out.T):
+            inner = view[1:-1] * np.float32(0.5)
+            inner += (view[:-2] + view[2:]) * np.float32(0.25)
+            view[1:-1] = inner
+    return out
+
+
 def blur(image: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian probe blur of `sigma` pixels: separable for small sigma; for large sigma
-    block-average, blur the small image and interpolate back (same result, far cheaper)."""
-    if sigma < 0.3:
+    """Gaussian probe blur of `sigma` pixels. Small sigma: binomial passes in place; larger:
+    box-average by a power of two f <= 1.5 sigma, blur the small image with what is left of the
+    variance (box + linear interpolation contribute about (f / 2)^2), interpolate back."""
+    if sigma < 0.4:
         return image
     h, w = image.shape
     f = 1
-    while 2 * f <= sigma / 2 and h % (2 * f) == 0 and w % (2 * f) == 0:
+    while 2 * f <= 1.5 * sigma and h % (2 * f) == 0 and w % (2 * f) == 0 and min(h, w) >= 8 * f:
         f *= 2
     if f == 1:
-        out = ndimage.gaussian_filter1d(image, sigma, axis=0, mode="nearest", truncate=3.0)
-        return ndimage.gaussian_filter1d(out, sigma, axis=1, mode="nearest", truncate=3.0)
-    small = image.reshape(h // f, f, w // f, f).mean(axis=(1, 3))
-    rest = np.sqrt(max(sigma**2 - f**2 / 12.0, 0.0)) / f
-    small = ndimage.gaussian_filter(small, rest, mode="nearest", truncate=3.0)
-    return ndimage.zoom(small, f, order=1, mode="nearest", grid_mode=True).astype(np.float32)
+        return _binomial(image, sigma, max(1, int(round(2 * sigma * sigma))))
+    small = image.astype(np.float32, copy=False)
+    for _ in range(int(np.log2(f))):
+        small = _down2(small)
+    small = _binomial(small, np.sqrt(max(sigma * sigma - f * f / 4.0, 0.0)) / f)
+    for _ in range(int(np.log2(f))):
+        small = _up2_cols(_up2_rows(small))
+    return small
 
 
 def blur_sigma_px(defocus_error: float, pixel: float, params: PhysicsParams) -> float:
@@ -151,13 +189,8 @@ def charging(image: np.ndarray, mask: np.ndarray, strength: float,
     if strength <= 0.0 or not mask.any():
         return image
     h, w = image.shape
-    f = 8 if h % 8 == 0 and w % 8 == 0 else 1
     charged = image * mask
-    small = charged.reshape(h // f, f, w // f, f).mean(axis=(1, 3)) if f > 1 else charged
-    glow = ndimage.gaussian_filter(small, max(2.0, 24.0 / f), mode="nearest")
-    if f > 1:
-        glow = np.repeat(np.repeat(glow, f, axis=0), f, axis=1)
-    image += (0.8 * strength) * glow
+    image += (0.8 * strength) * blur(charged, 0.03 * max(h, w))
     row_charge = charged.mean(axis=1)
     build = np.empty_like(row_charge)
     acc = 0.0

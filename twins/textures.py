@@ -220,7 +220,7 @@ def films(rng: Rng, size: int) -> Texture:
     if look == "granular":
         d1, d2, ids = worley(rng, size, rng.uniform(12, 30))
         grain = rng.random(ids.max() + 1).astype(np.float32)[ids]
-        canvas.height = 2.0 * np.tanh((d2 - d1) / 4) + 0.8 * grain
+        canvas.height = 4.0 * np.tanh((d2 - d1) / 4) + 1.5 * grain
         canvas.material += 0.05 * (grain - 0.5)
     elif look == "cracked":
         d1, d2, _ = worley(rng, size, rng.uniform(90, 220))
@@ -229,7 +229,7 @@ def films(rng: Rng, size: int) -> Texture:
         canvas.height = np.where(gap < width, -10.0, 1.5 * np.exp(-gap / 15)) + \
             0.6 * band_noise(rng, size, 6)
     else:
-        canvas.height = 0.7 * band_noise(rng, size, rng.uniform(10, 30))
+        canvas.height = 1.5 * band_noise(rng, size, rng.uniform(10, 30))
         mat = float(canvas.material[0, 0])
         for x, y in _uniform_points(rng, size, int(rng.integers(10, 40))):
             canvas.stamp(x, y, sphere(rng.uniform(2, 6)), mat + 0.05)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -15,10 +16,12 @@ from workflows.cli import twin_app
 
 @twin_app.command("dataset")
 def twin_dataset(
-    out_dir: Path = typer.Argument(..., help="Output folder (one sub-folder per class)."),
-    per_class: int = typer.Option(..., "--per-class", min=1, help="Images per class."),
-    size: int = typer.Option(224, "--size", min=16, max=4096, help="Image side in pixels."),
-    seed: int = typer.Option(0, "--seed", help="Twin seed (same seed, same dataset)."),
+    out_dir: Annotated[Path, typer.Argument(help="Output folder (one sub-folder per class).")],
+    per_class: Annotated[int, typer.Option("--per-class", min=1, help="Images per class.")],
+    size: Annotated[int, typer.Option("--size", min=16, max=4096,
+                                      help="Image side in pixels.")] = 224,
+    seed: Annotated[int, typer.Option("--seed", help="Twin seed (same seed, same dataset).")
+                    ] = 0,
 ) -> None:
     """Write OUT_DIR/<Class>/<Class>_<i>.png and OUT_DIR/manifest.json from the SEM twin."""
     console = Console()
