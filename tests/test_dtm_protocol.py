@@ -12,6 +12,7 @@ import h5py
 import numpy as np
 import Pyro5.api
 import pytest
+from conftest import SHARED_NSID
 from twin_process import served_twin
 
 from instruments.dtm_client import DTMicroscopeClient
@@ -55,8 +56,11 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def dtm_twin():
-    with served_twin("dtm", seed=3) as served:
+def dtm_twin(tmp_path_factory):
+    """A dtm twin server started with the real NSID sample registered (`--data`)."""
+    copy = tmp_path_factory.mktemp("nsid") / "pto.h5"
+    shutil.copyfile(SHARED_NSID, copy)
+    with served_twin("dtm", seed=3, data=str(copy)) as served:
         yield served
 
 
@@ -103,11 +107,9 @@ def test_client_drives_the_twin_over_the_acquisition_api(dtm_twin):
     client.close()
 
 
-def test_binary_path_returns_what_the_tuple_path_returns(dtm_twin, pto_copy):
+def test_binary_path_returns_what_the_tuple_path_returns(dtm_twin):
     fast = DTMicroscopeClient(dtm_twin.host, dtm_twin.port, timeout=20)
     slow = DTMicroscopeClient(dtm_twin.host, dtm_twin.port, timeout=20, binary=False)
-    fast.initialize_microscope("STEM")
-    fast.register_data(str(pto_copy))
     assert fast.binary and not slow.binary
     for fetch in (lambda c: c.get_overview_image(), lambda c: c.get_point_data(2, 7, 9),
                   lambda c: c.get_spectrum_image("Channel_003")):

@@ -183,6 +183,14 @@ class DTMicroscopeService:
     @_remote
     def initialize_microscope(self, microscope="dummy"):
         """Select the emulated microscope: "STEM" (dataset-backed) or "dummy"."""
+        self._initialize(microscope)
+
+    @_remote
+    def register_data(self, data_source="test.h5"):
+        """Load an NSID HDF5 file; its datasets become Channel_000, Channel_001, ..."""
+        self._register(data_source)
+
+    def _initialize(self, microscope: str) -> None:
         if microscope not in MICROSCOPE_KINDS:
             raise ValueError(f"unknown microscope {microscope!r}; known: {list(MICROSCOPE_KINDS)}")
         with self._lock:
@@ -191,9 +199,7 @@ class DTMicroscopeService:
                 self._data.close()
             self._data = None
 
-    @_remote
-    def register_data(self, data_source="test.h5"):
-        """Load an NSID HDF5 file; its datasets become Channel_000, Channel_001, ..."""
+    def _register(self, data_source: str) -> None:
         if self._kind != "STEM":
             raise RuntimeError("register_data needs initialize_microscope('STEM') first")
         dataset = _Dataset(str(data_source))
@@ -202,6 +208,12 @@ class DTMicroscopeService:
                 self._data.close()
             self._data = dataset
         print(dataset.info(), flush=True)
+
+    def _preload(self, data_source: str) -> None:
+        """Start as STEM with `data_source` registered (server start-up; not a client call,
+        so it does not count for transport faults)."""
+        self._initialize("STEM")
+        self._register(data_source)
 
     @_remote
     def get_dataset_info(self):
@@ -320,6 +332,10 @@ class DTMServer:
     @property
     def address(self) -> str:
         return str(self.uri)
+
+    def preload(self, data_source: str) -> None:
+        """Start as a STEM microscope with `data_source` registered."""
+        self.servant._preload(data_source)
 
     def serve_forever(self) -> None:
         self.daemon.requestLoop()

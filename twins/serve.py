@@ -58,8 +58,7 @@ def run_server(protocol: str, host: str, port: int | None, seed: int = 0,
         server = DTMServer(twin, host=host, port=DEFAULT_PORT if port is None else port,
                            faults=spec)
         if data:
-            server.servant.initialize_microscope("STEM")
-            server.servant.register_data(data)
+            server.preload(data)
     elif protocol == "tem":
         from twins.tem_server import DEFAULT_PORT as TEM_PORT
         from twins.tem_server import TemServer
