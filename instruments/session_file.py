@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib.metadata
+import json
 import os
 import platform
 import threading
@@ -86,15 +87,45 @@ def modality(detector: str) -> str:
     return "electron microscopy"
 
 
+def attrs_safe(value: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a (JSON-plain) dict that sidpy can write as HDF5 groups/attributes: keys
+    without '/', no None, lists only of numbers or of strings (others as JSON text). Lossy
+    by design: the exact metadata is kept in the frame's JSON beside the dataset."""
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        name = str(key).replace("/", "_").strip() or "_"
+        if item is None:
+            continue
+        if isinstance(item, dict):
+            out[name] = attrs_safe(item)
+        elif isinstance(item, list):
+            numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in item)
+            strings = all(isinstance(v, str) for v in item)
+            out[name] = item if item and (numbers or strings) else json.dumps(item)
+        else:
+            out[name] = item
+    return out
+
+
+def _signal(frame: Frame) -> tuple[str, str]:
+    """(quantity, units) of the signal: what the instrument reported, else intensity/a.u."""
+    meta = frame.original_metadata
+    quantity, units = meta.get("quantity"), meta.get("units")
+    if isinstance(quantity, str) and isinstance(units, str) and quantity and units:
+        return quantity, units
+    return "intensity", "a.u."
+
+
 def frame_to_dataset(frame: Frame) -> sidpy.Dataset:
     """The frame as a sidpy IMAGE Dataset: x/y spatial dimensions in metres, intensity in
     arbitrary units, frame metadata in `.metadata`, the instrument's in `.original_metadata`."""
+    if frame.image.ndim != 2:
+        raise SessionRecordError(f"frame image must be 2-D, got shape {frame.image.shape}")
     height, width = frame.shape
     pixel = frame.settings.pixel_size
     ds = sidpy.Dataset.from_array(frame.image, title=NSID_GROUP)
     ds.data_type = "IMAGE"
-    ds.quantity = "intensity"
-    ds.units = str(frame.original_metadata.get("units", "a.u."))
+    ds.quantity, ds.units = _signal(frame)
     ds.modality = modality(frame.settings.detector)
     ds.source = f"micagent:{frame.instrument_id}"
     for axis, (name, length) in enumerate((("x", height), ("y", width))):
@@ -104,9 +135,9 @@ def frame_to_dataset(frame: Frame) -> sidpy.Dataset:
     meta = frame.metadata()
     meta["timestamp_iso"] = _dt.datetime.fromtimestamp(
         frame.timestamp, _dt.UTC).isoformat()
-    ds.metadata = meta
-    ds.original_metadata = from_json(to_json(frame.original_metadata, "original metadata"),
-                                     "original metadata")
+    ds.metadata = attrs_safe(meta)
+    ds.original_metadata = attrs_safe(from_json(
+        to_json(frame.original_metadata, "original metadata", lenient=True), "original metadata"))
     return ds
 
 
@@ -246,9 +277,9 @@ class SessionWriter:
             raise SessionRecordError(
                 f"record frame_id {record['frame_id']} != frame {frame.frame_id}", self.path)
         record_json = to_json(record, f"record of frame {frame.frame_id}", self.path)
-        evaluation_json = to_json(frame.evaluation, "frame evaluation", self.path)
+        evaluation_json = to_json(frame.evaluation, "frame evaluation", self.path, lenient=True)
         frame_json = to_json({**frame.metadata(), "original_metadata": frame.original_metadata},
-                             "frame metadata", self.path)
+                             "frame metadata", self.path, lenient=True)
         dataset = frame_to_dataset(frame)
         with self._lock:
             self._require_open()

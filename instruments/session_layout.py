@@ -125,10 +125,18 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def to_json(value: Any, what: str, path: str = "") -> str:
-    """Strict JSON text of `value`, or SessionRecordError naming what could not be stored."""
+def _lenient(value: Any) -> Any:
     try:
-        plain = json.loads(json.dumps(value, default=_jsonable))
+        return _jsonable(value)
+    except TypeError:
+        return str(value)
+
+
+def to_json(value: Any, what: str, path: str = "", lenient: bool = False) -> str:
+    """Strict JSON text of `value`, or SessionRecordError naming what could not be stored.
+    `lenient` stores values JSON cannot express as their str() (instrument metadata)."""
+    try:
+        plain = json.loads(json.dumps(value, default=_lenient if lenient else _jsonable))
         return json.dumps(_finite(plain), allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         raise SessionRecordError(f"{what} is not JSON-serialisable: {exc}", path) from exc

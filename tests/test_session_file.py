@@ -179,3 +179,32 @@ def test_dtmicroscope_loader_serves_the_first_frame_as_overview(session, tmp_pat
         assert len(images) == len(frames)
     finally:
         reader.close()
+
+
+def test_awkward_instrument_metadata_is_kept_exactly_and_written_for_sidpy(
+        tmp_path: Path) -> None:
+    import datetime
+
+    import SciFiReaders
+
+    frame = make_frame(0)
+    when = datetime.datetime(2024, 1, 2, 3, 4, 5)
+    frame.original_metadata = {"a/b": 1, "": 2, "mixed": [1, "two", None],
+                               "nested": {"rows": [{"z": None}], "empty": []},
+                               "acquired": when, "quantity": "HAADF", "units": "counts"}
+    path = tmp_path / "awkward.h5"
+    with SessionWriter(path, {}) as writer:
+        assert writer.write_frame(frame, make_record(frame, "Tips"))
+    with SessionReader(path) as reader:
+        back = reader.frame(0)
+    assert back.original_metadata == {**frame.original_metadata, "acquired": str(when)}
+    copy = tmp_path / "copy.h5"
+    shutil.copy(path, copy)
+    nsid = SciFiReaders.NSIDReader(str(copy))
+    try:
+        ds = nsid.read()["Channel_000"]
+        assert (ds.quantity, ds.units) == ("HAADF", "counts")     # as the instrument said
+        assert ds.original_metadata["a_b"] == 1
+        assert ds.original_metadata["mixed"] == '[1, "two", null]'
+    finally:
+        nsid.close()
