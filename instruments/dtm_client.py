@@ -25,6 +25,7 @@ from instruments.errors import (
     RemoteError,
 )
 from instruments.frame import Frame, ImagingSettings, StagePosition
+from instruments.jsonrpc import remote_error
 from instruments.microscope import Capabilities, InstrumentStatus
 from instruments.wire_arrays import from_binary, from_tuple
 
@@ -100,6 +101,8 @@ class DTMicroscopeClient:
             raise ProtocolError(f"{what}: {type(exc).__name__}: {exc}", self.uri) from exc
         except InstrumentError:
             raise
+        except RuntimeError as exc:  # the server sends instrument errors as RuntimeError
+            raise remote_error(str(exc), self.uri, what=f"{what} on the server") from exc
         except Exception as exc:  # raised on the server and re-raised here by Pyro5
             raise RemoteError(f"{what} failed on the server: {type(exc).__name__}: {exc}",
                               self.uri) from exc

@@ -11,7 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from instruments.errors import ProtocolError, RemoteError
+from instruments.errors import BadFrame, InstrumentError, ProtocolError, RemoteError, SafetyRefused
+
+_TYPED_REMOTE = {"SafetyRefused": SafetyRefused, "BadFrame": BadFrame}
 
 
 def _json_default(obj: Any) -> Any:
@@ -56,6 +58,15 @@ def failure(request_id: Any, message: str, code: int = -32000) -> dict:
     return {"jsonrpc": "2.0", "id": request_id, "error": message, "code": code}
 
 
+def remote_error(text: str, where: str = "", what: str = "server") -> InstrumentError:
+    """The typed error for a server-side failure message. Servers send instrument errors as
+    "<ClassName>: <message>"; a refusal or a bad frame keeps its type, the rest is RemoteError."""
+    name, sep, rest = text.partition(": ")
+    if sep and name in _TYPED_REMOTE:
+        return _TYPED_REMOTE[name](f"{what}: {rest}", where)
+    return RemoteError(f"{what} error: {text}", where)
+
+
 def parse_reply(payload: bytes, expected_id: int, where: str = "") -> Any:
     """Decode a reply payload and return its result, or raise the typed error it carries."""
     try:
@@ -70,7 +81,7 @@ def parse_reply(payload: bytes, expected_id: int, where: str = "") -> Any:
             message = f"{error.get('message', error)} (code {error.get('code')})"
         else:
             message = str(error)
-        raise RemoteError(f"server error: {message}", where)
+        raise remote_error(message, where)
     if "result" not in reply:
         raise ProtocolError(f"reply has neither 'result' nor 'error': {str(reply)[:200]}",
                             where)

@@ -184,3 +184,18 @@ def test_envelope_refuses_a_move_before_it_reaches_the_server(dtm_twin):
     with pytest.raises(SafetyRefused, match="stage x"):
         guarded.move_stage(StagePosition(x=5e-4, y=before.y))
     assert client.status().stage == before
+
+
+def test_frame_and_stage_faults_arrive_typed():
+    with served_twin("dtm", faults="inf@1,shape@2,stuck") as served:
+        client = DTMicroscopeClient(served.host, served.port, timeout=20)
+        guarded = GuardedMicroscope(client)
+        guarded.set_imaging(ImagingSettings(pixels=128))
+        with pytest.raises(BadFrame, match="non-finite"):
+            guarded.acquire()
+        with pytest.raises(BadFrame, match="shape"):
+            guarded.acquire()
+        before = client.status().stage
+        assert guarded.move_stage(StagePosition(x=1e-5, y=1e-5)) == before  # stuck stage
+        with pytest.raises(SafetyRefused, match="outside travel"):
+            client.move_stage(StagePosition(x=5e-3))  # the twin's own travel limit

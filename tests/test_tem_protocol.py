@@ -204,3 +204,18 @@ def test_non_json_reply_is_a_protocol_error():
     client = TemClient("127.0.0.1", peer.port, timeout=5)
     with pytest.raises(ProtocolError, match="not valid JSON"):
         client.get_vacuum()
+
+
+def test_frame_and_stage_faults_arrive_typed():
+    with served_twin("tem", faults="inf@1,shape@2,stuck") as served:
+        client = TemClient(served.host, served.port, timeout=20)
+        guarded = GuardedMicroscope(client)
+        guarded.set_imaging(ImagingSettings(pixels=128))
+        with pytest.raises(BadFrame, match="non-finite"):
+            guarded.acquire()
+        with pytest.raises(BadFrame, match="shape"):
+            guarded.acquire()
+        before = client.status().stage
+        assert guarded.move_stage(StagePosition(x=1e-5, y=1e-5)) == before  # stuck stage
+        with pytest.raises(SafetyRefused, match="outside travel"):
+            client.move_stage(StagePosition(x=5e-3))  # the twin's own travel limit
