@@ -12,7 +12,8 @@ its own [CLS]/[SEP]; the pooling runs over all tokens of all windows, so no text
 Frozen encoder (`text_finetune=False`, default): token states are computed once per
 description set and cached (not saved: they are recomputed from the encoder at load time), so
 training and inference cost only the pooling. Fine-tuned encoder: states are recomputed with
-gradients in training mode, and cached in eval mode until the next train().
+gradients in training mode, and cached in eval mode until the next train(). Under no_grad
+(inference) the pooled H_text itself is cached until a pooling/projection weight changes.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class TextBranch(nn.Module):
         self.pool = AttentionPooling(hidden)
         self.project = nn.Linear(hidden, config.d)
         self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._pooled: tuple[tuple, torch.Tensor] | None = None  # H_text under no_grad
 
     def train(self, mode: bool = True) -> TextBranch:
         super().train(mode)
@@ -102,6 +104,15 @@ class TextBranch(nn.Module):
                 self._cache = self.token_states()
         return self._cache
 
+    def _version(self) -> tuple:
+        """Changes whenever a pooling/projection weight is modified in place (optimiser, load)."""
+        return tuple((p.data_ptr(), p._version) for p in (*self.pool.parameters(),
+                                                         *self.project.parameters()))
+
     def forward(self) -> torch.Tensor:
-        states, mask = self._states()
-        return self.project(self.pool(states, mask))
+        if torch.is_grad_enabled() or (self.finetune and self.training):
+            return self.project(self.pool(*self._states()))
+        key = self._version()
+        if self._pooled is None or self._pooled[0] != key:
+            self._pooled = (key, self.project(self.pool(*self._states())))
+        return self._pooled[1]
