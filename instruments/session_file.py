@@ -311,20 +311,20 @@ class SessionWriter:
             f.move(pending, final)
             f.flush()
         except Exception as exc:
-            self._rollback(pending, final)
+            self._rollback(frame_id, pending, final)
             raise write_error(exc, f"writing frame {frame_id}", self.path) from exc
 
-    def _rollback(self, *paths: str) -> None:
-        """Remove a half-written frame; best effort (the disk may be full)."""
-        for path in paths:
-            try:
-                if path in self._file:
-                    del self._file[path]
-            except Exception:  # noqa: BLE001 - readers ignore incomplete frames anyway
-                continue
+    def _rollback(self, frame_id: str, pending: str, final: str) -> None:
+        """Remove this frame's half-written group (pending, or moved but not flushed); best
+        effort, as the disk may be full: readers ignore incomplete frames anyway."""
+        f = self._file
         try:
-            self._file.flush()
-        except Exception:  # noqa: BLE001
+            if pending in f:
+                del f[pending]
+            if final in f and f[final].attrs.get(ATTR_FRAME_ID) == frame_id:
+                del f[final]
+            f.flush()
+        except Exception:  # noqa: BLE001 - the original error is the one to report
             pass
 
     def update_provenance(self, **values: Any) -> None:
