@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from instruments.frame import ImagingSettings, StagePosition
-from twins.classes import SEM_CLASSES
+from twins.classes import PROFILES, SEM_CLASSES
 from twins.microscope import TwinMicroscope
 from twins.specimen import Specimen
 
@@ -28,14 +28,18 @@ from twins.specimen import Specimen
 class DatasetSettings:
     """Ranges the generator draws from (log-uniform for zoom and dwell).
 
-    `zoom` is image pixel size / region texture pixel size; `max_blur_px` bounds the defocus
-    blur sigma; FOVs are clipped to `fov_limits` and to 80 % of the region's size. A field
+    `zoom` is image pixel size / region texture pixel size; a `survey_fraction` of the images
+    instead take a FOV from `survey_fov`, the fields an unattended survey scans, where fine
+    textures are only a few pixels across; `max_blur_px` bounds the defocus blur sigma; FOVs
+    are clipped to `fov_limits` and to 80 % of the region's size. A field
     whose noise-free contrast (std / mean) is below `min_contrast` shows nothing of its class
     (e.g. the background between two tips) and is redrawn, up to `tries` times, as a
     microscopist would move on.
     """
 
     zoom: tuple[float, float] = (0.5, 4.0)
+    survey_fov: tuple[float, float] = (10e-6, 40e-6)
+    survey_fraction: float = 0.35
     dwell: tuple[float, float] = (2e-6, 20e-6)
     min_contrast: float = 0.08
     tries: int = 8
@@ -82,8 +86,12 @@ def iter_labelled(per_class: int, size: int = 224, seed: int = 0,
             index = regions[int(rng.integers(len(regions)))]
             region = spec.regions[index]
             width = min(region.x1 - region.x0, region.y1 - region.y0)
-            pixel = _log_uniform(rng, *cfg.zoom) * region.pixel
-            fov = float(np.clip(pixel * size, cfg.fov_limits[0],
+            if rng.random() < cfg.survey_fraction:
+                fov = _log_uniform(rng, *cfg.survey_fov)
+            else:
+                zoom = PROFILES[label].zoom or cfg.zoom
+                fov = _log_uniform(rng, *zoom) * region.pixel * size
+            fov = float(np.clip(fov, cfg.fov_limits[0],
                                 min(cfg.fov_limits[1], 0.8 * width)))
             pixel = fov / size
             for _ in range(cfg.tries):

@@ -10,6 +10,7 @@ Frames carry ground truth in `frame.evaluation`; decisions must never read it.
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -25,7 +26,8 @@ ELEMENTARY_CHARGE = physics.ELEMENTARY_CHARGE
 
 
 class TwinMicroscope:
-    """A seeded SEM twin; same seed and same calls give the same images."""
+    """A seeded SEM twin; same seed and same calls give the same images. Calls from several
+    threads (a threaded server) are serialised."""
 
     def __init__(self, seed: int = 0, specimen: Specimen | None = None,
                  faults: FaultSpec | None = None, instrument_id: str = "twin",
@@ -44,6 +46,7 @@ class TwinMicroscope:
         self._dose_here = 0.0  # e/nm^2 delivered since the last stage move
         self._drift_dir = self._new_drift_direction()
         self._closed = False
+        self._lock = threading.RLock()
         (sx, sy) = self.specimen.extent
         self._caps = Capabilities(detectors=("SE", "BSE"), fov_range=(0.5e-6, 100e-6),
                                   pixel_options=(128, 224, 256, 512, 1024),
@@ -61,8 +64,8 @@ class TwinMicroscope:
     def capabilities(self) -> Capabilities:
         return self._caps
 
-    def set_imaging(self, settings: ImagingSettings) -> ImagingSettings:
-        """Apply settings within the twin's capabilities (else SafetyRefused, unchanged)."""
+    # --- implementations (called under the lock) --------------------------------------------
+    def _set_imaging(self, settings: ImagingSettings) -> ImagingSettings:
         self._check_open()
         caps, where = self._caps, self.instrument_id
         checks = (("fov", settings.fov, caps.fov_range), ("dwell", settings.dwell,
@@ -83,9 +86,7 @@ class TwinMicroscope:
         self._settings = settings
         return settings
 
-    def move_stage(self, position: StagePosition) -> StagePosition:
-        """Move to `position` (inside the stage travel, else SafetyRefused). A stuck stage
-        (fault `stuck`) stays where it is and reports its real position."""
+    def _move_stage(self, position: StagePosition) -> StagePosition:
         self._check_open()
         (x0, x1), (y0, y1) = self._caps.stage_range
         if not (np.isfinite(position.x) and np.isfinite(position.y)
@@ -101,8 +102,7 @@ class TwinMicroscope:
         self._drift_dir = self._new_drift_direction()
         return self._stage
 
-    def acquire(self) -> Frame:
-        """Scan one frame at the current stage position and settings."""
+    def _acquire(self) -> Frame:
         self._check_open()
         self._acquisitions += 1
         n = self._acquisitions
@@ -128,8 +128,26 @@ class TwinMicroscope:
                         "focus_error_m": float(focus_error)},
         )
 
+    # --- protocol: state-changing calls ------------------------------------------------------
+    def set_imaging(self, settings: ImagingSettings) -> ImagingSettings:
+        """Apply settings within the twin's capabilities (else SafetyRefused, unchanged)."""
+        with self._lock:
+            return self._set_imaging(settings)
+
+    def move_stage(self, position: StagePosition) -> StagePosition:
+        """Move to `position` (inside the stage travel, else SafetyRefused). A stuck stage
+        (fault `stuck`) stays where it is and reports its real position."""
+        with self._lock:
+            return self._move_stage(position)
+
+    def acquire(self) -> Frame:
+        """Scan one frame at the current stage position and settings."""
+        with self._lock:
+            return self._acquire()
+
     def close(self) -> None:
-        self._closed = True
+        with self._lock:
+            self._closed = True
 
     # --- twin extras ------------------------------------------------------------------------
     def ground_truth(self, position: StagePosition | tuple[float, float], fov: float) -> dict:

@@ -12,6 +12,7 @@ cache together with their anti-aliasing pyramids, and sampled by index gathers.
 from __future__ import annotations
 
 import math
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -132,6 +133,7 @@ class Specimen:
         self.label_names: list[str] = [SUBSTRATE, *SEM_CLASSES]
         self._cache: OrderedDict[int, TileSet] = OrderedDict()
         self._cache_size = cache_size
+        self._lock = threading.Lock()
         self.regions: list[Region] = []
         self._cells: list[tuple[float, float, float, float]] = []
         rng = np.random.default_rng([seed, 1])
@@ -203,8 +205,9 @@ class Specimen:
             self.label_names.append(label)
         region = Region(label=label, x0=mx - w / 2, x1=mx + w / 2, y0=my - h / 2, y1=my + h / 2,
                         z=z, pixel=pixel, seed=0, insulating=False, image=norm.astype(np.float32))
-        self.regions[cell] = region
-        self._cache.pop(cell, None)
+        with self._lock:
+            self.regions[cell] = region
+            self._cache.pop(cell, None)
         return region
 
     # --- ground truth ----------------------------------------------------------------------
@@ -275,7 +278,11 @@ class Specimen:
                        texture.look)
 
     def tiles(self, index: int) -> TileSet:
-        """The (cached) yield pyramids of region `index`."""
+        """The (cached) yield pyramids of region `index` (thread-safe)."""
+        with self._lock:
+            return self._tiles(index)
+
+    def _tiles(self, index: int) -> TileSet:
         cached = self._cache.get(index)
         if cached is not None:
             self._cache.move_to_end(index)
