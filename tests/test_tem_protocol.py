@@ -219,3 +219,14 @@ def test_frame_and_stage_faults_arrive_typed():
         assert guarded.move_stage(StagePosition(x=1e-5, y=1e-5)) == before  # stuck stage
         with pytest.raises(SafetyRefused, match="outside travel"):
             client.move_stage(StagePosition(x=5e-3))  # the twin's own travel limit
+
+
+def test_server_answers_a_malformed_request_with_an_error_and_closes(tem_twin):
+    with socket.create_connection((tem_twin.host, tem_twin.port), timeout=10) as sock:
+        sock.sendall(b"8:{\"id\":1}X")
+        reply = b""
+        while chunk := sock.recv(4096):
+            reply += chunk
+    length, _, rest = reply.partition(b":")
+    message = json.loads(rest[:int(length)])
+    assert message["id"] is None and "Invalid netstring" in message["error"]

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from instruments.errors import InstrumentError
+from instruments.errors import InstrumentError, ProtocolError
 from instruments.frame import ImagingSettings, StagePosition
 from instruments.jsonrpc import dumps, failure, parse_request, success, to_plain
 from instruments.microscope import Microscope
@@ -32,6 +32,7 @@ from twins.faults import FaultSpec
 from twins.serve import TransportFaults
 
 DEFAULT_PORT = 9093
+MAX_REQUEST_BYTES = 16 << 20
 SETTING_KEYS = ("size", "dwell_time", "field_of_view", "defocus", "beam_energy",
                 "beam_current")
 
@@ -174,12 +175,16 @@ class _Handler(socketserver.BaseRequestHandler):
     server: _TCPServer
 
     def handle(self) -> None:
-        reader = NetstringReader(self.request, where=str(self.client_address))
+        reader = NetstringReader(self.request, where=str(self.client_address),
+                                 max_message=MAX_REQUEST_BYTES)
         while True:
             try:
                 payload = reader.read()
+            except ProtocolError as exc:  # the stream cannot be resynchronised: say why, close
+                self._send(failure(None, f"Invalid netstring: {exc}", code=-32700))
+                return
             except InstrumentError:
-                return  # malformed frame or broken peer: the stream cannot be resynchronised
+                return  # the peer went away or stopped sending
             if payload is None:
                 return
             action, seconds = self.server.faults.next_call()
@@ -187,10 +192,15 @@ class _Handler(socketserver.BaseRequestHandler):
                 return  # closing without a reply
             if action == "stall":
                 time.sleep(seconds)
-            try:
-                self.request.sendall(encode(dumps(self.server.dispatch(payload))))
-            except OSError:
+            if not self._send(self.server.dispatch(payload)):
                 return
+
+    def _send(self, reply: dict[str, Any]) -> bool:
+        try:
+            self.request.sendall(encode(dumps(reply)))
+            return True
+        except OSError:
+            return False
 
 
 class _TCPServer(socketserver.ThreadingTCPServer):
