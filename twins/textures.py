@@ -45,9 +45,12 @@ class Canvas:
         later shapes rest on earlier ones (agglomerates, fibre mats).
         """
         ph, pw = patch.shape
-        rows = (np.arange(ph) + int(round(cy)) - ph // 2) % self.size
-        cols = (np.arange(pw) + int(round(cx)) - pw // 2) % self.size
-        idx = np.ix_(rows, cols)
+        y0 = (int(round(cy)) - ph // 2) % self.size
+        x0 = (int(round(cx)) - pw // 2) % self.size
+        if y0 + ph <= self.size and x0 + pw <= self.size:  # no wrap: a cheap view
+            idx: tuple = (slice(y0, y0 + ph), slice(x0, x0 + pw))
+        else:
+            idx = np.ix_((np.arange(ph) + y0) % self.size, (np.arange(pw) + x0) % self.size)
         inside = patch > 0
         current = self.height[idx]
         base = lift * float(current[inside].max()) if lift and inside.any() else 0.0
@@ -188,7 +191,7 @@ def _polyline(rng: Rng, canvas: Canvas, start: np.ndarray, angle: float, steps: 
     pos = start.astype(float)
     for _ in range(steps):
         angle += rng.normal(0, wiggle)
-        seg = capsule(step * 1.2, radius, angle)
+        seg = capsule(step * 1.1, radius, angle)
         canvas.stamp(pos[0], pos[1], seg, material, lift=lift)
         pos += step * np.array([np.cos(angle), np.sin(angle)])
 
@@ -204,7 +207,7 @@ def fibres(rng: Rng, size: int) -> Texture:
     else:
         radius, count, wiggle, spread = rng.uniform(5, 11), int(rng.integers(25, 45)), 0.02, 0.2
     base_angle = rng.uniform(0, np.pi)
-    step = radius * 2.5
+    step = radius * 4.0
     for i in range(count):
         angle = base_angle + rng.uniform(-spread, spread)
         _polyline(rng, canvas, rng.random(2) * size, angle, int(size / step) + 1, step,
@@ -337,7 +340,7 @@ def particles(rng: Rng, size: int) -> Texture:
 
 
 def patterned(rng: Rng, size: int) -> Texture:
-    look = str(rng.choice(["holes", "grating", "pillars"]))
+    look = str(rng.choice(["holes", "grating", "pillars", "copolymer"]))
     canvas = Canvas(size, material=rng.uniform(0.4, 0.8))
     n = int(rng.integers(14, 40))
     pitch = size / n
@@ -365,6 +368,9 @@ def patterned(rng: Rng, size: int) -> Texture:
         canvas.height = _smooth(canvas.height, 0.8)
         if rng.random() < 0.5:
             canvas.height = canvas.height.T.copy()
+    elif look == "copolymer":  # self-assembled lamellae: a fingerprint, close to a sponge
+        field = band_noise(rng, size, pitch / 2, bandwidth=0.08)
+        canvas.height = _smooth(np.where(field > 0, 6.0, 0.0).astype(np.float32), 1.0)
     else:
         w = pitch * rng.uniform(0.3, 0.55)
         square = rng.random() < 0.5
