@@ -111,3 +111,19 @@ def test_checkpoint_without_text_branch_round_trips(tmp_path, frames):
     assert loaded.descriptions is None
     np.testing.assert_array_equal(clf.classify(frames)[0].probabilities,
                                   loaded.classify(frames)[0].probabilities)
+
+
+def test_fine_tuned_text_encoder_is_trained_and_stored_in_the_checkpoint(tmp_path):
+    config = FusionConfig.ablation("cm_emrl", text_finetune=True)
+    clf = Classifier.create(config, NAMES, DESCRIPTIONS)
+    clf.model.train()
+    logits = clf.logits(torch.randn(2, 1, 224, 224))
+    logits.sum().backward()
+    query = clf.model.text.encoder.encoder.layer[0].attention.self.query.weight
+    assert query.requires_grad and query.grad is not None and query.grad.abs().sum() > 0
+    with torch.no_grad():
+        query.add_(0.01)  # a "trained" encoder differs from the package's weights
+    clf.save(tmp_path / "ft")
+    loaded = Classifier.load(tmp_path / "ft")
+    assert torch.equal(loaded.model.text.encoder.encoder.layer[0].attention.self.query.weight,
+                       query)
