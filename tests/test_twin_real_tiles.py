@@ -11,7 +11,13 @@ from PIL import Image
 
 from instruments.frame import ImagingSettings, StagePosition
 from twins.microscope import TwinMicroscope
-from twins.real_tiles import RealTileError, add_real_tiles, load_nsid, load_real_tiles
+from twins.real_tiles import (
+    RealTileError,
+    add_real_tiles,
+    load_nsid,
+    load_real_tiles,
+    specimen_with_real_tiles,
+)
 from twins.specimen import Specimen
 
 
@@ -53,6 +59,12 @@ def test_png_and_tiff_tiles(tmp_path):
     for tile in (png, tif):
         assert tile.image.shape == (40, 60) and tile.pixel == pytest.approx(1e-7)
         np.testing.assert_allclose(tile.image, img)
+    specimen = specimen_with_real_tiles([tmp_path / "a.png", tmp_path / "b.tif"], fov=6e-6)
+    assert [r.label for r in specimen.regions[-2:]] == ["real:a", "real:b"]
+    region = specimen.regions[-1]
+    assert region.x1 - region.x0 == pytest.approx(6e-6)
+    assert specimen.label_at((region.x0 + region.x1) / 2, (region.y0 + region.y1) / 2) == \
+        "real:b"
 
 
 def test_unusable_files_raise_a_typed_error(tmp_path):

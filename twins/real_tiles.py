@@ -137,9 +137,24 @@ def load_real_tiles(path: str | Path, fov: float = DEFAULT_FOV) -> list[RealTile
 
 def add_real_tiles(specimen: Specimen, tiles: list[RealTile],
                    cells: list[int] | None = None) -> list[Region]:
-    """Place tiles into specimen grid cells (default: the last free cells), one per cell."""
-    if cells is not None and len(cells) != len(tiles):
+    """Place tiles into specimen grid cells, one per cell, in order (default: the last
+    cells that hold no real tile yet)."""
+    if cells is None:
+        free = [k for k, r in enumerate(specimen.regions) if r.image is None]
+        if len(free) < len(tiles):
+            raise RealTileError(f"{len(tiles)} tiles but only {len(free)} free cells")
+        cells = free[len(free) - len(tiles):]
+    if len(cells) != len(tiles):
         raise RealTileError(f"{len(tiles)} tiles but {len(cells)} cells given")
-    return [specimen.place_real_tile(t.image, t.label, t.pixel,
-                                     cell=None if cells is None else cells[k])
-            for k, t in enumerate(tiles)]
+    return [specimen.place_real_tile(t.image, t.label, t.pixel, cell=cell)
+            for t, cell in zip(tiles, cells, strict=True)]
+
+
+def specimen_with_real_tiles(paths: list[str | Path], seed: int = 0,
+                             fov: float = DEFAULT_FOV) -> Specimen:
+    """A seeded specimen whose last grid cells hold the images of `paths` (every IMAGE
+    dataset of an NSID file, or one PNG/TIFF each)."""
+    specimen = Specimen(seed=seed)
+    tiles = [tile for path in paths for tile in load_real_tiles(path, fov=fov)]
+    add_real_tiles(specimen, tiles)
+    return specimen
