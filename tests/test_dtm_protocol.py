@@ -130,6 +130,15 @@ def test_spectral_image_channels_come_back_whole(dtm_twin, tmp_path):
     assert np.allclose(client.get_point_data("Channel_001", 2, 3), cube[2, 3])
     assert np.allclose(client.get_spectrum_image_e_axis("Channel_001"),
                        np.linspace(100.0, 250.0, 16))
+    # keyword calls, as DTMicroscope's active-learning notebook makes them
+    mic_server = Pyro5.api.Proxy(f"PYRO:microscope.server@{dtm_twin.host}:{dtm_twin.port}")
+    array_list, shape, dtype = mic_server.get_point_data(spectrum_image_index="Channel_001",
+                                                         x=4, y=1)
+    assert np.allclose(np.array(array_list, dtype=dtype).reshape(shape), cube[4, 1])
+    array_list, shape, dtype = mic_server.get_spectrum_image_e_axis(
+        spectrum_image_index="Channel_001")
+    assert tuple(shape) == (16,) and dtype == "float64"
+    mic_server._pyroRelease()
 
 
 def test_refused_connection_is_unreachable():
