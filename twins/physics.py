@@ -133,7 +133,7 @@ def blur_sigma_px(defocus_error: float, pixel: float, params: PhysicsParams) -> 
 class NoiseSource:
     """A buffer of standard normals, sliced at a random offset for each frame."""
 
-    def __init__(self, seed: int, size: int = 1 << 22) -> None:
+    def __init__(self, seed: int, size: int = 1 << 21) -> None:
         self.buffer = np.random.default_rng([seed, 7919]).standard_normal(size,
                                                                           dtype=np.float32)
 

@@ -125,7 +125,7 @@ class Specimen:
                  extent: tuple[tuple[float, float], tuple[float, float]] = ((-1e-3, 1e-3),
                                                                             (-1e-3, 1e-3)),
                  grid: int = 8, gap: tuple[float, float] = (4e-6, 10e-6),
-                 height_range: float = 3e-6, cache_size: int = 16, tile: int = TILE) -> None:
+                 height_range: float = 3e-6, cache_size: int = 12, tile: int = TILE) -> None:
         self.seed = seed
         self.tile = tile
         self.extent = extent
