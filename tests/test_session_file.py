@@ -208,3 +208,18 @@ def test_awkward_instrument_metadata_is_kept_exactly_and_written_for_sidpy(
         assert ds.original_metadata["mixed"] == '[1, "two", null]'
     finally:
         nsid.close()
+
+
+def test_the_dtmicroscope_server_registers_a_session_and_serves_frame_0(session) -> None:
+    """Our DTMicroscope-compatible STEM servant (twins.dtm_server) loads the file the way
+    DTMicroscope does (NSIDReader, Channel_000...) and answers get_overview_image."""
+    from twins.dtm_server import DTMicroscopeService
+
+    path, frames, _ = session
+    service = DTMicroscopeService(twin=None)
+    service.initialize_microscope("STEM")
+    service.register_data(str(path))
+    values, shape, _dtype = service.get_overview_image()
+    np.testing.assert_allclose(np.asarray(values).reshape(shape), frames[0].image)
+    info = dict(service.get_dataset_info())
+    assert info["channel_keys"] == ["Channel_000", "Channel_001", "Channel_002"]
