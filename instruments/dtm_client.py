@@ -179,11 +179,16 @@ class DTMicroscopeClient:
                             has_spectra=self._has_spectra())
 
     def _has_spectra(self) -> bool:
-        if not self._offers("get_dataset_info"):
+        """From get_dataset_info where offered; DTMicroscope's own STEM server lacks it, so
+        there: whether Channel_001 has an energy axis (its notebooks' spectrum channel)."""
+        if self._offers("get_dataset_info"):
+            info = dict(self.get_dataset_info())
+            return bool(info.get("spectra_channel_index") or
+                        info.get("spectral_image_channel_index"))
+        try:
+            return self.get_spectrum_image_e_axis("Channel_001").size > 0
+        except RemoteError:
             return False
-        info = dict(self.get_dataset_info())
-        return bool(info.get("spectra_channel_index") or
-                    info.get("spectral_image_channel_index"))
 
     def _overview_side(self) -> int:
         if self._overview_shape is None:
