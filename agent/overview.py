@@ -41,6 +41,8 @@ class OverviewTiles:
 
     def __init__(self, microscope: GuardedMicroscope, tile_px: int = 64,
                  spectrum_index: str | None = None) -> None:
+        """`spectrum_index`: the channel key of a spectrum image served by the instrument
+        (see `spectral_channel`), sampled with `get_point_data` at recorded tile centres."""
         self.microscope = microscope
         self.overview = microscope.acquire()
         self.tile_px = tile_px
@@ -64,12 +66,28 @@ class OverviewTiles:
         meta: dict[str, Any] = {"source": "overview window", "overview_frame_id":
                                 self.overview.frame_id, "window": {"row": r, "col": c,
                                                                    "size_px": self.tile_px}}
-        if self.spectrum_index is not None:
-            x = c * self.tile_px + self.tile_px // 2
-            y = r * self.tile_px + self.tile_px // 2
-            spectrum = self.microscope.inner.get_point_data(self.spectrum_index, x, y)
-            meta["point_spectrum"] = {"index": self.spectrum_index, "x": x, "y": y,
-                                      "values": np.asarray(spectrum).ravel().tolist()}
         stage = replace(self.overview.stage, x=float(position["x"]), y=float(position["y"]))
         return Frame(image=self.windows[r, c].copy(), instrument_id=self.overview.instrument_id,
                      settings=settings, stage=stage, sequence=sequence, original_metadata=meta)
+
+    def point_data(self, tile: dict[str, Any]) -> dict[str, Any] | None:
+        """The spectrum at a tile's centre pixel (None without a spectrum image).
+
+        DTMicroscope's `get_point_data(key, x, y)` returns `data[x, y]`, x indexing the
+        array's first axis (sidpy's "x" dimension): the same axis the tile rows cut."""
+        if self.spectrum_index is None:
+            return None
+        x = int(tile["row"]) * self.tile_px + self.tile_px // 2
+        y = int(tile["col"]) * self.tile_px + self.tile_px // 2
+        values = np.asarray(self.microscope.inner.get_point_data(self.spectrum_index, x, y))
+        return {"channel": self.spectrum_index, "x": x, "y": y,
+                "values": values.ravel().astype(float).tolist()}
+
+
+def spectral_channel(inner: Any) -> str | None:
+    """The first spectrum-image channel key of a DTMicroscope dataset, if it has one."""
+    if not hasattr(inner, "get_dataset_info"):
+        return None
+    info = dict(inner.get_dataset_info())
+    found = list(info.get("spectral_image_channel_index") or [])
+    return f"Channel_{int(found[0]):03}" if found else None

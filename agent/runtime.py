@@ -43,6 +43,8 @@ class TileSource(Protocol):
 
     def frame(self, position: dict[str, Any], sequence: int) -> Frame: ...
 
+    def point_data(self, tile: dict[str, Any]) -> dict[str, Any] | None: ...
+
 
 @dataclass
 class Runtime:

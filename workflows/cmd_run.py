@@ -20,7 +20,7 @@ from agent.adjudication.demonstrations import DemonstrationBank
 from agent.approval_broker import ApprovalBroker
 from agent.config import RunConfig, registry_path
 from agent.objectives import ObjectiveError
-from agent.overview import OverviewTiles
+from agent.overview import OverviewTiles, spectral_channel
 from agent.session import Session, SessionParts, record_failed_start
 from agent.terminal_approval import TerminalApprover
 from instruments.errors import InstrumentError
@@ -81,10 +81,14 @@ def _twin_positions(inner: Microscope, fov: float) -> list[dict[str, Any]] | Non
             for p in specimen.survey_centres(fov)]
 
 
-def open_parts(config: RunConfig) -> SessionParts:
-    """Instrument (guarded), classifier, demonstration bank and plan inputs for a session."""
+def open_parts(config: RunConfig, classifier: Any = None) -> SessionParts:
+    """Instrument (guarded), classifier (loaded from config.model unless given), demonstration
+    bank and plan inputs for a session."""
     twin = config.instrument == "twin"
-    classifier, model_path = _load_classifier(config, twin)
+    if classifier is None:
+        classifier, model_path = _load_classifier(config, twin)
+    else:
+        model_path = config.model or "<in memory>"
     try:
         inner = open_instrument(config.instrument, {"twin": _twin_factory(config.seed)})
     except InstrumentError as exc:
@@ -102,7 +106,8 @@ def open_parts(config: RunConfig) -> SessionParts:
                 parts.survey_positions = [{"x": f.stage.x, "y": f.stage.y}
                                           for f in reader.iter_frames()]
         elif caps.has_overview and not caps.can_move_stage:
-            parts.tiles = OverviewTiles(guarded, tile_px=64)
+            parts.tiles = OverviewTiles(guarded, tile_px=64,
+                                        spectrum_index=spectral_channel(inner))
         else:
             parts.survey_positions = _twin_positions(inner, config.imaging["fov"])
         parts.hunt_start = (status.stage.x, status.stage.y)
@@ -138,11 +143,12 @@ def _summary_table(path: str) -> Table:
     return table
 
 
-def run_session(config: RunConfig, console: Console, quiet: bool = False) -> dict[str, Any]:
-    """Open everything, run (or resume) the session to its end, print the summary."""
+def run_session(config: RunConfig, console: Console, quiet: bool = False,
+                classifier: Any = None) -> dict[str, Any]:
+    """Open everything, run (or resume) the session to its end."""
     config.save(registry_path(config.state_dir, config.session_id))
     try:
-        parts = open_parts(config)
+        parts = open_parts(config, classifier)
     except StartError as exc:
         record_failed_start(config, str(exc))
         raise

@@ -27,13 +27,17 @@ def make(rt: Runtime):
     def record(state: AgentState) -> dict[str, Any]:
         current = state["current"]
         frame = rt.scratch.get(current["frame_id"])
-        rt.writer.write_frame(frame, decision_record(current))
+        record = decision_record(current)
+        objective = state["objective"]
+        label = current.get("label")
+        if rt.tiles is not None and current.get("tile") and (
+                objective["kind"] == "survey" or label in objective["classes"]):
+            record["point_data"] = rt.tiles.point_data(current["tile"])
+        rt.writer.write_frame(frame, record)
         counts = dict(state["counts"])
         counts["recorded"] = counts.get("recorded", 0) + 1
         counts["routes"] = bump(counts.get("routes", {}), current["route"])
-        label = current.get("label")
         counts["labels"] = bump(counts.get("labels", {}), str(label))
-        objective = state["objective"]
         if (objective["kind"] == "hunt" and label in objective["classes"]
                 and current["quality"]["ok"]):
             counts["hits"] = counts.get("hits", 0) + 1
