@@ -299,6 +299,8 @@ class SessionWriter:
         pending = f"{PENDING_GROUP}/{frame_id}"
         final = channel_path(index)
         try:
+            if pending in f:                      # left by an interrupted earlier attempt
+                del f[pending]
             group = f.create_group(pending)
             group.attrs[ATTR_FRAME_ID] = frame_id
             group.attrs[ATTR_INDEX] = index
@@ -310,8 +312,10 @@ class SessionWriter:
             group.attrs[ATTR_COMPLETE] = True
             f.move(pending, final)
             f.flush()
-        except Exception as exc:
+        except BaseException as exc:
             self._rollback(frame_id, pending, final)
+            if not isinstance(exc, Exception):    # KeyboardInterrupt & co. pass through
+                raise
             raise write_error(exc, f"writing frame {frame_id}", self.path) from exc
 
     def _rollback(self, frame_id: str, pending: str, final: str) -> None:

@@ -143,6 +143,28 @@ def test_disk_full_mid_frame_rolls_the_frame_back(tmp_path: Path, monkeypatch) -
         assert reader.frame_ids == [first.frame_id, second.frame_id]
 
 
+def test_ctrl_c_mid_frame_rolls_back_and_the_frame_can_be_written_again(
+        tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "ctrl_c.h5"
+    writer = SessionWriter(path, {})
+    frame = make_frame(0)
+
+    def interrupted(dataset, group, main_data_name, **_):
+        group.create_group(main_data_name)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(session_file, "write_nsid_dataset", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        writer.write_frame(frame, make_record(frame, "Tips"))
+    monkeypatch.undo()
+    assert writer.write_frame(frame, make_record(frame, "Tips")) is True
+    writer.close("interrupted", "ctrl-c")
+    with SessionReader(path) as reader:
+        assert reader.frame_ids == [frame.frame_id]
+    with h5py.File(path, "r") as f:
+        assert len(f["micagent/pending"]) == 0
+
+
 def test_records_that_cannot_be_stored_are_refused_before_writing(tmp_path: Path) -> None:
     path = tmp_path / "records.h5"
     writer = SessionWriter(path, {})
