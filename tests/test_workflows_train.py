@@ -134,3 +134,29 @@ def test_one_class_and_empty_folders_fail_clearly(tmp_path):
     result = runner.invoke(app, ["train", str(two), "--out", str(tmp_path / "m")])
     assert result.exit_code == 2 and "'C'" in result.output
     assert not (tmp_path / "m").exists() and not (tmp_path / "m.partial").exists()
+
+
+def test_k_fold_training_reports_mean_and_std_across_folds(data, tmp_path):
+    out = tmp_path / "cv"
+    result = runner.invoke(app, ["train", str(data), "--out", str(out), "--profile", "paper",
+                                 "--folds", "2", "--epochs", "1", "--batch-size", "24",
+                                 "--config", SMALL_JSON])
+    assert result.exit_code == 0, result.output
+    assert (out / "folds" / "fold_0" / "config.json").exists()
+    assert (out / "folds" / "fold_1" / "config.json").exists()
+    report = json.loads(runner.invoke(app, ["evaluate", str(out), str(data), "--json"]).stdout)
+    assert report["n_folds"] == 2 and report["n_images"] == 48  # every image tested once
+    assert {"top1", "macro_f1", "ece"} <= set(report["std"])
+    assert "f1_std" in report["per_class"]["Dots"]
+
+
+def test_ablate_writes_the_comparison_table(data, tmp_path):
+    result = runner.invoke(app, ["ablate", str(data), "--out", str(tmp_path), "--epochs", "1",
+                                 "--batch-size", "24", "--variants", "vit_only,gnn_only",
+                                 "--config", SMALL_JSON])
+    assert result.exit_code == 0, result.output
+    table = json.loads((tmp_path / "ablation.json").read_text())
+    assert [r["name"] for r in table["rows"]] == ["vit_only", "gnn_only"]
+    assert all(0 <= r["top1"] <= 1 for r in table["rows"])
+    markdown = (tmp_path / "ablation.md").read_text()
+    assert "| ViT baseline |" in markdown and "Avg-F1" in markdown

@@ -57,6 +57,9 @@ def evaluate(ckpt: str | Path, data_dir: str | Path, crop: float | int | None = 
     """The metrics report (see workflows/metrics.py) of `ckpt` on `data_dir`."""
     ckpt = Path(ckpt)
     meta = read_meta(ckpt)
+    training_path = ckpt / "training.json"
+    if crop is None and training_path.exists():  # the crop the model was trained with
+        crop = json.loads(training_path.read_text())["options"].get("crop")
     class_names = meta["class_names"]
     size = int(meta["fusion_config"]["img_size"])
     ds = load_folder_dataset(data_dir, size=size, crop=crop, class_names=class_names,

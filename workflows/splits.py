@@ -37,7 +37,12 @@ class Split:
 
 def _one_split(labels: np.ndarray, groups: np.ndarray, n_splits: int,
                seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(rest, held) positions: held is one of `n_splits` stratified group folds."""
+    """(rest, held) positions: held is one of `n_splits` stratified group folds (fewer folds
+    when the smallest class has fewer images, so that each class can appear in `held`)."""
+    smallest = int(np.bincount(labels)[np.unique(labels)].min())
+    if smallest < 2:
+        raise SplitError("a class has a single image left: cannot hold any out for validation")
+    n_splits = min(n_splits, smallest)
     n_groups = len(np.unique(groups))
     if n_groups < n_splits:
         raise SplitError(f"{n_groups} distinct images (after near-duplicate grouping) cannot "
