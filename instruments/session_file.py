@@ -117,8 +117,9 @@ def _signal(frame: Frame) -> tuple[str, str]:
 
 
 def frame_to_dataset(frame: Frame) -> sidpy.Dataset:
-    """The frame as a sidpy IMAGE Dataset: x/y spatial dimensions in metres, intensity in
-    arbitrary units, frame metadata in `.metadata`, the instrument's in `.original_metadata`."""
+    """The frame as a sidpy IMAGE Dataset: x/y spatial dimensions in metres, the signal's
+    quantity/units (intensity, a.u. unless the instrument said), frame metadata in `.metadata`,
+    the instrument's in `.original_metadata`."""
     if frame.image.ndim != 2:
         raise SessionRecordError(f"frame image must be 2-D, got shape {frame.image.shape}")
     height, width = frame.shape
@@ -148,8 +149,9 @@ def _string_dataset(group: h5py.Group, name: str, text: str) -> None:
 class SessionWriter:
     """Append-only writer of one session file; opening an existing session file resumes it.
 
-    `provenance` is stored at file level (session id, instrument, model, policy, envelope...);
-    `session_id`, `started`, `status` and `software` are filled in when absent.
+    `provenance` is stored at file level (session id, instrument, model, policy, envelope...)
+    as JSON (values JSON cannot express, e.g. paths, as their str()); `session_id`, `started`,
+    `status` and `software` are filled in when absent.
     """
 
     def __init__(self, path: str | os.PathLike, provenance: dict[str, Any] | None = None) -> None:
@@ -157,8 +159,8 @@ class SessionWriter:
         self._lock = threading.Lock()
         self._ids: dict[str, int] = {}
         self._next_index = 0
-        given = dict(provenance or {})
-        to_json(given, "provenance", self.path)
+        given = from_json(to_json(dict(provenance or {}), "provenance", self.path,
+                                  lenient=True), "provenance")
         if os.path.exists(self.path) and os.path.getsize(self.path) > 0:
             self._file = self._open_existing()
             self._provenance = self._resume(given)
@@ -333,10 +335,10 @@ class SessionWriter:
 
     def update_provenance(self, **values: Any) -> None:
         """Merge `values` into the session provenance and flush."""
-        to_json(values, "provenance", self.path)
+        plain = from_json(to_json(values, "provenance", self.path, lenient=True), "provenance")
         with self._lock:
             self._require_open()
-            self._provenance.update(values)
+            self._provenance.update(plain)
             self._store_provenance()
 
     def _store_provenance(self) -> None:

@@ -108,7 +108,8 @@ def test_summary_counts_labels_routes_escalations_and_accuracy(session) -> None:
 
 def test_rewriting_a_frame_is_refused_and_resume_appends(session) -> None:
     path, frames, records = session
-    writer = SessionWriter(path, {"session_id": "s-1", "note": "resumed"})
+    writer = SessionWriter(path, {"session_id": "s-1", "note": "resumed",
+                                  "checkpoint": Path("/models/x")})   # paths stored as text
     assert writer.frame_ids() == [f.frame_id for f in frames]
     assert writer.has_frame(frames[1].frame_id)
     assert writer.write_frame(frames[1], records[1]) is False
@@ -120,6 +121,7 @@ def test_rewriting_a_frame_is_refused_and_resume_appends(session) -> None:
         assert reader.provenance["status"] == "interrupted"
         assert reader.provenance["reason"] == "operator stop"
         assert reader.provenance["note"] == "resumed" and len(reader.provenance["resumed"]) == 1
+        assert reader.provenance["checkpoint"] == "/models/x"
 
 
 def test_reader_never_modifies_the_file(session) -> None:
