@@ -85,3 +85,13 @@ def test_unknown_preset_and_impossible_configs_are_refused():
 def test_config_round_trips_through_its_dict_form():
     config = FusionConfig.ablation("multifusion", ode_steps=3)
     assert FusionConfig.from_dict(config.to_dict()) == config
+
+
+def test_a_frame_gets_the_same_logits_alone_or_in_a_batch(models):
+    model = models["full"].eval()
+    images = torch.randn(3, 1, 224, 224)
+    lmm = torch.tensor([-1, 2, -1])
+    with torch.no_grad():
+        together = model(images, lmm)
+        alone = torch.cat([model(images[i:i + 1], lmm[i:i + 1]) for i in range(3)])
+    assert torch.allclose(together, alone, atol=1e-4)
