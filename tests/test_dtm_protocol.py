@@ -208,3 +208,14 @@ def test_frame_and_stage_faults_arrive_typed():
         assert guarded.move_stage(StagePosition(x=1e-5, y=1e-5)) == before  # stuck stage
         with pytest.raises(SafetyRefused, match="outside travel"):
             client.move_stage(StagePosition(x=5e-3))  # the twin's own travel limit
+
+
+def test_registering_a_file_that_is_not_nsid_is_a_remote_error(dtm_twin, tmp_path):
+    bogus = tmp_path / "not_nsid.h5"
+    bogus.write_bytes(b"this is no HDF5 file")
+    client = DTMicroscopeClient(dtm_twin.host, dtm_twin.port, timeout=20)
+    client.initialize_microscope("STEM")
+    with pytest.raises(RemoteError, match="not a readable NSID"):
+        client.register_data(str(bogus))
+    with pytest.raises(RemoteError, match="no such data file"):
+        client.register_data(str(tmp_path / "missing.h5"))

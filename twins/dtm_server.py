@@ -83,7 +83,8 @@ def _remote(method):
 
 class _Dataset:
     """Datasets of one NSID HDF5 file keyed Channel_000, Channel_001, ... like DTMicroscope's
-    STEM._load_dataset. Reads a private copy (SciFiReaders' NSIDReader opens files r+)."""
+    STEM._load_dataset. Reads a private copy (SciFiReaders' NSIDReader opens files r+); on
+    POSIX the copy is unlinked at once and stays readable through the open file."""
 
     def __init__(self, source: str) -> None:
         import SciFiReaders
@@ -93,11 +94,21 @@ class _Dataset:
         self._tmpdir = tempfile.mkdtemp(prefix="micagent-dtm-")
         copy = os.path.join(self._tmpdir, os.path.basename(source))
         shutil.copyfile(source, copy)
-        read = SciFiReaders.NSIDReader(copy).read()
+        self._reader = None
+        try:
+            self._reader = SciFiReaders.NSIDReader(copy)
+            read = self._reader.read()
+        except Exception as exc:
+            self.close()
+            raise ValueError(f"{source} is not a readable NSID HDF5 file: "
+                             f"{type(exc).__name__}: {exc}") from None
+        if os.name == "posix":
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
         if not hasattr(read, "keys"):
             read = {f"Channel_{i:03}": item for i, item in enumerate(read)}
         self.channels: dict[str, Any] = dict(read)
         if not self.channels:
+            self.close()
             raise ValueError(f"{source} holds no NSID datasets")
         self._arrays: dict[str, np.ndarray] = {}
 
@@ -137,6 +148,9 @@ class _Dataset:
         ]
 
     def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         shutil.rmtree(self._tmpdir, ignore_errors=True)
 
 
