@@ -128,6 +128,16 @@ class _NsidSource:
         step = abs(float(scale[1]) - float(scale[0])) * factor
         return step * dset.shape[0] if step > 0 else None
 
+    @staticmethod
+    def _dimensions(dset: h5py.Dataset) -> dict[str, dict[str, Any]]:
+        """Name -> units/quantity of each dimension scale attached to `dset`."""
+        out = {}
+        for dim in dset.dims:
+            if dim.label and dim.label in dset.parent:
+                attrs = dset.parent[dim.label].attrs
+                out[dim.label] = {"units": attrs.get("units"), "quantity": attrs.get("quantity")}
+        return out
+
     def frame(self, index: int) -> Frame:
         from pyNSID.io.hdf_utils import read_h5py_dataset
 
@@ -145,8 +155,7 @@ class _NsidSource:
             original_metadata=_plain({
                 "source_file": self._path, "dataset": dset.name, "quantity": ds.quantity,
                 "units": ds.units, "modality": ds.modality, "source": ds.source,
-                "dimensions": {d.name: {"units": d.units, "quantity": d.quantity}
-                               for d in ds._axes.values()},
+                "dimensions": self._dimensions(dset),
                 "original_metadata": dict(ds.original_metadata),
                 "metadata": dict(ds.metadata)}),
         )

@@ -150,8 +150,8 @@ def test_scifireaders_reads_every_frame_as_a_sidpy_image(session, tmp_path: Path
             assert ds.data_type == sidpy.DataType.IMAGE
             assert (ds.quantity, ds.units) == ("intensity", "a.u.")
             np.testing.assert_allclose(np.array(ds), frame.image)
-            for axis in (0, 1):
-                dim = ds._axes[axis]
+            for name in ("x", "y"):
+                dim = getattr(ds, name)
                 assert (dim.units, dim.quantity) == ("m", "distance")
                 assert dim.dimension_type == sidpy.DimensionType.SPATIAL
                 assert dim.values[1] - dim.values[0] == pytest.approx(frame.settings.pixel_size)
