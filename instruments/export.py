@@ -81,6 +81,8 @@ def export_frames(source: str | os.PathLike, out_dir: str | os.PathLike,
                 frame = replay.acquire()
             except ReplayExhausted:
                 break
+            except ReplaySourceError as exc:
+                raise ExportError(str(exc), os.fspath(source)) from exc
             path = out / f"{index:06d}_{frame.frame_id}.{'png' if fmt == 'png' else 'tif'}"
             try:
                 writer(frame, path)

@@ -248,7 +248,11 @@ class ReplayMicroscope:
         if self._next >= len(self._metas):
             raise ReplayExhausted(f"all {len(self._metas)} stored frames served",
                                   self.instrument_id)
-        frame = self._source.frame(self._next)
+        try:
+            frame = self._source.frame(self._next)
+        except (SessionFileError, OSError, KeyError, ValueError) as exc:
+            raise ReplaySourceError(f"stored frame {self._next} unreadable: {exc}",
+                                    self.instrument_id) from exc
         self._next += 1
         return frame
 

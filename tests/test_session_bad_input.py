@@ -98,6 +98,18 @@ def test_frame_without_record_is_reported_and_replay_still_serves_it(tmp_path: P
     replay.close()
 
 
+def test_a_damaged_frame_is_an_instrument_error_for_the_replay(tmp_path: Path) -> None:
+    path = tmp_path / "noimage.h5"
+    ids = _session(path)
+    with h5py.File(path, "r+") as f:
+        del f["Measurement_000/Channel_000001/Image/Image"]
+    replay = ReplayMicroscope(path)
+    assert replay.acquire().frame_id == ids[0]
+    with pytest.raises(ReplaySourceError, match="stored frame 1 unreadable.*no image"):
+        replay.acquire()
+    replay.close()
+
+
 def test_unwritable_output_paths_raise_session_write_error(tmp_path: Path) -> None:
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
