@@ -72,6 +72,14 @@ class Runtime:
     predictions: dict[str, Any] = field(default_factory=dict)
     reference: np.ndarray | None = None
     last_tick: float = field(default_factory=time.monotonic)
+    _can_move: bool | None = None
+
+    @property
+    def can_move(self) -> bool:
+        """Whether the instrument has a stage to move (asked once)."""
+        if self._can_move is None:
+            self._can_move = bool(self.microscope.capabilities().can_move_stage)
+        return self._can_move
 
     def tick(self) -> float:
         """Seconds since the previous tick (the wall-time budget accumulates these)."""

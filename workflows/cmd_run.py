@@ -31,6 +31,7 @@ from instruments.uri import open_instrument
 from workflows.cli import app
 
 BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "models" / "bundled" / "sem_twin"
+BANK_PER_CLASS = 6
 err = Console(stderr=True)
 
 
@@ -66,7 +67,7 @@ def _bank(config: RunConfig, classifier) -> DemonstrationBank | None:
     from workflows.demonstrations import cached_bank
     try:
         return cached_bank(classifier, Path(config.state_dir) / "banks", source,
-                           seed=config.seed)
+                           per_class=BANK_PER_CLASS, seed=config.seed)
     except Exception as exc:  # noqa: BLE001
         raise StartError(f"cannot build the demonstration bank from {source}: {exc}") from exc
 
@@ -300,6 +301,7 @@ def replay(
                      state_dir=str(Path(state_dir).resolve()), frames=len(old))
     config = replace(base, instrument=f"replay://{source}", model=model, approve="none",
                      max_rescans=0, adjudicator="offline",
+                     bank=stored.get("bank"), demo_k=int(stored.get("demo_k", base.demo_k)),
                      confidence=float(stored.get("confidence", base.confidence)),
                      max_set_size=int(stored.get("max_set_size", base.max_set_size)),
                      imaging=stored.get("imaging", base.imaging), budgets={})

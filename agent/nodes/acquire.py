@@ -72,7 +72,7 @@ def make(rt: Runtime):
         used, counts = dict(state["used"]), dict(state["counts"])
         target = StagePosition(x=current["position"]["x"], y=current["position"]["y"])
         try:
-            if rt.tiles is None and _move(rt, state, target):
+            if rt.tiles is None and rt.can_move and _move(rt, state, target):
                 used["moves"] = used.get("moves", 0) + 1
             t0 = time.perf_counter()
             frame = _acquire_frame(rt, state, current)

@@ -1,0 +1,89 @@
+"""`micagent run` and `micagent replay` from the command line: the session id printed and
+stored, the summary, a checkpoint for other classes refused with a recorded reason, and the
+replay diff of old and new decisions."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from instruments.session_reader import SessionReader
+from models.classifier import Classifier
+from models.config import FusionConfig
+from twins.classes import SEM_CLASSES
+from workflows.cli import app
+
+torch.set_num_threads(1)
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """Two random-weight checkpoints for the SEM classes and one for other classes."""
+    root = tmp_path_factory.mktemp("ckpt")
+    paths = {}
+    for name, classes, seed in (("a", SEM_CLASSES, 0), ("b", SEM_CLASSES, 1),
+                                ("other", ("cats", "dogs"), 2)):
+        torch.manual_seed(seed)
+        paths[name] = str(Classifier.create(FusionConfig.ablation("vit_only"),
+                                            classes).save(root / name))
+    return paths
+
+
+def run_cli(*args: str):
+    result = runner.invoke(app, list(args))
+    return result, result.output
+
+
+def test_run_prints_the_session_id_it_stores_and_a_summary_then_replay_diffs(
+        tmp_path, checkpoints):
+    out = tmp_path / "s.h5"
+    result, output = run_cli("run", "--model", checkpoints["a"], "--bank", "none",
+                             "--frames", "3", "--out", str(out), "--state-dir",
+                             str(tmp_path / "state"), "--pixels", "128", "--confidence", "0",
+                             "--quiet")
+    assert result.exit_code == 0, output
+    session_id = re.search(r"session (\S+) ->", output).group(1)
+    with SessionReader(out) as reader:
+        summary = reader.summary()
+    assert summary["session_id"] == session_id and summary["frames"] == 3
+    assert "accuracy (twin truth)" in output and "confident: 3" in output
+
+    same, output = run_cli("replay", str(out), "--model", checkpoints["a"], "--json",
+                           "--state-dir", str(tmp_path / "state"))
+    assert same.exit_code == 0, output
+    diff = json.loads(output.strip().splitlines()[-1])
+    assert diff["frames"] == 3 and diff["changed"] == 0       # same model, same decisions
+    assert [r["frame_id"] for r in diff["rows"]] == summary["frame_ids"]
+
+    other, output = run_cli("replay", str(out), "--model", checkpoints["b"], "--json",
+                            "--state-dir", str(tmp_path / "state"))
+    diff = json.loads(output.strip().splitlines()[-1])
+    assert other.exit_code == 0 and diff["frames"] == 3
+    assert diff["accuracy"]["old"] is not None and diff["accuracy"]["new"] is not None
+    changed = [r for r in diff["rows"] if r["old_label"] != r["new_label"]]
+    assert diff["changed"] >= len(changed)
+    with SessionReader(out) as reader:          # the replayed file itself is untouched
+        assert reader.summary()["frame_ids"] == summary["frame_ids"]
+
+
+def test_a_checkpoint_for_other_classes_fails_the_start_and_says_why(tmp_path, checkpoints):
+    out = tmp_path / "s.h5"
+    result, output = run_cli("run", "--model", checkpoints["other"], "--bank", "none",
+                             "--out", str(out), "--state-dir", str(tmp_path / "state"),
+                             "--quiet")
+    assert result.exit_code == 2
+    assert "failed to start" in output
+    with SessionReader(out) as reader:
+        summary = reader.summary()
+    assert summary["status"] == "failed" and summary["frames"] == 0
+    assert "cannot use model" in summary["reason"]
+
+
+def test_resume_of_an_unknown_session_is_a_clear_error(tmp_path):
+    result, output = run_cli("run", "--resume", "no-such-id", "--state-dir", str(tmp_path))
+    assert result.exit_code == 2 and "no session no-such-id" in output
