@@ -59,7 +59,7 @@ def test_snr_grows_with_square_root_of_dwell(specimen):
 
 
 def test_defocus_blurs_and_true_focus_is_the_region_height(specimen):
-    pos, z = centre_of(specimen, "Nanowires")
+    pos, z = centre_of(specimen, "Porous_Sponge")
     scope = TwinMicroscope(seed=0, specimen=specimen, params=STILL)
     settings = dict(fov=4e-6, pixels=256, dwell=50e-6)
     focused = sharpness(snap(scope, pos, defocus=z, **settings))

@@ -37,6 +37,15 @@ class Canvas:
         self.height = np.zeros((size, size), np.float32) if height is None else height
         self.material = np.full((size, size), material, np.float32)
 
+    def window(self, cx: float, cy: float, shape: tuple[int, int]) -> tuple:
+        """Index of the `shape` window centred at (cx, cy), wrapping around the tile."""
+        ph, pw = shape
+        y0 = (int(round(cy)) - ph // 2) % self.size
+        x0 = (int(round(cx)) - pw // 2) % self.size
+        if y0 + ph <= self.size and x0 + pw <= self.size:  # no wrap: a cheap view
+            return (slice(y0, y0 + ph), slice(x0, x0 + pw))
+        return np.ix_((np.arange(ph) + y0) % self.size, (np.arange(pw) + x0) % self.size)
+
     def stamp(self, cx: float, cy: float, patch: np.ndarray, material: float,
               lift: float = 0.0) -> None:
         """Place `patch` (height > 0 inside the shape) centred at (cx, cy), wrapping around.
@@ -44,13 +53,7 @@ class Canvas:
         `lift` raises the shape by that fraction of the highest surface already under it, so
         later shapes rest on earlier ones (agglomerates, fibre mats).
         """
-        ph, pw = patch.shape
-        y0 = (int(round(cy)) - ph // 2) % self.size
-        x0 = (int(round(cx)) - pw // 2) % self.size
-        if y0 + ph <= self.size and x0 + pw <= self.size:  # no wrap: a cheap view
-            idx: tuple = (slice(y0, y0 + ph), slice(x0, x0 + pw))
-        else:
-            idx = np.ix_((np.arange(ph) + y0) % self.size, (np.arange(pw) + x0) % self.size)
+        idx = self.window(cx, cy, patch.shape)
         inside = patch > 0
         current = self.height[idx]
         base = lift * float(current[inside].max()) if lift and inside.any() else 0.0
@@ -151,6 +154,11 @@ def _smooth(a: np.ndarray, sigma: float) -> np.ndarray:
     return ndimage.gaussian_filter(a, sigma, mode="wrap")
 
 
+def _count(rng: Rng, lo: int, hi: int, size: int, power: int = 2) -> int:
+    """A count drawn for a 1024-px tile, scaled to a `size`-px one (area: power 2)."""
+    return max(1, int(rng.integers(lo, hi) * (size / 1024) ** power))
+
+
 def _uniform_points(rng: Rng, size: int, count: int) -> np.ndarray:
     return rng.random((count, 2)) * size
 
@@ -178,7 +186,7 @@ def biological(rng: Rng, size: int) -> Texture:
         canvas.material[:] = mat
     else:
         r = rng.uniform(7, 12)
-        pts = _clustered_points(rng, size, int(rng.integers(25, 45)), int(rng.integers(15, 35)),
+        pts = _clustered_points(rng, size, _count(rng, 25, 45, size), int(rng.integers(15, 35)),
                                 r * 3)
         for x, y in pts:
             canvas.stamp(x, y, sphere(r * rng.uniform(0.85, 1.15)), mat, lift=0.3)
@@ -187,12 +195,13 @@ def biological(rng: Rng, size: int) -> Texture:
 
 
 def _polyline(rng: Rng, canvas: Canvas, start: np.ndarray, angle: float, steps: int,
-              step: float, radius: float, wiggle: float, material: float, lift: float) -> None:
+              step: float, radius: float, wiggle: float, material: float, base: float) -> None:
+    """A curved cylinder of capsule segments, its underside raised by `base` px."""
     pos = start.astype(float)
     for _ in range(steps):
         angle += rng.normal(0, wiggle)
         seg = capsule(step * 1.1, radius, angle)
-        canvas.stamp(pos[0], pos[1], seg, material, lift=lift)
+        canvas.stamp(pos[0], pos[1], np.where(seg > 0, seg + base, 0.0), material)
         pos += step * np.array([np.cos(angle), np.sin(angle)])
 
 
@@ -201,19 +210,18 @@ def fibres(rng: Rng, size: int) -> Texture:
     canvas = Canvas(size, material=rng.uniform(0.25, 0.4))
     mat = rng.uniform(0.18, 0.35)
     if look == "mat":
-        radius, count, wiggle, spread = rng.uniform(7, 14), int(rng.integers(20, 40)), 0.04, np.pi
+        radius, count, wiggle, spread = rng.uniform(7, 14), (20, 40), 0.04, np.pi
     elif look == "curly":
-        radius, count, wiggle, spread = rng.uniform(3, 5.5), int(rng.integers(40, 80)), 0.25, np.pi
+        radius, count, wiggle, spread = rng.uniform(3, 5.5), (40, 80), 0.25, np.pi
     else:
-        radius, count, wiggle, spread = rng.uniform(5, 11), int(rng.integers(25, 45)), 0.02, 0.2
+        radius, count, wiggle, spread = rng.uniform(5, 11), (25, 45), 0.02, 0.2
     base_angle = rng.uniform(0, np.pi)
     step = radius * 4.0
-    for i in range(count):
+    for i in range(_count(rng, *count, size, power=1)):  # fibres cross the whole tile
         angle = base_angle + rng.uniform(-spread, spread)
         _polyline(rng, canvas, rng.random(2) * size, angle, int(size / step) + 1, step,
-                  radius * rng.uniform(0.8, 1.2), wiggle, mat, lift=0.0)
-        if i % 8 == 7:  # later fibres lie on top of earlier ones
-            canvas.height = np.where(canvas.height > 0, canvas.height + radius, 0)
+                  radius * rng.uniform(0.8, 1.2), wiggle, mat,
+                  base=(i // 8) * radius)  # later fibres lie on top of earlier ones
     return canvas.texture(f"fibres/{look}")
 
 
@@ -234,13 +242,11 @@ def films(rng: Rng, size: int) -> Texture:
     else:
         canvas.height = 1.5 * band_noise(rng, size, rng.uniform(10, 30))
         mat = float(canvas.material[0, 0])
-        for x, y in _uniform_points(rng, size, int(rng.integers(10, 40))):
+        for x, y in _uniform_points(rng, size, _count(rng, 10, 40, size)):
             canvas.stamp(x, y, sphere(rng.uniform(2, 6)), mat + 0.05)
-        for x, y in _uniform_points(rng, size, int(rng.integers(5, 25))):
-            hole = -sphere(rng.uniform(2, 5))
-            rows = (np.arange(hole.shape[0]) + int(y)) % size
-            cols = (np.arange(hole.shape[1]) + int(x)) % size
-            canvas.height[np.ix_(rows, cols)] += hole
+        for x, y in _uniform_points(rng, size, _count(rng, 5, 25, size)):
+            pit = sphere(rng.uniform(2, 5))
+            canvas.height[canvas.window(x, y, pit.shape)] -= pit
     return canvas.texture(f"films/{look}")
 
 
@@ -270,13 +276,13 @@ def mems(rng: Rng, size: int) -> Texture:
                 canvas.stamp(cx + cell / 2, cy, rect(cell - pad, pad * 0.12, t * 0.8), metal)
                 canvas.stamp(cx, cy + cell / 2, rect(pad * 0.12, cell - pad, t * 0.8), metal)
                 if holes:
-                    hp = pad / 6
+                    hp = pad / 6  # a 5 x 5 array of square release holes
+                    side = max(int(hp * 0.4), 1)
                     for a in range(-2, 3):
                         for b in range(-2, 3):
-                            hr = (np.arange(int(hp * 0.4)) + int(cy + a * hp)) % size
-                            hc = (np.arange(int(hp * 0.4)) + int(cx + b * hp)) % size
-                            canvas.height[np.ix_(hr, hc)] = -2.0
-                            canvas.material[np.ix_(hr, hc)] = 0.35
+                            idx = canvas.window(cx + b * hp, cy + a * hp, (side, side))
+                            canvas.height[idx] = -2.0
+                            canvas.material[idx] = 0.35
     else:
         n = int(rng.integers(6, 12))
         pitch = size / n
@@ -295,11 +301,11 @@ def nanowires(rng: Rng, size: int) -> Texture:
     mat = rng.uniform(0.5, 0.85)
     if look == "lying":
         radius = rng.uniform(2, 3.5)
-        for x, y in _uniform_points(rng, size, int(rng.integers(150, 300))):
+        for x, y in _uniform_points(rng, size, _count(rng, 150, 300, size)):
             canvas.stamp(x, y, capsule(rng.uniform(80, 350), radius, rng.uniform(0, np.pi)), mat,
                          lift=0.8)
     elif look == "forest":
-        for x, y in _uniform_points(rng, size, int(rng.integers(800, 2000))):
+        for x, y in _uniform_points(rng, size, _count(rng, 800, 2000, size)):
             r = rng.uniform(2.5, 5)
             if rng.random() < 0.25:
                 canvas.stamp(x, y, capsule(rng.uniform(10, 40), r * 0.8, rng.uniform(0, np.pi)),
@@ -309,7 +315,7 @@ def nanowires(rng: Rng, size: int) -> Texture:
                 canvas.stamp(x, y, np.where(cap > 0, cap + 6, 0), mat)
     else:
         radius = rng.uniform(2, 3.5)
-        for x, y in _uniform_points(rng, size, int(rng.integers(15, 40))):
+        for x, y in _uniform_points(rng, size, _count(rng, 15, 40, size)):
             angle, length = rng.uniform(0, 2 * np.pi), rng.uniform(150, 450)
             canvas.stamp(x, y, capsule(length, radius, angle), mat, lift=0.8)
             tip = np.array([x, y]) + length / 2 * np.array([np.cos(angle), np.sin(angle)])
@@ -355,9 +361,7 @@ def patterned(rng: Rng, size: int) -> Texture:
                 x = (j + 0.5 * (i % 2)) * pitch + rng.normal(0, jitter)
                 y = i * dy + rng.normal(0, jitter)
                 hole = sphere(r * rng.uniform(0.95, 1.05))
-                rr = (np.arange(hole.shape[0]) + int(y) - hole.shape[0] // 2) % size
-                cc = (np.arange(hole.shape[1]) + int(x) - hole.shape[1] // 2) % size
-                idx = np.ix_(rr, cc)
+                idx = canvas.window(x, y, hole.shape)
                 canvas.height[idx] = np.where(hole > 0, 6.0 - 3 * np.sqrt(hole), canvas.height[idx])
     elif look == "grating":
         x = np.arange(size, dtype=np.float32)
@@ -403,9 +407,7 @@ def porous(rng: Rng, size: int) -> Texture:
         for x, y in _uniform_points(rng, size, int(rng.uniform(0.4, 0.9) * size**2
                                                    / (np.pi * r0**2))):
             hole = sphere(r0 * rng.lognormal(0, 0.3))
-            rr = (np.arange(hole.shape[0]) + int(y) - hole.shape[0] // 2) % size
-            cc = (np.arange(hole.shape[1]) + int(x) - hole.shape[1] // 2) % size
-            idx = np.ix_(rr, cc)
+            idx = canvas.window(x, y, hole.shape)
             canvas.height[idx] = np.minimum(canvas.height[idx], 5.0 - 2.0 * hole)
     return canvas.texture(f"porous/{look}")
 
@@ -415,18 +417,18 @@ def powder(rng: Rng, size: int) -> Texture:
     canvas = Canvas(size, material=rng.uniform(0.25, 0.35))
     mat = rng.uniform(0.3, 0.6)
     if look == "agglomerate":
-        for x, y in _clustered_points(rng, size, int(rng.integers(14, 24)), 70, 60):
+        for x, y in _clustered_points(rng, size, _count(rng, 14, 24, size), 70, 60):
             r = rng.lognormal(np.log(12), 0.5)
             radii = r * rng.uniform(0.6, 1.3, int(rng.integers(5, 9)))
             canvas.stamp(x, y, facets(radii, rng.uniform(0, 6.3), rng.uniform(0.8, 2)),
                          mat + rng.uniform(-0.05, 0.05), lift=0.6)
     elif look == "flakes":
-        for x, y in _uniform_points(rng, size, int(rng.integers(150, 350))):
+        for x, y in _uniform_points(rng, size, _count(rng, 150, 350, size)):
             r = rng.lognormal(np.log(25), 0.4)
             radii = r * rng.uniform(0.6, 1.2, int(rng.integers(5, 8)))
-            canvas.stamp(x, y, facets(radii, rng.uniform(0, 6.3), 3.0, top=3.0), mat, lift=0.9)
+            canvas.stamp(x, y, facets(radii, rng.uniform(0, 6.3), 3.0, top=3.0), mat, lift=1.0)
     else:
-        for x, y in _clustered_points(rng, size, int(rng.integers(25, 40)), 150, 40):
+        for x, y in _clustered_points(rng, size, _count(rng, 25, 40, size), 150, 40):
             canvas.stamp(x, y, sphere(rng.lognormal(np.log(5), 0.4)), mat, lift=0.7)
     return canvas.texture(f"powder/{look}")
 
