@@ -18,11 +18,10 @@ import numpy as np
 from instruments.errors import InstrumentUnreachable, SafetyRefused
 from instruments.frame import Frame, ImagingSettings, StagePosition
 from instruments.microscope import Capabilities, InstrumentStatus
+from instruments.safety import dose_per_nm2
 from twins import physics
 from twins.faults import FaultSpec
 from twins.specimen import Specimen
-
-ELEMENTARY_CHARGE = physics.ELEMENTARY_CHARGE
 
 
 class TwinMicroscope:
@@ -112,7 +111,7 @@ class TwinMicroscope:
         frame_time = s.pixels * (s.pixels * s.dwell + self.params.line_overhead)
         offset = physics.drift_offset(self._clock + frame_time / 2, self._drift_dir,
                                       self.params)
-        dose = self._dose_per_nm2(s)
+        dose = dose_per_nm2(s)
         self._dose_here += dose
         image = self.render(stage, s, offset=offset, accumulated_dose=self._dose_here,
                             frame_seed=n)
@@ -170,7 +169,7 @@ class TwinMicroscope:
         detected = physics.electrons_per_pixel(settings.dwell, settings.beam_current) * efficiency
         image = physics.shot_noise(signal, detected, self._noise.normals((n, n), rng))
         image = physics.scan_line_noise(image, rng, p)
-        dose = self._dose_per_nm2(settings) if accumulated_dose is None else accumulated_dose
+        dose = dose_per_nm2(settings) if accumulated_dose is None else accumulated_dose
         strength = physics.charging_strength(dose, p)
         if settings.detector == "BSE":
             strength *= 0.3  # BSE are energetic; charging shows far less
@@ -184,9 +183,6 @@ class TwinMicroscope:
 
     def _true_focus(self, stage: StagePosition) -> float:
         return self.specimen.focus_height(stage.x, stage.y) + stage.z
-
-    def _dose_per_nm2(self, s: ImagingSettings) -> float:
-        return physics.electrons_per_pixel(s.dwell, s.beam_current) / (s.pixel_size * 1e9) ** 2
 
     def _new_drift_direction(self) -> np.ndarray:
         rng = np.random.default_rng([self.seed, self._moves, 13])

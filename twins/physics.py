@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-ELEMENTARY_CHARGE = 1.602176634e-19
+from instruments.safety import ELEMENTARY_CHARGE
 
 
 @dataclass(frozen=True)
