@@ -120,41 +120,41 @@ def test_refused_connection_is_unreachable():
     assert str(port) in caught.value.where
 
 
-def test_dropped_call_is_unreachable_and_the_next_call_reconnects():
-    with served_twin("tem", faults="drop@2") as served:
-        client = TemClient(served.host, served.port, timeout=20)  # call 1
-        with pytest.raises(InstrumentUnreachable, match="closed"):
-            client.get_stage()  # call 2
-        assert len(client.get_stage()) == 5  # call 3, on a new connection
-
-
-def test_stalled_reply_times_out_within_the_timeout():
-    with served_twin("tem", faults="stall@2:30") as served:
+def test_transport_faults_drop_stall_and_a_killed_server():
+    """Server calls are counted from 1 (call 1: the client's capability query)."""
+    with served_twin("tem", faults="drop@2,stall@4:30,stall@7:30") as served:
         client = TemClient(served.host, served.port, timeout=1.0)
+        with pytest.raises(InstrumentUnreachable, match="closed") as caught:
+            client.get_stage()  # call 2: the server drops the connection
+        assert f"{served.port}" in caught.value.where
+        assert len(client.get_stage()) == 5  # call 3, on a new connection
         started = time.monotonic()
         with pytest.raises(InstrumentTimeout):
-            client.get_stage()
+            client.get_stage()  # call 4 stalls 30 s; the client gives up after its 1 s timeout
         assert time.monotonic() - started < 3.0
-        assert len(client.get_stage()) == 5
-
-
-def test_server_killed_mid_call_is_unreachable():
-    with served_twin("tem", faults="stall@2:30") as served:
-        client = TemClient(served.host, served.port, timeout=20)
+        assert len(client.get_stage()) == 5  # call 5
+        patient = TemClient(served.host, served.port, timeout=20)  # call 6
         threading.Timer(0.5, served.kill).start()
         started = time.monotonic()
         with pytest.raises(InstrumentUnreachable):
-            client.get_stage()
+            patient.get_stage()  # call 7 stalls and the server process dies meanwhile
         assert time.monotonic() - started < 5.0
 
 
-def test_nan_frame_is_a_bad_frame_behind_the_guard():
-    with served_twin("tem", faults="nan@1") as served:
-        guarded = GuardedMicroscope(TemClient(served.host, served.port, timeout=20))
+def test_frame_and_stage_faults_arrive_typed():
+    with served_twin("tem", faults="nan@1,shape@2,stuck") as served:
+        client = TemClient(served.host, served.port, timeout=20)
+        guarded = GuardedMicroscope(client)
         guarded.set_imaging(ImagingSettings(pixels=128))
         with pytest.raises(BadFrame, match="non-finite"):
             guarded.acquire()
+        with pytest.raises(BadFrame, match="shape"):
+            guarded.acquire()
         assert guarded.acquire().shape == (128, 128)
+        before = client.status().stage
+        assert guarded.move_stage(StagePosition(x=1e-5, y=1e-5)) == before  # stuck stage
+        with pytest.raises(SafetyRefused, match="outside travel"):
+            client.move_stage(StagePosition(x=5e-3))  # the twin's own travel limit
 
 
 def test_envelope_refuses_a_move_before_it_reaches_the_server(tem_twin):
@@ -205,20 +205,6 @@ def test_non_json_reply_is_a_protocol_error():
     with pytest.raises(ProtocolError, match="not valid JSON"):
         client.get_vacuum()
 
-
-def test_frame_and_stage_faults_arrive_typed():
-    with served_twin("tem", faults="inf@1,shape@2,stuck") as served:
-        client = TemClient(served.host, served.port, timeout=20)
-        guarded = GuardedMicroscope(client)
-        guarded.set_imaging(ImagingSettings(pixels=128))
-        with pytest.raises(BadFrame, match="non-finite"):
-            guarded.acquire()
-        with pytest.raises(BadFrame, match="shape"):
-            guarded.acquire()
-        before = client.status().stage
-        assert guarded.move_stage(StagePosition(x=1e-5, y=1e-5)) == before  # stuck stage
-        with pytest.raises(SafetyRefused, match="outside travel"):
-            client.move_stage(StagePosition(x=5e-3))  # the twin's own travel limit
 
 
 def test_server_answers_a_malformed_request_with_an_error_and_closes(tem_twin):
