@@ -3,57 +3,58 @@ write_frame returned, and resumes where it stopped."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import shutil
 import signal
-import subprocess
-import sys
-import time
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import numpy as np
 from test_session_file import make_frame, make_record
 
+from instruments.frame import Frame, ImagingSettings, StagePosition
 from instruments.session_file import SessionWriter
 from instruments.session_reader import SessionReader
 
-WRITER = """
-import sys
-import numpy as np
-from instruments.frame import Frame, ImagingSettings, StagePosition
-from instruments.session_file import SessionWriter
-writer = SessionWriter(sys.argv[1], {"session_id": "killed"})
-rng = np.random.default_rng(0)
-i = 0
-while True:
-    frame = Frame(rng.random((128, 128), dtype=np.float32), "twin",
-                  ImagingSettings(pixels=128), StagePosition(x=i * 1e-6), sequence=i)
-    writer.write_frame(frame, {"frame_id": frame.frame_id, "label": "Powder",
-                               "route": "confident", "note": "x" * 2000})
-    if i % 3 == 1:
-        writer.update_provenance(progress=i)
-    print(frame.frame_id, flush=True)
-    i += 1
-"""
+
+def _write_forever(path: str, conn: Connection) -> None:
+    """The writer process: writes frames in a loop, sends each uuid once write_frame returned."""
+    writer = SessionWriter(path, {"session_id": "killed"})
+    rng = np.random.default_rng(0)
+    i = 0
+    while True:
+        frame = Frame(rng.random((128, 128), dtype=np.float32), "twin",
+                      ImagingSettings(pixels=128), StagePosition(x=i * 1e-6), sequence=i)
+        writer.write_frame(frame, {"frame_id": frame.frame_id, "label": "Powder",
+                                   "route": "confident", "note": "x" * 2000})
+        if i % 3 == 1:
+            writer.update_provenance(progress=i)
+        conn.send(frame.frame_id)
+        i += 1
 
 
 def _kill_after(path: Path, frames: int) -> list[str]:
-    """Run the writer, SIGKILL it as soon as `frames` writes returned; the uuids it printed."""
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    """Run the writer in a forked process (modules already imported: starts at once), SIGKILL
+    it as soon as `frames` writes returned; the uuids it reported."""
+    receiver, sender = multiprocessing.Pipe(duplex=False)
+    proc = multiprocessing.get_context("fork").Process(target=_write_forever,
+                                                       args=(str(path), sender), daemon=True)
+    proc.start()
+    sender.close()
     printed: list[str] = []
-    deadline = time.monotonic() + 120
     try:
         while len(printed) < frames:
-            line = proc.stdout.readline()
-            assert line, "writer process died before writing its frames"
-            printed.append(line.strip())
-            assert time.monotonic() < deadline, "writer too slow"
+            assert receiver.poll(60), "writer process too slow or dead"
+            printed.append(receiver.recv())
     finally:
         os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    printed += [line.strip() for line in proc.stdout.read().splitlines() if line.strip()]
+        proc.join(timeout=30)
+    while receiver.poll(0):
+        try:
+            printed.append(receiver.recv())
+        except EOFError:
+            break
     return printed
 
 
