@@ -225,7 +225,8 @@ class SessionWriter:
             f.close()
             raise SessionRecordError(
                 f"file belongs to session {stored_id}, not {given['session_id']}", self.path)
-        prov.update({k: v for k, v in given.items() if k not in ("started", "session_id")})
+        keep = ("started", "session_id") if stored_id else ("started",)
+        prov.update({k: v for k, v in given.items() if k not in keep})
         prov.update(ended=None, status="running", reason="")
         prov["resumed"] = [*prov.get("resumed", []), utc_now()]
         return prov
