@@ -74,3 +74,13 @@ def test_unusable_files_raise_a_typed_error(tmp_path):
     for name in ("x.txt", "bad.h5", "flat.png", "missing.h5"):
         with pytest.raises(RealTileError):
             load_real_tiles(tmp_path / name)
+
+
+def test_an_image_larger_than_its_cell_is_cropped_around_its_centre():
+    ramp = np.tile(np.linspace(0.0, 1.0, 400, dtype=np.float32), (400, 1))  # 400 um wide
+    specimen = Specimen(seed=0, tile=256)
+    region = specimen.place_real_tile(ramp, "real:ramp", pixel=1e-6, cell=0)
+    assert region.x1 - region.x0 < 250e-6
+    centre = ((region.x0 + region.x1) / 2, (region.y0 + region.y1) / 2)
+    signal, _ = specimen.render(centre, 4e-6, 32)
+    assert signal.mean() == pytest.approx(0.5, abs=0.02)  # the ramp's middle, scaled to 0.1-0.9

@@ -185,7 +185,8 @@ class Specimen:
                         cell: int | None = None, z: float = 0.0) -> Region:
         """Put a real micrograph (2-D array, any range) into grid cell `cell` (default: the
         last cell not yet holding a real tile), centred, replacing that cell's region. Its
-        physical size is `pixel` (m) times its shape, clipped to the cell."""
+        physical size is `pixel` (m) times its shape; a larger image is cropped to the cell
+        around its centre."""
         img = np.asarray(image, dtype=np.float32)
         if img.ndim != 2 or min(img.shape) < 2 or not np.isfinite(img).all():
             raise ValueError(f"real tile {label!r} must be a finite 2-D image, got {img.shape}")
@@ -288,9 +289,12 @@ class Specimen:
             self._cache.move_to_end(index)
             return cached
         region = self.regions[index]
-        if region.image is not None:
+        if region.image is not None:  # centred on the region (cropped if the cell is smaller)
+            h, w = region.image.shape
+            origin = ((region.x0 + region.x1 - w * region.pixel) / 2,
+                      (region.y0 + region.y1 - h * region.pixel) / 2)
             tiles = TileSet(physics.mipmaps(region.image, 8), physics.mipmaps(region.image, 8),
-                            region.pixel, (region.x0, region.y0), False, "real")
+                            region.pixel, origin, False, "real")
         else:
             tex = textures.generate(region.label, np.random.default_rng(region.seed), self.tile)
             tiles = self._tileset(tex, region.pixel, (region.x0, region.y0))
