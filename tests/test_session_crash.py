@@ -11,6 +11,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 import numpy as np
+import pytest
 from test_session_file import make_frame, make_record
 
 from instruments.frame import Frame, ImagingSettings, StagePosition
@@ -58,11 +59,12 @@ def _kill_after(path: Path, frames: int) -> list[str]:
     return printed
 
 
-def test_sigkill_mid_session_keeps_every_completed_frame(tmp_path: Path) -> None:
+@pytest.mark.parametrize("frames", [1, 5, 12])
+def test_sigkill_mid_session_keeps_every_completed_frame(tmp_path: Path, frames: int) -> None:
     import SciFiReaders
 
     path = tmp_path / "killed.h5"
-    printed = _kill_after(path, frames=5)
+    printed = _kill_after(path, frames)
 
     with SessionReader(path) as reader:
         stored = reader.frame_ids
