@@ -27,12 +27,17 @@ class ExportError(SessionFileError):
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
-    """Min-max scale to 0..255 (a constant image becomes all zeros)."""
+    """Min-max scale the finite values to 0..255; constant images and non-finite pixels
+    (NaN/inf, e.g. in foreign NSID files) become 0."""
     arr = np.asarray(image, dtype=np.float64)
-    lo, hi = float(np.min(arr)), float(np.max(arr))
+    finite = np.isfinite(arr)
+    if not finite.any():
+        return np.zeros(arr.shape, dtype=np.uint8)
+    lo, hi = float(arr[finite].min()), float(arr[finite].max())
     if hi <= lo:
         return np.zeros(arr.shape, dtype=np.uint8)
-    return np.round((arr - lo) / (hi - lo) * 255.0).astype(np.uint8)
+    scaled = np.where(finite, (arr - lo) / (hi - lo) * 255.0, 0.0)
+    return np.round(scaled).astype(np.uint8)
 
 
 def _description(frame: Frame) -> dict:

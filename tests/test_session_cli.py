@@ -83,6 +83,14 @@ def test_export_png_and_tiff(session, tmp_path: Path) -> None:
         assert json.loads(tif.pages[0].description)["frame_id"] == frames[1].frame_id
 
 
+def test_png_scaling_handles_constant_and_non_finite_pixels() -> None:
+    from instruments.export import to_uint8
+
+    assert to_uint8(np.full((4, 4), 3.0)).max() == 0
+    img = np.array([[0.0, 1.0], [np.nan, np.inf]])
+    np.testing.assert_array_equal(to_uint8(img), [[0, 255], [0, 0]])
+
+
 def test_export_of_a_real_nsid_file_and_to_an_unwritable_folder(shared_nsid_file: Path,
                                                                 tmp_path: Path) -> None:
     result = runner.invoke(app, ["export", str(shared_nsid_file), str(tmp_path / "pto")])
