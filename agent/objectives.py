@@ -38,8 +38,8 @@ def grid_positions(region: tuple[tuple[float, float], tuple[float, float]], fov:
                    limit: int | None = None) -> list[dict[str, Any]]:
     """Tile centres of a row-major grid of `fov`-sized tiles covering `region` ((x0,x1),(y0,y1))."""
     (x0, x1), (y0, y1) = region
-    cols = max(1, int((x1 - x0) // fov))
-    rows = max(1, int((y1 - y0) // fov))
+    cols = max(1, math.floor((x1 - x0) / fov + 1e-9))    # tolerance: 100e-6 // 20e-6 == 4.0
+    rows = max(1, math.floor((y1 - y0) / fov + 1e-9))
     out = []
     for row in range(rows):
         for col in range(cols):

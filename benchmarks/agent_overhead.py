@@ -1,0 +1,134 @@
+"""Agent benchmarks on the twin (figures printed; ratios measured within one run).
+
+1. Overhead: per-frame wall time spent outside the instrument's acquisition (quality,
+   classification, routing, session-file write with flush, SQLite checkpoint per step) divided
+   by the acquisition time, at 1024x1024 with a realistic frame time (the twin sleeps the scan
+   time: pixels^2 x dwell + line overheads). Target <= 0.05.
+2. Survey: a twin survey of N tiles (default 200) with the full policy (rescans, offline
+   adjudication with the twin demonstration bank): final label accuracy against the twin's
+   ground truth (target >= 0.99) and the fraction of frames escalated (target <= 0.10),
+   against the classifier alone (its first prediction of every frame) in the same run.
+
+    python benchmarks/agent_overhead.py [--model CKPT] [--frames 10] [--tiles 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from agent.config import RunConfig  # noqa: E402
+from agent.session import Session, SessionParts  # noqa: E402
+from instruments.safety import GuardedMicroscope, SafetyEnvelope  # noqa: E402
+from instruments.session_reader import SessionReader  # noqa: E402
+from models.classifier import Classifier  # noqa: E402
+from twins.classes import SEM_CLASSES  # noqa: E402
+from twins.faults import FaultSpec  # noqa: E402
+from twins.microscope import TwinMicroscope  # noqa: E402
+from workflows.cmd_run import BUNDLED_MODEL, open_parts  # noqa: E402
+from workflows.demonstrations import cached_bank  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def overhead(classifier, frames: int, pixels: int, dwell: float, work: Path) -> dict:
+    line_overhead = 1e-4
+    scan_s = pixels * (pixels * dwell + line_overhead)
+    twin = TwinMicroscope(seed=0, faults=FaultSpec(slow_seconds=scan_s))
+    centres = twin.specimen.survey_centres(20e-6)[:frames]
+    positions = [{"x": p.x, "y": p.y, "row": 0, "col": i} for i, p in enumerate(centres)]
+    config = RunConfig(session_id=str(uuid.uuid4()), out=str(work / "overhead.h5"),
+                       state_dir=str(work / "state"), frames=frames,
+                       imaging={"fov": 20e-6, "pixels": pixels, "dwell": dwell})
+    parts = SessionParts(GuardedMicroscope(twin, SafetyEnvelope()), classifier,
+                         survey_positions=positions)
+    twin.move_stage(centres[0])
+    twin.set_imaging(config.imaging_settings())
+    classifier.classify([twin.acquire().image])   # warm texture cache and torch kernels
+    session = Session(config, parts)
+    t0 = time.perf_counter()
+    session.run()
+    wall = time.perf_counter() - t0
+    session.close()
+    with SessionReader(config.out) as reader:
+        records = reader.records()
+    acquire = sum(r["timings"]["acquire_s"] for r in records)
+    classify = sum(r["timings"]["classify_s"] for r in records)
+    n = len(records)
+    return {"frames": n, "scan_s": scan_s, "acquire_s_per_frame": acquire / n,
+            "classify_s_per_frame": classify / n,
+            "outside_s_per_frame": (wall - acquire) / n,
+            "ratio": (wall - acquire) / acquire,
+            "routes": sorted({r["route"] for r in records})}
+
+
+def survey(model: str, tiles: int, work: Path, seed: int) -> dict:
+    config = RunConfig(session_id=str(uuid.uuid4()), out=str(work / "survey.h5"),
+                       state_dir=str(work / "state"), frames=tiles, model=model, seed=seed,
+                       imaging={"fov": 20e-6, "pixels": 256, "dwell": 2e-6})
+    parts = open_parts(config)
+    session = Session(config, parts)
+    t0 = time.perf_counter()
+    final = session.run()
+    wall = time.perf_counter() - t0
+    session.close()
+    parts.microscope.close()
+    with SessionReader(config.out) as reader:
+        records, truths = reader.records(), reader.evaluations()
+    scored = [(r, t["label"]) for r, t in zip(records, truths, strict=True) if t.get("label")]
+    escalated = [r for r in records if r["rescans"] or r["adjudication"] or r["human"]]
+    routes: dict[str, int] = {}
+    for r in records:
+        routes[r["route"]] = routes.get(r["route"], 0) + 1
+    return {"tiles": len(records), "wall_s": wall, "status": final["status"],
+            "accuracy_final": sum(r["label"] == t for r, t in scored) / len(scored),
+            "accuracy_classifier_alone": sum(r["prediction"]["label"] == t
+                                             for r, t in scored) / len(scored),
+            "escalated_fraction": len(escalated) / len(records), "routes": routes,
+            "used": final["used"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=str(BUNDLED_MODEL))
+    parser.add_argument("--frames", type=int, default=10)
+    parser.add_argument("--pixels", type=int, default=1024)
+    parser.add_argument("--dwell", type=float, default=1e-6)
+    parser.add_argument("--tiles", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-survey", action="store_true")
+    args = parser.parse_args()
+    if not Path(args.model).exists():
+        raise SystemExit(f"no checkpoint at {args.model} (train one or pass --model)")
+    classifier = Classifier.load(args.model, class_names=list(SEM_CLASSES))
+    work = Path(tempfile.mkdtemp(prefix="micagent-bench-"))
+    print(f"model {args.model} (sha256 {classifier.checkpoint_sha256})")
+    result = overhead(classifier, args.frames, args.pixels, args.dwell, work)
+    print(f"overhead @ {args.pixels}x{args.pixels}, dwell {args.dwell:g} s "
+          f"(scan {result['scan_s']:.3f} s): acquisition {result['acquire_s_per_frame']:.3f}"
+          f" s/frame, outside acquisition {result['outside_s_per_frame'] * 1e3:.1f} ms/frame "
+          f"(classify {result['classify_s_per_frame'] * 1e3:.1f} ms), ratio "
+          f"{result['ratio']:.4f} (target <= 0.05) over {result['frames']} frames, "
+          f"routes {result['routes']}")
+    if args.skip_survey:
+        return
+    cached_bank(classifier, work / "state" / "banks", "twin", per_class=6, seed=args.seed)
+    result = survey(args.model, args.tiles, work, args.seed)
+    print(f"survey of {result['tiles']} twin tiles ({result['wall_s']:.0f} s, "
+          f"{result['status']}): final accuracy {result['accuracy_final']:.4f} (target >= "
+          f"0.99), classifier alone {result['accuracy_classifier_alone']:.4f}, escalated "
+          f"{result['escalated_fraction']:.3f} (target <= 0.10); routes {result['routes']}; "
+          f"used {result['used']}")
+
+
+if __name__ == "__main__":
+    main()

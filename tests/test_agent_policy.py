@@ -1,0 +1,106 @@
+"""Routing policy, frame-quality measures and objectives: the agent's small pure parts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agent.objectives import (
+    ObjectiveError,
+    grid_positions,
+    parse_objective,
+    spiral_offset,
+    spread,
+)
+from agent.policy import RoutePolicy, decide
+from agent.quality import QualityThresholds, assess, drift_px, sharpness, snr
+from instruments.frame import ImagingSettings
+from twins.microscope import TwinMicroscope
+
+BUDGETS = {"rescans": 10, "adjudications": 10, "tokens": 1000}
+FRESH = {"rescans": 0, "adjudications": 0, "tokens": 0}
+GOOD = {"ok": True}
+POOR = {"ok": False}
+
+
+def prediction(p: float, set_size: int = 1) -> dict:
+    return {"confidence": p, "conformal_set": ["A", "B", "C"][:set_size], "label": "A"}
+
+
+@pytest.mark.parametrize("pred,quality,rescans_done,used,approve,expected", [
+    (prediction(0.95), GOOD, 0, FRESH, "none", "record"),
+    (prediction(0.95), POOR, 0, FRESH, "none", "record"),        # confident is enough
+    (prediction(0.95, 2), GOOD, 0, FRESH, "none", "adjudicate"),  # set too large
+    (prediction(0.5), POOR, 0, FRESH, "none", "rescan"),
+    (prediction(0.5), POOR, 2, FRESH, "none", "adjudicate"),     # R rescans used
+    (prediction(0.5), POOR, 0, {**FRESH, "rescans": 10}, "none", "adjudicate"),
+    (prediction(0.5), GOOD, 0, FRESH, "none", "adjudicate"),
+    (prediction(0.5), GOOD, 0, {**FRESH, "adjudications": 10}, "none", "record"),
+    (prediction(0.5), GOOD, 0, {**FRESH, "tokens": 1000}, "none", "record"),
+    (prediction(0.5), GOOD, 0, {**FRESH, "adjudications": 10}, "uncertain", "approve"),
+    (prediction(0.99), GOOD, 0, FRESH, "all", "approve"),
+])
+def test_route_policy(pred, quality, rescans_done, used, approve, expected):
+    policy = RoutePolicy(confidence=0.9, max_set_size=1, max_rescans=2, approve=approve)
+    assert decide(policy, pred, quality, rescans_done, BUDGETS, used) == expected
+
+
+@pytest.fixture(scope="module")
+def twin_tile():
+    twin = TwinMicroscope(seed=0)
+    twin.move_stage(twin.specimen.survey_centres(20e-6)[0])
+    return twin
+
+
+def frame(twin, **settings):
+    twin.set_imaging(ImagingSettings(pixels=256, **settings))
+    return twin.acquire().image
+
+
+def test_snr_rises_with_dwell_on_the_same_tile(twin_tile):
+    noisy, clean = frame(twin_tile, dwell=1e-7), frame(twin_tile, dwell=3e-5)
+    assert snr(noisy) < snr(clean)
+    thresholds = QualityThresholds(min_sharpness=0.0, min_snr=snr(noisy) * 1.5)
+    assert assess(noisy, thresholds)["failures"] == ["noise"]
+    assert assess(clean, thresholds)["ok"]
+
+
+def test_sharpness_falls_with_defocus(twin_tile):
+    focused = frame(twin_tile, fov=4e-6, dwell=1e-5)
+    blurred = frame(twin_tile, fov=4e-6, dwell=1e-5, defocus=45e-6)
+    assert sharpness(blurred) < 0.8 * sharpness(focused)
+
+
+def test_drift_between_two_frames_of_the_same_place_is_measured_in_pixels(twin_tile):
+    image = frame(twin_tile, dwell=1e-5)
+    moved = np.roll(image, shift=(3, 4), axis=(0, 1))
+    assert drift_px(image, moved) == pytest.approx(5.0, abs=0.5)
+    assert drift_px(image, image) == pytest.approx(0.0, abs=0.3)
+    quality = assess(moved, QualityThresholds(0.0, 0.0, max_drift_px=2.0), reference=image)
+    assert quality["failures"] == ["drift"]
+
+
+def test_objectives_parse():
+    assert parse_objective("survey")["kind"] == "survey"
+    hunt = parse_objective("hunt:Tips,Fibres:3", ["Tips", "Fibres", "Powder"])
+    assert hunt == {"kind": "hunt", "classes": ["Tips", "Fibres"], "target": 3}
+    assert parse_objective("hunt:Tips")["target"] == 5
+    for bad in ("explore", "hunt:", "hunt:Tips:x", "hunt:Tips:0"):
+        with pytest.raises(ObjectiveError):
+            parse_objective(bad)
+    with pytest.raises(ObjectiveError, match="unknown classes"):
+        parse_objective("hunt:Dragons", ["Tips"])
+
+
+def test_spiral_visits_each_cell_once_moving_one_step_at_a_time():
+    cells = [spiral_offset(i) for i in range(81)]
+    assert len(set(cells)) == 81 and max(max(map(abs, c)) for c in cells) == 4
+    steps = [abs(a[0] - b[0]) + abs(a[1] - b[1]) for a, b in zip(cells, cells[1:], strict=False)]
+    assert set(steps) == {1}
+
+
+def test_grid_and_spread():
+    grid = grid_positions(((0.0, 100e-6), (0.0, 60e-6)), 20e-6)
+    assert len(grid) == 15 and grid[0]["x"] == pytest.approx(10e-6)
+    assert grid[5]["row"] == 1 and grid[5]["col"] == 0
+    assert len(spread(grid, 4)) == 4 and spread(grid, 40) == grid
