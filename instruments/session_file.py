@@ -123,13 +123,13 @@ def frame_to_dataset(frame: Frame) -> sidpy.Dataset:
     if frame.image.ndim != 2:
         raise SessionRecordError(f"frame image must be 2-D, got shape {frame.image.shape}")
     height, width = frame.shape
-    pixel = frame.settings.pixel_size
     ds = sidpy.Dataset.from_array(frame.image, title=NSID_GROUP)
     ds.data_type = "IMAGE"
     ds.quantity, ds.units = _signal(frame)
     ds.modality = modality(frame.settings.detector)
     ds.source = f"micagent:{frame.instrument_id}"
     for axis, (name, length) in enumerate((("x", height), ("y", width))):
+        pixel = frame.settings.fov / length         # the square FOV spans the image's axis
         ds.set_dimension(axis, sidpy.Dimension(np.arange(length) * pixel, name=name,
                                                units="m", quantity="distance",
                                                dimension_type="spatial"))
