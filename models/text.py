@@ -12,8 +12,9 @@ its own [CLS]/[SEP]; the pooling runs over all tokens of all windows, so no text
 Frozen encoder (`text_finetune=False`, default): token states are computed once per
 description set and cached (not saved: they are recomputed from the encoder at load time), so
 training and inference cost only the pooling. Fine-tuned encoder: states are recomputed with
-gradients in training mode, and cached in eval mode until the next train(). Under no_grad
-(inference) the pooled H_text itself is cached until a pooling/projection weight changes.
+gradients in training mode, and cached in eval mode until an encoder weight changes. Under
+no_grad (inference) the pooled H_text itself is cached until a pooling/projection weight
+changes.
 """
 
 from __future__ import annotations
@@ -67,15 +68,13 @@ class TextBranch(nn.Module):
         hidden = self.encoder.config.hidden_size
         self.pool = AttentionPooling(hidden)
         self.project = nn.Linear(hidden, config.d)
-        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._cache: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
         self._pooled: tuple[tuple, torch.Tensor] | None = None  # H_text under no_grad
 
     def train(self, mode: bool = True) -> TextBranch:
         super().train(mode)
         if not self.finetune:
             self.encoder.eval()  # frozen: no dropout, cached states stay valid
-        elif mode:
-            self._cache = None
         return self
 
     def token_states(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,23 +95,25 @@ class TextBranch(nn.Module):
             mask[i, :s.shape[0]] = True
         return out, mask
 
+    @staticmethod
+    def _version(*modules: nn.Module) -> tuple:
+        """Changes whenever one of the modules' weights is replaced or modified in place."""
+        return tuple((p.data_ptr(), p._version) for m in modules for p in m.parameters())
+
     def _states(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.finetune and self.training:
             return self.token_states()
-        if self._cache is None or self._cache[0].device != self.project.weight.device:
+        key = self._version(self.encoder) if self.finetune else ()
+        key += (self.project.weight.device,)
+        if self._cache is None or self._cache[0] != key:
             with torch.no_grad():
-                self._cache = self.token_states()
-        return self._cache
-
-    def _version(self) -> tuple:
-        """Changes whenever a pooling/projection weight is modified in place (optimiser, load)."""
-        return tuple((p.data_ptr(), p._version) for p in (*self.pool.parameters(),
-                                                         *self.project.parameters()))
+                self._cache = (key, self.token_states())
+        return self._cache[1]
 
     def forward(self) -> torch.Tensor:
         if torch.is_grad_enabled() or (self.finetune and self.training):
             return self.project(self.pool(*self._states()))
-        key = self._version()
+        key = self._version(self.pool, self.project)
         if self._pooled is None or self._pooled[0] != key:
             self._pooled = (key, self.project(self.pool(*self._states())))
         return self._pooled[1]

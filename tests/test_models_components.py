@@ -223,3 +223,17 @@ def test_adjoint_integration_matches_direct_backpropagation():
     g_adjoint = adjoint.forward_field.time.grad
     # the adjoint solves the backward ODE with its own RK4 steps: close, not bit-equal
     assert torch.allclose(g_direct, g_adjoint, rtol=0.05, atol=1e-2)
+
+
+def test_inference_cache_of_text_embeddings_follows_weight_updates(text_branch):
+    text_branch.eval()
+    with torch.no_grad():
+        before = text_branch()
+        assert text_branch() is before  # cached between frames
+    optimizer = torch.optim.Adam(text_branch.project.parameters(), lr=0.1)
+    text_branch().sum().backward()
+    optimizer.step()
+    with torch.no_grad():
+        after = text_branch()
+    assert not torch.allclose(before, after)
+    assert torch.allclose(after, text_branch.project(text_branch.pool(*text_branch._states())))
