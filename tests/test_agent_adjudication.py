@@ -7,6 +7,7 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -178,3 +179,56 @@ def test_openai_adjudicator_needs_a_model_name(monkeypatch):
     monkeypatch.delenv("MICAGENT_VLM_MODEL", raising=False)
     with pytest.raises(VlmConfigError, match="MICAGENT_VLM_MODEL"):
         VlmConfig.from_env()
+
+
+def test_a_session_adjudicates_through_the_endpoint_and_never_stores_the_key(
+        vlm_server, tmp_path, monkeypatch):
+    import uuid
+
+    import torch
+
+    from agent.config import RunConfig, checkpoint_path
+    from agent.session import Session, SessionParts
+    from instruments.safety import GuardedMicroscope, SafetyEnvelope
+    from instruments.session_reader import SessionReader
+    from models.classifier import Classifier
+    from models.config import FusionConfig
+    from twins.classes import SEM_CLASSES
+    from twins.microscope import TwinMicroscope
+
+    secret = "sk-never-store-" + uuid.uuid4().hex
+    monkeypatch.setenv("MICAGENT_VLM_BASE_URL", f"http://127.0.0.1:{vlm_server.server_port}/v1")
+    monkeypatch.setenv("MICAGENT_VLM_MODEL", "test-vlm")
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    torch.manual_seed(0)
+    classifier = Classifier.create(FusionConfig.ablation("vit_only"), SEM_CLASSES)
+    twin = TwinMicroscope(seed=0)
+    centres = twin.specimen.survey_centres(20e-6)[:2]
+    images = []
+    for c in centres:
+        twin.move_stage(c)
+        images.append(twin.acquire().image)
+    demo_bank = DemonstrationBank(np.stack(images), ["Particles", "Powder"],
+                                  classifier.embed(images))
+    config = RunConfig(session_id=str(uuid.uuid4()), out=str(tmp_path / "s.h5"), frames=2,
+                       state_dir=str(tmp_path / "state"), adjudicator="openai",
+                       confidence=1.01, max_rescans=0, demo_k=2,
+                       imaging={"fov": 20e-6, "pixels": 128, "dwell": 2e-6})
+    parts = SessionParts(GuardedMicroscope(twin, SafetyEnvelope()), classifier, demo_bank,
+                         survey_positions=[{"x": c.x, "y": c.y, "row": 0, "col": i}
+                                           for i, c in enumerate(centres)])
+    session = Session(config, parts)
+    final = session.run()
+    session.close()
+    with SessionReader(config.out) as reader:
+        records, provenance = reader.records(), reader.provenance
+    assert final["used"]["adjudications"] == 2 and final["used"]["tokens"] == 240
+    for record in records:
+        assert record["adjudication"]["adjudicator"] == "openai:test-vlm"
+        assert record["adjudication"]["answer"]["label"] == "Particles"
+        assert record["adjudication"]["reclassified"]["lmm_label"] == "Particles"
+    assert provenance["adjudicator"] == "openai:test-vlm"
+    for path in [Path(config.out), checkpoint_path(config.out),
+                 *Path(config.state_dir).rglob("*")]:
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path

@@ -118,3 +118,15 @@ def test_stage_less_stem_server_overview_is_windowed_into_tiles_with_point_spect
         assert point["channel"] == "Channel_001"
         centre = (record["tile"]["row"] * 64 + 32, record["tile"]["col"] * 64 + 32)
         assert np.allclose(point["values"], spectra[centre], atol=1e-6)  # the tile's centre
+
+
+def test_a_server_dropping_the_connection_fails_the_session_and_keeps_its_frames(
+        tmp_path, classifier):
+    with served_twin("dtm", faults="drop@12") as server:
+        config = config_for(tmp_path, server.uri, frames=6, confidence=0.0, max_set_size=10)
+        final = run_session(config, Console(quiet=True), quiet=True, classifier=classifier)
+    assert final["status"] == "failed"
+    with SessionReader(config.out) as reader:
+        summary = reader.summary()
+    assert summary["status"] == "failed" and "InstrumentUnreachable" in summary["reason"]
+    assert 0 < summary["frames"] < 6                  # what was recorded before is intact

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -158,7 +157,7 @@ def run_session(config: RunConfig, console: Console, quiet: bool = False,
     if config.approve == "web":
         from workflows.web_approval import start_web_ui
         web = start_web_ui(broker, class_names=parts.classifier.class_names)
-        err.print(f"approval page: http://{web.host}:{web.port}/?token={web.token}")
+        err.print(f"approval page: {web.url}")
     elif broker is not None:
         frontend = TerminalApprover(broker, console).start()
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -296,8 +295,10 @@ def replay(
     if not old:
         err.print(f"[red]{session_file} holds no frames to replay[/]")
         raise typer.Exit(2)
-    out = Path(tempfile.mkdtemp(prefix="micagent-replay-")) / "replay.h5"
-    base = RunConfig(session_id=str(uuid.uuid4()), out=str(out),
+    replay_id = str(uuid.uuid4())
+    out = Path(state_dir).resolve() / "replays" / f"{source.stem}.replay-{replay_id}.h5"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    base = RunConfig(session_id=replay_id, out=str(out),
                      state_dir=str(Path(state_dir).resolve()), frames=len(old))
     config = replace(base, instrument=f"replay://{source}", model=model, approve="none",
                      max_rescans=0, adjudicator="offline",
