@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The papers' ablation table on a twin benchmark: seed 0, PER_CLASS (default 60) images per class
 # x 10 classes at 224 x 224; every variant trained with the quick profile (seed 0, EPOCHS
-# default 8) on the same split and scored on the same held-out test images.
+# default 12) on the same split and scored on the same held-out test images.
 #   benchmarks/ablation_twin.sh     (from the repository root, venv active)
 # Writes $WORK/out/ablation.{md,json}; rerunning resumes unfinished variants.
 set -euo pipefail
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 WORK="${WORK:-/tmp/micagent_ablate}"
 PER_CLASS="${PER_CLASS:-60}"
-EPOCHS="${EPOCHS:-8}"
+EPOCHS="${EPOCHS:-12}"
 mkdir -p "$WORK"
 if [ ! -f "$WORK/data/manifest.json" ]; then
     micagent twin dataset "$WORK/data" --per-class "$PER_CLASS" --size 224 --seed 0

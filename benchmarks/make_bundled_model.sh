@@ -10,7 +10,8 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" HF_HUB_OFFLINE=1 TRANSFORMERS_OFF
 WORK="${WORK:-/tmp/micagent_bundled}"
 SEED="${SEED:-0}"
 PER_CLASS="${PER_CLASS:-150}"
-EPOCHS="${EPOCHS:-10}"
+EPOCHS="${EPOCHS:-60}"
+BUDGET="${BUDGET:-75}"  # minutes of training in this session
 DEST="models/bundled/sem_twin"
 
 mkdir -p "$WORK"
@@ -19,7 +20,7 @@ if [ ! -f "$WORK/data/manifest.json" ]; then
 fi
 start=$(date +%s)
 micagent train "$WORK/data" --out "$WORK/sem_twin" --profile quick --seed "$SEED" \
-    --epochs "$EPOCHS"
+    --epochs "$EPOCHS" --time-budget "$BUDGET"
 echo "train wall time: $(( $(date +%s) - start )) s (OMP_NUM_THREADS=$OMP_NUM_THREADS)"
 micagent evaluate "$WORK/sem_twin" "$WORK/data"   # table + PNGs + evaluation.{md,json}
 

@@ -160,3 +160,11 @@ def test_ablate_writes_the_comparison_table(data, tmp_path):
     assert all(0 <= r["top1"] <= 1 for r in table["rows"])
     markdown = (tmp_path / "ablation.md").read_text()
     assert "| ViT baseline |" in markdown and "Avg-F1" in markdown
+
+
+def test_a_time_budget_ends_training_after_the_epoch_that_crosses_it(data, tmp_path):
+    out = tmp_path / "model"
+    train(data, out, TrainOptions(epochs=5, batch_size=16, config_overrides=SMALL,
+                                  time_budget_min=0.0))
+    record = json.loads((out / "training_fold.json").read_text())
+    assert len(record["history"]) == 1 and record["stopped_by"] == "time budget"

@@ -45,7 +45,8 @@ def ablate(data_dir: str | Path, out: str | Path, options: TrainOptions,
     out.mkdir(parents=True, exist_ok=True)
     names = variants or [n for n, _ in VARIANTS]
     labels = dict(VARIANTS)
-    rows = []
+    rows: list[dict] = []
+    table: dict = {}
     for name in names:
         opts = dataclasses.replace(options, ablation=name)
         folder = out / name
@@ -55,10 +56,17 @@ def ablate(data_dir: str | Path, out: str | Path, options: TrainOptions,
             console.rule(f"ablation {name}")
             train(data_dir, folder, opts, console)
         report = evaluate(folder, data_dir, crop=options.crop)
+        history = json.loads((folder / "training_fold.json").read_text())["history"]
         rows.append({"name": name, "label": labels.get(name, name),
                      **{k: report.get(k) for k, _ in COLUMNS},
                      "std": report.get("std", {}), "n_images": report["n_images"],
-                     "subset": report["subset"]})
+                     "subset": report["subset"], "epochs_trained": len(history),
+                     "train_seconds": round(sum(h["seconds"] for h in history), 1)})
+        table = _write(out, data_dir, options, rows)  # after every variant: partial results
+    return table
+
+
+def _write(out: Path, data_dir: str | Path, options: TrainOptions, rows: list[dict]) -> dict:
     table = {"data": str(data_dir), "options": dataclasses.asdict(options), "rows": rows}
     tmp = out / "ablation.json.tmp"
     tmp.write_text(json.dumps(table, indent=1))
@@ -69,15 +77,16 @@ def ablate(data_dir: str | Path, out: str | Path, options: TrainOptions,
 
 def markdown_table(table: dict) -> str:
     """Rows of the comparison like the papers' tables (mean ± std where there are folds)."""
-    head = "| Variant | " + " | ".join(t for _, t in COLUMNS) + " |"
+    head = "| Variant | " + " | ".join(t for _, t in COLUMNS) + " | epochs | train s |"
     lines = [f"# Ablation study on `{table['data']}`", "",
              f"Protocol: profile {table['options']['profile']}, seed {table['options']['seed']},"
              f" same splits for every variant; scores on the held-out test images.", "",
-             head, "|" + "---|" * (len(COLUMNS) + 1)]
+             head, "|" + "---|" * (len(COLUMNS) + 3)]
     for row in table["rows"]:
         cells = []
         for key, _ in COLUMNS:
             v, s = row.get(key), row["std"].get(key)
             cells.append("n/a" if v is None else f"{v:.4f}" + (f" ± {s:.4f}" if s else ""))
-        lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {row['label']} | " + " | ".join(cells)
+                     + f" | {row.get('epochs_trained', '')} | {row.get('train_seconds', '')} |")
     return "\n".join(lines) + "\n"

@@ -20,6 +20,7 @@ KNOWLEDGE_HELP = ("Class knowledge JSON (micagent describe); default: the bundle
                   "when it covers the classes.")
 DEDUP_HELP = "Do not keep near-duplicates on one side of a split."
 CONFIG_HELP = "JSON object of FusionConfig overrides."
+BUDGET_HELP = "Minutes: stop after the first epoch that ends past this, then calibrate + save."
 
 
 def _console() -> Console:
@@ -39,7 +40,7 @@ def _threads() -> None:
 
 def _options(profile: str, folds: int | None, epochs: int | None, seed: int, ablation: str,
              knowledge: Path | None, crop: str | None, no_dedup: bool, batch_size: int,
-             config: str | None):
+             config: str | None, time_budget: float | None = None):
     from workflows.data import parse_crop
     from workflows.train import TrainOptions
 
@@ -49,7 +50,7 @@ def _options(profile: str, folds: int | None, epochs: int | None, seed: int, abl
     return TrainOptions(profile=profile, folds=folds, epochs=epochs, seed=seed,
                         ablation=ablation, knowledge=str(knowledge) if knowledge else None,
                         crop=parse_crop(crop), dedup=not no_dedup, batch_size=batch_size,
-                        config_overrides=overrides)
+                        config_overrides=overrides, time_budget_min=time_budget)
 
 
 @app.command("train")
@@ -69,6 +70,7 @@ def train_cmd(
     batch_size: Annotated[int, typer.Option()] = 48,
     config: Annotated[str | None, typer.Option(help=CONFIG_HELP)] = None,
     restart: Annotated[bool, typer.Option(help="Discard an interrupted run's state.")] = False,
+    time_budget: Annotated[float | None, typer.Option(help=BUDGET_HELP)] = None,
 ) -> None:
     """Train the fusion classifier with the papers' protocol; resumes an interrupted run."""
     from models.errors import ModelError
@@ -80,7 +82,7 @@ def train_cmd(
     _threads()
     try:
         opts = _options(profile, folds, epochs, seed, ablation, knowledge, crop_bottom,
-                        no_dedup, batch_size, config)
+                        no_dedup, batch_size, config, time_budget)
         path = train(data_dir, out, opts, _console(), restart=restart)
     except (DatasetError, SplitError, TrainError, KnowledgeError, ModelError,
             ValueError) as exc:

@@ -6,9 +6,11 @@ epochs; `quick` profile: one stratified train/val/test split and fewer epochs.
 Interruptions: `<out>.partial/` holds the run description (`run.json`: options, dataset
 fingerprint, splits, LMM labels) and, per fold, the state after the last finished epoch
 (`fold_K.pt`, written atomically), then the fold's finished, calibrated checkpoint. Running the
-same command again resumes there (the epoch limit may be changed on resume; every other
-option must be the same). The final checkpoint folder appears only at the end, by a
-rename of a complete temporary folder, so a partial checkpoint never looks valid.
+same command again resumes there (the epoch limit and the time budget may be changed on
+resume; every other option must be the same). `time_budget_min` ends training after the first
+epoch that finishes past the budget (this session's wall time), then calibrates and saves.
+The final checkpoint folder appears only at the end, by a rename of a complete temporary
+folder, so a partial checkpoint never looks valid.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from models.classifier import Classifier
 from models.config import FusionConfig
+from models.errors import ConfigError
 from models.fusion import FusionClassifier
 from models.preprocess import preprocess_batch
 from workflows.calibrate import save_calibrated
@@ -61,6 +64,7 @@ class TrainOptions:
     lr_factor: float = 0.5
     crop: float | int | None = None
     dedup: bool = True
+    time_budget_min: float | None = None
     confounding_fraction: float = 0.1
     shots: int = 5
     demo_strategy: str = "similar"
@@ -213,9 +217,12 @@ def _load_dataset(data_dir: Path, opts: dict, size: int, console: Console) -> La
             progress=lambda i, n: progress.update(task, completed=i, total=n))
 
 
+RESUMABLE_CHANGES = ("epochs", "time_budget_min")
+
+
 def _identity(opts: dict) -> dict:
-    """The options that define a run (all but the epoch limit)."""
-    return {k: v for k, v in opts.items() if k != "epochs"}
+    """The options that define a run (all but the limits on its length)."""
+    return {k: v for k, v in opts.items() if k not in RESUMABLE_CHANGES}
 
 
 def _prepare_run(partial: Path, ds: LabelledDataset, opts: dict, config: FusionConfig,
@@ -229,8 +236,8 @@ def _prepare_run(partial: Path, ds: LabelledDataset, opts: dict, config: FusionC
                 f"{partial} holds an interrupted run with other data or options; delete that "
                 f"folder (or pass --restart) to start over")
         console.print(f"[cyan]resuming the interrupted run in {partial}")
-        if run["options"]["epochs"] != opts["epochs"]:  # the epoch limit may change on resume
-            run["options"]["epochs"] = opts["epochs"]
+        if any(run["options"][k] != opts[k] for k in RESUMABLE_CHANGES):
+            run["options"].update({k: opts[k] for k in RESUMABLE_CHANGES})
             atomic_json(run, run_path)
         return run
     partial.mkdir(parents=True, exist_ok=True)
@@ -268,6 +275,11 @@ def train(data_dir: str | Path, out: str | Path, options: TrainOptions | None = 
     config = FusionConfig.ablation(opts["ablation"], n_classes=len(ds.class_names),
                                    **opts["config_overrides"])
     run = _prepare_run(partial, ds, opts, config, know, console)
+    try:  # a resumed run keeps the architecture it started with
+        config = FusionConfig.from_dict(run["config"])
+    except (ConfigError, TypeError) as exc:
+        raise TrainError(f"{partial} was started with a model configuration this version "
+                         f"cannot build ({exc}); pass --restart to start over") from exc
     descriptions = know.for_classes(ds.class_names)
     x = preprocess_batch(ds.images, channels=config.in_chans, size=config.img_size)
     y = torch.as_tensor(ds.labels)
@@ -300,11 +312,21 @@ def train(data_dir: str | Path, out: str | Path, options: TrainOptions | None = 
                     f"  lr {row['lr']:.2e}  {row['seconds']:.0f}s")
                 if on_epoch_end is not None:
                     on_epoch_end(fold, row)
+                if _over_budget(started, opts):
+                    break
         if trainer.best_state is not None:
             model.load_state_dict(trainer.best_state, strict=False)
+        stop = ("epoch limit" if trainer.epoch >= opts["epochs"] else "early stopping"
+                if trainer.finished else "time budget")
         save_calibrated(clf, x, y, lmm, split, fold_dir,
-                        extra={"fold": fold, "history": trainer.history})
+                        extra={"fold": fold, "history": trainer.history, "stopped_by": stop})
     return _assemble(out, partial, run, fold_dirs, time.time() - started)
+
+
+def _over_budget(started: float, opts: dict) -> bool:
+    """True once this session has trained for longer than the time budget (if any)."""
+    budget = opts.get("time_budget_min")
+    return budget is not None and time.time() - started > 60 * budget
 
 
 def _assemble(out: Path, partial: Path, run: dict, fold_dirs: list[Path],
