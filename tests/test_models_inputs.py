@@ -109,3 +109,10 @@ def test_lists_of_differently_sized_frames_classify(vit_classifier):
     preds = vit_classifier.classify([np.random.rand(100, 80), np.random.rand(512, 512) * 1e4])
     assert len(preds) == 2 and all(p.label in ("a", "b") for p in preds)
     assert preds[0].embedding.shape == (64,)
+
+
+def test_an_rgb_model_takes_grayscale_and_colour_frames():
+    clf = Classifier.create(FusionConfig.ablation("vit_only", in_chans=3), ["a", "b"])
+    assert clf.preprocess_batch(np.random.rand(2, 40, 40)).shape == (2, 3, 224, 224)
+    preds = clf.classify([np.random.rand(40, 40), np.random.rand(40, 40, 3)])
+    assert [len(p.probabilities) for p in preds] == [2, 2]
