@@ -46,9 +46,9 @@ PROFILES: dict[str, ClassProfile] = {
         ClassProfile("Films_Coated_Surface", False, (8e-9, 25e-9)),
         ClassProfile("MEMS_devices_and_electrodes", False, (40e-9, 90e-9), zoom=(1.5, 8.0)),
         ClassProfile("Nanowires", False, (8e-9, 25e-9)),
-        ClassProfile("Particles", False, (8e-9, 25e-9)),
-        ClassProfile("Patterned_surface", False, (8e-9, 30e-9)),
-        ClassProfile("Porous_Sponge", False, (6e-9, 25e-9)),
+        ClassProfile("Particles", False, (10e-9, 30e-9)),
+        ClassProfile("Patterned_surface", False, (12e-9, 40e-9)),
+        ClassProfile("Porous_Sponge", False, (8e-9, 30e-9)),
         ClassProfile("Powder", True, (15e-9, 45e-9)),
         ClassProfile("Tips", False, (20e-9, 60e-9)),
     )

@@ -21,7 +21,7 @@ from PIL import Image
 from instruments.frame import ImagingSettings, StagePosition
 from twins.classes import PROFILES, SEM_CLASSES
 from twins.microscope import TwinMicroscope
-from twins.specimen import Specimen
+from twins.specimen import Region, Specimen
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class DatasetSettings:
 
     zoom: tuple[float, float] = (0.5, 4.0)
     survey_fov: tuple[float, float] = (10e-6, 40e-6)
-    survey_fraction: float = 0.35
+    survey_fraction: float = 0.25
     dwell: tuple[float, float] = (2e-6, 20e-6)
     min_contrast: float = 0.08
     tries: int = 8
@@ -65,6 +65,20 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 
 def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
     return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+
+
+def _find_field(spec: Specimen, region: Region, fov: float, size: int, detector: str,
+                cfg: DatasetSettings, rng: np.random.Generator) -> tuple[float, float, bool]:
+    """A FOV centre inside `region` whose noise-free image shows contrast (up to `cfg.tries`
+    draws); returns (x, y, whether the last draw showed enough)."""
+    x = y = 0.0
+    for _ in range(cfg.tries):
+        x = rng.uniform(region.x0 + fov / 2, region.x1 - fov / 2)
+        y = rng.uniform(region.y0 + fov / 2, region.y1 - fov / 2)
+        clean, _ = spec.render((x, y), fov, size, detector)
+        if float(clean.std()) >= cfg.min_contrast * float(clean.mean()):
+            return x, y, True
+    return x, y, False
 
 
 def iter_labelled(per_class: int, size: int = 224, seed: int = 0,
@@ -94,16 +108,15 @@ def iter_labelled(per_class: int, size: int = 224, seed: int = 0,
             fov = float(np.clip(fov, cfg.fov_limits[0],
                                 min(cfg.fov_limits[1], 0.8 * width)))
             pixel = fov / size
-            for _ in range(cfg.tries):
-                x = rng.uniform(region.x0 + fov / 2, region.x1 - fov / 2)
-                y = rng.uniform(region.y0 + fov / 2, region.y1 - fov / 2)
-                clean, _ = spec.render((x, y), fov, size)
-                if float(clean.std()) >= cfg.min_contrast * float(clean.mean()):
-                    break
             focus_error = rng.uniform(-1, 1) * 2 * cfg.max_blur_px * pixel / alpha
+            dwell = _log_uniform(rng, *cfg.dwell)
+            detector = "BSE" if rng.random() < cfg.bse_fraction else "SE"
+            x, y, shows = _find_field(spec, region, fov, size, detector, cfg, rng)
+            if not shows and detector == "BSE":  # no material contrast here: use SE
+                detector = "SE"
+                x, y, _ = _find_field(spec, region, fov, size, detector, cfg, rng)
             imaging = ImagingSettings(
-                fov=fov, pixels=size, dwell=_log_uniform(rng, *cfg.dwell),
-                detector="BSE" if rng.random() < cfg.bse_fraction else "SE",
+                fov=fov, pixels=size, dwell=dwell, detector=detector,
                 defocus=float(np.clip(region.z + focus_error, -50e-6, 50e-6)))
             scope.move_stage(StagePosition(x=float(x), y=float(y)))
             scope.set_imaging(imaging)

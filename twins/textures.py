@@ -363,18 +363,22 @@ def patterned(rng: Rng, size: int) -> Texture:
                 hole = sphere(r * rng.uniform(0.95, 1.05))
                 idx = canvas.window(x, y, hole.shape)
                 canvas.height[idx] = np.where(hole > 0, 6.0 - 3 * np.sqrt(hole), canvas.height[idx])
+                canvas.material[idx] = np.where(hole > 0, 0.3, canvas.material[idx])  # Si floor
     elif look == "grating":
         x = np.arange(size, dtype=np.float32)
         duty = rng.uniform(0.3, 0.7)
         edge = 1.5 * band_noise(rng, size, 6)
         phase = ((x[None, :] + edge) % pitch) / pitch
-        canvas.height = np.where(phase < duty, 8.0, 0.0).astype(np.float32)
-        canvas.height = _smooth(canvas.height, 0.8)
+        lines = phase < duty
+        canvas.height = _smooth(np.where(lines, 8.0, 0.0).astype(np.float32), 0.8)
+        canvas.material = np.where(lines, canvas.material, 0.3).astype(np.float32)
         if rng.random() < 0.5:
             canvas.height = canvas.height.T.copy()
+            canvas.material = canvas.material.T.copy()
     elif look == "copolymer":  # self-assembled lamellae: a fingerprint, close to a sponge
         field = band_noise(rng, size, pitch / 2, bandwidth=0.08)
         canvas.height = _smooth(np.where(field > 0, 6.0, 0.0).astype(np.float32), 1.0)
+        canvas.material -= np.where(field > 0, 0.0, 0.15).astype(np.float32)  # two blocks
     else:
         w = pitch * rng.uniform(0.3, 0.55)
         square = rng.random() < 0.5
