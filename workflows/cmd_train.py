@@ -20,6 +20,8 @@ KNOWLEDGE_HELP = ("Class knowledge JSON (micagent describe); default: the bundle
                   "when it covers the classes.")
 DEDUP_HELP = "Do not keep near-duplicates on one side of a split."
 CONFIG_HELP = "JSON object of FusionConfig overrides."
+CONFOUNDING_HELP = ("Share of the images (most ambiguous first) that get few-shot adjudicator "
+                    "labels for the LMM embedding; 0 = none.")
 BUDGET_HELP = "Minutes: stop after the first epoch that ends past this, then calibrate + save."
 
 
@@ -40,7 +42,8 @@ def _threads() -> None:
 
 def _options(profile: str, folds: int | None, epochs: int | None, seed: int, ablation: str,
              knowledge: Path | None, crop: str | None, no_dedup: bool, batch_size: int,
-             config: str | None, time_budget: float | None = None):
+             config: str | None, time_budget: float | None = None,
+             confounding: float = 0.1, shots: int = 5, strategy: str = "similar"):
     from workflows.data import parse_crop
     from workflows.train import TrainOptions
 
@@ -50,7 +53,8 @@ def _options(profile: str, folds: int | None, epochs: int | None, seed: int, abl
     return TrainOptions(profile=profile, folds=folds, epochs=epochs, seed=seed,
                         ablation=ablation, knowledge=str(knowledge) if knowledge else None,
                         crop=parse_crop(crop), dedup=not no_dedup, batch_size=batch_size,
-                        config_overrides=overrides, time_budget_min=time_budget)
+                        config_overrides=overrides, time_budget_min=time_budget,
+                        confounding_fraction=confounding, shots=shots, demo_strategy=strategy)
 
 
 @app.command("train")
@@ -71,6 +75,10 @@ def train_cmd(
     config: Annotated[str | None, typer.Option(help=CONFIG_HELP)] = None,
     restart: Annotated[bool, typer.Option(help="Discard an interrupted run's state.")] = False,
     time_budget: Annotated[float | None, typer.Option(help=BUDGET_HELP)] = None,
+    confounding: Annotated[float, typer.Option(help=CONFOUNDING_HELP)] = 0.1,
+    shots: Annotated[int, typer.Option(help="Demonstrations per adjudicated image (K).")] = 5,
+    demo_strategy: Annotated[str, typer.Option(help="similar or random demonstrations.")]
+    = "similar",
 ) -> None:
     """Train the fusion classifier with the papers' protocol; resumes an interrupted run."""
     from models.errors import ModelError
@@ -82,7 +90,8 @@ def train_cmd(
     _threads()
     try:
         opts = _options(profile, folds, epochs, seed, ablation, knowledge, crop_bottom,
-                        no_dedup, batch_size, config, time_budget)
+                        no_dedup, batch_size, config, time_budget, confounding, shots,
+                        demo_strategy)
         path = train(data_dir, out, opts, _console(), restart=restart)
     except (DatasetError, SplitError, TrainError, KnowledgeError, ModelError,
             ValueError) as exc:
