@@ -9,7 +9,8 @@ Inference:
 preprocessing (models/preprocess.py) happens inside. `lmm_labels`: per frame the adjudicating
 LMM's answer (a class name) or None. Probabilities are temperature-calibrated; the conformal set
 uses the stored LAC threshold (models/calibration.py); without calibration the set is the top-1
-class and `extra["conformal"] == "uncalibrated"`.
+class and `extra["conformal"] == "uncalibrated"`. `extra["text_match"]` names, per image branch
+("vit", "hnf"), the class whose description the image matched best (None without text branch).
 
 Training API (used by the training workflow):
     clf = Classifier.create(FusionConfig.ablation("full"), class_names, descriptions)
@@ -171,7 +172,7 @@ class Classifier:
         lmm = self.lmm_index(lmm_labels, n)
         was_training = self.model.training
         self.model.eval()
-        logits, embeds = [], []
+        logits, embeds, matches = [], [], []
         try:
             with torch.no_grad():  # not inference_mode: the text cache must stay usable
                 for start in range(0, n, batch_size):
@@ -179,14 +180,18 @@ class Classifier:
                     h_cross, h_embed = self.model.encode(batch, lmm[start:start + batch_size])
                     logits.append(self.model.head(h_cross))
                     embeds.append(h_embed)
+                    matches.append({k: v.argmax(-1).tolist()
+                                    for k, v in self.model.last_text_scores.items()})
         finally:
             self.model.train(was_training)
-        return torch.cat(logits).cpu(), torch.cat(embeds).cpu()
+        text_match = [{k: self._class_names[m[k][i]] for k in m}
+                      for m in matches for i in range(len(next(iter(m.values()), [])))]
+        return torch.cat(logits).cpu(), torch.cat(embeds).cpu(), text_match
 
     def classify(self, images, lmm_labels: Sequence[str | None] | None = None,
                  batch_size: int = 48) -> list[Prediction]:
         """Calibrated predictions for frames in any intensity range."""
-        logits, embeds = self._run(images, lmm_labels, batch_size)
+        logits, embeds, text_match = self._run(images, lmm_labels, batch_size)
         probs = torch.softmax(logits.double() / self.temperature, dim=-1).numpy()
         out = []
         for i in range(len(probs)):
@@ -202,7 +207,8 @@ class Classifier:
                 embedding=embeds[i].numpy().astype(np.float32),
                 lmm_label=None if lmm_labels is None else list(lmm_labels)[i],
                 extra={"temperature": self.temperature, "alpha": self.alpha,
-                       "conformal": status},
+                       "conformal": status,
+                       "text_match": text_match[i] if text_match else None},
             ))
         return out
 

@@ -10,6 +10,10 @@ Data flow (full model):
 "w/o MHA" concatenates every embedding above and maps it linearly to the logits.
 Baselines (vit_only, gnn_only) map their single embedding linearly to the logits.
 
+`last_text_scores` keeps, per image branch ("vit": CM-EMRL alignment, "hnf": relevance
+scoring), the (B, C) image-text match scores of the last forward pass: which class description
+each image matched, for interpretation.
+
 `embed(images)` returns h_img-text (the concatenation of the image/text embeddings for w/o MHA;
 the image embedding for baselines): independent of any LMM answer, it is the representation used
 to find similar demonstrations.
@@ -52,6 +56,7 @@ class FusionClassifier(nn.Module):
             if self.hnf is not None:
                 self.relevance = RelevanceScoring(d, config.align_temperature)
         self.lmm = PredictionEmbedding(config.n_classes, d) if config.lmm_on else None
+        self.last_text_scores: dict[str, torch.Tensor] = {}  # image-text match scores (B, C)
         n_stage1 = len(branches) * (2 if self.text is not None else 1)
         self.attention = None
         if config.baseline is None and config.use_mha:
@@ -89,11 +94,15 @@ class FusionClassifier(nn.Module):
         if self.text is None:
             return image_tokens
         h_text = self.text()
-        matched = []
+        matched, self.last_text_scores = [], {}
         if self.vit is not None:
-            matched.append(self.align(image_tokens[0], h_text)[0])
+            best, scores = self.align(image_tokens[0], h_text)
+            matched.append(best)
+            self.last_text_scores["vit"] = scores.detach()
         if self.hnf is not None:
-            matched.append(self.relevance(image_tokens[-1], h_text)[0])
+            best, scores = self.relevance(image_tokens[-1], h_text)
+            matched.append(best)
+            self.last_text_scores["hnf"] = scores.detach()
         return image_tokens + matched
 
     def encode(self, images: torch.Tensor, lmm_index: torch.Tensor | None = None

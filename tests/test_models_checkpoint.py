@@ -41,6 +41,9 @@ def test_round_trip_gives_identical_outputs_and_metadata(saved, frames):
         np.testing.assert_array_equal(a.probabilities, b.probabilities)
         np.testing.assert_array_equal(a.embedding, b.embedding)
         assert a.conformal_set == b.conformal_set
+        assert a.extra["text_match"] == b.extra["text_match"]
+        assert set(a.extra["text_match"]) == {"vit", "hnf"}
+        assert set(a.extra["text_match"].values()) <= set(NAMES)
     assert loaded.class_names == NAMES and loaded.descriptions == DESCRIPTIONS
     assert loaded.temperature == clf.temperature
     assert (loaded.conformal_qhat, loaded.alpha) == (clf.conformal_qhat, 0.1)
@@ -109,6 +112,7 @@ def test_checkpoint_without_text_branch_round_trips(tmp_path, frames):
     clf.save(tmp_path / "vit")
     loaded = Classifier.load(tmp_path / "vit", NAMES)
     assert loaded.descriptions is None
+    assert loaded.classify(frames)[0].extra["text_match"] is None
     np.testing.assert_array_equal(clf.classify(frames)[0].probabilities,
                                   loaded.classify(frames)[0].probabilities)
 
