@@ -66,6 +66,7 @@ class Runtime:
     focus_step: float = 2e-6
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
     on_update: Callable[[str, dict[str, Any]], None] | None = None
+    recorder: Any = None            # agent.recorder.Recorder: session writes off the main path
     # live, non-checkpointed caches
     applied: ImagingSettings | None = None
     stage: StagePosition | None = None

@@ -20,6 +20,24 @@ class FrameScratch:
     def _paths(self, frame_id: str) -> tuple[Path, Path]:
         return self.folder / f"{frame_id}.npy", self.folder / f"{frame_id}.json"
 
+    def _record_path(self, frame_id: str) -> Path:
+        return self.folder / f"{frame_id}.record.json"
+
+    def put_record(self, frame_id: str, record: dict) -> None:
+        """The decision record of a frame about to be stored (written atomically)."""
+        path = self._record_path(frame_id)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record))
+        tmp.replace(path)
+
+    def get_record(self, frame_id: str) -> dict:
+        return json.loads(self._record_path(frame_id).read_text())
+
+    def recorded_ids(self) -> list[str]:
+        """Frames with a decision record waiting to be stored, in sequence order."""
+        ids = [p.name[:-len(".record.json")] for p in self.folder.glob("*.record.json")]
+        return sorted(ids, key=lambda i: self.get(i).sequence)
+
     def put(self, frame: Frame) -> None:
         image_path, meta_path = self._paths(frame.frame_id)
         np.save(image_path, frame.image)
@@ -54,5 +72,5 @@ class FrameScratch:
 
     def drop(self, frame_id: str) -> None:
         self._memory.pop(frame_id, None)
-        for path in self._paths(frame_id):
+        for path in (*self._paths(frame_id), self._record_path(frame_id)):
             path.unlink(missing_ok=True)

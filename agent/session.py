@@ -20,6 +20,7 @@ from agent.config import RunConfig, checkpoint_path, work_dir
 from agent.driver import run_graph, thread_config
 from agent.graph import compile_graph, open_checkpointer
 from agent.objectives import parse_objective
+from agent.recorder import Recorder
 from agent.runtime import Runtime, TileSource
 from agent.scratch import FrameScratch
 from agent.state import AgentState, new_state
@@ -87,9 +88,12 @@ class Session:
         self.checkpointer = open_checkpointer(checkpoint_path(config.out))
         if parts.bank is not None:
             parts.bank.check_classes(parts.classifier.class_names)
+        scratch = FrameScratch(work / "frames")
+        self.recorder = Recorder(self.writer, scratch)
+        self.recovered = self.recorder.recover()     # frames a killed run recorded, unstored
         self.runtime = Runtime(
             microscope=parts.microscope, classifier=parts.classifier, writer=self.writer,
-            adjudicator=adjudicator, bank=parts.bank, scratch=FrameScratch(work / "frames"),
+            adjudicator=adjudicator, bank=parts.bank, scratch=scratch, recorder=self.recorder,
             thumbnails=work / "thumbnails", policy=config.policy(),
             thresholds=config.quality_thresholds(), imaging=config.imaging_settings(),
             survey_positions=parts.survey_positions, region=parts.region, tiles=parts.tiles,
@@ -119,14 +123,26 @@ class Session:
         try:
             return run_graph(self.graph, self.config.session_id, initial, broker, on_step)
         except KeyboardInterrupt:
+            self._settle()
             self.writer.close("interrupted", "stopped by the operator; continue with "
                               f"`micagent run --resume {self.config.session_id}`")
             raise
         except Exception as exc:
+            self._settle()
             self.writer.close("failed", f"{type(exc).__name__}: {exc}")
             raise
 
+    def _settle(self) -> None:
+        """Let queued frame writes finish before the file is closed (a failed write is
+        already the reason the session stops)."""
+        try:
+            self.recorder.drain()
+        except Exception:  # noqa: BLE001 - the caller records the original failure
+            pass
+
     def close(self) -> None:
+        self._settle()
+        self.recorder.close()
         if not self.writer.closed:
             self.writer.close("interrupted", "session object closed before the end")
         self.checkpointer.conn.close()

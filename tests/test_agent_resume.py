@@ -156,3 +156,30 @@ def test_sigkill_at_a_random_point_then_resume_gives_exact_frame_accounting(
     outcome = reader.provenance["outcome"]
     assert outcome["counts"]["recorded"] == frames
     assert len(reader.provenance["resumed"]) == 1
+
+
+def test_frames_recorded_but_not_yet_stored_when_killed_are_stored_once_on_resume(tmp_path):
+    from agent.recorder import Recorder
+    from agent.scratch import FrameScratch
+    from instruments.session_file import SessionWriter
+
+    twin = TwinMicroscope(seed=0)
+    scratch = FrameScratch(tmp_path / "frames")
+    frames = []
+    for sequence in range(3):
+        frame = twin.acquire()
+        frame.sequence = sequence
+        scratch.put(frame)
+        scratch.put_record(frame.frame_id, {"frame_id": frame.frame_id, "label": "Tips",
+                                            "sequence": sequence})
+        frames.append(frame)
+    writer = SessionWriter(tmp_path / "s.h5", {"session_id": "s"})
+    writer.write_frame(frames[0], {"frame_id": frames[0].frame_id})   # stored before the kill
+    restarted = Recorder(writer, FrameScratch(tmp_path / "frames"))     # a fresh process
+    assert restarted.recover() == [frames[1].frame_id, frames[2].frame_id]
+    assert restarted.recover() == []
+    restarted.close()
+    writer.close("completed")
+    with SessionReader(tmp_path / "s.h5") as reader:
+        assert reader.frame_ids == [f.frame_id for f in frames]
+    assert not list((tmp_path / "frames").iterdir())                   # scratch emptied

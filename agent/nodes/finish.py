@@ -15,6 +15,8 @@ def make(rt: Runtime):
         status = "completed" if status == "running" else status
         used = dict(state["used"])
         used["wall_s"] = used.get("wall_s", 0.0) + rt.tick()
+        if rt.recorder is not None:
+            rt.recorder.drain()               # every recorded frame is in the file
         rt.writer.update_provenance(outcome={
             "counts": state["counts"], "used": used, "budgets": state["budgets"],
             "events": state.get("events", [])[-200:], "objective": state["objective"]})

@@ -1,5 +1,6 @@
 """record: append the frame and its decision record to the session file (idempotent by
-frame id, so a record replayed after a crash is stored once)."""
+frame id, so a record replayed after a crash is stored once). With a Recorder the write is
+queued to its thread and overlaps the next acquisition."""
 
 from __future__ import annotations
 
@@ -33,7 +34,11 @@ def make(rt: Runtime):
         if rt.tiles is not None and current.get("tile") and (
                 objective["kind"] == "survey" or label in objective["classes"]):
             record["point_data"] = rt.tiles.point_data(current["tile"])
-        rt.writer.write_frame(frame, record)
+        if rt.recorder is not None:
+            rt.recorder.submit(frame.frame_id, record)
+        else:
+            rt.writer.write_frame(frame, record)
+            rt.scratch.drop(frame.frame_id)
         counts = dict(state["counts"])
         counts["recorded"] = counts.get("recorded", 0) + 1
         counts["routes"] = bump(counts.get("routes", {}), current["route"])
@@ -41,7 +46,6 @@ def make(rt: Runtime):
         if (objective["kind"] == "hunt" and label in objective["classes"]
                 and current["quality"]["ok"]):
             counts["hits"] = counts.get("hits", 0) + 1
-        rt.scratch.drop(frame.frame_id)
         rt.predictions.pop(frame.frame_id, None)
         rt.reference = None
         if rt.on_update is not None:
