@@ -256,3 +256,23 @@ def test_one_bad_frame_is_retried_and_the_survey_goes_on(tmp_path, classifier):
     summary, records, _, _ = read(tmp_path / "s.h5")
     assert summary["frames"] == 3 and summary["status"] == "completed"
     assert np.all([r["route"] == "confident" for r in records])
+
+
+def test_hunt_spirals_out_until_n_good_frames_of_the_target_are_recorded(tmp_path,
+                                                                          classifier):
+    broker, seen, stop = ApprovalBroker(), [], threading.Event()
+    decisions = [{"decision": "skip", "operator": "ana", "note": ""},
+                 {"decision": "relabel", "label": "Tips", "operator": "ana", "note": ""}]
+    answer_with(broker, decisions, seen, stop)
+    session = make_session(tmp_path, classifier, objective="hunt:Tips:2", frames=20,
+                           approve="all", thresholds={"min_sharpness": 0.0, "min_snr": 0.0,
+                                                      "max_drift_px": 1e9})
+    final = session.run(broker=broker)
+    stop.set()
+    summary, records, _, _ = read(tmp_path / "s.h5")
+    assert final["counts"]["hits"] == 2 and summary["frames"] == 3
+    assert "hunt complete" in summary["reason"]
+    xy = [(r["position"]["x"], r["position"]["y"]) for r in records]
+    start = xy[0]
+    assert xy[1] == pytest.approx((start[0] + 20e-6, start[1]))      # first spiral step
+    assert xy[2] == pytest.approx((start[0] + 20e-6, start[1] + 20e-6))
