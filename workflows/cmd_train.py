@@ -231,8 +231,8 @@ def select_confounding_cmd(
 
     try:
         ds = load_folder_dataset(data_dir, crop=parse_crop(crop_bottom), group_duplicates=False)
-        sel = select_confounding(ds.images, len(ds.class_names), fraction, seed)
         feats = pca_features(ds.images, seed=seed)
+        sel = select_confounding(ds.images, len(ds.class_names), fraction, seed, features=feats)
         lmm, verdicts = few_shot_labels(feats, ds.labels, ds.class_names, sel.selected,
                                         np.arange(len(ds)), k=shots, strategy=strategy,
                                         seed=seed)

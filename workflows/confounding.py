@@ -66,14 +66,17 @@ def pca_features(images: np.ndarray, size: int = 224, n_components: int = 50,
 
 
 def select_confounding(images: np.ndarray, n_clusters: int, fraction: float = 0.1,
-                       seed: int = 0, n_components: int = 50) -> ConfoundingSelection:
-    """The most ambiguous `fraction` of `images` (at least one)."""
+                       seed: int = 0, n_components: int = 50,
+                       features: np.ndarray | None = None) -> ConfoundingSelection:
+    """The most ambiguous `fraction` of `images` (at least one); `features`: their
+    pca_features when already computed."""
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     n = len(images)
     if n <= n_clusters:
         raise ValueError(f"{n} images are too few for K-Means with K = {n_clusters}")
-    feats = pca_features(images, n_components=n_components, seed=seed)
+    feats = (pca_features(images, n_components=n_components, seed=seed) if features is None
+             else features)
     km = KMeans(n_clusters=n_clusters, n_init=10, random_state=seed).fit(feats)
     dist = km.transform(feats)  # (N, K) distances to every centroid
     own = dist[np.arange(n), km.labels_]

@@ -107,9 +107,9 @@ def lmm_labels_per_fold(ds: LabelledDataset, splits: list[Split], opts: dict,
     fold (demonstrations come from that fold's training part only)."""
     if not config.lmm_on or opts["confounding_fraction"] <= 0:
         return [[-1] * len(ds)] * len(splits), {"selected": [], "verdicts": []}
-    sel = select_confounding(ds.images, len(ds.class_names), opts["confounding_fraction"],
-                             seed=opts["seed"])
     feats = pca_features(ds.images, seed=opts["seed"])
+    sel = select_confounding(ds.images, len(ds.class_names), opts["confounding_fraction"],
+                             seed=opts["seed"], features=feats)
     out, verdicts = [], []
     for split in splits:
         labels, v = few_shot_labels(feats, ds.labels, ds.class_names, sel.selected, split.train,
