@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import getpass
 import threading
-from typing import Any
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.prompt import Prompt
@@ -34,15 +34,17 @@ def describe(console: Console, request: dict[str, Any]) -> None:
     console.print(f"[bold]approve[/] will {request.get('approve_does')}")
 
 
-def ask(console: Console, request: dict[str, Any], operator: str) -> dict[str, Any]:
-    """Prompt for one decision."""
+def ask(console: Console, request: dict[str, Any], operator: str,
+        stream: TextIO | None = None) -> dict[str, Any]:
+    """Prompt for one decision (answers read from `stream`, default the terminal)."""
     describe(console, request)
     choice = Prompt.ask("decision", choices=list(request.get("choices", ["approve", "skip"])),
-                        default="approve", console=console)
+                        default="approve", console=console, stream=stream)
     label = None
     if choice == "relabel":
-        label = Prompt.ask("label", choices=list(request.get("labels", [])), console=console)
-    note = Prompt.ask("note", default="", console=console)
+        label = Prompt.ask("label", choices=list(request.get("labels", [])), console=console,
+                           stream=stream)
+    note = Prompt.ask("note", default="", console=console, stream=stream)
     return {"decision": choice, "label": label, "operator": operator, "note": note}
 
 
@@ -50,8 +52,8 @@ class TerminalApprover:
     """Answers the broker's pending requests from the terminal until stopped."""
 
     def __init__(self, broker: ApprovalBroker, console: Console | None = None,
-                 operator: str | None = None) -> None:
-        self.broker, self.console = broker, console or Console()
+                 operator: str | None = None, stream: TextIO | None = None) -> None:
+        self.broker, self.console, self.stream = broker, console or Console(), stream
         self.operator = operator or getpass.getuser()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="micagent-terminal-approval",
@@ -67,7 +69,7 @@ class TerminalApprover:
     def _loop(self) -> None:
         while not self._stop.is_set():
             for request in self.broker.pending():
-                decision = ask(self.console, request, self.operator)
+                decision = ask(self.console, request, self.operator, self.stream)
                 try:
                     self.broker.decide(request["request_id"], decision)
                 except KeyError:

@@ -276,3 +276,25 @@ def test_hunt_spirals_out_until_n_good_frames_of_the_target_are_recorded(tmp_pat
     start = xy[0]
     assert xy[1] == pytest.approx((start[0] + 20e-6, start[1]))      # first spiral step
     assert xy[2] == pytest.approx((start[0] + 20e-6, start[1] + 20e-6))
+
+
+def test_terminal_front_end_answers_the_broker_from_the_prompt(tmp_path, classifier):
+    import io
+
+    from rich.console import Console
+
+    from agent.terminal_approval import TerminalApprover
+
+    broker = ApprovalBroker()
+    screen = io.StringIO()
+    answers = io.StringIO("relabel\nPowder\nfine grains\n" + "approve\n\n" * 5)
+    approver = TerminalApprover(broker, Console(file=screen, width=120), operator="cli-user",
+                                stream=answers).start()
+    session = make_session(tmp_path, classifier, frames=2, approve="all")
+    session.run(broker=broker)
+    approver.stop()
+    _, records, _, _ = read(tmp_path / "s.h5")
+    assert records[0]["label"] == "Powder" and records[0]["human"]["note"] == "fine grains"
+    assert records[0]["human"]["operator"] == "cli-user"
+    assert records[1]["human"]["decision"] == "approve"
+    assert "approve will record this frame as" in screen.getvalue()
