@@ -213,8 +213,12 @@ def run(
     pixels: int = typer.Option(256, help="pixels per frame side"),
     fov: float = typer.Option(20e-6, help="field of view (m)"),
     dwell: float = typer.Option(2e-6, help="dwell time per pixel (s)"),
-    confidence: float = typer.Option(0.9, help="confident when top p >= this ..."),
+    confidence: float = typer.Option(0.9, help="confident: top probability >= this and a "
+                                          "conformal set of one class"),
     max_rescans: int = typer.Option(2, help="rescans per frame at most"),
+    demo_k: int = typer.Option(8, help="demonstrations shown to the adjudicator"),
+    demo_strategy: str = typer.Option("similar", help="similar (cosine of embeddings) | "
+                                                      "random"),
     quiet: bool = typer.Option(False, help="no progress bar"),
 ) -> None:
     """Run an acquisition session (no arguments: a survey on the embedded twin)."""
@@ -231,7 +235,8 @@ def run(
                 instrument=instrument, objective=objective, frames=frames, approve=approve,
                 adjudicator=adjudicator, model=model, out=out, seed=seed,
                 state_dir=str(Path(state_dir).resolve()), bank=bank, pixels=pixels, fov=fov,
-                dwell=dwell, confidence=confidence, max_rescans=max_rescans)
+                dwell=dwell, confidence=confidence, max_rescans=max_rescans, demo_k=demo_k,
+                demo_strategy=demo_strategy)
     except ValueError as exc:
         err.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from exc
