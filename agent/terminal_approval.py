@@ -31,7 +31,8 @@ def describe(console: Console, request: dict[str, Any]) -> None:
                       f"({answer['confidence']:.2f}) — {answer.get('rationale', '')}")
     if request.get("error"):
         console.print(f"[red]{request['error']}[/]")
-    console.print(f"[bold]approve[/] will {request.get('approve_does')}")
+    console.print(f"why: {request.get('reason', '')}")
+    console.print(f"[bold]approve[/] will {request.get('on_approve')}")
 
 
 def ask(console: Console, request: dict[str, Any], operator: str,

@@ -26,6 +26,7 @@ from models.config import FusionConfig
 from twins.classes import SEM_CLASSES
 from twins.faults import FaultSpec
 from twins.microscope import TwinMicroscope
+from workflows.web_approval import view_of
 
 torch.set_num_threads(1)
 RECORD_KEYS = {"frame_id", "sequence", "position", "tile", "prediction", "label", "route",
@@ -187,6 +188,9 @@ def test_approve_all_interrupts_and_resumes_with_the_human_decision(tmp_path, cl
     assert records[1]["label"] == second["proposal"] and not second["changed"]
     assert third["decision"] == "skip" and records[2]["label"] is None
     assert seen[0]["thumbnail"].endswith(".png") and seen[0]["top_k"]
+    view = view_of(seen[0], list(SEM_CLASSES))       # the web page reads the same payload
+    assert view["proposal"] == first["proposal"] and view["has_image"]
+    assert view["top_k"] and view["reason"] and view["on_approve"]
 
 
 def free_zone_envelope(position: dict) -> SafetyEnvelope:

@@ -39,8 +39,9 @@ def _move(rt: Runtime, state: AgentState, target: StagePosition) -> bool:
             raise _Skip("refused", f"{exc} (unattended session: position skipped)") from exc
         decision = interrupt({
             "kind": "move", "session_id": state["session_id"], "request": exc.request,
-            "message": str(exc), "proposal": {"action": "move_stage", **target.as_dict()},
-            "approve_does": "move the stage to this target and acquire there",
+            "message": str(exc), "reason": str(exc), "target": target.as_dict(),
+            "proposal": f"move the stage to ({target.x:.6g}, {target.y:.6g}) m",
+            "on_approve": "move the stage to this target and acquire there",
             "choices": ["approve", "skip"]})
         if decision.get("decision") != "approve":
             raise _Skip("refused", f"operator {decision.get('operator', '?')} declined the move "

@@ -24,7 +24,20 @@ def decision_error(decision: Any, class_names: list[str]) -> str:
     return ""
 
 
+def _reason(current: dict[str, Any], mode: str) -> str:
+    if mode == "all":
+        return "every frame is reviewed in this session (--approve all)"
+    adjudication = current.get("adjudication") or {}
+    if current["proposal"].get("source") == "contested":
+        return "the classifier and the adjudicator disagree"
+    if adjudication:
+        return "the classifier was unsure; the adjudicator answered"
+    return "the classifier was unsure and no adjudication was possible"
+
+
 def payload(rt: Runtime, state: AgentState, current: dict[str, Any]) -> dict[str, Any]:
+    """What a human sees: the frame (thumbnail path), the evidence and the proposal. Keys are
+    those the terminal prompt and the web page (workflows/web_approval.py) read."""
     frame = rt.scratch.get(current["frame_id"])
     thumb = rt.thumbnails / f"{frame.frame_id}.png"
     if not thumb.exists():
@@ -33,11 +46,15 @@ def payload(rt: Runtime, state: AgentState, current: dict[str, Any]) -> dict[str
     proposal = current["proposal"]
     return {"kind": "label", "session_id": state["session_id"], "frame_id": frame.frame_id,
             "sequence": current["sequence"], "thumbnail": str(thumb),
-            "position": current["position"], "top_k": current["prediction"]["top_k"],
+            "position": current["position"], "prediction": current["prediction"],
+            "top_k": current["prediction"]["top_k"],
             "conformal_set": current["prediction"]["conformal_set"],
-            "quality": current["quality"], "adjudicator": adjudication.get("answer"),
-            "adjudicator_name": adjudication.get("adjudicator"), "proposal": proposal,
-            "approve_does": f"record this frame as {proposal['label']}",
+            "quality": current["quality"], "rescans": current["rescans"],
+            "adjudication": adjudication or None, "adjudicator": adjudication.get("answer"),
+            "adjudicator_name": adjudication.get("adjudicator"),
+            "proposal": proposal["label"], "proposal_source": proposal.get("source"),
+            "reason": _reason(current, rt.policy.approve),
+            "on_approve": f"record this frame as {proposal['label']}",
             "choices": list(DECISIONS), "labels": rt.class_names}
 
 
