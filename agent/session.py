@@ -116,7 +116,9 @@ class Session:
         """Run the session, or continue it from its checkpoint; returns the final state.
         Ctrl-C closes the file as interrupted, any other failure as failed, then re-raises."""
         values, pending = self.saved_state()
-        if values and not pending:                   # finished before: nothing to do
+        if values and not pending and values.get("status") == "failed":
+            self._reopen_failed(values)              # e.g. the instrument came back
+        elif values and not pending:                 # completed before: nothing to do
             self.writer.close(values.get("status", "completed"), values.get("reason", ""))
             return values
         initial = None if values else self.initial_state()
@@ -131,6 +133,20 @@ class Session:
             self._settle()
             self.writer.close("failed", f"{type(exc).__name__}: {exc}")
             raise
+
+    def _reopen_failed(self, values: dict[str, Any]) -> None:
+        """Continue a session that ended failed: back to checking the instrument, then the
+        plan goes on from where it stopped, retrying the position that was in flight (counts
+        and budgets as they were)."""
+        counts = {**values["counts"], "consecutive_errors": 0}
+        plan_index = values["plan_index"] - (1 if values.get("current") else 0)
+        events = [*values.get("events", []),
+                  {"kind": "resumed", "message": f"resumed after: {values.get('reason')}"}]
+        self.graph.update_state(thread_config(self.config.session_id),
+                                {"status": "running", "reason": "", "current": None,
+                                 "plan_index": max(plan_index, 0),
+                                 "counts": counts, "events": events,
+                                 "next": "check_instrument"}, as_node="connect")
 
     def _settle(self) -> None:
         """Let queued frame writes finish before the file is closed (a failed write is

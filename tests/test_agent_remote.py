@@ -130,3 +130,20 @@ def test_a_server_dropping_the_connection_fails_the_session_and_keeps_its_frames
         summary = reader.summary()
     assert summary["status"] == "failed" and "InstrumentUnreachable" in summary["reason"]
     assert 0 < summary["frames"] < 6                  # what was recorded before is intact
+
+
+def test_a_failed_session_resumes_when_the_instrument_is_back(tmp_path, classifier):
+    with served_twin("dtm", faults="drop@12") as server:
+        config = config_for(tmp_path, server.uri, frames=6, confidence=0.0, max_set_size=10)
+        run_session(config, Console(quiet=True), quiet=True, classifier=classifier)
+    with SessionReader(config.out) as reader:
+        before = reader.summary()
+    assert before["status"] == "failed"
+    with served_twin("dtm") as server:
+        config.instrument = server.uri                   # the instrument is back
+        final = run_session(config, Console(quiet=True), quiet=True, classifier=classifier)
+    with SessionReader(config.out) as reader:
+        after = reader.summary()
+    assert final["status"] == after["status"] == "completed"
+    assert after["frames"] == 6 and after["frame_ids"][:before["frames"]] == before["frame_ids"]
+    assert any(e["kind"] == "resumed" for e in final["events"])

@@ -206,7 +206,8 @@ def run(
     adjudicator: str = typer.Option("offline", help="offline | openai (MICAGENT_VLM_*)"),
     model: str | None = typer.Option(None, help="checkpoint folder (default: bundled)"),
     out: str | None = typer.Option(None, help="session file (default micagent-<id>.h5)"),
-    resume: str | None = typer.Option(None, help="continue the killed session with this id"),
+    resume: str | None = typer.Option(None, help="continue a killed or failed session (with "
+                                                 "--instrument: at a new address)"),
     seed: int = typer.Option(0, help="twin seed and sampling seed"),
     state_dir: str = typer.Option(".micagent", help="run configs, caches, banks"),
     bank: str | None = typer.Option(None, help="demonstrations: twin | DATASET_DIR | none"),
@@ -230,6 +231,8 @@ def run(
                 err.print(f"[red]no session {resume} under {state_dir} (looked for {path})[/]")
                 raise typer.Exit(2)
             config = RunConfig.load(path)
+            if instrument != "twin":                 # e.g. the server came back elsewhere
+                config.instrument = instrument
         else:
             config = _config_from_args(
                 instrument=instrument, objective=objective, frames=frames, approve=approve,
