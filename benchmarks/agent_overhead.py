@@ -55,8 +55,16 @@ def overhead(classifier, frames: int, pixels: int, dwell: float, work: Path) -> 
     twin.set_imaging(config.imaging_settings())
     classifier.classify([twin.acquire().image])   # warm texture cache and torch kernels
     session = Session(config, parts)
-    t0 = time.perf_counter()
-    session.run()
+    steps: dict[str, float] = {}
+    last = [time.perf_counter()]
+
+    def on_step(node: str, _update: dict) -> None:     # wall time per node incl. checkpoint
+        now = time.perf_counter()
+        steps[node] = steps.get(node, 0.0) + now - last[0]
+        last[0] = now
+
+    t0 = last[0] = time.perf_counter()
+    session.run(on_step=on_step)
     wall = time.perf_counter() - t0
     session.close()
     with SessionReader(config.out) as reader:
@@ -64,10 +72,11 @@ def overhead(classifier, frames: int, pixels: int, dwell: float, work: Path) -> 
     acquire = sum(r["timings"]["acquire_s"] for r in records)
     classify = sum(r["timings"]["classify_s"] for r in records)
     n = len(records)
+    per_node_ms = {k: round(v / n * 1e3, 1) for k, v in steps.items()}
     return {"frames": n, "scan_s": scan_s, "acquire_s_per_frame": acquire / n,
             "classify_s_per_frame": classify / n,
             "outside_s_per_frame": (wall - acquire) / n,
-            "ratio": (wall - acquire) / acquire,
+            "ratio": (wall - acquire) / acquire, "per_node_ms": per_node_ms,
             "routes": sorted({r["route"] for r in records})}
 
 
@@ -118,7 +127,8 @@ def main() -> None:
           f" s/frame, outside acquisition {result['outside_s_per_frame'] * 1e3:.1f} ms/frame "
           f"(classify {result['classify_s_per_frame'] * 1e3:.1f} ms), ratio "
           f"{result['ratio']:.4f} (target <= 0.05) over {result['frames']} frames, "
-          f"routes {result['routes']}")
+          f"routes {result['routes']}\n  per node, ms/frame (step incl. checkpoint): "
+          f"{result['per_node_ms']}")
     if args.skip_survey:
         return
     cached_bank(classifier, work / "state" / "banks", "twin", per_class=6, seed=args.seed)
