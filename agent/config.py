@@ -34,6 +34,7 @@ class RunConfig:
     confidence: float = 0.9
     max_set_size: int = 1
     max_rescans: int = 2
+    zoom_unsure: bool = False
     demo_k: int = 8
     demo_strategy: str = "similar"
     bank: str | None = None
@@ -61,7 +62,8 @@ class RunConfig:
 
     def policy(self) -> RoutePolicy:
         return RoutePolicy(confidence=self.confidence, max_set_size=self.max_set_size,
-                           max_rescans=self.max_rescans, approve=self.approve_mode)
+                           max_rescans=self.max_rescans, approve=self.approve_mode,
+                           zoom_unsure=self.zoom_unsure)
 
     def imaging_settings(self) -> ImagingSettings:
         return ImagingSettings(**self.imaging)

@@ -15,13 +15,16 @@ class RoutePolicy:
 
     confident: top probability >= `confidence` and conformal set size <= `max_set_size`.
     Unsure frames of poor quality are rescanned (at most `max_rescans` per frame); unsure frames
-    of good quality (or still poor after the rescans) go to adjudication.
+    of good quality (or still poor after the rescans) go to adjudication. With `zoom_unsure`
+    an unsure frame of good quality is first rescanned once with a smaller FOV (a closer look,
+    as a microscopist would zoom in) before it is adjudicated.
     """
 
     confidence: float = 0.9
     max_set_size: int = 1
     max_rescans: int = 2
     approve: ApproveMode = "none"
+    zoom_unsure: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -44,6 +47,8 @@ def decide(policy: RoutePolicy, prediction: dict[str, Any], quality: dict[str, A
     can_rescan = (rescans_done < policy.max_rescans
                   and used.get("rescans", 0) < budgets.get("rescans", 0))
     if not quality["ok"] and can_rescan:
+        return "rescan"
+    if policy.zoom_unsure and quality["ok"] and can_rescan and rescans_done == 0:
         return "rescan"
     if within_adjudication_budget(budgets, used):
         return "adjudicate"

@@ -45,6 +45,13 @@ def test_route_policy(pred, quality, rescans_done, used, approve, expected):
     assert decide(policy, pred, quality, rescans_done, BUDGETS, used) == expected
 
 
+def test_zoom_unsure_takes_one_closer_look_before_adjudication():
+    policy = RoutePolicy(zoom_unsure=True)
+    assert decide(policy, prediction(0.5), GOOD, 0, BUDGETS, FRESH) == "rescan"
+    assert decide(policy, prediction(0.5), GOOD, 1, BUDGETS, FRESH) == "adjudicate"
+    assert decide(policy, prediction(0.95), GOOD, 0, BUDGETS, FRESH) == "record"
+
+
 @pytest.fixture(scope="module")
 def twin_tile():
     twin = TwinMicroscope(seed=0)

@@ -217,6 +217,8 @@ def run(
     confidence: float = typer.Option(0.9, help="confident: top probability >= this and a "
                                           "conformal set of one class"),
     max_rescans: int = typer.Option(2, help="rescans per frame at most"),
+    zoom_unsure: bool = typer.Option(False, help="rescan unsure frames once with a smaller "
+                                                 "FOV before adjudicating them"),
     demo_k: int = typer.Option(8, help="demonstrations shown to the adjudicator"),
     demo_strategy: str = typer.Option("similar", help="similar (cosine of embeddings) | "
                                                       "random"),
@@ -238,7 +240,8 @@ def run(
                 instrument=instrument, objective=objective, frames=frames, approve=approve,
                 adjudicator=adjudicator, model=model, out=out, seed=seed,
                 state_dir=str(Path(state_dir).resolve()), bank=bank, pixels=pixels, fov=fov,
-                dwell=dwell, confidence=confidence, max_rescans=max_rescans, demo_k=demo_k,
+                dwell=dwell, confidence=confidence, max_rescans=max_rescans,
+                zoom_unsure=zoom_unsure, demo_k=demo_k,
                 demo_strategy=demo_strategy)
     except ValueError as exc:
         err.print(f"[red]{exc}[/]")
