@@ -10,6 +10,8 @@ from typing import Any
 from agent.runtime import Runtime
 from agent.state import AgentState, bump
 
+# routes whose label stands on the evidence (a hunt counts only these frames as found)
+DECIDED_ROUTES = ("confident", "rescan", "adjudicated", "human")
 RECORD_KEYS = ("frame_id", "sequence", "position", "tile", "prediction", "label", "route",
                "rescans", "quality", "adjudication", "human")
 
@@ -44,7 +46,7 @@ def make(rt: Runtime):
         counts["routes"] = bump(counts.get("routes", {}), current["route"])
         counts["labels"] = bump(counts.get("labels", {}), str(label))
         if (objective["kind"] == "hunt" and label in objective["classes"]
-                and current["quality"]["ok"]):
+                and current["quality"]["ok"] and current["route"] in DECIDED_ROUTES):
             counts["hits"] = counts.get("hits", 0) + 1
         rt.predictions.pop(frame.frame_id, None)
         rt.reference = None
