@@ -175,7 +175,12 @@ def run_session(config: RunConfig, console: Console, quiet: bool = False,
                 console.print(f"recorded {info['frame_id'][:8]}: {info['label']} "
                               f"({info['route']})")
 
-    session = Session(config, parts, on_update=on_update)
+    try:
+        session = Session(config, parts, on_update=on_update)
+    except Exception as exc:  # noqa: BLE001 - e.g. the file is held by a running session
+        parts.microscope.close()
+        raise StartError(f"cannot open session {config.session_id} at {config.out}: "
+                         f"{exc}") from exc
     try:
         with progress:
             final = session.run(broker=broker)
