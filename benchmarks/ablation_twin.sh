@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The papers' ablation table on a twin benchmark: seed 0, PER_CLASS (default 60) images per class
+# The papers' ablation table on a twin benchmark: seed 0, PER_CLASS (default 150, the bundled benchmark) images per class
 # x 10 classes at 224 x 224; every variant trained with the quick profile (seed 0, EPOCHS
 # default 12) on the same split and scored on the same held-out test images.
 #   benchmarks/ablation_twin.sh     (from the repository root, venv active)
@@ -7,7 +7,7 @@
 set -euo pipefail
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 WORK="${WORK:-/tmp/micagent_ablate}"
-PER_CLASS="${PER_CLASS:-60}"
+PER_CLASS="${PER_CLASS:-150}"
 EPOCHS="${EPOCHS:-12}"
 mkdir -p "$WORK"
 if [ ! -f "$WORK/data/manifest.json" ]; then
