@@ -29,7 +29,7 @@ def _record(frame: Frame, i: int, rng: np.random.Generator) -> dict[str, Any]:
         "position": {"x": frame.stage.x, "y": frame.stage.y},
         "tile": {"row": i // 4, "col": i % 4},
         "prediction": {"label": label, "confidence": float(p.max()),
-                       "probabilities": dict(zip(CLASSES, map(float, p))),
+                       "probabilities": dict(zip(CLASSES, map(float, p), strict=True)),
                        "top_k": [], "conformal_set": [label], "entropy": 0.0,
                        "lmm_label": None},
         "label": label, "route": route,

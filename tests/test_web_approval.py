@@ -220,3 +220,29 @@ def test_a_click_in_headless_chromium_reaches_the_session(broker, ui) -> None:
         assert second.resumed_with() == {"decision": "relabel", "label": "Powder",
                                          "operator": "Ada", "note": "granular"}
         wait.until(ec.text_to_be_present_in_element((By.ID, "queue"), "No pending approvals"))
+
+
+def test_a_stage_move_request_offers_only_its_choices(broker, ui) -> None:
+    session = Session(broker, {"kind": "move", "reason": "outside the free zone",
+                               "target": {"x": 3e-3, "y": 0.0}, "proposal": "move the stage",
+                               "choices": ["approve", "skip"]})
+    url = _base(ui) + f"/api/decide/{session.request_id}"
+    [view] = httpx.get(_base(ui) + "/api/pending", params={"token": ui.token}).json()
+    assert view["choices"] == ["approve", "skip"] and view["target"]["x"] == 3e-3
+    refused = httpx.post(url, params={"token": ui.token},
+                         json={"decision": "rescan", "operator": "Ada"})
+    assert refused.status_code == 422
+    httpx.post(url, params={"token": ui.token}, json={"decision": "approve", "operator": "Ada"})
+    assert session.resumed_with() == {"decision": "approve", "label": None, "operator": "Ada",
+                                      "note": ""}
+
+
+def test_a_rescanned_frame_shows_its_previous_attempt(broker, ui) -> None:
+    rescans = [{"reason": "low snr", "settings": {"dwell": 2e-6, "fov": 2e-5},
+                "new_settings": {"dwell": 4e-6, "fov": 2e-5},
+                "prediction": {"label": "Powder", "confidence": 0.31}}]
+    broker.submit(_payload(rescans=rescans))
+    [view] = httpx.get(_base(ui) + "/api/pending", params={"token": ui.token}).json()
+    assert view["rescans"] == 1
+    assert view["previous"] == {"reason": "low snr", "label": "Powder", "confidence": 0.31,
+                                "changed": {"dwell": [2e-6, 4e-6]}}

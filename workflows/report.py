@@ -282,7 +282,7 @@ def least_certain_grid(kept: list[tuple[FrameFacts, np.ndarray]], out: Path) -> 
         return section
     cols = min(4, len(kept))
     rows = math.ceil(len(kept) / cols)
-    fig = Figure(figsize=(3.0 * cols, 3.3 * rows))
+    fig = Figure(figsize=(3.0 * cols, 3.6 * rows), layout="constrained")
     for i, (f, thumb) in enumerate(kept):
         ax = fig.add_subplot(rows, cols, i + 1)
         ax.imshow(thumb, cmap="gray", vmin=0, vmax=1)
@@ -294,7 +294,6 @@ def least_certain_grid(kept: list[tuple[FrameFacts, np.ndarray]], out: Path) -> 
         if f.truth:
             lines.append(f"truth: {f.truth}")
         ax.set_title("\n".join(lines), fontsize=8)
-    fig.tight_layout()
     section.image = _save(fig, out, "least_certain.png")
     return section
 

@@ -161,33 +161,55 @@ def _top_k(prediction: dict[str, Any], k: int = 5) -> list[list[Any]]:
     return [[str(pair[0]), float(pair[1])] for pair in prediction.get("top_k") or []][:k]
 
 
+def _previous_attempt(rescans: Any) -> dict[str, Any] | None:
+    """What the last rescan replaced: why, what was predicted, and the settings change."""
+    if not isinstance(rescans, list) or not rescans or not isinstance(rescans[-1], dict):
+        return None
+    last = rescans[-1]
+    prediction = last.get("prediction") if isinstance(last.get("prediction"), dict) else {}
+    before = last.get("settings") if isinstance(last.get("settings"), dict) else {}
+    after = last.get("new_settings") if isinstance(last.get("new_settings"), dict) else {}
+    return {"reason": last.get("reason"), "label": prediction.get("label"),
+            "confidence": prediction.get("confidence"),
+            "changed": {k: [before.get(k), v] for k, v in after.items() if before.get(k) != v}}
+
+
 def view_of(payload: dict[str, Any], known_classes: list[str]) -> dict[str, Any]:
     """The page's view of one pending payload: the evidence, without image bytes."""
     record = payload.get("record") if isinstance(payload.get("record"), dict) else {}
     prediction = payload.get("prediction") or record.get("prediction") or {}
     adjudication = payload.get("adjudication") or record.get("adjudication") or {}
-    answer = adjudication.get("answer") if isinstance(adjudication, dict) else None
-    proposal = payload.get("proposal", record.get("label"))
+    if not isinstance(adjudication, dict):
+        adjudication = {}
+    answer = adjudication.get("answer")
+    reclassified = adjudication.get("reclassified")
     rescans = payload.get("rescans") or record.get("rescans") or []
-    request_id = str(payload["request_id"])
+    choices = [c for c in payload.get("choices") or DECISIONS if c in DECISIONS]
     return _json_safe({
-        "request_id": request_id,
+        "request_id": str(payload["request_id"]),
         "kind": payload.get("kind", "label"),
         "frame_id": payload.get("frame_id", record.get("frame_id")),
         "sequence": payload.get("sequence", record.get("sequence")),
         "position": payload.get("position", record.get("position")),
-        "reason": payload.get("reason") or payload.get("question") or "",
-        "proposal": proposal,
-        "on_approve": payload.get("on_approve") or payload.get("action") or "",
+        "target": payload.get("target"),
+        "reason": payload.get("reason") or payload.get("message") or "",
+        "error": payload.get("error"),
+        "proposal": payload.get("proposal", record.get("label")),
+        "on_approve": payload.get("on_approve") or "",
+        "choices": choices,
         "top_k": _top_k(prediction) if isinstance(prediction, dict) else [],
         "confidence": prediction.get("confidence") if isinstance(prediction, dict) else None,
         "conformal_set": prediction.get("conformal_set", []) if isinstance(prediction, dict)
         else [],
-        "adjudicator": adjudication.get("adjudicator") if isinstance(adjudication, dict)
-        else None,
+        "adjudicator": adjudication.get("adjudicator"),
         "adjudication": answer if isinstance(answer, dict) else (
-            adjudication if isinstance(adjudication, dict) and "label" in adjudication else None),
+            adjudication if "label" in adjudication else None),
+        "adjudication_error": adjudication.get("error"),
+        "reclassified": {"label": reclassified.get("label"),
+                         "confidence": reclassified.get("confidence")}
+        if isinstance(reclassified, dict) else None,
         "rescans": len(rescans) if isinstance(rescans, list) else 0,
+        "previous": _previous_attempt(rescans),
         "class_names": _class_names(payload, known_classes),
         "has_image": payload_image(payload, "frame") is not None,
         "has_previous": payload_image(payload, "previous") is not None,
@@ -232,19 +254,18 @@ def create_app(broker: ApprovalBroker, token: str,
     @app.post("/api/decide/{request_id}")
     def decide(request_id: str, body: DecisionIn) -> dict[str, Any]:
         payload = pending_payload(request_id)
-        if body.decision not in DECISIONS:
-            raise HTTPException(status_code=422, detail=f"decision must be one of {DECISIONS}")
-        label = body.label
+        choices = [c for c in payload.get("choices") or DECISIONS if c in DECISIONS]
+        if body.decision not in choices:
+            raise HTTPException(status_code=422, detail=f"decision must be one of {choices}")
+        allowed = _class_names(payload, known)
+        label = None
         if body.decision == "relabel":
-            allowed = _class_names(payload, known)
-            if not label or (allowed and label not in allowed):
+            if not body.label or (allowed and body.label not in allowed):
                 raise HTTPException(status_code=422,
                                     detail=f"relabel needs a label from {allowed}")
-        elif body.decision == "approve":
-            proposal = payload.get("proposal")
-            label = proposal if isinstance(proposal, str) else None
-        else:
-            label = None
+            label = body.label
+        elif body.decision == "approve" and payload.get("proposal") in allowed:
+            label = payload["proposal"]
         decision = {"decision": body.decision, "label": label,
                     "operator": body.operator.strip(), "note": body.note}
         try:
