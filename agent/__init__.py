@@ -1,1 +1,14 @@
-"""micagent agent layer."""
+"""micagent agent layer: the LangGraph acquisition loop.
+
+Where a frame is made, decided and stored:
+- graph.py         StateGraph wiring (one node per module in nodes/), SQLite checkpointer
+- state.py         the small checkpointed state; runtime.py the heavy live objects
+- nodes/           connect, check_instrument, plan, acquire, assess_quality, classify, route,
+                   rescan, adjudicate, approve (interrupt), record, finish
+- policy.py        routing on calibrated probabilities; quality.py focus/SNR/drift
+- objectives.py    survey grids and hunt spirals; overview.py windows of a stage-less overview
+- adjudication/    few-shot VLM (openai client), offline kNN stand-in, demonstrations, cache
+- recorder.py      session-file writes off the acquisition path; scratch.py frames in flight
+- session.py       a session put together and run/resumed; driver.py interrupt <-> broker
+- approval_broker.py, terminal_approval.py   human decisions
+"""
