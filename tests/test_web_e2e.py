@@ -1,0 +1,95 @@
+"""End to end: `micagent run --approve web` on the twin, approved from headless Chromium; the
+session continues and the session file records who decided what."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from web_browser import headless_chromium, require_chromium
+
+from instruments.session_reader import SessionReader
+
+URL = re.compile(r"approval page: (http://127\.0\.0\.1:(\d+)/\?token=[\w-]{32,})")
+
+
+def _wait_for_url(log: Path, proc: subprocess.Popen, timeout: float) -> re.Match:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = URL.search(log.read_text(errors="replace"))
+        if found:
+            return found
+        assert proc.poll() is None, f"run ended early:\n{log.read_text()}"
+        time.sleep(0.3)
+    raise AssertionError(f"no approval page within {timeout} s:\n{log.read_text()}")
+
+
+def test_web_approval_of_a_twin_session(tmp_path: Path) -> None:
+    require_chromium()
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    session_file = tmp_path / "web.h5"
+    out_log, err_log = tmp_path / "stdout.log", tmp_path / "stderr.log"
+    # --confidence 1.0: no frame is confident, so every frame reaches the approval page
+    command = [sys.executable, "-c", "from workflows.cli import app; app()", "run",
+               "--approve", "web", "--frames", "2", "--confidence", "1.0", "--pixels", "128",
+               "--out", str(session_file), "--state-dir", str(tmp_path / "state"), "--quiet"]
+    env = {**os.environ, "COLUMNS": "250", "OMP_NUM_THREADS": "1"}
+    with open(out_log, "w") as out, open(err_log, "w") as err:
+        proc = subprocess.Popen(command, stdout=out, stderr=err, env=env, cwd=tmp_path)
+    try:
+        found = _wait_for_url(err_log, proc, timeout=240)
+        url, port = found.group(1), found.group(2)
+        base = f"http://127.0.0.1:{port}"
+        assert httpx.get(base + "/api/pending").status_code == 401
+
+        approved: list[str] = []
+        with headless_chromium() as driver:
+            wait = WebDriverWait(driver, 240,
+                                 ignored_exceptions=[StaleElementReferenceException])
+            driver.get(base + "/")
+            assert "missing or wrong access token" in driver.page_source
+            driver.get(url)
+            driver.find_element(By.ID, "operator").send_keys("Ada")
+            while proc.poll() is None and len(approved) < 10:
+                try:
+                    card = WebDriverWait(driver, 5).until(
+                        ec.presence_of_element_located((By.CSS_SELECTOR, "section.approval")))
+                except TimeoutException:  # no card yet: the session is working
+                    continue
+                try:
+                    request_id = card.get_attribute("data-request-id")
+                    if request_id in approved:
+                        continue
+                    assert card.find_elements(By.CSS_SELECTOR, "svg.topk rect")
+                    card.find_element(By.CSS_SELECTOR, "button.btn-approve").click()
+                except StaleElementReferenceException:  # the queue was redrawn meanwhile
+                    continue
+                approved.append(request_id)
+                wait.until(lambda d, rid=request_id: proc.poll() is not None or all(
+                    c.get_attribute("data-request-id") != rid
+                    for c in d.find_elements(By.CSS_SELECTOR, "section.approval")))
+        assert proc.wait(timeout=240) == 0, err_log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    assert len(approved) == 2, out_log.read_text()
+    with SessionReader(session_file) as reader:
+        records = reader.records()
+        assert reader.provenance["status"] == "completed"
+    assert len(records) == 2
+    for record in records:
+        human = record["human"]
+        assert human["operator"] == "Ada" and human["decision"] == "approve"
+        assert human["label"] == human["proposal"] == record["label"]
+        assert record["route"] == "human" and human["changed"] is False
