@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from scipy.spatial import cKDTree
 
 from instruments.frame import Frame
 from instruments.session_reader import SessionReader
@@ -129,22 +130,25 @@ def stage_map(facts: list[FrameFacts], classes: list[str], out: Path) -> Section
     ax = fig.add_subplot()
     use_tiles = placed[0].x is None or len({(f.x, f.y) for f in placed}) < 2
     scale, unit = (1.0, "tile") if use_tiles else (1e6, "µm")
-    for f in placed:
-        cx, cy = ((f.tile[1], f.tile[0]) if use_tiles else (f.x * scale, f.y * scale))
-        size = 1.0 if use_tiles else (f.fov or 0.0) * scale
+    centres = np.array([(f.tile[1], f.tile[0]) if use_tiles else (f.x * scale, f.y * scale)
+                        for f in placed], dtype=float)
+    sizes = [1.0 if use_tiles else (f.fov or 0.0) * scale for f in placed]
+    # tiles drawn to scale when they are visible at the survey's spacing, else as markers
+    to_scale = np.median(sizes) >= 0.3 * _spacing(centres)
+    for f, (cx, cy), size in zip(placed, centres, sizes, strict=True):
         colour = colours.get(f.label or "", (0.7, 0.7, 0.7, 1.0))
-        if size > 0:
+        if to_scale and size > 0:
             ax.add_patch(Rectangle((cx - size / 2, cy - size / 2), size, size,
                                    facecolor=colour, edgecolor="white", linewidth=0.6))
         else:
-            ax.plot(cx, cy, "s", color=colour, markersize=9)
+            ax.plot(cx, cy, "s", color=colour, markersize=13)
         if f.route == "contested":
-            ax.plot(cx, cy, "x", color="red", markersize=10, markeredgewidth=2.2)
+            ax.plot(cx, cy, "x", color="red", markersize=9, markeredgewidth=2.2)
         elif f.human is not None:
-            ax.plot(cx, cy, "*", color="black", markersize=11)
+            ax.plot(cx, cy, "*", color="black", markeredgecolor="white", markersize=9)
         elif f.route in ESCALATED_ROUTES or f.rescans or f.adjudicated:
             ax.plot(cx, cy, "o", markerfacecolor="none", markeredgecolor="black",
-                    markersize=8, markeredgewidth=1.5)
+                    markersize=6, markeredgewidth=1.5)
     ax.autoscale_view()
     ax.set_aspect("equal")
     ax.set_xlabel(f"stage x ({unit})")
@@ -155,9 +159,16 @@ def stage_map(facts: list[FrameFacts], classes: list[str], out: Path) -> Section
                ax.plot([], [], "*", color="black")[0], ax.plot([], [], "x", color="red")[0]]
     ax.legend(handles + markers, shown + ["escalated", "human decision", "contested"],
               loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    ax.set_title(f"{len(placed)} frames by final label")
+    ax.set_title(f"{len(placed)} frames by final label"
+                 + ("" if to_scale else " (markers, not to scale)"))
     section.image = _save(fig, out, "stage_map.png")
     return section
+
+
+def _spacing(centres: np.ndarray) -> float:
+    """Median distance from each tile centre to its nearest neighbour."""
+    distances, _ = cKDTree(centres).query(centres, k=2)
+    return float(np.median(distances[:, 1]))
 
 
 def confidence_histogram(facts: list[FrameFacts], out: Path) -> Section:
@@ -347,7 +358,7 @@ def _provenance_rows(provenance: dict[str, Any], summary: dict[str, Any]) -> lis
     rows = [(key, summary[key]) for key in ("session_id", "status", "frames", "accuracy")
             if summary.get(key) is not None]
     for key, value in provenance.items():
-        if key in ("session_id", "status"):
+        if key in ("session_id", "status", "frames", "accuracy"):
             continue
         text = value if isinstance(value, str | int | float) else json.dumps(value,
                                                                              default=str)
