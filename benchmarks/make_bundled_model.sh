@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Regenerates the shipped checkpoint models/bundled/sem_twin/ and its evaluation report:
-# twin benchmark (seed 0, 150 images per class x 10 classes, 224 x 224), full model trained with
-# the quick profile (seed 0), evaluated on its held-out test split.
+# Regenerates the shipped checkpoint models/bundled/sem_twin/, its evaluation report and README:
+# twin benchmark (SEED, PER_CLASS images per class x 10 classes, 224 x 224), full model trained
+# with the quick profile (seed SEED) for at most EPOCHS epochs / BUDGET minutes, evaluated on
+# its held-out test split. The README of the committed checkpoint names the values used.
 #   benchmarks/make_bundled_model.sh            (from the repository root, venv active)
 # WORK (default /tmp/micagent_bundled) keeps the dataset and the resumable training state: run
 # the script again after an interruption and training continues from its last epoch.
@@ -28,6 +29,6 @@ rm -rf "$DEST.tmp" && mkdir -p "$DEST.tmp"
 cp "$WORK/sem_twin"/{config.json,model.safetensors,training.json,training_fold.json} "$DEST.tmp/"
 cp "$WORK/sem_twin"/{evaluation.json,evaluation.md,reliability.png,confusion_matrix.png} \
     "$DEST.tmp/"
-if [ -f "$DEST/README.md" ]; then cp "$DEST/README.md" "$DEST.tmp/"; fi
+python benchmarks/bundled_readme.py "$DEST.tmp" "$WORK/data"   # README.md from the run's files
 rm -rf "$DEST" && mv "$DEST.tmp" "$DEST"
 echo "wrote $DEST"
