@@ -120,3 +120,28 @@ def test_report_command_writes_the_page_and_refuses_non_sessions(
 def test_report_of_an_empty_session(tmp_path: Path) -> None:
     page = build_report(_session(tmp_path / "empty.h5", frames=0), tmp_path / "r")
     assert "not available: the session has no frames" in page.read_text(encoding="utf-8")
+
+
+def test_report_of_frames_replayed_from_a_real_nsid_file(tmp_path: Path,
+                                                          shared_nsid_file: Path) -> None:
+    from instruments.replay import ReplayMicroscope
+
+    rng = np.random.default_rng(1)
+    replay = ReplayMicroscope(shared_nsid_file)
+    writer = SessionWriter(tmp_path / "nsid.h5", {"instrument": f"replay://{shared_nsid_file}"})
+    try:
+        for i in range(len(replay)):
+            frame = replay.acquire()
+            record = _record(frame, i, rng)
+            del record["timings"], record["tile"]
+            assert writer.write_frame(frame, record)
+    finally:
+        replay.close()
+        writer.close("completed")
+    page = build_report(tmp_path / "nsid.h5", tmp_path / "report")
+    text = page.read_text(encoding="utf-8")
+    assert "not available: the frames carry no ground truth" in text
+    assert "not available: the records carry no timings" in text
+    for name in _referenced_images(page):
+        with Image.open(page.parent / name) as img:
+            img.verify()

@@ -13,6 +13,7 @@ import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -300,8 +301,9 @@ def least_certain_grid(kept: list[tuple[FrameFacts, np.ndarray]], out: Path) -> 
         ax.set_xticks([])
         ax.set_yticks([])
         decided = f.human.get("decision") if f.human else None
+        operator = f.human.get("operator") if f.human else None
         lines = [f"#{f.sequence} {f.label} ({f.confidence:.2f})",
-                 f"{f.route}" + (f", human: {decided}" if decided else "")]
+                 f"{f.route}" + (f": {decided} by {operator}" if decided else "")]
         if f.truth:
             lines.append(f"truth: {f.truth}")
         ax.set_title("\n".join(lines), fontsize=8)
@@ -348,10 +350,18 @@ def human_decisions(facts: list[FrameFacts]) -> Section:
         return section
     section.html = _table(
         ["frame", "operator", "time", "proposal", "decision", "label", "changed", "note"],
-        [(f"#{f.sequence}", h.get("operator", ""), h.get("time", ""), h.get("proposal", ""),
+        [(f"#{f.sequence}", h.get("operator", ""), _when(h.get("time")), h.get("proposal", ""),
           h.get("decision", ""), h.get("label", ""), h.get("changed", ""), h.get("note", ""))
          for f in decided for h in [f.human or {}]])
     return section
+
+
+def _when(value: Any) -> str:
+    """A timestamp as UTC ISO text (epoch seconds or already text)."""
+    seconds = _number(value)
+    if seconds is None:
+        return "" if value is None else str(value)
+    return datetime.fromtimestamp(seconds, tz=UTC).isoformat(timespec="seconds")
 
 
 def _provenance_rows(provenance: dict[str, Any], summary: dict[str, Any]) -> list[tuple]:
