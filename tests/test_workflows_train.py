@@ -168,3 +168,30 @@ def test_a_time_budget_ends_training_after_the_epoch_that_crosses_it(data, tmp_p
                                   time_budget_min=0.0))
     record = json.loads((out / "training_fold.json").read_text())
     assert len(record["history"]) == 1 and record["stopped_by"] == "time budget"
+
+
+def _knowledge_file(path: Path, classes: tuple[str, ...]) -> Path:
+    import hashlib
+
+    entries = {}
+    for c in classes:
+        text = f"{c}: a texture of {c.lower()} stripes or dots."
+        entries[c] = {"description": text, "sha256": hashlib.sha256(text.encode()).hexdigest()}
+    path.write_text(json.dumps({"format": "micagent-knowledge/1", "provenance": {"how": "test"},
+                                "classes": entries}))
+    return path
+
+
+def test_train_uses_the_given_knowledge_file_and_refuses_one_missing_a_class(data, tmp_path):
+    know = _knowledge_file(tmp_path / "k.json", CLASSES)
+    out = tmp_path / "model"
+    result = runner.invoke(app, ["train", str(data), "--out", str(out), "--epochs", "1",
+                                 "--batch-size", "24", "--config", SMALL_JSON,
+                                 "--knowledge", str(know)])
+    assert result.exit_code == 0, result.output
+    descriptions = read_meta(out)["descriptions"]
+    assert descriptions[read_meta(out)["class_names"].index("Dots")].startswith("Dots: a texture")
+    partial = _knowledge_file(tmp_path / "k2.json", CLASSES[:3])
+    result = runner.invoke(app, ["train", str(data), "--out", str(tmp_path / "m2"),
+                                 "--knowledge", str(partial), "--config", SMALL_JSON])
+    assert result.exit_code == 2 and "no description for classes ['Checker']" in result.output
