@@ -221,6 +221,17 @@ def test_a_click_in_headless_chromium_reaches_the_session(broker, ui) -> None:
                                          "operator": "Ada", "note": "granular"}
         wait.until(ec.text_to_be_present_in_element((By.ID, "queue"), "No pending approvals"))
 
+        move = Session(broker, {"kind": "move", "reason": "outside the free zone",
+                                "target": {"x": 3e-3, "y": 0.0}, "choices": ["approve", "skip"],
+                                "proposal": "move the stage to (0.003, 0) m"})
+        card = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "section.approval")))
+        assert "Stage move" in card.text and "x 3000.0 µm" in card.text
+        shown = [b.text for b in card.find_elements(By.TAG_NAME, "button") if b.is_displayed()]
+        assert shown == ["Approve", "Skip"]
+        card.find_element(By.CSS_SELECTOR, "button.btn-skip").click()
+        assert move.resumed_with() == {"decision": "skip", "label": None, "operator": "Ada",
+                                       "note": ""}
+
 
 def test_a_stage_move_request_offers_only_its_choices(broker, ui) -> None:
     session = Session(broker, {"kind": "move", "reason": "outside the free zone",
