@@ -92,6 +92,11 @@ def test_binds_loopback_on_a_free_port_with_a_random_token(ui: WebUIHandle) -> N
         other.stop()
 
 
+def test_a_port_in_use_is_a_clear_error(ui: WebUIHandle) -> None:
+    with pytest.raises(OSError, match=f"cannot serve the approval page on 127.0.0.1:{ui.port}"):
+        start_web_ui(ApprovalBroker(), port=ui.port)
+
+
 def test_every_endpoint_refuses_a_missing_or_wrong_token(broker, ui) -> None:
     request_id = broker.submit(_payload())
     base = _base(ui)

@@ -15,6 +15,7 @@ import math
 import secrets
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -318,11 +319,9 @@ def start_web_ui(broker: ApprovalBroker, host: str = "127.0.0.1", port: int = 0,
                               name="micagent-web-ui", daemon=True)
     thread.start()
     handle = WebUIHandle(host, bound_port, token, server, thread)
-    deadline = threading.Event()
-    for _ in range(int(startup_timeout / 0.02)):
-        if server.started or not thread.is_alive():
-            break
-        deadline.wait(0.02)
+    deadline = time.monotonic() + startup_timeout
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
     if not server.started:
         handle.stop()
         sock.close()
