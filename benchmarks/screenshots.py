@@ -50,8 +50,14 @@ def start_session(out: Path, frames: int) -> tuple[subprocess.Popen, str]:
 
 
 def full_page(driver, path: Path, width: int = 1400) -> None:
+    """Screenshot the whole document once its images have loaded."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, 30).until(lambda d: d.execute_script(
+        "return Array.from(document.images).every(i => i.complete)"))
     height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(width, max(600, int(height) + 40))
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+        "width": width, "height": int(height), "deviceScaleFactor": 1, "mobile": False})
     driver.save_screenshot(str(path))
 
 
