@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -94,12 +94,20 @@ class Session:
         self.runtime = Runtime(
             microscope=parts.microscope, classifier=parts.classifier, writer=self.writer,
             adjudicator=adjudicator, bank=parts.bank, scratch=scratch, recorder=self.recorder,
-            thumbnails=work / "thumbnails", policy=config.policy(),
+            thumbnails=work / "thumbnails", policy=self._policy(),
             thresholds=config.quality_thresholds(), imaging=config.imaging_settings(),
             survey_positions=parts.survey_positions, region=parts.region, tiles=parts.tiles,
             demo_k=config.demo_k, demo_strategy=config.demo_strategy,
             rng=np.random.default_rng(config.seed), on_update=on_update)
         self.graph = compile_graph(self.runtime, self.checkpointer)
+
+    def _policy(self):
+        """The configured policy; without rescans where the instrument cannot image again
+        (stored frames of a replay, windows of a fixed overview)."""
+        policy = self.config.policy()
+        fixed = (self.parts.tiles is not None
+                 or self.parts.microscope.instrument_id.startswith("replay://"))
+        return replace(policy, max_rescans=0, zoom_unsure=False) if fixed else policy
 
     def initial_state(self) -> AgentState:
         objective = parse_objective(self.config.objective, self.parts.classifier.class_names)

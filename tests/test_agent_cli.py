@@ -87,3 +87,23 @@ def test_a_checkpoint_for_other_classes_fails_the_start_and_says_why(tmp_path, c
 def test_resume_of_an_unknown_session_is_a_clear_error(tmp_path):
     result, output = run_cli("run", "--resume", "no-such-id", "--state-dir", str(tmp_path))
     assert result.exit_code == 2 and "no session no-such-id" in output
+
+
+def test_run_over_a_foreign_nsid_file_replays_its_frames_without_touching_it(
+        tmp_path, checkpoints, shared_nsid_file):
+    import hashlib
+    import shutil
+
+    source = tmp_path / "pto.h5"
+    shutil.copyfile(shared_nsid_file, source)
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    out = tmp_path / "s.h5"
+    result, output = run_cli("run", "--instrument", f"replay://{source}", "--model",
+                             checkpoints["a"], "--bank", "none", "--frames", "10", "--out",
+                             str(out), "--state-dir", str(tmp_path / "state"), "--quiet")
+    assert result.exit_code == 0, output
+    with SessionReader(out) as reader:
+        summary, records = reader.summary(), reader.records()
+    assert summary["status"] == "completed" and summary["frames"] == 4   # its 4 channels
+    assert all(not r["rescans"] for r in records)          # stored frames cannot be rescanned
+    assert hashlib.sha256(source.read_bytes()).hexdigest() == digest

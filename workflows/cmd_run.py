@@ -25,6 +25,7 @@ from agent.terminal_approval import TerminalApprover
 from instruments.errors import InstrumentError
 from instruments.microscope import Microscope
 from instruments.safety import GuardedMicroscope, SafetyEnvelope
+from instruments.session_layout import NotASessionFile
 from instruments.session_reader import SessionReader
 from instruments.uri import open_instrument
 from workflows.cli import app
@@ -81,6 +82,16 @@ def _twin_positions(inner: Microscope, fov: float) -> list[dict[str, Any]] | Non
             for p in specimen.survey_centres(fov)]
 
 
+def _replay_positions(replay: Any) -> list[dict[str, Any]]:
+    """One plan position per stored frame, at the stage position it was taken (a foreign NSID
+    file has none: its frames are numbered along a row)."""
+    try:
+        with SessionReader(replay.path) as reader:
+            return [{"x": f.stage.x, "y": f.stage.y} for f in reader.iter_frames()]
+    except NotASessionFile:
+        return [{"x": 0.0, "y": 0.0, "row": 0, "col": i} for i in range(len(replay))]
+
+
 def open_parts(config: RunConfig, classifier: Any = None) -> SessionParts:
     """Instrument (guarded), classifier (loaded from config.model unless given), demonstration
     bank and plan inputs for a session."""
@@ -102,9 +113,7 @@ def open_parts(config: RunConfig, classifier: Any = None) -> SessionParts:
         caps = guarded.capabilities()
         status = guarded.status()
         if config.instrument.startswith("replay://"):
-            with SessionReader(config.instrument[len("replay://"):]) as reader:
-                parts.survey_positions = [{"x": f.stage.x, "y": f.stage.y}
-                                          for f in reader.iter_frames()]
+            parts.survey_positions = _replay_positions(inner)
         elif caps.has_overview and not caps.can_move_stage:
             parts.tiles = OverviewTiles(guarded, tile_px=64,
                                         spectrum_index=spectral_channel(inner))
