@@ -11,8 +11,6 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
-import sidpy
-from pycroscopy.image import ImageWindowing
 
 from instruments.frame import Frame
 from instruments.safety import GuardedMicroscope
@@ -25,6 +23,9 @@ def window_overview(image: np.ndarray, tile_px: int) -> np.ndarray:
     if rows < 1 or cols < 1:
         raise ValueError(f"overview {image.shape} is smaller than one {tile_px} px tile")
     crop = np.asarray(image[:rows * tile_px, :cols * tile_px], dtype=np.float32)
+    import sidpy  # deferred: pycroscopy takes seconds to import and only stage-less runs need it
+    from pycroscopy.image import ImageWindowing
+
     with contextlib.redirect_stdout(io.StringIO()):
         dataset = sidpy.Dataset.from_array(crop, title="overview")
         dataset.data_type = "image"

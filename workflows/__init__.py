@@ -1,1 +1,2 @@
-"""micagent workflows layer: the CLI and the train / evaluate / describe / replay / report workflows."""
+"""micagent workflows layer: the CLI and the train / evaluate / describe / replay /
+report workflows."""

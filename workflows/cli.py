@@ -29,6 +29,3 @@ COMMAND_MODULES: tuple[str, ...] = (
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"workflows.{_name}")
-
-if __name__ == "__main__":
-    app()

@@ -1,0 +1,5 @@
+"""`python -m workflows` runs the micagent CLI."""
+
+from workflows.cli import app
+
+app()
