@@ -153,8 +153,10 @@ def _summary_table(path: str) -> Table:
 
 
 def run_session(config: RunConfig, console: Console, quiet: bool = False,
-                classifier: Any = None) -> dict[str, Any]:
-    """Open everything, run (or resume) the session to its end."""
+                classifier: Any = None, ui: str = "terminal", host: str = "127.0.0.1",
+                port: int = 0) -> dict[str, Any]:
+    """Open everything, run (or resume) the session to its end; approvals are answered in
+    the terminal or, with `ui="web"` (or `--approve web`), on the web page at host:port."""
     config.save(registry_path(config.state_dir, config.session_id))
     try:
         parts = open_parts(config, classifier)
@@ -163,9 +165,14 @@ def run_session(config: RunConfig, console: Console, quiet: bool = False,
         raise
     broker = ApprovalBroker() if config.approve != "none" else None
     frontend, web = None, None
-    if config.approve == "web":
+    if broker is not None and (config.approve == "web" or ui == "web"):
         from workflows.web_approval import start_web_ui
-        web = start_web_ui(broker, class_names=parts.classifier.class_names)
+        try:
+            web = start_web_ui(broker, host=host, port=port,
+                               class_names=parts.classifier.class_names)
+        except OSError as exc:
+            parts.microscope.close()
+            raise StartError(str(exc)) from exc
         err.print(f"approval page: {web.url}")
     elif broker is not None:
         frontend = TerminalApprover(broker, console).start()
@@ -180,6 +187,7 @@ def run_session(config: RunConfig, console: Console, quiet: bool = False,
                             description=f"{info['label']} ({info['route']})")
             if broker is not None:
                 broker.update_progress(recorded=info["counts"]["recorded"],
+                                       routes=info["counts"].get("routes", {}),
                                        total=config.frames)
                 console.print(f"recorded {info['frame_id'][:8]}: {info['label']} "
                               f"({info['route']})")
@@ -237,9 +245,15 @@ def run(
     demo_strategy: str = typer.Option("similar", help="similar (cosine of embeddings) | "
                                                       "random"),
     quiet: bool = typer.Option(False, help="no progress bar"),
+    ui: str = typer.Option("terminal", help="where approvals are answered: terminal | web"),
+    host: str = typer.Option("127.0.0.1", help="web approval page: address to bind"),
+    port: int = typer.Option(0, help="web approval page: port (0: a free one)"),
 ) -> None:
     """Run an acquisition session (no arguments: a survey on the embedded twin)."""
     console = Console()
+    if ui not in ("terminal", "web"):
+        err.print(f"[red]--ui must be terminal or web, got {ui!r}[/]")
+        raise typer.Exit(2)
     try:
         if resume:
             path = registry_path(state_dir, resume)
@@ -263,7 +277,7 @@ def run(
     console.print(f"session [bold]{config.session_id}[/] -> {config.out}"
                   + (" (resumed)" if resume else ""))
     try:
-        final = run_session(config, console, quiet)
+        final = run_session(config, console, quiet, ui=ui, host=host, port=port)
     except (StartError, ObjectiveError) as exc:
         err.print(f"[red]session failed to start: {exc}[/]")
         raise typer.Exit(2) from exc
