@@ -62,7 +62,8 @@ def full_page(driver, path: Path, width: int = 1400) -> None:
 
 
 def approve_all(driver, proc: subprocess.Popen, shot: Path) -> int:
-    """Approve every request from the page until the session ends; screenshot the first."""
+    """Approve every request from the page until the session ends; screenshot the page at
+    the first request that comes after a recorded frame (so progress is on it)."""
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
@@ -76,8 +77,8 @@ def approve_all(driver, proc: subprocess.Popen, shot: Path) -> int:
             if card is None or request_id in done:
                 time.sleep(0.3)
                 continue
-            if not done:
-                time.sleep(1.5)               # images and progress of the first card
+            if not shot.exists() and driver.find_element(By.ID, "progress").text:
+                time.sleep(1.5)     # the first card after a recorded frame: progress shows
                 driver.save_screenshot(str(shot))
             card.find_element(By.CSS_SELECTOR, "button.btn-approve").click()
             done.add(request_id)
@@ -111,8 +112,8 @@ def main() -> None:
     print(f"session exit code {proc.wait()}, {approved} approvals from the page")
     print(f"page served after {t_page - t0:.1f} s; session done after {t_run - t0:.1f} s; "
           f"report written in {t_report - t_run:.1f} s")
-    if not approved:
-        print("no frame needed approval in this run: no page screenshot (try more --frames)")
+    if not (out / "approval_page.png").exists():
+        print("fewer than two frames needed approval: no page screenshot (try more --frames)")
     print(f"approval page screenshot: {out / 'approval_page.png'}")
     print(f"report screenshot:        {out / 'report.png'} (report at {page})")
 
