@@ -183,3 +183,29 @@ def test_frames_recorded_but_not_yet_stored_when_killed_are_stored_once_on_resum
     with SessionReader(tmp_path / "s.h5") as reader:
         assert reader.frame_ids == [f.frame_id for f in frames]
     assert not list((tmp_path / "frames").iterdir())                   # scratch emptied
+
+
+def test_record_step_rerun_after_its_frame_was_stored_counts_it_once(tmp_path):
+    """Killed after the session file got the frame but before the record step's checkpoint:
+    LangGraph re-runs the step, which must neither fail nor store the frame again."""
+    from types import SimpleNamespace
+
+    from agent.nodes import record as record_node
+    from agent.scratch import FrameScratch
+    from instruments.session_file import SessionWriter
+
+    frame = TwinMicroscope(seed=0).acquire()
+    writer = SessionWriter(tmp_path / "s.h5", {"session_id": "s"})
+    writer.write_frame(frame, {"frame_id": frame.frame_id, "label": "Tips"})
+    runtime = SimpleNamespace(scratch=FrameScratch(tmp_path / "frames"), writer=writer,
+                              recorder=None, tiles=None, predictions={}, reference=None,
+                              on_update=None)
+    current = {"frame_id": frame.frame_id, "sequence": 0, "label": "Tips", "route": "confident",
+               "quality": {"ok": True}, "timings": {}, "settings": {"defocus": 0.0}}
+    state = {"current": current, "objective": {"kind": "survey", "classes": []},
+             "counts": {}, "sequence": 0}
+    update = record_node.make(runtime)(state)
+    assert update["counts"]["recorded"] == 1 and update["sequence"] == 1
+    writer.close("completed")
+    with SessionReader(tmp_path / "s.h5") as reader:
+        assert reader.frame_ids == [frame.frame_id]

@@ -29,18 +29,20 @@ def decision_record(current: dict[str, Any]) -> dict[str, Any]:
 def make(rt: Runtime):
     def record(state: AgentState) -> dict[str, Any]:
         current = state["current"]
-        frame = rt.scratch.get(current["frame_id"])
+        frame_id = current["frame_id"]
         record = decision_record(current)
         objective = state["objective"]
         label = current.get("label")
         if rt.tiles is not None and current.get("tile") and (
                 objective["kind"] == "survey" or label in objective["classes"]):
             record["point_data"] = rt.tiles.point_data(current["tile"])
-        if rt.recorder is not None:
-            rt.recorder.submit(frame.frame_id, record)
+        if rt.writer.has_frame(frame_id) and not rt.scratch.has(frame_id):
+            pass  # stored, then killed before this step's checkpoint: the step is re-run
+        elif rt.recorder is not None:
+            rt.recorder.submit(frame_id, record)
         else:
-            rt.writer.write_frame(frame, record)
-            rt.scratch.drop(frame.frame_id)
+            rt.writer.write_frame(rt.scratch.get(frame_id), record)
+            rt.scratch.drop(frame_id)
         counts = dict(state["counts"])
         counts["recorded"] = counts.get("recorded", 0) + 1
         counts["routes"] = bump(counts.get("routes", {}), current["route"])
@@ -48,12 +50,12 @@ def make(rt: Runtime):
         if (objective["kind"] == "hunt" and label in objective["classes"]
                 and current["quality"]["ok"] and current["route"] in DECIDED_ROUTES):
             counts["hits"] = counts.get("hits", 0) + 1
-        rt.predictions.pop(frame.frame_id, None)
+        rt.predictions.pop(frame_id, None)
         rt.reference = None
         if rt.on_update is not None:
-            rt.on_update("recorded", {"frame_id": frame.frame_id, "label": label,
+            rt.on_update("recorded", {"frame_id": frame_id, "label": label,
                                       "route": current["route"], "counts": counts})
-        update = {"counts": counts, "current": None, "previous_frame_id": frame.frame_id,
+        update = {"counts": counts, "current": None, "previous_frame_id": frame_id,
                   "sequence": state["sequence"] + 1, "next": "plan"}
         if current["quality"]["ok"]:          # a focus that worked carries to the next tile
             update["defocus"] = current["settings"]["defocus"]
