@@ -74,6 +74,10 @@ def test_web_approval_of_a_twin_session(tmp_path: Path) -> None:
                 except StaleElementReferenceException:  # the queue was redrawn meanwhile
                     continue
                 approved.append(request_id)
+                if len(approved) == 1:  # frame 1 recorded, frame 2 pending: live progress
+                    progress = wait.until(lambda d: d.find_elements(
+                        By.CSS_SELECTOR, '#progress [data-key="budgets_left"]'))
+                    assert "adjudications" in progress[0].text
                 wait.until(lambda d, rid=request_id: proc.poll() is not None or all(
                     c.get_attribute("data-request-id") != rid
                     for c in d.find_elements(By.CSS_SELECTOR, "section.approval")))

@@ -188,7 +188,8 @@ def run_session(config: RunConfig, console: Console, quiet: bool = False,
             if broker is not None:
                 broker.update_progress(recorded=info["counts"]["recorded"],
                                        routes=info["counts"].get("routes", {}),
-                                       total=config.frames)
+                                       total=config.frames,
+                                       budgets_left=info.get("budgets_left", {}))
                 console.print(f"recorded {info['frame_id'][:8]}: {info['label']} "
                               f"({info['route']})")
 

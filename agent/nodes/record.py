@@ -53,8 +53,12 @@ def make(rt: Runtime):
         rt.predictions.pop(frame_id, None)
         rt.reference = None
         if rt.on_update is not None:
+            used = state.get("used", {})
+            budgets_left = {key: round(limit - used.get(key, 0), 1)
+                            for key, limit in state.get("budgets", {}).items()}
             rt.on_update("recorded", {"frame_id": frame_id, "label": label,
-                                      "route": current["route"], "counts": counts})
+                                      "route": current["route"], "counts": counts,
+                                      "budgets_left": budgets_left})
         update = {"counts": counts, "current": None, "previous_frame_id": frame_id,
                   "sequence": state["sequence"] + 1, "next": "plan"}
         if current["quality"]["ok"]:          # a focus that worked carries to the next tile
