@@ -133,6 +133,8 @@ def test_poor_frames_are_rescanned_with_adapted_settings_at_most_r_times(tmp_pat
     assert [len(r["rescans"]) for r in records] == [2, 2, 1]
     first = records[0]["rescans"][0]
     assert first["reason"] == "noise" and first["new_settings"]["dwell"] == pytest.approx(8e-6)
+    # the attempt a rescan replaced stays viewable (the approval page shows it beside the new one)
+    assert open(first["thumbnail"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert records[0]["settings"]["dwell"] > records[0]["rescans"][0]["settings"]["dwell"]
     assert records[0]["rescans"][1]["new_settings"]["fov"] == pytest.approx(0.7 * 20e-6)
     assert all(r["route"] == "quality_failed" for r in records)

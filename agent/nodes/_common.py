@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
+from agent.adjudication.images import png_bytes
+from agent.runtime import Runtime
 from agent.state import AgentState
+from instruments.frame import Frame
 
 
 def fail(state: AgentState, reason: str) -> dict[str, Any]:
@@ -19,3 +23,11 @@ def event(state: AgentState, kind: str, message: str, **extra: Any) -> list[dict
     """The state's event list with one more incident."""
     return [*state.get("events", []),
             {"time": time.time(), "kind": kind, "message": message, **extra}]
+
+
+def thumbnail(rt: Runtime, frame: Frame) -> Path:
+    """A PNG of the frame for human front-ends, written once per frame id."""
+    path = rt.thumbnails / f"{frame.frame_id}.png"
+    if not path.exists():
+        path.write_bytes(png_bytes(frame.image, max_side=256))
+    return path

@@ -8,7 +8,7 @@ from typing import Any
 
 from langgraph.types import interrupt
 
-from agent.adjudication.images import png_bytes
+from agent.nodes._common import thumbnail
 from agent.runtime import Runtime
 from agent.state import AgentState
 
@@ -39,13 +39,13 @@ def payload(rt: Runtime, state: AgentState, current: dict[str, Any]) -> dict[str
     """What a human sees: the frame (thumbnail path), the evidence and the proposal. Keys are
     those the terminal prompt and the web page (workflows/web_approval.py) read."""
     frame = rt.scratch.get(current["frame_id"])
-    thumb = rt.thumbnails / f"{frame.frame_id}.png"
-    if not thumb.exists():
-        thumb.write_bytes(png_bytes(frame.image, max_side=256))
+    thumb = thumbnail(rt, frame)
+    previous = current["rescans"][-1].get("thumbnail") if current["rescans"] else None
     adjudication = current.get("adjudication") or {}
     proposal = current["proposal"]
     return {"kind": "label", "session_id": state["session_id"], "frame_id": frame.frame_id,
             "sequence": current["sequence"], "thumbnail": str(thumb),
+            "previous_thumbnail": previous,
             "position": current["position"], "prediction": current["prediction"],
             "top_k": current["prediction"]["top_k"],
             "conformal_set": current["prediction"]["conformal_set"],

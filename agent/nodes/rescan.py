@@ -11,7 +11,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from agent.nodes._common import fail
+from agent.nodes._common import fail, thumbnail
 from agent.quality import sharpness
 from agent.runtime import Runtime
 from agent.state import AgentState
@@ -80,13 +80,15 @@ def make(rt: Runtime):
             note, new = {"refused": str(exc)}, settings
         except InstrumentError as exc:
             return fail(state, f"rescan: {type(exc).__name__}: {exc}")
-        rt.reference = rt.scratch.get(current["frame_id"]).image
+        previous = rt.scratch.get(current["frame_id"])
+        rt.reference = previous.image
         reason = ", ".join(failures) or ("operator asked" if current.get("human")
                                          else "unsure")
         current["rescans"] = [*current["rescans"], {
             "settings": settings.as_dict(), "new_settings": new.as_dict(), "reason": reason,
             "quality": current["quality"], "prediction": current["prediction"],
-            "adaptation": note, "adapt_s": time.perf_counter() - t0}]
+            "adaptation": note, "adapt_s": time.perf_counter() - t0,
+            "thumbnail": str(thumbnail(rt, previous))}]
         current["settings"] = new.as_dict()
         current["human"] = None
         used = dict(state["used"])
