@@ -44,6 +44,7 @@ class FusionConfig:
     use_lmm: bool = True
     use_mha: bool = True
     baseline: str | None = None  # None | "vit_only" | "gnn_only"
+    attention_residual: bool = True  # skip + LayerNorm around each attention stage (deviation)
     # ViT (timm). Depth is not given by the papers; 6 blocks of 4 heads (d_h = 16), timm's
     # default MLP ratio 4.
     vit_patch: int = 32
@@ -141,4 +142,5 @@ class FusionConfig:
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown FusionConfig fields: {sorted(unknown)}")
-        return cls(**data)
+        # checkpoints written before the residual attention existed used the printed form
+        return cls(**{"attention_residual": False, **data})

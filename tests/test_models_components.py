@@ -199,6 +199,24 @@ def test_concat_key_attention_implements_eq_7_to_13():
     assert torch.allclose(attention.last_weights, expected, atol=1e-6)
 
 
+def test_residual_attention_adds_the_query_inputs_back_and_normalises():
+    printed = ConcatKeyAttention(2, D, 4, (0, 1), residual=False)
+    residual = ConcatKeyAttention(2, D, 4, (0, 1), residual=True)
+    residual.load_state_dict(printed.state_dict(), strict=False)
+    a, b = torch.randn(3, D), torch.randn(3, D)
+    expected = torch.nn.functional.layer_norm((a + b) / 2 + printed([a, b]), (D,))
+    assert printed.norm is None
+    assert torch.allclose(residual([a, b]), expected, atol=1e-5)
+
+
+def test_checkpoint_configs_from_before_the_residual_switch_keep_the_printed_attention():
+    assert FusionConfig().attention_residual is True
+    old = FusionConfig().to_dict()
+    del old["attention_residual"]
+    assert FusionConfig.from_dict(old).attention_residual is False
+    assert FusionConfig.from_dict(FusionConfig().to_dict()).attention_residual is True
+
+
 def test_hierarchical_attention_second_stage_listens_to_the_prediction():
     hier = HierarchicalAttention(4, True, D, 4)
     stage1 = [torch.randn(2, D) for _ in range(4)]

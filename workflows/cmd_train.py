@@ -22,6 +22,8 @@ DEDUP_HELP = "Do not keep near-duplicates on one side of a split."
 CONFIG_HELP = "JSON object of FusionConfig overrides."
 CONFOUNDING_HELP = ("Share of the images (most ambiguous first) that get few-shot adjudicator "
                     "labels for the LMM embedding; 0 = none.")
+AUGMENT_HELP = ("Random flips and quarter turns of training images (default: on for quick, "
+                "off for paper).")
 BUDGET_HELP = "Minutes: stop after the first epoch that ends past this, then calibrate + save."
 
 
@@ -30,7 +32,7 @@ def _console() -> Console:
 
 
 def _fail(message: str) -> None:
-    _console().print(f"[red]error:[/red] {message}")
+    _console().print(f"[red]error:[/red] {message}", soft_wrap=True)  # paths stay whole
     raise typer.Exit(code=2)
 
 
@@ -43,7 +45,8 @@ def _threads() -> None:
 def _options(profile: str, folds: int | None, epochs: int | None, seed: int, ablation: str,
              knowledge: Path | None, crop: str | None, no_dedup: bool, batch_size: int,
              config: str | None, time_budget: float | None = None,
-             confounding: float = 0.1, shots: int = 5, strategy: str = "similar"):
+             confounding: float = 0.1, shots: int = 5, strategy: str = "similar",
+             augment: bool | None = None):
     from workflows.data import parse_crop
     from workflows.train import TrainOptions
 
@@ -54,7 +57,8 @@ def _options(profile: str, folds: int | None, epochs: int | None, seed: int, abl
                         ablation=ablation, knowledge=str(knowledge) if knowledge else None,
                         crop=parse_crop(crop), dedup=not no_dedup, batch_size=batch_size,
                         config_overrides=overrides, time_budget_min=time_budget,
-                        confounding_fraction=confounding, shots=shots, demo_strategy=strategy)
+                        confounding_fraction=confounding, shots=shots, demo_strategy=strategy,
+                        augment=augment)
 
 
 @app.command("train")
@@ -79,6 +83,8 @@ def train_cmd(
     shots: Annotated[int, typer.Option(help="Demonstrations per adjudicated image (K).")] = 5,
     demo_strategy: Annotated[str, typer.Option(help="similar or random demonstrations.")]
     = "similar",
+    augment: Annotated[bool | None, typer.Option("--augment/--no-augment", help=AUGMENT_HELP)]
+    = None,
 ) -> None:
     """Train the fusion classifier with the papers' protocol; resumes an interrupted run."""
     from models.errors import ModelError
@@ -91,7 +97,7 @@ def train_cmd(
     try:
         opts = _options(profile, folds, epochs, seed, ablation, knowledge, crop_bottom,
                         no_dedup, batch_size, config, time_budget, confounding, shots,
-                        demo_strategy)
+                        demo_strategy, augment)
         path = train(data_dir, out, opts, _console(), restart=restart)
     except (DatasetError, SplitError, TrainError, KnowledgeError, ModelError,
             ValueError) as exc:
@@ -157,6 +163,8 @@ def ablate_cmd(
     crop_bottom: Annotated[str | None, typer.Option("--crop-bottom", help=CROP_HELP)] = None,
     batch_size: Annotated[int, typer.Option()] = 48,
     config: Annotated[str | None, typer.Option(help=CONFIG_HELP)] = None,
+    augment: Annotated[bool | None, typer.Option("--augment/--no-augment", help=AUGMENT_HELP)]
+    = None,
 ) -> None:
     """Train and evaluate the full model, the papers' ablations and the baselines."""
     from models.errors import ModelError
@@ -168,7 +176,7 @@ def ablate_cmd(
     _threads()
     try:
         opts = _options(profile, folds, epochs, seed, "full", knowledge, crop_bottom, False,
-                        batch_size, config)
+                        batch_size, config, augment=augment)
         table = ablate(data_dir, out, opts, variants.split(",") if variants else None,
                        _console())
     except (DatasetError, SplitError, TrainError, ModelError, ValueError) as exc:
