@@ -15,7 +15,7 @@ key is identically 1, so the output would ignore the query (the image) entirely.
 query's own embedding among keys/values, exactly as MultiFusion eq. 9 does, keeps both.
 A stage with a single input is the identity.
 
-Deviation (``residual=True``, the default since format 2 of the config): each stage adds the
+Deviation (``residual=True``; FusionConfig.fusion_norm): each stage adds the
 mean of its query inputs back to the attention output and layer-normalises the sum, as every
 transformer block does. Eq. 7-13 as printed return W_O(attention) alone; trained from scratch
 on the twin benchmark, that path shrank the image signal (at initialisation the output is a

@@ -44,7 +44,9 @@ class FusionConfig:
     use_lmm: bool = True
     use_mha: bool = True
     baseline: str | None = None  # None | "vit_only" | "gnn_only"
-    attention_residual: bool = True  # skip + LayerNorm around each attention stage (deviation)
+    # deviation: skip + LayerNorm around each attention stage, LayerNorm on each HNF layer's
+    # fused output (models/attention.py, models/hnf.py)
+    fusion_norm: bool = True
     # ViT (timm). Depth is not given by the papers; 6 blocks of 4 heads (d_h = 16), timm's
     # default MLP ratio 4.
     vit_patch: int = 32
@@ -142,5 +144,5 @@ class FusionConfig:
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown FusionConfig fields: {sorted(unknown)}")
-        # checkpoints written before the residual attention existed used the printed form
-        return cls(**{"attention_residual": False, **data})
+        # checkpoints written before `fusion_norm` existed used the printed form
+        return cls(**{"fusion_norm": False, **data})

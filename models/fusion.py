@@ -61,7 +61,7 @@ class FusionClassifier(nn.Module):
         self.attention = None
         if config.baseline is None and config.use_mha:
             self.attention = HierarchicalAttention(n_stage1, self.lmm is not None, d,
-                                                   config.heads, config.attention_residual)
+                                                   config.heads, config.fusion_norm)
             self.head = nn.Linear(d, config.n_classes)
         else:
             n_all = n_stage1 + (1 if self.lmm is not None else 0)

@@ -10,6 +10,14 @@ embedding and the virtual-node embedding into the layer's fused embedding. The f
 is added to the initial <cls> token and virtual node of the next layer ("the fused information
 is combined with the individual modalities at higher patch resolutions"); the last layer's
 fused embedding is h_fus.
+
+Deviation (``fusion_norm``, default on): each layer's fused embedding is layer-normalised.
+As printed, the <cls> expert leaves the ODE through the outer sigmoid of eq. 21 (values in
+(0, 1)) and the graph expert through a ReLU, so h_fus is non-negative with a scale that drifts
+as the gate moves, and it is added unnormalised into the next layer's tokens. Measured on the
+1,500-image twin benchmark (12 epochs, seed 0): full model 0.344 top-1 without, 0.363 with it
+(within the noise of 215 test images; the ViT alone scores 0.42 there, so the HNF branch is
+still the slow learner).
 """
 
 from __future__ import annotations
@@ -63,6 +71,7 @@ class HNFLayer(nn.Module):
                                                config.dropout)
         self.graph = ChebGraphEncoder(d, config.cheb_order)
         self.moe = MixtureOfExpertsGate(d)
+        self.norm = nn.LayerNorm(d) if config.fusion_norm else nn.Identity()
 
     def forward(self, images: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
         raw, patches = self.embed(images)
@@ -76,7 +85,7 @@ class HNFLayer(nn.Module):
         h_cls = refined[:, -1]
         graphs = build_vision_graphs(raw, patches, self.k, virtual)
         nodes = self.graph(graphs).view(b, n + 1, d)
-        return self.moe(h_cls, nodes[:, -1])
+        return self.norm(self.moe(h_cls, nodes[:, -1]))
 
 
 class HierarchicalNetworkFusion(nn.Module):

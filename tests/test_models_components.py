@@ -210,11 +210,11 @@ def test_residual_attention_adds_the_query_inputs_back_and_normalises():
 
 
 def test_checkpoint_configs_from_before_the_residual_switch_keep_the_printed_attention():
-    assert FusionConfig().attention_residual is True
+    assert FusionConfig().fusion_norm is True
     old = FusionConfig().to_dict()
-    del old["attention_residual"]
-    assert FusionConfig.from_dict(old).attention_residual is False
-    assert FusionConfig.from_dict(FusionConfig().to_dict()).attention_residual is True
+    del old["fusion_norm"]
+    assert FusionConfig.from_dict(old).fusion_norm is False
+    assert FusionConfig.from_dict(FusionConfig().to_dict()).fusion_norm is True
 
 
 def test_hierarchical_attention_second_stage_listens_to_the_prediction():

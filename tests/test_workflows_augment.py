@@ -1,4 +1,5 @@
-"""Training augmentation: the eight symmetries of the square, reproducible by seed."""
+"""Training augmentation (the eight symmetries of the square, reproducible by seed) and the
+profiles' stabilisers."""
 
 import pytest
 import torch
@@ -39,3 +40,10 @@ def test_augmentation_is_on_for_quick_off_for_the_paper_protocol_and_can_be_set(
     assert TrainOptions(profile="quick").resolved()["augment"] is True
     assert TrainOptions(profile="paper").resolved()["augment"] is False
     assert TrainOptions(profile="paper", augment=True).resolved()["augment"] is True
+
+
+def test_gradient_clipping_is_on_for_quick_off_for_the_paper_protocol_and_zero_turns_it_off():
+    assert TrainOptions(profile="quick").resolved()["grad_clip"] == 1.0
+    assert TrainOptions(profile="paper").resolved()["grad_clip"] is None
+    assert TrainOptions(profile="quick", grad_clip=0).resolved()["grad_clip"] is None
+    assert TrainOptions(profile="paper", grad_clip=2.5).resolved()["grad_clip"] == 2.5

@@ -24,6 +24,7 @@ CONFOUNDING_HELP = ("Share of the images (most ambiguous first) that get few-sho
                     "labels for the LMM embedding; 0 = none.")
 AUGMENT_HELP = ("Random flips and quarter turns of training images (default: on for quick, "
                 "off for paper).")
+CLIP_HELP = "Clip the gradient norm at this value (default: 1 for quick, off for paper; 0 = off)."
 BUDGET_HELP = "Minutes: stop after the first epoch that ends past this, then calibrate + save."
 
 
@@ -46,7 +47,7 @@ def _options(profile: str, folds: int | None, epochs: int | None, seed: int, abl
              knowledge: Path | None, crop: str | None, no_dedup: bool, batch_size: int,
              config: str | None, time_budget: float | None = None,
              confounding: float = 0.1, shots: int = 5, strategy: str = "similar",
-             augment: bool | None = None):
+             augment: bool | None = None, grad_clip: float | None = None):
     from workflows.data import parse_crop
     from workflows.train import TrainOptions
 
@@ -58,7 +59,7 @@ def _options(profile: str, folds: int | None, epochs: int | None, seed: int, abl
                         crop=parse_crop(crop), dedup=not no_dedup, batch_size=batch_size,
                         config_overrides=overrides, time_budget_min=time_budget,
                         confounding_fraction=confounding, shots=shots, demo_strategy=strategy,
-                        augment=augment)
+                        augment=augment, grad_clip=grad_clip)
 
 
 @app.command("train")
@@ -85,6 +86,7 @@ def train_cmd(
     = "similar",
     augment: Annotated[bool | None, typer.Option("--augment/--no-augment", help=AUGMENT_HELP)]
     = None,
+    grad_clip: Annotated[float | None, typer.Option(help=CLIP_HELP)] = None,
 ) -> None:
     """Train the fusion classifier with the papers' protocol; resumes an interrupted run."""
     from models.errors import ModelError
@@ -97,7 +99,7 @@ def train_cmd(
     try:
         opts = _options(profile, folds, epochs, seed, ablation, knowledge, crop_bottom,
                         no_dedup, batch_size, config, time_budget, confounding, shots,
-                        demo_strategy, augment)
+                        demo_strategy, augment, grad_clip)
         path = train(data_dir, out, opts, _console(), restart=restart)
     except (DatasetError, SplitError, TrainError, KnowledgeError, ModelError,
             ValueError) as exc:
