@@ -6,10 +6,14 @@ Usage: OMP_NUM_THREADS=1 python benchmarks/session_write.py [--frames 40] [--siz
 Appends `--frames` float32 frames of size x size to a fresh file, flushing after every frame,
 three ways, each repeated `--repeats` times in alternation (median kept):
   raw       h5py `create_dataset(data=image)` + `flush()` per frame (no metadata at all);
-  pynsid    pyNSID `write_nsid_dataset` of the frame's sidpy Dataset + `flush()` (the NSID
-            layout alone, no decision record, no crash protocol);
-  session   `SessionWriter.write_frame(frame, record)`: pyNSID dataset + frame/record/
-            evaluation JSON + pending->complete move + flush (what a session really does).
+  pynsid    pyNSID `write_nsid_dataset` of the frame's sidpy Dataset (`frame_to_dataset`: the
+            NSID content SessionWriter writes) + `flush()` (the NSID layout alone, no decision
+            record, no crash protocol);
+  session   `SessionWriter.write_frame(frame, record)`: the same NSID dataset written by
+            `instruments.nsid_writer` (an H5Ocopy of the template of that dataset structure,
+            the image data, the attribute values that differ, the dimension scales) + the
+            frame/record/evaluation JSON attributes + `micagent_complete` + flush (what a
+            session really does; writer open and close included).
 Prints frames/s and MB/s of each and the ratios to raw. Target: session >= 0.8 of raw.
 """
 

@@ -1,31 +1,41 @@
 """SessionWriter: appends Frames and their decision records to a sidpy/NSID HDF5 file.
 
-Each frame is a sidpy Dataset (IMAGE, x/y in metres) written by pyNSID under
-`/Measurement_000/Channel_NNNNNN` (see `instruments.session_layout`). A frame is first built
-under `/micagent/pending/<uuid>`, marked complete, moved into place and flushed: after every
-`write_frame` that returned, the file on disk holds that frame whole, and a crash mid-frame
-leaves nothing that a reader takes for a frame.
+Each frame is a sidpy IMAGE Dataset (x/y in metres) in pyNSID's layout under
+`/Measurement_000/Channel_NNNNNN` (see `instruments.session_layout`), written by
+`instruments.nsid_writer` (pyNSID's layout by hand, for speed). A frame's group gets the NSID
+dataset, its frame/record/evaluation JSON and, last, `micagent_complete`; then the file is
+flushed: after every `write_frame` that returned, the file on disk holds that frame whole.
+HDF5 keeps a frame's new metadata in its cache until that flush, and what readers go by comes
+last (the dimension scales that make an NSID main dataset, then `micagent_complete`), so a
+crash mid-frame leaves at most an incomplete group, which readers skip and a resuming writer
+removes.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import importlib.metadata
 import json
 import os
 import platform
 import threading
 import uuid
-import warnings
 from typing import Any
 
-import dask
 import h5py
 import numpy as np
-import sidpy
-from pyNSID.io.hdf_io import write_nsid_dataset
 
 from instruments.frame import Frame
+from instruments.nsid_writer import (
+    SIDPY_LAYOUT_VERSION,
+    Dimension,
+    NsidDataset,
+    NsidWriter,
+    create_attrs,
+    create_group,
+    to_sidpy,
+)
 from instruments.session_layout import (
     ATTR_COMPLETE,
     ATTR_FORMAT,
@@ -48,6 +58,7 @@ from instruments.session_layout import (
     SessionFileError,
     SessionRecordError,
     SessionWriteError,
+    channel_name,
     channel_path,
     from_json,
     is_lock_error,
@@ -67,7 +78,13 @@ def utc_now() -> str:
 
 
 def software_versions() -> dict[str, str]:
-    """Versions of Python, HDF5 and the packages that make and read session files."""
+    """Versions of Python, HDF5 and the packages that make and read session files (looked up
+    once per process: ~5 ms of package metadata scans)."""
+    return dict(_software_versions())
+
+
+@functools.cache
+def _software_versions() -> dict[str, str]:
     versions = {"python": platform.python_version(), "hdf5": h5py.version.hdf5_version}
     for name in _PACKAGES:
         try:
@@ -116,30 +133,38 @@ def _signal(frame: Frame) -> tuple[str, str]:
     return "intensity", "a.u."
 
 
-def frame_to_dataset(frame: Frame) -> sidpy.Dataset:
-    """The frame as a sidpy IMAGE Dataset: x/y spatial dimensions in metres, the signal's
-    quantity/units (intensity, a.u. unless the instrument said), frame metadata in `.metadata`,
-    the instrument's in `.original_metadata`."""
+def frame_to_nsid(frame: Frame, metadata: dict[str, Any] | None = None) -> NsidDataset:
+    """The frame as an NSID IMAGE dataset: x/y spatial dimensions in metres, the signal's
+    quantity/units (intensity, a.u. unless the instrument said), frame metadata in `metadata`
+    (`metadata`: frame.metadata() if already made), the instrument's in `original_metadata`,
+    and the provenance sidpy.Dataset.from_array records."""
     if frame.image.ndim != 2:
         raise SessionRecordError(f"frame image must be 2-D, got shape {frame.image.shape}")
     height, width = frame.shape
-    ds = sidpy.Dataset.from_array(frame.image, title=NSID_GROUP)
-    ds.data_type = "IMAGE"
-    ds.quantity, ds.units = _signal(frame)
-    ds.modality = modality(frame.settings.detector)
-    ds.source = f"micagent:{frame.instrument_id}"
-    for axis, (name, length) in enumerate((("x", height), ("y", width))):
+    quantity, units = _signal(frame)
+    dims = []
+    for name, length in (("x", height), ("y", width)):
         pixel = frame.settings.fov / length         # the square FOV spans the image's axis
-        ds.set_dimension(axis, sidpy.Dimension(np.arange(length) * pixel, name=name,
-                                               units="m", quantity="distance",
-                                               dimension_type="spatial"))
-    meta = frame.metadata()
+        dims.append(Dimension(name, np.arange(length) * pixel, units="m",
+                              quantity="distance", dimension_type="SPATIAL"))
+    meta = dict(frame.metadata() if metadata is None else metadata)
     meta["timestamp_iso"] = _dt.datetime.fromtimestamp(
         frame.timestamp, _dt.UTC).isoformat()
-    ds.metadata = attrs_safe(meta)
-    ds.original_metadata = attrs_safe(from_json(
-        to_json(frame.original_metadata, "original metadata", lenient=True), "original metadata"))
-    return ds
+    created = str(_dt.datetime.now()).replace(" ", "-")
+    return NsidDataset(
+        data=frame.image, dims=dims, title=NSID_GROUP, quantity=quantity, units=units,
+        data_type="IMAGE", modality=modality(frame.settings.detector),
+        source=f"micagent:{frame.instrument_id}", metadata=attrs_safe(meta),
+        original_metadata=attrs_safe(from_json(
+            to_json(frame.original_metadata, "original metadata", lenient=True),
+            "original metadata")),
+        provenance={"sidpy": {"from_array_": f"_{SIDPY_LAYOUT_VERSION}_{created}"}})
+
+
+def frame_to_dataset(frame: Frame) -> Any:
+    """The frame as the sidpy.Dataset pyNSID would write as `frame_to_nsid(frame)` (e.g. for
+    the benchmark's pyNSID row)."""
+    return to_sidpy(frame_to_nsid(frame))
 
 
 def _string_dataset(group: h5py.Group, name: str, text: str) -> None:
@@ -159,6 +184,8 @@ class SessionWriter:
         self._lock = threading.Lock()
         self._ids: dict[str, int] = {}
         self._next_index = 0
+        self._nsid = NsidWriter()
+        self._leftover: tuple[str, str] | None = None   # (path, frame id) of a failed write
         given = from_json(to_json(dict(provenance or {}), "provenance", self.path,
                                   lenient=True), "provenance")
         if os.path.exists(self.path) and os.path.getsize(self.path) > 0:
@@ -179,7 +206,6 @@ class SessionWriter:
         f.attrs[ATTR_FORMAT] = FORMAT_NAME
         f.attrs[ATTR_FORMAT_VERSION] = FORMAT_VERSION
         f.create_group(MEASUREMENT_GROUP)
-        f.create_group(PENDING_GROUP)
         _string_dataset(f, PROVENANCE, "{}")
         return f
 
@@ -232,11 +258,14 @@ class SessionWriter:
         return prov
 
     def _scan_frames(self) -> None:
-        """Index complete frames by uuid; drop what a crash left half-written."""
+        """Index complete frames by uuid; drop what a crash left half-written (incomplete
+        channel groups; format-1 files built frames under /micagent/pending)."""
         f = self._file
-        pending = f.require_group(PENDING_GROUP)
-        for name in list(pending):
+        pending = f.get(PENDING_GROUP)
+        for name in list(pending or ()):
             del pending[name]
+        if f.attrs.get(ATTR_FORMAT_VERSION, 0) < FORMAT_VERSION:
+            f.attrs[ATTR_FORMAT_VERSION] = FORMAT_VERSION     # new frames: the new layout
         measurement = f.require_group(MEASUREMENT_GROUP)
         for name in list(measurement):
             group = measurement[name]
@@ -279,11 +308,12 @@ class SessionWriter:
         if record.get("frame_id", frame.frame_id) != frame.frame_id:
             raise SessionRecordError(
                 f"record frame_id {record['frame_id']} != frame {frame.frame_id}", self.path)
+        meta = frame.metadata()
         record_json = to_json(record, f"record of frame {frame.frame_id}", self.path)
         evaluation_json = to_json(frame.evaluation, "frame evaluation", self.path, lenient=True)
-        frame_json = to_json({**frame.metadata(), "original_metadata": frame.original_metadata},
+        frame_json = to_json({**meta, "original_metadata": frame.original_metadata},
                              "frame metadata", self.path, lenient=True)
-        dataset = frame_to_dataset(frame)
+        dataset = frame_to_nsid(frame, meta)
         with self._lock:
             self._require_open()
             if frame.frame_id in self._ids:
@@ -296,41 +326,45 @@ class SessionWriter:
             self._next_index = index + 1
         return True
 
-    def _write(self, frame_id: str, index: int, dataset: sidpy.Dataset,
+    def _write(self, frame_id: str, index: int, dataset: NsidDataset,
                texts: dict[str, str]) -> None:
         f = self._file
-        pending = f"{PENDING_GROUP}/{frame_id}"
         final = channel_path(index)
         try:
-            if pending in f:                      # left by an interrupted earlier attempt
-                del f[pending]
-            group = f.create_group(pending)
-            group.attrs[ATTR_FRAME_ID] = frame_id
-            group.attrs[ATTR_INDEX] = index
-            for name, text in texts.items():
-                _string_dataset(group, name, text)
-            with dask.config.set(scheduler="synchronous"), warnings.catch_warnings():
-                warnings.filterwarnings("ignore", "validate_h5_dimension", FutureWarning)
-                write_nsid_dataset(dataset, group, main_data_name=NSID_GROUP)
-            group.attrs[ATTR_COMPLETE] = True
-            f.move(pending, final)
+            if self._leftover:                    # of an earlier attempt that failed
+                self._remove_partial(*self._leftover)
+                self._leftover = None
+            group = create_group(f[MEASUREMENT_GROUP], channel_name(index))
+            create_attrs(group, {ATTR_FRAME_ID: frame_id, ATTR_INDEX: index})
+            self._nsid.write(dataset, group, main_data_name=NSID_GROUP)
+            create_attrs(group, texts)
+            create_attrs(group, {ATTR_COMPLETE: True})
             f.flush()
         except BaseException as exc:
-            self._rollback(frame_id, pending, final)
+            self._rollback(final, frame_id)
             if not isinstance(exc, Exception):    # KeyboardInterrupt & co. pass through
                 raise
             raise write_error(exc, f"writing frame {frame_id}", self.path) from exc
 
-    def _rollback(self, frame_id: str, pending: str, final: str) -> None:
-        """Remove this frame's half-written group (pending, or moved but not flushed); best
-        effort, as the disk may be full: readers ignore incomplete frames anyway."""
+    def _remove_partial(self, path: str, frame_id: str) -> None:
+        """Delete what a failed write of `frame_id` left at `path` (never another frame)."""
         f = self._file
+        if path not in f:
+            return
+        group = f[path]
+        if group.attrs.get(ATTR_FRAME_ID, frame_id) != frame_id \
+                and group.attrs.get(ATTR_COMPLETE, False):
+            raise SessionFileCorrupt(f"{path} holds another complete frame", self.path)
+        del f[path]
+
+    def _rollback(self, final: str, frame_id: str) -> None:
+        """Remove this frame's half-written group; best effort, as the disk may be full (the
+        next write retries): readers ignore incomplete frames anyway."""
+        self._leftover = (final, frame_id)
         try:
-            if pending in f:
-                del f[pending]
-            if final in f and f[final].attrs.get(ATTR_FRAME_ID) == frame_id:
-                del f[final]
-            f.flush()
+            self._remove_partial(final, frame_id)
+            self._file.flush()
+            self._leftover = None
         except Exception:  # noqa: BLE001 - the original error is the one to report
             pass
 
@@ -362,6 +396,7 @@ class SessionWriter:
                                         frames=len(self._ids))
                 self._store_provenance()
             finally:
+                self._nsid.close()
                 self._file.close()
                 self._file = None
 

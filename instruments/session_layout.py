@@ -4,18 +4,22 @@ Layout of a micagent session file (one per session)::
 
     /                                   attrs: micagent_format, micagent_format_version
     /micagent/provenance                scalar JSON string (session-level provenance)
-    /micagent/pending/<frame uuid>      a frame being written (never read; removed on resume)
-    /Measurement_000/Channel_000000     one complete frame, in write order
-        attrs: micagent_frame_id, micagent_index, micagent_complete
-        frame        scalar JSON: Frame metadata + original metadata (exact round trip)
-        record       scalar JSON: the agent's decision record
-        evaluation   scalar JSON: ground truth for scoring only (may be {})
-        Image/       written by pyNSID: Image (main dataset), x, y, metadata/, ...
+    /Measurement_000/Channel_000000     one frame, in write order
+        attrs: micagent_frame_id, micagent_index,
+               frame       JSON string: Frame metadata + original metadata (exact round trip)
+               record      JSON string: the agent's decision record
+               evaluation  JSON string: ground truth for scoring only (may be {})
+               micagent_complete   written last: only groups with it are frames
+        Image/       pyNSID's layout (instruments.nsid_writer): Image (main dataset), x, y,
+                     metadata/, original_metadata/, provenance/
+
+Format 1 kept frame/record/evaluation as scalar string datasets in the
+channel group and built each frame under /micagent/pending/<frame uuid> before moving it into
+place; readers still read it, a resuming writer appends format-2 frames.
 
 pyNSID/SciFiReaders find main datasets by walking the file in name order, so
 `Channel_000000`, `Channel_000001`, ... come back as `Channel_000`, `Channel_001`, ... in
-frame order, and DTMicroscope's overview (Channel_000) is the first frame. The JSON datasets
-are scalar and carry no NSID attributes, so the NSID readers never mistake them for frames.
+frame order, and DTMicroscope's overview (Channel_000) is the first frame.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from typing import Any
 import numpy as np
 
 FORMAT_NAME = "micagent-session"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 ATTR_FORMAT = "micagent_format"
 ATTR_FORMAT_VERSION = "micagent_format_version"
@@ -38,7 +42,7 @@ ATTR_COMPLETE = "micagent_complete"
 
 SESSION_GROUP = "micagent"
 PROVENANCE = "micagent/provenance"
-PENDING_GROUP = "micagent/pending"
+PENDING_GROUP = "micagent/pending"            # format 1 only
 MEASUREMENT_GROUP = "Measurement_000"
 CHANNEL_PREFIX = "Channel_"
 NSID_GROUP = "Image"
@@ -135,6 +139,10 @@ def _lenient(value: Any) -> Any:
 def to_json(value: Any, what: str, path: str = "", lenient: bool = False) -> str:
     """Strict JSON text of `value`, or SessionRecordError naming what could not be stored.
     `lenient` stores values JSON cannot express as their str() (instrument metadata)."""
+    try:          # plain JSON values (the usual case): the text the general path would make
+        return json.dumps(value, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError):
+        pass
     try:
         plain = json.loads(json.dumps(value, default=_lenient if lenient else _jsonable))
         return json.dumps(_finite(plain), allow_nan=False, separators=(",", ":"))

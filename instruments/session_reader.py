@@ -117,9 +117,17 @@ class SessionReader:
         return len(self._channels)
 
     def _json(self, group: h5py.Group, name: str) -> Any:
-        if name not in group:
+        """A JSON attribute of a channel group (format 1: a scalar string dataset)."""
+        if name in group.attrs:
+            text = group.attrs[name]
+        elif name in group:
+            text = group[name][()]
+        else:
             raise SessionFileCorrupt(f"{group.name} has no {name}", self.path)
-        return from_json(group[name][()], f"{group.name}/{name}", self.path)
+        return from_json(text, f"{group.name}/{name}", self.path)
+
+    def _has(self, group: h5py.Group, name: str) -> bool:
+        return name in group.attrs or name in group
 
     def _frame(self, group: h5py.Group) -> Frame:
         meta = self._json(group, FRAME_JSON)
@@ -130,7 +138,8 @@ class SessionReader:
             image = np.asarray(group[main][()], dtype=np.float32)
         except OSError as exc:
             raise SessionFileCorrupt(f"{group.name} image unreadable: {exc}", self.path) from exc
-        evaluation = self._json(group, EVALUATION_JSON) if EVALUATION_JSON in group else {}
+        evaluation = self._json(group, EVALUATION_JSON) if self._has(group, EVALUATION_JSON) \
+            else {}
         return Frame(
             image=image,
             instrument_id=str(meta.get("instrument_id", "")),
@@ -168,7 +177,7 @@ class SessionReader:
 
     def evaluations(self) -> list[dict[str, Any]]:
         """Ground truth per frame (empty dicts where none was stored)."""
-        return [self._json(g, EVALUATION_JSON) if EVALUATION_JSON in g else {}
+        return [self._json(g, EVALUATION_JSON) if self._has(g, EVALUATION_JSON) else {}
                 for g in self._channels]
 
     def summary(self) -> dict[str, Any]:

@@ -225,3 +225,31 @@ def test_the_dtmicroscope_server_registers_a_session_and_serves_frame_0(session)
     np.testing.assert_allclose(np.asarray(values).reshape(shape), frames[0].image)
     info = dict(service.get_dataset_info())
     assert info["channel_keys"] == ["Channel_000", "Channel_001", "Channel_002"]
+
+
+def test_format_1_files_are_read_and_resumed(session) -> None:
+    """Format 1 kept frame/record/evaluation as string datasets and built frames under
+    /micagent/pending: still read, and a resumed writer appends format-2 frames."""
+    import h5py
+
+    path, frames, records = session
+    with h5py.File(path, "r+") as f:
+        f.attrs["micagent_format_version"] = 1
+        for group in f["Measurement_000"].values():
+            for name in ("frame", "record", "evaluation"):
+                text = group.attrs.pop(name)
+                group.create_dataset(name, data=text, dtype=h5py.string_dtype("utf-8"))
+        f.create_group("micagent/pending/some-uuid/Image")     # a crash mid-frame
+    with SessionReader(path) as reader:
+        back = list(reader.frames())
+        assert [r for _, r in back] == records
+        assert [f.evaluation for f, _ in back] == [f.evaluation for f in frames]
+        assert reader.frame_metadata()[1]["frame_id"] == frames[1].frame_id
+    with SessionWriter(path, {"session_id": "s-1"}) as writer:
+        extra = make_frame(8)
+        assert writer.write_frame(extra, make_record(extra, "Tips"))
+    with SessionReader(path) as reader:
+        assert reader.frame_ids == [f.frame_id for f in frames] + [extra.frame_id]
+        assert reader.records()[-1] == make_record(extra, "Tips")
+    with h5py.File(path, "r") as f:
+        assert len(f["micagent/pending"]) == 0 and f.attrs["micagent_format_version"] == 2
