@@ -31,3 +31,27 @@ def shared_nsid_file() -> Path:
     if not SHARED_NSID.exists():
         pytest.skip(f"shared NSID sample not found at {SHARED_NSID}")
     return SHARED_NSID
+
+
+@pytest.fixture
+def scifi_read(tmp_path: Path):
+    """read(path) -> what `SciFiReaders.NSIDReader(...).read()` returns for that file, read
+    from a copy (the reader opens files r+ and keeps them open); readers close at teardown."""
+    import contextlib
+    import io
+    import shutil
+
+    import SciFiReaders
+
+    readers = []
+
+    def read(path: Path):
+        copy = tmp_path / f"scifi_copy_{len(readers)}.h5"
+        shutil.copy(path, copy)
+        with contextlib.redirect_stdout(io.StringIO()):     # it prints what it finds
+            readers.append(SciFiReaders.NSIDReader(str(copy)))
+            return readers[-1].read()
+
+    yield read
+    for reader in readers:
+        reader.close()

@@ -4,9 +4,6 @@ from NSID files written by other tools, and never changes a byte of its input.""
 from __future__ import annotations
 
 import hashlib
-import io
-import shutil
-from contextlib import redirect_stdout
 from pathlib import Path
 
 import numpy as np
@@ -65,9 +62,8 @@ def test_replay_of_a_session_serves_its_frames_in_order(tmp_path: Path) -> None:
     assert _sha256(path) == before
 
 
-def test_replay_of_a_real_nsid_file_serves_each_image_channel(shared_nsid_file: Path,
+def test_replay_of_a_real_nsid_file_serves_each_image_channel(scifi_read, shared_nsid_file: Path,
                                                              tmp_path: Path) -> None:
-    import SciFiReaders
 
     before = _sha256(shared_nsid_file)
     replay = ReplayMicroscope(shared_nsid_file)
@@ -89,16 +85,9 @@ def test_replay_of_a_real_nsid_file_serves_each_image_channel(shared_nsid_file: 
     assert again.acquire().frame_id == served[0].frame_id
     again.close()
 
-    copy = tmp_path / "copy.h5"                                      # same pixels as SciFiReaders
-    shutil.copy(shared_nsid_file, copy)
-    with redirect_stdout(io.StringIO()):
-        reader = SciFiReaders.NSIDReader(str(copy))
-    try:
-        channels = reader.read()
-        for frame, key in zip(served, channels, strict=True):
-            np.testing.assert_allclose(frame.image, np.array(channels[key]), rtol=1e-6)
-    finally:
-        reader.close()
+    channels = scifi_read(shared_nsid_file)                          # same pixels as SciFiReaders
+    for frame, key in zip(served, channels, strict=True):
+        np.testing.assert_allclose(frame.image, np.array(channels[key]), rtol=1e-6)
 
 
 def test_replay_uri_opens_a_replay_microscope(tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ IMAGE Dataset in frame order."""
 from __future__ import annotations
 
 import hashlib
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -133,61 +132,46 @@ def test_reader_never_modifies_the_file(session) -> None:
     assert hashlib.sha256(path.read_bytes()).hexdigest() == before
 
 
-def test_scifireaders_reads_every_frame_as_a_sidpy_image(session, tmp_path: Path) -> None:
-    import SciFiReaders
+def test_scifireaders_reads_every_frame_as_a_sidpy_image(scifi_read, session) -> None:
     import sidpy
 
     path, frames, _ = session
-    copy = tmp_path / "copy.h5"          # NSIDReader opens files r+
-    shutil.copy(path, copy)
-    reader = SciFiReaders.NSIDReader(str(copy))
-    try:
-        datasets = reader.read()
-        assert list(datasets) == ["Channel_000", "Channel_001", "Channel_002"]
-        for key, frame in zip(datasets, frames, strict=True):
-            ds = datasets[key]
-            assert isinstance(ds, sidpy.Dataset)
-            assert ds.data_type == sidpy.DataType.IMAGE
-            assert (ds.quantity, ds.units) == ("intensity", "a.u.")
-            np.testing.assert_allclose(np.array(ds), frame.image)
-            for name in ("x", "y"):
-                dim = getattr(ds, name)
-                assert (dim.units, dim.quantity) == ("m", "distance")
-                assert dim.dimension_type == sidpy.DimensionType.SPATIAL
-                assert dim.values[1] - dim.values[0] == pytest.approx(frame.settings.pixel_size)
-            assert ds.metadata["frame_id"] == frame.frame_id
-            assert ds.metadata["stage"]["x"] == pytest.approx(frame.stage.x)
-            assert ds.original_metadata["vendor"] == "twin"
-    finally:
-        reader.close()
+    datasets = scifi_read(path)
+    assert list(datasets) == ["Channel_000", "Channel_001", "Channel_002"]
+    for key, frame in zip(datasets, frames, strict=True):
+        ds = datasets[key]
+        assert isinstance(ds, sidpy.Dataset)
+        assert ds.data_type == sidpy.DataType.IMAGE
+        assert (ds.quantity, ds.units) == ("intensity", "a.u.")
+        np.testing.assert_allclose(np.array(ds), frame.image)
+        for name in ("x", "y"):
+            dim = getattr(ds, name)
+            assert (dim.units, dim.quantity) == ("m", "distance")
+            assert dim.dimension_type == sidpy.DimensionType.SPATIAL
+            assert dim.values[1] - dim.values[0] == pytest.approx(frame.settings.pixel_size)
+        assert ds.metadata["frame_id"] == frame.frame_id
+        assert ds.metadata["stage"]["x"] == pytest.approx(frame.stage.x)
+        assert ds.original_metadata["vendor"] == "twin"
 
 
-def test_dtmicroscope_loader_serves_the_first_frame_as_overview(session, tmp_path: Path) -> None:
+def test_dtmicroscope_loader_serves_the_first_frame_as_overview(scifi_read, session) -> None:
     """DTMicroscope STEM._load_dataset: NSIDReader(path).read(), keyed Channel_000...;
     get_overview_image() returns np.array(dataset['Channel_000'])."""
-    import SciFiReaders
 
     path, frames, _ = session
-    copy = tmp_path / "registered.h5"
-    shutil.copy(path, copy)
-    reader = SciFiReaders.NSIDReader(str(copy))
-    try:
-        dataset = reader.read()
-        if not hasattr(dataset, "keys"):
-            dataset = {f"Channel_{i:03}": item for i, item in enumerate(dataset)}
-        overview = np.array(dataset["Channel_000"])
-        np.testing.assert_allclose(overview, frames[0].image)
-        images = [k for k, v in dataset.items() if v.data_type.name == "IMAGE"]
-        assert len(images) == len(frames)
-    finally:
-        reader.close()
+    dataset = scifi_read(path)
+    if not hasattr(dataset, "keys"):
+        dataset = {f"Channel_{i:03}": item for i, item in enumerate(dataset)}
+    overview = np.array(dataset["Channel_000"])
+    np.testing.assert_allclose(overview, frames[0].image)
+    images = [k for k, v in dataset.items() if v.data_type.name == "IMAGE"]
+    assert len(images) == len(frames)
 
 
-def test_awkward_instrument_metadata_is_kept_exactly_and_written_for_sidpy(
+def test_awkward_instrument_metadata_is_kept_exactly_and_written_for_sidpy(scifi_read,
         tmp_path: Path) -> None:
     import datetime
 
-    import SciFiReaders
 
     frame = make_frame(0)
     when = datetime.datetime(2024, 1, 2, 3, 4, 5)
@@ -200,16 +184,10 @@ def test_awkward_instrument_metadata_is_kept_exactly_and_written_for_sidpy(
     with SessionReader(path) as reader:
         back = reader.frame(0)
     assert back.original_metadata == {**frame.original_metadata, "acquired": str(when)}
-    copy = tmp_path / "copy.h5"
-    shutil.copy(path, copy)
-    nsid = SciFiReaders.NSIDReader(str(copy))
-    try:
-        ds = nsid.read()["Channel_000"]
-        assert (ds.quantity, ds.units) == ("HAADF", "counts")     # as the instrument said
-        assert ds.original_metadata["a_b"] == 1
-        assert ds.original_metadata["mixed"] == '[1, "two", null]'
-    finally:
-        nsid.close()
+    ds = scifi_read(path)["Channel_000"]
+    assert (ds.quantity, ds.units) == ("HAADF", "counts")         # as the instrument said
+    assert ds.original_metadata["a_b"] == 1
+    assert ds.original_metadata["mixed"] == '[1, "two", null]'
 
 
 def test_the_dtmicroscope_server_registers_a_session_and_serves_frame_0(session) -> None:
