@@ -51,7 +51,11 @@ def render(ckpt: Path, data: Path) -> str:
                         f"training part"),
         ("optimiser", f"Adam, lr {opts['lr']:g}, batch {opts['batch_size']}, ReduceLROnPlateau "
                       f"(x{opts['lr_factor']}, patience {opts['lr_patience']}), early stopping "
-                      f"(patience {opts['early_stop']})"),
+                      f"(patience {opts['early_stop']})"
+                      + (f", gradient norm clipped at {opts['grad_clip']:g}"
+                         if opts.get("grad_clip") else "")),
+        ("augmentation", "random flips and quarter turns (the 8 symmetries of the square)"
+                         if opts.get("augment") else "none"),
         ("run", f"{len(history)} epochs, stopped by {fold['stopped_by']} ({seconds:.0f} s of "
                 f"training, one thread, shared 2-core machine); weights of the best validation "
                 f"epoch ({best['epoch']}, val acc {best['val_acc']:.3f})"),
@@ -105,7 +109,9 @@ models/bundled/sem_twin DATA`), `reliability.png`, `confusion_matrix.png`.
 
 Every part of the model is trained from scratch here (no pretrained ViT weights can be
 downloaded), so accuracy depends on the amount of data and epochs; the paper profile (10-fold CV,
-50 epochs, patience 10) and a larger benchmark are the way to the targets.
+50 epochs, patience 10) and a larger benchmark are the way to the targets. The ablation table on
+the same benchmark and split is `benchmarks/results/ablation_twin.md`
+(`benchmarks/ablation_twin.sh`).
 """
 
 
