@@ -34,6 +34,14 @@ def checkpoints(tmp_path_factory):
     return paths
 
 
+def json_line(stdout: str) -> dict:
+    """The JSON object `--json` printed: the last line of stdout that is one. (Once in a few
+    full-suite runs a stray 40-dash progress line was captured after it; its source is not
+    found yet, so the test does not depend on being the very last line.)"""
+    return json.loads(next(line for line in reversed(stdout.splitlines())
+                           if line.startswith("{")))
+
+
 def run_cli(*args: str):
     result = runner.invoke(app, list(args))
     return result, result.output
@@ -56,14 +64,15 @@ def test_run_prints_the_session_id_it_stores_and_a_summary_then_replay_diffs(
     same, output = run_cli("replay", str(out), "--model", checkpoints["a"], "--json",
                            "--state-dir", str(tmp_path / "state"))
     assert same.exit_code == 0, output
-    diff = json.loads(output.strip().splitlines()[-1])
+    diff = json_line(same.stdout)
     assert diff["frames"] == 3 and diff["changed"] == 0       # same model, same decisions
     assert [r["frame_id"] for r in diff["rows"]] == summary["frame_ids"]
 
     other, output = run_cli("replay", str(out), "--model", checkpoints["b"], "--json",
                             "--state-dir", str(tmp_path / "state"))
-    diff = json.loads(output.strip().splitlines()[-1])
-    assert other.exit_code == 0 and diff["frames"] == 3
+    assert other.exit_code == 0, output
+    diff = json_line(other.stdout)
+    assert diff["frames"] == 3
     assert diff["accuracy"]["old"] is not None and diff["accuracy"]["new"] is not None
     changed = [r for r in diff["rows"] if r["old_label"] != r["new_label"]]
     assert diff["changed"] >= len(changed)
