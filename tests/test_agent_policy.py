@@ -111,3 +111,47 @@ def test_grid_and_spread():
     assert len(grid) == 15 and grid[0]["x"] == pytest.approx(10e-6)
     assert grid[5]["row"] == 1 and grid[5]["col"] == 0
     assert len(spread(grid, 4)) == 4 and spread(grid, 40) == grid
+
+
+def _adjudicate_once(before: str, after: str, answer: str, approve: str = "none") -> dict:
+    """Run the adjudicate node on one frame: the classifier says `before`, the adjudicator
+    `answer`, and the classifier given that answer says `after`."""
+    from types import SimpleNamespace
+
+    from agent.adjudication.base import Answer, Verdict
+    from agent.nodes import adjudicate
+
+    def prediction(label: str):
+        return SimpleNamespace(label=label, embedding=None, as_record=lambda: {"label": label})
+
+    class Classifier:
+        def classify(self, images, lmm_labels=None):
+            return [prediction(after if lmm_labels else before)]
+
+    class Adjudicator:
+        def adjudicate(self, image, demos, class_names, embedding=None):
+            return Verdict("stub", Answer(answer, 0.9, "looks like it"), [], "hash")
+
+    frame = SimpleNamespace(frame_id="f1", image=np.zeros((8, 8)))
+    rt = SimpleNamespace(scratch=SimpleNamespace(get=lambda _: frame), predictions={},
+                         classifier=Classifier(), adjudicator=Adjudicator(), bank=None,
+                         class_names=["Films", "Nanowires", "Tips"],
+                         policy=SimpleNamespace(approve=approve))
+    return adjudicate.make(rt)({"current": {"frame_id": "f1"}, "used": {}})
+
+
+def test_an_answer_the_classifier_already_gave_is_not_overturned_by_the_reclassification():
+    out = _adjudicate_once(before="Films", after="Nanowires", answer="Films")
+    assert (out["current"]["route"], out["current"]["label"]) == ("adjudicated", "Films")
+    assert out["current"]["adjudication"]["reclassified"] == {"label": "Nanowires"}
+    attended = _adjudicate_once("Films", "Nanowires", "Films", approve="uncertain")
+    assert attended["next"] == "approve"
+    assert attended["current"]["proposal"] == {"label": "Films", "source": "adjudicated"}
+
+
+def test_a_reclassification_following_the_answer_is_adjudicated_one_resisting_it_contested():
+    follows = _adjudicate_once(before="Tips", after="Films", answer="Films")
+    assert (follows["current"]["route"], follows["current"]["label"]) == ("adjudicated", "Films")
+    resists = _adjudicate_once(before="Tips", after="Tips", answer="Films")
+    assert (resists["current"]["route"], resists["current"]["label"]) == ("contested", "Tips")
+    assert resists["used"]["adjudications"] == 1

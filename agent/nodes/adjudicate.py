@@ -1,5 +1,12 @@
 """adjudicate: K demonstrations (similar or random), the adjudicator's answer, and the frame
-re-classified with that answer as the LMM prediction embedding."""
+re-classified with that answer as the LMM prediction embedding.
+
+The answer stands (route adjudicated) when the re-classification agrees with it, or when the
+classifier had already said the same before it saw the answer: two independent sources that
+agree are not overturned by the fused re-classification (on the twin, the LMM embedding, trained
+on few and noisy answers, sometimes flipped an agreed label). Otherwise the re-classification
+and the answer disagree: a human decides, or the frame is recorded as contested.
+"""
 
 from __future__ import annotations
 
@@ -33,13 +40,15 @@ def make(rt: Runtime):
             return {"current": current, "used": used, "next": "record"}
         again = rt.classifier.classify([frame.image], lmm_labels=[verdict.answer.label])[0]
         record["reclassified"] = again.as_record()
-        agree = again.label == verdict.answer.label
+        answer = verdict.answer.label
+        agree = answer in (again.label, prediction.label)
+        label = answer if agree else again.label
         current["adjudication"] = record
         if agree and rt.policy.approve != "uncertain":
-            current.update(label=again.label, route="adjudicated")
+            current.update(label=label, route="adjudicated")
             return {"current": current, "used": used, "next": "record"}
         if attended:
-            current["proposal"] = {"label": again.label, "source": "adjudicated" if agree
+            current["proposal"] = {"label": label, "source": "adjudicated" if agree
                                    else "contested"}
             return {"current": current, "used": used, "next": "approve"}
         current.update(label=again.label, route="contested")
