@@ -85,6 +85,18 @@ _FAST: dict[type, tuple[np.dtype, h5t.TypeID, h5t.TypeID]] = {
     np.bool_: _types(np.bool_)}
 
 
+def _fast_value(value: Any) -> bool:
+    """True when `value` is stored as a scalar of one fixed HDF5 type (see _FAST)."""
+    return type(value) in _FAST and (type(value) is not int or -(2 ** 63) <= value < 2 ** 63)
+
+
+def _create_fast_attr(oid: Any, raw_name: bytes, value: Any) -> None:
+    """A new scalar attribute for a `_fast_value`, with the HDF5 type h5py would choose."""
+    dtype, file_type, mem_type = _FAST[type(value)]
+    h5a.create(oid, raw_name, file_type, _SCALAR).write(np.array(value, dtype=dtype),
+                                                        mtype=mem_type)
+
+
 @dataclass(frozen=True)
 class Dimension:
     """One axis: 1-D values and their name/units/quantity (sidpy.Dimension's attributes)."""
@@ -224,8 +236,7 @@ def _plan(dataset: NsidDataset, name: str) -> _Plan:
                 seen.add(key)
                 attrs((*path, key), val)
                 continue
-            fast = type(val) in _FAST and _ascii(key) is not None and key not in seen and (
-                type(val) is not int or -(2 ** 63) <= val < 2 ** 63)
+            fast = _fast_value(val) and _ascii(key) is not None and key not in seen
             if not fast:
                 from sidpy.base.string_utils import clean_string_att  # raises as sidpy does
                 val = clean_string_att(val)
@@ -278,9 +289,7 @@ def _execute(plan: _Plan, dataset: NsidDataset, data: np.ndarray, parent: h5g.Gr
             obj = objs[path]
             try:
                 if fast:
-                    dtype, file_type, mem_type = _FAST[type(val)]
-                    h5a.create(obj, key.encode("ascii"), file_type, _SCALAR).write(
-                        np.array(val, dtype=dtype), mtype=mem_type)
+                    _create_fast_attr(obj, key.encode("ascii"), val)
                 else:
                     _wrap(obj).attrs[key] = val     # h5py replaces an existing attribute
             except Exception:  # noqa: BLE001 - sidpy skips what HDF5 refuses, silently
@@ -339,15 +348,11 @@ def create_attrs(obj: h5py.Group | h5py.Dataset, values: Mapping[str, Any]) -> N
     """`obj.attrs[name] = value` for each new attribute, the str/float/int/bool ones straight
     through h5a (same HDF5 types as h5py makes, a third of the time)."""
     for name, value in values.items():
-        kind = _FAST.get(type(value))
         raw = _ascii(name)
-        if kind is None or raw is None or (type(value) is int and not
-                                           -(2 ** 63) <= value < 2 ** 63):
+        if raw is None or not _fast_value(value):
             obj.attrs[name] = value
-            continue
-        dtype, file_type, mem_type = kind
-        h5a.create(obj.id, raw, file_type, _SCALAR).write(np.array(value, dtype=dtype),
-                                                          mtype=mem_type)
+        else:
+            _create_fast_attr(obj.id, raw, value)
 
 
 def _check(dataset: NsidDataset, data: np.ndarray) -> None:

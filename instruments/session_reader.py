@@ -126,8 +126,11 @@ class SessionReader:
             raise SessionFileCorrupt(f"{group.name} has no {name}", self.path)
         return from_json(text, f"{group.name}/{name}", self.path)
 
-    def _has(self, group: h5py.Group, name: str) -> bool:
-        return name in group.attrs or name in group
+    def _evaluation(self, group: h5py.Group) -> dict[str, Any]:
+        """A frame's stored ground truth; {} where none was stored."""
+        if EVALUATION_JSON in group.attrs or EVALUATION_JSON in group:
+            return self._json(group, EVALUATION_JSON)
+        return {}
 
     def _frame(self, group: h5py.Group) -> Frame:
         meta = self._json(group, FRAME_JSON)
@@ -138,8 +141,7 @@ class SessionReader:
             image = np.asarray(group[main][()], dtype=np.float32)
         except OSError as exc:
             raise SessionFileCorrupt(f"{group.name} image unreadable: {exc}", self.path) from exc
-        evaluation = self._json(group, EVALUATION_JSON) if self._has(group, EVALUATION_JSON) \
-            else {}
+        evaluation = self._evaluation(group)
         return Frame(
             image=image,
             instrument_id=str(meta.get("instrument_id", "")),
@@ -177,8 +179,7 @@ class SessionReader:
 
     def evaluations(self) -> list[dict[str, Any]]:
         """Ground truth per frame (empty dicts where none was stored)."""
-        return [self._json(g, EVALUATION_JSON) if self._has(g, EVALUATION_JSON) else {}
-                for g in self._channels]
+        return [self._evaluation(g) for g in self._channels]
 
     def summary(self) -> dict[str, Any]:
         """The `micagent inspect --json` object."""

@@ -62,9 +62,8 @@ def test_replay_of_a_session_serves_its_frames_in_order(tmp_path: Path) -> None:
     assert _sha256(path) == before
 
 
-def test_replay_of_a_real_nsid_file_serves_each_image_channel(scifi_read, shared_nsid_file: Path,
-                                                             tmp_path: Path) -> None:
-
+def test_replay_of_a_real_nsid_file_serves_each_image_channel(scifi_read,
+                                                             shared_nsid_file: Path) -> None:
     before = _sha256(shared_nsid_file)
     replay = ReplayMicroscope(shared_nsid_file)
     assert (replay.kind, len(replay)) == ("nsid", 4)

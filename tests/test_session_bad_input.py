@@ -118,8 +118,8 @@ def test_unwritable_output_paths_raise_session_write_error(tmp_path: Path) -> No
         assert not path.exists()
 
 
-def test_disk_full_mid_frame_rolls_the_frame_back(scifi_read, tmp_path: Path, monkeypatch) -> None:
-
+def test_disk_full_mid_frame_rolls_the_frame_back(scifi_read, tmp_path: Path,
+                                                  monkeypatch) -> None:
     path = tmp_path / "full.h5"
     writer = SessionWriter(path, {"session_id": "full"})
     first = make_frame(0)

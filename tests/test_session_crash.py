@@ -61,7 +61,6 @@ def _kill_after(path: Path, frames: int) -> list[str]:
 @pytest.mark.parametrize("frames", [1, 5, 12])
 def test_sigkill_mid_session_keeps_every_completed_frame(scifi_read, tmp_path: Path,
                                                          frames: int) -> None:
-
     path = tmp_path / "killed.h5"
     printed = _kill_after(path, frames)
 

@@ -157,7 +157,6 @@ def test_scifireaders_reads_every_frame_as_a_sidpy_image(scifi_read, session) ->
 def test_dtmicroscope_loader_serves_the_first_frame_as_overview(scifi_read, session) -> None:
     """DTMicroscope STEM._load_dataset: NSIDReader(path).read(), keyed Channel_000...;
     get_overview_image() returns np.array(dataset['Channel_000'])."""
-
     path, frames, _ = session
     dataset = scifi_read(path)
     if not hasattr(dataset, "keys"):
@@ -168,10 +167,9 @@ def test_dtmicroscope_loader_serves_the_first_frame_as_overview(scifi_read, sess
     assert len(images) == len(frames)
 
 
-def test_awkward_instrument_metadata_is_kept_exactly_and_written_for_sidpy(scifi_read,
-        tmp_path: Path) -> None:
+def test_awkward_instrument_metadata_is_kept_exactly_and_written_for_sidpy(
+        scifi_read, tmp_path: Path) -> None:
     import datetime
-
 
     frame = make_frame(0)
     when = datetime.datetime(2024, 1, 2, 3, 4, 5)

@@ -167,6 +167,7 @@ def ablate_cmd(
     config: Annotated[str | None, typer.Option(help=CONFIG_HELP)] = None,
     augment: Annotated[bool | None, typer.Option("--augment/--no-augment", help=AUGMENT_HELP)]
     = None,
+    grad_clip: Annotated[float | None, typer.Option(help=CLIP_HELP)] = None,
     time_budget: Annotated[float | None, typer.Option(help=BUDGET_HELP + " Per variant.")]
     = None,
 ) -> None:
@@ -180,7 +181,7 @@ def ablate_cmd(
     _threads()
     try:
         opts = _options(profile, folds, epochs, seed, "full", knowledge, crop_bottom, False,
-                        batch_size, config, time_budget, augment=augment)
+                        batch_size, config, time_budget, augment=augment, grad_clip=grad_clip)
         table = ablate(data_dir, out, opts, variants.split(",") if variants else None,
                        _console())
     except (DatasetError, SplitError, TrainError, ModelError, ValueError) as exc:

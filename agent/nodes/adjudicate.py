@@ -51,6 +51,6 @@ def make(rt: Runtime):
             current["proposal"] = {"label": label, "source": "adjudicated" if agree
                                    else "contested"}
             return {"current": current, "used": used, "next": "approve"}
-        current.update(label=again.label, route="contested")
+        current.update(label=label, route="contested")
         return {"current": current, "used": used, "next": "record"}
     return adjudicate
