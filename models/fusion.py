@@ -125,6 +125,12 @@ class FusionClassifier(nn.Module):
         """LMM-free fused embedding (B, e) for similarity-driven demonstration sampling."""
         return self.encode(images)[1]
 
+    @staticmethod
+    def class_prefixes() -> tuple[str, ...]:
+        """state_dict prefixes of weights indexed by class (meaningless for another class set):
+        the output head and the LMM prediction embedding's one-hot projection."""
+        return ("head.", "lmm.project.")
+
     def frozen_prefixes(self) -> tuple[str, ...]:
         """state_dict prefixes of weights not trained here (not stored in checkpoints)."""
         if self.text is not None and not self.config.text_finetune:

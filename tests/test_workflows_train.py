@@ -11,11 +11,13 @@ import torch
 from typer.testing import CliRunner
 from workflows_synth import CLASSES, write_dataset
 
-from models.checkpoint import read_meta
+from models.checkpoint import checkpoint_sha256, read_meta
 from models.classifier import Classifier
+from models.config import FusionConfig
 from models.errors import CheckpointError
+from models.fusion import FusionClassifier
 from workflows.cli import app
-from workflows.train import TrainOptions, train
+from workflows.train import TrainError, TrainOptions, init_from_checkpoint, train
 
 SMALL = {"img_size": 64, "vit_depth": 1, "hnf_patch_sizes": [16, 32], "hnf_knn": [4, 2],
          "gnn_patch": 16}
@@ -195,3 +197,50 @@ def test_train_uses_the_given_knowledge_file_and_refuses_one_missing_a_class(dat
     result = runner.invoke(app, ["train", str(data), "--out", str(tmp_path / "m2"),
                                  "--knowledge", str(partial), "--config", SMALL_JSON])
     assert result.exit_code == 2 and "no description for classes ['Checker']" in result.output
+
+
+def _fresh_model(ckpt: Path) -> torch.nn.Module:
+    meta = read_meta(ckpt)
+    torch.manual_seed(123)
+    config = FusionConfig.from_dict(meta["fusion_config"])
+    return Classifier.create(config, meta["class_names"], meta["descriptions"]).model
+
+
+def test_init_copies_every_weight_of_a_checkpoint_of_the_same_class_set(ckpt):
+    model = _fresh_model(ckpt)
+    summary = init_from_checkpoint(model, str(ckpt), read_meta(ckpt)["class_names"])
+    source = Classifier.load(ckpt).model.trainable_state_dict()
+    ours = model.trainable_state_dict()
+    assert summary.startswith(f"initialised {len(source)} of {len(ours)}")
+    assert all(torch.equal(ours[k], v) for k, v in source.items())
+
+
+def test_init_for_another_class_set_leaves_the_per_class_weights_new(ckpt):
+    model = _fresh_model(ckpt)
+    before = {k: v.clone() for k, v in model.trainable_state_dict().items()}
+    summary = init_from_checkpoint(model, str(ckpt), ["w", "x", "y", "z"])
+    source = Classifier.load(ckpt).model.trainable_state_dict()
+    ours = model.trainable_state_dict()
+    per_class = [k for k in ours if k.startswith(FusionClassifier.class_prefixes())]
+    assert "head.weight" in per_class and "new: " in summary
+    assert all(torch.equal(ours[k], before[k]) for k in per_class)
+    assert all(torch.equal(ours[k], source[k]) for k in ours if k not in per_class)
+
+
+def test_a_run_started_from_a_checkpoint_records_it_and_bad_init_paths_fail(ckpt, data,
+                                                                           tmp_path):
+    out = tmp_path / "tuned"
+    result = runner.invoke(app, ["train", str(data), "--out", str(out), "--epochs", "1",
+                                 "--batch-size", "16", "--config", SMALL_JSON,
+                                 "--init", str(ckpt)])
+    assert result.exit_code == 0, result.output
+    assert "initialised" in result.output
+    init = json.loads((out / "training.json").read_text())["init"]
+    assert init == {"path": str(ckpt.resolve()), "sha256": checkpoint_sha256(ckpt)}
+    result = runner.invoke(app, ["train", str(data), "--out", str(tmp_path / "m2"),
+                                 "--config", SMALL_JSON, "--init", str(tmp_path / "none")])
+    assert result.exit_code == 2 and "--init" in result.output
+    assert not (tmp_path / "m2").exists()
+    with pytest.raises(TrainError, match="none of its weights fit"):
+        wider = FusionConfig.ablation("gnn_only", n_classes=4, **{**SMALL, "d": 32, "heads": 2})
+        init_from_checkpoint(Classifier.create(wider, "wxyz").model, str(ckpt), list("wxyz"))

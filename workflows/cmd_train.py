@@ -25,6 +25,8 @@ CONFOUNDING_HELP = ("Share of the images (most ambiguous first) that get few-sho
 AUGMENT_HELP = ("Random flips and quarter turns of training images (default: on for quick, "
                 "off for paper).")
 CLIP_HELP = "Clip the gradient norm at this value (default: 1 for quick, off for paper; 0 = off)."
+INIT_HELP = ("Checkpoint folder whose weights start training (fine-tune or continue a model; "
+             "with another class set the per-class weights start new).")
 BUDGET_HELP = "Minutes: stop after the first epoch that ends past this, then calibrate + save."
 
 
@@ -47,7 +49,8 @@ def _options(profile: str, folds: int | None, epochs: int | None, seed: int, abl
              knowledge: Path | None, crop: str | None, no_dedup: bool, batch_size: int,
              config: str | None, time_budget: float | None = None,
              confounding: float = 0.1, shots: int = 5, strategy: str = "similar",
-             augment: bool | None = None, grad_clip: float | None = None):
+             augment: bool | None = None, grad_clip: float | None = None,
+             init: Path | None = None):
     from workflows.data import parse_crop
     from workflows.train import TrainOptions
 
@@ -59,7 +62,7 @@ def _options(profile: str, folds: int | None, epochs: int | None, seed: int, abl
                         crop=parse_crop(crop), dedup=not no_dedup, batch_size=batch_size,
                         config_overrides=overrides, time_budget_min=time_budget,
                         confounding_fraction=confounding, shots=shots, demo_strategy=strategy,
-                        augment=augment, grad_clip=grad_clip)
+                        augment=augment, grad_clip=grad_clip, init=str(init) if init else None)
 
 
 @app.command("train")
@@ -87,6 +90,7 @@ def train_cmd(
     augment: Annotated[bool | None, typer.Option("--augment/--no-augment", help=AUGMENT_HELP)]
     = None,
     grad_clip: Annotated[float | None, typer.Option(help=CLIP_HELP)] = None,
+    init: Annotated[Path | None, typer.Option(help=INIT_HELP)] = None,
 ) -> None:
     """Train the fusion classifier with the papers' protocol; resumes an interrupted run."""
     from models.errors import ModelError
@@ -99,7 +103,7 @@ def train_cmd(
     try:
         opts = _options(profile, folds, epochs, seed, ablation, knowledge, crop_bottom,
                         no_dedup, batch_size, config, time_budget, confounding, shots,
-                        demo_strategy, augment, grad_clip)
+                        demo_strategy, augment, grad_clip, init)
         path = train(data_dir, out, opts, _console(), restart=restart)
     except (DatasetError, SplitError, TrainError, KnowledgeError, ModelError,
             ValueError) as exc:

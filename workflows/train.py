@@ -28,9 +28,10 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from models.checkpoint import checkpoint_sha256, load_checkpoint
 from models.classifier import Classifier
 from models.config import FusionConfig
-from models.errors import ConfigError
+from models.errors import ConfigError, ModelError
 from models.fusion import FusionClassifier
 from models.preprocess import preprocess_batch
 from workflows.augment import random_dihedral
@@ -76,6 +77,7 @@ class TrainOptions:
     demo_strategy: str = "similar"
     augment: bool | None = None  # None: the profile's default
     grad_clip: float | None = None  # max gradient norm; None: the profile's default, 0: off
+    init: str | None = None  # checkpoint folder whose weights start the run (fine-tuning)
     config_overrides: dict = field(default_factory=dict)
 
     def resolved(self) -> dict:
@@ -261,7 +263,8 @@ def _prepare_run(partial: Path, ds: LabelledDataset, opts: dict, config: FusionC
            "class_names": ds.class_names, "sources": ds.sources, "digests": ds.digests,
            "splits": [s.as_dict() for s in splits], "lmm_labels": lmm, "lmm_info": lmm_info,
            "knowledge": {"path": know.path, "sha256": know.sha256,
-                         "provenance": know.provenance}}
+                         "provenance": know.provenance},
+           "init": _init_record(opts["init"])}
     atomic_json(run, run_path)
     return run
 
@@ -313,6 +316,9 @@ def train(data_dir: str | Path, out: str | Path, options: TrainOptions | None = 
                               console)
         if trainer.load():
             console.print(f"fold {fold + 1}: resuming after epoch {trainer.epoch}")
+        elif opts["init"]:
+            summary = init_from_checkpoint(model, opts["init"], ds.class_names)
+            console.print(f"fold {fold + 1}: {summary}")
         with Progress(TextColumn(f"fold {fold + 1}/{len(run['splits'])}"),
                       TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=console) as progress:
@@ -335,6 +341,38 @@ def train(data_dir: str | Path, out: str | Path, options: TrainOptions | None = 
         save_calibrated(clf, x, y, lmm, split, fold_dir,
                         extra={"fold": fold, "history": trainer.history, "stopped_by": stop})
     return _assemble(out, partial, run, fold_dirs, time.time() - started)
+
+
+def _init_record(ckpt: str | None) -> dict | None:
+    """Path and hash of the --init checkpoint (provenance of a fine-tuned model)."""
+    if not ckpt:
+        return None
+    try:
+        return {"path": str(Path(ckpt).resolve()), "sha256": checkpoint_sha256(ckpt)}
+    except (OSError, ModelError) as exc:
+        raise TrainError(f"--init {ckpt}: {exc}") from exc
+
+
+def init_from_checkpoint(model: FusionClassifier, ckpt: str, class_names: list[str]) -> str:
+    """Copy into `model` every weight tensor of checkpoint `ckpt` whose name and shape match (a
+    fine-tuning start; with another class set the per-class tensors stay new); returns a
+    one-line summary. Raises TrainError when the checkpoint is unreadable or nothing fits."""
+    try:
+        source, meta = load_checkpoint(ckpt)
+    except ModelError as exc:
+        raise TrainError(f"--init {ckpt}: {exc}") from exc
+    theirs = source.trainable_state_dict()
+    if meta["class_names"] != class_names:
+        theirs = {k: v for k, v in theirs.items() if not k.startswith(source.class_prefixes())}
+    ours = model.trainable_state_dict()
+    fits = {k: v for k, v in theirs.items() if k in ours and ours[k].shape == v.shape}
+    if not fits:
+        raise TrainError(f"--init {ckpt}: none of its weights fit this model (another "
+                         f"ablation or architecture?)")
+    model.load_state_dict(fits, strict=False)
+    new = sorted(set(ours) - set(fits))
+    return (f"initialised {len(fits)} of {len(ours)} weight tensors from {ckpt}"
+            + (f"; new: {', '.join(new[:4])}{' ...' if len(new) > 4 else ''}" if new else ""))
 
 
 def _over_budget(started: float, opts: dict) -> bool:
@@ -360,6 +398,7 @@ def _assemble(out: Path, partial: Path, run: dict, fold_dirs: list[Path],
             shutil.copytree(d, tmp / "folds" / f"fold_{k}")
     record = {key: run[key] for key in ("fingerprint", "options", "config", "class_names",
                                         "splits", "knowledge")}
+    record["init"] = run.get("init")
     record.update({"digests": run["digests"], "sources": run["sources"],
                    "lmm_labels": run["lmm_labels"],
                    "confounding": {k: v for k, v in run["lmm_info"].items() if k != "verdicts"},
