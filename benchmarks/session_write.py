@@ -13,7 +13,11 @@ three ways, each repeated `--repeats` times in alternation (median kept):
             `instruments.nsid_writer` (an H5Ocopy of the template of that dataset structure,
             the image data, the attribute values that differ, the dimension scales) + the
             frame/record/evaluation JSON attributes + `micagent_complete` + flush (what a
-            session really does; writer open and close included).
+            session really does; writer open and close included);
+  floor     a lower bound for any writer of this layout: one H5Ocopy of a whole stored frame
+            (a Channel group SessionWriter wrote into an in-memory file: its 10 groups,
+            3 datasets and 72 attributes) + the image data + `flush()` per frame; no
+            per-frame values at all, so it does less work than a correct writer must.
 Prints frames/s and MB/s of each and the ratios to raw. Target: session >= 0.8 of raw.
 """
 
@@ -31,10 +35,12 @@ from pathlib import Path
 import dask
 import h5py
 import numpy as np
+from h5py import h5d, h5o, h5s
 from pyNSID.io.hdf_io import write_nsid_dataset
 
 from instruments.frame import Frame, ImagingSettings, StagePosition
 from instruments.session_file import SessionWriter, frame_to_dataset
+from instruments.session_layout import MEASUREMENT_GROUP, NSID_GROUP, channel_name
 
 CLASSES = ["Biological", "Fibres", "Films_Coated_Surface", "MEMS_devices_and_electrodes",
            "Nanowires", "Particles", "Patterned_surface", "Porous_Sponge", "Powder", "Tips"]
@@ -97,6 +103,28 @@ def run_session(path: Path, frames: list[Frame]) -> float:
     return time.perf_counter() - start
 
 
+def run_floor(path: Path, frames: list[Frame]) -> float:
+    stored = path.with_name(path.stem + "_template.h5")
+    run_session(stored, frames[:1])
+    with h5py.File(stored, "r") as src:
+        template = h5py.File(f"floor-{path.stem}.h5", "w", driver="core", backing_store=False)
+        src.copy(src[f"{MEASUREMENT_GROUP}/{channel_name(0)}"], template, "frame")
+    os.remove(stored)
+    image = f"{NSID_GROUP}/{NSID_GROUP}".encode()
+    start = time.perf_counter()
+    with h5py.File(path, "w") as f:
+        measurement = f.create_group(MEASUREMENT_GROUP)
+        for i, frame in enumerate(frames):
+            name = channel_name(i).encode()
+            h5o.copy(template.id, b"frame", measurement.id, name)
+            channel = h5py.h5g.open(measurement.id, name)
+            h5d.open(channel, image).write(h5s.ALL, h5s.ALL, frame.image)
+            f.flush()
+    elapsed = time.perf_counter() - start
+    template.close()
+    return elapsed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=40)
@@ -108,7 +136,7 @@ def main() -> None:
     frames = make_frames(args.frames, args.size)
     mb = args.frames * args.size * args.size * 4 / 1e6
     runners: dict[str, Callable[[Path, list[Frame]], float]] = {
-        "raw": run_raw, "pynsid": run_pynsid, "session": run_session}
+        "raw": run_raw, "pynsid": run_pynsid, "session": run_session, "floor": run_floor}
     times: dict[str, list[float]] = {name: [] for name in runners}
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         run_session(Path(tmp) / "warmup.h5", make_frames(2, args.size))   # imports, caches
@@ -133,6 +161,8 @@ def main() -> None:
     print(f"ratio session/raw    = {fps['session'] / fps['raw']:.3f}  (target >= 0.8)")
     print(f"ratio pynsid/raw     = {fps['pynsid'] / fps['raw']:.3f}")
     print(f"ratio session/pynsid = {fps['session'] / fps['pynsid']:.3f}")
+    print(f"ratio floor/raw      = {fps['floor'] / fps['raw']:.3f}  (copy of a stored frame + "
+          f"pixels: the most any copying writer of this layout can reach)")
 
 
 if __name__ == "__main__":
