@@ -162,6 +162,15 @@ def test_ablate_writes_the_comparison_table(data, tmp_path):
     assert all(0 <= r["top1"] <= 1 for r in table["rows"])
     markdown = (tmp_path / "ablation.md").read_text()
     assert "| ViT baseline |" in markdown and "Avg-F1" in markdown
+    # a variant trained before an option existed (its record lacks the key) is not retrained
+    record_path = tmp_path / "vit_only" / "training.json"
+    record = json.loads(record_path.read_text())
+    del record["options"]["init"]
+    record_path.write_text(json.dumps(record))
+    result = runner.invoke(app, ["ablate", str(data), "--out", str(tmp_path), "--epochs", "1",
+                                 "--batch-size", "24", "--variants", "vit_only",
+                                 "--config", SMALL_JSON])
+    assert result.exit_code == 0 and "vit_only: already trained" in result.output
 
 
 def test_a_time_budget_ends_training_after_the_epoch_that_crosses_it(data, tmp_path):

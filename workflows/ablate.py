@@ -15,7 +15,7 @@ from pathlib import Path
 from rich.console import Console
 
 from workflows.evaluate import evaluate
-from workflows.train import TrainOptions, train
+from workflows.train import TrainOptions, recorded_options, train
 
 VARIANTS: tuple[tuple[str, str], ...] = (
     ("full", "Full model (ViT + HNF + LLM text + LMM + MHA)"),
@@ -34,7 +34,7 @@ COLUMNS = (("top1", "Top-1"), ("top2", "Top-2"), ("top3", "Top-3"), ("top5", "To
 def _finished(folder: Path, opts: dict) -> bool:
     record = folder / "training.json"
     return (folder / "config.json").exists() and record.exists() and \
-        json.loads(record.read_text())["options"] == opts
+        recorded_options(json.loads(record.read_text())["options"]) == opts
 
 
 def ablate(data_dir: str | Path, out: str | Path, options: TrainOptions,

@@ -236,6 +236,12 @@ def _load_dataset(data_dir: Path, opts: dict, size: int, console: Console) -> La
 RESUMABLE_CHANGES = ("epochs", "time_budget_min")
 
 
+def recorded_options(recorded: dict) -> dict:
+    """A run's recorded options, with the defaults of options added since it was recorded
+    (e.g. `init`), so an older run still compares equal to the same options today."""
+    return {**asdict(TrainOptions()), **recorded}
+
+
 def _identity(opts: dict) -> dict:
     """The options that define a run (all but the limits on its length)."""
     return {k: v for k, v in opts.items() if k not in RESUMABLE_CHANGES}
@@ -247,7 +253,8 @@ def _prepare_run(partial: Path, ds: LabelledDataset, opts: dict, config: FusionC
     run_path = partial / "run.json"
     if run_path.exists():
         run = json.loads(run_path.read_text())
-        if run["fingerprint"] != ds.fingerprint() or _identity(run["options"]) != _identity(opts):
+        old = recorded_options(run["options"])
+        if run["fingerprint"] != ds.fingerprint() or _identity(old) != _identity(opts):
             raise TrainError(
                 f"{partial} holds an interrupted run with other data or options; delete that "
                 f"folder (or pass --restart) to start over")
