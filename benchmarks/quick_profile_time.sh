@@ -18,4 +18,4 @@ t2=$(date +%s)
 micagent evaluate "$WORK/model" "$WORK/data"
 t3=$(date +%s)
 echo "render $((t1 - t0)) s, train $((t2 - t1)) s, evaluate $((t3 - t2)) s" \
-     "(OMP_NUM_THREADS=$OMP_NUM_THREADS, $(nproc) cores)"
+     "(OMP_NUM_THREADS=$OMP_NUM_THREADS, $(nproc --all) cores)"
