@@ -4,10 +4,10 @@
 # the quick profile for at most EPOCHS epochs / BUDGET minutes and scored on the same held-out
 # test images.
 #   benchmarks/ablation_twin.sh     (from the repository root, venv active)
-# It shares WORK with benchmarks/make_bundled_model.sh: when that run exists with the same
-# options, it is the table's "full" row (ablate recognises a finished variant by its options)
-# instead of a second ~80-minute training. VARIANTS picks rows; the HNF variants (full, no_text,
-# no_lmm, no_mha) cost ~100 s per epoch each on one thread, the others ~10 s.
+# It shares WORK/ablation with benchmarks/make_bundled_model.sh: the bundled model's run is its
+# row of this table (ablate recognises a finished variant by its options) instead of a second
+# ~70-minute training. VARIANTS picks rows; the HNF variants (full, no_text, no_lmm, no_mha)
+# cost ~100 s per epoch each on one thread, the others ~10 s.
 # Writes $WORK/ablation/ablation.{md,json}; rerunning resumes unfinished variants.
 set -euo pipefail
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
@@ -20,9 +20,6 @@ VARIANTS="${VARIANTS:-full,no_text,no_lmm,no_mha,no_hnf,vit_only,gnn_only}"
 mkdir -p "$WORK/ablation"
 if [ ! -f "$WORK/data/manifest.json" ]; then
     micagent twin dataset "$WORK/data" --per-class "$PER_CLASS" --size 224 --seed "$SEED"
-fi
-if [ -f "$WORK/sem_twin/config.json" ] && [ ! -e "$WORK/ablation/full" ]; then
-    cp -r "$WORK/sem_twin" "$WORK/ablation/full"
 fi
 start=$(date +%s)
 micagent ablate "$WORK/data" --out "$WORK/ablation" --profile quick --seed "$SEED" \

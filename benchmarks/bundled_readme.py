@@ -76,7 +76,8 @@ def render(ckpt: Path, data: Path) -> str:
          f"{report['conformal_coverage']:.3f} / {report['conformal_mean_set_size']:.2f}", ""),
     ])
     env = (f"PER_CLASS={manifest['per_class']} SEED={manifest['seed']} "
-           f"EPOCHS={opts['epochs']} BUDGET={opts['time_budget_min']:g}")
+           f"EPOCHS={opts['epochs']} BUDGET={opts['time_budget_min']:g} "
+           f"ABLATION={opts['ablation']}")
     return f"""# Bundled checkpoint: `sem_twin`
 
 The fusion classifier that `micagent run` loads by default (no network needed). Ten classes of
@@ -90,8 +91,9 @@ files next to it.
 {env} benchmarks/make_bundled_model.sh      # repository root, venv active
 ```
 
-The script renders the twin benchmark (`micagent twin dataset`), trains the full model
-(`micagent train --profile quick`), evaluates it on its held-out test split (`micagent
+The script renders the twin benchmark (`micagent twin dataset`), trains the `{opts['ablation']}`
+variant (`micagent train --profile quick --ablation {opts['ablation']}`, the run that is also
+that row of the ablation table), evaluates it on its held-out test split (`micagent
 evaluate`), copies checkpoint + report here and regenerates this README.
 
 {setup}
