@@ -47,7 +47,7 @@ PROFILES: dict[str, dict] = {
               "grad_clip": None},
     # One split; sized for 2,000 images at 224 px in about 30 min on this 2-core machine:
     # benchmarks/quick_profile_time.sh measured 47 s per epoch of 1,428 + 286 images (full
-    # model, one thread, the other core busy with a training job), so 35 epochs ~ 28 min.
+    # model, one thread, the other core busy with a training job): 35 epochs in 1751 s.
     # Flips/quarter turns on: a from-scratch model sees few images here. Gradient norm
     # clipped at 1: at lr 1e-3 the from-scratch HNF/ODE branch made the loss jump upwards.
     "quick": {"folds": 1, "epochs": 35, "early_stop": 5, "lr_patience": 3, "augment": True,
