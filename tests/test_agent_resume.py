@@ -147,7 +147,7 @@ def test_sigkill_at_a_random_point_then_resume_gives_exact_frame_accounting(
     assert registry_path(state, session_id).exists()
     proc = start(["--resume", session_id, "--state-dir", str(state), "--quiet"], env)
     output, _ = proc.communicate(timeout=240)
-    assert proc.returncode == 0, output
+    assert proc.returncode == 0, f"killed at checkpoint step {first_kill}:\n{output}"
     with SessionReader(out) as reader:
         summary, records = reader.summary(), reader.records()
     assert summary["status"] == "completed" and summary["session_id"] == session_id
