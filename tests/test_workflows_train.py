@@ -249,7 +249,7 @@ def test_a_run_started_from_a_checkpoint_records_it_and_bad_init_paths_fail(ckpt
     result = runner.invoke(app, ["train", str(data), "--out", str(tmp_path / "m2"),
                                  "--config", SMALL_JSON, "--init", str(tmp_path / "none")])
     assert result.exit_code == 2 and "--init" in result.output
-    assert not (tmp_path / "m2").exists()
+    assert not (tmp_path / "m2").exists() and not (tmp_path / "m2.partial").exists()
     with pytest.raises(TrainError, match="none of its weights fit"):
         wider = FusionConfig.ablation("gnn_only", n_classes=4, **{**SMALL, "d": 32, "heads": 2})
         init_from_checkpoint(Classifier.create(wider, "wxyz").model, str(ckpt), list("wxyz"))

@@ -264,6 +264,7 @@ def _prepare_run(partial: Path, ds: LabelledDataset, opts: dict, config: FusionC
             run["options"].update({k: opts[k] for k in RESUMABLE_CHANGES})
             atomic_json(run, run_path)
         return run
+    init = _init_record(opts["init"])   # a bad --init fails before any work or folder
     partial.mkdir(parents=True, exist_ok=True)
     splits = make_splits(ds, opts)
     lmm, lmm_info = lmm_labels_per_fold(ds, splits, opts, config)
@@ -272,7 +273,7 @@ def _prepare_run(partial: Path, ds: LabelledDataset, opts: dict, config: FusionC
            "splits": [s.as_dict() for s in splits], "lmm_labels": lmm, "lmm_info": lmm_info,
            "knowledge": {"path": know.path, "sha256": know.sha256,
                          "provenance": know.provenance},
-           "init": _init_record(opts["init"])}
+           "init": init}
     atomic_json(run, run_path)
     return run
 
