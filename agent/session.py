@@ -124,8 +124,10 @@ class Session:
         """Run the session, or continue it from its checkpoint; returns the final state.
         Ctrl-C closes the file as interrupted, any other failure as failed, then re-raises."""
         values, pending = self.saved_state()
-        if values and not pending and values.get("status") == "failed":
-            self._reopen_failed(values)              # e.g. the instrument came back
+        if values and not pending and values.get("status") in ("failed", "running"):
+            # failed: e.g. the instrument came back; running with nothing pending: killed
+            # before the graph's next step was saved
+            self._reopen_failed(values)
         elif values and not pending:                 # completed before: nothing to do
             self.writer.close(values.get("status", "completed"), values.get("reason", ""))
             return values
