@@ -5,7 +5,8 @@ Where a frame is made, decided and stored:
 - state.py         the small checkpointed state; runtime.py the heavy live objects
 - nodes/           connect, check_instrument, plan, acquire, assess_quality, classify, route,
                    rescan, adjudicate, approve (interrupt), record, finish
-- policy.py        routing on calibrated probabilities; quality.py focus/SNR/drift
+- policy.py        routing on calibrated probabilities and the OOD flag (label "unknown");
+                   quality.py focus/SNR/drift
 - objectives.py    survey grids and hunt spirals; overview.py windows of a stage-less overview
 - adjudication/    few-shot VLM (openai client), offline kNN stand-in, demonstrations, cache
 - recorder.py      session-file writes off the acquisition path; scratch.py frames in flight

@@ -35,6 +35,7 @@ class RunConfig:
     max_set_size: int = 1
     max_rescans: int = 2
     zoom_unsure: bool = False
+    reject_unknown: bool = True
     demo_k: int = 8
     demo_strategy: str = "similar"
     bank: str | None = None
@@ -63,7 +64,7 @@ class RunConfig:
     def policy(self) -> RoutePolicy:
         return RoutePolicy(confidence=self.confidence, max_set_size=self.max_set_size,
                            max_rescans=self.max_rescans, approve=self.approve_mode,
-                           zoom_unsure=self.zoom_unsure)
+                           zoom_unsure=self.zoom_unsure, reject_unknown=self.reject_unknown)
 
     def imaging_settings(self) -> ImagingSettings:
         return ImagingSettings(**self.imaging)

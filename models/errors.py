@@ -33,3 +33,11 @@ class CheckpointError(ModelError):
 
 class CheckpointMismatchError(CheckpointError):
     """A checkpoint whose class names or descriptions differ from what the caller passes."""
+
+
+class StemWeightsError(ModelError):
+    """The pretrained stem's weights package is missing, altered or cannot be mapped."""
+
+
+class StemMismatchError(CheckpointError):
+    """A checkpoint trained on other stem weights than the installed ones."""

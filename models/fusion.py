@@ -2,7 +2,9 @@
 papers' ablations and baselines (see models/config.py for the presets).
 
 Data flow (full model):
-  images -> ViT -> h_cls;  images -> HNF -> h_fus
+  images -> pretrained stem -> feature maps at strides 8/16/32 (models/stem.py; absent with
+  stem "none", then the branches read pixels)
+  features -> hybrid ViT -> h_cls;  features -> HNF -> h_fus
   class descriptions -> text branch -> H_text (C, d)
   h_cls, H_text -> cross-modal alignment -> h_text*;  h_fus, H_text -> relevance -> h_fus^text
   [h_cls, h_fus, h_text*, h_fus^text] -> stage-1 attention -> h_img-text
@@ -13,6 +15,10 @@ Baselines (vit_only, gnn_only) map their single embedding linearly to the logits
 `last_text_scores` keeps, per image branch ("vit": CM-EMRL alignment, "hnf": relevance
 scoring), the (B, C) image-text match scores of the last forward pass: which class description
 each image matched, for interpretation.
+
+`features(images)` runs the stem alone; `forward_features(features, lmm_index)` runs the rest
+(training on cached frozen-stem features uses it). Weights of a frozen stem are not trainable
+and not stored in checkpoints (`frozen_prefixes`); the checkpoint records the stem's identity.
 
 `embed(images)` returns h_img-text (the concatenation of the image/text embeddings for w/o MHA;
 the image embedding for baselines): independent of any LMM answer, it is the representation used
@@ -31,6 +37,7 @@ from models.errors import ModelInputError
 from models.gnn import ChebGNNEncoder
 from models.hnf import HierarchicalNetworkFusion
 from models.lmm import PredictionEmbedding
+from models.stem import STEM_CHANNELS, STEM_REDUCTIONS, PretrainedStem
 from models.text import TextBranch
 from models.vit import ViTEncoder
 
@@ -43,6 +50,8 @@ class FusionClassifier(nn.Module):
         config.validate()
         self.config = config
         d, branches = config.d, config.image_branches
+        self.stem = (None if config.stem == "none"
+                     else PretrainedStem(train_blocks=config.stem_train_blocks))
         self.vit = ViTEncoder(config) if "vit" in branches else None
         self.hnf = HierarchicalNetworkFusion(config) if "hnf" in branches else None
         self.gnn = ChebGNNEncoder(config) if "gnn" in branches else None
@@ -67,8 +76,8 @@ class FusionClassifier(nn.Module):
             n_all = n_stage1 + (1 if self.lmm is not None else 0)
             self.head = nn.Linear(d * n_all, config.n_classes)
 
-    def check_inputs(self, images: torch.Tensor, lmm_index: torch.Tensor | None) -> torch.Tensor:
-        """Validate a batch; return lmm_index as (B,) long (all -1 when None)."""
+    def check_images(self, images: torch.Tensor) -> None:
+        """Refuse a batch that is not (B, C, S, S) finite floats of this model's size."""
         c, s = self.config.in_chans, self.config.img_size
         if not isinstance(images, torch.Tensor) or not images.is_floating_point():
             raise ModelInputError("images must be a floating-point torch.Tensor")
@@ -79,18 +88,41 @@ class FusionClassifier(nn.Module):
             raise ModelInputError("empty batch")
         if not torch.isfinite(images).all():
             raise ModelInputError("images contain non-finite values (NaN or inf)")
-        b = images.shape[0]
+
+    def feature_shapes(self) -> list[tuple[int, int, int]]:
+        """(C, h, w) of each stem feature map for this model's image size."""
+        s = self.config.img_size
+        return [(c, s // r, s // r) for c, r in zip(STEM_CHANNELS, STEM_REDUCTIONS, strict=True)]
+
+    def check_features(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Validate precomputed stem features; return them as float32."""
+        if self.stem is None:
+            raise ModelInputError("this model has no stem: pass images, not stem features")
+        shapes = [tuple(f.shape[1:]) for f in features]
+        if shapes != self.feature_shapes() or len({f.shape[0] for f in features}) != 1:
+            raise ModelInputError(f"stem features must have shapes (B, C, h, w) with (C, h, w) "
+                                  f"= {self.feature_shapes()}; got {shapes}")
+        return [f.float() for f in features]
+
+    def check_lmm(self, lmm_index: torch.Tensor | None, b: int,
+                  device: torch.device) -> torch.Tensor:
+        """lmm_index as (B,) long (all -1 when None), range-checked."""
         if lmm_index is None:
-            return torch.full((b,), -1, dtype=torch.long, device=images.device)
+            return torch.full((b,), -1, dtype=torch.long, device=device)
         if lmm_index.shape != (b,) or lmm_index.dtype != torch.long:
             raise ModelInputError(f"lmm_index must be a long tensor of shape ({b},)")
         if ((lmm_index < -1) | (lmm_index >= self.config.n_classes)).any():
             raise ModelInputError(f"lmm_index values must lie in [-1, {self.config.n_classes})")
-        return lmm_index.to(images.device)
+        return lmm_index.to(device)
 
-    def _stage1(self, images: torch.Tensor) -> list[torch.Tensor]:
+    def features(self, images: torch.Tensor) -> list[torch.Tensor] | torch.Tensor:
+        """What the image branches read: the stem's feature maps (or the images without one)."""
+        self.check_images(images)
+        return images if self.stem is None else self.stem(images)
+
+    def _stage1(self, inputs: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
         """Image embeddings followed by their matched text embeddings."""
-        image_tokens = [enc(images) for enc in (self.vit, self.hnf, self.gnn) if enc is not None]
+        image_tokens = [enc(inputs) for enc in (self.vit, self.hnf, self.gnn) if enc is not None]
         if self.text is None:
             return image_tokens
         h_text = self.text()
@@ -108,8 +140,19 @@ class FusionClassifier(nn.Module):
     def encode(self, images: torch.Tensor, lmm_index: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """(h_cross, h_img-text): the pre-logit embedding and the LMM-free embedding."""
-        lmm_index = self.check_inputs(images, lmm_index)
-        stage1 = self._stage1(images)
+        return self._encode(self.features(images), lmm_index, images.shape[0], images.device)
+
+    def encode_features(self, features: list[torch.Tensor],
+                        lmm_index: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`encode` from precomputed stem features (`features(images)`)."""
+        features = self.check_features(features)
+        return self._encode(features, lmm_index, features[0].shape[0], features[0].device)
+
+    def _encode(self, inputs, lmm_index: torch.Tensor | None, b: int, device: torch.device
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        lmm_index = self.check_lmm(lmm_index, b, device)
+        stage1 = self._stage1(inputs)
         h_icl = self.lmm(lmm_index) if self.lmm is not None else None
         if self.attention is not None:
             return self.attention(stage1, h_icl)
@@ -120,6 +163,11 @@ class FusionClassifier(nn.Module):
 
     def forward(self, images: torch.Tensor, lmm_index: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(self.encode(images, lmm_index)[0])
+
+    def forward_features(self, features: list[torch.Tensor],
+                         lmm_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits from precomputed stem features."""
+        return self.head(self.encode_features(features, lmm_index)[0])
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """LMM-free fused embedding (B, e) for similarity-driven demonstration sampling."""
@@ -132,10 +180,14 @@ class FusionClassifier(nn.Module):
         return ("head.", "lmm.project.")
 
     def frozen_prefixes(self) -> tuple[str, ...]:
-        """state_dict prefixes of weights not trained here (not stored in checkpoints)."""
+        """state_dict prefixes of weights not trained here (not stored in checkpoints): a frozen
+        text encoder and the stem's untrained stages ship with their packages."""
+        out: tuple[str, ...] = ()
         if self.text is not None and not self.config.text_finetune:
-            return ("text.encoder.",)
-        return ()
+            out += ("text.encoder.",)
+        if self.stem is not None:
+            out += tuple(f"stem.{p}" for p in self.stem.frozen_prefixes())
+        return out
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         frozen = self.frozen_prefixes()

@@ -13,6 +13,8 @@ class Prediction:
 
     `conformal_set`: class names in the split-conformal prediction set (coverage 1 - alpha).
     `embedding`: the fused representation used to pick similar demonstrations.
+    `ood`: the out-of-distribution verdict (models/ood.py) — {"score", "threshold", "unknown",
+    "method"} — or None for a checkpoint without an OOD fit.
     """
 
     class_names: list[str]
@@ -21,6 +23,7 @@ class Prediction:
     embedding: np.ndarray
     lmm_label: str | None = None
     extra: dict = field(default_factory=dict)
+    ood: dict | None = None
 
     @property
     def label(self) -> str:
@@ -50,4 +53,5 @@ class Prediction:
             "conformal_set": list(self.conformal_set),
             "entropy": self.entropy,
             "lmm_label": self.lmm_label,
+            "ood": None if self.ood is None else dict(self.ood),
         }

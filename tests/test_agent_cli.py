@@ -116,3 +116,27 @@ def test_run_over_a_foreign_nsid_file_replays_its_frames_without_touching_it(
     assert summary["status"] == "completed" and summary["frames"] == 4   # its 4 channels
     assert all(not r["rescans"] for r in records)          # stored frames cannot be rescanned
     assert hashlib.sha256(source.read_bytes()).hexdigest() == digest
+
+
+def test_no_ood_switches_the_unknown_route_off_and_an_old_run_config_keeps_it_on(
+        tmp_path, monkeypatch):
+    from agent.config import RunConfig
+    from workflows import cmd_run
+
+    started = []
+
+    def start(config, *args, **kw):
+        started.append(config)
+        raise cmd_run.StartError("not this time")
+
+    monkeypatch.setattr(cmd_run, "run_session", start)
+    for flag in ("--ood", "--no-ood"):
+        result, output = run_cli("run", flag, "--state-dir", str(tmp_path), "--quiet")
+        assert result.exit_code == 2 and "not this time" in output
+    assert [c.policy().reject_unknown for c in started] == [True, False]
+    saved = tmp_path / "old.json"
+    started[1].save(saved)
+    old = json.loads(saved.read_text())
+    del old["reject_unknown"]                    # a run config saved before the option
+    saved.write_text(json.dumps(old))
+    assert RunConfig.load(saved).policy().reject_unknown is True

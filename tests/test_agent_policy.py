@@ -23,11 +23,19 @@ GOOD = {"ok": True}
 POOR = {"ok": False}
 
 
+OOD = {"score": 9.0, "threshold": 4.0, "unknown": True, "method": "mahalanobis"}
+
+
 def prediction(p: float, set_size: int = 1) -> dict:
     return {"confidence": p, "conformal_set": ["A", "B", "C"][:set_size], "label": "A"}
 
 
-@pytest.mark.parametrize("pred,quality,rescans_done,used,approve,expected", [
+def unknown(p: float) -> dict:
+    """A prediction the classifier's out-of-distribution test flagged."""
+    return {**prediction(p), "ood": OOD}
+
+
+ROUTE_CASES = [
     (prediction(0.95), GOOD, 0, FRESH, "none", "record"),
     (prediction(0.95), POOR, 0, FRESH, "none", "record"),        # confident is enough
     (prediction(0.95, 2), GOOD, 0, FRESH, "none", "adjudicate"),  # set too large
@@ -39,10 +47,95 @@ def prediction(p: float, set_size: int = 1) -> dict:
     (prediction(0.5), GOOD, 0, {**FRESH, "tokens": 1000}, "none", "record"),
     (prediction(0.5), GOOD, 0, {**FRESH, "adjudications": 10}, "uncertain", "approve"),
     (prediction(0.99), GOOD, 0, FRESH, "all", "approve"),
-])
+]
+
+
+@pytest.mark.parametrize("pred,quality,rescans_done,used,approve,expected", ROUTE_CASES)
 def test_route_policy(pred, quality, rescans_done, used, approve, expected):
     policy = RoutePolicy(confidence=0.9, max_set_size=1, max_rescans=2, approve=approve)
     assert decide(policy, pred, quality, rescans_done, BUDGETS, used) == expected
+
+
+@pytest.mark.parametrize("ood", [None, {**OOD, "score": 1.0, "unknown": False}])
+@pytest.mark.parametrize("pred,quality,rescans_done,used,approve,expected", ROUTE_CASES)
+def test_an_in_distribution_or_unscored_prediction_routes_as_before(
+        pred, quality, rescans_done, used, approve, expected, ood):
+    policy = RoutePolicy(confidence=0.9, max_set_size=1, max_rescans=2, approve=approve)
+    scored = {**pred, "ood": ood}          # ood None: a checkpoint without an OOD fit
+    assert decide(policy, scored, quality, rescans_done, BUDGETS, used) == expected
+
+
+@pytest.mark.parametrize("pred,quality,rescans_done,approve,expected", [
+    (unknown(0.99), GOOD, 0, "none", "record"),      # confident, yet not taken for a class
+    (unknown(0.5), GOOD, 0, "none", "record"),       # never adjudicated as a class
+    (unknown(0.5), GOOD, 0, "uncertain", "approve"),
+    (unknown(0.99), GOOD, 0, "uncertain", "approve"),
+    (unknown(0.99), GOOD, 0, "all", "approve"),
+    (unknown(0.99), POOR, 0, "none", "rescan"),      # a better frame may show a known class
+    (unknown(0.5), POOR, 2, "none", "record"),       # rescans spent: recorded as unknown
+    (unknown(0.5), POOR, 2, "uncertain", "approve"),
+])
+def test_an_unknown_frame_is_recorded_or_approved_never_adjudicated(pred, quality,
+                                                                      rescans_done, approve,
+                                                                      expected):
+    policy = RoutePolicy(confidence=0.9, max_rescans=2, approve=approve)
+    assert not policy.is_confident(pred)
+    assert decide(policy, pred, quality, rescans_done, BUDGETS, FRESH) == expected
+
+
+def test_an_unknown_frame_of_good_quality_gets_no_closer_look():
+    policy = RoutePolicy(zoom_unsure=True)
+    assert decide(policy, unknown(0.5), GOOD, 0, BUDGETS, FRESH) == "record"
+
+
+def test_with_reject_unknown_off_the_ood_flag_is_ignored():
+    policy = RoutePolicy(reject_unknown=False)
+    assert not policy.is_unknown(unknown(0.99)) and policy.is_confident(unknown(0.99))
+    assert decide(policy, unknown(0.99), GOOD, 0, BUDGETS, FRESH) == "record"
+    assert decide(policy, unknown(0.5), GOOD, 0, BUDGETS, FRESH) == "adjudicate"
+
+
+def _route_once(pred: dict, approve: str = "none", rescans: int = 0,
+                reject_unknown: bool = True) -> dict:
+    """Run the route node on one classified frame of good quality."""
+    from types import SimpleNamespace
+
+    from agent.nodes import route
+
+    rt = SimpleNamespace(policy=RoutePolicy(approve=approve, reject_unknown=reject_unknown))
+    current = {"prediction": pred, "quality": GOOD, "rescans": [{}] * rescans}
+    return route.make(rt)({"current": current, "budgets": BUDGETS, "used": FRESH})
+
+
+def test_an_unknown_frame_is_recorded_under_route_and_label_unknown():
+    out = _route_once(unknown(0.99))
+    assert out["next"] == "record"
+    assert (out["current"]["route"], out["current"]["label"]) == ("unknown", "unknown")
+    rescanned = _route_once(unknown(0.99), rescans=1)
+    assert (rescanned["current"]["route"], rescanned["current"]["label"]) == ("unknown",
+                                                                               "unknown")
+    ignored = _route_once(unknown(0.99), reject_unknown=False)
+    assert (ignored["current"]["route"], ignored["current"]["label"]) == ("confident", "A")
+
+
+def test_an_unknown_frame_is_proposed_to_a_human_as_unknown_from_the_ood_test():
+    for approve in ("uncertain", "all"):
+        out = _route_once(unknown(0.99), approve=approve)
+        assert out["next"] == "approve"
+        assert out["current"]["proposal"] == {"label": "unknown", "source": "ood"}
+    known = _route_once(prediction(0.99), approve="all")
+    assert known["current"]["proposal"] == {"label": "A", "source": "classifier"}
+
+
+def test_a_human_may_label_a_frame_unknown_or_one_of_the_classes():
+    from agent.nodes.approve import decision_error, human_labels
+
+    labels = human_labels(["Films", "Tips"])
+    assert labels == ["Films", "Tips", "unknown"]
+    for label in labels:
+        assert decision_error({"decision": "relabel", "label": label}, labels) == ""
+    assert "relabel needs a label" in decision_error({"decision": "relabel",
+                                                      "label": "Dragons"}, labels)
 
 
 def test_zoom_unsure_takes_one_closer_look_before_adjudication():

@@ -307,3 +307,83 @@ def test_terminal_front_end_answers_the_broker_from_the_prompt(tmp_path, classif
     assert records[0]["human"]["operator"] == "cli-user"
     assert records[1]["human"]["decision"] == "approve"
     assert "approve will record this frame as" in screen.getvalue()
+
+
+OOD = {"score": 12.5, "threshold": 7.0, "unknown": True, "method": "mahalanobis"}
+
+
+class OodFlaggingClassifier:
+    """The test classifier with an out-of-distribution test that flags the calls `flagged`
+    picks (by call index), as a checkpoint with an OOD fit would flag unfamiliar frames."""
+
+    def __init__(self, inner: Classifier, flagged) -> None:
+        self.inner, self.flagged, self.calls = inner, flagged, 0
+        self.class_names = inner.class_names
+
+    def classify(self, images, lmm_labels=None):
+        predictions = self.inner.classify(images, lmm_labels=lmm_labels)
+        for prediction in predictions:
+            prediction.ood = dict(OOD) if self.flagged(self.calls) else None
+            self.calls += 1
+        return predictions
+
+
+def test_frames_flagged_unknown_are_recorded_as_unknown_and_reported(tmp_path, classifier):
+    import io
+
+    from rich.console import Console
+    from typer.testing import CliRunner
+
+    from workflows.cli import app
+    from workflows.cmd_run import _summary_table
+    from workflows.report import build_report
+
+    flagging = OodFlaggingClassifier(classifier, flagged=lambda call: call % 2 == 0)
+    session = make_session(tmp_path, flagging, frames=4, confidence=0.0, max_set_size=10,
+                           thresholds={"min_sharpness": 0.0, "min_snr": 0.0,
+                                       "max_drift_px": 1e9})
+    session.run()
+    session.close()
+    summary, records, truths, prov = read(tmp_path / "s.h5")
+    assert [(r["route"], r["label"]) for r in records[::2]] == [("unknown", "unknown")] * 2
+    assert [r["route"] for r in records[1::2]] == ["confident"] * 2
+    assert all(r["prediction"]["ood"] == OOD for r in records[::2])
+    assert all(r["prediction"]["label"] in SEM_CLASSES for r in records)
+    assert summary["route_counts"]["unknown"] == summary["label_counts"]["unknown"] == 2
+    # unknown is never right where the truth is one of the model's classes
+    assert all(t["label"] in SEM_CLASSES for t in truths[::2])
+    right = sum(r["label"] == t["label"] for r, t in zip(records, truths, strict=True))
+    assert summary["accuracy"] == pytest.approx(right / 4) and right <= 2
+    assert prov["policy"]["reject_unknown"] is True
+
+    inspected = CliRunner().invoke(app, ["inspect", str(tmp_path / "s.h5")])
+    assert inspected.exit_code == 0, inspected.output
+    assert "unknown: 2" in inspected.stdout
+    screen = io.StringIO()
+    Console(file=screen, width=200).print(_summary_table(str(tmp_path / "s.h5")))
+    assert "unknown: 2" in screen.getvalue()
+    page = build_report(tmp_path / "s.h5", tmp_path / "report")
+    assert "<td>unknown</td><td>2</td>" in page.read_text(encoding="utf-8")
+    assert (page.parent / "funnel.png").exists() and (page.parent / "stage_map.png").exists()
+
+
+def test_an_unknown_frame_is_proposed_as_unknown_and_a_human_accepts_or_relabels_it(
+        tmp_path, classifier):
+    broker, seen, stop = ApprovalBroker(), [], threading.Event()
+    decisions = [{"decision": "approve", "operator": "ana", "note": ""},
+                 {"decision": "relabel", "label": "Tips", "operator": "ana", "note": ""}]
+    answer_with(broker, decisions, seen, stop)
+    flagging = OodFlaggingClassifier(classifier, flagged=lambda call: True)
+    session = make_session(tmp_path, flagging, frames=2, approve="uncertain",
+                           thresholds={"min_sharpness": 0.0, "min_snr": 0.0,
+                                       "max_drift_px": 1e9})
+    session.run(broker=broker)
+    stop.set()
+    _, records, _, _ = read(tmp_path / "s.h5")
+    assert [s["proposal"] for s in seen] == ["unknown"] * 2
+    assert seen[0]["proposal_source"] == "ood" and "out-of-distribution" in seen[0]["reason"]
+    assert [(r["route"], r["label"]) for r in records] == [("human", "unknown"),
+                                                           ("human", "Tips")]
+    assert records[0]["human"]["proposal"] == "unknown" and not records[0]["human"]["changed"]
+    view = view_of(seen[0], list(SEM_CLASSES))       # the web page offers unknown and classes
+    assert view["proposal"] == "unknown" and view["class_names"] == [*SEM_CLASSES, "unknown"]

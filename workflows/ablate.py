@@ -23,6 +23,7 @@ VARIANTS: tuple[tuple[str, str], ...] = (
     ("no_lmm", "w/o LMMs (no prediction embedding)"),
     ("no_mha", "w/o MHA (concatenate + linear)"),
     ("no_hnf", "w/o HNF"),
+    ("no_stem", "w/o pretrained stem (raw pixels)"),
     ("vit_only", "ViT baseline"),
     ("gnn_only", "ChebConv GNN baseline"),
 )

@@ -11,6 +11,16 @@ from __future__ import annotations
 import torch
 
 
+def dihedral(images: torch.Tensor, k: int) -> torch.Tensor:
+    """Symmetry k in 0..7 of the square: mirrored left-right when k >= 4, then turned k % 4
+    quarter turns (k = 0 is the identity). Works on (C, H, W) and (B, C, H, W)."""
+    if images.shape[-1] != images.shape[-2]:
+        raise ValueError(f"dihedral augmentation needs square images, got {tuple(images.shape)}")
+    if k >= 4:
+        images = images.flip(-1)
+    return torch.rot90(images, k % 4, dims=(-2, -1))
+
+
 def random_dihedral(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """(B, C, H, W) with H == W -> each image under one of the 8 symmetries of the square,
     drawn uniformly from `generator`."""
@@ -19,8 +29,5 @@ def random_dihedral(batch: torch.Tensor, generator: torch.Generator) -> torch.Te
     choice = torch.randint(0, 8, (batch.shape[0],), generator=generator)
     out = torch.empty_like(batch)
     for i, k in enumerate(choice.tolist()):
-        image = batch[i]
-        if k >= 4:
-            image = image.flip(-1)
-        out[i] = torch.rot90(image, k % 4, dims=(-2, -1))
+        out[i] = dihedral(batch[i], k)
     return out

@@ -1,5 +1,6 @@
 """After training: temperature scaling and split-conformal calibration on the validation part,
-then an atomic checkpoint save (temporary folder renamed into place)."""
+the out-of-distribution fit (training-split embeddings, validation threshold), then an atomic
+checkpoint save (temporary folder renamed into place)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 from models.calibration import nll
 from models.classifier import Classifier
 from models.fusion import FusionClassifier
+from workflows.training_inputs import TrainingInputs, batched
 
 CONFORMAL_ALPHA = 0.1
 
@@ -37,14 +39,21 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def save_calibrated(clf: Classifier, x: torch.Tensor, y: torch.Tensor, lmm: torch.Tensor,
-                    split, folder: Path, extra: dict, alpha: float = CONFORMAL_ALPHA) -> Path:
-    """Fit T and the conformal threshold on `split.val` (Classifier.calibrate: disjoint halves),
-    then write the checkpoint `folder` atomically, with `training_fold.json` beside it."""
-    val = torch.as_tensor(split.val)
-    logits = batched_logits(clf.model, x[val], lmm[val])
+def save_calibrated(clf: Classifier, inputs: TrainingInputs, y: torch.Tensor,
+                    lmm: torch.Tensor, split, folder: Path, extra: dict,
+                    alpha: float = CONFORMAL_ALPHA) -> Path:
+    """Fit T and the conformal threshold on `split.val` (Classifier.calibrate: disjoint halves)
+    and the OOD score, then write the checkpoint `folder` atomically, with
+    `training_fold.json` beside it."""
+    model = clf.model
+    model.eval()
+    val = np.asarray(split.val)
+    logits = batched(lambda b: inputs.logits(model, b, lmm[b]), val)
     labels = y[val].numpy()
     clf.calibrate(logits, labels, alpha=alpha)
+    train = np.asarray(split.train)
+    clf.fit_ood(batched(lambda b: inputs.embed(model, b), train), y[train].numpy(),
+                batched(lambda b: inputs.embed(model, b), val))
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
     if tmp.exists():
@@ -54,7 +63,8 @@ def save_calibrated(clf: Classifier, x: torch.Tensor, y: torch.Tensor, lmm: torc
     record = {**extra, "best_val_loss": min((h["val_loss"] for h in history), default=None),
               "temperature": clf.temperature, "conformal_qhat": clf.conformal_qhat,
               "val_nll_before": nll(logits, labels),
-              "val_nll_after": nll(logits, labels, clf.temperature)}
+              "val_nll_after": nll(logits, labels, clf.temperature),
+              "ood_threshold": clf.ood.threshold}
     (tmp / "training_fold.json").write_text(json.dumps(record, indent=1))
     if folder.exists():
         shutil.rmtree(folder)

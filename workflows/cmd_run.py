@@ -242,6 +242,10 @@ def run(
     max_rescans: int = typer.Option(2, help="rescans per frame at most"),
     zoom_unsure: bool = typer.Option(False, help="rescan unsure frames once with a smaller "
                                                  "FOV before adjudicating them"),
+    ood: bool = typer.Option(True, "--ood/--no-ood",
+                             help="record frames the model's out-of-distribution test flags "
+                                  "as unknown, never as a class (checkpoints without an OOD "
+                                  "fit flag none)"),
     demo_k: int = typer.Option(8, help="demonstrations shown to the adjudicator"),
     demo_strategy: str = typer.Option("similar", help="similar (cosine of embeddings) | "
                                                       "random"),
@@ -270,7 +274,7 @@ def run(
                 adjudicator=adjudicator, model=model, out=out, seed=seed,
                 state_dir=str(Path(state_dir).resolve()), bank=bank, pixels=pixels, fov=fov,
                 dwell=dwell, confidence=confidence, max_rescans=max_rescans,
-                zoom_unsure=zoom_unsure, demo_k=demo_k,
+                zoom_unsure=zoom_unsure, reject_unknown=ood, demo_k=demo_k,
                 demo_strategy=demo_strategy)
     except ValueError as exc:
         err.print(f"[red]{exc}[/]")
@@ -345,6 +349,7 @@ def replay(
                      bank=stored.get("bank"), demo_k=int(stored.get("demo_k", base.demo_k)),
                      confidence=float(stored.get("confidence", base.confidence)),
                      max_set_size=int(stored.get("max_set_size", base.max_set_size)),
+                     reject_unknown=bool(stored.get("reject_unknown", base.reject_unknown)),
                      imaging=stored.get("imaging", base.imaging), budgets={})
     config.budgets = {**config.budgets, "adjudications": len(old), "rescans": 0}
     quiet_console = Console(quiet=True)

@@ -14,7 +14,7 @@ from rich.table import Table
 from workflows.cli import app
 
 CROP_HELP = "Crop the SEM info bar off the bottom: pixels (>= 1) or a fraction of the height."
-ABLATION_HELP = ("full, no_text, no_lmm, no_mha, no_hnf, vit_only, gnn_only, cm_emrl, "
+ABLATION_HELP = ("full, no_text, no_lmm, no_mha, no_hnf, no_stem, vit_only, gnn_only, cm_emrl, "
                  "multifusion.")
 KNOWLEDGE_HELP = ("Class knowledge JSON (micagent describe); default: the bundled SEM knowledge "
                   "when it covers the classes.")
@@ -28,6 +28,15 @@ CLIP_HELP = "Clip the gradient norm at this value (default: 1 for quick, off for
 INIT_HELP = ("Checkpoint folder whose weights start training (fine-tune or continue a model; "
              "with another class set the per-class weights start new).")
 BUDGET_HELP = "Minutes: stop after the first epoch that ends past this, then calibrate + save."
+STEM_HELP = ("Pretrained image stem under the image branches: efficientnet_lite0 (ImageNet "
+             "weights of the installed package) or none (the papers' raw-pixel form).")
+STEM_MODE_HELP = ("frozen: stem features cached once per image and view, only the fusion layers "
+                  "train (default for quick); finetune: the stem's last stages train too at a "
+                  "tenth of the learning rate (default for paper).")
+VIEWS_HELP = "Cached augmentation views per image with a frozen stem (default 4, 1 without "\
+    "augmentation)."
+CACHE_HELP = ("Folder of cached stem features (default $MICAGENT_FEATURE_CACHE or "
+              "~/.cache/micagent/stem_features).")
 
 
 def _console() -> Console:
@@ -50,7 +59,9 @@ def _options(profile: str, folds: int | None, epochs: int | None, seed: int, abl
              config: str | None, time_budget: float | None = None,
              confounding: float = 0.1, shots: int = 5, strategy: str = "similar",
              augment: bool | None = None, grad_clip: float | None = None,
-             init: Path | None = None):
+             init: Path | None = None, stem: str = "efficientnet_lite0",
+             stem_mode: str | None = None, stem_views: int | None = None,
+             feature_cache: Path | None = None):
     from workflows.data import parse_crop
     from workflows.train import TrainOptions
 
@@ -62,7 +73,9 @@ def _options(profile: str, folds: int | None, epochs: int | None, seed: int, abl
                         crop=parse_crop(crop), dedup=not no_dedup, batch_size=batch_size,
                         config_overrides=overrides, time_budget_min=time_budget,
                         confounding_fraction=confounding, shots=shots, demo_strategy=strategy,
-                        augment=augment, grad_clip=grad_clip, init=str(init) if init else None)
+                        augment=augment, grad_clip=grad_clip, init=str(init) if init else None,
+                        stem=stem, stem_mode=stem_mode, stem_views=stem_views,
+                        feature_cache=str(feature_cache) if feature_cache else None)
 
 
 @app.command("train")
@@ -91,6 +104,10 @@ def train_cmd(
     = None,
     grad_clip: Annotated[float | None, typer.Option(help=CLIP_HELP)] = None,
     init: Annotated[Path | None, typer.Option(help=INIT_HELP)] = None,
+    stem: Annotated[str, typer.Option(help=STEM_HELP)] = "efficientnet_lite0",
+    stem_mode: Annotated[str | None, typer.Option(help=STEM_MODE_HELP)] = None,
+    stem_views: Annotated[int | None, typer.Option(help=VIEWS_HELP)] = None,
+    feature_cache: Annotated[Path | None, typer.Option(help=CACHE_HELP)] = None,
 ) -> None:
     """Train the fusion classifier with the papers' protocol; resumes an interrupted run."""
     from models.errors import ModelError
@@ -103,7 +120,8 @@ def train_cmd(
     try:
         opts = _options(profile, folds, epochs, seed, ablation, knowledge, crop_bottom,
                         no_dedup, batch_size, config, time_budget, confounding, shots,
-                        demo_strategy, augment, grad_clip, init)
+                        demo_strategy, augment, grad_clip, init, stem, stem_mode,
+                        stem_views, feature_cache)
         path = train(data_dir, out, opts, _console(), restart=restart)
     except (DatasetError, SplitError, TrainError, KnowledgeError, ModelError,
             ValueError) as exc:
@@ -174,6 +192,10 @@ def ablate_cmd(
     grad_clip: Annotated[float | None, typer.Option(help=CLIP_HELP)] = None,
     time_budget: Annotated[float | None, typer.Option(help=BUDGET_HELP + " Per variant.")]
     = None,
+    stem: Annotated[str, typer.Option(help=STEM_HELP)] = "efficientnet_lite0",
+    stem_mode: Annotated[str | None, typer.Option(help=STEM_MODE_HELP)] = None,
+    stem_views: Annotated[int | None, typer.Option(help=VIEWS_HELP)] = None,
+    feature_cache: Annotated[Path | None, typer.Option(help=CACHE_HELP)] = None,
 ) -> None:
     """Train and evaluate the full model, the papers' ablations and the baselines."""
     from models.errors import ModelError
@@ -185,7 +207,9 @@ def ablate_cmd(
     _threads()
     try:
         opts = _options(profile, folds, epochs, seed, "full", knowledge, crop_bottom, False,
-                        batch_size, config, time_budget, augment=augment, grad_clip=grad_clip)
+                        batch_size, config, time_budget, augment=augment, grad_clip=grad_clip,
+                        stem=stem, stem_mode=stem_mode, stem_views=stem_views,
+                        feature_cache=feature_cache)
         table = ablate(data_dir, out, opts, variants.split(",") if variants else None,
                        _console())
     except (DatasetError, SplitError, TrainError, ModelError, ValueError) as exc:

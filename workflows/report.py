@@ -22,11 +22,15 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from scipy.spatial import cKDTree
 
+from agent.policy import UNKNOWN
 from instruments.frame import Frame
 from instruments.session_reader import SessionReader
 
 ESCALATED_ROUTES = ("rescan", "adjudicated", "human", "contested")
-FUNNEL = ("all frames", "confident", "rescanned", "adjudicated", "human")
+FUNNEL = ("all frames", "confident", "rescanned", "adjudicated", "human", UNKNOWN)
+FUNNEL_COLOURS = {"all frames": "grey", "confident": "C0", "rescanned": "C2",
+                  "adjudicated": "C1", "human": "C3", UNKNOWN: "black"}
+UNKNOWN_COLOUR = (0.15, 0.15, 0.15, 1.0)
 THUMB_PX = 128
 
 
@@ -77,7 +81,7 @@ def _facts(index: int, frame: Frame, record: dict[str, Any] | None) -> FrameFact
     tile = record.get("tile") if isinstance(record.get("tile"), dict) else None
     x = _number(position.get("x", frame.stage.x))
     y = _number(position.get("y", frame.stage.y))
-    route = str(record.get("route") or ("unrecorded" if not record else "unknown"))
+    route = str(record.get("route") or ("unrecorded" if not record else "no route"))
     adjudication = record.get("adjudication")
     human = record.get("human") if isinstance(record.get("human"), dict) else None
     timings = {k: v for k, v in ((k, _number(v)) for k, v in
@@ -106,10 +110,13 @@ def _thumbnail(image: np.ndarray) -> np.ndarray:
 
 
 def _colours(labels: list[str]) -> dict[str, Any]:
+    """A palette colour per class; unknown (no class) always near-black."""
     from matplotlib import colormaps
 
-    cmap = colormaps["tab10" if len(labels) <= 10 else "tab20"]
-    return {name: cmap(i % cmap.N) for i, name in enumerate(labels)}
+    classes = [name for name in labels if name != UNKNOWN]
+    cmap = colormaps["tab10" if len(classes) <= 10 else "tab20"]
+    return {**{name: cmap(i % cmap.N) for i, name in enumerate(classes)},
+            UNKNOWN: UNKNOWN_COLOUR}
 
 
 def _save(fig: Figure, out: Path, name: str) -> str:
@@ -239,6 +246,7 @@ def funnel_counts(facts: list[FrameFacts]) -> dict[str, int]:
         "rescanned": sum(f.rescans > 0 for f in facts),
         "adjudicated": sum(f.adjudicated for f in facts),
         "human": sum(f.human is not None or f.route == "human" for f in facts),
+        UNKNOWN: sum(f.label == UNKNOWN for f in facts),
     }
 
 
@@ -251,7 +259,7 @@ def escalation_funnel(facts: list[FrameFacts], out: Path) -> Section:
     fig = Figure(figsize=(6.5, 3.2))
     ax = fig.add_subplot()
     names = list(FUNNEL)[::-1]
-    ax.barh(names, [counts[n] for n in names], color=["C3", "C1", "C2", "C0", "grey"])
+    ax.barh(names, [counts[n] for n in names], color=[FUNNEL_COLOURS[n] for n in names])
     for i, n in enumerate(names):
         ax.text(counts[n], i, f" {counts[n]}", va="center")
     ax.set_xlabel("frames")

@@ -3,6 +3,14 @@
 5 epochs without improvement (ReduceLROnPlateau); `paper` profile: stratified 10-fold CV for 50
 epochs; `quick` profile: one stratified train/val/test split and fewer epochs.
 
+The pretrained stem (models/stem.py; `stem = "none"` trains the papers' raw-pixel form) trains in
+one of two modes. `frozen` (quick profile): its features are computed once per image and
+augmentation view and cached (workflows/feature_cache.py), so an epoch trains only the fusion
+layers. `finetune` (paper profile): the stem's last FINETUNE_BLOCKS stages train too, at
+STEM_LR_FACTOR times the learning rate, on images augmented each step.
+After calibration the out-of-distribution score (models/ood.py) is fitted: class means and
+covariance on the training split's embeddings, threshold on the validation split.
+
 Interruptions: `<out>.partial/` holds the run description (`run.json`: options, dataset
 fingerprint, splits, LMM labels) and, per fold, the state after the last finished epoch
 (`fold_K.pt`, written atomically), then the fold's finished, calibrated checkpoint. Running the
@@ -15,6 +23,7 @@ folder, so a partial checkpoint never looks valid.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -30,29 +39,39 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from models.checkpoint import checkpoint_sha256, load_checkpoint
 from models.classifier import Classifier
-from models.config import FusionConfig
+from models.config import STEMS, FusionConfig
 from models.errors import ConfigError, ModelError
 from models.fusion import FusionClassifier
 from models.preprocess import preprocess_batch
-from workflows.augment import random_dihedral
+from models.stem import PretrainedStem
 from workflows.calibrate import save_calibrated
 from workflows.confounding import few_shot_labels, pca_features, select_confounding
 from workflows.data import LabelledDataset, load_folder_dataset
+from workflows.feature_cache import FeatureCache
 from workflows.knowledge import Knowledge, resolve_knowledge
 from workflows.splits import Split, holdout_split, kfold_splits
+from workflows.training_inputs import CachedFeatureInputs, ImageInputs, TrainingInputs
 
 PROFILES: dict[str, dict] = {
     # The papers' protocol (no augmentation).
     "paper": {"folds": 10, "epochs": 50, "early_stop": 10, "lr_patience": 5, "augment": False,
-              "grad_clip": None},
+              "grad_clip": None, "stem_mode": "finetune"},
     # One split; sized for 2,000 images at 224 px in about 30 min on this 2-core machine:
     # benchmarks/quick_profile_time.sh measured 47 s per epoch of 1,428 + 286 images (full
     # model, one thread, the other core busy with a training job): 35 epochs in 1751 s.
     # Flips/quarter turns on: a from-scratch model sees few images here. Gradient norm
     # clipped at 1: at lr 1e-3 the from-scratch HNF/ODE branch made the loss jump upwards.
     "quick": {"folds": 1, "epochs": 35, "early_stop": 5, "lr_patience": 3, "augment": True,
-              "grad_clip": 1.0},
+              "grad_clip": 1.0, "stem_mode": "frozen"},
 }
+STEM_MODES = ("frozen", "finetune")
+FINETUNE_BLOCKS = 2  # the stem's last two stages (strides 16-32, 1.8 M of 3.4 M weights)
+STEM_LR_FACTOR = 0.1
+AUGMENT_VIEWS = 4  # cached views per image when a frozen stem trains with augmentation
+# options that do not change what a run computes: a resumed run may change them
+RESUMABLE_CHANGES = ("epochs", "time_budget_min", "feature_cache")
+# what runs recorded before an option existed did (they read raw pixels)
+LEGACY_OPTIONS = {"stem": "none"}
 
 
 class TrainError(RuntimeError):
@@ -79,6 +98,10 @@ class TrainOptions:
     augment: bool | None = None  # None: the profile's default
     grad_clip: float | None = None  # max gradient norm; None: the profile's default, 0: off
     init: str | None = None  # checkpoint folder whose weights start the run (fine-tuning)
+    stem: str = "efficientnet_lite0"  # or "none": the papers' raw-pixel form
+    stem_mode: str | None = None  # frozen | finetune; None: the profile's default
+    stem_views: int | None = None  # cached views of a frozen stem; None: 4 with augment, else 1
+    feature_cache: str | None = None  # folder of cached stem features (None: default folder)
     config_overrides: dict = field(default_factory=dict)
 
     def resolved(self) -> dict:
@@ -93,7 +116,24 @@ class TrainOptions:
         out["lr_patience"] = prof["lr_patience"]
         out["augment"] = prof["augment"] if self.augment is None else self.augment
         out["grad_clip"] = prof["grad_clip"] if self.grad_clip is None else self.grad_clip or None
+        out["stem_mode"] = self.stem_mode or prof["stem_mode"]
+        if out["stem_mode"] not in STEM_MODES:
+            raise TrainError(f"unknown stem mode {out['stem_mode']!r}; choose {STEM_MODES}")
+        if self.stem not in STEMS:
+            raise TrainError(f"unknown stem {self.stem!r}; choose {STEMS}")
+        out["stem_views"] = self.stem_views or (AUGMENT_VIEWS if out["augment"] else 1)
         return out
+
+
+def model_config(opts: dict, n_classes: int) -> FusionConfig:
+    """The architecture a run trains: the ablation preset, the stem and its mode."""
+    overrides = dict(opts["config_overrides"])
+    if opts["stem"] == "none":
+        overrides["stem"] = "none"
+    config = FusionConfig.ablation(opts["ablation"], n_classes=n_classes, **overrides)
+    if config.stem != "none" and opts["stem_mode"] == "finetune":
+        config = dataclasses.replace(config, stem_train_blocks=FINETUNE_BLOCKS)
+    return config
 
 
 def atomic_torch_save(obj: object, path: Path) -> None:
@@ -135,16 +175,27 @@ def lmm_labels_per_fold(ds: LabelledDataset, splits: list[Split], opts: dict,
     return out, info
 
 
+def param_groups(model: FusionClassifier, lr: float) -> list[dict]:
+    """Adam parameter groups: the fusion layers at `lr`, fine-tuned stem stages lower."""
+    stem = {id(p) for p in model.stem.parameters()} if model.stem is not None else set()
+    trained = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in trained if id(p) not in stem], "lr": lr}]
+    stem_params = [p for p in trained if id(p) in stem]
+    if stem_params:
+        groups.append({"params": stem_params, "lr": lr * STEM_LR_FACTOR})
+    return groups
+
+
 class FoldTrainer:
     """Trains one fold with per-epoch resumable state."""
 
-    def __init__(self, model: FusionClassifier, x: torch.Tensor, y: torch.Tensor,
+    def __init__(self, model: FusionClassifier, inputs: TrainingInputs, y: torch.Tensor,
                  lmm: torch.Tensor, split: Split, opts: dict, state_path: Path,
                  console: Console) -> None:
-        self.model, self.x, self.y, self.lmm = model, x, y, lmm
+        self.model, self.inputs, self.y, self.lmm = model, inputs, y, lmm
         self.split, self.opts, self.path, self.console = split, opts, state_path, console
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optim = torch.optim.Adam(self.params, lr=opts["lr"])
+        self.optim = torch.optim.Adam(param_groups(model, opts["lr"]))
         self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optim, mode="min", factor=opts["lr_factor"], patience=opts["lr_patience"])
         self.epoch, self.best_loss, self.best_state, self.since_best = 0, float("inf"), None, 0
@@ -187,7 +238,7 @@ class FoldTrainer:
         loss, correct = 0.0, 0
         with torch.no_grad():
             for b in self._batches(idx, False):
-                logits = self.model(self.x[b], self.lmm[b])
+                logits = self.inputs.logits(self.model, b, self.lmm[b])
                 loss += torch.nn.functional.cross_entropy(logits, self.y[b], reduction="sum").item()
                 correct += int((logits.argmax(1) == self.y[b]).sum())
         return loss / len(idx), correct / len(idx)
@@ -198,9 +249,9 @@ class FoldTrainer:
         batches = self._batches(self.split.train, True)
         progress.reset(task, total=len(batches), description=f"epoch {self.epoch + 1}")
         flips = torch.Generator().manual_seed(self.opts["seed"] * 100003 + self.epoch)
+        augment = flips if self.opts["augment"] else None
         for b in batches:
-            images = random_dihedral(self.x[b], flips) if self.opts["augment"] else self.x[b]
-            logits = self.model(images, self.lmm[b])
+            logits = self.inputs.logits(self.model, b, self.lmm[b], augment)
             loss = torch.nn.functional.cross_entropy(logits, self.y[b])
             self.optim.zero_grad()
             loss.backward()
@@ -234,13 +285,11 @@ def _load_dataset(data_dir: Path, opts: dict, size: int, console: Console) -> La
             progress=lambda i, n: progress.update(task, completed=i, total=n))
 
 
-RESUMABLE_CHANGES = ("epochs", "time_budget_min")
-
-
 def recorded_options(recorded: dict) -> dict:
     """A run's recorded options, with the defaults of options added since it was recorded
-    (e.g. `init`), so an older run still compares equal to the same options today."""
-    return {**asdict(TrainOptions()), **recorded}
+    (e.g. `init`), so an older run still compares equal to the same options today; options
+    that changed what a run does (the stem) take the value older runs had."""
+    return {**TrainOptions().resolved(), **LEGACY_OPTIONS, **recorded}
 
 
 def _identity(opts: dict) -> dict:
@@ -298,8 +347,7 @@ def train(data_dir: str | Path, out: str | Path, options: TrainOptions | None = 
     if know.path == "<class names>":
         console.print("[yellow]no knowledge file covers these classes: the text branch uses "
                       "the class names only (pass --knowledge FILE from `micagent describe`)")
-    config = FusionConfig.ablation(opts["ablation"], n_classes=len(ds.class_names),
-                                   **opts["config_overrides"])
+    config = model_config(opts, len(ds.class_names))
     run = _prepare_run(partial, ds, opts, config, know, console)
     try:  # a resumed run keeps the architecture it started with
         config = FusionConfig.from_dict(run["config"])
@@ -309,6 +357,7 @@ def train(data_dir: str | Path, out: str | Path, options: TrainOptions | None = 
     descriptions = know.for_classes(ds.class_names)
     x = preprocess_batch(ds.images, channels=config.in_chans, size=config.img_size)
     y = torch.as_tensor(ds.labels)
+    inputs = training_inputs(config, x, opts, console)
     started = time.time()
     fold_dirs = []
     for fold, split_d in enumerate(run["splits"]):
@@ -321,7 +370,7 @@ def train(data_dir: str | Path, out: str | Path, options: TrainOptions | None = 
         clf = Classifier.create(config, ds.class_names, descriptions)
         model = clf.model
         lmm = torch.as_tensor(run["lmm_labels"][fold], dtype=torch.long)
-        trainer = FoldTrainer(model, x, y, lmm, split, opts, partial / f"fold_{fold}.pt",
+        trainer = FoldTrainer(model, inputs, y, lmm, split, opts, partial / f"fold_{fold}.pt",
                               console)
         if trainer.load():
             console.print(f"fold {fold + 1}: resuming after epoch {trainer.epoch}")
@@ -347,9 +396,32 @@ def train(data_dir: str | Path, out: str | Path, options: TrainOptions | None = 
             model.load_state_dict(trainer.best_state, strict=False)
         stop = ("epoch limit" if trainer.epoch >= opts["epochs"] else "early stopping"
                 if trainer.finished else "time budget")
-        save_calibrated(clf, x, y, lmm, split, fold_dir,
+        save_calibrated(clf, inputs, y, lmm, split, fold_dir,
                         extra={"fold": fold, "history": trainer.history, "stopped_by": stop})
     return _assemble(out, partial, run, fold_dirs, time.time() - started)
+
+
+def training_inputs(config: FusionConfig, x: torch.Tensor, opts: dict,
+                    console: Console) -> TrainingInputs:
+    """Cached stem features for a frozen stem, else the images themselves."""
+    if config.stem == "none" or config.stem_train_blocks:
+        return ImageInputs(x)
+    cache = FeatureCache(opts["feature_cache"])
+    stem = PretrainedStem()
+    views = opts["stem_views"]
+    with Progress(TextColumn("stem features {task.description}"), BarColumn(),
+                  MofNCompleteColumn(), TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task("", total=len(x) * views)
+
+        def advance(view: int, done: int, total: int) -> None:
+            progress.update(task, completed=view * total + done,
+                            description=f"view {view + 1}/{views}")
+
+        levels = cache.views(stem, x, views, advance)
+        progress.update(task, completed=len(x) * views)
+    console.print(f"stem features: {views} view(s) of {len(x)} images, {cache.hits} from the "
+                  f"cache and {cache.misses} computed ({cache.folder})")
+    return CachedFeatureInputs(levels)
 
 
 def _init_record(ckpt: str | None) -> dict | None:

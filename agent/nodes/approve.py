@@ -9,22 +9,32 @@ from typing import Any
 from langgraph.types import interrupt
 
 from agent.nodes._common import thumbnail
+from agent.policy import UNKNOWN
 from agent.runtime import Runtime
 from agent.state import AgentState
 
 DECISIONS = ("approve", "relabel", "rescan", "skip")
 
 
-def decision_error(decision: Any, class_names: list[str]) -> str:
+def human_labels(class_names: list[str]) -> list[str]:
+    """The labels a human may give: the model's classes, or unknown (none of them)."""
+    return [*class_names, UNKNOWN]
+
+
+def decision_error(decision: Any, labels: list[str]) -> str:
     """Why a decision is unusable, or "" when it is fine."""
     if not isinstance(decision, dict) or decision.get("decision") not in DECISIONS:
         return f"decision must be a dict with 'decision' in {DECISIONS}"
-    if decision["decision"] == "relabel" and decision.get("label") not in class_names:
-        return f"relabel needs a label from {class_names}"
+    if decision["decision"] == "relabel" and decision.get("label") not in labels:
+        return f"relabel needs a label from {labels}"
     return ""
 
 
 def _reason(current: dict[str, Any], mode: str) -> str:
+    if current["proposal"].get("source") == "ood":
+        ood = current["prediction"]["ood"]
+        return (f"the frame is unlike every class the classifier knows (out-of-distribution "
+                f"score {ood['score']:.3g} > threshold {ood['threshold']:.3g})")
     if mode == "all":
         return "every frame is reviewed in this session (--approve all)"
     adjudication = current.get("adjudication") or {}
@@ -55,7 +65,7 @@ def payload(rt: Runtime, state: AgentState, current: dict[str, Any]) -> dict[str
             "proposal": proposal["label"], "proposal_source": proposal.get("source"),
             "reason": _reason(current, rt.policy.approve),
             "on_approve": f"record this frame as {proposal['label']}",
-            "choices": list(DECISIONS), "labels": rt.class_names}
+            "choices": list(DECISIONS), "labels": human_labels(rt.class_names)}
 
 
 def make(rt: Runtime):
@@ -63,7 +73,7 @@ def make(rt: Runtime):
         current = dict(state["current"])
         request = payload(rt, state, current)
         decision = interrupt(request)
-        while (error := decision_error(decision, rt.class_names)):
+        while (error := decision_error(decision, human_labels(rt.class_names))):
             decision = interrupt({**request, "error": error})
         proposal = current["proposal"]["label"]
         label = decision["label"] if decision["decision"] == "relabel" else proposal
