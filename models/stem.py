@@ -11,9 +11,10 @@ refused, since a checkpoint trained on these features would silently change mean
 
 Input: the model's normalised images (pixels in [-1, 1], models/preprocess.py), 1 or 3
 channels; grayscale is replicated to RGB and ImageNet mean/std normalisation applied here.
-Batch-norm layers always run on their ImageNet statistics (eval mode), also while fine-tuning:
-the micrograph batches here are small and single-domain, and re-estimating the statistics of a
-frozen network from them would shift every feature the later layers were trained on.
+Batch-norm layers are frozen (timm's `freeze_batch_norm_2d`: ImageNet statistics and affine
+parameters as constants), also while fine-tuning: the micrograph batches here are small and
+single-domain, and re-estimating the statistics from them would shift every feature the later
+layers were trained on.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 import timm
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import freeze_batch_norm_2d
 from torch import nn
 
 from models.errors import StemWeightsError
@@ -118,6 +120,7 @@ class PretrainedStem(nn.Module):
         own = self.net.state_dict()
         self.net.load_state_dict(
             {k: v for k, v in pretrained_state_dict().items() if k in own}, strict=True)
+        self.net = freeze_batch_norm_2d(self.net)
         self.net = self.net.to(memory_format=torch.channels_last)  # ~1.5x faster on CPU
         trained = trainable_block_prefixes(train_blocks) if train_blocks else ()
         for name, param in self.net.named_parameters():
@@ -127,13 +130,6 @@ class PretrainedStem(nn.Module):
                              persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1),
                              persistent=False)
-
-    def train(self, mode: bool = True) -> PretrainedStem:
-        super().train(mode)
-        for module in self.net.modules():  # ImageNet batch-norm statistics stay (docstring)
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.eval()
-        return self
 
     def frozen_prefixes(self) -> tuple[str, ...]:
         """state_dict prefixes (relative to this module) of weights that never train."""

@@ -17,6 +17,7 @@ PARTS = {
     "no_lmm": {"vit", "hnf", "text", "align", "relevance", "attention"},
     "no_mha": {"vit", "hnf", "text", "align", "relevance", "lmm"},
     "no_hnf": {"vit", "text", "align", "lmm", "attention"},
+    "no_stem": {"vit", "hnf", "text", "align", "relevance", "lmm", "attention"},
     "cm_emrl": {"vit", "text", "align", "lmm", "attention"},
     "multifusion": {"hnf", "text", "relevance", "attention"},
     "vit_only": {"vit"},
@@ -37,6 +38,7 @@ def test_preset_builds_exactly_its_parts_and_classifies(models, name):
     model = models[name].eval()
     present = {p for p in ALL_PARTS if getattr(model, p) is not None}
     assert present == PARTS[name]
+    assert (model.stem is None) == (name == "no_stem")
     with torch.no_grad():
         logits = model(torch.randn(2, 1, 224, 224), torch.tensor([1, -1]))
         embedding = model.embed(torch.randn(2, 1, 224, 224))
@@ -55,12 +57,15 @@ def test_without_mha_the_head_is_one_linear_map_of_the_concatenated_embeddings(m
     assert models["full"].head.in_features == 64
 
 
-def test_frozen_text_encoder_is_not_trainable_nor_counted(models):
+def test_frozen_text_encoder_and_stem_are_not_trainable_nor_counted(models):
     model = models["full"]
     encoder_params = sum(p.numel() for p in model.text.encoder.parameters())
+    stem_params = sum(p.numel() for p in model.stem.parameters())
     assert encoder_params > 1e7  # MiniLM
+    assert 2.5e6 < stem_params < 3.5e6  # EfficientNet-Lite0 up to stride 32
     assert model.count_parameters(trainable_only=False) - model.count_parameters() == \
-        encoder_params
+        encoder_params + stem_params
+    assert not any(k.startswith(("stem.", "text.encoder.")) for k in model.trainable_state_dict())
 
 
 def test_full_model_sends_gradients_to_every_trainable_parameter(models):
