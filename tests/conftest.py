@@ -17,6 +17,14 @@ SHARED_NSID = Path(__file__).resolve().parents[2] / "shared" / "data" / "nsid" /
     "PTO_Funakubo0001.h5"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def feature_cache_folder(tmp_path_factory) -> Path:
+    """Cached stem features go to a folder of this test session, not the user's cache."""
+    folder = tmp_path_factory.mktemp("stem_features")
+    os.environ["MICAGENT_FEATURE_CACHE"] = str(folder)
+    return folder
+
+
 def pytest_configure(config: pytest.Config) -> None:
     try:
         import torch
