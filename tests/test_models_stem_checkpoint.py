@@ -111,3 +111,26 @@ def test_mahalanobis_ood_flags_embeddings_far_from_every_class():
 def test_the_ood_fit_needs_every_class_in_the_training_split():
     with pytest.raises(ValueError, match="all 3 classes"):
         MahalanobisOOD.fit(np.zeros((4, 2)), np.array([0, 1, 0, 1]), 3, np.zeros((3, 2)))
+
+
+def test_stem_features_are_refused_by_a_model_without_a_stem_and_checked_for_shape():
+    from models.errors import ModelInputError
+    from models.fusion import FusionClassifier
+
+    raw = FusionClassifier(FusionConfig.ablation("gnn_only", stem="none", n_classes=3))
+    with pytest.raises(ModelInputError, match="no stem"):
+        raw.forward_features([torch.zeros(1, 40, 28, 28)])
+    stem = FusionClassifier(FusionConfig.ablation("gnn_only", n_classes=3))
+    with pytest.raises(ModelInputError, match="stem features must have shapes"):
+        stem.forward_features([torch.zeros(1, 40, 28, 28), torch.zeros(1, 112, 7, 7),
+                               torch.zeros(1, 320, 7, 7)])
+
+
+def test_16_bit_and_sub_patch_frames_are_resized_and_rescaled_for_the_stem():
+    clf = _fitted(FusionConfig.ablation("gnn_only"))
+    rng = np.random.default_rng(2)
+    sixteen_bit = rng.integers(0, 65535, size=(300, 400), dtype=np.uint16)
+    tiny = rng.random((8, 8))  # smaller than one 16 px patch: resized to 224 like any frame
+    preds = clf.classify([sixteen_bit, tiny])
+    assert all(np.isclose(p.probabilities.sum(), 1.0) for p in preds)
+    assert all(np.isfinite(p.ood["score"]) for p in preds)
