@@ -64,9 +64,14 @@ class FeatureCache:
         """
         if not 1 <= n_views <= len(VIEW_ORDER):
             raise ValueError(f"views must lie in [1, {len(VIEW_ORDER)}], got {n_views}")
-        per_view = [self._one_view(stem, images, VIEW_ORDER[v], v, progress)
-                    for v in range(n_views)]
-        return [torch.stack(level) for level in zip(*per_view, strict=True)]
+        out: list[torch.Tensor] = []
+        for v in range(n_views):  # filled view by view: one view's copy in memory at a time
+            levels = self._one_view(stem, images, VIEW_ORDER[v], v, progress)
+            if not out:
+                out = [torch.empty((n_views, *f.shape), dtype=f.dtype) for f in levels]
+            for stacked, level in zip(out, levels, strict=True):
+                stacked[v] = level
+        return out
 
     def _one_view(self, stem: PretrainedStem, images: torch.Tensor, k: int, v: int,
                   progress) -> list[torch.Tensor]:
