@@ -85,7 +85,7 @@ def train_cmd(
     profile: Annotated[str, typer.Option(help="quick (one split) or paper (10-fold CV).")]
     = "quick",
     folds: Annotated[int | None, typer.Option(help="CV folds (paper profile: 10).")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Maximum epochs (paper 50, quick 35).")]
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs (paper 50, quick 10).")]
     = None,
     seed: Annotated[int, typer.Option()] = 0,
     ablation: Annotated[str, typer.Option(help=ABLATION_HELP)] = "full",
