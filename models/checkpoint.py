@@ -31,6 +31,7 @@ from models.errors import (
     StemMismatchError,
 )
 from models.fusion import FusionClassifier
+from models.hashing import file_sha256
 from models.ood import MahalanobisOOD
 from models.stem import STEM_SHA256, stem_identity
 
@@ -46,14 +47,6 @@ def text_hash(class_names: list[str], descriptions: list[str] | None) -> str:
                           "descriptions": list(descriptions) if descriptions else None},
                          ensure_ascii=False, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def software_versions() -> dict[str, str]:

