@@ -40,7 +40,7 @@ from models.checkpoint import checkpoint_sha256, load_checkpoint, load_ood, save
 from models.config import FusionConfig
 from models.errors import ModelInputError
 from models.fusion import FusionClassifier
-from models.ood import MahalanobisOOD
+from models.ood import DEFAULT_QUANTILE, MahalanobisOOD
 from models.prediction import Prediction
 from models.preprocess import preprocess_batch
 
@@ -170,11 +170,13 @@ class Classifier:
         self.conformal_qhat = conformal_threshold(probs, labels[1::2], alpha)
         self.alpha = alpha
 
-    def fit_ood(self, train_embeddings, train_labels, val_embeddings) -> None:
+    def fit_ood(self, train_embeddings, train_labels, val_embeddings,
+                quantile: float = DEFAULT_QUANTILE) -> None:
         """Fit the Mahalanobis OOD score on LMM-free training embeddings (`embed`), its
-        threshold on held-out ones."""
+        threshold (this quantile of their scores) on held-out ones."""
         self.ood = MahalanobisOOD.fit(np.asarray(train_embeddings), np.asarray(train_labels),
-                                      len(self._class_names), np.asarray(val_embeddings))
+                                      len(self._class_names), np.asarray(val_embeddings),
+                                      quantile)
 
     # ---- inference ---------------------------------------------------------------------
     def _run(self, images, lmm_labels, batch_size: int):

@@ -20,9 +20,14 @@ each image matched, for interpretation.
 (training on cached frozen-stem features uses it). Weights of a frozen stem are not trainable
 and not stored in checkpoints (`frozen_prefixes`); the checkpoint records the stem's identity.
 
-`embed(images)` returns h_img-text (the concatenation of the image/text embeddings for w/o MHA;
-the image embedding for baselines): independent of any LMM answer, it is the representation used
-to find similar demonstrations.
+`embed(images)` returns the concatenation of the stage-1 embeddings [h_cls, h_fus, h_text*,
+h_fus^text] (the image embedding for baselines): the multimodal embeddings the attention fuses,
+independent of any LMM answer. It is the representation used to find similar demonstrations
+and the one the out-of-distribution score measures (models/ood.py). Deviation: before the stem,
+the full model returned h_img-text here; measured on the bundled checkpoint, the Mahalanobis
+score on the 64-d h_img-text (after the attention's LayerNorm) flagged none of 20 blank frames
+and 2 of 20 saturated ones at its 0.99 validation quantile, on the 256-d concatenation all
+blank and 12 saturated frames, with 1 % of twin frames flagged in both cases.
 """
 
 from __future__ import annotations
@@ -139,7 +144,7 @@ class FusionClassifier(nn.Module):
 
     def encode(self, images: torch.Tensor, lmm_index: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(h_cross, h_img-text): the pre-logit embedding and the LMM-free embedding."""
+        """(h_cross, stage-1 concatenation): the pre-logit and the LMM-free embedding."""
         return self._encode(self.features(images), lmm_index, images.shape[0], images.device)
 
     def encode_features(self, features: list[torch.Tensor],
@@ -154,9 +159,9 @@ class FusionClassifier(nn.Module):
         lmm_index = self.check_lmm(lmm_index, b, device)
         stage1 = self._stage1(inputs)
         h_icl = self.lmm(lmm_index) if self.lmm is not None else None
-        if self.attention is not None:
-            return self.attention(stage1, h_icl)
         joint = torch.cat(stage1, dim=-1)
+        if self.attention is not None:
+            return self.attention(stage1, h_icl)[0], joint
         if h_icl is None:
             return joint, joint
         return torch.cat([joint, h_icl], dim=-1), joint

@@ -219,6 +219,34 @@ def ablate_cmd(
     Console().print(markdown_table(table))
 
 
+@app.command("fit-ood")
+def fit_ood_cmd(
+    ckpt: Annotated[Path, typer.Argument(help="Checkpoint folder (rewritten in place).")],
+    data_dir: Annotated[Path, typer.Argument(help="The dataset it was trained on.")],
+    quantile: Annotated[float, typer.Option(help="Share of validation images scored as "
+                                                 "known (sets the threshold).")] = 0.99,
+    feature_cache: Annotated[Path | None, typer.Option(help=CACHE_HELP)] = None,
+) -> None:
+    """Fit a checkpoint's out-of-distribution score (class means and covariance on its training
+    split, threshold on its validation split) without retraining it."""
+    from models.errors import ModelError
+    from workflows.data import DatasetError
+    from workflows.fit_ood import fit_ood
+    from workflows.train import TrainError
+
+    _threads()
+    if not 0.5 <= quantile < 1:
+        _fail(f"--quantile must lie in [0.5, 1), got {quantile}")
+    try:
+        fit = fit_ood(ckpt, data_dir, quantile, str(feature_cache) if feature_cache else None,
+                      _console())
+    except (DatasetError, TrainError, ModelError, OSError) as exc:
+        _fail(str(exc))
+    _console().print(f"[green]{ckpt}: OOD threshold {fit['threshold']:.1f} (quantile "
+                     f"{fit['quantile']:g} of {fit['val']} validation images; means and "
+                     f"covariance from {fit['train']} training images)")
+
+
 @app.command("describe")
 def describe_cmd(
     out: Annotated[Path, typer.Option("--out", help="Knowledge JSON to write.")],
