@@ -74,7 +74,8 @@ def render(ckpt: Path, data: Path) -> str:
                         f"split; LAC conformal threshold (alpha {report.get('conformal_alpha')})"
                         f" on the other half"),
         ("out-of-distribution", "none" if not ood else
-         f"Mahalanobis distance of the fused embedding to the class means (training split), "
+         f"Mahalanobis distance of the LMM-free fused embedding (`FusionClassifier.embed`) "
+         f"to the class means (training split), "
          f"threshold {ood['threshold']:.1f} = the {ood['quantile']:g} quantile of the "
          f"validation split's scores (`benchmarks/ood_auroc.py` measures it)"),
     ])

@@ -65,6 +65,11 @@ def _rewrite(ckpt: Path, clf: Classifier) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(ckpt, tmp)
     clf.save(tmp)
+    fold_record = tmp / "training_fold.json"
+    if fold_record.is_file():  # its calibration record names the threshold too
+        record = json.loads(fold_record.read_text())
+        record["ood_threshold"] = clf.ood.threshold
+        fold_record.write_text(json.dumps(record, indent=1))
     os.replace(ckpt, old)
     os.replace(tmp, ckpt)
     shutil.rmtree(old)
