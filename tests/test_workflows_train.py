@@ -253,3 +253,30 @@ def test_a_run_started_from_a_checkpoint_records_it_and_bad_init_paths_fail(ckpt
     with pytest.raises(TrainError, match="none of its weights fit"):
         wider = FusionConfig.ablation("gnn_only", n_classes=4, **{**SMALL, "d": 32, "heads": 2})
         init_from_checkpoint(Classifier.create(wider, "wxyz").model, str(ckpt), list("wxyz"))
+
+
+def test_fit_ood_sets_a_new_threshold_without_touching_the_weights(ckpt, data, tmp_path):
+    import shutil
+
+    copy = tmp_path / "model"
+    shutil.copytree(ckpt, copy)
+    weights = (copy / "model.safetensors").read_bytes()
+    result = runner.invoke(app, ["fit-ood", str(copy), str(data), "--quantile", "0.9"])
+    assert result.exit_code == 0, result.output
+    meta = read_meta(copy)
+    assert meta["ood"]["quantile"] == 0.9 and meta["ood"]["threshold"] > 0
+    assert (copy / "model.safetensors").read_bytes() == weights
+    fold = json.loads((copy / "training_fold.json").read_text())
+    assert fold["ood_threshold"] == meta["ood"]["threshold"]
+    assert Classifier.load(copy).ood.quantile == 0.9
+
+
+def test_fit_ood_refuses_a_dataset_the_checkpoint_was_not_trained_on(ckpt, tmp_path):
+    import shutil
+
+    copy = tmp_path / "model"
+    shutil.copytree(ckpt, copy)
+    other = write_dataset(tmp_path / "other", per_class=3, size=48, seed=9)
+    result = runner.invoke(app, ["fit-ood", str(copy), str(other)])
+    assert result.exit_code == 2 and "not the dataset" in result.output
+    assert read_meta(copy) == read_meta(ckpt)
