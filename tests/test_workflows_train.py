@@ -236,6 +236,18 @@ def test_init_for_another_class_set_leaves_the_per_class_weights_new(ckpt):
     assert all(torch.equal(ours[k], source[k]) for k in ours if k not in per_class)
 
 
+def test_init_across_a_stem_change_copies_what_fits_and_names_the_rest(ckpt):
+    meta = read_meta(ckpt)
+    config = FusionConfig.from_dict({**meta["fusion_config"], "stem": "none"})
+    raw = Classifier.create(config, meta["class_names"], meta["descriptions"]).model
+    summary = init_from_checkpoint(raw, str(ckpt), meta["class_names"])
+    assert summary.startswith("initialised ") and "vit.vit.patch_embed.proj.weight" in summary
+    source = Classifier.load(ckpt).model.trainable_state_dict()
+    ours = raw.trainable_state_dict()
+    assert torch.equal(ours["vit.vit.blocks.0.attn.qkv.weight"],
+                       source["vit.vit.blocks.0.attn.qkv.weight"])
+
+
 def test_a_run_started_from_a_checkpoint_records_it_and_bad_init_paths_fail(ckpt, data,
                                                                            tmp_path):
     out = tmp_path / "tuned"
