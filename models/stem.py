@@ -39,6 +39,9 @@ STEM_CHANNELS = (40, 112, 320)
 STEM_REDUCTIONS = (8, 16, 32)
 OUT_INDICES = (2, 3, 4)  # timm feature levels at strides 8, 16, 32
 N_BLOCKS = 7  # EfficientNet-Lite0 stages blocks.0 .. blocks.6
+# images per pass: on one CPU thread, 4 channels-last images take 11 ms each, 48 take 30 ms each
+# (the depthwise convolutions' working set outgrows the cache)
+CHUNK = 4
 
 
 def weights_path() -> Path:
@@ -139,4 +142,5 @@ class PretrainedStem(nn.Module):
         if rgb.shape[1] == 1:
             rgb = rgb.expand(-1, 3, -1, -1)
         rgb = ((rgb - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
-        return [f.contiguous() for f in self.net(rgb)]
+        chunks = [self.net(rgb[i:i + CHUNK]) for i in range(0, len(rgb), CHUNK)]
+        return [torch.cat(level).contiguous() for level in zip(*chunks, strict=True)]

@@ -30,7 +30,7 @@ from models.stem import STEM_NAME, STEM_SHA256, PretrainedStem
 from workflows.augment import dihedral
 
 VIEW_ORDER = (0, 4, 2, 6, 1, 5, 3, 7)
-CHUNK = 4  # images per stem call: the fastest batch on one CPU thread (channels-last)
+CHUNK = 64  # images per stem call between progress updates (the stem splits them further)
 ENV_FOLDER = "MICAGENT_FEATURE_CACHE"
 
 
