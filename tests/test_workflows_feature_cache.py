@@ -72,3 +72,12 @@ def test_a_truncated_cache_file_is_recomputed_not_trusted(tmp_path, stem, images
 def test_the_default_folder_follows_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("MICAGENT_FEATURE_CACHE", str(tmp_path / "here"))
     assert FeatureCache().folder == tmp_path / "here"
+
+
+def test_an_unwritable_cache_folder_costs_the_reuse_not_the_features(tmp_path, stem, images):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the cache folder should be")
+    cache = FeatureCache(blocker / "cache")
+    levels = cache.views(stem, images, 1)
+    assert levels[0].shape == (1, 3, 40, 8, 8)
+    assert cache.write_error is not None and cache.misses == 1

@@ -18,6 +18,7 @@ killed run never leaves a half file that a later run trusts.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Callable
@@ -55,6 +56,7 @@ class FeatureCache:
     def __init__(self, folder: str | Path | None = None) -> None:
         self.folder = Path(folder) if folder is not None else default_folder()
         self.hits = self.misses = 0
+        self.write_error: str | None = None  # why features could not be stored, if so
 
     def views(self, stem: PretrainedStem, images: torch.Tensor, n_views: int,
               progress: Callable[[int, int, int], None] | None = None) -> list[torch.Tensor]:
@@ -86,10 +88,15 @@ class FeatureCache:
         self.misses += 1
         levels = compute_features(stem, dihedral(images, k),
                                   None if progress is None else lambda d, n: progress(v, d, n))
-        self.folder.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        torch.save(levels, tmp)
-        os.replace(tmp, path)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            torch.save(levels, tmp)
+            os.replace(tmp, path)
+        except OSError as exc:  # a full or read-only disk costs the reuse, not the run
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            self.write_error = f"{type(exc).__name__}: {exc}"
         return levels
 
 

@@ -422,6 +422,9 @@ def training_inputs(config: FusionConfig, x: torch.Tensor, opts: dict,
         progress.update(task, completed=len(x) * views)
     console.print(f"stem features: {views} view(s) of {len(x)} images, {cache.hits} from the "
                   f"cache and {cache.misses} computed ({cache.folder})")
+    if cache.write_error:
+        console.print(f"[yellow]stem features not cached ({cache.write_error}); pass "
+                      "--feature-cache DIR on a writable disk to reuse them")
     return CachedFeatureInputs(levels)
 
 
