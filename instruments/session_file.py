@@ -52,6 +52,7 @@ from instruments.session_layout import (
     NSID_GROUP,
     PENDING_GROUP,
     PROVENANCE,
+    PROVENANCE_BACKUP,
     RECORD_JSON,
     NotASessionFile,
     SessionFileCorrupt,
@@ -62,6 +63,7 @@ from instruments.session_layout import (
     channel_path,
     from_json,
     is_lock_error,
+    read_provenance,
     to_json,
     write_error,
 )
@@ -207,6 +209,7 @@ class SessionWriter:
         f.attrs[ATTR_FORMAT_VERSION] = FORMAT_VERSION
         f.create_group(MEASUREMENT_GROUP)
         _string_dataset(f, PROVENANCE, "{}")
+        _string_dataset(f, PROVENANCE_BACKUP, "{}")
         return f
 
     def _open_existing(self) -> h5py.File:
@@ -238,7 +241,7 @@ class SessionWriter:
     def _resume(self, given: dict[str, Any]) -> dict[str, Any]:
         f = self._file
         try:
-            prov = from_json(f[PROVENANCE][()], "provenance", self.path)
+            prov = read_provenance(f, self.path)
             self._scan_frames()
         except SessionFileError:
             f.close()
@@ -377,8 +380,15 @@ class SessionWriter:
             self._store_provenance()
 
     def _store_provenance(self) -> None:
+        """Backup first, flushed, then the primary: a kill mid-write spoils one copy only."""
+        text = to_json(self._provenance, "provenance", self.path)
         try:
-            self._file[PROVENANCE][()] = to_json(self._provenance, "provenance", self.path)
+            if PROVENANCE_BACKUP in self._file:
+                self._file[PROVENANCE_BACKUP][()] = text
+            else:  # a file written before the backup existed
+                _string_dataset(self._file, PROVENANCE_BACKUP, text)
+            self._file.flush()
+            self._file[PROVENANCE][()] = text
             self._file.flush()
         except OSError as exc:
             raise write_error(exc, "storing provenance", self.path) from exc

@@ -42,6 +42,9 @@ ATTR_COMPLETE = "micagent_complete"
 
 SESSION_GROUP = "micagent"
 PROVENANCE = "micagent/provenance"
+# the previous provenance, written before every in-place update of PROVENANCE: a kill during
+# that update can leave PROVENANCE pointing at a heap object that never reached the disk
+PROVENANCE_BACKUP = "micagent/provenance_backup"
 PENDING_GROUP = "micagent/pending"            # format 1 only
 MEASUREMENT_GROUP = "Measurement_000"
 CHANNEL_PREFIX = "Channel_"
@@ -158,3 +161,13 @@ def from_json(text: bytes | str, what: str, path: str = "") -> Any:
         return json.loads(text)
     except ValueError as exc:
         raise SessionFileCorrupt(f"{what} is not valid JSON: {exc}", path) from exc
+
+
+def read_provenance(f, path: str = "") -> dict[str, Any]:
+    """The session provenance of an open file; its backup copy when a kill broke the primary."""
+    try:
+        return from_json(f[PROVENANCE][()], "provenance", path)
+    except (OSError, SessionFileCorrupt):
+        if PROVENANCE_BACKUP not in f:
+            raise
+        return from_json(f[PROVENANCE_BACKUP][()], "provenance backup", path)

@@ -33,6 +33,7 @@ from instruments.session_layout import (
     SessionFileError,
     from_json,
     is_lock_error,
+    read_provenance,
 )
 
 
@@ -80,8 +81,7 @@ class SessionReader:
         self._file = open_hdf5_readonly(self.path)
         try:
             self._check_format()
-            self.provenance: dict[str, Any] = from_json(
-                self._file[PROVENANCE][()], "provenance", self.path)
+            self.provenance: dict[str, Any] = read_provenance(self._file, self.path)
             self._channels = self._complete_channels()
         except Exception:
             self._file.close()

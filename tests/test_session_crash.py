@@ -83,3 +83,22 @@ def test_sigkill_mid_session_keeps_every_completed_frame(scifi_read, tmp_path: P
         assert reader.frame_ids == stored + [extra.frame_id]
         assert reader.provenance["status"] == "completed"
         assert len(reader.provenance["resumed"]) == 1
+
+
+def test_a_provenance_broken_mid_update_is_read_from_its_backup(tmp_path: Path) -> None:
+    import h5py
+
+    from instruments.session_layout import PROVENANCE
+
+    path = tmp_path / "s.h5"
+    writer = SessionWriter(path, {"session_id": "backup"})
+    writer.update_provenance(progress=7)
+    writer.close()
+    with h5py.File(path, "r+") as f:  # what a kill during the in-place update can leave
+        f[PROVENANCE][()] = '{"session_id": "bac'
+    with SessionReader(path) as reader:
+        assert reader.provenance["session_id"] == "backup"
+        assert reader.provenance["progress"] == 7
+    resumed = SessionWriter(path)
+    assert resumed.provenance["progress"] == 7
+    resumed.close()
