@@ -14,12 +14,13 @@ from pathlib import Path
 COLUMNS = (("top1", "Top-1"), ("top5", "Top-5"), ("macro_f1", "Avg-F1"),
            ("ece", "ECE (after T)"), ("epochs_trained", "epochs"),
            ("train_seconds", "train s"))
+METRICS = ("top1", "top5", "macro_f1", "ece")
 
 
-def cell(values: list[float]) -> str:
+def cell(values: list[float], digits: int = 4) -> str:
     if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def render(folders: list[Path]) -> str:
@@ -32,7 +33,8 @@ def render(folders: list[Path]) -> str:
              "|" + "---|" * (len(COLUMNS) + 2)]
     for name in order:
         rows = [r for t in tables for r in t["rows"] if r["name"] == name]
-        cells = [cell([float(r[k]) for r in rows]) for k, _ in COLUMNS]
+        cells = [cell([float(r[k]) for r in rows], 4 if k in METRICS else 1)
+                 for k, _ in COLUMNS]
         lines.append(f"| {labels[name]} | {len(rows)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
