@@ -24,12 +24,8 @@ def batched_logits(model: FusionClassifier, x: torch.Tensor, lmm: torch.Tensor |
                    batch_size: int = 48) -> np.ndarray:
     """Logits (N, C) of the model in eval mode, in batches."""
     model.eval()
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(x), batch_size):
-            sl = slice(i, i + batch_size)
-            out.append(model(x[sl], None if lmm is None else lmm[sl]).double().numpy())
-    return np.concatenate(out)
+    return batched(lambda b: model(x[b], None if lmm is None else lmm[b]), np.arange(len(x)),
+                   batch_size)
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
