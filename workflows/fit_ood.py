@@ -15,7 +15,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import torch
 from rich.console import Console
 
 from models.classifier import Classifier
@@ -52,7 +51,7 @@ def fit_ood(ckpt: str | Path, data_dir: str | Path, quantile: float = DEFAULT_QU
                              console)
     model = clf.model.eval()
     clf.fit_ood(batched(lambda b: inputs.embed(model, b), train),
-                torch.as_tensor(ds.labels[train]).numpy(),
+                ds.labels[train],
                 batched(lambda b: inputs.embed(model, b), val), quantile)
     _rewrite(ckpt, clf)
     return {"threshold": clf.ood.threshold, "quantile": quantile, "train": len(train),
