@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cmd_report",
     "cmd_train",
     "cmd_run",
+    "cmd_replay",
 )
 
 for _name in COMMAND_MODULES:

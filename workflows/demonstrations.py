@@ -6,6 +6,7 @@ cached on disk keyed by the checkpoint hash and the source."""
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from skimage.transform import resize
 from agent.adjudication.demonstrations import DemonstrationBank
 
 PROMPT_SIDE = 128
+BANK_PER_CLASS = 6
 
 
 def bank_from_images(classifier: Any, images: np.ndarray | list[np.ndarray],
@@ -64,5 +66,18 @@ def cached_bank(classifier: Any, cache_dir: str | Path, source: str, per_class: 
     bank = (twin_bank(classifier, per_class, seed=seed) if source == "twin"
             else folder_bank(classifier, source, per_class, seed))
     path.parent.mkdir(parents=True, exist_ok=True)
-    bank.save(path)
+    partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.npz")
+    bank.save(partial)                  # then renamed: concurrent readers never see half a file
+    os.replace(partial, path)
     return bank
+
+
+def session_bank(classifier: Any, state_dir: str | Path, source: str | None,
+                 seed: int) -> DemonstrationBank | None:
+    """The bank a session draws demonstrations from: `source` "twin" (the default), a dataset
+    folder, or "none" (no bank); cached under `state_dir`/banks."""
+    source = source or "twin"
+    if source == "none":
+        return None
+    return cached_bank(classifier, Path(state_dir) / "banks", source, per_class=BANK_PER_CLASS,
+                       seed=seed)
