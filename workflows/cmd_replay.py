@@ -15,10 +15,11 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from workflows.cli import app
+from workflows.cli_output import fail, one_line
 from workflows.cmd_run import BUNDLED_MODEL, replay_file
 from workflows.replay_archive import ArchiveError, dask_client, run_archive
 
@@ -44,8 +45,8 @@ def _summary_table(summary: dict, out: Path) -> Table:
                                                  f" ({acc['frames']} frames)")
     for row in summary["session_status"]:
         if row["status"] == "failed":
-            table.add_row(f"[red]failed[/] {escape(Path(row['source']).name)}",
-                          escape(str(row["error"])))
+            table.add_row(Text(f"failed {Path(row['source']).name}", style="red"),
+                          Text(one_line(row["error"])))
     table.add_row("results", f"{out}/frames (Parquet), {out}/summary.json")
     return table
 
@@ -75,16 +76,13 @@ def replay(
         if len(sessions) == 1 and workers is None and scheduler is None:
             replay_file(sessions[0], model, as_json, state_dir)
             return
-        err.print("[red]--out RESULTS is needed to replay several sessions (or with "
-                  "--workers/--scheduler)[/]")
-        raise typer.Exit(2)
+        raise fail("--out RESULTS is needed to replay several sessions (or with "
+                   "--workers/--scheduler)")
     if workers is not None and scheduler is not None:
-        err.print("[red]--workers starts a local cluster; --scheduler uses a running one: "
-                  "give one of them[/]")
-        raise typer.Exit(2)
+        raise fail("--workers starts a local cluster; --scheduler uses a running one: "
+                   "give one of them")
     if frames_per_task < 1 or (workers is not None and workers < 1):
-        err.print("[red]--frames-per-task and --workers must be at least 1[/]")
-        raise typer.Exit(2)
+        raise fail("--frames-per-task and --workers must be at least 1")
     results = Path(out).resolve()
     try:
         with dask_client(workers, scheduler, err, connect_timeout) as client:
@@ -92,12 +90,10 @@ def replay(
                                   state_dir=state_dir, frames_per_task=frames_per_task,
                                   console=err, quiet=quiet)
     except ArchiveError as exc:
-        err.print(f"[red]archive replay did not start: {escape(str(exc))}[/]")
-        raise typer.Exit(2) from exc
+        raise fail(f"archive replay did not start: {exc}") from exc
     except KeyboardInterrupt as exc:
-        err.print(f"[yellow]interrupted; what finished is in {escape(str(results))}: run the same "
-                  "command again to resume[/]")
-        raise typer.Exit(130) from exc
+        raise fail(f"interrupted; what finished is in {results}: run the same command "
+                   "again to resume", code=130) from exc
     if as_json:
         sys.stdout.write(json.dumps(summary) + "\n")
     else:

@@ -11,6 +11,7 @@ import typer
 from instruments.session_layout import SessionFileError
 from workflows.archive_report import build_archive_report
 from workflows.cli import app
+from workflows.cli_output import fail
 from workflows.replay_store import ResultsFolderError
 from workflows.report import build_report
 
@@ -34,11 +35,9 @@ def report(
     try:
         page = build_report(session, out, least_certain=least_certain)
     except SessionFileError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        raise fail(exc) from exc
     except OSError as exc:
-        typer.echo(f"error: cannot write the report to {out}: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        raise fail(f"cannot write the report to {out}: {exc}") from exc
     typer.echo(f"report: {page}")
 
 
@@ -46,9 +45,7 @@ def _archive_report(results: Path, out: Path) -> None:
     try:
         page = build_archive_report(results, out)
     except (ResultsFolderError, FileNotFoundError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        raise fail(exc) from exc
     except OSError as exc:
-        typer.echo(f"error: cannot write the report to {out}: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        raise fail(f"cannot write the report to {out}: {exc}") from exc
     typer.echo(f"report: {page}")

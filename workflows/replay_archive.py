@@ -22,9 +22,9 @@ from typing import Any
 
 from distributed import Client, LocalCluster, as_completed
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from workflows.cli_output import notice
 from workflows.replay_store import ResultsFolder, ResultsFolderError
 from workflows.replay_task import SessionScan, short_key
 from workflows.replay_worker import ReplayModel, replay_task, scan_task
@@ -87,8 +87,8 @@ def dask_client(workers: int | None, scheduler: str | None, console: Console,
         except (OSError, TimeoutError) as exc:
             raise ArchiveError(f"cannot reach the Dask scheduler at {scheduler} "
                                f"(within {connect_timeout:g} s): {exc}") from exc
-        console.print(f"scheduler {scheduler}: {len(client.scheduler_info()['workers'])} "
-                      f"workers; dashboard: {client.dashboard_link}")
+        notice(console, f"scheduler {scheduler}: {len(client.scheduler_info()['workers'])} "
+                        f"workers; dashboard: {client.dashboard_link}")
         with client:
             yield client
         return
@@ -202,8 +202,12 @@ def run_archive(client: Client, inputs: list[str], model: str | Path, out: str |
         store.check_model(info.sha256)
     except ResultsFolderError as exc:
         raise ArchiveError(str(exc)) from exc
-    client.register_plugin(ReplayModel(info.path, info.sha256,
-                                       str(Path(state_dir).resolve())))
+    try:
+        client.register_plugin(ReplayModel(info.path, info.sha256,
+                                           str(Path(state_dir).resolve())))
+    except Exception as exc:  # noqa: BLE001 - whatever a worker raised while loading
+        raise ArchiveError(f"the workers cannot load the model {info.path}: "
+                           f"{type(exc).__name__}: {exc}") from exc
     scans = client.gather(client.map(scan_task, [str(p) for p in paths], pure=False))
     unique, duplicates = _deduplicate(scans)
     _check_classes(unique, info)
@@ -215,10 +219,10 @@ def run_archive(client: Client, inputs: list[str], model: str | Path, out: str |
                                            frames_per_task)]
     failed_scans = [s for s in unique if s.error]
     for scan in failed_scans:
-        console.print(f"[red]cannot replay {escape(scan.source)}: {escape(scan.error or '')}[/]")
+        notice(console, f"cannot replay {scan.source}: {scan.error}", "red")
     for dup in duplicates:
-        console.print(f"[yellow]{escape(dup['source'])}: same session as "
-                      f"{escape(dup['duplicate_of'])}, replayed once[/]")
+        notice(console, f"{dup['source']}: same session as {dup['duplicate_of']}, replayed "
+                        "once", "yellow")
     console.print(f"{len(unique) - len(failed_scans)} sessions, "
                   f"{sum(b - a for _, a, b in work)} frames to replay in {len(work)} tasks "
                   f"({sum(s.frames for s in unique) - sum(b - a for _, a, b in work)} "
@@ -249,8 +253,8 @@ def _replay(client: Client, work: list[tuple[SessionScan, int, int]], store: Res
                 buffer.add(result)
                 if result["task"]["status"] == "failed":
                     failed += 1
-                    progress.console.print(f"[red]{escape(scan.source)} frames {start}-{stop}: "
-                                           f"{escape(result['task']['error'] or '')}[/]")
+                    notice(progress.console, f"{scan.source} frames {start}-{stop}: "
+                                             f"{result['task']['error']}", "red")
                 progress.update(bar, advance=stop - start,
                                 description=f"replay ({failed} failed)" if failed else "replay")
                 future.release()
