@@ -20,8 +20,7 @@ from rich.text import Text
 
 from workflows.cli import app
 from workflows.cli_output import fail, one_line
-from workflows.cmd_run import BUNDLED_MODEL, replay_file
-from workflows.replay_archive import ArchiveError, dask_client, run_archive
+from workflows.replay_archive import ArchiveError, dask_client, prepare_archive, run_archive
 
 err = Console(stderr=True)
 
@@ -72,6 +71,8 @@ def replay(
 ) -> None:
     """Run stored sessions' frames through the current model and policy (unattended) and
     report what changed: one file in this process, an archive on Dask with --out."""
+    from workflows.cmd_run import BUNDLED_MODEL, replay_file  # cmd_run imports workflows.cli
+
     if out is None:
         if len(sessions) == 1 and workers is None and scheduler is None:
             replay_file(sessions[0], model, as_json, state_dir)
@@ -85,10 +86,10 @@ def replay(
         raise fail("--frames-per-task and --workers must be at least 1")
     results = Path(out).resolve()
     try:
+        job = prepare_archive(sessions, model or BUNDLED_MODEL, results)
         with dask_client(workers, scheduler, err, connect_timeout) as client:
-            summary = run_archive(client, sessions, model or BUNDLED_MODEL, results,
-                                  state_dir=state_dir, frames_per_task=frames_per_task,
-                                  console=err, quiet=quiet)
+            summary = run_archive(client, job, state_dir=state_dir,
+                                  frames_per_task=frames_per_task, console=err, quiet=quiet)
     except ArchiveError as exc:
         raise fail(f"archive replay did not start: {exc}") from exc
     except KeyboardInterrupt as exc:

@@ -188,13 +188,18 @@ def _failed_task(scan: SessionScan, start: int, stop: int, error: str) -> dict[s
         "worker_peak_rss_mb": 0.0, "model_sha256": ""}}
 
 
-def run_archive(client: Client, inputs: list[str], model: str | Path, out: str | Path,
-                state_dir: str | Path = ".micagent", frames_per_task: int = 256,
-                console: Console | None = None, quiet: bool = False) -> dict[str, Any]:
-    """Replay every session of `inputs` on the client's cluster into the folder `out`;
-    returns the summary (also written to out/summary.json). ArchiveError before any work
-    when the inputs, the model, the folder or the sessions' classes do not fit."""
-    console = console or Console(stderr=True)
+@dataclass(frozen=True)
+class ArchiveJob:
+    """Inputs, model and results folder of an archive replay, checked before any cluster."""
+
+    paths: list[Path]
+    model: ModelInfo
+    store: ResultsFolder
+
+
+def prepare_archive(inputs: list[str], model: str | Path, out: str | Path) -> ArchiveJob:
+    """The job, or ArchiveError: inputs that name nothing, an unusable checkpoint, an output
+    folder that holds another model's results (or anything but results)."""
     paths = expand_inputs(inputs)
     info = model_info(model)
     store = ResultsFolder(out)
@@ -202,13 +207,30 @@ def run_archive(client: Client, inputs: list[str], model: str | Path, out: str |
         store.check_model(info.sha256)
     except ResultsFolderError as exc:
         raise ArchiveError(str(exc)) from exc
+    return ArchiveJob(paths, info, store)
+
+
+def replay_archive(client: Client, inputs: list[str], model: str | Path, out: str | Path,
+                   **options: Any) -> dict[str, Any]:
+    """prepare_archive, then run_archive (see both)."""
+    return run_archive(client, prepare_archive(inputs, model, out), **options)
+
+
+def run_archive(client: Client, job: ArchiveJob, state_dir: str | Path = ".micagent",
+                frames_per_task: int = 256, console: Console | None = None,
+                quiet: bool = False) -> dict[str, Any]:
+    """Replay every session of the job on the client's cluster into its results folder;
+    returns the summary (also written to RESULTS/summary.json). ArchiveError before any
+    replay when the workers cannot load the model or the sessions' classes are not its."""
+    console = console or Console(stderr=True)
+    info, store = job.model, job.store
     try:
         client.register_plugin(ReplayModel(info.path, info.sha256,
                                            str(Path(state_dir).resolve())))
     except Exception as exc:  # noqa: BLE001 - whatever a worker raised while loading
         raise ArchiveError(f"the workers cannot load the model {info.path}: "
                            f"{type(exc).__name__}: {exc}") from exc
-    scans = client.gather(client.map(scan_task, [str(p) for p in paths], pure=False))
+    scans = client.gather(client.map(scan_task, [str(p) for p in job.paths], pure=False))
     unique, duplicates = _deduplicate(scans)
     _check_classes(unique, info)
     store.create(info.sha256, info.path, info.class_names)

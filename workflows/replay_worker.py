@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from distributed import WorkerPlugin, get_worker
+from distributed import Lock, WorkerPlugin, get_worker
 
 from workflows.replay_task import SessionScan, replay_range, scan_session
 
@@ -46,13 +46,16 @@ class ReplayModel(WorkerPlugin):
         self.scratch = Path(worker.local_directory) / "micagent-replay"
 
     def bank(self, config) -> Any:
-        """The demonstration bank of a replay config, built (or read from the cache) once."""
+        """The demonstration bank of a replay config, read from the cache under `state_dir`
+        once per worker; the first worker to need it builds it while the others wait (a
+        cluster-wide lock), so a shared state folder means one build for the cluster."""
         from workflows.demonstrations import session_bank
 
         key = (config.bank, config.seed)
         if key not in self._banks:
-            self._banks[key] = session_bank(self.classifier, self.state_dir, config.bank,
-                                            config.seed)
+            with Lock(f"micagent-bank-{self.sha256}-{config.bank}-{config.seed}"):
+                self._banks[key] = session_bank(self.classifier, self.state_dir, config.bank,
+                                                config.seed)
         return self._banks[key]
 
 
