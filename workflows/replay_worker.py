@@ -4,12 +4,12 @@ task functions the client submits (scan a file, replay a frame range)."""
 
 from __future__ import annotations
 
-import resource
 import socket
 import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 from distributed import Lock, WorkerPlugin, get_worker
 
 from workflows.replay_task import SessionScan, replay_range, scan_session
@@ -68,9 +68,17 @@ def scan_task(path: str) -> SessionScan:
     return scan_session(path)
 
 
-def _rss_mb() -> float:
-    """Peak resident memory of this worker process so far (MB; Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this worker process so far, in MB: VmHWM where /proc has it
+    (getrusage's ru_maxrss would also count the parent processes it was forked from), else
+    the current RSS."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return psutil.Process().memory_info().rss / 1e6
 
 
 def replay_task(scan: SessionScan, start: int, stop: int) -> dict[str, Any]:
@@ -93,5 +101,5 @@ def replay_task(scan: SessionScan, start: int, stop: int) -> dict[str, Any]:
         "start": start, "stop": stop, "status": "failed" if error else "done",
         "error": error, "frames": len(rows), "worker": f"{socket.gethostname()}"
         f"/{worker.address}", "started": started, "finished": finished,
-        "seconds": finished - started, "worker_peak_rss_mb": _rss_mb(),
+        "seconds": finished - started, "worker_peak_rss_mb": _peak_rss_mb(),
         "model_sha256": plugin.sha256}}
