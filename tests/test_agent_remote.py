@@ -48,7 +48,7 @@ def test_survey_over_a_twin_server(tmp_path, classifier, protocol):
         summary, records = reader.summary(), reader.records()
         frames = [f for f, _ in reader.frames()]
     assert summary["frames"] == 3 and summary["instrument"]["uri"] == server.uri
-    assert [r["route"] for r in records] == ["confident"] * 3
+    assert [r.route for r in records] == ["confident"] * 3
     xs = [f.stage.x for f in frames]
     assert len(set(xs)) == 3                                # the stage really moved
     assert all(f.evaluation.get("label") for f in frames)   # twin truth came over the wire
@@ -113,10 +113,10 @@ def test_stage_less_stem_server_overview_is_windowed_into_tiles_with_point_spect
         frames_records = list(reader.frames())
     assert len(frames_records) == 4                       # 4 of the 2x2 grid of 64 px tiles
     for frame, record in frames_records:
-        assert frame.shape == (64, 64) and record["tile"] is not None
-        point = record["point_data"]
+        assert frame.shape == (64, 64) and record.tile is not None
+        point = record.point_data
         assert point["channel"] == "Channel_001"
-        centre = (record["tile"]["row"] * 64 + 32, record["tile"]["col"] * 64 + 32)
+        centre = (record.tile.row * 64 + 32, record.tile.col * 64 + 32)
         assert np.allclose(point["values"], spectra[centre], atol=1e-6)  # the tile's centre
 
 

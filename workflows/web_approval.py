@@ -29,8 +29,8 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from agent.approval_broker import ApprovalBroker
+from instruments.decision_record import DECISIONS
 
-DECISIONS = ("approve", "relabel", "rescan", "skip")
 TOKEN_HEADER = "X-Micagent-Token"
 IMAGE_KINDS = ("frame", "previous")
 # Payload keys that may carry each image, in order of preference: a PNG/TIFF path, base64
