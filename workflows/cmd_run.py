@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from agent.adjudication.demonstrations import DemonstrationBank
 from agent.approval_broker import ApprovalBroker
@@ -30,6 +31,7 @@ from instruments.session_layout import NotASessionFile
 from instruments.session_reader import SessionReader
 from instruments.uri import open_instrument
 from workflows.cli import app
+from workflows.cli_output import fail, notice
 
 BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "models" / "bundled" / "sem_twin"
 BANK_PER_CLASS = 6
@@ -146,7 +148,7 @@ def _summary_table(path: str) -> Table:
         table.add_row("accuracy (twin truth)",
                       f"{summary['accuracy']:.3f} final, {summary['accuracy_classifier']:.3f} "
                       f"classifier alone, {summary['scored_frames']} frames")
-    table.add_row("file", path)
+    table.add_row("file", Text(path))
     return table
 
 
@@ -171,7 +173,7 @@ def run_session(config: RunConfig, console: Console, quiet: bool = False,
         except OSError as exc:
             parts.microscope.close()
             raise StartError(str(exc)) from exc
-        err.print(f"approval page: {web.url}")
+        notice(err, f"approval page: {web.url}")
     elif broker is not None:
         frontend = TerminalApprover(broker, console).start()
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -188,8 +190,8 @@ def run_session(config: RunConfig, console: Console, quiet: bool = False,
                                        routes=info["counts"].get("routes", {}),
                                        total=config.frames,
                                        budgets_left=info.get("budgets_left", {}))
-                console.print(f"recorded {info['frame_id'][:8]}: {info['label']} "
-                              f"({info['route']})")
+                notice(console, f"recorded {info['frame_id'][:8]}: {info['label']} "
+                                f"({info['route']})")
 
     try:
         session = Session(config, parts, on_update=on_update)
@@ -255,14 +257,12 @@ def run(
     """Run an acquisition session (no arguments: a survey on the embedded twin)."""
     console = Console()
     if ui not in ("terminal", "web"):
-        err.print(f"[red]--ui must be terminal or web, got {ui!r}[/]")
-        raise typer.Exit(2)
+        raise fail(f"--ui must be terminal or web, got {ui!r}")
     try:
         if resume:
             path = registry_path(state_dir, resume)
             if not path.exists():
-                err.print(f"[red]no session {resume} under {state_dir} (looked for {path})[/]")
-                raise typer.Exit(2)
+                raise fail(f"no session {resume} under {state_dir} (looked for {path})")
             config = RunConfig.load(path)
             if instrument != "twin":                 # e.g. the server came back elsewhere
                 config.instrument = instrument
@@ -275,23 +275,20 @@ def run(
                 zoom_unsure=zoom_unsure, reject_unknown=ood, demo_k=demo_k,
                 demo_strategy=demo_strategy)
     except ValueError as exc:
-        err.print(f"[red]{exc}[/]")
-        raise typer.Exit(2) from exc
-    console.print(f"session [bold]{config.session_id}[/] -> {config.out}"
-                  + (" (resumed)" if resume else ""))
+        raise fail(exc) from exc
+    notice(console, f"session {config.session_id} -> {config.out}"
+                    + (" (resumed)" if resume else ""))
     try:
         final = run_session(config, console, quiet, ui=ui, host=host, port=port)
     except (StartError, ObjectiveError) as exc:
-        err.print(f"[red]session failed to start: {exc}[/]")
-        raise typer.Exit(2) from exc
+        raise fail(f"session failed to start: {exc}") from exc
     except KeyboardInterrupt as exc:
-        err.print(f"[yellow]interrupted; continue with: micagent run --resume "
-                  f"{config.session_id} --state-dir {config.state_dir}[/]")
+        notice(err, f"interrupted; continue with: micagent run --resume "
+                    f"{config.session_id} --state-dir {config.state_dir}", "yellow")
         raise typer.Exit(130) from exc
     console.print(_summary_table(config.out))
     if final.get("status") == "failed":
-        err.print(f"[red]session failed: {final.get('reason')}[/]")
-        raise typer.Exit(1)
+        raise fail(f"session failed: {final.get('reason')}", code=1)
 
 
 # --- replay ---------------------------------------------------------------------------------
@@ -335,11 +332,9 @@ def replay(
             old, truths = reader.records(), reader.evaluations()
             stored = reader.provenance.get("run_config") or {}
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's error
-        err.print(f"[red]cannot read {session_file}: {exc}[/]")
-        raise typer.Exit(2) from exc
+        raise fail(f"cannot read {session_file}: {exc}") from exc
     if not old:
-        err.print(f"[red]{session_file} holds no frames to replay[/]")
-        raise typer.Exit(2)
+        raise fail(f"{session_file} holds no frames to replay")
     replay_id = str(uuid.uuid4())
     out = Path(state_dir).resolve() / "replays" / f"{source.stem}.replay-{replay_id}.h5"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -357,8 +352,7 @@ def replay(
     try:
         run_session(config, quiet_console, quiet=True)
     except StartError as exc:
-        err.print(f"[red]replay failed to start: {exc}[/]")
-        raise typer.Exit(2) from exc
+        raise fail(f"replay failed to start: {exc}") from exc
     with SessionReader(out) as reader:
         new = reader.records()
     diff = decision_diff(old, new, truths)

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from models.checkpoint import checkpoint_sha256, load_checkpoint
@@ -423,8 +424,8 @@ def training_inputs(config: FusionConfig, x: torch.Tensor, opts: dict,
     console.print(f"stem features: {views} view(s) of {len(x)} images, {cache.hits} from the "
                   f"cache and {cache.misses} computed ({cache.folder})")
     if cache.write_error:
-        console.print(f"[yellow]stem features not cached ({cache.write_error}); pass "
-                      "--feature-cache DIR on a writable disk to reuse them")
+        console.print(f"[yellow]stem features not cached ({escape(str(cache.write_error))}); "
+                      "pass --feature-cache DIR on a writable disk to reuse them")
     return CachedFeatureInputs(levels)
 
 
