@@ -20,7 +20,7 @@ from agent.adjudication.demonstrations import DemonstrationBank
 from agent.approval_broker import ApprovalBroker
 from agent.config import RunConfig, registry_path
 from agent.objectives import ObjectiveError
-from agent.overview import OverviewTiles, spectral_channel
+from agent.overview import OverviewTiles
 from agent.session import Session, SessionParts, record_failed_start
 from agent.terminal_approval import TerminalApprover
 from instruments.decision_record import DecisionRecord, accuracy
@@ -118,8 +118,7 @@ def open_parts(config: RunConfig, classifier: Any = None) -> SessionParts:
         if config.instrument.startswith("replay://"):
             parts.survey_positions = _replay_positions(inner)
         elif caps.has_overview and not caps.can_move_stage:
-            parts.tiles = OverviewTiles(guarded, tile_px=64,
-                                        spectrum_index=spectral_channel(inner))
+            parts.tiles = OverviewTiles(guarded, tile_px=64)
         else:
             parts.survey_positions = _twin_positions(inner, config.imaging["fov"])
         parts.hunt_start = (status.stage.x, status.stage.y)
