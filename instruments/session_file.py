@@ -37,6 +37,7 @@ from instruments.nsid_writer import (
     create_group,
     to_sidpy,
 )
+from instruments.redaction import redact
 from instruments.session_layout import (
     ATTR_COMPLETE,
     ATTR_FORMAT,
@@ -323,6 +324,7 @@ class SessionWriter:
             except RecordFormatError as exc:
                 raise SessionRecordError(f"record of frame {frame.frame_id}: {exc}",
                                          self.path) from exc
+        record_json = redact(record_json)      # e.g. an adjudicator's error quoting a key
         evaluation_json = to_json(frame.evaluation, "frame evaluation", self.path, lenient=True)
         frame_json = to_json({**meta, "original_metadata": frame.original_metadata},
                              "frame metadata", self.path, lenient=True)

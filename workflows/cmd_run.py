@@ -4,11 +4,12 @@ frames through the current model and policy, with a diff of old and new decision
 from __future__ import annotations
 
 import json
+import os
 import sys
 import uuid
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -153,7 +154,7 @@ def _summary_table(path: str) -> Table:
 
 def run_session(config: RunConfig, console: Console, quiet: bool = False,
                 classifier: Any = None, ui: str = "terminal", host: str = "127.0.0.1",
-                port: int = 0) -> dict[str, Any]:
+                port: int = 0, allow_hosts: tuple[str, ...] = ()) -> dict[str, Any]:
     """Open everything, run (or resume) the session to its end; approvals are answered in
     the terminal or, with `ui="web"` (or `--approve web`), on the web page at host:port."""
     config.save(registry_path(config.state_dir, config.session_id))
@@ -168,7 +169,8 @@ def run_session(config: RunConfig, console: Console, quiet: bool = False,
         from workflows.web_approval import start_web_ui
         try:
             web = start_web_ui(broker, host=host, port=port,
-                               class_names=parts.classifier.class_names)
+                               class_names=parts.classifier.class_names,
+                               allow_hosts=allow_hosts)
         except OSError as exc:
             parts.microscope.close()
             raise StartError(str(exc)) from exc
@@ -209,6 +211,18 @@ def run_session(config: RunConfig, console: Console, quiet: bool = False,
         if web is not None:
             web.stop()
     return final
+
+
+def _vlm_timeout(given: float | None) -> float:
+    """--vlm-timeout, else $MICAGENT_VLM_TIMEOUT, else 30 s."""
+    if given is not None:
+        return given
+    text = os.environ.get("MICAGENT_VLM_TIMEOUT", "30")
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"MICAGENT_VLM_TIMEOUT must be a number of seconds, got {text!r}")\
+            from None
 
 
 def _config_from_args(**kw: Any) -> RunConfig:
@@ -252,6 +266,14 @@ def run(
     ui: str = typer.Option("terminal", help="where approvals are answered: terminal | web"),
     host: str = typer.Option("127.0.0.1", help="web approval page: address to bind"),
     port: int = typer.Option(0, help="web approval page: port (0: a free one)"),
+    allow_host: Annotated[list[str] | None, typer.Option(
+        "--allow-host", help="web approval page: a further name it answers to in the Host "
+                             "header (besides the bound host, localhost, 127.0.0.1); "
+                             "repeatable")] = None,
+    vlm_timeout: float | None = typer.Option(None, "--vlm-timeout", min=0.1,
+                                             help="seconds the VLM adjudicator waits per "
+                                                  "request (default: config, "
+                                                  "$MICAGENT_VLM_TIMEOUT or 30)"),
 ) -> None:
     """Run an acquisition session (no arguments: a survey on the embedded twin)."""
     console = Console()
@@ -265,6 +287,8 @@ def run(
             config = RunConfig.load(path)
             if instrument != "twin":                 # e.g. the server came back elsewhere
                 config.instrument = instrument
+            if vlm_timeout is not None:
+                config.vlm_timeout_s = vlm_timeout
         else:
             config = _config_from_args(
                 instrument=instrument, objective=objective, frames=frames, approve=approve,
@@ -272,13 +296,14 @@ def run(
                 state_dir=str(Path(state_dir).resolve()), bank=bank, pixels=pixels, fov=fov,
                 dwell=dwell, confidence=confidence, max_rescans=max_rescans,
                 zoom_unsure=zoom_unsure, reject_unknown=ood, demo_k=demo_k,
-                demo_strategy=demo_strategy)
+                demo_strategy=demo_strategy, vlm_timeout_s=_vlm_timeout(vlm_timeout))
     except ValueError as exc:
         raise fail(exc) from exc
     notice(console, f"session {config.session_id} -> {config.out}"
                     + (" (resumed)" if resume else ""))
     try:
-        final = run_session(config, console, quiet, ui=ui, host=host, port=port)
+        final = run_session(config, console, quiet, ui=ui, host=host, port=port,
+                            allow_hosts=tuple(allow_host or ()))
     except (StartError, ObjectiveError) as exc:
         raise fail(f"session failed to start: {exc}") from exc
     except KeyboardInterrupt as exc:
