@@ -8,15 +8,22 @@ import threading
 from typing import Any, TextIO
 
 from rich.console import Console
+from rich.markup import escape
 from rich.prompt import Prompt
 from rich.table import Table
 
 from agent.approval_broker import ApprovalBroker
+from instruments.redaction import redact
+
+
+def _plain(value: Any) -> str:
+    """Text from outside (paths, a VLM's answer) made safe for markup, secrets masked."""
+    return escape(redact(str(value)))
 
 
 def describe(console: Console, request: dict[str, Any]) -> None:
     if request.get("kind") == "move":
-        console.print(f"[bold yellow]Approval needed:[/] {request['message']}")
+        console.print(f"[bold yellow]Approval needed:[/] {_plain(request['message'])}")
         return
     table = Table(title=f"Frame {request.get('sequence')} ({request.get('frame_id', '')[:8]})")
     table.add_column("class")
@@ -24,14 +31,15 @@ def describe(console: Console, request: dict[str, Any]) -> None:
     for label, p in request.get("top_k", []):
         table.add_row(label, f"{p:.3f}")
     console.print(table)
-    console.print(f"thumbnail: {request.get('thumbnail')}")
+    console.print(f"thumbnail: {_plain(request.get('thumbnail'))}")
     if request.get("adjudicator"):
         answer = request["adjudicator"]
-        console.print(f"adjudicator ({request.get('adjudicator_name')}): {answer['label']} "
-                      f"({answer['confidence']:.2f}) — {answer.get('rationale', '')}")
+        console.print(f"adjudicator ({_plain(request.get('adjudicator_name'))}): "
+                      f"{_plain(answer['label'])} ({answer['confidence']:.2f}) — "
+                      f"{_plain(answer.get('rationale', ''))}")
     if request.get("error"):
-        console.print(f"[red]{request['error']}[/]")
-    console.print(f"why: {request.get('reason', '')}")
+        console.print(f"[red]{_plain(request['error'])}[/]")
+    console.print(f"why: {_plain(request.get('reason', ''))}")
     console.print(f"[bold]approve[/] will {request.get('on_approve')}")
 
 

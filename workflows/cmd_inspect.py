@@ -15,16 +15,12 @@ from instruments.export import export_frames
 from instruments.session_layout import SessionFileError
 from instruments.session_reader import SessionReader
 from workflows.cli import app
+from workflows.cli_output import fail
 
 
 class ExportFormat(StrEnum):
     png = "png"
     tiff = "tiff"
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(2)
 
 
 def _counts(counts: dict[str, int]) -> str:
@@ -68,7 +64,7 @@ def inspect(
         with SessionReader(session) as reader:
             summary = reader.summary()
     except SessionFileError as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(exc) from exc
     if as_json:
         typer.echo(json.dumps(summary))
     else:
@@ -86,5 +82,5 @@ def export(
     try:
         paths = export_frames(session, out_dir, fmt.value)
     except SessionFileError as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(exc) from exc
     typer.echo(f"exported {len(paths)} frame(s) to {out_dir}")

@@ -9,6 +9,7 @@ import typer
 
 from instruments.session_layout import SessionFileError
 from workflows.cli import app
+from workflows.cli_output import fail
 from workflows.report import build_report
 
 
@@ -25,9 +26,7 @@ def report(
     try:
         page = build_report(session, out, least_certain=least_certain)
     except SessionFileError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        raise fail(exc) from exc
     except OSError as exc:
-        typer.echo(f"error: cannot write the report to {out}: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        raise fail(f"cannot write the report to {out}: {exc}") from exc
     typer.echo(f"report: {page}")

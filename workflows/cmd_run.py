@@ -4,22 +4,24 @@ frames through the current model and policy, with a diff of old and new decision
 from __future__ import annotations
 
 import json
+import os
 import sys
 import uuid
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from agent.adjudication.demonstrations import DemonstrationBank
 from agent.approval_broker import ApprovalBroker
 from agent.config import RunConfig, registry_path
 from agent.objectives import ObjectiveError
-from agent.overview import OverviewTiles, spectral_channel
+from agent.overview import OverviewTiles
 from agent.session import Session, SessionParts, record_failed_start
 from agent.terminal_approval import TerminalApprover
 from instruments.errors import InstrumentError
@@ -29,6 +31,7 @@ from instruments.session_layout import NotASessionFile
 from instruments.session_reader import SessionReader
 from instruments.uri import open_instrument
 from workflows.cli import app
+from workflows.cli_output import fail, notice
 
 BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "models" / "bundled" / "sem_twin"
 BANK_PER_CLASS = 6
@@ -115,8 +118,7 @@ def open_parts(config: RunConfig, classifier: Any = None) -> SessionParts:
         if config.instrument.startswith("replay://"):
             parts.survey_positions = _replay_positions(inner)
         elif caps.has_overview and not caps.can_move_stage:
-            parts.tiles = OverviewTiles(guarded, tile_px=64,
-                                        spectrum_index=spectral_channel(inner))
+            parts.tiles = OverviewTiles(guarded, tile_px=64)
         else:
             parts.survey_positions = _twin_positions(inner, config.imaging["fov"])
         parts.hunt_start = (status.stage.x, status.stage.y)
@@ -148,13 +150,13 @@ def _summary_table(path: str) -> Table:
         alone = sum(r["prediction"]["label"] == t for r, t in scored) / len(scored)
         table.add_row("accuracy (twin truth)", f"{final:.3f} final, {alone:.3f} classifier "
                                                f"alone, {len(scored)} frames")
-    table.add_row("file", path)
+    table.add_row("file", Text(path))
     return table
 
 
 def run_session(config: RunConfig, console: Console, quiet: bool = False,
                 classifier: Any = None, ui: str = "terminal", host: str = "127.0.0.1",
-                port: int = 0) -> dict[str, Any]:
+                port: int = 0, allow_hosts: tuple[str, ...] = ()) -> dict[str, Any]:
     """Open everything, run (or resume) the session to its end; approvals are answered in
     the terminal or, with `ui="web"` (or `--approve web`), on the web page at host:port."""
     config.save(registry_path(config.state_dir, config.session_id))
@@ -169,11 +171,12 @@ def run_session(config: RunConfig, console: Console, quiet: bool = False,
         from workflows.web_approval import start_web_ui
         try:
             web = start_web_ui(broker, host=host, port=port,
-                               class_names=parts.classifier.class_names)
+                               class_names=parts.classifier.class_names,
+                               allow_hosts=allow_hosts)
         except OSError as exc:
             parts.microscope.close()
             raise StartError(str(exc)) from exc
-        err.print(f"approval page: {web.url}")
+        notice(err, f"approval page: {web.url}")
     elif broker is not None:
         frontend = TerminalApprover(broker, console).start()
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -190,8 +193,8 @@ def run_session(config: RunConfig, console: Console, quiet: bool = False,
                                        routes=info["counts"].get("routes", {}),
                                        total=config.frames,
                                        budgets_left=info.get("budgets_left", {}))
-                console.print(f"recorded {info['frame_id'][:8]}: {info['label']} "
-                              f"({info['route']})")
+                notice(console, f"recorded {info['frame_id'][:8]}: {info['label']} "
+                                f"({info['route']})")
 
     try:
         session = Session(config, parts, on_update=on_update)
@@ -210,6 +213,18 @@ def run_session(config: RunConfig, console: Console, quiet: bool = False,
         if web is not None:
             web.stop()
     return final
+
+
+def _vlm_timeout(given: float | None) -> float:
+    """--vlm-timeout, else $MICAGENT_VLM_TIMEOUT, else 30 s."""
+    if given is not None:
+        return given
+    text = os.environ.get("MICAGENT_VLM_TIMEOUT", "30")
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"MICAGENT_VLM_TIMEOUT must be a number of seconds, got {text!r}")\
+            from None
 
 
 def _config_from_args(**kw: Any) -> RunConfig:
@@ -253,21 +268,29 @@ def run(
     ui: str = typer.Option("terminal", help="where approvals are answered: terminal | web"),
     host: str = typer.Option("127.0.0.1", help="web approval page: address to bind"),
     port: int = typer.Option(0, help="web approval page: port (0: a free one)"),
+    allow_host: Annotated[list[str] | None, typer.Option(
+        "--allow-host", help="web approval page: a further name it answers to in the Host "
+                             "header (besides the bound host, localhost, 127.0.0.1); "
+                             "repeatable")] = None,
+    vlm_timeout: float | None = typer.Option(None, "--vlm-timeout", min=0.1,
+                                             help="seconds the VLM adjudicator waits per "
+                                                  "request (default: config, "
+                                                  "$MICAGENT_VLM_TIMEOUT or 30)"),
 ) -> None:
     """Run an acquisition session (no arguments: a survey on the embedded twin)."""
     console = Console()
     if ui not in ("terminal", "web"):
-        err.print(f"[red]--ui must be terminal or web, got {ui!r}[/]")
-        raise typer.Exit(2)
+        raise fail(f"--ui must be terminal or web, got {ui!r}")
     try:
         if resume:
             path = registry_path(state_dir, resume)
             if not path.exists():
-                err.print(f"[red]no session {resume} under {state_dir} (looked for {path})[/]")
-                raise typer.Exit(2)
+                raise fail(f"no session {resume} under {state_dir} (looked for {path})")
             config = RunConfig.load(path)
             if instrument != "twin":                 # e.g. the server came back elsewhere
                 config.instrument = instrument
+            if vlm_timeout is not None:
+                config.vlm_timeout_s = vlm_timeout
         else:
             config = _config_from_args(
                 instrument=instrument, objective=objective, frames=frames, approve=approve,
@@ -275,25 +298,23 @@ def run(
                 state_dir=str(Path(state_dir).resolve()), bank=bank, pixels=pixels, fov=fov,
                 dwell=dwell, confidence=confidence, max_rescans=max_rescans,
                 zoom_unsure=zoom_unsure, reject_unknown=ood, demo_k=demo_k,
-                demo_strategy=demo_strategy)
+                demo_strategy=demo_strategy, vlm_timeout_s=_vlm_timeout(vlm_timeout))
     except ValueError as exc:
-        err.print(f"[red]{exc}[/]")
-        raise typer.Exit(2) from exc
-    console.print(f"session [bold]{config.session_id}[/] -> {config.out}"
-                  + (" (resumed)" if resume else ""))
+        raise fail(exc) from exc
+    notice(console, f"session {config.session_id} -> {config.out}"
+                    + (" (resumed)" if resume else ""))
     try:
-        final = run_session(config, console, quiet, ui=ui, host=host, port=port)
+        final = run_session(config, console, quiet, ui=ui, host=host, port=port,
+                            allow_hosts=tuple(allow_host or ()))
     except (StartError, ObjectiveError) as exc:
-        err.print(f"[red]session failed to start: {exc}[/]")
-        raise typer.Exit(2) from exc
+        raise fail(f"session failed to start: {exc}") from exc
     except KeyboardInterrupt as exc:
-        err.print(f"[yellow]interrupted; continue with: micagent run --resume "
-                  f"{config.session_id} --state-dir {config.state_dir}[/]")
+        notice(err, f"interrupted; continue with: micagent run --resume "
+                    f"{config.session_id} --state-dir {config.state_dir}", "yellow")
         raise typer.Exit(130) from exc
     console.print(_summary_table(config.out))
     if final.get("status") == "failed":
-        err.print(f"[red]session failed: {final.get('reason')}[/]")
-        raise typer.Exit(1)
+        raise fail(f"session failed: {final.get('reason')}", code=1)
 
 
 # --- replay ---------------------------------------------------------------------------------
@@ -334,11 +355,9 @@ def replay(
             old, truths = reader.records(), reader.evaluations()
             stored = reader.provenance.get("run_config") or {}
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's error
-        err.print(f"[red]cannot read {session_file}: {exc}[/]")
-        raise typer.Exit(2) from exc
+        raise fail(f"cannot read {session_file}: {exc}") from exc
     if not old:
-        err.print(f"[red]{session_file} holds no frames to replay[/]")
-        raise typer.Exit(2)
+        raise fail(f"{session_file} holds no frames to replay")
     replay_id = str(uuid.uuid4())
     out = Path(state_dir).resolve() / "replays" / f"{source.stem}.replay-{replay_id}.h5"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -356,8 +375,7 @@ def replay(
     try:
         run_session(config, quiet_console, quiet=True)
     except StartError as exc:
-        err.print(f"[red]replay failed to start: {exc}[/]")
-        raise typer.Exit(2) from exc
+        raise fail(f"replay failed to start: {exc}") from exc
     with SessionReader(out) as reader:
         new = reader.records()
     diff = decision_diff(old, new, truths)

@@ -11,7 +11,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from instruments import atomic_file
 from workflows.cli import app
+from workflows.cli_output import fail, notice
 
 CROP_HELP = "Crop the SEM info bar off the bottom: pixels (>= 1) or a fraction of the height."
 ABLATION_HELP = ("full, no_text, no_lmm, no_mha, no_hnf, no_stem, vit_only, gnn_only, cm_emrl, "
@@ -41,11 +43,6 @@ CACHE_HELP = ("Folder of cached stem features (default $MICAGENT_FEATURE_CACHE o
 
 def _console() -> Console:
     return Console(stderr=True)
-
-
-def _fail(message: str) -> None:
-    _console().print(f"[red]error:[/red] {message}", soft_wrap=True)  # paths stay whole
-    raise typer.Exit(code=2)
 
 
 def _threads() -> None:
@@ -125,8 +122,8 @@ def train_cmd(
         path = train(data_dir, out, opts, _console(), restart=restart)
     except (DatasetError, SplitError, TrainError, KnowledgeError, ModelError,
             ValueError) as exc:
-        _fail(str(exc))
-    _console().print(f"[green]checkpoint written to {path}")
+        raise fail(exc) from exc
+    notice(_console(), f"checkpoint written to {path}", "green")
 
 
 @app.command("evaluate")
@@ -146,7 +143,7 @@ def evaluate_cmd(
     try:
         report = evaluate(ckpt, data_dir, crop=parse_crop(crop_bottom))
     except (DatasetError, EvaluateError, ModelError) as exc:
-        _fail(str(exc))
+        raise fail(exc) from exc
     if as_json:
         typer.echo(json.dumps(report))
         return
@@ -168,8 +165,8 @@ def evaluate_cmd(
     folder = plots or ckpt
     for path in write_plots(report, folder):
         console.print(f"plot: {path}")
-    (folder / "evaluation.json").write_text(json.dumps(report, indent=1))
-    (folder / "evaluation.md").write_text(markdown_report(report))
+    atomic_file.write_text(folder / "evaluation.json", json.dumps(report, indent=1))
+    atomic_file.write_text(folder / "evaluation.md", markdown_report(report))
     console.print(f"report: {folder / 'evaluation.md'}, {folder / 'evaluation.json'}")
 
 
@@ -213,7 +210,7 @@ def ablate_cmd(
         table = ablate(data_dir, out, opts, variants.split(",") if variants else None,
                        _console())
     except (DatasetError, SplitError, TrainError, ModelError, ValueError) as exc:
-        _fail(str(exc))
+        raise fail(exc) from exc
     from workflows.ablate import markdown_table
 
     Console().print(markdown_table(table))
@@ -236,15 +233,15 @@ def fit_ood_cmd(
 
     _threads()
     if not 0.5 <= quantile < 1:
-        _fail(f"--quantile must lie in [0.5, 1), got {quantile}")
+        raise fail(f"--quantile must lie in [0.5, 1), got {quantile}")
     try:
         fit = fit_ood(ckpt, data_dir, quantile, str(feature_cache) if feature_cache else None,
                       _console())
     except (DatasetError, TrainError, ModelError, OSError) as exc:
-        _fail(str(exc))
-    _console().print(f"[green]{ckpt}: OOD threshold {fit['threshold']:.1f} (quantile "
-                     f"{fit['quantile']:g} of {fit['val']} validation images; means and "
-                     f"covariance from {fit['train']} training images)")
+        raise fail(exc) from exc
+    notice(_console(), f"{ckpt}: OOD threshold {fit['threshold']:.1f} (quantile "
+                       f"{fit['quantile']:g} of {fit['val']} validation images; means and "
+                       f"covariance from {fit['train']} training images)", "green")
 
 
 @app.command("describe")
@@ -278,8 +275,8 @@ def describe_cmd(
         describe(names, get_prompt_set(prompts), settings, out,
                  cache or out.with_name(out.name + ".cache"), _console())
     except (DescribeError, DatasetError, ValueError) as exc:
-        _fail(str(exc))
-    _console().print(f"[green]knowledge written to {out}")
+        raise fail(exc) from exc
+    notice(_console(), f"knowledge written to {out}", "green")
 
 
 @app.command("select-confounding")
@@ -306,7 +303,7 @@ def select_confounding_cmd(
                                         np.arange(len(ds)), k=shots, strategy=strategy,
                                         seed=seed)
     except (DatasetError, ValueError) as exc:
-        _fail(str(exc))
+        raise fail(exc) from exc
     names = [ds.class_names[i] for i in ds.labels]
     rows = sel.records(ds.sources, names)
     for row in rows:
@@ -318,5 +315,5 @@ def select_confounding_cmd(
               "demonstrations": {"k": shots, "strategy": strategy,
                                  "pool": "all other images of the dataset"},
               "selected": rows, "verdicts": verdicts}
-    out.write_text(json.dumps(result, indent=1))
+    atomic_file.write_text(out, json.dumps(result, indent=1))
     _console().print(f"{len(rows)} confounding images written to {out}")

@@ -23,6 +23,7 @@ from matplotlib.patches import Rectangle
 from scipy.spatial import cKDTree
 
 from agent.policy import UNKNOWN
+from instruments import atomic_file
 from instruments.frame import Frame
 from instruments.session_reader import SessionReader
 
@@ -120,7 +121,8 @@ def _colours(labels: list[str]) -> dict[str, Any]:
 
 
 def _save(fig: Figure, out: Path, name: str) -> str:
-    fig.savefig(out / name, dpi=110, bbox_inches="tight")
+    with atomic_file.atomic_path(out / name) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
     return name
 
 
@@ -443,9 +445,8 @@ def build_report(session_path: str | Path, out_dir: str | Path,
                 human_decisions(facts), timings(facts, out)]
     title = f"micagent session report: {summary.get('session_id') or Path(session_path).name}"
     page = out / "index.html"
-    page.write_text(PAGE.format(title=html.escape(str(title)),
-                                sections="\n".join(_render(s) for s in sections)),
-                    encoding="utf-8")
+    atomic_file.write_text(page, PAGE.format(title=html.escape(str(title)),
+                                             sections="\n".join(_render(s) for s in sections)))
     return page
 
 

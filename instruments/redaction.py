@@ -1,0 +1,91 @@
+"""The one redaction filter for every text that reaches a file or a log: secret values from the
+environment (OPENAI_API_KEY and every *_API_KEY / *_TOKEN / *_SECRET), keys registered by the
+code that uses them (the adjudicator's), `Authorization` header values and `sk-` style tokens
+are replaced by `[redacted]`.
+
+`redact` works on text, `redact_value` on JSON-like values; `install_log_redaction` makes every
+log record (message and traceback) pass through `redact`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from typing import Any
+
+MASK = "[redacted]"
+MIN_SECRET = 8                                   # shorter values are not treated as secrets
+_SECRET_ENV = re.compile(r"(API_KEY|APIKEY|TOKEN|SECRET|PASSWORD)$", re.IGNORECASE)
+_PATTERNS = (
+    # Authorization: Bearer X / "authorization": "Basic X" / authorization=X
+    re.compile(r"""(?i)(authorization["']?\s*[:=]\s*["']?)(?:(?:bearer|basic|token)\s+)?"""
+               r"""[^\s"',;}\]]+"""),
+    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"),
+    re.compile(r"()\bsk-[A-Za-z0-9_-]{8,}"),
+    re.compile(r"""(?i)((?:api[_-]?key|x-api-key)["']?\s*[:=]\s*["']?)[^\s"',;}\]]{8,}"""),
+)
+_registered: set[str] = set()
+_lock = threading.Lock()
+
+
+def register_secret(value: str | None) -> None:
+    """Redact `value` wherever it appears from now on (a key given other than by env)."""
+    if value and len(value) >= MIN_SECRET:
+        with _lock:
+            _registered.add(value)
+
+
+def _secrets() -> list[str]:
+    found = {v for k, v in os.environ.items() if _SECRET_ENV.search(k) and len(v) >= MIN_SECRET}
+    with _lock:
+        found |= _registered
+    return sorted(found, key=len, reverse=True)
+
+
+def redact(text: str) -> str:
+    """`text` with every known secret value, Authorization value and token-like word masked."""
+    for secret in _secrets():
+        if secret in text:
+            text = text.replace(secret, MASK)
+    for pattern in _PATTERNS:
+        text = pattern.sub(lambda m: m.group(1) + MASK, text)
+    return text
+
+
+def redact_value(value: Any) -> Any:
+    """A JSON-like value with every string (keys included) passed through `redact`."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {redact_value(k): redact_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(redact_value(v) for v in value)
+    return value
+
+
+_installed = False
+
+
+def install_log_redaction() -> None:
+    """Every log record made from now on carries a redacted message and traceback."""
+    global _installed
+    with _lock:
+        if _installed:
+            return
+        _installed = True
+    make = logging.getLogRecordFactory()
+    formatter = logging.Formatter()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        try:
+            record.msg, record.args = redact(record.getMessage()), None
+        except Exception:  # noqa: BLE001 - a record that cannot format is left to logging
+            return record
+        if record.exc_info:
+            record.exc_text = redact(formatter.formatException(record.exc_info))
+        return record
+
+    logging.setLogRecordFactory(factory)
