@@ -114,7 +114,7 @@ def test_run_over_a_foreign_nsid_file_replays_its_frames_without_touching_it(
     with SessionReader(out) as reader:
         summary, records = reader.summary(), reader.records()
     assert summary["status"] == "completed" and summary["frames"] == 4   # its 4 channels
-    assert all(not r["rescans"] for r in records)          # stored frames cannot be rescanned
+    assert all(not r.rescans for r in records)          # stored frames cannot be rescanned
     assert hashlib.sha256(source.read_bytes()).hexdigest() == digest
 
 
