@@ -24,12 +24,14 @@ class FrameScratch:
     def _record_path(self, frame_id: str) -> Path:
         return self.folder / f"{frame_id}.record.json"
 
-    def put_record(self, frame_id: str, record: dict) -> None:
-        """The decision record of a frame about to be stored (written atomically)."""
-        atomic_file.write_text(self._record_path(frame_id), json.dumps(record))
+    def put_record(self, frame_id: str, record_json: str) -> None:
+        """The decision record (its JSON document) of a frame about to be stored, written
+        atomically."""
+        atomic_file.write_text(self._record_path(frame_id), record_json)
 
-    def get_record(self, frame_id: str) -> dict:
-        return json.loads(self._record_path(frame_id).read_text())
+    def get_record(self, frame_id: str) -> str:
+        """The JSON document `put_record` stored."""
+        return self._record_path(frame_id).read_text()
 
     def recorded_ids(self) -> list[str]:
         """Frames with a decision record waiting to be stored, in sequence order."""

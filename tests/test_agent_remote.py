@@ -44,7 +44,7 @@ def test_survey_over_a_twin_server(tmp_path, classifier, protocol):
         summary, records = reader.summary(), reader.records()
         frames = [f for f, _ in reader.frames()]
     assert summary["frames"] == 3 and summary["instrument"]["uri"] == server.uri
-    assert [r["route"] for r in records] == ["confident"] * 3
+    assert [r.route for r in records] == ["confident"] * 3
     xs = [f.stage.x for f in frames]
     assert len(set(xs)) == 3                                # the stage really moved
     assert all(f.evaluation.get("label") for f in frames)   # twin truth came over the wire

@@ -119,13 +119,13 @@ def test_micagent_run_records_tiles_with_the_files_calibration(server, nsid, tmp
         stored = list(reader.frames())
     assert summary["status"] == "completed" and summary["frames"] == frames
     for frame, record in stored:
-        row, col = record["tile"]["row"], record["tile"]["col"]
+        row, col = record.tile.row, record.tile.col
         window = nsid.overview[row * TILE_PX:(row + 1) * TILE_PX,
                                col * TILE_PX:(col + 1) * TILE_PX]
         np.testing.assert_allclose(frame.image, window, rtol=1e-6)
         assert frame.settings.pixel_size == pytest.approx(nsid.pixel_m)
         if nsid.spectrum_channel is not None:
-            point = record["point_data"]
+            point = record.point_data
             centre = (row * TILE_PX + TILE_PX // 2, col * TILE_PX + TILE_PX // 2)
             assert point["channel"] == nsid.spectrum_channel
             np.testing.assert_allclose(point["values"], nsid.cube[centre], rtol=1e-6)

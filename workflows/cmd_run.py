@@ -24,6 +24,7 @@ from agent.objectives import ObjectiveError
 from agent.overview import OverviewTiles
 from agent.session import Session, SessionParts, record_failed_start
 from agent.terminal_approval import TerminalApprover
+from instruments.decision_record import DecisionRecord, accuracy
 from instruments.errors import InstrumentError
 from instruments.microscope import Microscope
 from instruments.safety import GuardedMicroscope, SafetyEnvelope
@@ -132,7 +133,6 @@ def open_parts(config: RunConfig, classifier: Any = None) -> SessionParts:
 def _summary_table(path: str) -> Table:
     with SessionReader(path) as reader:
         summary = reader.summary()
-        records, truths = reader.records(), reader.evaluations()
     table = Table(title=f"session {summary['session_id']} — {summary['status']}")
     table.add_column("item")
     table.add_column("value")
@@ -144,12 +144,10 @@ def _summary_table(path: str) -> Table:
                                       sorted(summary["route_counts"].items())))
     table.add_row("escalated", f"{summary['escalations']} "
                                f"({summary['escalation_counts']})")
-    scored = [(r, t["label"]) for r, t in zip(records, truths, strict=True) if t.get("label")]
-    if scored:
-        final = sum(r.get("label") == t for r, t in scored) / len(scored)
-        alone = sum(r["prediction"]["label"] == t for r, t in scored) / len(scored)
-        table.add_row("accuracy (twin truth)", f"{final:.3f} final, {alone:.3f} classifier "
-                                               f"alone, {len(scored)} frames")
+    if summary["scored_frames"]:
+        table.add_row("accuracy (twin truth)",
+                      f"{summary['accuracy']:.3f} final, {summary['accuracy_classifier']:.3f} "
+                      f"classifier alone, {summary['scored_frames']} frames")
     table.add_row("file", Text(path))
     return table
 
@@ -318,26 +316,29 @@ def run(
 
 
 # --- replay ---------------------------------------------------------------------------------
-def decision_diff(old: list[dict[str, Any]], new: list[dict[str, Any]],
+def decision_diff(old: list[DecisionRecord], new: list[DecisionRecord],
                   truths: list[dict[str, Any]]) -> dict[str, Any]:
     """Old vs new decisions per frame (matched by frame id), with accuracy where known."""
-    new_by_id = {r["frame_id"]: r for r in new}
+    new_by_id = {r.frame_id: r for r in new}
     rows, changed = [], 0
     for rec, truth in zip(old, truths, strict=True):
-        again = new_by_id.get(rec["frame_id"])
-        row = {"frame_id": rec["frame_id"], "old_label": rec.get("label"),
-               "old_route": rec.get("route"), "new_label": again and again.get("label"),
-               "new_route": again and again.get("route"), "truth": truth.get("label")}
+        again = new_by_id.get(rec.frame_id)
+        row = {"frame_id": rec.frame_id, "old_label": rec.label, "old_route": _route(rec),
+               "new_label": again.label if again else None,
+               "new_route": _route(again), "truth": truth.get("label")}
         row["changed"] = (row["old_label"], row["old_route"]) != (row["new_label"],
                                                                   row["new_route"])
         changed += row["changed"]
         rows.append(row)
-    scored = [r for r in rows if r["truth"]]
-    accuracy = None
-    if scored:
-        accuracy = {"old": sum(r["old_label"] == r["truth"] for r in scored) / len(scored),
-                    "new": sum(r["new_label"] == r["truth"] for r in scored) / len(scored)}
-    return {"frames": len(rows), "changed": changed, "accuracy": accuracy, "rows": rows}
+    truth_labels = [r["truth"] for r in rows]
+    old_accuracy, scored = accuracy([r["old_label"] for r in rows], truth_labels)
+    new_accuracy, _ = accuracy([r["new_label"] for r in rows], truth_labels)
+    return {"frames": len(rows), "changed": changed, "rows": rows,
+            "accuracy": {"old": old_accuracy, "new": new_accuracy} if scored else None}
+
+
+def _route(record: DecisionRecord | None) -> str | None:
+    return record.route.value if record and record.route else None
 
 
 @app.command("replay")

@@ -31,11 +31,11 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from agent.approval_broker import ApprovalBroker
+from instruments.decision_record import DECISIONS
 from workflows.web_guard import TOKEN_HEADER, GuardedApp
 
 __all__ = ["TOKEN_HEADER", "WebUIHandle", "create_app", "start_web_ui"]
 
-DECISIONS = ("approve", "relabel", "rescan", "skip")
 IMAGE_KINDS = ("frame", "previous")
 # Payload keys that may carry each image, in order of preference: a PNG/TIFF path, base64
 # PNG text (optionally a data: URL), raw PNG bytes, or a 2-D array.
