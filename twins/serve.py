@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable
 
 from instruments.microscope import Microscope
+from instruments.redaction import install_log_redaction
 from twins.faults import FaultSpec
 
 READY_PREFIX = "READY"
@@ -58,6 +59,7 @@ def run_server(protocol: str, host: str, port: int | None, seed: int = 0,
     `READY <protocol> <address>` naming the bound address. A dtm server registers files only
     under `data_root` (default: `default_data_root(data)`).
     """
+    install_log_redaction()
     spec = FaultSpec.parse(faults)
     twin = make_twin(seed, spec)
     if protocol == "dtm":
