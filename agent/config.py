@@ -11,6 +11,7 @@ from typing import Any
 
 from agent.policy import APPROVE_MODES, RoutePolicy
 from agent.quality import QualityThresholds
+from instruments import atomic_file
 from instruments.frame import ImagingSettings
 
 
@@ -52,6 +53,8 @@ class RunConfig:
                                  f"got {self.adjudicator!r}")
         if self.frames < 1:
             raise RunConfigError("--frames must be at least 1")
+        if not self.vlm_timeout_s > 0:
+            raise RunConfigError(f"the VLM timeout must be positive, got {self.vlm_timeout_s}")
         if self.demo_strategy not in ("similar", "random"):
             raise RunConfigError("demonstration strategy must be similar or random")
         self.budgets = {**default_budgets(self.frames), **self.budgets}
@@ -76,10 +79,7 @@ class RunConfig:
         return asdict(self)
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.as_dict(), indent=1))
-        tmp.replace(path)
+        atomic_file.write_text(path, json.dumps(self.as_dict(), indent=1))
 
     @classmethod
     def load(cls, path: Path) -> RunConfig:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from instruments.frame import Frame
+from instruments.frame_checks import check_image
 from instruments.safety import GuardedMicroscope
 
 
@@ -40,15 +41,15 @@ def window_overview(image: np.ndarray, tile_px: int) -> np.ndarray:
 class OverviewTiles:
     """A TileSource over the overview image of a stage-less instrument."""
 
-    def __init__(self, microscope: GuardedMicroscope, tile_px: int = 64,
-                 spectrum_index: str | None = None) -> None:
-        """`spectrum_index`: the channel key of a spectrum image served by the instrument
-        (see `spectral_channel`), sampled with `get_point_data` at recorded tile centres."""
+    def __init__(self, microscope: GuardedMicroscope, tile_px: int = 64) -> None:
+        """Acquires the overview once. Where the instrument's capabilities name a spectrum
+        image (`spectrum_channel`), it is sampled with `get_point_data` at recorded tile
+        centres."""
         self.microscope = microscope
+        self.spectrum_index = microscope.capabilities().spectrum_channel
         self.overview = microscope.acquire()
         self.tile_px = tile_px
         self.windows = window_overview(self.overview.image, tile_px)
-        self.spectrum_index = spectrum_index
         fov = self.overview.settings.fov
         self.pixel = fov / self.overview.image.shape[0]
 
@@ -61,6 +62,8 @@ class OverviewTiles:
                  "row": r, "col": c} for r in range(rows) for c in range(cols)]
 
     def frame(self, position: dict[str, Any], sequence: int) -> Frame:
+        """The window at the position's row and column; BadFrame (as for any acquired frame)
+        where it fails `check_image`, e.g. a constant or saturated patch of the overview."""
         r, c = int(position["row"]), int(position["col"])
         settings = replace(self.overview.settings, fov=self.tile_px * self.pixel,
                            pixels=self.tile_px)
@@ -68,7 +71,9 @@ class OverviewTiles:
                                 self.overview.frame_id, "window": {"row": r, "col": c,
                                                                    "size_px": self.tile_px}}
         stage = replace(self.overview.stage, x=float(position["x"]), y=float(position["y"]))
-        return Frame(image=self.windows[r, c].copy(), instrument_id=self.overview.instrument_id,
+        image = check_image(self.windows[r, c].copy(), self.tile_px,
+                            where=f"{self.overview.instrument_id} window ({r}, {c})")
+        return Frame(image=image, instrument_id=self.overview.instrument_id,
                      settings=settings, stage=stage, sequence=sequence, original_metadata=meta)
 
     def point_data(self, tile: dict[str, Any]) -> dict[str, Any] | None:
@@ -84,11 +89,3 @@ class OverviewTiles:
         return {"channel": self.spectrum_index, "x": x, "y": y,
                 "values": values.ravel().astype(float).tolist()}
 
-
-def spectral_channel(inner: Any) -> str | None:
-    """The first spectrum-image channel key of a DTMicroscope dataset, if it has one."""
-    if not hasattr(inner, "get_dataset_info"):
-        return None
-    info = dict(inner.get_dataset_info())
-    found = list(info.get("spectral_image_channel_index") or [])
-    return f"Channel_{int(found[0]):03}" if found else None

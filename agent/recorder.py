@@ -8,12 +8,12 @@ record step was checkpointed is never lost and never stored twice."""
 
 from __future__ import annotations
 
-import json
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from agent.scratch import FrameScratch
+from instruments.decision_record import DecisionRecord
 
 
 class RecordingError(RuntimeError):
@@ -28,16 +28,22 @@ class Recorder:
         self._lock = threading.Lock()
         self._error: BaseException | None = None
 
-    def _write(self, frame_id: str) -> None:
+    def _write(self, frame_id: str, record: DecisionRecord | None = None,
+               text: str | None = None) -> None:
         frame = self.scratch.get(frame_id)
-        self.writer.write_frame(frame, self.scratch.get_record(frame_id))
+        if record is None:
+            text = self.scratch.get_record(frame_id)
+            record = DecisionRecord.from_json(text)
+        self.writer.write_frame(frame, record, record_json=text)
         self.scratch.drop(frame_id)
 
-    def submit(self, frame_id: str, record: dict[str, Any]) -> None:
-        """Queue a write of a scratch frame with its record (record saved to scratch first)."""
+    def submit(self, frame_id: str, record: DecisionRecord) -> None:
+        """Queue a write of a scratch frame with its record (record saved to scratch first,
+        as the JSON document the file will hold)."""
         self.check()
-        self.scratch.put_record(frame_id, json.loads(json.dumps(record, default=str)))
-        future = self._pool.submit(self._write, frame_id)
+        text = record.to_json()
+        self.scratch.put_record(frame_id, text)
+        future = self._pool.submit(self._write, frame_id, record, text)
         future.add_done_callback(self._done)
         with self._lock:
             self._pending = [f for f in self._pending if not f.done()] + [future]

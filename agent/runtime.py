@@ -16,6 +16,7 @@ from agent.adjudication.demonstrations import DemonstrationBank
 from agent.policy import RoutePolicy
 from agent.quality import QualityThresholds
 from agent.scratch import FrameScratch
+from instruments.decision_record import DecisionRecord
 from instruments.frame import Frame, ImagingSettings, StagePosition
 from instruments.safety import GuardedMicroscope
 
@@ -27,7 +28,8 @@ class ClassifierLike(Protocol):
 
 
 class WriterLike(Protocol):
-    def write_frame(self, frame: Frame, record: dict) -> bool: ...
+    def write_frame(self, frame: Frame, record: DecisionRecord,
+                    record_json: str | None = None) -> bool: ...
 
     def has_frame(self, frame_id: str) -> bool: ...
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from instruments import atomic_file
 from instruments.frame import Frame, ImagingSettings, StagePosition
 
 
@@ -23,15 +24,14 @@ class FrameScratch:
     def _record_path(self, frame_id: str) -> Path:
         return self.folder / f"{frame_id}.record.json"
 
-    def put_record(self, frame_id: str, record: dict) -> None:
-        """The decision record of a frame about to be stored (written atomically)."""
-        path = self._record_path(frame_id)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record))
-        tmp.replace(path)
+    def put_record(self, frame_id: str, record_json: str) -> None:
+        """The decision record (its JSON document) of a frame about to be stored, written
+        atomically."""
+        atomic_file.write_text(self._record_path(frame_id), record_json)
 
-    def get_record(self, frame_id: str) -> dict:
-        return json.loads(self._record_path(frame_id).read_text())
+    def get_record(self, frame_id: str) -> str:
+        """The JSON document `put_record` stored."""
+        return self._record_path(frame_id).read_text()
 
     def recorded_ids(self) -> list[str]:
         """Frames with a decision record waiting to be stored, in sequence order."""
@@ -40,14 +40,13 @@ class FrameScratch:
 
     def put(self, frame: Frame) -> None:
         image_path, meta_path = self._paths(frame.frame_id)
-        np.save(image_path, frame.image)
+        with atomic_file.atomic_path(image_path) as tmp:
+            np.save(tmp, frame.image)
         meta = {"instrument_id": frame.instrument_id, "settings": frame.settings.as_dict(),
                 "stage": frame.stage.as_dict(), "sequence": frame.sequence,
                 "timestamp": frame.timestamp, "original_metadata": frame.original_metadata,
                 "evaluation": frame.evaluation}
-        tmp = meta_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(meta, default=str))
-        tmp.replace(meta_path)
+        atomic_file.write_text(meta_path, json.dumps(meta, default=str))
         self._memory[frame.frame_id] = frame
 
     def get(self, frame_id: str) -> Frame:

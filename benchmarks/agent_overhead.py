@@ -69,15 +69,15 @@ def overhead(classifier, frames: int, pixels: int, dwell: float, work: Path) -> 
     session.close()
     with SessionReader(config.out) as reader:
         records = reader.records()
-    acquire = sum(r["timings"]["acquire_s"] for r in records)
-    classify = sum(r["timings"]["classify_s"] for r in records)
+    acquire = sum(r.timings.acquire_s for r in records)
+    classify = sum(r.timings.classify_s for r in records)
     n = len(records)
     per_node_ms = {k: round(v / n * 1e3, 1) for k, v in steps.items()}
     return {"frames": n, "scan_s": scan_s, "acquire_s_per_frame": acquire / n,
             "classify_s_per_frame": classify / n,
             "outside_s_per_frame": (wall - acquire) / n,
             "ratio": (wall - acquire) / acquire, "per_node_ms": per_node_ms,
-            "routes": sorted({r["route"] for r in records})}
+            "routes": sorted({str(r.route) for r in records})}
 
 
 def survey(model: str, tiles: int, work: Path, seed: int) -> dict:
@@ -92,18 +92,12 @@ def survey(model: str, tiles: int, work: Path, seed: int) -> dict:
     session.close()
     parts.microscope.close()
     with SessionReader(config.out) as reader:
-        records, truths = reader.records(), reader.evaluations()
-    scored = [(r, t["label"]) for r, t in zip(records, truths, strict=True) if t.get("label")]
-    escalated = [r for r in records if r["rescans"] or r["adjudication"] or r["human"]]
-    routes: dict[str, int] = {}
-    for r in records:
-        routes[r["route"]] = routes.get(r["route"], 0) + 1
-    return {"tiles": len(records), "wall_s": wall, "status": final["status"],
-            "accuracy_final": sum(r["label"] == t for r, t in scored) / len(scored),
-            "accuracy_classifier_alone": sum(r["prediction"]["label"] == t
-                                             for r, t in scored) / len(scored),
-            "escalated_fraction": len(escalated) / len(records), "routes": routes,
-            "used": final["used"]}
+        summary = reader.summary()
+    return {"tiles": summary["frames"], "wall_s": wall, "status": final["status"],
+            "accuracy_final": summary["accuracy"],
+            "accuracy_classifier_alone": summary["accuracy_classifier"],
+            "escalated_fraction": summary["escalations"] / summary["frames"],
+            "routes": summary["route_counts"], "used": final["used"]}
 
 
 def main() -> None:

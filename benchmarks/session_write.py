@@ -38,6 +38,7 @@ import numpy as np
 from h5py import h5d, h5o, h5s
 from pyNSID.io.hdf_io import write_nsid_dataset
 
+from instruments.decision_record import DecisionRecord
 from instruments.frame import Frame, ImagingSettings, StagePosition
 from instruments.session_file import SessionWriter, frame_to_dataset
 from instruments.session_layout import MEASUREMENT_GROUP, NSID_GROUP, channel_name
@@ -55,10 +56,10 @@ def make_frames(n: int, size: int) -> list[Frame]:
                   evaluation={"label": CLASSES[i % 10]}) for i in range(n)]
 
 
-def make_record(frame: Frame) -> dict:
+def make_record(frame: Frame) -> DecisionRecord:
     probs = np.full(len(CLASSES), 0.02)
     probs[frame.sequence % 10] = 0.82
-    return {"frame_id": frame.frame_id, "sequence": frame.sequence,
+    return DecisionRecord.model_validate({"frame_id": frame.frame_id, "sequence": frame.sequence,
             "position": {"x": frame.stage.x, "y": frame.stage.y}, "tile": None,
             "prediction": {"label": CLASSES[frame.sequence % 10], "confidence": 0.82,
                            "probabilities": dict(zip(CLASSES, probs.tolist(), strict=True)),
@@ -68,7 +69,7 @@ def make_record(frame: Frame) -> dict:
             "label": CLASSES[frame.sequence % 10], "route": "confident", "rescans": [],
             "quality": {"sharpness": 1.0, "snr": 10.0, "drift_px": 0.1, "ok": True},
             "adjudication": None, "human": None,
-            "timings": {"acquire_s": 0.5, "classify_s": 0.05, "total_s": 0.6}}
+            "timings": {"acquire_s": 0.5, "classify_s": 0.05, "total_s": 0.6}})
 
 
 def run_raw(path: Path, frames: list[Frame]) -> float:

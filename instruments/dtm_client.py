@@ -3,8 +3,10 @@
 Speaks DTMicroscope's API unchanged (arrays as `(list, shape, dtype)`) and implements the
 Microscope protocol on top. Against our twin server (`get_capabilities` advertises it) it
 uses the acquisition API and the binary transport (raw bytes over Pyro5's msgpack
-serializer); against DTMicroscope's own server `acquire()` returns the overview image and
-the stage cannot move. Pyro5 failures become the typed errors of `instruments.errors`.
+serializer); against DTMicroscope's own server, and on any server once this client has
+registered a dataset, `acquire()` returns the overview image and the stage cannot move. What
+the server offers is asked, never assumed (`offers`: Pyro5's method list). Pyro5 failures
+become the typed errors of `instruments.errors`.
 """
 
 from __future__ import annotations
@@ -27,11 +29,14 @@ from instruments.errors import (
 from instruments.frame import Frame, ImagingSettings, StagePosition
 from instruments.jsonrpc import remote_error
 from instruments.microscope import Capabilities, InstrumentStatus
+from instruments.nsid_calibration import Calibration, channel_calibration
+from instruments.session_layout import SessionFileError
 from instruments.wire_arrays import from_binary, from_tuple
 
 DEFAULT_PORT = 9091
 OBJECT_ID = "microscope.server"
 BINARY_SERIALIZER = "msgpack"
+MAX_PROBED_CHANNELS = 64
 
 
 def _known(cls: type, values: dict[str, Any]) -> dict[str, Any]:
@@ -68,7 +73,7 @@ class DTMicroscopeClient:
         self._proxy._pyroTimeout = timeout
         self._guard("connect", self._proxy._pyroBind)
         self.server_info: dict[str, Any] | None = (
-            dict(self._call("get_capabilities")) if self._offers("get_capabilities") else None)
+            dict(self._call("get_capabilities")) if self.offers("get_capabilities") else None)
         offered = bool(self.server_info and self.server_info.get("binary_transport"))
         if binary and not offered:
             raise ProtocolError("server offers no binary transport", self.uri)
@@ -78,9 +83,13 @@ class DTMicroscopeClient:
         self._stage = StagePosition()
         self._sequence = 0
         self._overview_shape: tuple[int, ...] | None = None
+        self._spectrum_channel: str | None | bool = False      # False: not asked yet
+        self.calibration: Calibration | None = None              # of the registered overview
+        self._calibration_note = "no data registered by this client"
 
     # --- transport ------------------------------------------------------------------------
-    def _offers(self, method: str) -> bool:
+    def offers(self, method: str) -> bool:
+        """Whether the server exposes `method` (Pyro5's method list of this connection)."""
         return method in self._proxy._pyroMethods
 
     def _guard(self, what: str, func: Any, *args: Any, **kwargs: Any) -> Any:
@@ -113,14 +122,14 @@ class DTMicroscopeClient:
             self._proxy._pyroClaimOwnership()
             if self._proxy._pyroConnection is None:
                 self._guard("reconnect", self._proxy._pyroBind)
-            if not self._offers(method):
+            if not self.offers(method):
                 raise RemoteError(f"server exposes no method {method!r}", self.uri)
             self._proxy._pyroSerializer = serializer
             return self._guard(method, getattr(self._proxy, method), *args, **kwargs)
 
     def _array(self, method: str, *args: Any) -> np.ndarray:
         """Fetch an array by the binary variant when in use, else the tuple form."""
-        if self.binary and self._offers(f"{method}_bytes"):
+        if self.binary and self.offers(f"{method}_bytes"):
             reply = self._call(f"{method}_bytes", *args, serializer=BINARY_SERIALIZER)
             return from_binary(reply, self.uri)
         return from_tuple(self._call(method, *args), self.uri)
@@ -128,11 +137,21 @@ class DTMicroscopeClient:
     # --- DTMicroscope's STEM server API ---------------------------------------------------
     def initialize_microscope(self, microscope: str = "dummy") -> None:
         self._call("initialize_microscope", microscope)
-        self._overview_shape = None
+        self._overview_shape, self._spectrum_channel = None, False
 
     def register_data(self, data_source: str = "test.h5") -> None:
+        """Register an NSID file on the server; from then on this client serves that dataset
+        (its overview, stage-less), also on a server with an acquisition API. The overview's
+        calibration is read here too where the file is readable from this machine (the
+        server's API carries none)."""
         self._call("register_data", data_source)
-        self._overview_shape = None
+        self.acquisition = False
+        self._overview_shape, self._spectrum_channel = None, False
+        try:
+            self.calibration = channel_calibration(str(data_source), 0)
+        except (InstrumentError, SessionFileError, OSError, IndexError) as exc:
+            self.calibration = None
+            self._calibration_note = f"not readable on the client: {exc}"
 
     def get_dataset_info(self) -> list[tuple[str, Any]]:
         info = self._call("get_dataset_info")
@@ -174,21 +193,35 @@ class DTMicroscopeClient:
         if self.acquisition:
             return capabilities_from_dict(dict(self.server_info["capabilities"]))
         side = self._overview_side()
+        channel = self.spectral_channel()
         return Capabilities(detectors=("overview",), pixel_options=(side,),
                             can_move_stage=False, has_overview=True,
-                            has_spectra=self._has_spectra())
+                            has_spectra=channel is not None, spectrum_channel=channel)
 
-    def _has_spectra(self) -> bool:
-        """From get_dataset_info where offered; DTMicroscope's own STEM server lacks it, so
-        there: whether Channel_001 has an energy axis (its notebooks' spectrum channel)."""
-        if self._offers("get_dataset_info"):
-            info = dict(self.get_dataset_info())
-            return bool(info.get("spectra_channel_index") or
-                        info.get("spectral_image_channel_index"))
-        try:
-            return self.get_spectrum_image_e_axis("Channel_001").size > 0
-        except RemoteError:
-            return False
+    def spectral_channel(self) -> str | None:
+        """The key of the registered dataset's first spectrum image (None without one).
+
+        From `get_dataset_info` where the server offers it (our twin). DTMicroscope's own STEM
+        server has no such call: there the channels are probed in order with
+        `get_spectrum_image_e_axis`, which answers only for a channel with an energy axis
+        (a 3-D spectrum image) and fails with KeyError past the last channel."""
+        if self._spectrum_channel is False:
+            self._spectrum_channel = self._find_spectral_channel()
+        return self._spectrum_channel  # type: ignore[return-value]
+
+    def _find_spectral_channel(self) -> str | None:
+        if self.offers("get_dataset_info"):
+            found = dict(self.get_dataset_info()).get("spectral_image_channel_index") or []
+            return f"Channel_{int(found[0]):03}" if found else None
+        for index in range(1, MAX_PROBED_CHANNELS):
+            key = f"Channel_{index:03}"
+            try:
+                if self.get_spectrum_image_e_axis(key).size > 0:
+                    return key
+            except RemoteError as exc:
+                if "KeyError" in str(exc):      # past the last channel
+                    return None
+        return None
 
     def _overview_side(self) -> int:
         if self._overview_shape is None:
@@ -200,8 +233,17 @@ class DTMicroscopeClient:
             applied = self._call("set_imaging", settings.as_dict())
             self._settings = ImagingSettings(**_known(ImagingSettings, applied))
         else:
-            self._settings = replace(settings, pixels=self._overview_side())
+            self._settings = self._served(settings)
         return self._settings
+
+    def _served(self, settings: ImagingSettings) -> ImagingSettings:
+        """What a stage-less server serves: the overview's size, and its calibration where
+        known (field of view, signal quantity as the detector)."""
+        settings = replace(settings, pixels=self._overview_side())
+        if self.calibration is not None and self.calibration.fov is not None:
+            settings = replace(settings, fov=self.calibration.fov,
+                               detector=self.calibration.quantity)
+        return settings
 
     def move_stage(self, position: StagePosition) -> StagePosition:
         if not self.acquisition:
@@ -215,11 +257,15 @@ class DTMicroscopeClient:
         if not self.acquisition:
             image = self.get_overview_image()
             self._overview_shape = tuple(image.shape)
+            self._settings = self._served(self._settings)
             self._sequence += 1
+            calibration = (self.calibration.as_dict() if self.calibration is not None
+                           else self._calibration_note)
             return Frame(image=image, instrument_id=self.instrument_id,
                          settings=self._settings, stage=self._stage, sequence=self._sequence,
                          original_metadata={"source": "get_overview_image",
-                                            "dtype": str(image.dtype)})
+                                            "dtype": str(image.dtype),
+                                            "calibration": calibration})
         serializer = BINARY_SERIALIZER if self.binary else None
         reply = self._call("acquire_frame", self.binary, serializer=serializer)
         return self._frame(reply)

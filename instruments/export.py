@@ -15,6 +15,7 @@ import tifffile
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from instruments import atomic_file
 from instruments.frame import Frame
 from instruments.replay import ReplayExhausted, ReplayMicroscope, ReplaySourceError
 from instruments.session_layout import SessionFileError
@@ -51,14 +52,16 @@ def _write_png(frame: Frame, path: Path) -> None:
     info = PngInfo()
     for key, value in _description(frame).items():
         info.add_text(key, json.dumps(value))
-    Image.fromarray(to_uint8(frame.image), mode="L").save(path, pnginfo=info)
+    with atomic_file.atomic_path(path) as tmp:
+        Image.fromarray(to_uint8(frame.image), mode="L").save(tmp, pnginfo=info)
 
 
 def _write_tiff(frame: Frame, path: Path) -> None:
     pixels_per_cm = 0.01 / frame.settings.pixel_size
-    tifffile.imwrite(path, frame.image.astype(np.float32),
-                     description=json.dumps(_description(frame)), metadata=None,
-                     resolution=(pixels_per_cm, pixels_per_cm), resolutionunit="CENTIMETER")
+    with atomic_file.atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, frame.image.astype(np.float32),
+                         description=json.dumps(_description(frame)), metadata=None,
+                         resolution=(pixels_per_cm, pixels_per_cm), resolutionunit="CENTIMETER")
 
 
 def export_frames(source: str | os.PathLike, out_dir: str | os.PathLike,

@@ -21,6 +21,7 @@ class Capabilities:
     stage_range: tuple[tuple[float, float], tuple[float, float]] = ((-1e-3, 1e-3), (-1e-3, 1e-3))
     has_overview: bool = False
     has_spectra: bool = False
+    spectrum_channel: str | None = None   # key of a spectrum image served with the overview
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -21,12 +21,9 @@ import numpy as np
 from instruments.errors import InstrumentError, InstrumentUnreachable
 from instruments.frame import Frame, ImagingSettings, StagePosition
 from instruments.microscope import Capabilities, InstrumentStatus
+from instruments.nsid_calibration import dataset_fov
 from instruments.session_layout import ATTR_FORMAT, FORMAT_NAME, NotASessionFile, SessionFileError
 from instruments.session_reader import SessionReader, dataclass_from, open_hdf5_readonly
-
-_LENGTH_UNITS = {"m": 1.0, "mm": 1e-3, "um": 1e-6, "µm": 1e-6, "μm": 1e-6, "micron": 1e-6,
-                 "nm": 1e-9, "pm": 1e-12, "a": 1e-10, "å": 1e-10, "ang": 1e-10,
-                 "angstrom": 1e-10}
 
 
 class ReplayExhausted(InstrumentError):
@@ -87,10 +84,6 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def _metres_per_unit(units: str) -> float | None:
-    return _LENGTH_UNITS.get(str(units).strip().lower())
-
-
 class _NsidSource:
     """2-D IMAGE main datasets of an NSID file from another tool, in NSIDReader's order."""
 
@@ -106,7 +99,7 @@ class _NsidSource:
         if not self._dsets:
             raise NotASessionFile("HDF5 file holds no NSID IMAGE datasets to replay", path)
         self._mtime = os.path.getmtime(path)
-        fovs = [self._fov(d) for d in self._dsets]
+        fovs = [dataset_fov(d) for d in self._dsets]
         known = [f for f in fovs if f is not None]
         fallback = float(np.median(known)) if known else ImagingSettings().fov
         self.metas = [_Meta(ImagingSettings(fov=fov if fov is not None else fallback,
@@ -114,20 +107,6 @@ class _NsidSource:
                                             detector=str(d.attrs.get("quantity", "unknown"))),
                             StagePosition())
                       for d, fov in zip(self._dsets, fovs, strict=True)]
-
-    @staticmethod
-    def _fov(dset: h5py.Dataset) -> float | None:
-        """Field of view (m) from the first dimension scale, None where its units are not a
-        length (e.g. AFM phase channels whose axes carry 'deg')."""
-        label = dset.dims[0].label
-        if not label or label not in dset.parent:
-            return None
-        scale = dset.parent[label]
-        factor = _metres_per_unit(scale.attrs.get("units", ""))
-        if factor is None or scale.ndim != 1 or scale.shape[0] < 2:
-            return None
-        step = abs(float(scale[1]) - float(scale[0])) * factor
-        return step * dset.shape[0] if step > 0 else None
 
     @staticmethod
     def _dimensions(dset: h5py.Dataset) -> dict[str, dict[str, Any]]:

@@ -26,6 +26,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from instruments.decision_record import DecisionRecord, RecordFormatError
 from instruments.frame import Frame
 from instruments.nsid_writer import (
     SIDPY_LAYOUT_VERSION,
@@ -36,6 +37,7 @@ from instruments.nsid_writer import (
     create_group,
     to_sidpy,
 )
+from instruments.redaction import redact
 from instruments.session_layout import (
     ATTR_COMPLETE,
     ATTR_FORMAT,
@@ -63,6 +65,7 @@ from instruments.session_layout import (
     channel_path,
     from_json,
     is_lock_error,
+    jsonable,
     read_provenance,
     to_json,
     write_error,
@@ -299,20 +302,29 @@ class SessionWriter:
     def closed(self) -> bool:
         return self._file is None
 
-    def write_frame(self, frame: Frame, record: dict[str, Any]) -> bool:
+    def write_frame(self, frame: Frame, record: DecisionRecord,
+                    record_json: str | None = None) -> bool:
         """Store `frame` with its decision record; False if that frame id is already stored.
 
-        On return True the frame is flushed to disk. On failure the frame is rolled back and
-        SessionWriteError (SessionDiskFull for ENOSPC) is raised; earlier frames are intact.
+        `record_json`: `record.to_json()` when the caller already encoded it (the record is
+        stored as that one JSON document). On return True the frame is flushed to disk. On
+        failure the frame is rolled back and SessionWriteError (SessionDiskFull for ENOSPC) is
+        raised; earlier frames are intact.
         """
-        if not isinstance(record, dict):
-            raise SessionRecordError(f"record must be a dict, got {type(record).__name__}",
-                                     self.path)
-        if record.get("frame_id", frame.frame_id) != frame.frame_id:
+        if not isinstance(record, DecisionRecord):
+            raise SessionRecordError(f"record must be a DecisionRecord, got "
+                                     f"{type(record).__name__}", self.path)
+        if (record.frame_id or frame.frame_id) != frame.frame_id:
             raise SessionRecordError(
-                f"record frame_id {record['frame_id']} != frame {frame.frame_id}", self.path)
+                f"record frame_id {record.frame_id} != frame {frame.frame_id}", self.path)
         meta = frame.metadata()
-        record_json = to_json(record, f"record of frame {frame.frame_id}", self.path)
+        if record_json is None:
+            try:
+                record_json = record.to_json(fallback=jsonable)
+            except RecordFormatError as exc:
+                raise SessionRecordError(f"record of frame {frame.frame_id}: {exc}",
+                                         self.path) from exc
+        record_json = redact(record_json)      # e.g. an adjudicator's error quoting a key
         evaluation_json = to_json(frame.evaluation, "frame evaluation", self.path, lenient=True)
         frame_json = to_json({**meta, "original_metadata": frame.original_metadata},
                              "frame metadata", self.path, lenient=True)

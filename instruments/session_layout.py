@@ -7,7 +7,9 @@ Layout of a micagent session file (one per session)::
     /Measurement_000/Channel_000000     one frame, in write order
         attrs: micagent_frame_id, micagent_index,
                frame       JSON string: Frame metadata + original metadata (exact round trip)
-               record      JSON string: the agent's decision record
+               record      JSON string: the agent's decision record, one JSON document of
+                           instruments.decision_record.DecisionRecord (its `version`; records
+                           without one are version 1, migrated on read)
                evaluation  JSON string: ground truth for scoring only (may be {})
                micagent_complete   written last: only groups with it are frames
         Image/       pyNSID's layout (instruments.nsid_writer): Image (main dataset), x, y,
@@ -30,6 +32,8 @@ import math
 from typing import Any
 
 import numpy as np
+
+from instruments.redaction import redact_value
 
 FORMAT_NAME = "micagent-session"
 FORMAT_VERSION = 2
@@ -110,7 +114,7 @@ def is_lock_error(exc: OSError) -> bool:
     return "unable to lock file" in text or exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK)
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """json.dumps fallback for numpy values and tuples-in-disguise."""
     if isinstance(value, np.generic):
         return value.item()
@@ -134,20 +138,22 @@ def _finite(value: Any) -> Any:
 
 def _lenient(value: Any) -> Any:
     try:
-        return _jsonable(value)
+        return jsonable(value)
     except TypeError:
         return str(value)
 
 
 def to_json(value: Any, what: str, path: str = "", lenient: bool = False) -> str:
     """Strict JSON text of `value`, or SessionRecordError naming what could not be stored.
-    `lenient` stores values JSON cannot express as their str() (instrument metadata)."""
+    `lenient` stores values JSON cannot express as their str() (instrument metadata). Every
+    string passes the redaction filter: no key reaches a session file."""
+    value = redact_value(value)
     try:          # plain JSON values (the usual case): the text the general path would make
         return json.dumps(value, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError):
         pass
     try:
-        plain = json.loads(json.dumps(value, default=_lenient if lenient else _jsonable))
+        plain = json.loads(json.dumps(value, default=_lenient if lenient else jsonable))
         return json.dumps(_finite(plain), allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         raise SessionRecordError(f"{what} is not JSON-serialisable: {exc}", path) from exc

@@ -2,6 +2,15 @@
 
 Opens the file with h5py in mode 'r' (never NSIDReader, which opens files 'r+'), so reading
 never changes a byte of the user's file. Only frames marked complete are seen.
+
+Reader API for other tools (replay, reprocessing)::
+
+    with SessionReader(path) as reader:
+        reader.records()        # [DecisionRecord] in write order (typed, migrated on read)
+        reader.frames()         # (Frame, DecisionRecord) pairs, pixels included
+        reader.evaluations()    # ground truth per frame ({} where none)
+        reader.summary()        # the `micagent inspect --json` object
+    read_records(path)          # the records alone, file closed again
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from instruments.decision_record import DecisionRecord, RecordFormatError, accuracy
 from instruments.frame import Frame, ImagingSettings, StagePosition
 from instruments.session_layout import (
     ATTR_COMPLETE,
@@ -167,15 +177,22 @@ class SessionReader:
         for group in self._channels:
             yield self._frame(group)
 
-    def frames(self) -> Iterator[tuple[Frame, dict[str, Any]]]:
-        """(Frame, decision record) pairs in write order; SessionFileCorrupt if a frame has
-        no record."""
-        for group in self._channels:
-            yield self._frame(group), self._json(group, RECORD_JSON)
+    def _record(self, group: h5py.Group) -> DecisionRecord:
+        """A frame's decision record, typed (records of older versions migrated)."""
+        try:
+            return DecisionRecord.from_stored(self._json(group, RECORD_JSON))
+        except RecordFormatError as exc:
+            raise SessionFileCorrupt(f"{group.name}/{RECORD_JSON}: {exc}", self.path) from exc
 
-    def records(self) -> list[dict[str, Any]]:
+    def frames(self) -> Iterator[tuple[Frame, DecisionRecord]]:
+        """(Frame, decision record) pairs in write order; SessionFileCorrupt if a frame has
+        no record or one that no schema version describes."""
+        for group in self._channels:
+            yield self._frame(group), self._record(group)
+
+    def records(self) -> list[DecisionRecord]:
         """Decision records in write order (no image data read)."""
-        return [self._json(g, RECORD_JSON) for g in self._channels]
+        return [self._record(g) for g in self._channels]
 
     def evaluations(self) -> list[dict[str, Any]]:
         """Ground truth per frame (empty dicts where none was stored)."""
@@ -184,18 +201,13 @@ class SessionReader:
     def summary(self) -> dict[str, Any]:
         """The `micagent inspect --json` object."""
         records = self.records()
-        truths = self.evaluations()
+        truths = [t.get("label") for t in self.evaluations()]
         prov = self.provenance
-        labels = [r.get("label") for r in records]
-        routes = [r.get("route") for r in records]
-        humans = [r["human"] for r in records if r.get("human")]
-        escalation_counts = {
-            "rescan": sum(1 for r in records if r.get("rescans")),
-            "adjudication": sum(1 for r in records if r.get("adjudication")),
-            "human": len(humans),
-        }
-        scored = [(lab, t["label"]) for lab, t in zip(labels, truths, strict=True)
-                  if t.get("label")]
+        labels = [r.label for r in records]
+        routes = [r.route.value if r.route else None for r in records]
+        humans = [r.human for r in records if r.human]
+        final, scored = accuracy(labels, truths)
+        alone, _ = accuracy([r.classifier_label for r in records], truths)
         return {
             "path": self.path,
             "session_id": prov.get("session_id"),
@@ -212,14 +224,18 @@ class SessionReader:
             "routes": routes,
             "label_counts": dict(Counter(lab for lab in labels if lab is not None)),
             "route_counts": dict(Counter(r for r in routes if r is not None)),
-            "escalations": sum(1 for r in records
-                               if r.get("rescans") or r.get("adjudication") or r.get("human")),
-            "escalation_counts": escalation_counts,
+            "escalations": sum(r.escalated for r in records),
+            "escalation_counts": {
+                "rescan": sum(1 for r in records if r.rescans),
+                "adjudication": sum(1 for r in records if r.adjudication),
+                "human": len(humans),
+            },
             "approvals": len(humans),
-            "approval_decisions": dict(Counter(h.get("decision") for h in humans)),
-            "human_changed": sum(1 for h in humans if h.get("changed")),
-            "scored_frames": len(scored),
-            "accuracy": (sum(a == b for a, b in scored) / len(scored)) if scored else None,
+            "approval_decisions": dict(Counter(h.decision.value for h in humans)),
+            "human_changed": sum(1 for h in humans if h.changed),
+            "scored_frames": scored,
+            "accuracy": final,
+            "accuracy_classifier": alone,
         }
 
     def close(self) -> None:
@@ -230,3 +246,9 @@ class SessionReader:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def read_records(path: str | os.PathLike) -> list[DecisionRecord]:
+    """The decision records of a session file, in write order (file closed on return)."""
+    with SessionReader(path) as reader:
+        return reader.records()

@@ -12,9 +12,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 import pytest  # noqa: E402
-
-SHARED_NSID = Path(__file__).resolve().parents[2] / "shared" / "data" / "nsid" / \
-    "PTO_Funakubo0001.h5"
+from nsid_files import SHARED_NSID  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)

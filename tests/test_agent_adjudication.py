@@ -224,9 +224,9 @@ def test_a_session_adjudicates_through_the_endpoint_and_never_stores_the_key(
         records, provenance = reader.records(), reader.provenance
     assert final["used"]["adjudications"] == 2 and final["used"]["tokens"] == 240
     for record in records:
-        assert record["adjudication"]["adjudicator"] == "openai:test-vlm"
-        assert record["adjudication"]["answer"]["label"] == "Particles"
-        assert record["adjudication"]["reclassified"]["lmm_label"] == "Particles"
+        assert record.adjudication.adjudicator == "openai:test-vlm"
+        assert record.adjudication.answer.label == "Particles"
+        assert record.adjudication.reclassified.lmm_label == "Particles"
     assert provenance["adjudicator"] == "openai:test-vlm"
     for path in [Path(config.out), checkpoint_path(config.out),
                  *Path(config.state_dir).rglob("*")]:

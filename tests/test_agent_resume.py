@@ -18,6 +18,7 @@ import torch
 
 from agent.config import RunConfig, checkpoint_path, registry_path
 from agent.session import Session, SessionParts
+from instruments.decision_record import DecisionRecord
 from instruments.safety import GuardedMicroscope, SafetyEnvelope
 from instruments.session_reader import SessionReader
 from models.classifier import Classifier
@@ -86,7 +87,7 @@ def test_a_session_stopped_after_any_step_resumes_without_losing_or_repeating(
         summary, records = reader.summary(), reader.records()
     ids = summary["frame_ids"]
     assert summary["frames"] == 6 and len(set(ids)) == 6 and summary["status"] == "completed"
-    assert [r["sequence"] for r in records] == list(range(6))
+    assert [r.sequence for r in records] == list(range(6))
     if in_flight is not None:
         # recorded exactly once, unless a rescan legitimately superseded it
         assert ids.count(in_flight) == (0 if rescans and in_flight not in ids else 1)
@@ -152,7 +153,7 @@ def test_sigkill_at_a_random_point_then_resume_gives_exact_frame_accounting(
         summary, records = reader.summary(), reader.records()
     assert summary["status"] == "completed" and summary["session_id"] == session_id
     assert summary["frames"] == frames and len(set(summary["frame_ids"])) == frames
-    assert sorted(r["sequence"] for r in records) == list(range(frames))
+    assert sorted(r.sequence for r in records) == list(range(frames))
     outcome = reader.provenance["outcome"]
     assert outcome["counts"]["recorded"] == frames
     assert len(reader.provenance["resumed"]) == 1
@@ -170,11 +171,11 @@ def test_frames_recorded_but_not_yet_stored_when_killed_are_stored_once_on_resum
         frame = twin.acquire()
         frame.sequence = sequence
         scratch.put(frame)
-        scratch.put_record(frame.frame_id, {"frame_id": frame.frame_id, "label": "Tips",
-                                            "sequence": sequence})
+        scratch.put_record(frame.frame_id, DecisionRecord(
+            frame_id=frame.frame_id, label="Tips", sequence=sequence).to_json())
         frames.append(frame)
     writer = SessionWriter(tmp_path / "s.h5", {"session_id": "s"})
-    writer.write_frame(frames[0], {"frame_id": frames[0].frame_id})   # stored before the kill
+    writer.write_frame(frames[0], DecisionRecord(frame_id=frames[0].frame_id))  # before the kill
     restarted = Recorder(writer, FrameScratch(tmp_path / "frames"))     # a fresh process
     assert restarted.recover() == [frames[1].frame_id, frames[2].frame_id]
     assert restarted.recover() == []
@@ -196,7 +197,7 @@ def test_record_step_rerun_after_its_frame_was_stored_counts_it_once(tmp_path):
 
     frame = TwinMicroscope(seed=0).acquire()
     writer = SessionWriter(tmp_path / "s.h5", {"session_id": "s"})
-    writer.write_frame(frame, {"frame_id": frame.frame_id, "label": "Tips"})
+    writer.write_frame(frame, DecisionRecord(frame_id=frame.frame_id, label="Tips"))
     runtime = SimpleNamespace(scratch=FrameScratch(tmp_path / "frames"), writer=writer,
                               recorder=None, tiles=None, predictions={}, reference=None,
                               on_update=None)

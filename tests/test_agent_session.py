@@ -90,13 +90,16 @@ def test_confident_survey_records_every_tile_with_its_decision(tmp_path, classif
     summary, records, truths, prov = read(tmp_path / "s.h5")
     assert final["status"] == summary["status"] == "completed"
     assert summary["frames"] == 5 and summary["session_id"] == session.config.session_id
-    assert [r["sequence"] for r in records] == list(range(5))
-    assert all(r["route"] == "confident" for r in records)
+    assert [r.sequence for r in records] == list(range(5))
+    assert all(r.route == "confident" for r in records)
     for record, truth in zip(records, truths, strict=True):
-        assert RECORD_KEYS <= set(record)
-        assert record["label"] == record["prediction"]["label"]
-        assert set(record["quality"]) >= {"sharpness", "snr", "drift_px", "ok"}
-        assert truth["label"] in SEM_CLASSES and "evaluation" not in record
+        stored = record.model_dump()
+        assert RECORD_KEYS <= set(stored) and record.version == 2
+        assert record.frame_id and record.timings.acquire_s > 0 and record.position.x is not None
+        assert record.label == record.prediction.label
+        assert None not in (record.quality.sharpness, record.quality.snr,
+                           record.quality.drift_px, record.quality.ok)
+        assert truth["label"] in SEM_CLASSES and "evaluation" not in stored
     assert prov["outcome"]["counts"]["recorded"] == 5
     assert prov["policy"]["confidence"] == 0.0 and "run_config" in prov
 
@@ -110,19 +113,19 @@ def test_unsure_frames_go_to_the_adjudicator_until_its_budget_is_spent(tmp_path,
     final = session.run()
     _, records, _, _ = read(tmp_path / "s.h5")
     assert final["used"]["adjudications"] == 3
-    judged = [r for r in records if r["adjudication"]]
+    judged = [r for r in records if r.adjudication]
     assert len(judged) == 3
     for record in judged:
-        adjudication = record["adjudication"]
-        assert adjudication["adjudicator"] == "offline-knn" and len(
-            adjudication["demonstrations"]) == 4
-        assert adjudication["reclassified"]["lmm_label"] == adjudication["answer"]["label"]
-        answer, again = adjudication["answer"]["label"], adjudication["reclassified"]["label"]
-        if answer in (again, record["prediction"]["label"]):   # two sources agree
-            assert (record["route"], record["label"]) == ("adjudicated", answer)
+        adjudication = record.adjudication
+        assert adjudication.adjudicator == "offline-knn" and len(
+            adjudication.demonstrations) == 4
+        assert adjudication.reclassified.lmm_label == adjudication.answer.label
+        answer, again = adjudication.answer.label, adjudication.reclassified.label
+        if answer in (again, record.prediction.label):   # two sources agree
+            assert (record.route, record.label) == ("adjudicated", answer)
         else:
-            assert (record["route"], record["label"]) == ("contested", again)
-    assert all(r["route"] == "unresolved" for r in records if not r["adjudication"])
+            assert (record.route, record.label) == ("contested", again)
+    assert all(r.route == "unresolved" for r in records if not r.adjudication)
 
 
 def test_poor_frames_are_rescanned_with_adapted_settings_at_most_r_times(tmp_path, classifier):
@@ -133,14 +136,14 @@ def test_poor_frames_are_rescanned_with_adapted_settings_at_most_r_times(tmp_pat
     final = session.run()
     _, records, _, _ = read(tmp_path / "s.h5")
     assert final["used"]["rescans"] == 5
-    assert [len(r["rescans"]) for r in records] == [2, 2, 1]
-    first = records[0]["rescans"][0]
-    assert first["reason"] == "noise" and first["new_settings"]["dwell"] == pytest.approx(8e-6)
+    assert [len(r.rescans) for r in records] == [2, 2, 1]
+    first = records[0].rescans[0]
+    assert first.reason == "noise" and first.new_settings.dwell == pytest.approx(8e-6)
     # the attempt a rescan replaced stays viewable (the approval page shows it beside the new one)
-    assert open(first["thumbnail"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
-    assert records[0]["settings"]["dwell"] > records[0]["rescans"][0]["settings"]["dwell"]
-    assert records[0]["rescans"][1]["new_settings"]["fov"] == pytest.approx(0.7 * 20e-6)
-    assert all(r["route"] == "quality_failed" for r in records)
+    assert open(first.thumbnail, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert records[0].settings.dwell > records[0].rescans[0].settings.dwell
+    assert records[0].rescans[1].new_settings.fov == pytest.approx(0.7 * 20e-6)
+    assert all(r.route == "quality_failed" for r in records)
 
 
 def test_focus_sweep_keeps_the_sharpest_defocus(tmp_path, classifier):
@@ -153,9 +156,9 @@ def test_focus_sweep_keeps_the_sharpest_defocus(tmp_path, classifier):
     session.runtime.focus_step = 15e-6
     session.run()
     _, records, truths, _ = read(tmp_path / "s.h5")
-    sweep = records[0]["rescans"][0]["adaptation"]["focus_sweep"]
+    sweep = records[0].rescans[0].adaptation["focus_sweep"]
     best = max(sweep, key=lambda pair: pair[1])[0]
-    assert records[0]["settings"]["defocus"] == best
+    assert records[0].settings.defocus == best
     assert abs(truths[0]["focus_error_m"]) < 30e-6       # closer to focus than it started
 
 
@@ -185,16 +188,16 @@ def test_approve_all_interrupts_and_resumes_with_the_human_decision(tmp_path, cl
     stop.set()
     _, records, _, _ = read(tmp_path / "s.h5")
     assert final["status"] == "completed" and len(records) == 3
-    assert [r["route"] for r in records] == ["human"] * 3
-    first, second, third = (r["human"] for r in records)
-    assert first["decision"] == "relabel" and records[0]["label"] == "Tips"
-    assert first["changed"] == (first["proposal"] != "Tips") and first["operator"] == "ana"
-    assert "error" in seen[2] and second["decision"] == "approve"   # bogus decision re-asked
-    assert records[1]["label"] == second["proposal"] and not second["changed"]
-    assert third["decision"] == "skip" and records[2]["label"] is None
+    assert [r.route for r in records] == ["human"] * 3
+    first, second, third = (r.human for r in records)
+    assert first.decision == "relabel" and records[0].label == "Tips"
+    assert first.changed == (first.proposal != "Tips") and first.operator == "ana"
+    assert "error" in seen[2] and second.decision == "approve"   # bogus decision re-asked
+    assert records[1].label == second.proposal and not second.changed
+    assert third.decision == "skip" and records[2].label is None
     assert seen[0]["thumbnail"].endswith(".png") and seen[0]["top_k"]
     view = view_of(seen[0], list(SEM_CLASSES))       # the web page reads the same payload
-    assert view["proposal"] == first["proposal"] and view["has_image"]
+    assert view["proposal"] == first.proposal and view["has_image"]
     assert view["top_k"] and view["reason"] and view["on_approve"]
 
 
@@ -264,7 +267,7 @@ def test_one_bad_frame_is_retried_and_the_survey_goes_on(tmp_path, classifier):
     session.run()
     summary, records, _, _ = read(tmp_path / "s.h5")
     assert summary["frames"] == 3 and summary["status"] == "completed"
-    assert np.all([r["route"] == "confident" for r in records])
+    assert np.all([r.route == "confident" for r in records])
 
 
 def test_hunt_spirals_out_until_n_good_frames_of_the_target_are_recorded(tmp_path,
@@ -281,7 +284,7 @@ def test_hunt_spirals_out_until_n_good_frames_of_the_target_are_recorded(tmp_pat
     summary, records, _, _ = read(tmp_path / "s.h5")
     assert final["counts"]["hits"] == 2 and summary["frames"] == 3
     assert "hunt complete" in summary["reason"]
-    xy = [(r["position"]["x"], r["position"]["y"]) for r in records]
+    xy = [(r.position.x, r.position.y) for r in records]
     start = xy[0]
     assert xy[1] == pytest.approx((start[0] + 20e-6, start[1]))      # first spiral step
     assert xy[2] == pytest.approx((start[0] + 20e-6, start[1] + 20e-6))
@@ -303,9 +306,9 @@ def test_terminal_front_end_answers_the_broker_from_the_prompt(tmp_path, classif
     session.run(broker=broker)
     approver.stop()
     _, records, _, _ = read(tmp_path / "s.h5")
-    assert records[0]["label"] == "Powder" and records[0]["human"]["note"] == "fine grains"
-    assert records[0]["human"]["operator"] == "cli-user"
-    assert records[1]["human"]["decision"] == "approve"
+    assert records[0].label == "Powder" and records[0].human.note == "fine grains"
+    assert records[0].human.operator == "cli-user"
+    assert records[1].human.decision == "approve"
     assert "approve will record this frame as" in screen.getvalue()
 
 
@@ -345,14 +348,14 @@ def test_frames_flagged_unknown_are_recorded_as_unknown_and_reported(tmp_path, c
     session.run()
     session.close()
     summary, records, truths, prov = read(tmp_path / "s.h5")
-    assert [(r["route"], r["label"]) for r in records[::2]] == [("unknown", "unknown")] * 2
-    assert [r["route"] for r in records[1::2]] == ["confident"] * 2
-    assert all(r["prediction"]["ood"] == OOD for r in records[::2])
-    assert all(r["prediction"]["label"] in SEM_CLASSES for r in records)
+    assert [(r.route, r.label) for r in records[::2]] == [("unknown", "unknown")] * 2
+    assert [r.route for r in records[1::2]] == ["confident"] * 2
+    assert all(r.prediction.ood.model_dump() == OOD for r in records[::2])
+    assert all(r.prediction.label in SEM_CLASSES for r in records)
     assert summary["route_counts"]["unknown"] == summary["label_counts"]["unknown"] == 2
     # unknown is never right where the truth is one of the model's classes
     assert all(t["label"] in SEM_CLASSES for t in truths[::2])
-    right = sum(r["label"] == t["label"] for r, t in zip(records, truths, strict=True))
+    right = sum(r.label == t["label"] for r, t in zip(records, truths, strict=True))
     assert summary["accuracy"] == pytest.approx(right / 4) and right <= 2
     assert prov["policy"]["reject_unknown"] is True
 
@@ -382,8 +385,8 @@ def test_an_unknown_frame_is_proposed_as_unknown_and_a_human_accepts_or_relabels
     _, records, _, _ = read(tmp_path / "s.h5")
     assert [s["proposal"] for s in seen] == ["unknown"] * 2
     assert seen[0]["proposal_source"] == "ood" and "out-of-distribution" in seen[0]["reason"]
-    assert [(r["route"], r["label"]) for r in records] == [("human", "unknown"),
+    assert [(r.route, r.label) for r in records] == [("human", "unknown"),
                                                            ("human", "Tips")]
-    assert records[0]["human"]["proposal"] == "unknown" and not records[0]["human"]["changed"]
+    assert records[0].human.proposal == "unknown" and not records[0].human.changed
     view = view_of(seen[0], list(SEM_CLASSES))       # the web page offers unknown and classes
     assert view["proposal"] == "unknown" and view["class_names"] == [*SEM_CLASSES, "unknown"]

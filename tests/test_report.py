@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 from typer.testing import CliRunner
 
+from instruments.decision_record import DecisionRecord
 from instruments.frame import Frame, ImagingSettings, StagePosition
 from instruments.session_file import SessionWriter
 from workflows.cli import app
@@ -60,7 +61,7 @@ def _session(path: Path, frames: int = 12, with_positions: bool = True) -> Path:
             record.pop("timings")
             record["tile"] = None
             record["position"] = {"x": 0.0, "y": 0.0}
-        assert writer.write_frame(frame, record)
+        assert writer.write_frame(frame, DecisionRecord.from_stored(record))
     writer.close("completed")
     return path
 
@@ -134,7 +135,7 @@ def test_report_of_frames_replayed_from_a_real_nsid_file(tmp_path: Path,
             frame = replay.acquire()
             record = _record(frame, i, rng)
             del record["timings"], record["tile"]
-            assert writer.write_frame(frame, record)
+            assert writer.write_frame(frame, DecisionRecord.from_stored(record))
     finally:
         replay.close()
         writer.close("completed")

@@ -13,6 +13,7 @@ import pytest
 from test_session_file import make_frame, make_record
 
 import instruments.session_file as session_file
+from instruments.decision_record import DecisionRecord, QualityRecord
 from instruments.replay import ReplayMicroscope, ReplaySourceError
 from instruments.session_file import SessionWriter
 from instruments.session_layout import (
@@ -174,21 +175,27 @@ def test_records_that_cannot_be_stored_are_refused_before_writing(tmp_path: Path
     path = tmp_path / "records.h5"
     writer = SessionWriter(path, {})
     frame = make_frame(0)
+    with pytest.raises(SessionRecordError, match="DecisionRecord"):
+        writer.write_frame(frame, {"label": "Fibres"})           # untyped dicts are refused
     with pytest.raises(SessionRecordError, match="not JSON-serialisable"):
-        writer.write_frame(frame, {"label": "Fibres", "blob": object()})
+        writer.write_frame(frame, DecisionRecord(label="Fibres", blob=object()))
     with pytest.raises(SessionRecordError, match="frame_id"):
-        writer.write_frame(frame, {"frame_id": "someone-else", "label": "Fibres"})
+        writer.write_frame(frame, DecisionRecord(frame_id="someone-else", label="Fibres"))
     assert writer.frame_ids() == []
-    record = make_record(frame, "Fibres") | {"score": np.float32(0.5), "nan": float("nan")}
+    record = make_record(frame, "Fibres").model_copy(
+        update={"quality": QualityRecord(snr=float("nan"), ok=False)})
+    record.prediction.confidence = np.float32(0.5)
+    record.score = np.float32(0.5)
     assert writer.write_frame(frame, record) is True           # numpy and NaN are fine
     with pytest.raises(ValueError):
         writer.close("exploded")
     writer.close("failed", "adjudicator crashed")
     with pytest.raises(SessionWriteError, match="closed"):
-        writer.write_frame(make_frame(1), {})
+        writer.write_frame(make_frame(1), DecisionRecord())
     with SessionReader(path) as reader:
         _, stored = next(reader.frames())
-        assert stored["score"] == 0.5 and stored["nan"] is None
+        assert stored.score == 0.5 and stored.prediction.confidence == 0.5
+        assert stored.quality.snr is None
         assert (reader.provenance["status"], reader.provenance["reason"]) == (
             "failed", "adjudicator crashed")
 

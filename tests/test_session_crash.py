@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from test_session_file import make_frame, make_record
 
+from instruments.decision_record import DecisionRecord, Route
 from instruments.frame import Frame, ImagingSettings, StagePosition
 from instruments.session_file import SessionWriter
 from instruments.session_reader import SessionReader
@@ -26,8 +27,8 @@ def _write_forever(path: str, conn: Connection) -> None:
     while True:
         frame = Frame(rng.random((128, 128), dtype=np.float32), "twin",
                       ImagingSettings(pixels=128), StagePosition(x=i * 1e-6), sequence=i)
-        writer.write_frame(frame, {"frame_id": frame.frame_id, "label": "Powder",
-                                   "route": "confident", "note": "x" * 2000})
+        writer.write_frame(frame, DecisionRecord(frame_id=frame.frame_id, label="Powder",
+                                                 route=Route.CONFIDENT, note="x" * 2000))
         if i % 3 == 1:
             writer.update_provenance(progress=i)
         conn.send(frame.frame_id)

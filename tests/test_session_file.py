@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from instruments.decision_record import DecisionRecord, Route
 from instruments.frame import Frame, ImagingSettings, StagePosition
 from instruments.session_file import SessionWriter
 from instruments.session_reader import SessionReader
@@ -29,8 +30,9 @@ def make_frame(i: int, size: int = 64, label: str = "Fibres") -> Frame:
     )
 
 
-def make_record(frame: Frame, label: str, route: str = "confident", **extra) -> dict:
-    return {"frame_id": frame.frame_id, "sequence": frame.sequence,
+def make_record(frame: Frame, label: str, route: str = "confident", **extra) -> DecisionRecord:
+    """A typed record, from the dict layout the agent wrote before records were typed."""
+    return DecisionRecord.from_stored({"frame_id": frame.frame_id, "sequence": frame.sequence,
             "position": {"x": frame.stage.x, "y": frame.stage.y}, "tile": {"row": 0, "col": 1},
             "prediction": {"label": label, "confidence": 0.93,
                            "probabilities": {label: 0.93, "Powder": 0.07},
@@ -39,7 +41,7 @@ def make_record(frame: Frame, label: str, route: str = "confident", **extra) -> 
             "label": label, "route": route, "rescans": [], "adjudication": None,
             "human": None, "quality": {"sharpness": 1.5, "snr": 12.0, "drift_px": 0.2,
                                         "ok": True},
-            "timings": {"acquire_s": 0.1, "classify_s": 0.2, "total_s": 0.3}, **extra}
+            "timings": {"acquire_s": 0.1, "classify_s": 0.2, "total_s": 0.3}, **extra})
 
 
 PROVENANCE = {
@@ -52,7 +54,7 @@ PROVENANCE = {
 
 
 @pytest.fixture
-def session(tmp_path: Path) -> tuple[Path, list[Frame], list[dict]]:
+def session(tmp_path: Path) -> tuple[Path, list[Frame], list[DecisionRecord]]:
     path = tmp_path / "session.h5"
     frames = [make_frame(i) for i in range(3)]
     records = [make_record(frames[0], "Fibres"),
@@ -194,7 +196,7 @@ def test_the_dtmicroscope_server_registers_a_session_and_serves_frame_0(session)
     from twins.dtm_server import DTMicroscopeService
 
     path, frames, _ = session
-    service = DTMicroscopeService(twin=None)
+    service = DTMicroscopeService(twin=None, data_root=path.parent)
     service.initialize_microscope("STEM")
     service.register_data(str(path))
     values, shape, _dtype = service.get_overview_image()
@@ -229,3 +231,87 @@ def test_format_1_files_are_read_and_resumed(session) -> None:
         assert reader.records()[-1] == make_record(extra, "Tips")
     with h5py.File(path, "r") as f:
         assert len(f["micagent/pending"]) == 0 and f.attrs["micagent_format_version"] == 2
+
+
+# A record exactly as the agent wrote it before records were typed (format 2, record version 1:
+# an untyped dict, no "version" key), after a rescan, an adjudication and a human decision.
+V1_RECORD = {
+    "sequence": 4, "position": {"x": 1e-5, "y": -2e-5}, "tile": None,
+    "prediction": {"label": "Powder", "confidence": 0.62,
+                   "probabilities": {"Fibres": 0.38, "Powder": 0.62},
+                   "top_k": [["Powder", 0.62], ["Fibres", 0.38]],
+                   "conformal_set": ["Powder", "Fibres"], "entropy": 0.66, "lmm_label": None,
+                   "ood": {"score": 2.5, "threshold": 4.0, "unknown": False,
+                           "method": "mahalanobis"}},
+    "label": "Fibres", "route": "human",
+    "rescans": [{"settings": {"fov": 2e-5, "pixels": 256, "dwell": 2e-6, "detector": "SE",
+                              "defocus": 0.0, "beam_energy": 5e3, "beam_current": 1e-10},
+                 "new_settings": {"fov": 2e-5, "pixels": 256, "dwell": 8e-6, "detector": "SE",
+                                  "defocus": 0.0, "beam_energy": 5e3, "beam_current": 1e-10},
+                 "reason": "noise", "quality": {"sharpness": 0.1, "snr": 0.1, "drift_px": 0.0,
+                                                "ok": False, "failures": ["noise"]},
+                 "prediction": {}, "adaptation": {"dwell": 8e-6}, "adapt_s": 0.001,
+                 "thumbnail": "/tmp/x.png"}],
+    "quality": {"sharpness": 0.1, "snr": 3.0, "drift_px": 0.4, "ok": True, "failures": []},
+    "adjudication": {"adjudicator": "offline-knn", "demonstrations": ["d1", "d2"],
+                     "prompt_hash": "ab12", "answer": {"label": "Fibres", "confidence": 0.7,
+                                                       "rationale": "nearest"},
+                     "error": None, "tokens": 0, "cached": False, "attempts": [],
+                     "reclassified": {}},
+    "human": {"operator": "ana", "time": 1795464000.0, "proposal": "Powder",
+              "decision": "relabel", "label": "Fibres", "note": "", "changed": True},
+    "timings": {"acquire_s": 0.2, "classify_s": 0.03, "total_s": None},
+    "settings": {"fov": 2e-5, "pixels": 256, "dwell": 8e-6, "detector": "SE", "defocus": 0.0,
+                 "beam_energy": 5e3, "beam_current": 1e-10},
+}
+
+
+def test_records_written_before_records_were_typed_are_read_migrated(tmp_path: Path) -> None:
+    """A file whose record attribute holds the old untyped layout (written here explicitly, as
+    the earlier agent did) reads back as typed version-2 records; resuming appends typed ones."""
+    import h5py
+
+    from instruments.session_layout import to_json
+
+    path = tmp_path / "old.h5"
+    frame = make_frame(4)
+    with SessionWriter(path, PROVENANCE) as writer:
+        writer.write_frame(frame, make_record(frame, "Fibres"))
+    with h5py.File(path, "r+") as f:
+        group = f["Measurement_000/Channel_000000"]
+        group.attrs["record"] = to_json({**V1_RECORD, "frame_id": frame.frame_id}, "record")
+    with SessionReader(path) as reader:
+        (record,) = reader.records()
+        summary = reader.summary()
+    assert record.version == 2 and record.frame_id == frame.frame_id
+    assert record.route is Route.HUMAN and record.human.decision == "relabel"
+    assert record.prediction.ood.score == 2.5 and record.prediction.top_k[0] == ("Powder", 0.62)
+    assert record.rescans[0].prediction is None                  # "{}" meant: not there
+    assert record.rescans[0].new_settings.dwell == 8e-6
+    assert record.adjudication.reclassified is None and record.adjudication.answer.label == "Fibres"
+    assert record.timings.total_s is None and record.classifier_label == "Powder"
+    assert summary["routes"] == ["human"] and summary["accuracy"] == 1.0
+    assert summary["accuracy_classifier"] == 0.0 and summary["human_changed"] == 1
+    with SessionWriter(path, {"session_id": "s-1"}) as writer:
+        extra = make_frame(5)
+        writer.write_frame(extra, make_record(extra, "Tips"))
+    with h5py.File(path, "r") as f:
+        stored = f["Measurement_000/Channel_000001"].attrs["record"]
+    assert '"version":2' in stored
+
+
+def test_a_record_of_an_unknown_version_or_shape_is_a_corrupt_file(tmp_path: Path) -> None:
+    import h5py
+
+    from instruments.session_layout import SessionFileCorrupt, to_json
+
+    path = tmp_path / "odd.h5"
+    frame = make_frame(0)
+    with SessionWriter(path, PROVENANCE) as writer:
+        writer.write_frame(frame, make_record(frame, "Fibres"))
+    for bad, message in (({"version": 99}, "version 99"), ([1, 2], "JSON object"),
+                         ({"version": 2, "route": "sideways"}, "schema")):
+        with h5py.File(path, "r+") as f:
+            f["Measurement_000/Channel_000000"].attrs["record"] = to_json(bad, "record")
+        with SessionReader(path) as reader, pytest.raises(SessionFileCorrupt, match=message):
+            reader.records()

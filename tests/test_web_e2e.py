@@ -93,7 +93,7 @@ def test_web_approval_of_a_twin_session(tmp_path: Path) -> None:
         assert reader.provenance["status"] == "completed"
     assert len(records) == 2
     for record in records:
-        human = record["human"]
-        assert human["operator"] == "Ada" and human["decision"] == "approve"
-        assert human["label"] == human["proposal"] == record["label"]
-        assert record["route"] == "human" and human["changed"] is False
+        human = record.human
+        assert human.operator == "Ada" and human.decision == "approve"
+        assert human.label == human.proposal == record.label
+        assert record.route == "human" and human.changed is False

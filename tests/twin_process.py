@@ -1,11 +1,13 @@
-"""Run a twin server in a separate process for tests: `python -m twins.serve` (or the
-`micagent twin serve` CLI) on a free port of 127.0.0.1, stopped when the block ends."""
+"""Run a server in a separate process for tests, on a free port of 127.0.0.1, stopped when the
+block ends: our twin (`python -m twins.serve` or the `micagent twin serve` CLI), or a peer's
+own server (see tests/peers.py). Each announces itself with a line `READY ... <address>`."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -18,11 +20,12 @@ START_TIMEOUT_S = 60.0
 
 
 @dataclass
-class ServedTwin:
+class Served:
     process: subprocess.Popen
-    protocol: str
+    protocol: str                # the instrument URI scheme: dtm or tem
     address: str
     output: list[str] = field(default_factory=list)
+    name: str = ""               # which server, for tests that run one suite on several
 
     @property
     def host(self) -> str:
@@ -51,9 +54,36 @@ def _drain(stream, lines: list[str], ready: threading.Event) -> None:
 
 
 @contextmanager
+def served_process(cmd: list[str], protocol: str, cwd: Path = REPO,
+                   env: dict[str, str] | None = None) -> Iterator[Served]:
+    """Start `cmd` and yield it once it prints `READY ... <address>` (the last word)."""
+    env = dict(env if env is not None else os.environ, OMP_NUM_THREADS="1",
+               PYTHONUNBUFFERED="1")
+    process = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    ready = threading.Event()
+    threading.Thread(target=_drain, args=(process.stdout, lines, ready), daemon=True).start()
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not ready.wait(0.05):
+            if time.monotonic() > deadline or process.poll() is not None:
+                break
+        announced = [line for line in lines if line.startswith("READY ")]
+        if not announced:
+            raise RuntimeError(f"server did not start: {cmd}\n" + "\n".join(lines))
+        yield Served(process, protocol, announced[0].split()[-1], lines)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
+
+
+@contextmanager
 def served_twin(protocol: str, faults: str = "", seed: int = 0, data: str | None = None,
-                via_cli: bool = False) -> Iterator[ServedTwin]:
-    """Start a twin server process and yield it once it announces its address."""
+                via_cli: bool = False, data_root: str | None = None) -> Iterator[Served]:
+    """Start a twin server process and yield it once it announces its address; a dtm server
+    registers files under `data_root` (default: the temporary folder, where tests write)."""
     entry = ([str(Path(sys.executable).with_name("micagent")), "twin", "serve"] if via_cli
              else [sys.executable, "-m", "twins.serve"])
     cmd = [*entry, "--protocol", protocol, "--host", "127.0.0.1",
@@ -62,24 +92,7 @@ def served_twin(protocol: str, faults: str = "", seed: int = 0, data: str | None
         cmd += ["--faults", faults]
     if data:
         cmd += ["--data", data]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-    ready = threading.Event()
-    threading.Thread(target=_drain, args=(process.stdout, lines, ready), daemon=True).start()
-    served = None
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not ready.wait(0.05):
-            if time.monotonic() > deadline or process.poll() is not None:
-                break
-        announced = [line for line in lines if line.startswith("READY ")]
-        if not announced:
-            raise RuntimeError(f"twin server did not start: {cmd}\n" + "\n".join(lines))
-        served = ServedTwin(process, protocol, announced[0].split()[2], lines)
+    if protocol == "dtm":
+        cmd += ["--data-root", data_root or tempfile.gettempdir()]
+    with served_process(cmd, protocol) as served:
         yield served
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=10)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from instruments import atomic_file
 from instruments.frame import ImagingSettings, StagePosition
 from twins.classes import PROFILES, SEM_CLASSES
 from twins.microscope import TwinMicroscope
@@ -154,7 +155,8 @@ def render_dataset(out_dir: str | Path, per_class: int, size: int = 224, seed: i
     images = []
     for done, item in enumerate(iter_labelled(per_class, size, seed, cfg, scope), start=1):
         name = f"{item.label}/{item.label}_{item.index}.png"
-        Image.fromarray(item.image).save(out / name)
+        with atomic_file.atomic_path(out / name) as tmp:
+            Image.fromarray(item.image).save(tmp)
         images.append({"file": name, **item.record})
         if progress is not None:
             progress(done, total)
@@ -166,5 +168,5 @@ def render_dataset(out_dir: str | Path, per_class: int, size: int = 224, seed: i
                      "grid": scope.specimen.grid},
         "images": images,
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    atomic_file.write_text(out / "manifest.json", json.dumps(manifest, indent=1))
     return manifest

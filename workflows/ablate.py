@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 from rich.console import Console
 
+from instruments import atomic_file
 from workflows.evaluate import evaluate
 from workflows.train import TrainOptions, recorded_options, train
 
@@ -69,10 +69,8 @@ def ablate(data_dir: str | Path, out: str | Path, options: TrainOptions,
 
 def _write(out: Path, data_dir: str | Path, options: TrainOptions, rows: list[dict]) -> dict:
     table = {"data": str(data_dir), "options": dataclasses.asdict(options), "rows": rows}
-    tmp = out / "ablation.json.tmp"
-    tmp.write_text(json.dumps(table, indent=1))
-    os.replace(tmp, out / "ablation.json")
-    (out / "ablation.md").write_text(markdown_table(table))
+    atomic_file.write_text(out / "ablation.json", json.dumps(table, indent=1))
+    atomic_file.write_text(out / "ablation.md", markdown_table(table))
     return table
 
 

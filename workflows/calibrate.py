@@ -5,13 +5,12 @@ checkpoint save (temporary folder renamed into place)."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from instruments import atomic_file
 from models.calibration import nll
 from models.classifier import Classifier
 from models.fusion import FusionClassifier
@@ -50,19 +49,17 @@ def save_calibrated(clf: Classifier, inputs: TrainingInputs, y: torch.Tensor,
     train = np.asarray(split.train)
     clf.fit_ood(batched(lambda b: inputs.embed(model, b), train), y[train].numpy(),
                 batched(lambda b: inputs.embed(model, b), val))
-    folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    clf.save(tmp)
+    with atomic_file.atomic_path(folder) as tmp:
+        clf.save(tmp)
+        _fold_record(tmp, clf, logits, labels, extra)
+    return Path(folder)
+
+
+def _fold_record(tmp: Path, clf: Classifier, logits, labels, extra: dict) -> None:
     history = extra.get("history", [])
     record = {**extra, "best_val_loss": min((h["val_loss"] for h in history), default=None),
               "temperature": clf.temperature, "conformal_qhat": clf.conformal_qhat,
               "val_nll_before": nll(logits, labels),
               "val_nll_after": nll(logits, labels, clf.temperature),
               "ood_threshold": clf.ood.threshold}
-    (tmp / "training_fold.json").write_text(json.dumps(record, indent=1))
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
-    return folder
+    atomic_file.write_text(tmp / "training_fold.json", json.dumps(record, indent=1))

@@ -5,10 +5,11 @@ new decisions; the command itself lives in workflows/cmd_replay.py)."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -20,9 +21,10 @@ from agent.adjudication.demonstrations import DemonstrationBank
 from agent.approval_broker import ApprovalBroker
 from agent.config import RunConfig, registry_path
 from agent.objectives import ObjectiveError
-from agent.overview import OverviewTiles, spectral_channel
+from agent.overview import OverviewTiles
 from agent.session import Session, SessionParts, record_failed_start
 from agent.terminal_approval import TerminalApprover
+from instruments.decision_record import DecisionRecord, accuracy
 from instruments.errors import InstrumentError
 from instruments.microscope import Microscope
 from instruments.safety import GuardedMicroscope, SafetyEnvelope
@@ -114,8 +116,7 @@ def open_parts(config: RunConfig, classifier: Any = None) -> SessionParts:
         if config.instrument.startswith("replay://"):
             parts.survey_positions = _replay_positions(inner)
         elif caps.has_overview and not caps.can_move_stage:
-            parts.tiles = OverviewTiles(guarded, tile_px=64,
-                                        spectrum_index=spectral_channel(inner))
+            parts.tiles = OverviewTiles(guarded, tile_px=64)
         else:
             parts.survey_positions = _twin_positions(inner, config.imaging["fov"])
         parts.hunt_start = (status.stage.x, status.stage.y)
@@ -129,7 +130,6 @@ def open_parts(config: RunConfig, classifier: Any = None) -> SessionParts:
 def _summary_table(path: str) -> Table:
     with SessionReader(path) as reader:
         summary = reader.summary()
-        records, truths = reader.records(), reader.evaluations()
     table = Table(title=f"session {summary['session_id']} — {summary['status']}")
     table.add_column("item")
     table.add_column("value")
@@ -141,19 +141,17 @@ def _summary_table(path: str) -> Table:
                                       sorted(summary["route_counts"].items())))
     table.add_row("escalated", f"{summary['escalations']} "
                                f"({summary['escalation_counts']})")
-    scored = [(r, t["label"]) for r, t in zip(records, truths, strict=True) if t.get("label")]
-    if scored:
-        final = sum(r.get("label") == t for r, t in scored) / len(scored)
-        alone = sum(r["prediction"]["label"] == t for r, t in scored) / len(scored)
-        table.add_row("accuracy (twin truth)", f"{final:.3f} final, {alone:.3f} classifier "
-                                               f"alone, {len(scored)} frames")
+    if summary["scored_frames"]:
+        table.add_row("accuracy (twin truth)",
+                      f"{summary['accuracy']:.3f} final, {summary['accuracy_classifier']:.3f} "
+                      f"classifier alone, {summary['scored_frames']} frames")
     table.add_row("file", Text(path))
     return table
 
 
 def run_session(config: RunConfig, console: Console, quiet: bool = False,
                 classifier: Any = None, ui: str = "terminal", host: str = "127.0.0.1",
-                port: int = 0) -> dict[str, Any]:
+                port: int = 0, allow_hosts: tuple[str, ...] = ()) -> dict[str, Any]:
     """Open everything, run (or resume) the session to its end; approvals are answered in
     the terminal or, with `ui="web"` (or `--approve web`), on the web page at host:port."""
     config.save(registry_path(config.state_dir, config.session_id))
@@ -168,7 +166,8 @@ def run_session(config: RunConfig, console: Console, quiet: bool = False,
         from workflows.web_approval import start_web_ui
         try:
             web = start_web_ui(broker, host=host, port=port,
-                               class_names=parts.classifier.class_names)
+                               class_names=parts.classifier.class_names,
+                               allow_hosts=allow_hosts)
         except OSError as exc:
             parts.microscope.close()
             raise StartError(str(exc)) from exc
@@ -209,6 +208,18 @@ def run_session(config: RunConfig, console: Console, quiet: bool = False,
         if web is not None:
             web.stop()
     return final
+
+
+def _vlm_timeout(given: float | None) -> float:
+    """--vlm-timeout, else $MICAGENT_VLM_TIMEOUT, else 30 s."""
+    if given is not None:
+        return given
+    text = os.environ.get("MICAGENT_VLM_TIMEOUT", "30")
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"MICAGENT_VLM_TIMEOUT must be a number of seconds, got {text!r}")\
+            from None
 
 
 def _config_from_args(**kw: Any) -> RunConfig:
@@ -252,6 +263,14 @@ def run(
     ui: str = typer.Option("terminal", help="where approvals are answered: terminal | web"),
     host: str = typer.Option("127.0.0.1", help="web approval page: address to bind"),
     port: int = typer.Option(0, help="web approval page: port (0: a free one)"),
+    allow_host: Annotated[list[str] | None, typer.Option(
+        "--allow-host", help="web approval page: a further name it answers to in the Host "
+                             "header (besides the bound host, localhost, 127.0.0.1); "
+                             "repeatable")] = None,
+    vlm_timeout: float | None = typer.Option(None, "--vlm-timeout", min=0.1,
+                                             help="seconds the VLM adjudicator waits per "
+                                                  "request (default: config, "
+                                                  "$MICAGENT_VLM_TIMEOUT or 30)"),
 ) -> None:
     """Run an acquisition session (no arguments: a survey on the embedded twin)."""
     console = Console()
@@ -265,6 +284,8 @@ def run(
             config = RunConfig.load(path)
             if instrument != "twin":                 # e.g. the server came back elsewhere
                 config.instrument = instrument
+            if vlm_timeout is not None:
+                config.vlm_timeout_s = vlm_timeout
         else:
             config = _config_from_args(
                 instrument=instrument, objective=objective, frames=frames, approve=approve,
@@ -272,13 +293,14 @@ def run(
                 state_dir=str(Path(state_dir).resolve()), bank=bank, pixels=pixels, fov=fov,
                 dwell=dwell, confidence=confidence, max_rescans=max_rescans,
                 zoom_unsure=zoom_unsure, reject_unknown=ood, demo_k=demo_k,
-                demo_strategy=demo_strategy)
+                demo_strategy=demo_strategy, vlm_timeout_s=_vlm_timeout(vlm_timeout))
     except ValueError as exc:
         raise fail(exc) from exc
     notice(console, f"session {config.session_id} -> {config.out}"
                     + (" (resumed)" if resume else ""))
     try:
-        final = run_session(config, console, quiet, ui=ui, host=host, port=port)
+        final = run_session(config, console, quiet, ui=ui, host=host, port=port,
+                            allow_hosts=tuple(allow_host or ()))
     except (StartError, ObjectiveError) as exc:
         raise fail(f"session failed to start: {exc}") from exc
     except KeyboardInterrupt as exc:
@@ -291,26 +313,29 @@ def run(
 
 
 # --- replay ---------------------------------------------------------------------------------
-def decision_diff(old: list[dict[str, Any]], new: list[dict[str, Any]],
+def decision_diff(old: list[DecisionRecord], new: list[DecisionRecord],
                   truths: list[dict[str, Any]]) -> dict[str, Any]:
     """Old vs new decisions per frame (matched by frame id), with accuracy where known."""
-    new_by_id = {r["frame_id"]: r for r in new}
+    new_by_id = {r.frame_id: r for r in new}
     rows, changed = [], 0
     for rec, truth in zip(old, truths, strict=True):
-        again = new_by_id.get(rec["frame_id"])
-        row = {"frame_id": rec["frame_id"], "old_label": rec.get("label"),
-               "old_route": rec.get("route"), "new_label": again and again.get("label"),
-               "new_route": again and again.get("route"), "truth": truth.get("label")}
+        again = new_by_id.get(rec.frame_id)
+        row = {"frame_id": rec.frame_id, "old_label": rec.label, "old_route": _route(rec),
+               "new_label": again.label if again else None,
+               "new_route": _route(again), "truth": truth.get("label")}
         row["changed"] = (row["old_label"], row["old_route"]) != (row["new_label"],
                                                                   row["new_route"])
         changed += row["changed"]
         rows.append(row)
-    scored = [r for r in rows if r["truth"]]
-    accuracy = None
-    if scored:
-        accuracy = {"old": sum(r["old_label"] == r["truth"] for r in scored) / len(scored),
-                    "new": sum(r["new_label"] == r["truth"] for r in scored) / len(scored)}
-    return {"frames": len(rows), "changed": changed, "accuracy": accuracy, "rows": rows}
+    truth_labels = [r["truth"] for r in rows]
+    old_accuracy, scored = accuracy([r["old_label"] for r in rows], truth_labels)
+    new_accuracy, _ = accuracy([r["new_label"] for r in rows], truth_labels)
+    return {"frames": len(rows), "changed": changed, "rows": rows,
+            "accuracy": {"old": old_accuracy, "new": new_accuracy} if scored else None}
+
+
+def _route(record: DecisionRecord | None) -> str | None:
+    return record.route.value if record and record.route else None
 
 
 def replay_file(session_file: str, model: str | None, as_json: bool, state_dir: str) -> None:

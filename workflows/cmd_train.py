@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from instruments import atomic_file
 from workflows.cli import app
 from workflows.cli_output import fail, notice
 
@@ -164,8 +165,8 @@ def evaluate_cmd(
     folder = plots or ckpt
     for path in write_plots(report, folder):
         console.print(f"plot: {path}")
-    (folder / "evaluation.json").write_text(json.dumps(report, indent=1))
-    (folder / "evaluation.md").write_text(markdown_report(report))
+    atomic_file.write_text(folder / "evaluation.json", json.dumps(report, indent=1))
+    atomic_file.write_text(folder / "evaluation.md", markdown_report(report))
     console.print(f"report: {folder / 'evaluation.md'}, {folder / 'evaluation.json'}")
 
 
@@ -314,5 +315,5 @@ def select_confounding_cmd(
               "demonstrations": {"k": shots, "strategy": strategy,
                                  "pool": "all other images of the dataset"},
               "selected": rows, "verdicts": verdicts}
-    out.write_text(json.dumps(result, indent=1))
+    atomic_file.write_text(out, json.dumps(result, indent=1))
     _console().print(f"{len(rows)} confounding images written to {out}")

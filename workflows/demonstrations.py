@@ -6,17 +6,21 @@ cached on disk keyed by the checkpoint hash and the source."""
 from __future__ import annotations
 
 import hashlib
-import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from skimage.transform import resize
 
-from agent.adjudication.demonstrations import DemonstrationBank
+from agent.adjudication.demonstrations import BankError, DemonstrationBank
 
 PROMPT_SIDE = 128
 BANK_PER_CLASS = 6
+
+
+class BankCacheWarning(UserWarning):
+    """A cached demonstration bank could not be read and is built again."""
 
 
 def bank_from_images(classifier: Any, images: np.ndarray | list[np.ndarray],
@@ -62,13 +66,14 @@ def cached_bank(classifier: Any, cache_dir: str | Path, source: str, per_class: 
     key = hashlib.sha256(f"{sha}|{source}|{per_class}|{seed}".encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"bank-{key}.npz"
     if path.exists() and sha != "uncheckpointed":
-        return DemonstrationBank.load(path)
+        try:
+            return DemonstrationBank.load(path)
+        except BankError as exc:             # e.g. a write cut short before writes were atomic
+            warnings.warn(f"rebuilding the demonstration bank: the cached one is unreadable "
+                          f"({exc})", BankCacheWarning, stacklevel=2)
     bank = (twin_bank(classifier, per_class, seed=seed) if source == "twin"
             else folder_bank(classifier, source, per_class, seed))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.npz")
-    bank.save(partial)                  # then renamed: concurrent readers never see half a file
-    os.replace(partial, path)
+    bank.save(path)                          # temporary name, fsync, rename
     return bank
 
 

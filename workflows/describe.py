@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 import openai
 from rich.console import Console
 
+from instruments import atomic_file
 from workflows.knowledge import FORMAT, descriptions_hash
 from workflows.prompts import PromptSet, system_message, user_message
 
@@ -85,10 +86,8 @@ class AnswerCache:
             return None
 
     def put(self, key: str, record: dict) -> None:
-        path = self.folder / f"{key}.json"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(record, ensure_ascii=False, indent=1))
-        os.replace(tmp, path)
+        atomic_file.write_text(self.folder / f"{key}.json",
+                               json.dumps(record, ensure_ascii=False, indent=1))
 
 
 def ask(client: openai.OpenAI, model: str, messages: list[dict]) -> str:
@@ -158,9 +157,5 @@ def describe(class_names: list[str], prompt_set: PromptSet, settings: LLMSetting
         "classes": classes,
         "sha256": descriptions_hash({k: v["description"] for k, v in classes.items()}),
     }
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    tmp.write_text(json.dumps(knowledge, indent=1, ensure_ascii=False) + "\n")
-    os.replace(tmp, out_path)
+    atomic_file.write_text(out_path, json.dumps(knowledge, indent=1, ensure_ascii=False) + "\n")
     return knowledge

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from instruments import atomic_file
 from models.checkpoint import read_meta
 from models.classifier import Classifier
 from workflows.calibrate import batched_logits, softmax
@@ -113,7 +114,8 @@ def write_plots(report: dict, folder: Path) -> list[Path]:
     axes[0].set_ylabel("accuracy")
     fig.tight_layout()
     paths.append(folder / "reliability.png")
-    fig.savefig(paths[-1], dpi=110)
+    with atomic_file.atomic_path(paths[-1]) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
 
     cm = np.array(report["confusion_matrix"])
@@ -130,7 +132,8 @@ def write_plots(report: dict, folder: Path) -> list[Path]:
     ax.set_title(f"confusion matrix (top-1 {report['top1']:.4f})")
     fig.tight_layout()
     paths.append(folder / "confusion_matrix.png")
-    fig.savefig(paths[-1], dpi=110)
+    with atomic_file.atomic_path(paths[-1]) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return paths
 

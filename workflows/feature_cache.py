@@ -18,7 +18,6 @@ killed run never leaves a half file that a later run trusts.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from instruments import atomic_file
 from models.stem import STEM_NAME, STEM_SHA256, PretrainedStem
 from workflows.augment import dihedral
 
@@ -88,14 +88,10 @@ class FeatureCache:
         self.misses += 1
         levels = compute_features(stem, dihedral(images, k),
                                   None if progress is None else lambda d, n: progress(v, d, n))
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            torch.save(levels, tmp)
-            os.replace(tmp, path)
+            with atomic_file.atomic_path(path) as tmp:
+                torch.save(levels, tmp)
         except OSError as exc:  # a full or read-only disk costs the reuse, not the run
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
             self.write_error = f"{type(exc).__name__}: {exc}"
         return levels
 

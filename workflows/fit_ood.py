@@ -10,13 +10,13 @@ The checkpoint folder is rewritten atomically: a complete copy is renamed into p
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 
+from instruments import atomic_file
 from models.classifier import Classifier
 from models.ood import DEFAULT_QUANTILE
 from models.preprocess import preprocess_batch
@@ -59,16 +59,11 @@ def fit_ood(ckpt: str | Path, data_dir: str | Path, quantile: float = DEFAULT_QU
 
 
 def _rewrite(ckpt: Path, clf: Classifier) -> None:
-    tmp = ckpt.with_name(f".{ckpt.name}.tmp-{os.getpid()}")
-    old = ckpt.with_name(f".{ckpt.name}.old-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(ckpt, tmp)
-    clf.save(tmp)
-    fold_record = tmp / "training_fold.json"
-    if fold_record.is_file():  # its calibration record names the threshold too
-        record = json.loads(fold_record.read_text())
-        record["ood_threshold"] = clf.ood.threshold
-        fold_record.write_text(json.dumps(record, indent=1))
-    os.replace(ckpt, old)
-    os.replace(tmp, ckpt)
-    shutil.rmtree(old)
+    with atomic_file.atomic_path(ckpt) as tmp:
+        shutil.copytree(ckpt, tmp)
+        clf.save(tmp)
+        fold_record = tmp / "training_fold.json"
+        if fold_record.is_file():  # its calibration record names the threshold too
+            record = json.loads(fold_record.read_text())
+            record["ood_threshold"] = clf.ood.threshold
+            atomic_file.write_text(fold_record, json.dumps(record, indent=1))

@@ -23,10 +23,11 @@ from matplotlib.patches import Rectangle
 from scipy.spatial import cKDTree
 
 from agent.policy import UNKNOWN
+from instruments import atomic_file
+from instruments.decision_record import ESCALATED_ROUTES, DecisionRecord, Route, accuracy
 from instruments.frame import Frame
 from instruments.session_reader import SessionReader
 
-ESCALATED_ROUTES = ("rescan", "adjudicated", "human", "contested")
 FUNNEL = ("all frames", "confident", "rescanned", "adjudicated", "human", UNKNOWN)
 FUNNEL_COLOURS = {"all frames": "grey", "confident": "C0", "rescanned": "C2",
                   "adjudicated": "C1", "human": "C3", UNKNOWN: "black"}
@@ -74,30 +75,29 @@ def _number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _facts(index: int, frame: Frame, record: dict[str, Any] | None) -> FrameFacts:
-    record = record if isinstance(record, dict) else {}
-    prediction = record.get("prediction") if isinstance(record.get("prediction"), dict) else {}
-    position = record.get("position") if isinstance(record.get("position"), dict) else {}
-    tile = record.get("tile") if isinstance(record.get("tile"), dict) else None
-    x = _number(position.get("x", frame.stage.x))
-    y = _number(position.get("y", frame.stage.y))
-    route = str(record.get("route") or ("unrecorded" if not record else "no route"))
-    adjudication = record.get("adjudication")
-    human = record.get("human") if isinstance(record.get("human"), dict) else None
+def _facts(index: int, frame: Frame, record: DecisionRecord) -> FrameFacts:
+    prediction = record.prediction
+    position = record.position
+    x = _number(position.x if position and position.x is not None else frame.stage.x)
+    y = _number(position.y if position and position.y is not None else frame.stage.y)
+    route = record.route.value if record.route else "no route"
     timings = {k: v for k, v in ((k, _number(v)) for k, v in
-                                 (record.get("timings") or {}).items()) if v is not None}
+                                 record.timings.model_dump().items()) if v is not None}
     truth = frame.evaluation.get("label") if isinstance(frame.evaluation, dict) else None
     return FrameFacts(
-        index=index, frame_id=frame.frame_id, sequence=int(record.get("sequence",
-                                                                      frame.sequence)),
+        index=index, frame_id=frame.frame_id,
+        sequence=record.sequence if record.sequence is not None else frame.sequence,
         x=x, y=y, fov=_number(frame.settings.fov),
-        tile=(int(tile["row"]), int(tile["col"])) if tile and "row" in tile else None,
-        label=record.get("label") or prediction.get("label"), route=route,
-        confidence=_number(prediction.get("confidence")), predicted=prediction.get("label"),
+        tile=(record.tile.row, record.tile.col) if record.tile else None,
+        label=record.label or record.classifier_label, route=route,
+        confidence=_number(prediction.confidence) if prediction else None,
+        predicted=record.classifier_label,
         truth=truth if isinstance(truth, str) else None,
-        rescans=len(record.get("rescans") or []) or int(route == "rescan"),
-        adjudicated=bool(adjudication) or route in ("adjudicated", "contested"),
-        human=human, timings=timings)
+        rescans=len(record.rescans) or int(record.route == Route.RESCAN),
+        adjudicated=bool(record.adjudication) or record.route in (Route.ADJUDICATED,
+                                                                   Route.CONTESTED),
+        human=record.human.model_dump(mode="json") if record.human else None,
+        timings=timings)
 
 
 def _thumbnail(image: np.ndarray) -> np.ndarray:
@@ -120,7 +120,8 @@ def _colours(labels: list[str]) -> dict[str, Any]:
 
 
 def _save(fig: Figure, out: Path, name: str) -> str:
-    fig.savefig(out / name, dpi=110, bbox_inches="tight")
+    with atomic_file.atomic_path(out / name) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
     return name
 
 
@@ -207,13 +208,13 @@ def reliability_diagram(facts: list[FrameFacts], out: Path, bins: int = 10) -> S
     correct = np.array([f.predicted == f.truth for f in scored], dtype=float)
     edges = np.linspace(0, 1, bins + 1)
     which = np.clip(np.digitize(conf, edges) - 1, 0, bins - 1)
-    centres, accuracy, counts = [], [], []
+    centres, per_bin, counts = [], [], []
     ece = 0.0
     for b in range(bins):
         mask = which == b
         if mask.any():
             centres.append(conf[mask].mean())
-            accuracy.append(correct[mask].mean())
+            per_bin.append(correct[mask].mean())
             counts.append(int(mask.sum()))
             ece += mask.mean() * abs(conf[mask].mean() - correct[mask].mean())
     fig = Figure(figsize=(4.8, 4.6))
@@ -222,7 +223,7 @@ def reliability_diagram(facts: list[FrameFacts], out: Path, bins: int = 10) -> S
     ax.bar(edges[:-1], [correct[which == b].mean() if (which == b).any() else 0
                         for b in range(bins)], width=1 / bins, align="edge", alpha=0.35,
            edgecolor="black", label="accuracy per bin")
-    ax.plot(centres, accuracy, "o-", color="C3", label="mean confidence vs accuracy")
+    ax.plot(centres, per_bin, "o-", color="C3", label="mean confidence vs accuracy")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_xlabel("confidence")
@@ -230,11 +231,12 @@ def reliability_diagram(facts: list[FrameFacts], out: Path, bins: int = 10) -> S
     ax.legend(fontsize=8, loc="upper left")
     ax.set_title(f"ECE {ece:.3f} over {len(scored)} frames")
     section.image = _save(fig, out, "reliability.png")
-    final = [f for f in facts if f.truth and f.label]
+    truths = [f.truth for f in facts]
+    alone, _ = accuracy([f.predicted for f in facts], truths)
+    final, scored_frames = accuracy([f.label for f in facts], truths)
     section.html = (
-        f"<p>Classifier accuracy {correct.mean():.3f}; final-label accuracy "
-        f"{np.mean([f.label == f.truth for f in final]):.3f} ({len(final)} frames with "
-        "ground truth).</p>")
+        f"<p>Classifier accuracy {alone:.3f}; final-label accuracy {final:.3f} "
+        f"({scored_frames} frames with ground truth).</p>")
     return section
 
 
@@ -443,9 +445,8 @@ def build_report(session_path: str | Path, out_dir: str | Path,
                 human_decisions(facts), timings(facts, out)]
     title = f"micagent session report: {summary.get('session_id') or Path(session_path).name}"
     page = out / "index.html"
-    page.write_text(PAGE.format(title=html.escape(str(title)),
-                                sections="\n".join(_render(s) for s in sections)),
-                    encoding="utf-8")
+    atomic_file.write_text(page, PAGE.format(title=html.escape(str(title)),
+                                             sections="\n".join(_render(s) for s in sections)))
     return page
 
 

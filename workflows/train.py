@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -38,6 +37,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from instruments import atomic_file
 from models.checkpoint import checkpoint_sha256, load_checkpoint
 from models.classifier import Classifier
 from models.config import STEMS, FusionConfig
@@ -139,15 +139,12 @@ def model_config(opts: dict, n_classes: int) -> FusionConfig:
 
 
 def atomic_torch_save(obj: object, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_file.atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def atomic_json(obj: object, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    atomic_file.write_text(path, json.dumps(obj, indent=1))
 
 
 def make_splits(ds: LabelledDataset, opts: dict) -> list[Split]:
@@ -475,9 +472,14 @@ def _assemble(out: Path, partial: Path, run: dict, fold_dirs: list[Path],
         losses = [json.loads((d / "training_fold.json").read_text())["best_val_loss"]
                   for d in fold_dirs]
         best = int(np.argmin(losses))
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    with atomic_file.atomic_path(out) as tmp:
+        _final_folder(tmp, run, fold_dirs, best, seconds)
+    shutil.rmtree(partial)
+    return out
+
+
+def _final_folder(tmp: Path, run: dict, fold_dirs: list[Path], best: int,
+                  seconds: float) -> None:
     shutil.copytree(fold_dirs[best], tmp)
     if len(fold_dirs) > 1:
         for k, d in enumerate(fold_dirs):
@@ -491,12 +493,3 @@ def _assemble(out: Path, partial: Path, run: dict, fold_dirs: list[Path],
                    "selected_fold": best, "train_seconds_this_session": round(seconds, 1),
                    "torch_threads": torch.get_num_threads()})
     atomic_json(record, tmp / "training.json")
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, out)
-    shutil.rmtree(partial)
-    return out

@@ -1,4 +1,5 @@
-"""The web approval page: a token-protected FastAPI app over an `ApprovalBroker`.
+"""The web approval page: a token-protected FastAPI app over an `ApprovalBroker` (its guard,
+Host allow-list, token and body cap, is `workflows/web_guard.py`).
 
 A running session submits each `interrupt` payload to the broker; this app lists the pending
 ones, serves their frame images, and turns a click into `broker.decide(...)`, which the
@@ -16,6 +17,7 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -23,15 +25,17 @@ from typing import Any
 
 import numpy as np
 import uvicorn
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 from pydantic import BaseModel, Field
 
 from agent.approval_broker import ApprovalBroker
+from instruments.decision_record import DECISIONS
+from workflows.web_guard import TOKEN_HEADER, GuardedApp
 
-DECISIONS = ("approve", "relabel", "rescan", "skip")
-TOKEN_HEADER = "X-Micagent-Token"
+__all__ = ["TOKEN_HEADER", "WebUIHandle", "create_app", "start_web_ui"]
+
 IMAGE_KINDS = ("frame", "previous")
 # Payload keys that may carry each image, in order of preference: a PNG/TIFF path, base64
 # PNG text (optionally a data: URL), raw PNG bytes, or a 2-D array.
@@ -50,15 +54,6 @@ class DecisionIn(BaseModel):
     label: str | None = None
     operator: str = Field(min_length=1, max_length=200)
     note: str = Field(default="", max_length=2000)
-
-
-def _check_token(expected: str):
-    def dependency(request: Request) -> None:
-        given = request.query_params.get("token") or request.headers.get(TOKEN_HEADER) or ""
-        if not secrets.compare_digest(given.encode(), expected.encode()):
-            raise HTTPException(status_code=401, detail="missing or wrong access token")
-
-    return dependency
 
 
 def _json_safe(value: Any) -> Any:
@@ -217,12 +212,17 @@ def view_of(payload: dict[str, Any], known_classes: list[str]) -> dict[str, Any]
     })
 
 
-def create_app(broker: ApprovalBroker, token: str,
-               class_names: list[str] | None = None) -> FastAPI:
-    """The approval app; every route requires `token` (query `?token=` or header)."""
+def create_app(broker: ApprovalBroker, token: str, class_names: list[str] | None = None,
+               hosts: Iterable[str] = ()) -> GuardedApp:
+    """The approval app behind its guard: every request needs an allowed Host and `token`
+    (query `?token=` or header), checked before any body byte is read; bodies are capped."""
+    return GuardedApp(_routes(broker, class_names), token, hosts)
+
+
+def _routes(broker: ApprovalBroker, class_names: list[str] | None) -> FastAPI:
     known = list(class_names or [])
     app = FastAPI(title="micagent approvals", docs_url=None, redoc_url=None,
-                  openapi_url=None, dependencies=[Depends(_check_token(token))])
+                  openapi_url=None)
     page = resources.files("workflows").joinpath("web_static/index.html").read_text("utf-8")
 
     def pending_payload(request_id: str) -> dict[str, Any]:
@@ -300,8 +300,10 @@ class WebUIHandle:
 
 def start_web_ui(broker: ApprovalBroker, host: str = "127.0.0.1", port: int = 0,
                  token: str | None = None, class_names: list[str] | None = None,
-                 startup_timeout: float = 15.0) -> WebUIHandle:
-    """Serve the approval page in a background thread; port 0 picks a free port."""
+                 startup_timeout: float = 15.0,
+                 allow_hosts: Iterable[str] = ()) -> WebUIHandle:
+    """Serve the approval page in a background thread; port 0 picks a free port. Requests
+    must name `host`, localhost, 127.0.0.1 or one of `allow_hosts` in their Host header."""
     token = token or secrets.token_urlsafe(24)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -312,8 +314,9 @@ def start_web_ui(broker: ApprovalBroker, host: str = "127.0.0.1", port: int = 0,
         sock.close()
         raise OSError(f"cannot serve the approval page on {host}:{port}: {exc}") from exc
     bound_port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(broker, token, class_names), log_level="warning",
-                            access_log=False, lifespan="off")
+    config = uvicorn.Config(create_app(broker, token, class_names, (host, *allow_hosts)),
+                            log_level="warning", access_log=False, lifespan="off",
+                            limit_concurrency=64, timeout_keep_alive=5)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
                               name="micagent-web-ui", daemon=True)

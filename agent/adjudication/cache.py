@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from agent.adjudication.base import Answer
+from instruments import atomic_file
 
 
 class AnswerCache:
@@ -24,7 +25,4 @@ class AnswerCache:
             return None
 
     def put(self, key: str, answer: Answer) -> None:
-        path = self.folder / f"{key}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(answer.as_dict()))
-        tmp.replace(path)
+        atomic_file.write_text(self.folder / f"{key}.json", json.dumps(answer.as_dict()))

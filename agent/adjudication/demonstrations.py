@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
 from agent.adjudication.base import Demonstration
+from instruments import atomic_file
 
 Strategy = Literal["similar", "random"]
 
@@ -64,8 +66,9 @@ class DemonstrationBank:
                 for i in order]
 
     def save(self, path: str | Path) -> None:
-        np.savez_compressed(path, images=self.images, embeddings=self.embeddings,
-                            labels=np.array(self.labels), ids=np.array(self.ids))
+        with atomic_file.atomic_path(Path(path).with_suffix(".npz")) as tmp:
+            np.savez_compressed(tmp, images=self.images, embeddings=self.embeddings,
+                                labels=np.array(self.labels), ids=np.array(self.ids))
 
     @classmethod
     def load(cls, path: str | Path) -> DemonstrationBank:
@@ -73,5 +76,5 @@ class DemonstrationBank:
             with np.load(path, allow_pickle=False) as data:
                 return cls(data["images"], [str(x) for x in data["labels"]], data["embeddings"],
                            [str(x) for x in data["ids"]])
-        except (OSError, KeyError, ValueError) as exc:
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
             raise BankError(f"cannot read demonstration bank {path}: {exc}") from exc

@@ -9,6 +9,7 @@ from typing import Any
 from agent.adjudication.images import png_bytes
 from agent.runtime import Runtime
 from agent.state import AgentState
+from instruments import atomic_file
 from instruments.frame import Frame
 
 
@@ -29,5 +30,5 @@ def thumbnail(rt: Runtime, frame: Frame) -> Path:
     """A PNG of the frame for human front-ends, written once per frame id."""
     path = rt.thumbnails / f"{frame.frame_id}.png"
     if not path.exists():
-        path.write_bytes(png_bytes(frame.image, max_side=256))
+        atomic_file.write_bytes(path, png_bytes(frame.image, max_side=256))
     return path

@@ -12,8 +12,7 @@ from agent.nodes._common import thumbnail
 from agent.policy import UNKNOWN
 from agent.runtime import Runtime
 from agent.state import AgentState
-
-DECISIONS = ("approve", "relabel", "rescan", "skip")
+from instruments.decision_record import DECISIONS
 
 
 def human_labels(class_names: list[str]) -> list[str]:

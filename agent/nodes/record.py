@@ -9,21 +9,20 @@ from typing import Any
 
 from agent.runtime import Runtime
 from agent.state import AgentState, bump
+from instruments.decision_record import DECIDED_ROUTES, DecisionRecord
 
-# routes whose label stands on the evidence (a hunt counts only these frames as found)
-DECIDED_ROUTES = ("confident", "rescan", "adjudicated", "human")
 RECORD_KEYS = ("frame_id", "sequence", "position", "tile", "prediction", "label", "route",
                "rescans", "quality", "adjudication", "human")
 
 
-def decision_record(current: dict[str, Any]) -> dict[str, Any]:
-    """The per-frame decision record of the brief's schema (no ground truth in it)."""
-    record = {key: current.get(key) for key in RECORD_KEYS}
+def decision_record(current: dict[str, Any]) -> DecisionRecord:
+    """The frame's typed decision record (no ground truth in it)."""
+    record = {key: current[key] for key in RECORD_KEYS if current.get(key) is not None}
     timings = dict(current["timings"])
     timings["total_s"] = time.time() - current.get("started", time.time())
     record["timings"] = timings
     record["settings"] = current["settings"]
-    return record
+    return DecisionRecord.model_validate(record)
 
 
 def make(rt: Runtime):
@@ -35,7 +34,7 @@ def make(rt: Runtime):
         label = current.get("label")
         if rt.tiles is not None and current.get("tile") and (
                 objective["kind"] == "survey" or label in objective["classes"]):
-            record["point_data"] = rt.tiles.point_data(current["tile"])
+            record.point_data = rt.tiles.point_data(current["tile"])
         if rt.writer.has_frame(frame_id) and not rt.scratch.has(frame_id):
             pass  # stored, then killed before this step's checkpoint: the step is re-run
         elif rt.recorder is not None:
