@@ -9,22 +9,23 @@ from pathlib import Path
 
 import numpy as np
 
+from instruments.decision_record import DecisionRecord
 from instruments.frame import ImagingSettings
 from instruments.session_file import SessionWriter
 from twins.classes import SEM_CLASSES
 from twins.microscope import TwinMicroscope
 
 
-def _record(frame, label: str, route: str, rng: np.random.Generator) -> dict:
+def _record(frame, label: str, route: str, rng: np.random.Generator) -> DecisionRecord:
     runner_up = str(rng.choice([c for c in SEM_CLASSES if c != label]))
     confidence = float(rng.uniform(0.5, 0.99))
-    return {"frame_id": frame.frame_id, "sequence": frame.sequence,
-            "position": {"x": frame.stage.x, "y": frame.stage.y}, "tile": None,
-            "prediction": {"label": label, "confidence": confidence,
-                           "top_k": [[label, confidence], [runner_up, 1.0 - confidence]],
-                           "conformal_set": [label]},
-            "label": label, "route": route, "rescans": [], "adjudication": None,
-            "human": None, "quality": {"ok": True}, "timings": {}, "settings": {}}
+    return DecisionRecord.model_validate({
+        "frame_id": frame.frame_id, "sequence": frame.sequence,
+        "position": {"x": frame.stage.x, "y": frame.stage.y}, "settings": frame.settings,
+        "prediction": {"label": label, "confidence": confidence,
+                       "top_k": [[label, confidence], [runner_up, 1.0 - confidence]],
+                       "conformal_set": [label]},
+        "label": label, "route": route, "quality": {"ok": True}})
 
 
 def write_twin_session(path: str | Path, frames: int, seed: int = 0, pixels: int = 64,

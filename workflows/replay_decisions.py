@@ -1,11 +1,13 @@
-"""The decisions stored in a session file, as the replay compares them: one small reader, so
-that the replay depends on the session file's decision records in exactly one place."""
+"""The decisions stored in a session file, as the replay compares them: the typed decision
+records (instruments/decision_record.py, older versions migrated by the reader) reduced to what
+a replay row holds, in one place."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
+from instruments.decision_record import DecisionRecord
 from instruments.session_reader import SessionReader
 
 
@@ -22,13 +24,14 @@ class StoredDecision:
     truth: str | None
 
 
-def _decision(record: dict[str, Any], truth: dict[str, Any]) -> StoredDecision:
-    prediction = record.get("prediction") or {}
-    confidence = prediction.get("confidence")
+def _decision(record: DecisionRecord, truth: dict[str, Any]) -> StoredDecision:
+    prediction = record.prediction
     return StoredDecision(
-        frame_id=str(record["frame_id"]), label=record.get("label"), route=record.get("route"),
-        confidence=None if confidence is None else float(confidence),
-        top_k=tuple((str(label), float(p)) for label, p in prediction.get("top_k") or ()),
+        frame_id=str(record.frame_id), label=record.label,
+        route=record.route.value if record.route else None,
+        confidence=prediction.confidence if prediction else None,
+        top_k=tuple((str(label), float(p)) for label, p in prediction.top_k)
+        if prediction else (),
         truth=truth.get("label"))
 
 

@@ -7,15 +7,15 @@ summary computed from them.
     RESULTS/sessions/part-*.parquet  one row per input file per run (scan: id, frames, error)
     RESULTS/summary.json         per-class counts, changed-decision matrix, per-session status
 
-A part file is written under a dot-name and renamed, so readers (and a resumed run) never
-see half a file. The frames dataset is the record of what is done: a frame range is done when
-its rows are there, which is how a rerun skips work and why no frame is ever written twice.
+A part file is written under a hidden name, fsynced and renamed (instruments/atomic_file), so
+readers (and a resumed run) never see half a file. The frames dataset is the record of what is
+done: a frame range is done when its rows are there, which is how a rerun skips work and why
+no frame is ever written twice.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -25,6 +25,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+
+from instruments import atomic_file
 
 FORMAT = "micagent-replay-results"
 FORMAT_VERSION = 1
@@ -102,9 +104,7 @@ class ResultsFolder:
 
     # --- parts ----------------------------------------------------------------------------
     def _write_text(self, name: str, text: str) -> None:
-        tmp = self.root / f".{name}.{os.getpid()}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, self.root / name)
+        atomic_file.write_text(self.root / name, text)
 
     def append(self, kind: str, rows: list[dict[str, Any]]) -> None:
         """Write `rows` as one new part of dataset `kind` (atomically)."""
@@ -113,9 +113,8 @@ class ResultsFolder:
         table = pa.Table.from_pylist(rows, schema=SCHEMAS[kind])
         name = f"part-{self.run_id}-{self._seq:06d}.parquet"
         self._seq += 1
-        tmp = self.root / kind / f".{name}.tmp"
-        pq.write_table(table, tmp)
-        os.replace(tmp, self.root / kind / name)
+        with atomic_file.atomic_path(self.root / kind / name) as tmp:
+            pq.write_table(table, tmp)
 
     def table(self, kind: str, columns: list[str] | None = None) -> pa.Table:
         """Dataset `kind` as one table (empty with its schema when nothing is there)."""
