@@ -31,9 +31,10 @@ class NsidFile:
     energies: np.ndarray | None = None
 
 
-def write_spectral_nsid(path: Path, side: int = 128) -> NsidFile:
-    """An NSID file written by pyNSID: an IMAGE (Channel_000, `side` px, 2 nm pixels) and a
-    SPECTRAL_IMAGE of 16 energies (Channel_001) over the same pixels."""
+def write_spectral_nsid(path: Path, side: int = 128, more_images: int = 0) -> NsidFile:
+    """An NSID file written by pyNSID: an IMAGE (Channel_000, `side` px, 2 nm pixels), a
+    SPECTRAL_IMAGE of 16 energies (Channel_001) over the same pixels, then `more_images`
+    further IMAGEs."""
     import sidpy
     from pyNSID.io.hdf_io import write_nsid_dataset
 
@@ -41,7 +42,10 @@ def write_spectral_nsid(path: Path, side: int = 128) -> NsidFile:
     image = rng.random((side, side)).astype(np.float32)
     cube = rng.random((side, side, len(ENERGIES_EV))).astype(np.float32)
     datasets = []
-    for name, array, kind in (("HAADF", image, "IMAGE"), ("EELS", cube, "SPECTRAL_IMAGE")):
+    channels = [("HAADF", image, "IMAGE"), ("EELS", cube, "SPECTRAL_IMAGE")]
+    channels += [(f"HAADF_{i + 1}", rng.random((side, side)).astype(np.float32), "IMAGE")
+                 for i in range(more_images)]
+    for name, array, kind in channels:
         data = sidpy.Dataset.from_array(array, title=name)
         data.data_type, data.quantity, data.units = kind, name, "counts"
         for axis, label in enumerate("xy"):

@@ -8,6 +8,8 @@ import importlib
 
 import typer
 
+from instruments.redaction import install_log_redaction
+
 app = typer.Typer(
     name="micagent",
     help="Autonomous acquisition agent for electron microscopes.",
@@ -17,6 +19,12 @@ app = typer.Typer(
 twin_app = typer.Typer(help="Digital-twin microscopes: serve them, export datasets.",
                        no_args_is_help=True)
 app.add_typer(twin_app, name="twin")
+
+
+@app.callback()
+def _start() -> None:
+    """Autonomous acquisition agent for electron microscopes."""
+    install_log_redaction()            # every log line of every command passes the filter
 
 COMMAND_MODULES: tuple[str, ...] = (
     "cmd_inspect",
