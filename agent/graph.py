@@ -9,6 +9,7 @@ from pathlib import Path
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.graph import END, StateGraph
 
+from agent.checkpoint_serde import RedactingSerializer
 from agent.nodes import (
     acquire,
     adjudicate,
@@ -67,11 +68,11 @@ def open_checkpointer(path: str | Path) -> SqliteSaver:
 
     WAL journal with synchronous=NORMAL: a committed step survives the process being killed
     (SIGKILL), only an OS crash or power loss may lose the last steps; it spares an fsync per
-    step."""
+    step. Everything it stores passes the redaction filter (agent/checkpoint_serde.py)."""
     conn = sqlite3.connect(str(path), check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
-    return SqliteSaver(conn)
+    return SqliteSaver(conn, serde=RedactingSerializer())
 
 
 def compile_graph(rt: Runtime, checkpointer):

@@ -111,7 +111,7 @@ def test_every_method_round_trips(bridge):
     assert frame.stage.x == pytest.approx(reached.x) and frame.stage.y == pytest.approx(30e-9)
     meta = frame.original_metadata
     assert meta["backend"] == "usim" and meta["sample"]["index"] == 0
-    assert meta["calibrations"][1] == {"offset": -100.0, "scale": 200 / 128, "units": "nm"}
+    assert meta["calibrations"]["x"] == {"offset": -100.0, "scale": 200 / 128, "units": "nm"}
     assert meta["transport"] == "binary" and "C10" in meta["controls"]
     status = tem.status()
     assert status.stage.x == pytest.approx(-40e-9) and status.vacuum_ok is None

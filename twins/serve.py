@@ -4,10 +4,12 @@ faults, behind one of the servers (twins/dtm_server.py, twins/tem_server.py)."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 
 from instruments.microscope import Microscope
+from instruments.redaction import install_log_redaction
 from twins.dtm_server import DEFAULT_PORT as DTM_PORT
 from twins.dtm_server import DTMServer
 from twins.faults import FaultSpec
@@ -24,19 +26,27 @@ def make_twin(seed: int, faults: FaultSpec) -> Microscope:
     return TwinMicroscope(seed=seed, faults=faults)
 
 
+def default_data_root(data: str | None) -> str:
+    """Where a dtm server's register_data may read: the folder of the file given at start,
+    else the folder the server was started in."""
+    return os.path.dirname(os.path.abspath(data)) if data else os.getcwd()
+
+
 def run_server(protocol: str, host: str, port: int | None, seed: int = 0,
                faults: str | None = None, data: str | None = None,
-               announce: Callable[[str], None] = print) -> None:
+               announce: Callable[[str], None] = print, data_root: str | None = None) -> None:
     """Serve a twin over `protocol` ("dtm" or "tem") until interrupted.
 
     Port 0 picks a free port. Once listening, `announce` gets one line
-    `READY <protocol> <address>` naming the bound address.
+    `READY <protocol> <address>` naming the bound address. A dtm server registers files only
+    under `data_root` (default: `default_data_root(data)`).
     """
+    install_log_redaction()
     spec = FaultSpec.parse(faults)
     twin = make_twin(seed, spec)
     if protocol == "dtm":
         server = DTMServer(twin, host=host, port=DTM_PORT if port is None else port,
-                           faults=spec)
+                           faults=spec, data_root=data_root or default_data_root(data))
         if data:
             server.preload(data)
     elif protocol == "tem":
@@ -61,9 +71,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--faults", default="")
     parser.add_argument("--data", default=None, help="NSID HDF5 file to register (dtm)")
+    parser.add_argument("--data-root", default=None,
+                        help="folder register_data may read (dtm; default: that of --data, "
+                             "else the working folder)")
     args = parser.parse_args(argv)
     run_server(args.protocol, args.host, args.port, args.seed, args.faults, args.data,
-               announce=lambda line: print(line, flush=True))
+               announce=lambda line: print(line, flush=True), data_root=args.data_root)
 
 
 if __name__ == "__main__":

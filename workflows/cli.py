@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import typer
 
+from instruments.redaction import install_log_redaction
 from workflows import (
     cmd_inspect,
     cmd_report,
@@ -23,6 +24,13 @@ app = typer.Typer(
 twin_app = typer.Typer(help="Digital-twin microscopes: serve them, export datasets.",
                        no_args_is_help=True)
 app.add_typer(twin_app, name="twin")
+
+
+@app.callback()
+def _start() -> None:
+    """Autonomous acquisition agent for electron microscopes."""
+    install_log_redaction()            # every log line of every command passes the filter
+
 
 for name, command in (("inspect", cmd_inspect.inspect), ("export", cmd_inspect.export),
                       ("report", cmd_report.report), ("train", cmd_train.train_cmd),

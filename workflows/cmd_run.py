@@ -28,10 +28,11 @@ from instruments.decision_record import DecisionRecord, accuracy
 from instruments.errors import InstrumentError
 from instruments.library_log import log_library_noise
 from instruments.microscope import Microscope
-from instruments.safety import GuardedMicroscope, SafetyEnvelope
+from instruments.safety import GuardedMicroscope, envelope_from_dict
 from instruments.session_reader import SessionReader
 from instruments.uri import open_instrument
 from workflows.cli_output import fail, notice
+from workflows.envelope_options import envelope_values
 
 BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "models" / "bundled" / "sem_twin"
 BANK_PER_CLASS = 6
@@ -97,13 +98,15 @@ def open_parts(config: RunConfig, classifier: Any = None) -> SessionParts:
         inner = open_instrument(config.instrument, {"twin": _twin_factory(config.seed)})
     except InstrumentError as exc:
         raise StartError(f"cannot open instrument {config.instrument}: {exc}") from exc
-    guarded = GuardedMicroscope(inner, SafetyEnvelope())
+    guarded = GuardedMicroscope(inner, envelope_from_dict(config.envelope))
     parts = SessionParts(microscope=guarded, classifier=classifier,
                          bank=_bank(config, classifier),
                          model_info={"path": model_path,
                                      "sha256": getattr(classifier, "checkpoint_sha256", None)})
     try:
         caps = guarded.capabilities()
+        if config.imaging.get("detector") is None:      # not chosen: the instrument's first
+            config.imaging["detector"] = caps.detectors[0]
         status = guarded.status()
         if caps.replays_stored:
             parts.survey_positions = inner.stored_positions()
@@ -220,7 +223,8 @@ def _config_from_args(**kw: Any) -> RunConfig:
     session_id = str(uuid.uuid4())
     out = kw.pop("out") or f"micagent-{session_id}.h5"
     imaging = {"fov": kw.pop("fov"), "pixels": kw.pop("pixels"), "dwell": kw.pop("dwell"),
-               "detector": "SE", "defocus": 0.0, "beam_energy": 5e3, "beam_current": 100e-12}
+               "detector": kw.pop("detector"), "defocus": 0.0, "beam_energy": 5e3,
+               "beam_current": 100e-12}
     return RunConfig(session_id=session_id, out=str(Path(out).resolve()), imaging=imaging, **kw)
 
 
@@ -240,6 +244,8 @@ def run(
     pixels: int = typer.Option(256, help="pixels per frame side"),
     fov: float = typer.Option(20e-6, help="field of view (m)"),
     dwell: float = typer.Option(2e-6, help="dwell time per pixel (s)"),
+    detector: str | None = typer.Option(None, help="detector (default: the instrument's "
+                                                   "first, e.g. SE on the twin)"),
     confidence: float = typer.Option(0.9, help="confident: top probability >= this and a "
                                           "conformal set of one class"),
     max_rescans: int = typer.Option(2, help="rescans per frame at most"),
@@ -260,6 +266,16 @@ def run(
         "--allow-host", help="web approval page: a further name it answers to in the Host "
                              "header (besides the bound host, localhost, 127.0.0.1); "
                              "repeatable")] = None,
+    envelope: str | None = typer.Option(None, help="safety envelope: JSON file of limits "
+                                                  "(stage_x/y/z, tilt, fov, dwell: [min, "
+                                                  "max]; max_dose_per_nm2, max_moves, "
+                                                  "free_zone)"),
+    limit: Annotated[list[str] | None, typer.Option(
+        "--limit", help="one envelope limit, e.g. fov=10e-9:1e-6 or max_moves=200 "
+                        "(repeatable; overrides --envelope)")] = None,
+    free_zone: str | None = typer.Option(None, help="stage region X0:X1,Y0:Y1 (m) where moves "
+                                                    "need no approval; outside it each move "
+                                                    "waits for a recorded human approval"),
     vlm_timeout: float | None = typer.Option(None, "--vlm-timeout", min=0.1,
                                              help="seconds the VLM adjudicator waits per "
                                                   "request (default: config, "
@@ -284,9 +300,10 @@ def run(
                 instrument=instrument, objective=objective, frames=frames, approve=approve,
                 adjudicator=adjudicator, model=model, out=out, seed=seed,
                 state_dir=str(Path(state_dir).resolve()), bank=bank, pixels=pixels, fov=fov,
-                dwell=dwell, confidence=confidence, max_rescans=max_rescans,
+                dwell=dwell, detector=detector, confidence=confidence, max_rescans=max_rescans,
                 zoom_unsure=zoom_unsure, reject_unknown=ood, demo_k=demo_k,
-                demo_strategy=demo_strategy, vlm_timeout_s=_vlm_timeout(vlm_timeout))
+                demo_strategy=demo_strategy, vlm_timeout_s=_vlm_timeout(vlm_timeout),
+                envelope=envelope_values(envelope, limit or [], free_zone))
     except ValueError as exc:
         raise fail(exc) from exc
     notice(console, f"session {config.session_id} -> {config.out}"

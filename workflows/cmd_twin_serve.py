@@ -28,6 +28,9 @@ def serve(
         help="Fault spec, e.g. 'nan@3,stall@5:30,drop@8,slow:0.05'.")] = "",
     data: Annotated[str | None, typer.Option(
         help="dtm: NSID HDF5 file to register at start.")] = None,
+    data_root: Annotated[str | None, typer.Option(
+        help="dtm: the only folder register_data may read (default: the folder of --data, "
+             "else the working folder).")] = None,
 ) -> None:
     """Serve a digital-twin microscope until interrupted (Ctrl-C)."""
     try:
@@ -35,4 +38,4 @@ def serve(
     except FaultSpecError as exc:
         raise typer.BadParameter(str(exc), param_hint="--faults") from exc
     run_server(protocol.value, host, port, seed=seed, faults=faults, data=data,
-               announce=typer.echo)
+               announce=typer.echo, data_root=data_root)
