@@ -107,7 +107,7 @@ class Session:
         (stored frames of a replay, windows of a fixed overview)."""
         policy = self.config.policy()
         fixed = (self.parts.tiles is not None
-                 or self.parts.microscope.instrument_id.startswith("replay://"))
+                 or self.parts.microscope.capabilities().replays_stored)
         return replace(policy, max_rescans=0, zoom_unsure=False) if fixed else policy
 
     def initial_state(self) -> AgentState:

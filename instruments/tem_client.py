@@ -275,17 +275,13 @@ class TemClient:
         try:
             meta = reply["metadata"]
             image = as_array(reply["image"], self.instrument_id)
-            settings = ImagingSettings(**meta["settings"])
-            stage = StagePosition(**meta["stage"])
             original = dict(reply.get("original_metadata") or {})
             original.update(remote_instrument_id=meta.get("instrument_id"),
                             transport="binary" if self.binary else "json")
-            return Frame(image=image, instrument_id=self.instrument_id, settings=settings,
-                         stage=stage, sequence=int(meta.get("sequence", 0)),
-                         frame_id=str(meta["frame_id"]), timestamp=float(meta["timestamp"]),
-                         original_metadata=original,
-                         evaluation=dict(reply.get("evaluation") or {}))
-        except (KeyError, TypeError, AttributeError) as exc:
+            return Frame.from_dict({**meta, "original_metadata": original,
+                                    "evaluation": reply.get("evaluation")}, image,
+                                   instrument_id=self.instrument_id)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ProtocolError(f"malformed acquire_frame reply: {exc!r}",
                                 self.instrument_id) from exc
 

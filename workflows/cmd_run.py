@@ -26,12 +26,11 @@ from agent.session import Session, SessionParts, record_failed_start
 from agent.terminal_approval import TerminalApprover
 from instruments.decision_record import DecisionRecord, accuracy
 from instruments.errors import InstrumentError
+from instruments.library_log import log_library_noise
 from instruments.microscope import Microscope
 from instruments.safety import GuardedMicroscope, envelope_from_dict
-from instruments.session_layout import NotASessionFile
 from instruments.session_reader import SessionReader
 from instruments.uri import open_instrument
-from workflows.cli import app
 from workflows.cli_output import fail, notice
 from workflows.envelope_options import envelope_values
 
@@ -87,16 +86,6 @@ def _twin_positions(inner: Microscope, fov: float) -> list[dict[str, Any]] | Non
             for p in specimen.survey_centres(fov)]
 
 
-def _replay_positions(replay: Any) -> list[dict[str, Any]]:
-    """One plan position per stored frame, at the stage position it was taken (a foreign NSID
-    file has none: its frames are numbered along a row)."""
-    try:
-        with SessionReader(replay.path) as reader:
-            return [{"x": f.stage.x, "y": f.stage.y} for f in reader.iter_frames()]
-    except NotASessionFile:
-        return [{"x": 0.0, "y": 0.0, "row": 0, "col": i} for i in range(len(replay))]
-
-
 def open_parts(config: RunConfig, classifier: Any = None) -> SessionParts:
     """Instrument (guarded), classifier (loaded from config.model unless given), demonstration
     bank and plan inputs for a session."""
@@ -119,8 +108,8 @@ def open_parts(config: RunConfig, classifier: Any = None) -> SessionParts:
         if config.imaging.get("detector") is None:      # not chosen: the instrument's first
             config.imaging["detector"] = caps.detectors[0]
         status = guarded.status()
-        if config.instrument.startswith("replay://"):
-            parts.survey_positions = _replay_positions(inner)
+        if caps.replays_stored:
+            parts.survey_positions = inner.stored_positions()
         elif caps.has_overview and not caps.can_move_stage:
             parts.tiles = OverviewTiles(guarded, tile_px=64)
         else:
@@ -159,8 +148,10 @@ def run_session(config: RunConfig, console: Console, quiet: bool = False,
                 classifier: Any = None, ui: str = "terminal", host: str = "127.0.0.1",
                 port: int = 0, allow_hosts: tuple[str, ...] = ()) -> dict[str, Any]:
     """Open everything, run (or resume) the session to its end; approvals are answered in
-    the terminal or, with `ui="web"` (or `--approve web`), on the web page at host:port."""
+    the terminal or, with `ui="web"` (or `--approve web`), on the web page at host:port.
+    Library warnings and prints go to STATE_DIR/logs/SESSION_ID.log, not the terminal."""
     config.save(registry_path(config.state_dir, config.session_id))
+    log_library_noise(Path(config.state_dir) / "logs" / f"{config.session_id}.log")
     try:
         parts = open_parts(config, classifier)
     except StartError as exc:
@@ -237,7 +228,6 @@ def _config_from_args(**kw: Any) -> RunConfig:
     return RunConfig(session_id=session_id, out=str(Path(out).resolve()), imaging=imaging, **kw)
 
 
-@app.command("run")
 def run(
     instrument: str = typer.Option("twin", help="twin | dtm://H:P | tem://H:P | replay://F.h5"),
     objective: str = typer.Option("survey", help="survey | hunt:CLASS[,CLASS][:N]"),
@@ -358,7 +348,6 @@ def _route(record: DecisionRecord | None) -> str | None:
     return record.route.value if record and record.route else None
 
 
-@app.command("replay")
 def replay(
     session_file: str = typer.Argument(..., help="a stored session file"),
     model: str | None = typer.Option(None, help="checkpoint folder (default: bundled)"),
