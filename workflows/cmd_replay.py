@@ -18,8 +18,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from workflows.cli import app
 from workflows.cli_output import fail, one_line
+from workflows.cmd_run import BUNDLED_MODEL, replay_file
 from workflows.replay_archive import ArchiveError, dask_client, prepare_archive, run_archive
 
 err = Console(stderr=True)
@@ -50,7 +50,6 @@ def _summary_table(summary: dict, out: Path) -> Table:
     return table
 
 
-@app.command("replay")
 def replay(
     sessions: Annotated[list[str], typer.Argument(help="session files, folders or glob "
                                                        "patterns")],
@@ -71,8 +70,6 @@ def replay(
 ) -> None:
     """Run stored sessions' frames through the current model and policy (unattended) and
     report what changed: one file in this process, an archive on Dask with --out."""
-    from workflows.cmd_run import BUNDLED_MODEL, replay_file  # cmd_run imports workflows.cli
-
     if out is None:
         if len(sessions) == 1 and workers is None and scheduler is None:
             replay_file(sessions[0], model, as_json, state_dir)

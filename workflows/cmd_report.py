@@ -10,13 +10,11 @@ import typer
 
 from instruments.session_layout import SessionFileError
 from workflows.archive_report import build_archive_report
-from workflows.cli import app
 from workflows.cli_output import fail
 from workflows.replay_store import ResultsFolderError
 from workflows.report import build_report
 
 
-@app.command("report")
 def report(
     session: Annotated[Path, typer.Argument(help="Session file (.h5) from `micagent run`, or "
                                                  "a results folder of `micagent replay "

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import RunConfig
-from agent.session import Session, SessionParts
+from agent.session import Session
 from instruments.replay import ReplayMicroscope
-from instruments.safety import GuardedMicroscope, SafetyEnvelope
 from instruments.session_reader import SessionReader
+from workflows.cmd_run import open_parts
 from workflows.replay_config import replay_run_config
 from workflows.replay_decisions import stored_decisions
 
@@ -71,26 +71,24 @@ def short_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
-BankFor = Callable[[RunConfig], Any]
-"""config -> the demonstration bank its session draws from (or None)."""
+BankFor = Callable[[RunConfig, Any], Any]
+"""(config, classifier) -> the demonstration bank the session draws from (or None)."""
 
 
 def _run_agent(config: RunConfig, source: str, start: int, stop: int, classifier: Any,
-               bank_for: BankFor, positions: list[dict[str, float]]) -> dict[str, Any]:
-    microscope = GuardedMicroscope(ReplayMicroscope(source, start, stop), SafetyEnvelope())
+               bank_for: BankFor) -> dict[str, Any]:
+    """Frames [start, stop) of `source` through the agent, with the parts `micagent replay
+    FILE` opens (workflows.cmd_run.open_parts) on a replay instrument limited to the range."""
+    parts = open_parts(config, classifier, instrument=ReplayMicroscope(source, start, stop),
+                       bank_for=bank_for)
     try:
-        parts = SessionParts(microscope=microscope, classifier=classifier,
-                             bank=bank_for(config), survey_positions=positions,
-                             model_info={"path": config.model,
-                                         "sha256": getattr(classifier, "checkpoint_sha256",
-                                                           None)})
         session = Session(config, parts)
         try:
             return session.run()
         finally:
             session.close()
     finally:
-        microscope.close()
+        parts.microscope.close()
 
 
 def replay_range(scan: SessionScan, start: int, stop: int, classifier: Any, bank_for: BankFor,
@@ -100,15 +98,12 @@ def replay_range(scan: SessionScan, start: int, stop: int, classifier: Any, bank
     with SessionReader(scan.source) as reader:
         stored_config = reader.provenance.get("run_config") or {}
         old = stored_decisions(reader)[start:stop]
-        metas = reader.frame_metadata()[start:stop]
-    positions = [{"x": float((m.get("stage") or {}).get("x", 0.0)),
-                  "y": float((m.get("stage") or {}).get("y", 0.0))} for m in metas]
     work = Path(scratch) / f"{short_key(scan.key)}-{start}-{stop}-{uuid.uuid4().hex[:8]}"
     work.mkdir(parents=True)
     try:
         config = replay_run_config(scan.source, stored_config, stop - start, model_path,
                                    state_dir, work / "replay.h5", str(uuid.uuid4()))
-        final = _run_agent(config, scan.source, start, stop, classifier, bank_for, positions)
+        final = _run_agent(config, scan.source, start, stop, classifier, bank_for)
         if final.get("status") != "completed":
             raise ReplayRangeError(f"replay of frames {start}-{stop} ended "
                                    f"{final.get('status')}: {final.get('reason')}")

@@ -45,7 +45,7 @@ class ReplayModel(WorkerPlugin):
         self.classifier = classifier
         self.scratch = Path(worker.local_directory) / "micagent-replay"
 
-    def bank(self, config) -> Any:
+    def bank(self, config, classifier: Any = None) -> Any:
         """The demonstration bank of a replay config, read from the cache under `state_dir`
         once per worker; the first worker to need it builds it while the others wait (a
         cluster-wide lock), so a shared state folder means one build for the cluster."""
