@@ -32,7 +32,7 @@ from instruments.session_layout import NotASessionFile
 from instruments.session_reader import SessionReader
 from instruments.uri import open_instrument
 from workflows.cli import app
-from workflows.cli_output import fail, notice
+from workflows.cli_output import DAMAGED, fail, file_error, notice
 
 BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "models" / "bundled" / "sem_twin"
 BANK_PER_CLASS = 6
@@ -377,6 +377,8 @@ def replay(
         run_session(config, quiet_console, quiet=True)
     except StartError as exc:
         raise fail(f"replay failed to start: {exc}") from exc
+    except DAMAGED as exc:                  # frames damaged inside a readable file
+        raise file_error(exc, session_file) from exc
     with SessionReader(out) as reader:
         new = reader.records()
     diff = decision_diff(old, new, truths)
