@@ -26,7 +26,7 @@ from instruments.errors import (
     ProtocolError,
     RemoteError,
 )
-from instruments.frame import Frame, ImagingSettings, StagePosition
+from instruments.frame import Frame, ImagingSettings, StagePosition, dataclass_from
 from instruments.jsonrpc import remote_error
 from instruments.microscope import Capabilities, InstrumentStatus
 from instruments.nsid_calibration import Calibration, channel_calibration
@@ -179,15 +179,15 @@ class DTMicroscopeClient:
             extra["remote_instrument_id"] = values.get("instrument_id")
             return InstrumentStatus(
                 instrument_id=self.instrument_id, connected=bool(values.get("connected", True)),
-                stage=StagePosition(**_known(StagePosition, values["stage"])),
-                settings=ImagingSettings(**_known(ImagingSettings, values["settings"])),
+                stage=dataclass_from(StagePosition, values["stage"]),
+                settings=dataclass_from(ImagingSettings, values["settings"]),
                 vacuum_ok=values.get("vacuum_ok"), beam_on=values.get("beam_on"), extra=extra)
         with self._lock:
             self._proxy._pyroClaimOwnership()
             self._guard("ping", self._proxy._pyroBind)
         return InstrumentStatus(instrument_id=self.instrument_id, connected=True,
                                 stage=self._stage, settings=self._settings,
-                                extra={"server": "DTMicroscope STEM (no acquisition API)"})
+                                extra={"server": "STEM dataset (no acquisition)"})
 
     def capabilities(self) -> Capabilities:
         if self.acquisition:
@@ -231,7 +231,7 @@ class DTMicroscopeClient:
     def set_imaging(self, settings: ImagingSettings) -> ImagingSettings:
         if self.acquisition:
             applied = self._call("set_imaging", settings.as_dict())
-            self._settings = ImagingSettings(**_known(ImagingSettings, applied))
+            self._settings = dataclass_from(ImagingSettings, applied)
         else:
             self._settings = self._served(settings)
         return self._settings
@@ -247,10 +247,10 @@ class DTMicroscopeClient:
 
     def move_stage(self, position: StagePosition) -> StagePosition:
         if not self.acquisition:
-            raise InstrumentError("DTMicroscope's STEM server has no stage to move "
+            raise InstrumentError("this STEM server serves a stored dataset: no stage to move "
                                   "(capabilities: can_move_stage=False)", self.uri)
         reached = self._call("move_stage", position.as_dict())
-        self._stage = StagePosition(**_known(StagePosition, reached))
+        self._stage = dataclass_from(StagePosition, reached)
         return self._stage
 
     def acquire(self) -> Frame:
@@ -274,18 +274,16 @@ class DTMicroscopeClient:
         try:
             meta = reply["metadata"]
             image = (from_binary if self.binary else from_tuple)(reply["image"], self.uri)
-            settings = ImagingSettings(**_known(ImagingSettings, meta["settings"]))
-            stage = StagePosition(**_known(StagePosition, meta["stage"]))
-        except (KeyError, TypeError) as exc:
+            original = dict(reply.get("original_metadata") or {})
+            original.update(remote_instrument_id=meta.get("instrument_id"),
+                            transport="binary" if self.binary else "tuple")
+            frame = Frame.from_dict({**meta, "original_metadata": original,
+                                     "evaluation": reply.get("evaluation")}, image,
+                                    instrument_id=self.instrument_id)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ProtocolError(f"malformed acquire_frame reply: {exc!r}", self.uri) from exc
-        original = dict(reply.get("original_metadata") or {})
-        original.update(remote_instrument_id=meta.get("instrument_id"),
-                        transport="binary" if self.binary else "tuple")
-        self._settings, self._stage = settings, stage
-        return Frame(image=image, instrument_id=self.instrument_id, settings=settings,
-                     stage=stage, sequence=int(meta.get("sequence", 0)),
-                     frame_id=str(meta["frame_id"]), timestamp=float(meta["timestamp"]),
-                     original_metadata=original, evaluation=dict(reply.get("evaluation") or {}))
+        self._settings, self._stage = frame.settings, frame.stage
+        return frame
 
     def close(self) -> None:
         with self._lock:

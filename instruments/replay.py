@@ -18,11 +18,11 @@ import h5py
 import numpy as np
 
 from instruments.errors import InstrumentError, InstrumentUnreachable
-from instruments.frame import Frame, ImagingSettings, StagePosition
+from instruments.frame import Frame, ImagingSettings, StagePosition, dataclass_from
 from instruments.microscope import Capabilities, InstrumentStatus
 from instruments.nsid_calibration import dataset_fov
 from instruments.session_layout import ATTR_FORMAT, FORMAT_NAME, NotASessionFile, SessionFileError
-from instruments.session_reader import SessionReader, dataclass_from, open_hdf5_readonly
+from instruments.session_reader import SessionReader, open_hdf5_readonly
 
 
 class ReplayExhausted(InstrumentError):
@@ -208,7 +208,15 @@ class ReplayMicroscope:
             defocus_range=span([s.defocus for s in settings]),
             can_move_stage=False,
             stage_range=(span([p.x for p in stages]), span([p.y for p in stages])),
+            replays_stored=True,
         )
+
+    def stored_positions(self) -> list[dict[str, Any]]:
+        """One plan position per stored frame, at the stage position it was taken (a foreign
+        NSID file has none: its frames are numbered along a row)."""
+        if self.kind == "nsid":
+            return [{"x": 0.0, "y": 0.0, "row": 0, "col": i} for i in range(len(self))]
+        return [{"x": m.stage.x, "y": m.stage.y} for m in self._metas]
 
     def set_imaging(self, settings: ImagingSettings) -> ImagingSettings:
         """Recorded only; returns the settings of the frame that will be served next."""

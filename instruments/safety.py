@@ -39,6 +39,42 @@ class SafetyEnvelope:
         return asdict(self)
 
 
+_RANGES = ("stage_x", "stage_y", "stage_z", "tilt", "fov", "dwell")
+_SCALARS = {"max_dose_per_nm2": float, "max_moves": int}
+
+
+def _range(name: str, value: Any) -> tuple[float, float]:
+    if (not isinstance(value, list | tuple) or len(value) != 2
+            or not all(isinstance(v, int | float) and math.isfinite(v) for v in value)
+            or value[0] > value[1]):
+        raise ValueError(f"envelope {name}: expected [min, max] with min <= max, got {value!r}")
+    return float(value[0]), float(value[1])
+
+
+def envelope_from_dict(values: dict[str, Any]) -> SafetyEnvelope:
+    """A SafetyEnvelope from JSON-shaped values (lists for ranges; `free_zone` as
+    [[x0, x1], [y0, y1]] or null); ValueError naming the bad key."""
+    known = set(_RANGES) | set(_SCALARS) | {"free_zone"}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown envelope keys {unknown}; known: {sorted(known)}")
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        if name in _RANGES:
+            out[name] = _range(name, value)
+        elif name in _SCALARS:
+            try:
+                out[name] = _SCALARS[name](value)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"envelope {name}: {value!r} is not a number") from exc
+        elif value is not None:
+            if not isinstance(value, list | tuple) or len(value) != 2:
+                raise ValueError(f"envelope free_zone: expected [[x0, x1], [y0, y1]], got "
+                                 f"{value!r}")
+            out[name] = (_range("free_zone x", value[0]), _range("free_zone y", value[1]))
+    return SafetyEnvelope(**out)
+
+
 def dose_per_nm2(settings: ImagingSettings) -> float:
     """Electrons per nm^2 delivered by one scan with these settings."""
     electrons_per_pixel = settings.beam_current * settings.dwell / ELEMENTARY_CHARGE

@@ -18,14 +18,13 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import fields
 from typing import Any
 
 import h5py
 import numpy as np
 
 from instruments.decision_record import DecisionRecord, RecordFormatError, accuracy
-from instruments.frame import Frame, ImagingSettings, StagePosition
+from instruments.frame import Frame
 from instruments.session_layout import (
     ATTR_COMPLETE,
     ATTR_FORMAT,
@@ -76,11 +75,6 @@ def _nsid_dataset_count(f: h5py.File) -> int:
 
     f.visititems(visit)
     return len(found)
-
-
-def dataclass_from(cls: type, values: dict[str, Any]) -> Any:
-    names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in values.items() if k in names})
 
 
 class SessionReader:
@@ -151,18 +145,9 @@ class SessionReader:
             image = np.asarray(group[main][()], dtype=np.float32)
         except OSError as exc:
             raise SessionFileCorrupt(f"{group.name} image unreadable: {exc}", self.path) from exc
-        evaluation = self._evaluation(group)
-        return Frame(
-            image=image,
-            instrument_id=str(meta.get("instrument_id", "")),
-            settings=dataclass_from(ImagingSettings, meta.get("settings", {})),
-            stage=dataclass_from(StagePosition, meta.get("stage", {})),
-            sequence=int(meta.get("sequence", 0)),
-            frame_id=str(meta.get("frame_id", group.attrs[ATTR_FRAME_ID])),
-            timestamp=float(meta.get("timestamp", 0.0)),
-            original_metadata=dict(meta.get("original_metadata") or {}),
-            evaluation=dict(evaluation or {}),
-        )
+        return Frame.from_dict({"frame_id": group.attrs[ATTR_FRAME_ID], "settings": {},
+                                "stage": {}, "timestamp": 0.0, **meta,
+                                "evaluation": self._evaluation(group)}, image)
 
     def frame(self, index: int) -> Frame:
         """The index-th stored frame (write order)."""

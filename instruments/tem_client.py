@@ -61,7 +61,7 @@ class TemClient:
             with self._lock:
                 self.binary = True
                 self._negotiate()
-        self._settings = ImagingSettings()
+        self._settings = self._readback() or ImagingSettings()
         self._sequence = 0
 
     # --- transport ------------------------------------------------------------------------
@@ -238,8 +238,18 @@ class TemClient:
         done = self.device_settings(device, **wanted)
         if not done:
             raise RemoteError(f"server refused settings for {device!r}", self.instrument_id)
-        self._settings = settings
-        return settings
+        self._settings = self._readback() or settings
+        return self._settings
+
+    def _readback(self) -> ImagingSettings | None:
+        """The settings the instrument holds, where the server reports them."""
+        if not (self.server_info or {}).get("imaging_readback"):
+            return None
+        try:
+            return ImagingSettings(**self._call("get_imaging"))
+        except TypeError as exc:
+            raise ProtocolError(f"malformed get_imaging reply: {exc}",
+                                self.instrument_id) from exc
 
     def move_stage(self, position: StagePosition) -> StagePosition:
         self.set_stage({"x": position.x, "y": position.y, "z": position.z,
@@ -265,17 +275,13 @@ class TemClient:
         try:
             meta = reply["metadata"]
             image = as_array(reply["image"], self.instrument_id)
-            settings = ImagingSettings(**meta["settings"])
-            stage = StagePosition(**meta["stage"])
             original = dict(reply.get("original_metadata") or {})
             original.update(remote_instrument_id=meta.get("instrument_id"),
                             transport="binary" if self.binary else "json")
-            return Frame(image=image, instrument_id=self.instrument_id, settings=settings,
-                         stage=stage, sequence=int(meta.get("sequence", 0)),
-                         frame_id=str(meta["frame_id"]), timestamp=float(meta["timestamp"]),
-                         original_metadata=original,
-                         evaluation=dict(reply.get("evaluation") or {}))
-        except (KeyError, TypeError, AttributeError) as exc:
+            return Frame.from_dict({**meta, "original_metadata": original,
+                                    "evaluation": reply.get("evaluation")}, image,
+                                   instrument_id=self.instrument_id)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ProtocolError(f"malformed acquire_frame reply: {exc!r}",
                                 self.instrument_id) from exc
 

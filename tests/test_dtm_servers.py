@@ -114,6 +114,9 @@ def test_micagent_run_records_tiles_with_the_files_calibration(server, nsid, tmp
                                PYTHONPATH=str(REPO)),
         capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
+    noise = [line for line in (result.stdout + result.stderr).splitlines()
+             if "Warning" in line or "warn(" in line]
+    assert noise == []                    # sidpy's and pycroscopy's went to the session log
     with SessionReader(str(out)) as reader:
         summary = reader.summary()
         stored = list(reader.frames())

@@ -104,14 +104,15 @@ def test_every_method_round_trips(bridge):
     applied = tem.set_imaging(SMALL)
     reached = tem.move_stage(StagePosition(x=-40e-9, y=30e-9))
     frame = tem.acquire()
-    assert frame.shape == (128, 128) and applied == SMALL
+    assert frame.shape == (128, 128) and frame.settings == applied   # what the scope holds
+    assert (applied.pixels, applied.dwell, applied.detector) == (128, 1e-6, "HAADF")
     assert frame.settings.fov == pytest.approx(200e-9)
     assert frame.settings.pixel_size == pytest.approx(200e-9 / 128)
     assert frame.settings.beam_energy == 100e3 and frame.settings.defocus == 0.0
     assert frame.stage.x == pytest.approx(reached.x) and frame.stage.y == pytest.approx(30e-9)
     meta = frame.original_metadata
     assert meta["backend"] == "usim" and meta["sample"]["index"] == 0
-    assert meta["calibrations"][1] == {"offset": -100.0, "scale": 200 / 128, "units": "nm"}
+    assert meta["calibrations"]["x"] == {"offset": -100.0, "scale": 200 / 128, "units": "nm"}
     assert meta["transport"] == "binary" and "C10" in meta["controls"]
     status = tem.status()
     assert status.stage.x == pytest.approx(-40e-9) and status.vacuum_ok is None

@@ -30,8 +30,7 @@ from instruments.frame import Frame, ImagingSettings, StagePosition
 from instruments.jsonrpc import to_plain
 from instruments.microscope import Microscope
 from instruments.wire_arrays import to_binary, to_tuple
-from twins.faults import FaultSpec
-from twins.serve import TransportFaults
+from twins.faults import FaultSpec, TransportFaults
 
 DEFAULT_PORT = 9091
 OBJECT_ID = "microscope.server"

@@ -24,8 +24,7 @@ from instruments.jsonrpc import to_plain
 from instruments.microscope import Microscope
 from instruments.rpc_server import BINARY_TRANSPORT, RpcServer
 from twins.dtm_server import API_VERSION
-from twins.faults import FaultSpec
-from twins.serve import TransportFaults
+from twins.faults import FaultSpec, TransportFaults
 
 DEFAULT_PORT = 9093
 SETTING_KEYS = ("size", "dwell_time", "field_of_view", "defocus", "beam_energy",

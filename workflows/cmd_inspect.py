@@ -14,7 +14,6 @@ from rich.table import Table
 from instruments.export import export_frames
 from instruments.session_layout import SessionFileError
 from instruments.session_reader import SessionReader
-from workflows.cli import app
 from workflows.cli_output import DAMAGED, fail, file_error
 
 
@@ -54,7 +53,6 @@ def _print_summary(summary: dict[str, Any]) -> None:
     console.print(table)
 
 
-@app.command("inspect")
 def inspect(
     session: Annotated[Path, typer.Argument(help="Session file (.h5).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
@@ -73,7 +71,6 @@ def inspect(
         _print_summary(summary)
 
 
-@app.command("export")
 def export(
     session: Annotated[Path, typer.Argument(help="Session (or other NSID) file (.h5).")],
     out_dir: Annotated[Path, typer.Argument(help="Folder for the exported images.")],

@@ -8,12 +8,10 @@ from typing import Annotated
 import typer
 
 from instruments.session_layout import SessionFileError
-from workflows.cli import app
 from workflows.cli_output import DAMAGED, fail, file_error
 from workflows.report import build_report
 
 
-@app.command("report")
 def report(
     session: Annotated[Path, typer.Argument(help="Session file (.h5) from `micagent run`.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for index.html and its PNGs.")],

@@ -10,7 +10,6 @@ import typer
 
 from twins.faults import FaultSpec, FaultSpecError
 from twins.serve import run_server
-from workflows.cli import twin_app
 
 
 class Protocol(StrEnum):
@@ -18,7 +17,6 @@ class Protocol(StrEnum):
     tem = "tem"
 
 
-@twin_app.command("serve")
 def serve(
     protocol: Annotated[Protocol, typer.Option(
         help="dtm: Pyro5 STEM server (port 9091); tem: netstring JSON-RPC (port 9093).")],

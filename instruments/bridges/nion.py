@@ -66,7 +66,7 @@ class NionService:
         limit = self.nion.stage_limit_m
         return {"server": "micagent-nion-bridge", "api_version": API_VERSION,
                 "acquisition": True, "binary_transport": BINARY_TRANSPORT,
-                "frame_metadata": True, "settings": list(SETTINGS),
+                "frame_metadata": True, "settings": list(SETTINGS), "imaging_readback": True,
                 "instrument_id": self.instrument_id, "backend": self.nion.backend,
                 "sample": self.nion.sample,
                 "capabilities": {
@@ -129,6 +129,20 @@ class NionService:
         if "defocus" in settings:
             self.set_control("C10", float(settings["defocus"]))
         return self.activate_device(device)
+
+    def get_imaging(self) -> dict[str, Any]:
+        """The settings the next frame will be taken with (ImagingSettings' fields: m, s, eV,
+        A), as the instrument holds them."""
+        from nion.instrumentation import scan_base
+
+        params = self.scan.get_current_frame_parameters()
+        width = params.pixel_size.width
+        calibration = scan_base.get_scan_calibrations(params)[1]
+        controls = self.get_controls()
+        return {"fov": _metres(calibration.scale * width, calibration.units), "pixels": width,
+                "dwell": params.pixel_time_us * 1e-6, "detector": self._active,
+                "defocus": controls.get("C10", 0.0), "beam_energy": controls.get("EHT", 0.0),
+                "beam_current": controls.get("BeamCurrent", 0.0)}
 
     # --- controls ---------------------------------------------------------------------------
     def get_control(self, name: str) -> float:
@@ -213,11 +227,12 @@ class NionService:
         """Image, settings from the frame's own calibration, stage, instrument metadata."""
         xdata = self._record(device, settings)
         image = xdata.data
-        calibrations = [{"offset": c.offset, "scale": c.scale, "units": c.units}
-                        for c in xdata.dimensional_calibrations]
+        calibrations = {axis: {"offset": c.offset, "scale": c.scale, "units": c.units}
+                        for axis, c in zip(("y", "x"), xdata.dimensional_calibrations,
+                                           strict=True)}
         height, width = image.shape
-        fov_y = _metres(calibrations[0]["scale"] * height, calibrations[0]["units"])
-        fov_x = _metres(calibrations[1]["scale"] * width, calibrations[1]["units"])
+        fov_y = _metres(calibrations["y"]["scale"] * height, calibrations["y"]["units"])
+        fov_x = _metres(calibrations["x"]["scale"] * width, calibrations["x"]["units"])
         if not math.isclose(fov_x, fov_y, rel_tol=1e-6):
             raise ValueError(f"frame is not square in physical units ({fov_x} x {fov_y} m)")
         controls = self.get_controls()
@@ -313,8 +328,9 @@ def serve(args: argparse.Namespace) -> int:
         print(f"nion bridge: {exc}", file=sys.stderr)
         return 2
     server = None
+    run = _logged(executor.call) if args.log else executor.call
     try:
-        server = RpcServer(NionService(nion), args.host, args.port, executor=executor.call,
+        server = RpcServer(NionService(nion), args.host, args.port, executor=run,
                            idle_timeout=args.idle_timeout)
         server.start()
         print(f"READY tem://{server.address}", flush=True)
@@ -324,6 +340,21 @@ def serve(args: argparse.Namespace) -> int:
             server.stop()
         nion.close()
     return 0
+
+
+def _logged(call):
+    """The executor with one line per call on stdout: `CALL <method> <seconds> ok|<error>`."""
+    def run(func, args: tuple, kwargs: dict) -> Any:
+        started, outcome = time.monotonic(), "ok"
+        try:
+            return call(func, args, kwargs)
+        except Exception as exc:
+            outcome = type(exc).__name__
+            raise
+        finally:
+            print(f"CALL {func.__name__} {time.monotonic() - started:.3f} {outcome}",
+                  flush=True)
+    return run
 
 
 def _exit_without_hanging(code: int, grace_s: float = 5.0) -> None:
@@ -362,6 +393,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="hardware: stage travel allowed, +/- m on x and y")
     parser.add_argument("--idle-timeout", type=float, default=60.0,
                         help="close connections silent this long (s)")
+    parser.add_argument("--log", action="store_true",
+                        help="print one line per call served (CALL method seconds outcome)")
     args = parser.parse_args(argv)
     _exit_without_hanging(serve(args))
 
