@@ -61,7 +61,7 @@ class TemClient:
             with self._lock:
                 self.binary = True
                 self._negotiate()
-        self._settings = ImagingSettings()
+        self._settings = self._readback() or ImagingSettings()
         self._sequence = 0
 
     # --- transport ------------------------------------------------------------------------
@@ -238,8 +238,18 @@ class TemClient:
         done = self.device_settings(device, **wanted)
         if not done:
             raise RemoteError(f"server refused settings for {device!r}", self.instrument_id)
-        self._settings = settings
-        return settings
+        self._settings = self._readback() or settings
+        return self._settings
+
+    def _readback(self) -> ImagingSettings | None:
+        """The settings the instrument holds, where the server reports them."""
+        if not (self.server_info or {}).get("imaging_readback"):
+            return None
+        try:
+            return ImagingSettings(**self._call("get_imaging"))
+        except TypeError as exc:
+            raise ProtocolError(f"malformed get_imaging reply: {exc}",
+                                self.instrument_id) from exc
 
     def move_stage(self, position: StagePosition) -> StagePosition:
         self.set_stage({"x": position.x, "y": position.y, "z": position.z,

@@ -1,6 +1,7 @@
 """The Microscope contract, one suite for every implementation: the in-process twin, the
 DTMicroscope client on our twin server (acquisition API) and on DTMicroscope's own STEM
-server (a registered NSID file, stage-less), the TEM client on our twin server, and replay of
+server (a registered NSID file, stage-less), the TEM client on our twin server and on the Nion
+bridge (Nion's simulator in its own environment), and replay of
 a session file and of a foreign NSID file. Then the faults every network client turns into
 typed errors. Protocol-specific behaviour stays in test_dtm_protocol.py / test_tem_protocol.py
 / test_replay.py / test_twin_microscope.py."""
@@ -16,6 +17,7 @@ from contextlib import ExitStack, contextmanager
 
 import numpy as np
 import pytest
+from nion_bridge import needs_nion, running_bridge
 from nsid_files import write_spectral_nsid
 from peers import served_dtm_stem
 from test_session_file import make_frame, make_record
@@ -39,7 +41,8 @@ from instruments.tem_client import TemClient
 from twins.microscope import TwinMicroscope
 
 IMPLEMENTATIONS = ["twin", "dtm-twin", "dtm-dtmicroscope", "dtm-twin-registered", "tem",
-                   "replay-session", "replay-nsid"]
+                   pytest.param("tem-nion", marks=needs_nion), "replay-session",
+                   "replay-nsid"]
 CLIENTS: dict[str, type] = {"dtm": DTMicroscopeClient, "tem": TemClient}
 
 
@@ -51,7 +54,8 @@ def servers(tmp_path_factory) -> Iterator[Callable[[str], object]]:
 
         def get(name: str):
             if name not in started:
-                context = served_dtm_stem() if name == "dtmicroscope" else served_twin(name)
+                context = (served_dtm_stem() if name == "dtmicroscope" else
+                           running_bridge() if name == "nion" else served_twin(name))
                 started[name] = stack.enter_context(context)
             return started[name]
 
@@ -75,7 +79,7 @@ def _open(name: str, servers, folder) -> Iterator[Microscope]:
         yield ReplayMicroscope(path)
         return
     protocol, _, server_name = name.partition("-")
-    served = servers(server_name if server_name == "dtmicroscope" else protocol)
+    served = servers(server_name if server_name in ("dtmicroscope", "nion") else protocol)
     client = CLIENTS[protocol](served.host, served.port, timeout=60)
     if server_name in ("dtmicroscope", "twin-registered"):
         client.initialize_microscope("STEM")

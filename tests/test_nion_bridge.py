@@ -104,7 +104,8 @@ def test_every_method_round_trips(bridge):
     applied = tem.set_imaging(SMALL)
     reached = tem.move_stage(StagePosition(x=-40e-9, y=30e-9))
     frame = tem.acquire()
-    assert frame.shape == (128, 128) and applied == SMALL
+    assert frame.shape == (128, 128) and frame.settings == applied   # what the scope holds
+    assert (applied.pixels, applied.dwell, applied.detector) == (128, 1e-6, "HAADF")
     assert frame.settings.fov == pytest.approx(200e-9)
     assert frame.settings.pixel_size == pytest.approx(200e-9 / 128)
     assert frame.settings.beam_energy == 100e3 and frame.settings.defocus == 0.0

@@ -66,7 +66,7 @@ class NionService:
         limit = self.nion.stage_limit_m
         return {"server": "micagent-nion-bridge", "api_version": API_VERSION,
                 "acquisition": True, "binary_transport": BINARY_TRANSPORT,
-                "frame_metadata": True, "settings": list(SETTINGS),
+                "frame_metadata": True, "settings": list(SETTINGS), "imaging_readback": True,
                 "instrument_id": self.instrument_id, "backend": self.nion.backend,
                 "sample": self.nion.sample,
                 "capabilities": {
@@ -129,6 +129,20 @@ class NionService:
         if "defocus" in settings:
             self.set_control("C10", float(settings["defocus"]))
         return self.activate_device(device)
+
+    def get_imaging(self) -> dict[str, Any]:
+        """The settings the next frame will be taken with (ImagingSettings' fields: m, s, eV,
+        A), as the instrument holds them."""
+        from nion.instrumentation import scan_base
+
+        params = self.scan.get_current_frame_parameters()
+        width = params.pixel_size.width
+        calibration = scan_base.get_scan_calibrations(params)[1]
+        controls = self.get_controls()
+        return {"fov": _metres(calibration.scale * width, calibration.units), "pixels": width,
+                "dwell": params.pixel_time_us * 1e-6, "detector": self._active,
+                "defocus": controls.get("C10", 0.0), "beam_energy": controls.get("EHT", 0.0),
+                "beam_current": controls.get("BeamCurrent", 0.0)}
 
     # --- controls ---------------------------------------------------------------------------
     def get_control(self, name: str) -> float:
