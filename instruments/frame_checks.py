@@ -26,7 +26,11 @@ def check_image(image: np.ndarray, expected_pixels: int | None = None, where: st
     arr = arr.astype(np.float32, copy=False)
     finite = np.isfinite(arr)
     if not finite.all():
-        raise BadFrame(f"frame has {int((~finite).sum())} non-finite pixels (NaN/inf)", where)
+        nan = int(np.isnan(arr).sum())
+        found = [f"{n} {name} pixels" for n, name in ((nan, "NaN"),
+                                                        (int((~finite).sum()) - nan, "inf"))
+                 if n]
+        raise BadFrame(f"frame has non-finite values: {' and '.join(found)}", where)
     lo, hi = float(arr.min()), float(arr.max())
     if hi == lo:
         raise BadFrame(f"frame is empty (constant value {lo})", where)

@@ -101,6 +101,25 @@ def test_the_client_asks_what_the_server_offers(server, nsid):
         client.close()
 
 
+def test_a_lost_connection_comes_back_with_the_microscope_and_data_set_up_again(server,
+                                                                               nsid):
+    """DTMicroscope's server makes one MicroscopeServer per connection: after the client's
+    connection is gone, the new one knows nothing of the registered file unless the client
+    sets it up again."""
+    client = DTMicroscopeClient(server.host, server.port, timeout=60)
+    try:
+        client.initialize_microscope("STEM")
+        client.register_data(str(nsid.path))
+        first = client.acquire()
+        client._proxy._pyroRelease()              # the connection is lost
+        assert client.status().connected
+        again = client.acquire()
+        np.testing.assert_array_equal(again.image, first.image)
+        assert again.settings == first.settings and again.frame_id != first.frame_id
+    finally:
+        client.close()
+
+
 def test_micagent_run_records_tiles_with_the_files_calibration(server, nsid, tmp_path,
                                                                scifi_read):
     out = tmp_path / "session.h5"

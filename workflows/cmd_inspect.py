@@ -14,7 +14,7 @@ from rich.table import Table
 from instruments.export import export_frames
 from instruments.session_layout import SessionFileError
 from instruments.session_reader import SessionReader
-from workflows.cli_output import fail
+from workflows.cli_output import DAMAGED, fail, file_error
 
 
 class ExportFormat(StrEnum):
@@ -63,6 +63,8 @@ def inspect(
             summary = reader.summary()
     except SessionFileError as exc:
         raise fail(exc) from exc
+    except DAMAGED as exc:
+        raise file_error(exc, session) from exc
     if as_json:
         typer.echo(json.dumps(summary))
     else:
@@ -80,4 +82,6 @@ def export(
         paths = export_frames(session, out_dir, fmt.value)
     except SessionFileError as exc:
         raise fail(exc) from exc
+    except DAMAGED as exc:
+        raise file_error(exc, session, out_dir) from exc
     typer.echo(f"exported {len(paths)} frame(s) to {out_dir}")

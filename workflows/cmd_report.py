@@ -10,7 +10,7 @@ import typer
 
 from instruments.session_layout import SessionFileError
 from workflows.archive_report import build_archive_report
-from workflows.cli_output import fail
+from workflows.cli_output import DAMAGED, fail, file_error
 from workflows.replay_store import ResultsFolderError
 from workflows.report import build_report
 
@@ -29,13 +29,13 @@ def report(
         _archive_report(session, out)
         return
     if not session.is_file():
-        raise typer.BadParameter(f"no such file: {session}", param_hint="SESSION")
+        raise fail(f"no such file: {session}")
     try:
         page = build_report(session, out, least_certain=least_certain)
     except SessionFileError as exc:
         raise fail(exc) from exc
-    except OSError as exc:
-        raise fail(f"cannot write the report to {out}: {exc}") from exc
+    except DAMAGED as exc:
+        raise file_error(exc, session, out) from exc
     typer.echo(f"report: {page}")
 
 
@@ -44,6 +44,6 @@ def _archive_report(results: Path, out: Path) -> None:
         page = build_archive_report(results, out)
     except (ResultsFolderError, FileNotFoundError) as exc:
         raise fail(exc) from exc
-    except OSError as exc:
-        raise fail(f"cannot write the report to {out}: {exc}") from exc
+    except DAMAGED as exc:
+        raise file_error(exc, results, out) from exc
     typer.echo(f"report: {page}")

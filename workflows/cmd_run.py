@@ -32,7 +32,7 @@ from instruments.microscope import Microscope
 from instruments.safety import GuardedMicroscope, envelope_from_dict
 from instruments.session_reader import SessionReader
 from instruments.uri import open_instrument
-from workflows.cli_output import fail, notice
+from workflows.cli_output import DAMAGED, fail, file_error, notice
 from workflows.envelope_options import envelope_values
 from workflows.replay_config import replay_run_config
 
@@ -372,6 +372,8 @@ def replay_file(session_file: str, model: str | None, as_json: bool, state_dir: 
         run_session(config, quiet_console, quiet=True)
     except StartError as exc:
         raise fail(f"replay failed to start: {exc}") from exc
+    except DAMAGED as exc:                  # frames damaged inside a readable file
+        raise file_error(exc, session_file) from exc
     with SessionReader(out) as reader:
         new = reader.records()
     diff = decision_diff(old, new, truths)
