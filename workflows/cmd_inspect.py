@@ -40,6 +40,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
         ("started", str(summary["started"])), ("ended", str(summary["ended"])),
         ("instrument", json.dumps(summary["instrument"])),
         ("frames", str(summary["frames"])),
+        ("incidents", _counts(summary.get("incidents", {}))),
         ("labels", _counts(summary["label_counts"])),
         ("routes", _counts(summary["route_counts"])),
         ("escalations", f"{summary['escalations']} ({_counts(summary['escalation_counts'])})"),

@@ -196,6 +196,7 @@ def run_session(config: RunConfig, console: Console, quiet: bool = False,
         parts.microscope.close()
         raise StartError(f"cannot open session {config.session_id} at {config.out}: "
                          f"{exc}") from exc
+    parts.microscope.on_incident = session.writer.record_incident   # every fault, in the file
     try:
         with progress:
             final = session.run(broker=broker)
