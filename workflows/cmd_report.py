@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from instruments.session_layout import SessionFileError
-from workflows.cli_output import fail
+from workflows.cli_output import DAMAGED, fail, file_error
 from workflows.report import build_report
 
 
@@ -20,11 +20,11 @@ def report(
 ) -> None:
     """Write a session report: stage map, escalation funnel, confidence, timings."""
     if not session.is_file():
-        raise typer.BadParameter(f"no such file: {session}", param_hint="SESSION")
+        raise fail(f"no such file: {session}")
     try:
         page = build_report(session, out, least_certain=least_certain)
     except SessionFileError as exc:
         raise fail(exc) from exc
-    except OSError as exc:
-        raise fail(f"cannot write the report to {out}: {exc}") from exc
+    except DAMAGED as exc:
+        raise file_error(exc, session, out) from exc
     typer.echo(f"report: {page}")

@@ -31,7 +31,7 @@ from instruments.microscope import Microscope
 from instruments.safety import GuardedMicroscope, envelope_from_dict
 from instruments.session_reader import SessionReader
 from instruments.uri import open_instrument
-from workflows.cli_output import fail, notice
+from workflows.cli_output import DAMAGED, fail, file_error, notice
 from workflows.envelope_options import envelope_values
 
 BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "models" / "bundled" / "sem_twin"
@@ -194,6 +194,7 @@ def run_session(config: RunConfig, console: Console, quiet: bool = False,
         parts.microscope.close()
         raise StartError(f"cannot open session {config.session_id} at {config.out}: "
                          f"{exc}") from exc
+    parts.microscope.on_incident = session.writer.record_incident   # every fault, in the file
     try:
         with progress:
             final = session.run(broker=broker)
@@ -383,6 +384,8 @@ def replay(
         run_session(config, quiet_console, quiet=True)
     except StartError as exc:
         raise fail(f"replay failed to start: {exc}") from exc
+    except DAMAGED as exc:                  # frames damaged inside a readable file
+        raise file_error(exc, session_file) from exc
     with SessionReader(out) as reader:
         new = reader.records()
     diff = decision_diff(old, new, truths)
