@@ -272,13 +272,16 @@ class DTMicroscopeClient:
             self._overview_shape = tuple(image.shape)
             self._settings = self._served(self._settings)
             self._sequence += 1
-            calibration = (self.calibration.as_dict() if self.calibration is not None
-                           else self._calibration_note)
+            original: dict[str, Any] = {"source": "get_overview_image",
+                                        "dtype": str(image.dtype),
+                                        "calibration": self._calibration_note}
+            if self.calibration is not None:      # the signal, as the session file records it
+                original.update(calibration=self.calibration.as_dict(),
+                                quantity=self.calibration.quantity,
+                                units=self.calibration.units)
             return Frame(image=image, instrument_id=self.instrument_id,
                          settings=self._settings, stage=self._stage, sequence=self._sequence,
-                         original_metadata={"source": "get_overview_image",
-                                            "dtype": str(image.dtype),
-                                            "calibration": calibration})
+                         original_metadata=original)
         serializer = BINARY_SERIALIZER if self.binary else None
         reply = self._call("acquire_frame", self.binary, serializer=serializer)
         return self._frame(reply)

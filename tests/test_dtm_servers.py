@@ -93,6 +93,8 @@ def test_the_client_asks_what_the_server_offers(server, nsid):
         np.testing.assert_array_equal(frame.image, nsid.overview.astype(np.float32))
         assert frame.settings.pixel_size == pytest.approx(nsid.pixel_m)
         assert frame.settings.detector == nsid.quantity
+        assert (frame.original_metadata["quantity"], frame.original_metadata["units"]) == (
+            nsid.quantity, nsid.units)
         assert frame.original_metadata["calibration"]["pixel_size_m"] == pytest.approx(
             nsid.pixel_m)
         with pytest.raises(InstrumentError, match="no stage"):
@@ -155,6 +157,7 @@ def test_micagent_run_records_tiles_with_the_files_calibration(server, nsid, tmp
     images = [d for d in datasets.values() if d.ndim == 2]
     assert len(images) == frames
     for dataset in images:
+        assert (dataset.quantity, dataset.units) == (nsid.quantity, nsid.units)
         for axis in (dataset.x, dataset.y):
             assert axis.units == "m"
             assert np.diff(axis.values) == pytest.approx(nsid.pixel_m, rel=1e-6)
