@@ -68,6 +68,9 @@ class OverviewTiles:
         meta: dict[str, Any] = {"source": "overview window", "overview_frame_id":
                                 self.overview.frame_id, "window": {"row": r, "col": c,
                                                                    "size_px": self.tile_px}}
+        signal = {key: self.overview.original_metadata[key] for key in ("quantity", "units")
+                  if key in self.overview.original_metadata}
+        meta.update(signal)                    # the overview's signal is each tile's
         stage = replace(self.overview.stage, x=float(position["x"]), y=float(position["y"]))
         image = check_image(self.windows[r, c].copy(), self.tile_px,
                             where=f"{self.overview.instrument_id} window ({r}, {c})")

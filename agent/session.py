@@ -75,6 +75,7 @@ def record_failed_start(config: RunConfig, reason: str,
     writer = SessionWriter(config.out, {"session_id": config.session_id,
                                         "instrument": {"uri": config.instrument},
                                         "objective": config.objective, **(extra or {})})
+    writer.record_incident("start_failed", reason)
     writer.close("failed", reason)
 
 

@@ -86,6 +86,7 @@ class DTMicroscopeClient:
         self._spectrum_channel: str | None | bool = False      # False: not asked yet
         self.calibration: Calibration | None = None              # of the registered overview
         self._calibration_note = "no data registered by this client"
+        self._setup: list[tuple[str, str]] = []     # calls a new connection must repeat
 
     # --- transport ------------------------------------------------------------------------
     def offers(self, method: str) -> bool:
@@ -121,11 +122,20 @@ class DTMicroscopeClient:
         with self._lock:
             self._proxy._pyroClaimOwnership()
             if self._proxy._pyroConnection is None:
-                self._guard("reconnect", self._proxy._pyroBind)
+                self._reconnect()
             if not self.offers(method):
                 raise RemoteError(f"server exposes no method {method!r}", self.uri)
             self._proxy._pyroSerializer = serializer
             return self._guard(method, getattr(self._proxy, method), *args, **kwargs)
+
+    def _reconnect(self) -> None:
+        """Connect again after the connection was lost or closed. DTMicroscope's server makes
+        one MicroscopeServer per connection, which knows nothing of this client's microscope
+        and data: both are set up again on the new connection."""
+        self._guard("reconnect", self._proxy._pyroBind)
+        for method, argument in self._setup:
+            self._guard(f"{method} (again, on the new connection)",
+                        getattr(self._proxy, method), argument)
 
     def _array(self, method: str, *args: Any) -> np.ndarray:
         """Fetch an array by the binary variant when in use, else the tuple form."""
@@ -137,6 +147,7 @@ class DTMicroscopeClient:
     # --- DTMicroscope's STEM server API ---------------------------------------------------
     def initialize_microscope(self, microscope: str = "dummy") -> None:
         self._call("initialize_microscope", microscope)
+        self._setup = [("initialize_microscope", microscope)]
         self._overview_shape, self._spectrum_channel = None, False
 
     def register_data(self, data_source: str = "test.h5") -> None:
@@ -145,6 +156,7 @@ class DTMicroscopeClient:
         calibration is read here too where the file is readable from this machine (the
         server's API carries none)."""
         self._call("register_data", data_source)
+        self._setup = [*self._setup[:1], ("register_data", str(data_source))]
         self.acquisition = False
         self._overview_shape, self._spectrum_channel = None, False
         try:
@@ -184,7 +196,8 @@ class DTMicroscopeClient:
                 vacuum_ok=values.get("vacuum_ok"), beam_on=values.get("beam_on"), extra=extra)
         with self._lock:
             self._proxy._pyroClaimOwnership()
-            self._guard("ping", self._proxy._pyroBind)
+            if self._proxy._pyroConnection is None:
+                self._reconnect()
         return InstrumentStatus(instrument_id=self.instrument_id, connected=True,
                                 stage=self._stage, settings=self._settings,
                                 extra={"server": "STEM dataset (no acquisition)"})
@@ -259,13 +272,16 @@ class DTMicroscopeClient:
             self._overview_shape = tuple(image.shape)
             self._settings = self._served(self._settings)
             self._sequence += 1
-            calibration = (self.calibration.as_dict() if self.calibration is not None
-                           else self._calibration_note)
+            original: dict[str, Any] = {"source": "get_overview_image",
+                                        "dtype": str(image.dtype),
+                                        "calibration": self._calibration_note}
+            if self.calibration is not None:      # the signal, as the session file records it
+                original.update(calibration=self.calibration.as_dict(),
+                                quantity=self.calibration.quantity,
+                                units=self.calibration.units)
             return Frame(image=image, instrument_id=self.instrument_id,
                          settings=self._settings, stage=self._stage, sequence=self._sequence,
-                         original_metadata={"source": "get_overview_image",
-                                            "dtype": str(image.dtype),
-                                            "calibration": calibration})
+                         original_metadata=original)
         serializer = BINARY_SERIALIZER if self.binary else None
         reply = self._call("acquire_frame", self.binary, serializer=serializer)
         return self._frame(reply)

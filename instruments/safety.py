@@ -10,10 +10,20 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from instruments.errors import ApprovalRequired, SafetyRefused
+from instruments.errors import (
+    ApprovalRequired,
+    BadFrame,
+    InstrumentError,
+    InstrumentTimeout,
+    InstrumentUnreachable,
+    ProtocolError,
+    RemoteError,
+    SafetyRefused,
+)
 from instruments.frame import Frame, ImagingSettings, StagePosition
 from instruments.frame_checks import check_image
 from instruments.microscope import Capabilities, InstrumentStatus, Microscope
@@ -96,10 +106,30 @@ class Approval:
     timestamp: float = field(default_factory=time.time)
 
 
-class GuardedMicroscope:
-    """Wraps any Microscope; enforces the envelope and validates frames."""
+STAGE_TOLERANCE_M = 1e-9          # a stage further than this from its target did not get there
+SLOW_FRAME_MARGIN_S = 0.1         # a frame later than twice its scan time plus this is slow
 
-    def __init__(self, inner: Microscope, envelope: SafetyEnvelope | None = None) -> None:
+
+def fault_kind(exc: InstrumentError) -> str:
+    """The incident kind of an instrument error."""
+    if isinstance(exc, BadFrame):
+        return exc.fault
+    return {InstrumentTimeout: "timeout", InstrumentUnreachable: "disconnect",
+            ProtocolError: "protocol_error", RemoteError: "remote_error"}.get(
+        type(exc), type(exc).__name__)
+
+
+class GuardedMicroscope:
+    """Wraps any Microscope; enforces the envelope and validates frames. Every fault it sees
+    (a bad frame, a timeout, a dropped connection, a stage that did not reach its target, a
+    slow frame) is reported to `on_incident(kind, message, **extra)` (the session file's
+    incident log), whether or not the caller recovers from it; faults met before a receiver
+    is set are kept and handed over when it is."""
+
+    def __init__(self, inner: Microscope, envelope: SafetyEnvelope | None = None,
+                 on_incident: Callable[..., None] | None = None) -> None:
+        self._on_incident = on_incident
+        self._held: list[tuple[str, str, dict[str, Any]]] = []
         self.inner = inner
         self.envelope = envelope or SafetyEnvelope()
         self.instrument_id = inner.instrument_id
@@ -149,23 +179,55 @@ class GuardedMicroscope:
         """Record a human approval for exactly one stage target (consumed by the move)."""
         self._pending.append(approval)
 
+    @property
+    def on_incident(self) -> Callable[..., None] | None:
+        return self._on_incident
+
+    @on_incident.setter
+    def on_incident(self, receiver: Callable[..., None] | None) -> None:
+        self._on_incident = receiver
+        held, self._held = self._held, []
+        for kind, message, extra in held:
+            self._incident(kind, message, **extra)
+
+    def _incident(self, kind: str, message: str, **extra: Any) -> None:
+        if self._on_incident is None:
+            self._held.append((kind, message, extra))
+        else:
+            self._on_incident(kind, message, **extra)
+
+    def _call(self, what: str, func: Callable[..., Any], *args: Any) -> Any:
+        """Run one instrument call; its instrument error is reported, then raised."""
+        try:
+            return func(*args)
+        except SafetyRefused:
+            raise
+        except InstrumentError as exc:
+            self._incident(fault_kind(exc), str(exc), call=what)
+            raise
+
     # --- Microscope ---------------------------------------------------------------------
     def status(self) -> InstrumentStatus:
-        return self.inner.status()
+        return self._call("status", self.inner.status)
 
     def capabilities(self) -> Capabilities:
         return self.inner.capabilities()
 
     def set_imaging(self, settings: ImagingSettings) -> ImagingSettings:
         self.check_settings(settings)
-        applied = self.inner.set_imaging(settings)
+        applied = self._call("set_imaging", self.inner.set_imaging, settings)
         self._settings = applied
         return applied
 
     def move_stage(self, position: StagePosition) -> StagePosition:
         self.check_move(position)
-        reached = self.inner.move_stage(position)
+        reached = self._call("move_stage", self.inner.move_stage, position)
         self.moves += 1
+        if max(abs(reached.x - position.x), abs(reached.y - position.y)) > STAGE_TOLERANCE_M:
+            self._incident("stage_not_reached",
+                           f"stage asked to ({position.x:.6g}, {position.y:.6g}) m reports "
+                           f"({reached.x:.6g}, {reached.y:.6g}) m",
+                           target=position.as_dict(), reached=reached.as_dict())
         for approval in list(self._pending):
             if approval.target == position:
                 self._pending.remove(approval)
@@ -173,9 +235,20 @@ class GuardedMicroscope:
         return reached
 
     def acquire(self) -> Frame:
-        frame = self.inner.acquire()
+        started = time.perf_counter()
+        frame = self._call("acquire", self.inner.acquire)
+        took = time.perf_counter() - started
         expected = self._settings.pixels if self._settings is not None else None
-        frame.image = check_image(frame.image, expected, where=self.instrument_id)
+        try:
+            frame.image = check_image(frame.image, expected, where=self.instrument_id)
+        except BadFrame as exc:
+            self._incident(exc.fault, str(exc), call="acquire")
+            raise
+        s = frame.settings
+        scan_s = s.pixels * s.pixels * s.dwell
+        if took > 2 * scan_s + SLOW_FRAME_MARGIN_S:
+            self._incident("slow_frame", f"frame took {took:.3f} s for a {scan_s:.3f} s scan",
+                           frame_id=frame.frame_id, seconds=round(took, 4))
         return frame
 
     def close(self) -> None:

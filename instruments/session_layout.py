@@ -49,6 +49,9 @@ PROVENANCE = "micagent/provenance"
 # the previous provenance, written before every in-place update of PROVENANCE: a kill during
 # that update can leave PROVENANCE pointing at a heap object that never reached the disk
 PROVENANCE_BACKUP = "micagent/provenance_backup"
+# every instrument fault met during the session, one JSON object per row, appended as it
+# happens (instruments.safety.GuardedMicroscope reports them): {time, kind, message, ...}
+INCIDENTS = "micagent/incidents"
 PENDING_GROUP = "micagent/pending"            # format 1 only
 MEASUREMENT_GROUP = "Measurement_000"
 CHANNEL_PREFIX = "Channel_"

@@ -15,6 +15,7 @@ Reader API for other tools (replay, reprocessing)::
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from collections.abc import Iterator
@@ -33,6 +34,7 @@ from instruments.session_layout import (
     EVALUATION_JSON,
     FORMAT_NAME,
     FRAME_JSON,
+    INCIDENTS,
     MEASUREMENT_GROUP,
     NSID_GROUP,
     PROVENANCE,
@@ -183,6 +185,20 @@ class SessionReader:
         """Ground truth per frame (empty dicts where none was stored)."""
         return [self._evaluation(g) for g in self._channels]
 
+    def incidents(self) -> list[dict[str, Any]]:
+        """The instrument faults met during the session, in order (kind, message, time, ...);
+        a row that does not parse is returned as kind `unreadable`."""
+        log = self._file.get(INCIDENTS)
+        if not isinstance(log, h5py.Dataset):
+            return []
+        rows = []
+        for raw in log.asstr()[()]:
+            try:
+                rows.append(json.loads(raw))
+            except ValueError:
+                rows.append({"kind": "unreadable", "message": str(raw)[:200]})
+        return rows
+
     def summary(self) -> dict[str, Any]:
         """The `micagent inspect --json` object."""
         records = self.records()
@@ -198,6 +214,7 @@ class SessionReader:
             "session_id": prov.get("session_id"),
             "status": prov.get("status"),
             "reason": prov.get("reason", ""),
+            "incidents": dict(Counter(i.get("kind") for i in self.incidents())),
             "closed": prov.get("status") != "running",
             "started": prov.get("started"),
             "ended": prov.get("ended"),

@@ -26,6 +26,7 @@ class NsidFile:
     overview: np.ndarray
     pixel_m: float
     quantity: str
+    units: str
     spectrum_channel: str | None = None
     cube: np.ndarray | None = None
     energies: np.ndarray | None = None
@@ -62,7 +63,8 @@ def write_spectral_nsid(path: Path, side: int = 128, more_images: int = 0) -> Ns
         for i, (name, data) in enumerate(datasets):
             write_nsid_dataset(data, group.create_group(f"Channel_{i:03}"),
                                main_data_name=name)
-    return NsidFile(path, image, WRITTEN_PIXEL_M, "HAADF", "Channel_001", cube, ENERGIES_EV)
+    return NsidFile(path, image, WRITTEN_PIXEL_M, "HAADF", "counts", "Channel_001", cube,
+                    ENERGIES_EV)
 
 
 def copy_shared_nsid(folder: Path) -> NsidFile:
@@ -73,4 +75,5 @@ def copy_shared_nsid(folder: Path) -> NsidFile:
     with h5py.File(SHARED_NSID, "r") as f:
         main = f["Measurement_000/Channel_0/Channel_0/Channel_0"]
         x = f["Measurement_000/Channel_0/Channel_0/x"][()]
-        return NsidFile(copy, main[()], float(x[1] - x[0]), main.attrs["quantity"])
+        return NsidFile(copy, main[()], float(x[1] - x[0]), main.attrs["quantity"],
+                        main.attrs["units"])
