@@ -39,3 +39,15 @@ if [[ -d "$PEERS/dtmicroscope" ]]; then
 else
     echo "peer env for DTMicroscope: skipped, no sources at $PEERS/dtmicroscope"
 fi
+
+# --- Nion Swift instrumentation bridge on Nion's simulator (numpy 2; instruments/bridges/nion.py,
+# tests/test_nion_bridge.py). From PyPI, so it needs no sources beside the repository.
+NION_VENV="${MICAGENT_NION_VENV:-.venv-nion}"
+if "$NION_VENV/bin/python" -c "import nion.instrumentation.scan_base, nion.usim_device" 2>/dev/null; then
+    echo "peer env $NION_VENV: up to date"
+else
+    started=$SECONDS
+    python3 -m venv "$NION_VENV"
+    "$NION_VENV/bin/pip" install -q "nionswift-instrumentation>=23.6,<24" "nionswift-usim>=5.4,<6"
+    echo "peer env $NION_VENV: built in $((SECONDS - started)) s"
+fi

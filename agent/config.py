@@ -44,6 +44,7 @@ class RunConfig:
     thresholds: dict[str, float] = field(default_factory=lambda: QualityThresholds().as_dict())
     vlm_timeout_s: float = 30.0
     pipeline: bool = True            # survey: acquire the next tile while deciding this one
+    envelope: dict[str, Any] = field(default_factory=dict)   # SafetyEnvelope values
 
     def __post_init__(self) -> None:
         if self.approve not in APPROVE_MODES and self.approve != "web":

@@ -7,11 +7,11 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.graph import END, START, StateGraph
 
 from agent import routes
+from agent.checkpoint_serde import RedactingSerializer
 from agent.nodes import (
     acquire,
     adjudicate,
@@ -66,11 +66,12 @@ def open_checkpointer(path: str | Path) -> SqliteSaver:
 
     WAL journal with synchronous=NORMAL: a committed step survives the process being killed
     (SIGKILL), only an OS crash or power loss may lose the last steps; it spares an fsync per
-    step. Deserialisation is limited to plain values and the decision record."""
+    step. Everything it stores passes the redaction filter (agent/checkpoint_serde.py);
+    deserialisation is limited to plain values and the decision record."""
     conn = sqlite3.connect(str(path), check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
-    return SqliteSaver(conn, serde=JsonPlusSerializer(allowed_msgpack_modules=CHECKPOINT_TYPES))
+    return SqliteSaver(conn, serde=RedactingSerializer(allowed_msgpack_modules=CHECKPOINT_TYPES))
 
 
 def compile_graph(rt: Runtime, checkpointer):

@@ -5,8 +5,6 @@ spectrum at the tile centre is fetched with `get_point_data`."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 from dataclasses import replace
 from typing import Any
 
@@ -14,6 +12,7 @@ import numpy as np
 
 from instruments.frame import Frame
 from instruments.frame_checks import check_image
+from instruments.library_log import prints_to_log
 from instruments.safety import GuardedMicroscope
 
 
@@ -24,16 +23,15 @@ def window_overview(image: np.ndarray, tile_px: int) -> np.ndarray:
     if rows < 1 or cols < 1:
         raise ValueError(f"overview {image.shape} is smaller than one {tile_px} px tile")
     crop = np.asarray(image[:rows * tile_px, :cols * tile_px], dtype=np.float32)
-    import sidpy  # deferred: pycroscopy takes seconds to import and only stage-less runs need it
-    from pycroscopy.image import ImageWindowing
+    with prints_to_log("pycroscopy ImageWindowing"):     # it prints per-dimension notes
+        import sidpy  # deferred: pycroscopy takes seconds to import; only stage-less runs
+        from pycroscopy.image import ImageWindowing
 
-    with contextlib.redirect_stdout(io.StringIO()):
         dataset = sidpy.Dataset.from_array(crop, title="overview")
         dataset.data_type = "image"
-    windowing = ImageWindowing({"window_size_x": tile_px, "window_size_y": tile_px,
-                                "window_step_x": tile_px, "window_step_y": tile_px,
-                                "mode": "image"})
-    with contextlib.redirect_stdout(io.StringIO()):      # it prints per-dimension notes
+        windowing = ImageWindowing({"window_size_x": tile_px, "window_size_y": tile_px,
+                                    "window_step_x": tile_px, "window_step_y": tile_px,
+                                    "mode": "image"})
         windows = np.asarray(windowing.MakeWindows(dataset), dtype=np.float32)
     return windows.transpose(1, 0, 2, 3)      # ImageWindowing indexes (x, y) = (col, row)
 
@@ -70,6 +68,9 @@ class OverviewTiles:
         meta: dict[str, Any] = {"source": "overview window", "overview_frame_id":
                                 self.overview.frame_id, "window": {"row": r, "col": c,
                                                                    "size_px": self.tile_px}}
+        signal = {key: self.overview.original_metadata[key] for key in ("quantity", "units")
+                  if key in self.overview.original_metadata}
+        meta.update(signal)                    # the overview's signal is each tile's
         stage = replace(self.overview.stage, x=float(position["x"]), y=float(position["y"]))
         image = check_image(self.windows[r, c].copy(), self.tile_px,
                             where=f"{self.overview.instrument_id} window ({r}, {c})")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from instruments import atomic_file
-from instruments.frame import Frame, ImagingSettings, StagePosition
+from instruments.frame import Frame
 
 
 class FrameScratch:
@@ -42,11 +42,7 @@ class FrameScratch:
         image_path, meta_path = self._paths(frame.frame_id)
         with atomic_file.atomic_path(image_path) as tmp:
             np.save(tmp, frame.image)
-        meta = {"instrument_id": frame.instrument_id, "settings": frame.settings.as_dict(),
-                "stage": frame.stage.as_dict(), "sequence": frame.sequence,
-                "timestamp": frame.timestamp, "original_metadata": frame.original_metadata,
-                "evaluation": frame.evaluation}
-        atomic_file.write_text(meta_path, json.dumps(meta, default=str))
+        atomic_file.write_text(meta_path, json.dumps(frame.to_dict(), default=str))
         self._memory[frame.frame_id] = frame
 
     def get(self, frame_id: str) -> Frame:
@@ -57,12 +53,7 @@ class FrameScratch:
         if not (image_path.exists() and meta_path.exists()):
             raise KeyError(f"frame {frame_id} is not in the scratch folder {self.folder}")
         meta = json.loads(meta_path.read_text())
-        frame = Frame(image=np.load(image_path), instrument_id=meta["instrument_id"],
-                      settings=ImagingSettings(**meta["settings"]),
-                      stage=StagePosition(**meta["stage"]), sequence=meta["sequence"],
-                      frame_id=frame_id, timestamp=meta["timestamp"],
-                      original_metadata=meta["original_metadata"],
-                      evaluation=meta["evaluation"])
+        frame = Frame.from_dict({**meta, "frame_id": frame_id}, np.load(image_path))
         self._memory[frame_id] = frame
         return frame
 

@@ -56,7 +56,8 @@ def make_adjudicator(config: RunConfig, cache_dir: Path):
 def provenance(config: RunConfig, parts: SessionParts, adjudicator_name: str) -> dict[str, Any]:
     """Session-level provenance (never an API key)."""
     return {"session_id": config.session_id, "instrument": {
-                "uri": config.instrument, "id": parts.microscope.instrument_id},
+                "uri": config.instrument, "id": parts.microscope.instrument_id,
+                "server": getattr(parts.microscope.inner, "server_info", None)},
             "model": {**parts.model_info,
                       "class_names": list(parts.classifier.class_names)},
             "policy": config.policy().as_dict(),
@@ -77,6 +78,7 @@ def record_failed_start(config: RunConfig, reason: str,
     writer = SessionWriter(config.out, {"session_id": config.session_id,
                                         "instrument": {"uri": config.instrument},
                                         "objective": config.objective, **(extra or {})})
+    writer.record_incident("start_failed", reason)
     writer.close("failed", reason)
 
 
@@ -111,7 +113,7 @@ class Session:
         (stored frames of a replay, windows of a fixed overview)."""
         policy = self.config.policy()
         fixed = (self.parts.tiles is not None
-                 or self.parts.microscope.instrument_id.startswith("replay://"))
+                 or self.parts.microscope.capabilities().replays_stored)
         return replace(policy, max_rescans=0, zoom_unsure=False) if fixed else policy
 
     def initial_state(self) -> AgentState:

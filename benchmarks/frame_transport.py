@@ -1,6 +1,8 @@
 """Frame transport: MB/s for one 1024x1024 float32 frame, measured in one run over
 (a) DTMicroscope's `(array.tolist(), shape, dtype)` Pyro5 path, (b) our binary path (raw
-bytes over Pyro5's msgpack serializer), (c) a raw loopback TCP socket (the ceiling).
+bytes over Pyro5's msgpack serializer), (c) a raw loopback TCP socket (the ceiling), and the
+TEM netstring JSON-RPC protocol (instruments/rpc_server.py + TemClient): its list path
+(`[list, shape, dtype]`, what DTMicroscope-style clients get) and its negotiated binary path.
 
 (a) and (b) use exactly the wire forms and decoders of twins/dtm_server.py and
 instruments/dtm_client.py (`wire_arrays.to_tuple`/`to_binary`, `from_tuple`/`from_binary`)
@@ -33,6 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from instruments.dtm_client import DTMicroscopeClient  # noqa: E402
+from instruments.rpc_server import RpcServer  # noqa: E402
+from instruments.tem_client import TemClient  # noqa: E402
 from instruments.wire_arrays import from_binary, from_tuple, to_binary, to_tuple  # noqa: E402
 
 SIDE = 1024
@@ -102,6 +106,43 @@ def time_pyro_paths(frame: np.ndarray, repeats: int, list_repeats: int
     return t_list, a, t_binary, b
 
 
+class TemFrameSource:
+    """One fixed frame behind the TEM protocol's acquire_image."""
+
+    def __init__(self, frame: np.ndarray) -> None:
+        self.frame = frame
+
+    def get_capabilities(self) -> dict:
+        return {"server": "benchmark", "binary_transport": "netstring-buffers-1"}
+
+    def acquire_image(self, device: str) -> np.ndarray:
+        return self.frame
+
+
+def tem_frame_server(frame: np.ndarray, ready) -> None:
+    server = RpcServer(TemFrameSource(frame), "127.0.0.1", 0)
+    ready.send(server.address)
+    server.serve_forever()
+
+
+def time_tem_paths(frame: np.ndarray, repeats: int, list_repeats: int
+                   ) -> tuple[float, np.ndarray, float, np.ndarray]:
+    parent, child = multiprocessing.Pipe()
+    server = multiprocessing.Process(target=tem_frame_server, args=(frame, child), daemon=True)
+    server.start()
+    host, port = parent.recv().rsplit(":", 1)
+    try:
+        listed = TemClient(host, int(port), timeout=120, binary=False)
+        binary = TemClient(host, int(port), timeout=120)
+        assert binary.binary and not listed.binary
+        t_list, a = time_calls(lambda: listed.acquire_image("any"), list_repeats)
+        t_binary, b = time_calls(lambda: binary.acquire_image("any"), repeats)
+    finally:
+        server.kill()
+        server.join()
+    return t_list, a, t_binary, b
+
+
 def raw_socket_server(listener: socket.socket, payload: bytes, repeats: int) -> None:
     conn, _ = listener.accept()
     with conn:
@@ -161,14 +202,18 @@ def report(title: str, megabytes: float, timings: dict[str, float]) -> None:
     print(title)
     labels = {"list": "(a) (list, shape, dtype) Pyro5 path",
               "binary": "(b) binary Pyro5/msgpack path      ",
-              "raw": "(c) raw loopback socket            "}
+              "raw": "(c) raw loopback socket            ",
+              "tem_list": "TEM netstring list path           ",
+              "tem_binary": "TEM netstring binary path         "}
     for name, rate in rates.items():
         print(f"  {labels[name]} : {rate:9.2f} MB/s  ({timings[name] * 1e3:8.1f} ms/frame)")
+    binary = "tem_binary" if "tem_binary" in rates else "binary"
+    listed = "tem_list" if "tem_list" in rates else "list"
     if "raw" in rates:
-        ratio = rates["binary"] / rates["raw"]
+        ratio = rates[binary] / rates["raw"]
         print(f"  binary / raw socket = {ratio:.2f}  (target >= 0.5: "
               f"{'met' if ratio >= 0.5 else 'NOT met'})")
-    ratio = rates["binary"] / rates["list"]
+    ratio = rates[binary] / rates[listed]
     print(f"  binary / list path  = {ratio:.0f}x  (target >= 100x: "
           f"{'met' if ratio >= 100 else 'NOT met'})")
 
@@ -186,13 +231,17 @@ def main() -> None:
 
     frame = np.random.default_rng(0).random((SIDE, SIDE), dtype=np.float32)
     t_list, a, t_binary, b = time_pyro_paths(frame, args.repeats, args.list_repeats)
+    t_tem_list, d, t_tem_binary, e = time_tem_paths(frame, args.repeats, args.list_repeats)
     t_raw, c = time_raw_socket(frame, args.repeats)
-    for name, received in (("list", a), ("binary", b), ("raw", c)):
+    for name, received in (("list", a), ("binary", b), ("raw", c), ("tem list", d),
+                           ("tem binary", e)):
         check(name, received, frame)
     print(f"frame {SIDE}x{SIDE} float32 ({frame.nbytes / 1e6:.2f} MB); repeats: list "
           f"{args.list_repeats}, binary/raw {args.repeats}")
-    report("transport (same frame, same process layout):", frame.nbytes / 1e6,
+    report("Pyro5 transport (same frame, same process layout):", frame.nbytes / 1e6,
            {"list": t_list, "binary": t_binary, "raw": t_raw})
+    report("TEM netstring JSON-RPC transport (same frame, same run):", frame.nbytes / 1e6,
+           {"tem_list": t_tem_list, "tem_binary": t_tem_binary, "raw": t_raw})
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "frame.h5"

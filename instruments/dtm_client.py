@@ -26,7 +26,7 @@ from instruments.errors import (
     ProtocolError,
     RemoteError,
 )
-from instruments.frame import Frame, ImagingSettings, StagePosition
+from instruments.frame import Frame, ImagingSettings, StagePosition, dataclass_from
 from instruments.jsonrpc import remote_error
 from instruments.microscope import Capabilities, InstrumentStatus
 from instruments.nsid_calibration import Calibration, channel_calibration
@@ -86,6 +86,7 @@ class DTMicroscopeClient:
         self._spectrum_channel: str | None | bool = False      # False: not asked yet
         self.calibration: Calibration | None = None              # of the registered overview
         self._calibration_note = "no data registered by this client"
+        self._setup: list[tuple[str, str]] = []     # calls a new connection must repeat
 
     # --- transport ------------------------------------------------------------------------
     def offers(self, method: str) -> bool:
@@ -121,11 +122,20 @@ class DTMicroscopeClient:
         with self._lock:
             self._proxy._pyroClaimOwnership()
             if self._proxy._pyroConnection is None:
-                self._guard("reconnect", self._proxy._pyroBind)
+                self._reconnect()
             if not self.offers(method):
                 raise RemoteError(f"server exposes no method {method!r}", self.uri)
             self._proxy._pyroSerializer = serializer
             return self._guard(method, getattr(self._proxy, method), *args, **kwargs)
+
+    def _reconnect(self) -> None:
+        """Connect again after the connection was lost or closed. DTMicroscope's server makes
+        one MicroscopeServer per connection, which knows nothing of this client's microscope
+        and data: both are set up again on the new connection."""
+        self._guard("reconnect", self._proxy._pyroBind)
+        for method, argument in self._setup:
+            self._guard(f"{method} (again, on the new connection)",
+                        getattr(self._proxy, method), argument)
 
     def _array(self, method: str, *args: Any) -> np.ndarray:
         """Fetch an array by the binary variant when in use, else the tuple form."""
@@ -137,6 +147,7 @@ class DTMicroscopeClient:
     # --- DTMicroscope's STEM server API ---------------------------------------------------
     def initialize_microscope(self, microscope: str = "dummy") -> None:
         self._call("initialize_microscope", microscope)
+        self._setup = [("initialize_microscope", microscope)]
         self._overview_shape, self._spectrum_channel = None, False
 
     def register_data(self, data_source: str = "test.h5") -> None:
@@ -145,6 +156,7 @@ class DTMicroscopeClient:
         calibration is read here too where the file is readable from this machine (the
         server's API carries none)."""
         self._call("register_data", data_source)
+        self._setup = [*self._setup[:1], ("register_data", str(data_source))]
         self.acquisition = False
         self._overview_shape, self._spectrum_channel = None, False
         try:
@@ -179,15 +191,16 @@ class DTMicroscopeClient:
             extra["remote_instrument_id"] = values.get("instrument_id")
             return InstrumentStatus(
                 instrument_id=self.instrument_id, connected=bool(values.get("connected", True)),
-                stage=StagePosition(**_known(StagePosition, values["stage"])),
-                settings=ImagingSettings(**_known(ImagingSettings, values["settings"])),
+                stage=dataclass_from(StagePosition, values["stage"]),
+                settings=dataclass_from(ImagingSettings, values["settings"]),
                 vacuum_ok=values.get("vacuum_ok"), beam_on=values.get("beam_on"), extra=extra)
         with self._lock:
             self._proxy._pyroClaimOwnership()
-            self._guard("ping", self._proxy._pyroBind)
+            if self._proxy._pyroConnection is None:
+                self._reconnect()
         return InstrumentStatus(instrument_id=self.instrument_id, connected=True,
                                 stage=self._stage, settings=self._settings,
-                                extra={"server": "DTMicroscope STEM (no acquisition API)"})
+                                extra={"server": "STEM dataset (no acquisition)"})
 
     def capabilities(self) -> Capabilities:
         if self.acquisition:
@@ -231,7 +244,7 @@ class DTMicroscopeClient:
     def set_imaging(self, settings: ImagingSettings) -> ImagingSettings:
         if self.acquisition:
             applied = self._call("set_imaging", settings.as_dict())
-            self._settings = ImagingSettings(**_known(ImagingSettings, applied))
+            self._settings = dataclass_from(ImagingSettings, applied)
         else:
             self._settings = self._served(settings)
         return self._settings
@@ -247,10 +260,10 @@ class DTMicroscopeClient:
 
     def move_stage(self, position: StagePosition) -> StagePosition:
         if not self.acquisition:
-            raise InstrumentError("DTMicroscope's STEM server has no stage to move "
+            raise InstrumentError("this STEM server serves a stored dataset: no stage to move "
                                   "(capabilities: can_move_stage=False)", self.uri)
         reached = self._call("move_stage", position.as_dict())
-        self._stage = StagePosition(**_known(StagePosition, reached))
+        self._stage = dataclass_from(StagePosition, reached)
         return self._stage
 
     def acquire(self) -> Frame:
@@ -259,13 +272,16 @@ class DTMicroscopeClient:
             self._overview_shape = tuple(image.shape)
             self._settings = self._served(self._settings)
             self._sequence += 1
-            calibration = (self.calibration.as_dict() if self.calibration is not None
-                           else self._calibration_note)
+            original: dict[str, Any] = {"source": "get_overview_image",
+                                        "dtype": str(image.dtype),
+                                        "calibration": self._calibration_note}
+            if self.calibration is not None:      # the signal, as the session file records it
+                original.update(calibration=self.calibration.as_dict(),
+                                quantity=self.calibration.quantity,
+                                units=self.calibration.units)
             return Frame(image=image, instrument_id=self.instrument_id,
                          settings=self._settings, stage=self._stage, sequence=self._sequence,
-                         original_metadata={"source": "get_overview_image",
-                                            "dtype": str(image.dtype),
-                                            "calibration": calibration})
+                         original_metadata=original)
         serializer = BINARY_SERIALIZER if self.binary else None
         reply = self._call("acquire_frame", self.binary, serializer=serializer)
         return self._frame(reply)
@@ -274,18 +290,16 @@ class DTMicroscopeClient:
         try:
             meta = reply["metadata"]
             image = (from_binary if self.binary else from_tuple)(reply["image"], self.uri)
-            settings = ImagingSettings(**_known(ImagingSettings, meta["settings"]))
-            stage = StagePosition(**_known(StagePosition, meta["stage"]))
-        except (KeyError, TypeError) as exc:
+            original = dict(reply.get("original_metadata") or {})
+            original.update(remote_instrument_id=meta.get("instrument_id"),
+                            transport="binary" if self.binary else "tuple")
+            frame = Frame.from_dict({**meta, "original_metadata": original,
+                                     "evaluation": reply.get("evaluation")}, image,
+                                    instrument_id=self.instrument_id)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ProtocolError(f"malformed acquire_frame reply: {exc!r}", self.uri) from exc
-        original = dict(reply.get("original_metadata") or {})
-        original.update(remote_instrument_id=meta.get("instrument_id"),
-                        transport="binary" if self.binary else "tuple")
-        self._settings, self._stage = settings, stage
-        return Frame(image=image, instrument_id=self.instrument_id, settings=settings,
-                     stage=stage, sequence=int(meta.get("sequence", 0)),
-                     frame_id=str(meta["frame_id"]), timestamp=float(meta["timestamp"]),
-                     original_metadata=original, evaluation=dict(reply.get("evaluation") or {}))
+        self._settings, self._stage = frame.settings, frame.stage
+        return frame
 
     def close(self) -> None:
         with self._lock:

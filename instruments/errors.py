@@ -28,7 +28,13 @@ class RemoteError(InstrumentError):
 
 
 class BadFrame(InstrumentError):
-    """An acquired frame is unusable: non-finite, wrong shape/dtype, saturated or empty."""
+    """An acquired frame is unusable: non-finite, wrong shape/dtype, saturated or empty;
+    `fault` names which (nan_frame, inf_frame, wrong_shape, bad_dtype, empty_frame,
+    saturated_frame, or bad_frame when unknown)."""
+
+    def __init__(self, message: str, where: str = "", fault: str = "bad_frame") -> None:
+        self.fault = fault
+        super().__init__(message, where)
 
 
 class SafetyRefused(InstrumentError):

@@ -17,6 +17,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from instruments import atomic_file
 from instruments.frame import Frame
+from instruments.image8 import MIN_MAX, to_uint8
 from instruments.replay import ReplayExhausted, ReplayMicroscope, ReplaySourceError
 from instruments.session_layout import SessionFileError
 
@@ -25,20 +26,6 @@ FORMATS = ("png", "tiff")
 
 class ExportError(SessionFileError):
     """The frames cannot be exported (unreadable input, unwritable output folder)."""
-
-
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """Min-max scale the finite values to 0..255; constant images and non-finite pixels
-    (NaN/inf, e.g. in foreign NSID files) become 0."""
-    arr = np.asarray(image, dtype=np.float64)
-    finite = np.isfinite(arr)
-    if not finite.any():
-        return np.zeros(arr.shape, dtype=np.uint8)
-    lo, hi = float(arr[finite].min()), float(arr[finite].max())
-    if hi <= lo:
-        return np.zeros(arr.shape, dtype=np.uint8)
-    scaled = np.where(finite, (arr - lo) / (hi - lo) * 255.0, 0.0)
-    return np.round(scaled).astype(np.uint8)
 
 
 def _description(frame: Frame) -> dict:
@@ -53,7 +40,7 @@ def _write_png(frame: Frame, path: Path) -> None:
     for key, value in _description(frame).items():
         info.add_text(key, json.dumps(value))
     with atomic_file.atomic_path(path) as tmp:
-        Image.fromarray(to_uint8(frame.image), mode="L").save(tmp, pnginfo=info)
+        Image.fromarray(to_uint8(frame.image, MIN_MAX), mode="L").save(tmp, pnginfo=info)
 
 
 def _write_tiff(frame: Frame, path: Path) -> None:

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
+
+
+def dataclass_from(cls: type, values: Mapping[str, Any]) -> Any:
+    """An instance of dataclass `cls` from the keys of `values` it knows (others ignored,
+    missing ones default)."""
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in values.items() if k in names})
 
 
 @dataclass(frozen=True)
@@ -84,3 +92,28 @@ class Frame:
                       "stage_xyz": "m", "tilt": "deg", "beam_energy": "eV",
                       "beam_current": "A"},
         }
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything but the pixels: `metadata()` plus the instrument's original metadata
+        and the evaluation truth. The one dict form a Frame is stored and sent in."""
+        return {**self.metadata(), "original_metadata": dict(self.original_metadata),
+                "evaluation": dict(self.evaluation)}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], image: np.ndarray,
+                  **overrides: Any) -> Frame:
+        """The Frame `to_dict` described, with `image`. "frame_id", "settings" and "stage"
+        are required (KeyError); unknown keys are ignored, other missing ones default;
+        `overrides` replace fields (e.g. the client's own instrument_id)."""
+        fields_ = {
+            "frame_id": str(values["frame_id"]),
+            "settings": dataclass_from(ImagingSettings, values["settings"]),
+            "stage": dataclass_from(StagePosition, values["stage"]),
+            "instrument_id": str(values.get("instrument_id", "")),
+            "sequence": int(values.get("sequence", 0)),
+            "original_metadata": dict(values.get("original_metadata") or {}),
+            "evaluation": dict(values.get("evaluation") or {}),
+        }
+        if values.get("timestamp") is not None:
+            fields_["timestamp"] = float(values["timestamp"])
+        return cls(image=image, **{**fields_, **overrides})

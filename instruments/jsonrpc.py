@@ -69,9 +69,15 @@ def remote_error(text: str, where: str = "", what: str = "server") -> Instrument
 
 def parse_reply(payload: bytes, expected_id: int, where: str = "") -> Any:
     """Decode a reply payload and return its result, or raise the typed error it carries."""
+    return decode_reply(payload, expected_id, where)["result"]
+
+
+def decode_reply(payload: bytes, expected_id: int, where: str = "") -> dict[str, Any]:
+    """Decode a reply payload into its message (with a `result`), or raise the typed error
+    it carries."""
     try:
         reply = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ProtocolError(f"reply is not valid JSON: {exc}", where) from exc
     if not isinstance(reply, dict):
         raise ProtocolError(f"reply is a {type(reply).__name__}, not a JSON object", where)
@@ -88,12 +94,16 @@ def parse_reply(payload: bytes, expected_id: int, where: str = "") -> Any:
     if "id" in reply and reply["id"] is not None and reply["id"] != expected_id:
         raise ProtocolError(f"reply id {reply['id']!r} does not match request id "
                             f"{expected_id}", where)
-    return reply["result"]
+    return reply
 
 
 def parse_request(payload: bytes) -> tuple[Any, str, dict[str, Any] | list[Any]]:
-    """Decode a request payload into (id, method, params); ValueError if it is not one."""
-    message = json.loads(payload.decode("utf-8"))
+    """Decode a request payload into (id, method, params); ValueError if it is not one
+    (also for JSON nested too deep to decode)."""
+    try:
+        message = json.loads(payload.decode("utf-8"))
+    except RecursionError as exc:
+        raise ValueError("JSON nested too deeply") from exc
     if not isinstance(message, dict) or not isinstance(message.get("method"), str):
         raise ValueError("request must be a JSON object with a string 'method'")
     params = message.get("params", {})

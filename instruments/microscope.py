@@ -22,6 +22,7 @@ class Capabilities:
     has_overview: bool = False
     has_spectra: bool = False
     spectrum_channel: str | None = None   # key of a spectrum image served with the overview
+    replays_stored: bool = False          # serves stored frames in order: cannot image again
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

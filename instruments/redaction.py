@@ -3,8 +3,9 @@ environment (OPENAI_API_KEY and every *_API_KEY / *_TOKEN / *_SECRET), keys regi
 code that uses them (the adjudicator's), `Authorization` header values and `sk-` style tokens
 are replaced by `[redacted]`.
 
-`redact` works on text, `redact_value` on JSON-like values; `install_log_redaction` makes every
-log record (message and traceback) pass through `redact`.
+`redact` works on text, `redact_value` on JSON-like values, `redact_bytes` on encoded data (known
+secret values only, length kept); `install_log_redaction` makes every log record (message and
+traceback) pass through `redact`.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ MIN_SECRET = 8                                   # shorter values are not treate
 _SECRET_ENV = re.compile(r"(API_KEY|APIKEY|TOKEN|SECRET|PASSWORD)$", re.IGNORECASE)
 _PATTERNS = (
     # Authorization: Bearer X / "authorization": "Basic X" / authorization=X
-    re.compile(r"""(?i)(authorization["']?\s*[:=]\s*["']?)(?:(?:bearer|basic|token)\s+)?"""
-               r"""[^\s"',;}\]]+"""),
+    re.compile(r"""(?i)(authorization["']?\s*[:=]\s*["']?)(?:(?:bearer|basic|token)\s+)?+"""
+               r"""(?!(?:null|true|false|\d+)\b|\[redacted\])[^\s"',;}\]]+"""),
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"),
     re.compile(r"()\bsk-[A-Za-z0-9_-]{8,}"),
     re.compile(r"""(?i)((?:api[_-]?key|x-api-key)["']?\s*[:=]\s*["']?)[^\s"',;}\]]{8,}"""),
@@ -52,6 +53,16 @@ def redact(text: str) -> str:
     for pattern in _PATTERNS:
         text = pattern.sub(lambda m: m.group(1) + MASK, text)
     return text
+
+
+def redact_bytes(data: bytes) -> bytes:
+    """`data` (any encoding of text: msgpack, UTF-8 JSON) with every known secret value
+    overwritten by as many `*`: lengths stay, so length-prefixed formats stay readable."""
+    for secret in _secrets():
+        raw = secret.encode()
+        if raw in data:
+            data = data.replace(raw, b"*" * len(raw))
+    return data
 
 
 def redact_value(value: Any) -> Any:

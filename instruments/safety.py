@@ -10,10 +10,20 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from instruments.errors import ApprovalRequired, SafetyRefused
+from instruments.errors import (
+    ApprovalRequired,
+    BadFrame,
+    InstrumentError,
+    InstrumentTimeout,
+    InstrumentUnreachable,
+    ProtocolError,
+    RemoteError,
+    SafetyRefused,
+)
 from instruments.frame import Frame, ImagingSettings, StagePosition
 from instruments.frame_checks import check_image
 from instruments.microscope import Capabilities, InstrumentStatus, Microscope
@@ -39,6 +49,42 @@ class SafetyEnvelope:
         return asdict(self)
 
 
+_RANGES = ("stage_x", "stage_y", "stage_z", "tilt", "fov", "dwell")
+_SCALARS = {"max_dose_per_nm2": float, "max_moves": int}
+
+
+def _range(name: str, value: Any) -> tuple[float, float]:
+    if (not isinstance(value, list | tuple) or len(value) != 2
+            or not all(isinstance(v, int | float) and math.isfinite(v) for v in value)
+            or value[0] > value[1]):
+        raise ValueError(f"envelope {name}: expected [min, max] with min <= max, got {value!r}")
+    return float(value[0]), float(value[1])
+
+
+def envelope_from_dict(values: dict[str, Any]) -> SafetyEnvelope:
+    """A SafetyEnvelope from JSON-shaped values (lists for ranges; `free_zone` as
+    [[x0, x1], [y0, y1]] or null); ValueError naming the bad key."""
+    known = set(_RANGES) | set(_SCALARS) | {"free_zone"}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown envelope keys {unknown}; known: {sorted(known)}")
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        if name in _RANGES:
+            out[name] = _range(name, value)
+        elif name in _SCALARS:
+            try:
+                out[name] = _SCALARS[name](value)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"envelope {name}: {value!r} is not a number") from exc
+        elif value is not None:
+            if not isinstance(value, list | tuple) or len(value) != 2:
+                raise ValueError(f"envelope free_zone: expected [[x0, x1], [y0, y1]], got "
+                                 f"{value!r}")
+            out[name] = (_range("free_zone x", value[0]), _range("free_zone y", value[1]))
+    return SafetyEnvelope(**out)
+
+
 def dose_per_nm2(settings: ImagingSettings) -> float:
     """Electrons per nm^2 delivered by one scan with these settings."""
     electrons_per_pixel = settings.beam_current * settings.dwell / ELEMENTARY_CHARGE
@@ -60,10 +106,30 @@ class Approval:
     timestamp: float = field(default_factory=time.time)
 
 
-class GuardedMicroscope:
-    """Wraps any Microscope; enforces the envelope and validates frames."""
+STAGE_TOLERANCE_M = 1e-9          # a stage further than this from its target did not get there
+SLOW_FRAME_MARGIN_S = 0.1         # a frame later than twice its scan time plus this is slow
 
-    def __init__(self, inner: Microscope, envelope: SafetyEnvelope | None = None) -> None:
+
+def fault_kind(exc: InstrumentError) -> str:
+    """The incident kind of an instrument error."""
+    if isinstance(exc, BadFrame):
+        return exc.fault
+    return {InstrumentTimeout: "timeout", InstrumentUnreachable: "disconnect",
+            ProtocolError: "protocol_error", RemoteError: "remote_error"}.get(
+        type(exc), type(exc).__name__)
+
+
+class GuardedMicroscope:
+    """Wraps any Microscope; enforces the envelope and validates frames. Every fault it sees
+    (a bad frame, a timeout, a dropped connection, a stage that did not reach its target, a
+    slow frame) is reported to `on_incident(kind, message, **extra)` (the session file's
+    incident log), whether or not the caller recovers from it; faults met before a receiver
+    is set are kept and handed over when it is."""
+
+    def __init__(self, inner: Microscope, envelope: SafetyEnvelope | None = None,
+                 on_incident: Callable[..., None] | None = None) -> None:
+        self._on_incident = on_incident
+        self._held: list[tuple[str, str, dict[str, Any]]] = []
         self.inner = inner
         self.envelope = envelope or SafetyEnvelope()
         self.instrument_id = inner.instrument_id
@@ -113,23 +179,55 @@ class GuardedMicroscope:
         """Record a human approval for exactly one stage target (consumed by the move)."""
         self._pending.append(approval)
 
+    @property
+    def on_incident(self) -> Callable[..., None] | None:
+        return self._on_incident
+
+    @on_incident.setter
+    def on_incident(self, receiver: Callable[..., None] | None) -> None:
+        self._on_incident = receiver
+        held, self._held = self._held, []
+        for kind, message, extra in held:
+            self._incident(kind, message, **extra)
+
+    def _incident(self, kind: str, message: str, **extra: Any) -> None:
+        if self._on_incident is None:
+            self._held.append((kind, message, extra))
+        else:
+            self._on_incident(kind, message, **extra)
+
+    def _call(self, what: str, func: Callable[..., Any], *args: Any) -> Any:
+        """Run one instrument call; its instrument error is reported, then raised."""
+        try:
+            return func(*args)
+        except SafetyRefused:
+            raise
+        except InstrumentError as exc:
+            self._incident(fault_kind(exc), str(exc), call=what)
+            raise
+
     # --- Microscope ---------------------------------------------------------------------
     def status(self) -> InstrumentStatus:
-        return self.inner.status()
+        return self._call("status", self.inner.status)
 
     def capabilities(self) -> Capabilities:
         return self.inner.capabilities()
 
     def set_imaging(self, settings: ImagingSettings) -> ImagingSettings:
         self.check_settings(settings)
-        applied = self.inner.set_imaging(settings)
+        applied = self._call("set_imaging", self.inner.set_imaging, settings)
         self._settings = applied
         return applied
 
     def move_stage(self, position: StagePosition) -> StagePosition:
         self.check_move(position)
-        reached = self.inner.move_stage(position)
+        reached = self._call("move_stage", self.inner.move_stage, position)
         self.moves += 1
+        if max(abs(reached.x - position.x), abs(reached.y - position.y)) > STAGE_TOLERANCE_M:
+            self._incident("stage_not_reached",
+                           f"stage asked to ({position.x:.6g}, {position.y:.6g}) m reports "
+                           f"({reached.x:.6g}, {reached.y:.6g}) m",
+                           target=position.as_dict(), reached=reached.as_dict())
         for approval in list(self._pending):
             if approval.target == position:
                 self._pending.remove(approval)
@@ -137,9 +235,20 @@ class GuardedMicroscope:
         return reached
 
     def acquire(self) -> Frame:
-        frame = self.inner.acquire()
+        started = time.perf_counter()
+        frame = self._call("acquire", self.inner.acquire)
+        took = time.perf_counter() - started
         expected = self._settings.pixels if self._settings is not None else None
-        frame.image = check_image(frame.image, expected, where=self.instrument_id)
+        try:
+            frame.image = check_image(frame.image, expected, where=self.instrument_id)
+        except BadFrame as exc:
+            self._incident(exc.fault, str(exc), call="acquire")
+            raise
+        s = frame.settings
+        scan_s = s.pixels * s.pixels * s.dwell
+        if took > 2 * scan_s + SLOW_FRAME_MARGIN_S:
+            self._incident("slow_frame", f"frame took {took:.3f} s for a {scan_s:.3f} s scan",
+                           frame_id=frame.frame_id, seconds=round(took, 4))
         return frame
 
     def close(self) -> None:

@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -50,6 +51,7 @@ from instruments.session_layout import (
     FORMAT_NAME,
     FORMAT_VERSION,
     FRAME_JSON,
+    INCIDENTS,
     MEASUREMENT_GROUP,
     NSID_GROUP,
     PENDING_GROUP,
@@ -416,6 +418,25 @@ class SessionWriter:
             self._file.flush()
         except OSError as exc:
             raise write_error(exc, "storing provenance", self.path) from exc
+
+    def record_incident(self, kind: str, message: str, **extra: Any) -> None:
+        """Append one instrument fault (kind, message, extra values) to the incident log and
+        flush; a closed writer ignores it (the session has ended)."""
+        row = to_json({"time": time.time(), "kind": kind, "message": message, **extra},
+                      "incident", self.path, lenient=True)
+        with self._lock:
+            if self._file is None:
+                return
+            try:
+                log = self._file.get(INCIDENTS)
+                if log is None:
+                    log = self._file.create_dataset(INCIDENTS, shape=(0,), maxshape=(None,),
+                                                    chunks=(64,), dtype=h5py.string_dtype())
+                log.resize((log.shape[0] + 1,))
+                log[-1] = row
+                self._file.flush()
+            except OSError as exc:
+                raise write_error(exc, "recording an incident", self.path) from exc
 
     def close(self, status: str = "completed", reason: str = "") -> None:
         """Record the closing status (completed / interrupted / failed) and close the file.

@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from instruments.redaction import redact_value
+
 FORMAT_NAME = "micagent-session"
 FORMAT_VERSION = 2
 
@@ -47,6 +49,9 @@ PROVENANCE = "micagent/provenance"
 # the previous provenance, written before every in-place update of PROVENANCE: a kill during
 # that update can leave PROVENANCE pointing at a heap object that never reached the disk
 PROVENANCE_BACKUP = "micagent/provenance_backup"
+# every instrument fault met during the session, one JSON object per row, appended as it
+# happens (instruments.safety.GuardedMicroscope reports them): {time, kind, message, ...}
+INCIDENTS = "micagent/incidents"
 PENDING_GROUP = "micagent/pending"            # format 1 only
 MEASUREMENT_GROUP = "Measurement_000"
 CHANNEL_PREFIX = "Channel_"
@@ -143,7 +148,9 @@ def _lenient(value: Any) -> Any:
 
 def to_json(value: Any, what: str, path: str = "", lenient: bool = False) -> str:
     """Strict JSON text of `value`, or SessionRecordError naming what could not be stored.
-    `lenient` stores values JSON cannot express as their str() (instrument metadata)."""
+    `lenient` stores values JSON cannot express as their str() (instrument metadata). Every
+    string passes the redaction filter: no key reaches a session file."""
+    value = redact_value(value)
     try:          # plain JSON values (the usual case): the text the general path would make
         return json.dumps(value, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError):

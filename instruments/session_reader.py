@@ -15,17 +15,17 @@ Reader API for other tools (replay, reprocessing)::
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import fields
 from typing import Any
 
 import h5py
 import numpy as np
 
 from instruments.decision_record import DecisionRecord, RecordFormatError, accuracy
-from instruments.frame import Frame, ImagingSettings, StagePosition
+from instruments.frame import Frame
 from instruments.session_layout import (
     ATTR_COMPLETE,
     ATTR_FORMAT,
@@ -34,6 +34,7 @@ from instruments.session_layout import (
     EVALUATION_JSON,
     FORMAT_NAME,
     FRAME_JSON,
+    INCIDENTS,
     MEASUREMENT_GROUP,
     NSID_GROUP,
     PROVENANCE,
@@ -76,11 +77,6 @@ def _nsid_dataset_count(f: h5py.File) -> int:
 
     f.visititems(visit)
     return len(found)
-
-
-def dataclass_from(cls: type, values: dict[str, Any]) -> Any:
-    names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in values.items() if k in names})
 
 
 class SessionReader:
@@ -159,18 +155,9 @@ class SessionReader:
             image = np.asarray(group[main][()], dtype=np.float32)
         except OSError as exc:
             raise SessionFileCorrupt(f"{group.name} image unreadable: {exc}", self.path) from exc
-        evaluation = self._evaluation(group)
-        return Frame(
-            image=image,
-            instrument_id=str(meta.get("instrument_id", "")),
-            settings=dataclass_from(ImagingSettings, meta.get("settings", {})),
-            stage=dataclass_from(StagePosition, meta.get("stage", {})),
-            sequence=int(meta.get("sequence", 0)),
-            frame_id=str(meta.get("frame_id", group.attrs[ATTR_FRAME_ID])),
-            timestamp=float(meta.get("timestamp", 0.0)),
-            original_metadata=dict(meta.get("original_metadata") or {}),
-            evaluation=dict(evaluation or {}),
-        )
+        return Frame.from_dict({"frame_id": group.attrs[ATTR_FRAME_ID], "settings": {},
+                                "stage": {}, "timestamp": 0.0, **meta,
+                                "evaluation": self._evaluation(group)}, image)
 
     def frame(self, index: int) -> Frame:
         """The index-th stored frame (write order)."""
@@ -206,6 +193,20 @@ class SessionReader:
         """Ground truth per frame (empty dicts where none was stored)."""
         return [self._evaluation(g) for g in self._channels]
 
+    def incidents(self) -> list[dict[str, Any]]:
+        """The instrument faults met during the session, in order (kind, message, time, ...);
+        a row that does not parse is returned as kind `unreadable`."""
+        log = self._file.get(INCIDENTS)
+        if not isinstance(log, h5py.Dataset):
+            return []
+        rows = []
+        for raw in log.asstr()[()]:
+            try:
+                rows.append(json.loads(raw))
+            except ValueError:
+                rows.append({"kind": "unreadable", "message": str(raw)[:200]})
+        return rows
+
     def summary(self) -> dict[str, Any]:
         """The `micagent inspect --json` object."""
         records = self.records()
@@ -221,6 +222,7 @@ class SessionReader:
             "session_id": prov.get("session_id"),
             "status": prov.get("status"),
             "reason": prov.get("reason", ""),
+            "incidents": dict(Counter(i.get("kind") for i in self.incidents())),
             "closed": prov.get("status") != "running",
             "started": prov.get("started"),
             "ended": prov.get("ended"),

@@ -3,12 +3,15 @@
 One persistent TCP connection (re-opened after any failure); every call has a socket
 timeout; replies are framed by their declared length. Implements the Microscope protocol
 on top of the raw methods (get_detectors, activate_device, device_settings, get_stage,
-set_stage, acquire_image, ...).
+set_stage, acquire_image, ...). Where the server offers binary frames (its capabilities say
+`binary_transport`), each connection asks for them, and arrays arrive as raw bytes instead
+of JSON lists (`binary=False` keeps the list path).
 """
 
 from __future__ import annotations
 
 import math
+import select
 import socket
 import threading
 from dataclasses import replace
@@ -25,10 +28,12 @@ from instruments.errors import (
     RemoteError,
 )
 from instruments.frame import Frame, ImagingSettings, StagePosition
-from instruments.jsonrpc import dumps, parse_reply, request
+from instruments.jsonrpc import decode_reply, dumps, request
 from instruments.microscope import Capabilities, InstrumentStatus
 from instruments.netstring import NetstringReader, encode
-from instruments.wire_arrays import from_tuple
+from instruments.wire_arrays import as_array, attach_buffers
+
+BINARY_TRANSPORTS = ("netstring-buffers-1",)
 
 DEFAULT_PORT = 9093
 VACUUM_OK_BELOW = 1e-3
@@ -38,19 +43,25 @@ class TemClient:
     """A Microscope over the netstring JSON-RPC TEM protocol."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
-                 timeout: float = 10.0) -> None:
+                 timeout: float = 10.0, binary: bool = True) -> None:
         self.host, self.port, self.timeout = host, port, timeout
         self.instrument_id = f"tem://{host}:{port}"
         self._lock = threading.RLock()
         self._sock: socket.socket | None = None
         self._reader: NetstringReader | None = None
         self._next_id = 1
+        self.binary = False
         self._connect()
         try:
             self.server_info: dict[str, Any] | None = self._call("get_capabilities")
         except RemoteError:  # DTMicroscope's own server has no get_capabilities
             self.server_info = None
-        self._settings = ImagingSettings()
+        if binary and self.server_info and (self.server_info.get("binary_transport")
+                                            in BINARY_TRANSPORTS):
+            with self._lock:
+                self.binary = True
+                self._negotiate()
+        self._settings = self._readback() or ImagingSettings()
         self._sequence = 0
 
     # --- transport ------------------------------------------------------------------------
@@ -65,22 +76,64 @@ class TemClient:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock = sock
         self._reader = NetstringReader(sock, where=self.instrument_id)
+        if self.binary:
+            self._negotiate()
+
+    def _negotiate(self) -> None:
+        """Ask this connection's server side for binary frames."""
+        try:
+            self._exchange("set_transport", {"binary": True})
+        except InstrumentError:
+            self._disconnect()
+            raise
 
     def _disconnect(self) -> None:
         if self._sock is not None:
             self._sock.close()
         self._sock, self._reader = None, None
 
+    def _exchange(self, method: str, params: dict[str, Any] | None) -> Any:
+        """Send one request on the open connection and read its reply (and the raw buffers
+        a binary reply announces)."""
+        request_id, self._next_id = self._next_id, self._next_id + 1
+        self._sock.sendall(encode(dumps(request(request_id, method, params))))
+        payload = self._reader.read()
+        if payload is None:
+            raise InstrumentUnreachable(f"{method}: server closed the connection without "
+                                        "replying", self.instrument_id)
+        reply = decode_reply(payload, request_id, self.instrument_id)
+        sizes = reply.get("buffers")
+        if not sizes:
+            return reply["result"]
+        if not isinstance(sizes, list):
+            raise ProtocolError(f"{method}: malformed buffer list {sizes!r}", self.instrument_id)
+        buffers = []
+        for _ in sizes:
+            buffer = self._reader.read()
+            if buffer is None:
+                raise InstrumentUnreachable(f"{method}: server closed the connection inside "
+                                            "a binary reply", self.instrument_id)
+            buffers.append(buffer)
+        return attach_buffers(reply["result"], buffers, self.instrument_id)
+
+    def _peer_closed(self) -> bool:
+        """Whether the server has closed this connection meanwhile (e.g. its idle timeout):
+        then the next request goes on a new one instead of failing."""
+        try:
+            readable, _, _ = select.select([self._sock], [], [], 0)
+            return bool(readable) and self._sock.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
+
     def _call(self, method: str, params: dict[str, Any] | None = None) -> Any:
         """One request/reply; any transport failure closes the connection."""
         with self._lock:
+            if self._sock is not None and self._peer_closed():
+                self._disconnect()
             if self._sock is None:
                 self._connect()
-            request_id, self._next_id = self._next_id, self._next_id + 1
-            message = encode(dumps(request(request_id, method, params)))
             try:
-                self._sock.sendall(message)
-                payload = self._reader.read()
+                return self._exchange(method, params)
             except TimeoutError as exc:
                 self._disconnect()
                 raise InstrumentTimeout(f"{method}: no reply within {self.timeout} s",
@@ -88,16 +141,9 @@ class TemClient:
             except OSError as exc:
                 self._disconnect()
                 raise InstrumentUnreachable(f"{method}: {exc}", self.instrument_id) from exc
+            except RemoteError:
+                raise                      # the server answered: the connection is fine
             except InstrumentError:
-                self._disconnect()
-                raise
-            if payload is None:
-                self._disconnect()
-                raise InstrumentUnreachable(f"{method}: server closed the connection "
-                                            "without replying", self.instrument_id)
-            try:
-                return parse_reply(payload, request_id, self.instrument_id)
-            except ProtocolError:
                 self._disconnect()
                 raise
 
@@ -124,12 +170,13 @@ class TemClient:
         if reply is None:
             raise RemoteError(f"server returned no image for device {device!r}",
                               self.instrument_id)
-        return from_tuple(reply, self.instrument_id)
+        return as_array(reply, self.instrument_id)
 
     def acquire_image_stack(self, device: str, **settings: Any) -> Any:
         reply = self._call("acquire_image_stack", {"device": device, **settings})
-        if isinstance(reply, list) and len(reply) == 3 and isinstance(reply[2], str):
-            return from_tuple(reply, self.instrument_id)
+        if isinstance(reply, np.ndarray) or (isinstance(reply, list) and len(reply) == 3
+                                             and isinstance(reply[2], str)):
+            return as_array(reply, self.instrument_id)
         return reply
 
     def acquire_spectrum(self, device: str, **settings: Any) -> np.ndarray:
@@ -182,15 +229,27 @@ class TemClient:
         device = settings.detector
         if not self.activate_device(device):
             raise RemoteError(f"server does not know device {device!r}", self.instrument_id)
-        done = self.device_settings(device, size=settings.pixels, dwell_time=settings.dwell,
-                                    field_of_view=[settings.fov, settings.fov],
-                                    defocus=settings.defocus,
-                                    beam_energy=settings.beam_energy,
-                                    beam_current=settings.beam_current)
+        wanted = {"size": settings.pixels, "dwell_time": settings.dwell,
+                  "field_of_view": [settings.fov, settings.fov], "defocus": settings.defocus,
+                  "beam_energy": settings.beam_energy, "beam_current": settings.beam_current}
+        settable = (self.server_info or {}).get("settings")
+        if isinstance(settable, list):   # a server that lists its settings gets only those
+            wanted = {k: v for k, v in wanted.items() if k in settable}
+        done = self.device_settings(device, **wanted)
         if not done:
             raise RemoteError(f"server refused settings for {device!r}", self.instrument_id)
-        self._settings = settings
-        return settings
+        self._settings = self._readback() or settings
+        return self._settings
+
+    def _readback(self) -> ImagingSettings | None:
+        """The settings the instrument holds, where the server reports them."""
+        if not (self.server_info or {}).get("imaging_readback"):
+            return None
+        try:
+            return ImagingSettings(**self._call("get_imaging"))
+        except TypeError as exc:
+            raise ProtocolError(f"malformed get_imaging reply: {exc}",
+                                self.instrument_id) from exc
 
     def move_stage(self, position: StagePosition) -> StagePosition:
         self.set_stage({"x": position.x, "y": position.y, "z": position.z,
@@ -215,17 +274,14 @@ class TemClient:
     def _frame(self, reply: dict[str, Any]) -> Frame:
         try:
             meta = reply["metadata"]
-            image = from_tuple(reply["image"], self.instrument_id)
-            settings = ImagingSettings(**meta["settings"])
-            stage = StagePosition(**meta["stage"])
+            image = as_array(reply["image"], self.instrument_id)
             original = dict(reply.get("original_metadata") or {})
-            original.update(remote_instrument_id=meta.get("instrument_id"), transport="json")
-            return Frame(image=image, instrument_id=self.instrument_id, settings=settings,
-                         stage=stage, sequence=int(meta.get("sequence", 0)),
-                         frame_id=str(meta["frame_id"]), timestamp=float(meta["timestamp"]),
-                         original_metadata=original,
-                         evaluation=dict(reply.get("evaluation") or {}))
-        except (KeyError, TypeError, AttributeError) as exc:
+            original.update(remote_instrument_id=meta.get("instrument_id"),
+                            transport="binary" if self.binary else "json")
+            return Frame.from_dict({**meta, "original_metadata": original,
+                                    "evaluation": reply.get("evaluation")}, image,
+                                   instrument_id=self.instrument_id)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ProtocolError(f"malformed acquire_frame reply: {exc!r}",
                                 self.instrument_id) from exc
 

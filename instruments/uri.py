@@ -3,7 +3,8 @@
 `open_instrument` turns one into a connected Microscope. `twin` comes from the caller's
 `local_factories` (the instrument layer does not import the twins); a missing port takes
 the protocol's default (dtm 9091, tem 9093). A `dtm://` URI may name an NSID file to
-register on a DTMicroscope STEM server: `dtm://HOST:PORT?data=/path/file.h5`.
+register on a DTMicroscope STEM server: `dtm://HOST:PORT?data=/path/file.h5`; either network
+scheme takes the seconds a call may wait for its reply: `tem://HOST:PORT?timeout=2.5`.
 """
 
 from __future__ import annotations
@@ -64,6 +65,14 @@ def open_instrument(uri: str,
     if scheme not in SCHEMES:
         raise _unknown(uri, f"unknown instrument scheme {scheme!r}")
     kind, host, port, query = parse_address(text)
+    if "timeout" in query:
+        try:
+            timeout = float(query["timeout"][0])
+        except ValueError:
+            timeout = 0.0
+        if not timeout > 0:
+            raise _unknown(uri, f"timeout must be a positive number of seconds, got "
+                                f"{query['timeout'][0]!r}")
     if kind == "tem":
         from instruments.tem_client import TemClient
 

@@ -1,5 +1,7 @@
-"""Arrays on the wire: DTMicroscope's `(array.tolist(), shape, dtype_str)` tuples and our
-binary form `{"data": bytes, "shape": [...], "dtype": str}` (C order, native dtype)."""
+"""Arrays on the wire: DTMicroscope's `(array.tolist(), shape, dtype_str)` tuples, our
+Pyro5 binary form `{"data": bytes, "shape": [...], "dtype": str}` (C order, native dtype),
+and the netstring protocol's buffer references `{"__array__": i, "shape", "dtype"}` whose
+bytes travel as the i-th raw netstring after the JSON reply."""
 
 from __future__ import annotations
 
@@ -69,3 +71,51 @@ def from_binary(reply: Any, where: str = "") -> np.ndarray:
         raise ProtocolError(f"binary array has {len(data)} bytes; shape {shape} of {dtype} "
                             f"needs {expected}", where)
     return np.frombuffer(data, dtype=dtype).reshape(shape).copy()
+
+
+def buffer_ref(index: int, array: np.ndarray) -> dict[str, Any]:
+    """The JSON stand-in for an array sent as raw netstring number `index`."""
+    return {"__array__": index, "shape": list(array.shape), "dtype": array.dtype.str}
+
+
+def raw_bytes(array: np.ndarray) -> memoryview:
+    """The array's bytes in C order, without a copy where it is already contiguous."""
+    array = np.asarray(array)
+    if not array.flags.c_contiguous:
+        array = array.copy(order="C")
+    return memoryview(array.reshape(-1).view(np.uint8))
+
+
+def from_buffer(ref: dict[str, Any], buffers: list[Any], where: str = "") -> np.ndarray:
+    """The array a buffer reference names (writable; shares the received buffer)."""
+    index = ref.get("__array__")
+    if not isinstance(index, int) or not 0 <= index < len(buffers):
+        raise ProtocolError(f"buffer reference {index!r} names none of the {len(buffers)} "
+                            "buffers sent", where)
+    shape, dtype = _shape(ref.get("shape"), where), _dtype(ref.get("dtype"), where)
+    data = buffers[index]
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(data) != expected:
+        raise ProtocolError(f"binary buffer has {len(data)} bytes; shape {shape} of {dtype} "
+                            f"needs {expected}", where)
+    if not isinstance(data, bytearray):
+        data = bytearray(data)
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
+
+
+def attach_buffers(value: Any, buffers: list[Any], where: str = "") -> Any:
+    """`value` with every buffer reference replaced by its array."""
+    if isinstance(value, dict):
+        if "__array__" in value:
+            return from_buffer(value, buffers, where)
+        return {k: attach_buffers(v, buffers, where) for k, v in value.items()}
+    if isinstance(value, list):
+        return [attach_buffers(v, buffers, where) for v in value]
+    return value
+
+
+def as_array(reply: Any, where: str = "") -> np.ndarray:
+    """An array reply in either netstring form: already decoded, or a (list, shape, dtype)."""
+    if isinstance(reply, np.ndarray):
+        return reply
+    return from_tuple(reply, where)

@@ -26,14 +26,16 @@ class NsidFile:
     overview: np.ndarray
     pixel_m: float
     quantity: str
+    units: str
     spectrum_channel: str | None = None
     cube: np.ndarray | None = None
     energies: np.ndarray | None = None
 
 
-def write_spectral_nsid(path: Path, side: int = 128) -> NsidFile:
-    """An NSID file written by pyNSID: an IMAGE (Channel_000, `side` px, 2 nm pixels) and a
-    SPECTRAL_IMAGE of 16 energies (Channel_001) over the same pixels."""
+def write_spectral_nsid(path: Path, side: int = 128, more_images: int = 0) -> NsidFile:
+    """An NSID file written by pyNSID: an IMAGE (Channel_000, `side` px, 2 nm pixels), a
+    SPECTRAL_IMAGE of 16 energies (Channel_001) over the same pixels, then `more_images`
+    further IMAGEs."""
     import sidpy
     from pyNSID.io.hdf_io import write_nsid_dataset
 
@@ -41,7 +43,10 @@ def write_spectral_nsid(path: Path, side: int = 128) -> NsidFile:
     image = rng.random((side, side)).astype(np.float32)
     cube = rng.random((side, side, len(ENERGIES_EV))).astype(np.float32)
     datasets = []
-    for name, array, kind in (("HAADF", image, "IMAGE"), ("EELS", cube, "SPECTRAL_IMAGE")):
+    channels = [("HAADF", image, "IMAGE"), ("EELS", cube, "SPECTRAL_IMAGE")]
+    channels += [(f"HAADF_{i + 1}", rng.random((side, side)).astype(np.float32), "IMAGE")
+                 for i in range(more_images)]
+    for name, array, kind in channels:
         data = sidpy.Dataset.from_array(array, title=name)
         data.data_type, data.quantity, data.units = kind, name, "counts"
         for axis, label in enumerate("xy"):
@@ -58,7 +63,8 @@ def write_spectral_nsid(path: Path, side: int = 128) -> NsidFile:
         for i, (name, data) in enumerate(datasets):
             write_nsid_dataset(data, group.create_group(f"Channel_{i:03}"),
                                main_data_name=name)
-    return NsidFile(path, image, WRITTEN_PIXEL_M, "HAADF", "Channel_001", cube, ENERGIES_EV)
+    return NsidFile(path, image, WRITTEN_PIXEL_M, "HAADF", "counts", "Channel_001", cube,
+                    ENERGIES_EV)
 
 
 def copy_shared_nsid(folder: Path) -> NsidFile:
@@ -69,4 +75,5 @@ def copy_shared_nsid(folder: Path) -> NsidFile:
     with h5py.File(SHARED_NSID, "r") as f:
         main = f["Measurement_000/Channel_0/Channel_0/Channel_0"]
         x = f["Measurement_000/Channel_0/Channel_0/x"][()]
-        return NsidFile(copy, main[()], float(x[1] - x[0]), main.attrs["quantity"])
+        return NsidFile(copy, main[()], float(x[1] - x[0]), main.attrs["quantity"],
+                        main.attrs["units"])

@@ -74,8 +74,16 @@ def test_run_prints_the_session_id_it_stores_and_a_summary_then_replay_diffs(
     diff = json_line(other.stdout)
     assert diff["frames"] == 3
     assert diff["accuracy"]["old"] is not None and diff["accuracy"]["new"] is not None
-    changed = [r for r in diff["rows"] if r["old_label"] != r["new_label"]]
-    assert diff["changed"] >= len(changed)
+    rows = diff["rows"]
+    assert diff["changed"] == sum((r["old_label"], r["old_route"]) != (r["new_label"],
+                                                                       r["new_route"])
+                                  for r in rows)
+    with SessionReader(out) as reader:
+        images = [frame.image for frame, _ in reader.frames()]
+    expected = [p.label for p in Classifier.load(checkpoints["b"]).classify(images)]
+    confident = [(r["new_label"], label) for r, label in zip(rows, expected, strict=True)
+                 if r["new_route"] == "confident"]
+    assert confident and all(new == label for new, label in confident)   # model b decided
     with SessionReader(out) as reader:          # the replayed file itself is untouched
         assert reader.summary()["frame_ids"] == summary["frame_ids"]
 

@@ -79,3 +79,48 @@ def test_the_error_printer_folds_lines_and_masks_keys(capsys, monkeypatch) -> No
     err = capsys.readouterr().err
     assert err == "error: first [bold]line[/] second [redacted] [x.h5]\n"
     assert one_line("  a\n\n b ") == "a b"
+
+
+def test_a_session_damaged_inside_is_one_error_line_for_every_reading_command(
+        tmp_path: Path) -> None:
+    """Damage past the superblock (a broken object header, a chunk that decodes short) is met
+    only when the data is read: inspect, export and report still answer with one line."""
+    from test_session_file import make_frame, make_record
+    from typer.testing import CliRunner
+
+    from instruments.session_file import SessionWriter
+    from workflows.cli import app
+
+    good = tmp_path / "good.h5"
+    with SessionWriter(good, {"session_id": "damaged"}) as writer:
+        for i in range(3):
+            frame = make_frame(i)
+            writer.write_frame(frame, make_record(frame, "Fibres"))
+    data = good.read_bytes()
+    rng = np.random.default_rng(7)
+    runner = CliRunner()
+    for case in range(30):
+        damaged = bytearray(data)
+        start = int(rng.integers(0, len(data) - 4096))
+        damaged[start:start + 4096] = rng.bytes(4096)
+        path = tmp_path / f"damaged{case}.h5"
+        path.write_bytes(bytes(damaged))
+        for args in (["inspect", str(path)], ["export", str(path), str(tmp_path / "x")],
+                     ["report", str(path), "--out", str(tmp_path / "r")]):
+            result = runner.invoke(app, args)
+            assert result.exception is None or isinstance(result.exception, SystemExit), \
+                (case, args[0], result.exception)
+            if result.exit_code:
+                lines = [x for x in result.stderr.splitlines() if x.strip()]
+                assert result.exit_code == 2 and len(lines) == 1, (case, args[0], lines)
+                assert lines[0].startswith("error: "), lines
+
+
+@pytest.mark.parametrize("kind", ["random", "missing", "nan"])
+def test_twin_serve_with_an_unreadable_data_file_is_one_error_line(tmp_path: Path,
+                                                                    kind: str) -> None:
+    path = _bad_inputs(tmp_path)[kind]
+    result = _micagent("twin", "serve", "--protocol", "dtm", "--port", "0", "--data",
+                       str(path), cwd=tmp_path)
+    _assert_one_line_error(result)
+    assert "cannot serve the twin" in result.stderr

@@ -93,10 +93,31 @@ def test_the_client_asks_what_the_server_offers(server, nsid):
         np.testing.assert_array_equal(frame.image, nsid.overview.astype(np.float32))
         assert frame.settings.pixel_size == pytest.approx(nsid.pixel_m)
         assert frame.settings.detector == nsid.quantity
+        assert (frame.original_metadata["quantity"], frame.original_metadata["units"]) == (
+            nsid.quantity, nsid.units)
         assert frame.original_metadata["calibration"]["pixel_size_m"] == pytest.approx(
             nsid.pixel_m)
         with pytest.raises(InstrumentError, match="no stage"):
             client.move_stage(frame.stage)
+    finally:
+        client.close()
+
+
+def test_a_lost_connection_comes_back_with_the_microscope_and_data_set_up_again(server,
+                                                                               nsid):
+    """DTMicroscope's server makes one MicroscopeServer per connection: after the client's
+    connection is gone, the new one knows nothing of the registered file unless the client
+    sets it up again."""
+    client = DTMicroscopeClient(server.host, server.port, timeout=60)
+    try:
+        client.initialize_microscope("STEM")
+        client.register_data(str(nsid.path))
+        first = client.acquire()
+        client._proxy._pyroRelease()              # the connection is lost
+        assert client.status().connected
+        again = client.acquire()
+        np.testing.assert_array_equal(again.image, first.image)
+        assert again.settings == first.settings and again.frame_id != first.frame_id
     finally:
         client.close()
 
@@ -114,6 +135,9 @@ def test_micagent_run_records_tiles_with_the_files_calibration(server, nsid, tmp
                                PYTHONPATH=str(REPO)),
         capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
+    noise = [line for line in (result.stdout + result.stderr).splitlines()
+             if "Warning" in line or "warn(" in line]
+    assert noise == []                    # sidpy's and pycroscopy's went to the session log
     with SessionReader(str(out)) as reader:
         summary = reader.summary()
         stored = list(reader.frames())
@@ -133,6 +157,7 @@ def test_micagent_run_records_tiles_with_the_files_calibration(server, nsid, tmp
     images = [d for d in datasets.values() if d.ndim == 2]
     assert len(images) == frames
     for dataset in images:
+        assert (dataset.quantity, dataset.units) == (nsid.quantity, nsid.units)
         for axis in (dataset.x, dataset.y):
             assert axis.units == "m"
             assert np.diff(axis.values) == pytest.approx(nsid.pixel_m, rel=1e-6)

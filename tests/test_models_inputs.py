@@ -105,10 +105,16 @@ def test_empty_descriptions_and_missing_encoder_files_are_refused(tmp_path):
         TextBranch(FusionConfig(n_classes=1, text_encoder=str(tmp_path)), ["x"])
 
 
-def test_lists_of_differently_sized_frames_classify(vit_classifier):
-    preds = vit_classifier.classify([np.random.rand(100, 80), np.random.rand(512, 512) * 1e4])
-    assert len(preds) == 2 and all(p.label in ("a", "b") for p in preds)
-    assert preds[0].embedding.shape == (64,)
+def test_lists_of_differently_sized_frames_classify_as_each_frame_alone(vit_classifier):
+    rng = np.random.default_rng(0)
+    frames = [rng.random((100, 80)), rng.random((512, 512)) * 1e4]
+    preds = vit_classifier.classify(frames)
+    alone = [vit_classifier.classify([frame])[0] for frame in frames]
+    assert len(preds) == 2 and preds[0].embedding.shape == (64,)
+    for batched, single in zip(preds, alone, strict=True):
+        np.testing.assert_allclose(batched.probabilities, single.probabilities, atol=1e-5)
+        np.testing.assert_allclose(batched.embedding, single.embedding, atol=1e-4)
+        assert batched.probabilities.sum() == pytest.approx(1.0, abs=1e-5)
 
 
 def test_an_rgb_model_takes_grayscale_and_colour_frames():

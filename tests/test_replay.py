@@ -33,7 +33,7 @@ def test_replay_of_a_session_serves_its_frames_in_order(tmp_path: Path) -> None:
     assert isinstance(replay, Microscope)
     assert (replay.kind, len(replay)) == ("session", 3)
     caps = replay.capabilities()
-    assert caps.can_move_stage is False and caps.detectors == ("SE",)
+    assert caps.can_move_stage is False and caps.detectors == ("SE",) and caps.replays_stored
     assert caps.fov_range == (frames[0].settings.fov, frames[2].settings.fov)
     assert replay.status().stage == frames[0].stage
 

@@ -124,3 +124,24 @@ def test_good_frame_passes_as_float32():
     guard = GuardedMicroscope(RecordingMicroscope())
     frame = guard.acquire()
     assert frame.image.dtype == np.float32 and frame.shape == (8, 8)
+
+
+def test_envelope_from_the_command_line_file_limits_and_free_zone(tmp_path):
+    from instruments.safety import envelope_from_dict
+    from workflows.envelope_options import envelope_values
+
+    path = tmp_path / "envelope.json"
+    path.write_text('{"fov": [1e-9, 1e-6], "max_moves": 50, "stage_x": [-1e-6, 1e-6]}')
+    values = envelope_values(str(path), ["stage_x=-5e-7:5e-7", "max_dose_per_nm2=1e5"],
+                             "-2e-7:2e-7,-1e-7:1e-7")
+    envelope = envelope_from_dict(values)
+    assert envelope.fov == (1e-9, 1e-6) and envelope.max_moves == 50
+    assert envelope.stage_x == (-5e-7, 5e-7) and envelope.max_dose_per_nm2 == 1e5
+    assert envelope.free_zone == ((-2e-7, 2e-7), (-1e-7, 1e-7))
+    for args, message in (((None, ["speed=1:2"], None), "unknown envelope keys"),
+                          ((None, ["fov=2:1"], None), "min <= max"),
+                          ((None, ["fov"], None), "KEY=MIN:MAX"),
+                          ((None, [], "1:2"), "X0:X1,Y0:Y1"),
+                          ((str(tmp_path / "none.json"), [], None), "none.json")):
+        with pytest.raises(ValueError, match=message):
+            envelope_values(*args)

@@ -84,11 +84,13 @@ def test_export_png_and_tiff(session, tmp_path: Path) -> None:
 
 
 def test_png_scaling_handles_constant_and_non_finite_pixels() -> None:
-    from instruments.export import to_uint8
+    from instruments.image8 import MIN_MAX, to_uint8
 
-    assert to_uint8(np.full((4, 4), 3.0)).max() == 0
+    assert to_uint8(np.full((4, 4), 3.0)).max() == 0 == to_uint8(np.full(3, np.nan)).max()
     img = np.array([[0.0, 1.0], [np.nan, np.inf]])
-    np.testing.assert_array_equal(to_uint8(img), [[0, 255], [0, 0]])
+    np.testing.assert_array_equal(to_uint8(img, MIN_MAX), [[0, 255], [0, 0]])
+    ramp = to_uint8(np.arange(1001.0))          # auto contrast: 0.5th..99.5th percentile
+    assert (ramp[0], ramp[5], ramp[500], ramp[995], ramp[1000]) == (0, 0, 128, 255, 255)
 
 
 def test_export_of_a_real_nsid_file_and_to_an_unwritable_folder(shared_nsid_file: Path,

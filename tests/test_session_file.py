@@ -196,7 +196,7 @@ def test_the_dtmicroscope_server_registers_a_session_and_serves_frame_0(session)
     from twins.dtm_server import DTMicroscopeService
 
     path, frames, _ = session
-    service = DTMicroscopeService(twin=None)
+    service = DTMicroscopeService(twin=None, data_root=path.parent)
     service.initialize_microscope("STEM")
     service.register_data(str(path))
     values, shape, _dtype = service.get_overview_image()

@@ -13,16 +13,11 @@ import pytest
 from twin_process import served_twin
 
 from instruments.errors import (
-    BadFrame,
-    InstrumentTimeout,
     InstrumentUnreachable,
     ProtocolError,
     RemoteError,
-    SafetyRefused,
 )
 from instruments.frame import ImagingSettings, StagePosition
-from instruments.microscope import Microscope
-from instruments.safety import GuardedMicroscope, SafetyEnvelope
 from instruments.tem_client import TemClient
 
 
@@ -67,9 +62,9 @@ def tem_twin():
         yield served
 
 
-def test_client_drives_the_twin(tem_twin):
+def test_client_drives_the_twin_through_the_tem_methods(tem_twin):
+    """(The Microscope contract itself: test_microscope_contract.py.)"""
     client = TemClient(tem_twin.host, tem_twin.port, timeout=20)
-    assert isinstance(client, Microscope)
     detectors = client.get_detectors()
     assert detectors and set(detectors) == set(client.capabilities().detectors)
     applied = client.set_imaging(ImagingSettings(fov=10e-6, pixels=128,
@@ -109,61 +104,6 @@ def test_server_errors_are_remote_errors(tem_twin):
     with pytest.raises(RemoteError, match="bad parameters"):
         client._call("set_beam_position", {"x": 1})
     assert client.get_detectors()  # the connection survives error replies
-
-
-def test_refused_connection_is_unreachable():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    with pytest.raises(InstrumentUnreachable) as caught:
-        TemClient("127.0.0.1", port, timeout=2)
-    assert str(port) in caught.value.where
-
-
-def test_transport_faults_drop_stall_and_a_killed_server():
-    """Server calls are counted from 1 (call 1: the client's capability query)."""
-    with served_twin("tem", faults="drop@2,stall@4:30,stall@7:30") as served:
-        client = TemClient(served.host, served.port, timeout=1.0)
-        with pytest.raises(InstrumentUnreachable, match="closed") as caught:
-            client.get_stage()  # call 2: the server drops the connection
-        assert f"{served.port}" in caught.value.where
-        assert len(client.get_stage()) == 5  # call 3, on a new connection
-        started = time.monotonic()
-        with pytest.raises(InstrumentTimeout):
-            client.get_stage()  # call 4 stalls 30 s; the client gives up after its 1 s timeout
-        assert time.monotonic() - started < 3.0
-        assert len(client.get_stage()) == 5  # call 5
-        patient = TemClient(served.host, served.port, timeout=20)  # call 6
-        threading.Timer(0.5, served.kill).start()
-        started = time.monotonic()
-        with pytest.raises(InstrumentUnreachable):
-            patient.get_stage()  # call 7 stalls and the server process dies meanwhile
-        assert time.monotonic() - started < 5.0
-
-
-def test_frame_and_stage_faults_arrive_typed():
-    with served_twin("tem", faults="nan@1,shape@2,stuck") as served:
-        client = TemClient(served.host, served.port, timeout=20)
-        guarded = GuardedMicroscope(client)
-        guarded.set_imaging(ImagingSettings(pixels=128))
-        with pytest.raises(BadFrame, match="non-finite"):
-            guarded.acquire()
-        with pytest.raises(BadFrame, match="shape"):
-            guarded.acquire()
-        assert guarded.acquire().shape == (128, 128)
-        before = client.status().stage
-        assert guarded.move_stage(StagePosition(x=1e-5, y=1e-5)) == before  # stuck stage
-        with pytest.raises(SafetyRefused, match="outside travel"):
-            client.move_stage(StagePosition(x=5e-3))  # the twin's own travel limit
-
-
-def test_envelope_refuses_a_move_before_it_reaches_the_server(tem_twin):
-    client = TemClient(tem_twin.host, tem_twin.port, timeout=20)
-    guarded = GuardedMicroscope(client, SafetyEnvelope(stage_x=(-1e-4, 1e-4)))
-    before = client.get_stage()
-    with pytest.raises(SafetyRefused, match="stage x"):
-        guarded.move_stage(StagePosition(x=5e-4))
-    assert client.get_stage() == before
 
 
 def test_reply_is_framed_by_its_declared_length_not_by_a_trailing_comma():

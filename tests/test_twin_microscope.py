@@ -9,7 +9,6 @@ import pytest
 
 from instruments.errors import BadFrame, InstrumentUnreachable, SafetyRefused
 from instruments.frame import ImagingSettings, StagePosition
-from instruments.microscope import Microscope
 from instruments.safety import GuardedMicroscope
 from twins.classes import SEM_CLASSES, SUBSTRATE
 from twins.faults import FaultSpec
@@ -22,19 +21,14 @@ def specimen() -> Specimen:
     return Specimen(seed=11, tile=256)
 
 
-def test_twin_implements_the_microscope_protocol(specimen):
+def test_twin_counts_its_acquisitions_and_refuses_work_once_closed(specimen):
+    """(The Microscope contract itself: test_microscope_contract.py.)"""
     scope = TwinMicroscope(seed=0, specimen=specimen)
-    assert isinstance(scope, Microscope)
-    caps = scope.capabilities()
-    assert {"SE", "BSE"} <= set(caps.detectors)
-    applied = scope.set_imaging(ImagingSettings(fov=10e-6, pixels=128))
-    reached = scope.move_stage(StagePosition(1e-4, -2e-4))
-    frame = scope.acquire()
-    assert frame.image.dtype == np.float32 and frame.shape == (128, 128)
-    assert frame.settings == applied and frame.stage == reached and frame.sequence == 1
-    status = scope.status()
-    assert status.connected and status.stage == reached
+    scope.set_imaging(ImagingSettings(fov=10e-6, pixels=128))
+    assert scope.acquire().sequence == 1 and scope.acquire().sequence == 2
+    assert scope.status().extra["acquisitions"] == 2
     scope.close()
+    assert not scope.status().connected
     with pytest.raises(InstrumentUnreachable):
         scope.acquire()
 

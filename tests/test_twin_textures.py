@@ -14,7 +14,9 @@ def test_every_class_has_several_looks_with_structure():
         for seed in range(12):
             tex = textures.generate(label, np.random.default_rng(seed), 256)
             se, bse = physics.yields(tex.height, tex.material)
-            assert tex.look.startswith(tex.look.split("/")[0]) and tex.height.shape == (256, 256)
+            family, _, name = tex.look.partition("/")      # e.g. "films/cracked"
+            assert family == label.split("_")[0].lower() and name, (label, tex.look)
+            assert tex.height.shape == (256, 256)
             assert np.isfinite(se).all() and np.isfinite(bse).all()
             assert se.std() > 0.01 * se.mean(), tex.look
             looks.add(tex.look)

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from instruments.errors import InstrumentUnreachable, UnknownInstrument
+from instruments.errors import InstrumentError, InstrumentUnreachable, UnknownInstrument
 from instruments.uri import open_instrument, parse_address
 
 
@@ -58,3 +58,22 @@ def test_replay_serves_the_frames_of_a_stored_file(shared_nsid_file):
     instrument = open_instrument(f"replay://{shared_nsid_file}")
     assert instrument.acquire().shape == (256, 256)
     instrument.close()
+
+
+@pytest.mark.parametrize("timeout", ["0", "-1", "soon"])
+def test_a_bad_timeout_in_the_uri_is_an_unknown_instrument(timeout):
+    with pytest.raises(UnknownInstrument, match="timeout must be a positive"):
+        open_instrument(f"tem://127.0.0.1:{closed_port()}?timeout={timeout}")
+
+
+@pytest.mark.parametrize("scheme", ["dtm", "tem"])
+def test_the_uri_timeout_bounds_every_call(scheme):
+    """A server that accepts and never answers: the client gives up after the URI's timeout."""
+    import time
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        started = time.monotonic()
+        with pytest.raises((InstrumentUnreachable, InstrumentError)):
+            open_instrument(f"{scheme}://127.0.0.1:{silent.getsockname()[1]}?timeout=0.5")
+        assert time.monotonic() - started < 5

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -80,8 +81,9 @@ def served_process(cmd: list[str], protocol: str, cwd: Path = REPO,
 
 @contextmanager
 def served_twin(protocol: str, faults: str = "", seed: int = 0, data: str | None = None,
-                via_cli: bool = False) -> Iterator[Served]:
-    """Start a twin server process and yield it once it announces its address."""
+                via_cli: bool = False, data_root: str | None = None) -> Iterator[Served]:
+    """Start a twin server process and yield it once it announces its address; a dtm server
+    registers files under `data_root` (default: the temporary folder, where tests write)."""
     entry = ([str(Path(sys.executable).with_name("micagent")), "twin", "serve"] if via_cli
              else [sys.executable, "-m", "twins.serve"])
     cmd = [*entry, "--protocol", protocol, "--host", "127.0.0.1",
@@ -90,5 +92,7 @@ def served_twin(protocol: str, faults: str = "", seed: int = 0, data: str | None
         cmd += ["--faults", faults]
     if data:
         cmd += ["--data", data]
+    if protocol == "dtm":
+        cmd += ["--data-root", data_root or tempfile.gettempdir()]
     with served_process(cmd, protocol) as served:
         yield served

@@ -20,6 +20,7 @@ from PIL import Image
 
 from instruments import atomic_file
 from instruments.frame import ImagingSettings, StagePosition
+from instruments.image8 import to_uint8
 from twins.classes import PROFILES, SEM_CLASSES
 from twins.microscope import TwinMicroscope
 from twins.specimen import Region, Specimen
@@ -55,13 +56,6 @@ class LabelledImage:
     index: int
     image: np.ndarray  # uint8 (size, size)
     record: dict
-
-
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """Percentile (0.5, 99.5) contrast stretch to 8 bits, as an SEM's auto contrast does."""
-    lo, hi = np.percentile(image, [0.5, 99.5])
-    scaled = (image - lo) / max(float(hi - lo), 1e-12)
-    return (np.clip(scaled, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
 def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:

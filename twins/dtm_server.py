@@ -22,6 +22,7 @@ from dataclasses import asdict, fields
 from typing import Any
 
 import numpy as np
+import Pyro5
 import Pyro5.api
 import Pyro5.callcontext
 
@@ -29,13 +30,30 @@ from instruments.frame import Frame, ImagingSettings, StagePosition
 from instruments.jsonrpc import to_plain
 from instruments.microscope import Microscope
 from instruments.wire_arrays import to_binary, to_tuple
-from twins.faults import FaultSpec
-from twins.serve import TransportFaults
+from twins.faults import FaultSpec, TransportFaults
 
 DEFAULT_PORT = 9091
 OBJECT_ID = "microscope.server"
 API_VERSION = 1
 MICROSCOPE_KINDS = ("STEM", "dummy")
+HANDSHAKE_TIMEOUT_S = 3.0      # a connection that does not say hello within this is dropped
+IDLE_TIMEOUT_S = 300.0         # a client silent this long between calls is disconnected
+POOL_SIZE = 512                # worker threads (one per connected client)
+
+
+def resolve_data_source(root: str | None, data_source: str) -> str:
+    """`data_source` (relative paths: to `root`) as a real path inside `root`, else a
+    PermissionError (builtin, so it reaches Pyro5 clients as itself) with the same message
+    whether or not the path exists."""
+    if root is None:
+        raise PermissionError("this server registers no data files (started without a data "
+                            "root)")
+    base = os.path.realpath(root)
+    path = os.path.realpath(os.path.join(base, os.fspath(data_source)))
+    if os.path.commonpath([base, path]) != base:
+        raise PermissionError(f"data_source {str(data_source)!r} is outside the server's data "
+                            "root")
+    return path
 
 
 def settings_from_dict(values: dict[str, Any]) -> ImagingSettings:
@@ -165,8 +183,10 @@ def _checkerboard(size: tuple[int, int] = (128, 128)) -> np.ndarray:
 class DTMicroscopeService:
     """The Pyro5 servant registered as `microscope.server` (one instance for all clients)."""
 
-    def __init__(self, twin: Microscope | None, faults: FaultSpec | None = None) -> None:
+    def __init__(self, twin: Microscope | None, faults: FaultSpec | None = None,
+                 data_root: str | os.PathLike | None = None) -> None:
         self._twin = twin
+        self._data_root = None if data_root is None else os.fspath(data_root)
         self._faults = TransportFaults(faults)
         self._kind: str | None = None
         self._data: _Dataset | None = None
@@ -216,7 +236,7 @@ class DTMicroscopeService:
     def _register(self, data_source: str) -> None:
         if self._kind != "STEM":
             raise RuntimeError("register_data needs initialize_microscope('STEM') first")
-        dataset = _Dataset(str(data_source))
+        dataset = _Dataset(resolve_data_source(self._data_root, str(data_source)))
         with self._lock:
             if self._data is not None:
                 self._data.close()
@@ -334,13 +354,36 @@ class DTMicroscopeService:
                 self._twin.close()
 
 
+class BoundedDaemon(Pyro5.api.Daemon):
+    """A Pyro5 daemon whose connections cannot hold a worker for ever: the hello must come
+    within HANDSHAKE_TIMEOUT_S, and a client silent for IDLE_TIMEOUT_S between calls is
+    disconnected (its proxy reconnects on the next call). Pyro5 sets socket timeouts only
+    through its process-wide COMMTIMEOUT, which would bound every call of every proxy in the
+    process as well; this daemon sets them per connection instead."""
+
+    def _handshake(self, conn, denied_reason=None):
+        conn.timeout = HANDSHAKE_TIMEOUT_S
+        accepted = super()._handshake(conn, denied_reason)
+        conn.timeout = IDLE_TIMEOUT_S
+        return accepted
+
+
+def _bound_pool() -> None:
+    """One worker per connected client, up to POOL_SIZE (Pyro5's default is 80)."""
+    Pyro5.config.THREADPOOL_SIZE = max(Pyro5.config.THREADPOOL_SIZE, POOL_SIZE)
+    Pyro5.config.SERVERTYPE = "thread"
+
+
 class DTMServer:
-    """A Pyro5 daemon serving one DTMicroscopeService as `microscope.server`."""
+    """A Pyro5 daemon serving one DTMicroscopeService as `microscope.server`; register_data
+    opens only files under `data_root`."""
 
     def __init__(self, twin: Microscope | None, host: str = "127.0.0.1",
-                 port: int = DEFAULT_PORT, faults: FaultSpec | None = None) -> None:
-        self.servant = DTMicroscopeService(twin, faults)
-        self.daemon = Pyro5.api.Daemon(host=host, port=port)
+                 port: int = DEFAULT_PORT, faults: FaultSpec | None = None,
+                 data_root: str | os.PathLike | None = None) -> None:
+        self.servant = DTMicroscopeService(twin, faults, data_root)
+        _bound_pool()
+        self.daemon = BoundedDaemon(host=host, port=port)
         self.uri = self.daemon.register(self.servant, objectId=OBJECT_ID)
 
     @property

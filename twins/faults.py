@@ -13,6 +13,7 @@ Example: `nan@3,stall@5:30,drop@8,slow:0.05`.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 _KINDS = {"nan", "inf", "shape", "stuck", "slow", "stall", "drop"}
@@ -66,3 +67,24 @@ class FaultSpec:
             elif kind == "drop":
                 faults.drop_at.add(call)
         return faults
+
+
+class TransportFaults:
+    """Counts server calls (1-based, across all connections) and says which to drop or
+    stall, following `FaultSpec.drop_at` / `FaultSpec.stall_at`."""
+
+    def __init__(self, spec: FaultSpec | None) -> None:
+        self.spec = spec or FaultSpec()
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    def next_call(self) -> tuple[str | None, float]:
+        """Register one call; return ("drop", 0), ("stall", seconds) or (None, 0)."""
+        with self._lock:
+            self.calls += 1
+            call = self.calls
+        if call in self.spec.drop_at:
+            return "drop", 0.0
+        if call in self.spec.stall_at:
+            return "stall", float(self.spec.stall_at[call])
+        return None, 0.0

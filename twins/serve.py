@@ -1,38 +1,22 @@
-"""Shared pieces of the twin servers: transport fault injection, the twin they serve, and
-`python -m twins.serve` (the same entry as `micagent twin serve`)."""
+"""`python -m twins.serve` (the same entry as `micagent twin serve`): the twin, with its
+faults, behind one of the servers (twins/dtm_server.py, twins/tem_server.py)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-import threading
 from collections.abc import Callable
 
 from instruments.microscope import Microscope
+from instruments.redaction import install_log_redaction
+from twins.dtm_server import DEFAULT_PORT as DTM_PORT
+from twins.dtm_server import DTMServer
 from twins.faults import FaultSpec
+from twins.tem_server import DEFAULT_PORT as TEM_PORT
+from twins.tem_server import TemServer
 
 READY_PREFIX = "READY"
-
-
-class TransportFaults:
-    """Counts server calls (1-based, across all connections) and says which to drop or
-    stall, following `FaultSpec.drop_at` / `FaultSpec.stall_at`."""
-
-    def __init__(self, spec: FaultSpec | None) -> None:
-        self.spec = spec or FaultSpec()
-        self.calls = 0
-        self._lock = threading.Lock()
-
-    def next_call(self) -> tuple[str | None, float]:
-        """Register one call; return ("drop", 0), ("stall", seconds) or (None, 0)."""
-        with self._lock:
-            self.calls += 1
-            call = self.calls
-        if call in self.spec.drop_at:
-            return "drop", 0.0
-        if call in self.spec.stall_at:
-            return "stall", float(self.spec.stall_at[call])
-        return None, 0.0
 
 
 def make_twin(seed: int, faults: FaultSpec) -> Microscope:
@@ -42,27 +26,30 @@ def make_twin(seed: int, faults: FaultSpec) -> Microscope:
     return TwinMicroscope(seed=seed, faults=faults)
 
 
+def default_data_root(data: str | None) -> str:
+    """Where a dtm server's register_data may read: the folder of the file given at start,
+    else the folder the server was started in."""
+    return os.path.dirname(os.path.abspath(data)) if data else os.getcwd()
+
+
 def run_server(protocol: str, host: str, port: int | None, seed: int = 0,
                faults: str | None = None, data: str | None = None,
-               announce: Callable[[str], None] = print) -> None:
+               announce: Callable[[str], None] = print, data_root: str | None = None) -> None:
     """Serve a twin over `protocol` ("dtm" or "tem") until interrupted.
 
     Port 0 picks a free port. Once listening, `announce` gets one line
-    `READY <protocol> <address>` naming the bound address.
+    `READY <protocol> <address>` naming the bound address. A dtm server registers files only
+    under `data_root` (default: `default_data_root(data)`).
     """
+    install_log_redaction()
     spec = FaultSpec.parse(faults)
     twin = make_twin(seed, spec)
     if protocol == "dtm":
-        from twins.dtm_server import DEFAULT_PORT, DTMServer
-
-        server = DTMServer(twin, host=host, port=DEFAULT_PORT if port is None else port,
-                           faults=spec)
+        server = DTMServer(twin, host=host, port=DTM_PORT if port is None else port,
+                           faults=spec, data_root=data_root or default_data_root(data))
         if data:
             server.preload(data)
     elif protocol == "tem":
-        from twins.tem_server import DEFAULT_PORT as TEM_PORT
-        from twins.tem_server import TemServer
-
         server = TemServer(twin, host=host, port=TEM_PORT if port is None else port,
                            faults=spec)
     else:
@@ -84,9 +71,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--faults", default="")
     parser.add_argument("--data", default=None, help="NSID HDF5 file to register (dtm)")
+    parser.add_argument("--data-root", default=None,
+                        help="folder register_data may read (dtm; default: that of --data, "
+                             "else the working folder)")
     args = parser.parse_args(argv)
     run_server(args.protocol, args.host, args.port, args.seed, args.faults, args.data,
-               announce=lambda line: print(line, flush=True))
+               announce=lambda line: print(line, flush=True), data_root=args.data_root)
 
 
 if __name__ == "__main__":

@@ -4,35 +4,29 @@ framed as netstrings over TCP (default port 9093), several requests per connecti
 Method names, parameters and reply forms follow that server (`get_detectors`,
 `activate_device`, `device_settings`, `get_stage` -> [x, y, z, a, b] in m and rad,
 `set_stage`, `acquire_image` -> [list, shape, dtype], ..., errors as {"error": "..."}).
-Additions: `get_capabilities` and `acquire_frame` (image plus frame metadata).
+Additions: `get_capabilities`, `acquire_frame` (image plus frame metadata) and, through the
+shared server (`instruments.rpc_server`), binary frames for clients that ask for them.
 Transport faults: drop@N closes the connection instead of answering request N,
 stall@N:S answers it S seconds late.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
-import socketserver
 import threading
-import time
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from instruments.errors import InstrumentError, ProtocolError
 from instruments.frame import ImagingSettings, StagePosition
-from instruments.jsonrpc import dumps, failure, parse_request, success, to_plain
+from instruments.jsonrpc import to_plain
 from instruments.microscope import Microscope
-from instruments.netstring import NetstringReader, encode
-from instruments.wire_arrays import to_tuple
-from twins.dtm_server import API_VERSION, frame_reply
-from twins.faults import FaultSpec
-from twins.serve import TransportFaults
+from instruments.rpc_server import BINARY_TRANSPORT, RpcServer
+from twins.dtm_server import API_VERSION
+from twins.faults import FaultSpec, TransportFaults
 
 DEFAULT_PORT = 9093
-MAX_REQUEST_BYTES = 16 << 20
 SETTING_KEYS = ("size", "dwell_time", "field_of_view", "defocus", "beam_energy",
                 "beam_current")
 
@@ -52,8 +46,8 @@ class TemService:
 
     def get_capabilities(self) -> dict[str, Any]:
         return {"server": "micagent-tem", "api_version": API_VERSION, "acquisition": True,
-                "binary_transport": False, "frame_metadata": True,
-                "instrument_id": self.twin.instrument_id,
+                "binary_transport": BINARY_TRANSPORT, "frame_metadata": True,
+                "settings": list(SETTING_KEYS), "instrument_id": self.twin.instrument_id,
                 "capabilities": to_plain(self.twin.capabilities().as_dict())}
 
     def get_detectors(self) -> list[str]:
@@ -127,13 +121,19 @@ class TemService:
             return self.twin.acquire()
 
     def acquire_image(self, device: str, **settings: Any) -> Any:
-        """[list, shape, dtype] of one frame, or None for an unknown device."""
+        """One frame (on the wire [list, shape, dtype], or binary), or None for an unknown
+        device."""
         frame = self._acquire(device, settings)
-        return None if frame is None else to_tuple(frame.image)
+        return None if frame is None else frame.image
 
     def acquire_frame(self, device: str, **settings: Any) -> Any:
+        """Image, frame metadata, instrument metadata and twin ground truth."""
         frame = self._acquire(device, settings)
-        return None if frame is None else frame_reply(frame, binary=False)
+        if frame is None:
+            return None
+        return {"image": np.asarray(frame.image), "metadata": to_plain(frame.metadata()),
+                "original_metadata": to_plain(frame.original_metadata),
+                "evaluation": to_plain(frame.evaluation)}
 
     def acquire_image_stack(self, device: str, frames: int = 2, **settings: Any) -> Any:
         """[list, shape, dtype] of `frames` successive frames stacked (frames, H, W)."""
@@ -145,7 +145,7 @@ class TemService:
             if frame is None:
                 return None
             stack.append(frame.image)
-        return to_tuple(np.stack(stack))
+        return np.stack(stack)
 
     def acquire_spectrum(self, device: str, **settings: Any) -> Any:
         raise ValueError(f"the SEM twin has no spectrometer ({device!r})")
@@ -171,85 +171,23 @@ class TemService:
         return 1
 
 
-class _Handler(socketserver.BaseRequestHandler):
-    server: _TCPServer
-
-    def handle(self) -> None:
-        reader = NetstringReader(self.request, where=str(self.client_address),
-                                 max_message=MAX_REQUEST_BYTES)
-        while True:
-            try:
-                payload = reader.read()
-            except ProtocolError as exc:  # the stream cannot be resynchronised: say why, close
-                self._send(failure(None, f"Invalid netstring: {exc}", code=-32700))
-                return
-            except InstrumentError:
-                return  # the peer went away or stopped sending
-            if payload is None:
-                return
-            action, seconds = self.server.faults.next_call()
-            if action == "drop":
-                return  # closing without a reply
-            if action == "stall":
-                time.sleep(seconds)
-            if not self._send(self.server.dispatch(payload)):
-                return
-
-    def _send(self, reply: dict[str, Any]) -> bool:
-        try:
-            self.request.sendall(encode(dumps(reply)))
-            return True
-        except OSError:
-            return False
-
-
-class _TCPServer(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple[str, int], service: TemService,
-                 faults: TransportFaults) -> None:
-        self.service = service
-        self.faults = faults
-        super().__init__(address, _Handler)
-
-    def dispatch(self, payload: bytes) -> dict[str, Any]:
-        try:
-            request_id, method, params = parse_request(payload)
-        except ValueError as exc:  # includes JSON decode errors
-            return failure(None, f"Invalid JSON-RPC request: {exc}", code=-32600)
-        func = getattr(self.service, method, None)
-        if method.startswith("_") or not callable(func):
-            return failure(request_id, f"Method {method} not implemented on server.",
-                           code=-32601)
-        args, kwargs = ((), params) if isinstance(params, dict) else (params, {})
-        try:
-            inspect.signature(func).bind(*args, **kwargs)
-        except TypeError as exc:
-            return failure(request_id, f"bad parameters for {method}: {exc}", code=-32602)
-        try:
-            return success(request_id, func(*args, **kwargs))
-        except Exception as exc:
-            return failure(request_id, f"{type(exc).__name__}: {exc}")
-
-
 class TemServer:
-    """A threaded TCP server speaking netstring JSON-RPC over one twin."""
+    """The shared netstring JSON-RPC server over one twin."""
 
     def __init__(self, twin: Microscope, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
-                 faults: FaultSpec | None = None) -> None:
+                 faults: FaultSpec | None = None, **limits: Any) -> None:
+        """`limits`: idle_timeout, max_workers, max_request of `RpcServer`."""
         self.service = TemService(twin)
-        self.tcp = _TCPServer((host, port), self.service, TransportFaults(faults))
+        self.tcp = RpcServer(self.service, host, port, faults=TransportFaults(faults),
+                             **limits)
 
     @property
     def address(self) -> str:
-        host, port = self.tcp.server_address[:2]
-        return f"{host}:{port}"
+        return self.tcp.address
 
     def serve_forever(self) -> None:
         self.tcp.serve_forever(poll_interval=0.2)
 
     def shutdown(self) -> None:
-        self.tcp.shutdown()
-        self.tcp.server_close()
+        self.tcp.stop()
         self.service.twin.close()

@@ -14,8 +14,7 @@ from rich.table import Table
 from instruments.export import export_frames
 from instruments.session_layout import SessionFileError
 from instruments.session_reader import SessionReader
-from workflows.cli import app
-from workflows.cli_output import fail
+from workflows.cli_output import DAMAGED, fail, file_error
 
 
 class ExportFormat(StrEnum):
@@ -41,6 +40,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
         ("started", str(summary["started"])), ("ended", str(summary["ended"])),
         ("instrument", json.dumps(summary["instrument"])),
         ("frames", str(summary["frames"])),
+        ("incidents", _counts(summary.get("incidents", {}))),
         ("labels", _counts(summary["label_counts"])),
         ("routes", _counts(summary["route_counts"])),
         ("escalations", f"{summary['escalations']} ({_counts(summary['escalation_counts'])})"),
@@ -54,7 +54,6 @@ def _print_summary(summary: dict[str, Any]) -> None:
     console.print(table)
 
 
-@app.command("inspect")
 def inspect(
     session: Annotated[Path, typer.Argument(help="Session file (.h5).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
@@ -65,13 +64,14 @@ def inspect(
             summary = reader.summary()
     except SessionFileError as exc:
         raise fail(exc) from exc
+    except DAMAGED as exc:
+        raise file_error(exc, session) from exc
     if as_json:
         typer.echo(json.dumps(summary))
     else:
         _print_summary(summary)
 
 
-@app.command("export")
 def export(
     session: Annotated[Path, typer.Argument(help="Session (or other NSID) file (.h5).")],
     out_dir: Annotated[Path, typer.Argument(help="Folder for the exported images.")],
@@ -83,4 +83,6 @@ def export(
         paths = export_frames(session, out_dir, fmt.value)
     except SessionFileError as exc:
         raise fail(exc) from exc
+    except DAMAGED as exc:
+        raise file_error(exc, session, out_dir) from exc
     typer.echo(f"exported {len(paths)} frame(s) to {out_dir}")

@@ -1,5 +1,6 @@
-"""`micagent run` (an acquisition session driven by the agent) and `micagent replay` (stored
-frames through the current model and policy, with a diff of old and new decisions)."""
+"""`micagent run` (an acquisition session driven by the agent) and the single-file form of
+`micagent replay` (stored frames through the current model and policy, with a diff of old and
+new decisions; the command itself lives in workflows/cmd_replay.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 import os
 import sys
 import uuid
-from dataclasses import replace
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,16 +27,16 @@ from agent.session import Session, SessionParts, record_failed_start
 from agent.terminal_approval import TerminalApprover
 from instruments.decision_record import DecisionRecord, accuracy
 from instruments.errors import InstrumentError
+from instruments.library_log import log_library_noise
 from instruments.microscope import Microscope
-from instruments.safety import GuardedMicroscope, SafetyEnvelope
-from instruments.session_layout import NotASessionFile
+from instruments.safety import GuardedMicroscope, envelope_from_dict
 from instruments.session_reader import SessionReader
 from instruments.uri import open_instrument
-from workflows.cli import app
-from workflows.cli_output import fail, notice
+from workflows.cli_output import DAMAGED, fail, file_error, notice
+from workflows.envelope_options import envelope_values
+from workflows.replay_config import replay_run_config
 
 BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "models" / "bundled" / "sem_twin"
-BANK_PER_CLASS = 6
 err = Console(stderr=True)
 
 
@@ -65,15 +66,12 @@ def _load_classifier(config: RunConfig, twin: bool):
 
 
 def _bank(config: RunConfig, classifier) -> DemonstrationBank | None:
-    source = config.bank or "twin"
-    if source == "none":
-        return None
-    from workflows.demonstrations import cached_bank
+    from workflows.demonstrations import session_bank
     try:
-        return cached_bank(classifier, Path(config.state_dir) / "banks", source,
-                           per_class=BANK_PER_CLASS, seed=config.seed)
+        return session_bank(classifier, config.state_dir, config.bank, config.seed)
     except Exception as exc:  # noqa: BLE001
-        raise StartError(f"cannot build the demonstration bank from {source}: {exc}") from exc
+        raise StartError(f"cannot build the demonstration bank from "
+                         f"{config.bank or 'twin'}: {exc}") from exc
 
 
 def _twin_positions(inner: Microscope, fov: float) -> list[dict[str, Any]] | None:
@@ -86,38 +84,34 @@ def _twin_positions(inner: Microscope, fov: float) -> list[dict[str, Any]] | Non
             for p in specimen.survey_centres(fov)]
 
 
-def _replay_positions(replay: Any) -> list[dict[str, Any]]:
-    """One plan position per stored frame, at the stage position it was taken (a foreign NSID
-    file has none: its frames are numbered along a row)."""
-    try:
-        with SessionReader(replay.path) as reader:
-            return [{"x": f.stage.x, "y": f.stage.y} for f in reader.iter_frames()]
-    except NotASessionFile:
-        return [{"x": 0.0, "y": 0.0, "row": 0, "col": i} for i in range(len(replay))]
-
-
-def open_parts(config: RunConfig, classifier: Any = None) -> SessionParts:
-    """Instrument (guarded), classifier (loaded from config.model unless given), demonstration
-    bank and plan inputs for a session."""
+def open_parts(config: RunConfig, classifier: Any = None, instrument: Microscope | None = None,
+               bank_for: Callable[[RunConfig, Any], DemonstrationBank | None] | None = None
+               ) -> SessionParts:
+    """Instrument (guarded; opened from config.instrument unless given), classifier (loaded
+    from config.model unless given), demonstration bank (`bank_for(config, classifier)` when
+    given, else from the cache under config.state_dir) and plan inputs for a session."""
     twin = config.instrument == "twin"
     if classifier is None:
         classifier, model_path = _load_classifier(config, twin)
     else:
         model_path = config.model or "<in memory>"
     try:
-        inner = open_instrument(config.instrument, {"twin": _twin_factory(config.seed)})
+        inner = instrument or open_instrument(config.instrument,
+                                              {"twin": _twin_factory(config.seed)})
     except InstrumentError as exc:
         raise StartError(f"cannot open instrument {config.instrument}: {exc}") from exc
-    guarded = GuardedMicroscope(inner, SafetyEnvelope())
+    guarded = GuardedMicroscope(inner, envelope_from_dict(config.envelope))
     parts = SessionParts(microscope=guarded, classifier=classifier,
-                         bank=_bank(config, classifier),
+                         bank=(bank_for or _bank)(config, classifier),
                          model_info={"path": model_path,
                                      "sha256": getattr(classifier, "checkpoint_sha256", None)})
     try:
         caps = guarded.capabilities()
+        if config.imaging.get("detector") is None:      # not chosen: the instrument's first
+            config.imaging["detector"] = caps.detectors[0]
         status = guarded.status()
-        if config.instrument.startswith("replay://"):
-            parts.survey_positions = _replay_positions(inner)
+        if caps.replays_stored:
+            parts.survey_positions = inner.stored_positions()
         elif caps.has_overview and not caps.can_move_stage:
             parts.tiles = OverviewTiles(guarded, tile_px=64)
         else:
@@ -156,8 +150,10 @@ def run_session(config: RunConfig, console: Console, quiet: bool = False,
                 classifier: Any = None, ui: str = "terminal", host: str = "127.0.0.1",
                 port: int = 0, allow_hosts: tuple[str, ...] = ()) -> dict[str, Any]:
     """Open everything, run (or resume) the session to its end; approvals are answered in
-    the terminal or, with `ui="web"` (or `--approve web`), on the web page at host:port."""
+    the terminal or, with `ui="web"` (or `--approve web`), on the web page at host:port.
+    Library warnings and prints go to STATE_DIR/logs/SESSION_ID.log, not the terminal."""
     config.save(registry_path(config.state_dir, config.session_id))
+    log_library_noise(Path(config.state_dir) / "logs" / f"{config.session_id}.log")
     try:
         parts = open_parts(config, classifier)
     except StartError as exc:
@@ -200,6 +196,7 @@ def run_session(config: RunConfig, console: Console, quiet: bool = False,
         parts.microscope.close()
         raise StartError(f"cannot open session {config.session_id} at {config.out}: "
                          f"{exc}") from exc
+    parts.microscope.on_incident = session.writer.record_incident   # every fault, in the file
     try:
         with progress:
             final = session.run(broker=broker)
@@ -229,11 +226,11 @@ def _config_from_args(**kw: Any) -> RunConfig:
     session_id = str(uuid.uuid4())
     out = kw.pop("out") or f"micagent-{session_id}.h5"
     imaging = {"fov": kw.pop("fov"), "pixels": kw.pop("pixels"), "dwell": kw.pop("dwell"),
-               "detector": "SE", "defocus": 0.0, "beam_energy": 5e3, "beam_current": 100e-12}
+               "detector": kw.pop("detector"), "defocus": 0.0, "beam_energy": 5e3,
+               "beam_current": 100e-12}
     return RunConfig(session_id=session_id, out=str(Path(out).resolve()), imaging=imaging, **kw)
 
 
-@app.command("run")
 def run(
     instrument: str = typer.Option("twin", help="twin | dtm://H:P | tem://H:P | replay://F.h5"),
     objective: str = typer.Option("survey", help="survey | hunt:CLASS[,CLASS][:N]"),
@@ -250,6 +247,8 @@ def run(
     pixels: int = typer.Option(256, help="pixels per frame side"),
     fov: float = typer.Option(20e-6, help="field of view (m)"),
     dwell: float = typer.Option(2e-6, help="dwell time per pixel (s)"),
+    detector: str | None = typer.Option(None, help="detector (default: the instrument's "
+                                                   "first, e.g. SE on the twin)"),
     confidence: float = typer.Option(0.9, help="confident: top probability >= this and a "
                                           "conformal set of one class"),
     max_rescans: int = typer.Option(2, help="rescans per frame at most"),
@@ -273,6 +272,16 @@ def run(
         "--allow-host", help="web approval page: a further name it answers to in the Host "
                              "header (besides the bound host, localhost, 127.0.0.1); "
                              "repeatable")] = None,
+    envelope: str | None = typer.Option(None, help="safety envelope: JSON file of limits "
+                                                  "(stage_x/y/z, tilt, fov, dwell: [min, "
+                                                  "max]; max_dose_per_nm2, max_moves, "
+                                                  "free_zone)"),
+    limit: Annotated[list[str] | None, typer.Option(
+        "--limit", help="one envelope limit, e.g. fov=10e-9:1e-6 or max_moves=200 "
+                        "(repeatable; overrides --envelope)")] = None,
+    free_zone: str | None = typer.Option(None, help="stage region X0:X1,Y0:Y1 (m) where moves "
+                                                    "need no approval; outside it each move "
+                                                    "waits for a recorded human approval"),
     vlm_timeout: float | None = typer.Option(None, "--vlm-timeout", min=0.1,
                                              help="seconds the VLM adjudicator waits per "
                                                   "request (default: config, "
@@ -297,9 +306,10 @@ def run(
                 instrument=instrument, objective=objective, frames=frames, approve=approve,
                 adjudicator=adjudicator, model=model, out=out, seed=seed,
                 state_dir=str(Path(state_dir).resolve()), bank=bank, pixels=pixels, fov=fov,
-                dwell=dwell, confidence=confidence, max_rescans=max_rescans,
+                dwell=dwell, detector=detector, confidence=confidence, max_rescans=max_rescans,
                 zoom_unsure=zoom_unsure, reject_unknown=ood, pipeline=pipeline, demo_k=demo_k,
-                demo_strategy=demo_strategy, vlm_timeout_s=_vlm_timeout(vlm_timeout))
+                demo_strategy=demo_strategy, vlm_timeout_s=_vlm_timeout(vlm_timeout),
+                envelope=envelope_values(envelope, limit or [], free_zone))
     except ValueError as exc:
         raise fail(exc) from exc
     notice(console, f"session {config.session_id} -> {config.out}"
@@ -344,15 +354,9 @@ def _route(record: DecisionRecord | None) -> str | None:
     return record.route.value if record and record.route else None
 
 
-@app.command("replay")
-def replay(
-    session_file: str = typer.Argument(..., help="a stored session file"),
-    model: str | None = typer.Option(None, help="checkpoint folder (default: bundled)"),
-    as_json: bool = typer.Option(False, "--json", help="print the diff as one JSON object"),
-    state_dir: str = typer.Option(".micagent", help="caches and banks"),
-) -> None:
-    """Run a stored session's frames through the current model and policy (unattended) and
-    print what changed."""
+def replay_file(session_file: str, model: str | None, as_json: bool, state_dir: str) -> None:
+    """`micagent replay FILE`: a stored session's frames through the current model and policy
+    (unattended) in this process; prints what changed (workflows/cmd_replay.py dispatches)."""
     source = Path(session_file).resolve()
     try:
         with SessionReader(source) as reader:
@@ -365,21 +369,15 @@ def replay(
     replay_id = str(uuid.uuid4())
     out = Path(state_dir).resolve() / "replays" / f"{source.stem}.replay-{replay_id}.h5"
     out.parent.mkdir(parents=True, exist_ok=True)
-    base = RunConfig(session_id=replay_id, out=str(out),
-                     state_dir=str(Path(state_dir).resolve()), frames=len(old))
-    config = replace(base, instrument=f"replay://{source}", model=model, approve="none",
-                     max_rescans=0, adjudicator="offline",
-                     bank=stored.get("bank"), demo_k=int(stored.get("demo_k", base.demo_k)),
-                     confidence=float(stored.get("confidence", base.confidence)),
-                     max_set_size=int(stored.get("max_set_size", base.max_set_size)),
-                     reject_unknown=bool(stored.get("reject_unknown", base.reject_unknown)),
-                     imaging=stored.get("imaging", base.imaging), budgets={})
-    config.budgets = {**config.budgets, "adjudications": len(old), "rescans": 0}
+    config = replay_run_config(source, stored, len(old), model, Path(state_dir).resolve(), out,
+                               replay_id)
     quiet_console = Console(quiet=True)
     try:
         run_session(config, quiet_console, quiet=True)
     except StartError as exc:
         raise fail(f"replay failed to start: {exc}") from exc
+    except DAMAGED as exc:                  # frames damaged inside a readable file
+        raise file_error(exc, session_file) from exc
     with SessionReader(out) as reader:
         new = reader.records()
     diff = decision_diff(old, new, truths)

@@ -12,7 +12,6 @@ from rich.console import Console
 from rich.table import Table
 
 from instruments import atomic_file
-from workflows.cli import app
 from workflows.cli_output import fail, notice
 
 CROP_HELP = "Crop the SEM info bar off the bottom: pixels (>= 1) or a fraction of the height."
@@ -75,7 +74,6 @@ def _options(profile: str, folds: int | None, epochs: int | None, seed: int, abl
                         feature_cache=str(feature_cache) if feature_cache else None)
 
 
-@app.command("train")
 def train_cmd(
     data_dir: Annotated[Path, typer.Argument(help="Folder with one sub-folder per class.")],
     out: Annotated[Path, typer.Option("--out", help="Checkpoint folder to write.")],
@@ -126,7 +124,6 @@ def train_cmd(
     notice(_console(), f"checkpoint written to {path}", "green")
 
 
-@app.command("evaluate")
 def evaluate_cmd(
     ckpt: Annotated[Path, typer.Argument(help="Checkpoint folder.")],
     data_dir: Annotated[Path, typer.Argument(help="Folder-per-class dataset.")],
@@ -170,7 +167,6 @@ def evaluate_cmd(
     console.print(f"report: {folder / 'evaluation.md'}, {folder / 'evaluation.json'}")
 
 
-@app.command("ablate")
 def ablate_cmd(
     data_dir: Annotated[Path, typer.Argument()],
     out: Annotated[Path, typer.Option("--out", help="Checkpoints + table.")]
@@ -216,7 +212,6 @@ def ablate_cmd(
     Console().print(markdown_table(table))
 
 
-@app.command("fit-ood")
 def fit_ood_cmd(
     ckpt: Annotated[Path, typer.Argument(help="Checkpoint folder (rewritten in place).")],
     data_dir: Annotated[Path, typer.Argument(help="The dataset it was trained on.")],
@@ -244,7 +239,6 @@ def fit_ood_cmd(
                        f"covariance from {fit['train']} training images)", "green")
 
 
-@app.command("describe")
 def describe_cmd(
     out: Annotated[Path, typer.Option("--out", help="Knowledge JSON to write.")],
     classes: Annotated[str | None, typer.Option(help="Comma-separated class names.")] = None,
@@ -279,7 +273,6 @@ def describe_cmd(
     notice(_console(), f"knowledge written to {out}", "green")
 
 
-@app.command("select-confounding")
 def select_confounding_cmd(
     data_dir: Annotated[Path, typer.Argument()],
     out: Annotated[Path, typer.Option("--out")] = Path("confounding.json"),

@@ -11,10 +11,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from twins.classes import SEM_CLASSES
 from twins.dataset import render_dataset
-from workflows.cli import twin_app
 
 
-@twin_app.command("dataset")
 def twin_dataset(
     out_dir: Annotated[Path, typer.Argument(help="Output folder (one sub-folder per class).")],
     per_class: Annotated[int, typer.Option("--per-class", min=1, help="Images per class.")],

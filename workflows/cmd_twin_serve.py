@@ -10,7 +10,7 @@ import typer
 
 from twins.faults import FaultSpec, FaultSpecError
 from twins.serve import run_server
-from workflows.cli import twin_app
+from workflows.cli_output import fail
 
 
 class Protocol(StrEnum):
@@ -18,7 +18,6 @@ class Protocol(StrEnum):
     tem = "tem"
 
 
-@twin_app.command("serve")
 def serve(
     protocol: Annotated[Protocol, typer.Option(
         help="dtm: Pyro5 STEM server (port 9091); tem: netstring JSON-RPC (port 9093).")],
@@ -30,11 +29,17 @@ def serve(
         help="Fault spec, e.g. 'nan@3,stall@5:30,drop@8,slow:0.05'.")] = "",
     data: Annotated[str | None, typer.Option(
         help="dtm: NSID HDF5 file to register at start.")] = None,
+    data_root: Annotated[str | None, typer.Option(
+        help="dtm: the only folder register_data may read (default: the folder of --data, "
+             "else the working folder).")] = None,
 ) -> None:
     """Serve a digital-twin microscope until interrupted (Ctrl-C)."""
     try:
         FaultSpec.parse(faults)
     except FaultSpecError as exc:
         raise typer.BadParameter(str(exc), param_hint="--faults") from exc
-    run_server(protocol.value, host, port, seed=seed, faults=faults, data=data,
-               announce=typer.echo)
+    try:
+        run_server(protocol.value, host, port, seed=seed, faults=faults, data=data,
+                   announce=typer.echo, data_root=data_root)
+    except (OSError, ValueError, RuntimeError) as exc:   # a bad --data file, a port in use
+        raise fail(f"cannot serve the twin: {exc}") from exc

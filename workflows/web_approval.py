@@ -38,6 +38,7 @@ from instruments.decision_record import (
     RecordFormatError,
     RescanRecord,
 )
+from instruments.image8 import to_uint8
 from workflows.web_guard import TOKEN_HEADER, GuardedApp
 
 __all__ = ["TOKEN_HEADER", "WebUIHandle", "create_app", "start_web_ui"]
@@ -85,10 +86,8 @@ def _png_from_array(array: np.ndarray) -> bytes:
     a = np.asarray(array, dtype=np.float64)
     if a.ndim != 2 or a.size == 0:
         raise ValueError(f"expected a 2-D image, got shape {a.shape}")
-    lo, hi = np.nanpercentile(a, [0.5, 99.5])
-    scaled = np.clip((a - lo) / (hi - lo if hi > lo else 1.0), 0, 1)
     buf = io.BytesIO()
-    Image.fromarray(np.nan_to_num(scaled * 255).astype(np.uint8)).save(buf, format="PNG")
+    Image.fromarray(to_uint8(a)).save(buf, format="PNG")
     return buf.getvalue()
 
 

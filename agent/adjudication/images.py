@@ -8,14 +8,7 @@ import io
 import numpy as np
 from PIL import Image
 
-
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """Contrast-stretch to 8 bit between the 0.5th and 99.5th percentiles."""
-    img = np.asarray(image, dtype=np.float32)
-    lo, hi = np.percentile(img, [0.5, 99.5])
-    if hi <= lo:
-        hi = lo + 1.0
-    return (np.clip((img - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
+from instruments.image8 import to_uint8
 
 
 def png_bytes(image: np.ndarray, max_side: int = 256) -> bytes:

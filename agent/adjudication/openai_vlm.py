@@ -2,13 +2,14 @@
 
 One bounded retry on any failure (timeout, 429/5xx, malformed JSON, unknown label, refusal),
 then the offline adjudicator answers and the verdict says why. The API key is passed to the
-client only; it is never logged, hashed or written.
+client only; it is never logged, hashed or written, and the server's text (answers, errors)
+passes the redaction filter before it is kept.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import openai
@@ -17,6 +18,7 @@ from agent.adjudication.base import AnswerError, Demonstration, Verdict
 from agent.adjudication.cache import AnswerCache
 from agent.adjudication.offline import OfflineKnnAdjudicator
 from agent.adjudication.prompt import build_messages, parse_answer, prompt_hash
+from instruments.redaction import redact, register_secret
 
 
 class VlmConfigError(ValueError):
@@ -51,6 +53,7 @@ class OpenAIAdjudicator:
         self.cache = cache
         self.fallback = fallback or OfflineKnnAdjudicator()
         key = api_key or os.environ.get("OPENAI_API_KEY") or "not-needed"
+        register_secret(key)                 # redacted wherever it could be quoted back
         self.client = openai.OpenAI(base_url=config.base_url, api_key=key,
                                     timeout=config.timeout_s, max_retries=0)
 
@@ -86,8 +89,11 @@ class OpenAIAdjudicator:
             except AnswerError as exc:
                 attempts.append(str(exc))
             else:
+                answer = replace(answer, rationale=redact(answer.rationale or ""))
                 self.cache.put(key, answer)
-                return Verdict(self.name, answer, ids, key, tokens=tokens, attempts=attempts)
+                return Verdict(self.name, answer, ids, key, tokens=tokens,
+                               attempts=[redact(a) for a in attempts])
+        attempts = [redact(a) for a in attempts]          # they may quote the server's text
         verdict = self.fallback.adjudicate(image, demonstrations, class_names, embedding)
         verdict.error = (f"{self.name} failed ({'; '.join(attempts)}); "
                          f"{verdict.adjudicator} answered")

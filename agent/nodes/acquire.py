@@ -30,13 +30,15 @@ class _Skip(Exception):
         super().__init__(message)
 
 
-def _move(rt: Runtime, state: AgentState, target: StagePosition) -> bool:
-    """Move the stage to `target`; True when a move was made. Raises _Skip when refused."""
+def _move(rt: Runtime, state: AgentState, target: StagePosition
+          ) -> tuple[bool, dict[str, Any] | None]:
+    """Move the stage to `target`: (whether a move was made, the human approval it needed).
+    Raises _Skip when refused."""
     if rt.stage is not None and (rt.stage.x, rt.stage.y) == (target.x, target.y):
-        return False
+        return False, None
     try:
         rt.stage = rt.microscope.move_stage(target)
-        return True
+        return True, None
     except ApprovalRequired as exc:
         if rt.policy.approve == "none":
             raise _Skip("refused", f"{exc} (unattended session: position skipped)") from exc
@@ -49,10 +51,13 @@ def _move(rt: Runtime, state: AgentState, target: StagePosition) -> bool:
         if decision.get("decision") != "approve":
             raise _Skip("refused", f"operator {decision.get('operator', '?')} declined the move "
                                    f"to ({target.x:.6g}, {target.y:.6g})") from exc
-        rt.microscope.grant(Approval(target=target, operator=decision.get("operator", "?"),
-                                     note=decision.get("note", "")))
+        approval = Approval(target=target, operator=decision.get("operator", "?"),
+                            note=decision.get("note", ""))
+        rt.microscope.grant(approval)
         rt.stage = rt.microscope.move_stage(target)
-        return True
+        return True, {"decision": "approve", "operator": approval.operator,
+                      "note": approval.note, "time": approval.timestamp,
+                      "reason": str(exc)}
     except SafetyRefused as exc:
         raise _Skip("refused", str(exc)) from exc
 
@@ -114,8 +119,13 @@ def make(rt: Runtime):
             if speculation is not None:
                 frame, acquire_s = speculation.frame, speculation.acquire_s
             else:
-                if rt.tiles is None and rt.can_move and _move(rt, state, target):
-                    moves = 1
+                if rt.tiles is None and rt.can_move:
+                    moved, approval = _move(rt, state, target)
+                    moves = int(moved)
+                    if approval is not None:    # stored with the frame taken there
+                        current = current.model_copy(update={
+                            "position": current.position.model_copy(
+                                update={"approval": approval})})
                 t0 = time.perf_counter()
                 frame = _acquire_frame(rt, state, current)
                 acquire_s = time.perf_counter() - t0

@@ -1,0 +1,118 @@
+"""Agent overhead on Nion's STEM simulator behind the bridge: per-frame wall time spent outside
+the instrument's acquisition (stage move, settings, quality, classification, routing,
+session-file write with flush, SQLite checkpoint per step) divided by the acquisition time as
+the agent sees it (the bridge's recording plus the frame's transport), at 512x512 and 4 us
+dwell (about 1.05 s of scan per frame, paced in real time by the simulator). Target <= 0.05.
+
+The bridge runs in its own process and environment (`.venv-nion`, see .ci/peer_envs.sh); the
+agent in this one, with the bundled model, as `micagent run --instrument tem://...` would.
+Rescans are off (`--max-rescans 0`) so that every acquisition is a frame's first; with them on
+(`--max-rescans 2`), the rescans' acquisitions count as acquisition too.
+
+    python benchmarks/nion_overhead.py [--frames 10] [--pixels 512] [--dwell 4e-6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from agent.config import RunConfig  # noqa: E402
+from agent.session import Session  # noqa: E402
+from instruments.session_reader import SessionReader  # noqa: E402
+from workflows.cmd_run import open_parts  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+torch.set_num_threads(1)
+
+
+def start_bridge(sample: int) -> tuple[subprocess.Popen, str]:
+    python = REPO / ".venv-nion" / "bin" / "python"
+    if not python.exists():
+        raise SystemExit("no .venv-nion: run .ci/peer_envs.sh first")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    process = subprocess.Popen([str(python), "-m", "instruments.bridges.nion", "--port", "0",
+                                "--sample", str(sample)], cwd=REPO, env=env,
+                               stdout=subprocess.PIPE, text=True)
+    line = process.stdout.readline()
+    if not line.startswith("READY "):
+        process.kill()
+        raise SystemExit(f"bridge did not start: {line!r}")
+    return process, line.split()[1]
+
+
+def measure(uri: str, frames: int, pixels: int, dwell: float, fov: float, rescans: int,
+            work: Path) -> dict:
+    config = RunConfig(session_id=str(uuid.uuid4()), instrument=uri,
+                       out=str(work / "nion.h5"), state_dir=str(work / "state"),
+                       frames=frames, bank="none", max_rescans=rescans,
+                       imaging={"fov": fov, "pixels": pixels, "dwell": dwell,
+                                "detector": None},
+                       envelope={"fov": [1e-9, 1e-6], "stage_x": [-5e-7, 5e-7],
+                                 "stage_y": [-5e-7, 5e-7]})
+    parts = open_parts(config)
+    parts.classifier.classify([parts.microscope.inner.acquire_image("HAADF")])  # warm kernels
+    session = Session(config, parts)
+    steps: dict[str, float] = {}
+    last = [time.perf_counter()]
+
+    def on_step(node: str, _update: dict) -> None:     # wall time per node incl. checkpoint
+        now = time.perf_counter()
+        steps[node] = steps.get(node, 0.0) + now - last[0]
+        last[0] = now
+
+    t0 = last[0] = time.perf_counter()
+    final = session.run(on_step=on_step)
+    wall = time.perf_counter() - t0
+    session.close()
+    parts.microscope.close()
+    with SessionReader(config.out) as reader:
+        records = reader.records()
+    n = len(records)
+    acquire = sum(r.timings.acquire_s for r in records)
+    classify = sum(r.timings.classify_s for r in records)
+    return {"frames": n, "status": final["status"], "scan_s": pixels * pixels * dwell,
+            "acquire_s_per_frame": acquire / n, "classify_s_per_frame": classify / n,
+            "outside_s_per_frame": (wall - acquire) / n, "ratio": (wall - acquire) / acquire,
+            "per_node_ms": {k: round(v / n * 1e3, 1) for k, v in steps.items()},
+            "routes": sorted({str(r.route) for r in records})}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=10)
+    parser.add_argument("--pixels", type=int, default=512)
+    parser.add_argument("--dwell", type=float, default=4e-6)
+    parser.add_argument("--fov", type=float, default=100e-9)
+    parser.add_argument("--sample", type=int, default=2)
+    parser.add_argument("--max-rescans", type=int, default=0)
+    args = parser.parse_args()
+    process, uri = start_bridge(args.sample)
+    try:
+        work = Path(tempfile.mkdtemp(prefix="micagent-nion-bench-"))
+        result = measure(uri, args.frames, args.pixels, args.dwell, args.fov,
+                         args.max_rescans, work)
+    finally:
+        process.terminate()
+        process.wait(30)
+    print(f"Nion simulator via the bridge ({uri}), {args.pixels}x{args.pixels}, dwell "
+          f"{args.dwell:g} s (scan {result['scan_s']:.3f} s), {result['frames']} frames, "
+          f"{result['status']}: acquisition {result['acquire_s_per_frame']:.3f} s/frame, "
+          f"outside acquisition {result['outside_s_per_frame'] * 1e3:.1f} ms/frame (classify "
+          f"{result['classify_s_per_frame'] * 1e3:.1f} ms), ratio {result['ratio']:.4f} "
+          f"(target <= 0.05); routes {result['routes']}\n  per node, ms/frame (step incl. "
+          f"checkpoint): {result['per_node_ms']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Run the Nion bridge (`python -m instruments.bridges.nion`) as its own process in its own
+environment (`.venv-nion`: numpy 2 and the Nion packages, none of micagent's dependencies),
+on a free port of 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+NION_PYTHON = REPO / ".venv-nion" / "bin" / "python"
+START_TIMEOUT_S = 60.0
+
+needs_nion = pytest.mark.skipif(
+    not NION_PYTHON.exists(),
+    reason="no .venv-nion (created by .ci/peer_envs.sh, which the README's test command runs)")
+
+
+@dataclass
+class Bridge:
+    process: subprocess.Popen
+    uri: str
+    output: list[str] = field(default_factory=list)
+
+    @property
+    def host(self) -> str:
+        return self.uri.split("://")[1].rsplit(":", 1)[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.uri.rsplit(":", 1)[1])
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=10)
+
+    def terminate(self, timeout: float = 20.0) -> int:
+        """SIGTERM, and the exit code (the bridge must close the instrument and exit)."""
+        self.process.terminate()
+        return self.process.wait(timeout=timeout)
+
+
+def _drain(stream, lines: list[str], ready: threading.Event) -> None:
+    for line in stream:
+        lines.append(line.rstrip("\n"))
+        if line.startswith("READY "):
+            ready.set()
+    ready.set()
+
+
+def start_bridge(*args: str, port: int = 0) -> Bridge:
+    """Start a bridge and return it once it has printed its READY line."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # a clone, nothing else
+    env["PYTHONUNBUFFERED"] = "1"
+    cmd = [str(NION_PYTHON), "-m", "instruments.bridges.nion", "--port", str(port), *args]
+    process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    ready = threading.Event()
+    threading.Thread(target=_drain, args=(process.stdout, lines, ready), daemon=True).start()
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not ready.wait(0.05):
+        if time.monotonic() > deadline or process.poll() is not None:
+            break
+    announced = [line for line in lines if line.startswith("READY ")]
+    if not announced:
+        process.kill()
+        raise RuntimeError(f"bridge did not start: {cmd}\n" + "\n".join(lines))
+    return Bridge(process, announced[0].split()[1], lines)
+
+
+@contextmanager
+def running_bridge(*args: str) -> Iterator[Bridge]:
+    bridge = start_bridge(*args)
+    try:
+        yield bridge
+    finally:
+        bridge.kill()

@@ -1,0 +1,171 @@
+"""No API key reaches a file or a log: a local OpenAI-compatible server (driven by the real
+openai client) answers with text that echoes the request headers, as answer, as rationale and
+as an error; the session file, the checkpoint database, every cache and the log stay clean.
+The adjudicator's timeout comes from --vlm-timeout, $MICAGENT_VLM_TIMEOUT or the run config."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from instruments.redaction import install_log_redaction, redact, redact_bytes, redact_value
+
+MODES = ["echo-text", "echo-rationale", "echo-text", "echo-text", "echo-error"]
+
+
+class EchoingVlm(BaseHTTPRequestHandler):
+    """Quotes the request's headers back in whatever the next mode says."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):  # noqa: N802
+        self.rfile.read(int(self.headers["Content-Length"]))
+        echo = "\n".join(f"{k}: {v}" for k, v in self.headers.items())
+        key = self.headers.get("Authorization", "").removeprefix("Bearer ")
+        mode = self.server.modes.pop(0) if self.server.modes else "echo-text"
+        if mode == "echo-error":
+            return self._send(500, {"error": {"message": f"bad key {key}; you sent {echo}"}})
+        content = (f"key={key} is what you sent, with:\n{echo}"
+                   if mode == "echo-text" else
+                   json.dumps({"label": "Particles", "confidence": 0.8,
+                               "rationale": f"round; by the way {echo} {key}"}))
+        self._send(200, {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+                         "choices": [{"index": 0, "finish_reason": "stop",
+                                      "message": {"role": "assistant", "content": content}}],
+                         "usage": {"prompt_tokens": 1, "completion_tokens": 1,
+                                   "total_tokens": 2}})
+
+    def _send(self, code: int, payload: dict) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture()
+def echo_server():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), EchoingVlm)
+    server.modes = list(MODES)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture()
+def log_file(tmp_path: Path):
+    """Every log record of the run (openai and httpx at DEBUG included) into a file."""
+    install_log_redaction()
+    path = tmp_path / "run.log"
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    yield path
+    root.removeHandler(handler)
+    root.setLevel(old_level)
+    handler.close()
+
+
+def test_echoed_keys_reach_no_file_and_no_log(echo_server, tmp_path, monkeypatch, log_file):
+    import torch
+
+    from agent.adjudication.demonstrations import DemonstrationBank
+    from agent.config import RunConfig, checkpoint_path
+    from agent.session import Session, SessionParts
+    from instruments.safety import GuardedMicroscope, SafetyEnvelope
+    from instruments.session_reader import SessionReader
+    from models.classifier import Classifier
+    from models.config import FusionConfig
+    from twins.classes import SEM_CLASSES
+    from twins.microscope import TwinMicroscope
+
+    secret = "k" + uuid.uuid4().hex + uuid.uuid4().hex            # no sk- prefix: env only
+    monkeypatch.setenv("MICAGENT_VLM_BASE_URL", f"http://127.0.0.1:{echo_server.server_port}/v1")
+    monkeypatch.setenv("MICAGENT_VLM_MODEL", "echo-vlm")
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    torch.manual_seed(0)
+    classifier = Classifier.create(FusionConfig.ablation("vit_only"), SEM_CLASSES)
+    twin = TwinMicroscope(seed=0)
+    centres = twin.specimen.survey_centres(20e-6)[:3]
+    images = []
+    for c in centres:
+        twin.move_stage(c)
+        images.append(twin.acquire().image)
+    bank = DemonstrationBank(np.stack(images), ["Particles", "Powder", "Tips"],
+                             classifier.embed(images))
+    config = RunConfig(session_id=str(uuid.uuid4()), out=str(tmp_path / "s.h5"), frames=3,
+                       state_dir=str(tmp_path / "state"), adjudicator="openai",
+                       confidence=1.01, max_rescans=0, demo_k=2, vlm_timeout_s=5.0,
+                       imaging={"fov": 20e-6, "pixels": 96, "dwell": 2e-6})
+    parts = SessionParts(GuardedMicroscope(twin, SafetyEnvelope()), classifier, bank,
+                         survey_positions=[{"x": c.x, "y": c.y, "row": 0, "col": i}
+                                           for i, c in enumerate(centres)])
+    session = Session(config, parts)
+    final = session.run()
+    session.close()
+    assert final["used"]["adjudications"] == 3 and not echo_server.modes  # every mode served
+    with SessionReader(config.out) as reader:
+        records = reader.records()
+    verdicts = [r.adjudication for r in records]
+    assert any(v.error and "[redacted]" in v.error for v in verdicts)        # quoted, masked
+    assert any(v.answer and "[redacted]" in v.answer.rationale for v in verdicts)
+    files = [Path(config.out), checkpoint_path(config.out), log_file,
+             *Path(config.out).parent.glob("*-wal"), *Path(config.state_dir).rglob("*")]
+    assert checkpoint_path(config.out).stat().st_size > 0
+    for path in files:
+        if path.is_file():
+            data = path.read_bytes()
+            assert secret.encode() not in data, path
+            assert secret[:24].encode() not in data, path
+
+
+def test_the_filter_masks_keys_authorization_values_and_sk_tokens(monkeypatch) -> None:
+    monkeypatch.setenv("MY_SERVICE_API_KEY", "plain-value-123456")
+    text = ("Authorization: Bearer abc.def-ghi123 and authorization=xyz123456 "
+            "sk-proj-AbCdEf0123456789 plain-value-123456 short sk-1")
+    masked = redact(text)
+    for leaked in ("abc.def-ghi123", "xyz123456", "AbCdEf0123456789", "plain-value-123456"):
+        assert leaked not in masked
+    assert masked.endswith("short sk-1")
+    assert redact("Authorization: Bearer plain-value-123456") == "Authorization: Bearer [redacted]"
+    assert redact_value({"a": ["Bearer tok_0123456789"], "n": 3}) == {"a": ["Bearer [redacted]"],
+                                                                     "n": 3}
+    assert json.loads(redact('{"authorization": null, "Authorization": 12}')) == {
+        "authorization": None, "Authorization": 12}
+    assert redact_bytes(b"\xa5xplain-value-123456\x01") == b"\xa5x" + b"*" * 18 + b"\x01"
+
+
+@pytest.mark.parametrize("given,env,expected", [(None, None, 30.0), (None, "7.5", 7.5),
+                                                (2.0, "7.5", 2.0)])
+def test_the_vlm_timeout_comes_from_the_option_the_env_or_30_s(given, env, expected,
+                                                               monkeypatch) -> None:
+    from workflows.cmd_run import _vlm_timeout
+    if env is None:
+        monkeypatch.delenv("MICAGENT_VLM_TIMEOUT", raising=False)
+    else:
+        monkeypatch.setenv("MICAGENT_VLM_TIMEOUT", env)
+    assert _vlm_timeout(given) == expected
+
+
+def test_a_bad_vlm_timeout_is_a_clear_error(monkeypatch) -> None:
+    from agent.config import RunConfig, RunConfigError
+    from workflows.cmd_run import _vlm_timeout
+    monkeypatch.setenv("MICAGENT_VLM_TIMEOUT", "soon")
+    with pytest.raises(ValueError, match="MICAGENT_VLM_TIMEOUT"):
+        _vlm_timeout(None)
+    with pytest.raises(RunConfigError, match="positive"):
+        RunConfig(session_id="x", vlm_timeout_s=0)
