@@ -2,9 +2,10 @@
 
 Serves, in order, the frames of a micagent session file (exactly as recorded, same frame ids)
 or the 2-D IMAGE datasets of any NSID file written by another tool (each channel a frame).
-The input is opened with h5py read-only and never modified. Stage moves and imaging changes
-are accepted and recorded, not acted on (`can_move_stage` is False); when the frames run out,
-`acquire` raises ReplayExhausted.
+The input is opened with h5py read-only and never modified; `start`/`stop` serve a slice of
+the stored frames (an archive replay splits large sessions into frame ranges). Stage moves and
+imaging changes are accepted and recorded, not acted on (`can_move_stage` is False); when the
+frames run out, `acquire` raises ReplayExhausted.
 """
 
 from __future__ import annotations
@@ -158,14 +159,15 @@ def _open_source(path: str) -> _Source:
 class ReplayMicroscope:
     """A stored session (or foreign NSID) file served frame by frame as a Microscope."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, start: int = 0, stop: int | None = None) -> None:
         self.path = os.path.abspath(os.fspath(path))
         self.instrument_id = f"replay://{self.path}"
         try:
             self._source: _Source | None = _open_source(self.path)
         except SessionFileError as exc:
             raise ReplaySourceError(f"cannot replay: {exc}", self.instrument_id) from exc
-        self._metas = self._source.metas
+        self._first = max(0, start)
+        self._metas = self._source.metas[self._first:stop]
         self._next = 0
         self.requests: list[dict[str, Any]] = []
 
@@ -236,15 +238,15 @@ class ReplayMicroscope:
             raise ReplayExhausted(f"all {len(self._metas)} stored frames served",
                                   self.instrument_id)
         try:
-            frame = self._source.frame(self._next)
+            frame = self._source.frame(self._first + self._next)
         except (SessionFileError, OSError, KeyError, ValueError) as exc:
-            raise ReplaySourceError(f"stored frame {self._next} unreadable: {exc}",
+            raise ReplaySourceError(f"stored frame {self._first + self._next} unreadable: {exc}",
                                     self.instrument_id) from exc
         self._next += 1
         return frame
 
     def rewind(self) -> None:
-        """Serve from the first frame again."""
+        """Serve from the first frame (of the slice) again."""
         self._next = 0
 
     def close(self) -> None:

@@ -114,3 +114,13 @@ def test_a_session_damaged_inside_is_one_error_line_for_every_reading_command(
                 lines = [x for x in result.stderr.splitlines() if x.strip()]
                 assert result.exit_code == 2 and len(lines) == 1, (case, args[0], lines)
                 assert lines[0].startswith("error: "), lines
+
+
+@pytest.mark.parametrize("kind", ["random", "missing", "nan"])
+def test_twin_serve_with_an_unreadable_data_file_is_one_error_line(tmp_path: Path,
+                                                                    kind: str) -> None:
+    path = _bad_inputs(tmp_path)[kind]
+    result = _micagent("twin", "serve", "--protocol", "dtm", "--port", "0", "--data",
+                       str(path), cwd=tmp_path)
+    _assert_one_line_error(result)
+    assert "cannot serve the twin" in result.stderr

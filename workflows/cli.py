@@ -8,6 +8,7 @@ import typer
 from instruments.redaction import install_log_redaction
 from workflows import (
     cmd_inspect,
+    cmd_replay,
     cmd_report,
     cmd_run,
     cmd_train,
@@ -37,7 +38,7 @@ for name, command in (("inspect", cmd_inspect.inspect), ("export", cmd_inspect.e
                       ("evaluate", cmd_train.evaluate_cmd), ("ablate", cmd_train.ablate_cmd),
                       ("fit-ood", cmd_train.fit_ood_cmd), ("describe", cmd_train.describe_cmd),
                       ("select-confounding", cmd_train.select_confounding_cmd),
-                      ("run", cmd_run.run), ("replay", cmd_run.replay)):
+                      ("run", cmd_run.run), ("replay", cmd_replay.replay)):
     app.command(name)(command)
 twin_app.command("serve")(cmd_twin_serve.serve)
 twin_app.command("dataset")(cmd_twin_dataset.twin_dataset)

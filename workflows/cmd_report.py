@@ -1,4 +1,5 @@
-"""`micagent report SESSION.h5 --out DIR`: an HTML page with PNG figures of one session."""
+"""`micagent report SESSION.h5 --out DIR`: an HTML page with PNG figures of one session;
+`micagent report RESULTS --out DIR` the same for an archive replay's results folder."""
 
 from __future__ import annotations
 
@@ -8,17 +9,25 @@ from typing import Annotated
 import typer
 
 from instruments.session_layout import SessionFileError
+from workflows.archive_report import build_archive_report
 from workflows.cli_output import DAMAGED, fail, file_error
+from workflows.replay_store import ResultsFolderError
 from workflows.report import build_report
 
 
 def report(
-    session: Annotated[Path, typer.Argument(help="Session file (.h5) from `micagent run`.")],
+    session: Annotated[Path, typer.Argument(help="Session file (.h5) from `micagent run`, or "
+                                                 "a results folder of `micagent replay "
+                                                 "--out`.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for index.html and its PNGs.")],
     least_certain: Annotated[int, typer.Option(min=0, help="Frames in the least-certain grid.")]
     = 12,
 ) -> None:
-    """Write a session report: stage map, escalation funnel, confidence, timings."""
+    """Write a session report (stage map, escalation funnel, confidence, timings), or an
+    archive replay report (changed decisions per class, confidence shift, throughput)."""
+    if session.is_dir():
+        _archive_report(session, out)
+        return
     if not session.is_file():
         raise fail(f"no such file: {session}")
     try:
@@ -27,4 +36,14 @@ def report(
         raise fail(exc) from exc
     except DAMAGED as exc:
         raise file_error(exc, session, out) from exc
+    typer.echo(f"report: {page}")
+
+
+def _archive_report(results: Path, out: Path) -> None:
+    try:
+        page = build_archive_report(results, out)
+    except (ResultsFolderError, FileNotFoundError) as exc:
+        raise fail(exc) from exc
+    except DAMAGED as exc:
+        raise file_error(exc, results, out) from exc
     typer.echo(f"report: {page}")

@@ -1,5 +1,6 @@
-"""`micagent run` (an acquisition session driven by the agent) and `micagent replay` (stored
-frames through the current model and policy, with a diff of old and new decisions)."""
+"""`micagent run` (an acquisition session driven by the agent) and the single-file form of
+`micagent replay` (stored frames through the current model and policy, with a diff of old and
+new decisions; the command itself lives in workflows/cmd_replay.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 import os
 import sys
 import uuid
-from dataclasses import replace
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -33,9 +34,9 @@ from instruments.session_reader import SessionReader
 from instruments.uri import open_instrument
 from workflows.cli_output import DAMAGED, fail, file_error, notice
 from workflows.envelope_options import envelope_values
+from workflows.replay_config import replay_run_config
 
 BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "models" / "bundled" / "sem_twin"
-BANK_PER_CLASS = 6
 err = Console(stderr=True)
 
 
@@ -65,15 +66,12 @@ def _load_classifier(config: RunConfig, twin: bool):
 
 
 def _bank(config: RunConfig, classifier) -> DemonstrationBank | None:
-    source = config.bank or "twin"
-    if source == "none":
-        return None
-    from workflows.demonstrations import cached_bank
+    from workflows.demonstrations import session_bank
     try:
-        return cached_bank(classifier, Path(config.state_dir) / "banks", source,
-                           per_class=BANK_PER_CLASS, seed=config.seed)
+        return session_bank(classifier, config.state_dir, config.bank, config.seed)
     except Exception as exc:  # noqa: BLE001
-        raise StartError(f"cannot build the demonstration bank from {source}: {exc}") from exc
+        raise StartError(f"cannot build the demonstration bank from "
+                         f"{config.bank or 'twin'}: {exc}") from exc
 
 
 def _twin_positions(inner: Microscope, fov: float) -> list[dict[str, Any]] | None:
@@ -86,21 +84,25 @@ def _twin_positions(inner: Microscope, fov: float) -> list[dict[str, Any]] | Non
             for p in specimen.survey_centres(fov)]
 
 
-def open_parts(config: RunConfig, classifier: Any = None) -> SessionParts:
-    """Instrument (guarded), classifier (loaded from config.model unless given), demonstration
-    bank and plan inputs for a session."""
+def open_parts(config: RunConfig, classifier: Any = None, instrument: Microscope | None = None,
+               bank_for: Callable[[RunConfig, Any], DemonstrationBank | None] | None = None
+               ) -> SessionParts:
+    """Instrument (guarded; opened from config.instrument unless given), classifier (loaded
+    from config.model unless given), demonstration bank (`bank_for(config, classifier)` when
+    given, else from the cache under config.state_dir) and plan inputs for a session."""
     twin = config.instrument == "twin"
     if classifier is None:
         classifier, model_path = _load_classifier(config, twin)
     else:
         model_path = config.model or "<in memory>"
     try:
-        inner = open_instrument(config.instrument, {"twin": _twin_factory(config.seed)})
+        inner = instrument or open_instrument(config.instrument,
+                                              {"twin": _twin_factory(config.seed)})
     except InstrumentError as exc:
         raise StartError(f"cannot open instrument {config.instrument}: {exc}") from exc
     guarded = GuardedMicroscope(inner, envelope_from_dict(config.envelope))
     parts = SessionParts(microscope=guarded, classifier=classifier,
-                         bank=_bank(config, classifier),
+                         bank=(bank_for or _bank)(config, classifier),
                          model_info={"path": model_path,
                                      "sha256": getattr(classifier, "checkpoint_sha256", None)})
     try:
@@ -349,14 +351,9 @@ def _route(record: DecisionRecord | None) -> str | None:
     return record.route.value if record and record.route else None
 
 
-def replay(
-    session_file: str = typer.Argument(..., help="a stored session file"),
-    model: str | None = typer.Option(None, help="checkpoint folder (default: bundled)"),
-    as_json: bool = typer.Option(False, "--json", help="print the diff as one JSON object"),
-    state_dir: str = typer.Option(".micagent", help="caches and banks"),
-) -> None:
-    """Run a stored session's frames through the current model and policy (unattended) and
-    print what changed."""
+def replay_file(session_file: str, model: str | None, as_json: bool, state_dir: str) -> None:
+    """`micagent replay FILE`: a stored session's frames through the current model and policy
+    (unattended) in this process; prints what changed (workflows/cmd_replay.py dispatches)."""
     source = Path(session_file).resolve()
     try:
         with SessionReader(source) as reader:
@@ -369,16 +366,8 @@ def replay(
     replay_id = str(uuid.uuid4())
     out = Path(state_dir).resolve() / "replays" / f"{source.stem}.replay-{replay_id}.h5"
     out.parent.mkdir(parents=True, exist_ok=True)
-    base = RunConfig(session_id=replay_id, out=str(out),
-                     state_dir=str(Path(state_dir).resolve()), frames=len(old))
-    config = replace(base, instrument=f"replay://{source}", model=model, approve="none",
-                     max_rescans=0, adjudicator="offline",
-                     bank=stored.get("bank"), demo_k=int(stored.get("demo_k", base.demo_k)),
-                     confidence=float(stored.get("confidence", base.confidence)),
-                     max_set_size=int(stored.get("max_set_size", base.max_set_size)),
-                     reject_unknown=bool(stored.get("reject_unknown", base.reject_unknown)),
-                     imaging=stored.get("imaging", base.imaging), budgets={})
-    config.budgets = {**config.budgets, "adjudications": len(old), "rescans": 0}
+    config = replay_run_config(source, stored, len(old), model, Path(state_dir).resolve(), out,
+                               replay_id)
     quiet_console = Console(quiet=True)
     try:
         run_session(config, quiet_console, quiet=True)

@@ -10,6 +10,7 @@ import typer
 
 from twins.faults import FaultSpec, FaultSpecError
 from twins.serve import run_server
+from workflows.cli_output import fail
 
 
 class Protocol(StrEnum):
@@ -37,5 +38,8 @@ def serve(
         FaultSpec.parse(faults)
     except FaultSpecError as exc:
         raise typer.BadParameter(str(exc), param_hint="--faults") from exc
-    run_server(protocol.value, host, port, seed=seed, faults=faults, data=data,
-               announce=typer.echo, data_root=data_root)
+    try:
+        run_server(protocol.value, host, port, seed=seed, faults=faults, data=data,
+                   announce=typer.echo, data_root=data_root)
+    except (OSError, ValueError, RuntimeError) as exc:   # a bad --data file, a port in use
+        raise fail(f"cannot serve the twin: {exc}") from exc

@@ -16,6 +16,7 @@ from skimage.transform import resize
 from agent.adjudication.demonstrations import BankError, DemonstrationBank
 
 PROMPT_SIDE = 128
+BANK_PER_CLASS = 6
 
 
 class BankCacheWarning(UserWarning):
@@ -74,3 +75,14 @@ def cached_bank(classifier: Any, cache_dir: str | Path, source: str, per_class: 
             else folder_bank(classifier, source, per_class, seed))
     bank.save(path)                          # temporary name, fsync, rename
     return bank
+
+
+def session_bank(classifier: Any, state_dir: str | Path, source: str | None,
+                 seed: int) -> DemonstrationBank | None:
+    """The bank a session draws demonstrations from: `source` "twin" (the default), a dataset
+    folder, or "none" (no bank); cached under `state_dir`/banks."""
+    source = source or "twin"
+    if source == "none":
+        return None
+    return cached_bank(classifier, Path(state_dir) / "banks", source, per_class=BANK_PER_CLASS,
+                       seed=seed)

@@ -1,17 +1,21 @@
 """Row `files`: corrupt, truncated, random, NaN-only, empty, missing and folder inputs through
-every command that reads a session file (inspect, inspect --json, export, report, replay, and
-run --out on a sample). A crash is an uncaught exception or a traceback; every refusal must be
-one `error:` line, and no input may change."""
+every command that reads a session file (inspect, inspect --json, export, report, replay; on a
+sample also run --out and twin serve --data, a server in its own process that must either
+refuse the file or start). A crash is an uncaught exception or a traceback; every refusal must
+be one `error:` line, and no input may change."""
 
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
 import h5py
 import numpy as np
-from common import Clock, Row, small_classifier
+from common import REPO, Clock, Row, small_classifier
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -75,6 +79,25 @@ def _commands(path: Path, out: Path, index: int) -> list[list[str]]:
     return commands
 
 
+def _serve(path: Path, row: Row, kind: str) -> None:
+    """`micagent twin serve --protocol dtm --data PATH`: READY, or one error line."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "workflows", "twin", "serve", "--protocol",
+                             "dtm", "--port", "0", "--data", str(path)], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=path.parent)
+    first = proc.stdout.readline()
+    if first.startswith("READY"):
+        proc.kill()
+        proc.wait(timeout=30)
+        return
+    _, err = proc.communicate(timeout=120)
+    errors = [x for x in err.splitlines() if x.strip() and "Warning" not in x
+              and "warn(" not in x]
+    if proc.returncode != 2 or len(errors) != 1 or "Traceback" in err:
+        row.crashes += 1
+        row.note(f"{kind} twin serve --data: exit {proc.returncode}, {len(errors)} lines")
+
+
 def run(work: Path, n_files: int, seed: int) -> Row:
     from workflows.cli import app
 
@@ -103,6 +126,9 @@ def run(work: Path, n_files: int, seed: int) -> Row:
             if result.exit_code != 0 and (len(errors) != 1 or not errors[0].startswith("error:")):
                 row.crashes += 1
                 row.note(f"{kind} {args[0]}: {len(errors)} stderr lines, not one error line")
+        if i % 25 == 0:
+            row.cases += 1
+            _serve(path, row, kind)
         if _digest(path) != before:
             row.lost += 1
             row.note(f"{kind}: the input changed")
