@@ -193,7 +193,7 @@ def table(trials: list[Trial], frames: int) -> str:
     exact = sum(t.exact(frames) for t in trials)
     killed = sum(t.killed_at is not None for t in trials)
     return "\n".join([HEADER, *(_row(t, frames) for t in trials),
-                      f"{exact}/{len(trials)} exact ({frames} frames, unique ids, sequence "
+                      f"exact {exact}/{len(trials)} ({frames} frames, unique ids, sequence "
                       f"in order, one per position, status completed; {killed} of the "
                       f"{len(trials)} runs killed before their end)"])
 
