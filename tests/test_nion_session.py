@@ -155,7 +155,7 @@ def test_envelope_refusal_and_an_approved_move_outside_the_free_zone(tmp_path, c
     with SessionReader(config.out) as reader:
         frames = list(reader.frames())
     assert [f.stage.x for f, _ in frames] == pytest.approx([-2.5e-7, 1.5e-7])
-    approval = frames[1][1].position.model_extra["approval"]
+    approval = frames[1][1].position.approval
     assert approval["operator"] == "ana" and approval["note"] == "edge"
     assert frames[0][1].position.model_extra.get("approval") is None
 

@@ -15,6 +15,7 @@ from agent.nodes._common import fail, thumbnail
 from agent.quality import sharpness
 from agent.runtime import Runtime
 from agent.state import AgentState
+from instruments.decision_record import DecisionRecord, RescanRecord
 from instruments.errors import InstrumentError, SafetyRefused
 from instruments.frame import ImagingSettings
 
@@ -68,10 +69,12 @@ def adapt(rt: Runtime, settings: ImagingSettings, failures: list[str],
 
 def make(rt: Runtime):
     def rescan(state: AgentState) -> dict[str, Any]:
-        current = dict(state["current"])
-        settings = ImagingSettings(**current["settings"])
-        failures = list(current["quality"].get("failures", []))
-        last_chance = bool(current["rescans"]) and len(current["rescans"]) + 1 >= \
+        if rt.prefetch is not None:
+            rt.prefetch.settle()               # the instrument finishes the frame in flight
+        current: DecisionRecord = state["current"]
+        settings = current.settings
+        failures = list(current.quality.failures)
+        last_chance = bool(current.rescans) and len(current.rescans) + 1 >= \
             rt.policy.max_rescans
         t0 = time.perf_counter()
         try:
@@ -79,19 +82,20 @@ def make(rt: Runtime):
         except SafetyRefused as exc:
             note, new = {"refused": str(exc)}, settings
         except InstrumentError as exc:
-            return fail(state, f"rescan: {type(exc).__name__}: {exc}")
-        previous = rt.scratch.get(current["frame_id"])
-        rt.reference = previous.image
-        reason = ", ".join(failures) or ("operator asked" if current.get("human")
-                                         else "unsure")
-        current["rescans"] = [*current["rescans"], {
-            "settings": settings.as_dict(), "new_settings": new.as_dict(), "reason": reason,
-            "quality": current["quality"], "prediction": current["prediction"],
-            "adaptation": note, "adapt_s": time.perf_counter() - t0,
-            "thumbnail": str(thumbnail(rt, previous))}]
-        current["settings"] = new.as_dict()
-        current["human"] = None
-        used = dict(state["used"])
-        used["rescans"] = used.get("rescans", 0) + 1
-        return {"current": current, "used": used, "next": "acquire"}
+            return fail(f"rescan: {type(exc).__name__}: {exc}")
+        previous = rt.scratch.get(current.frame_id)
+        old_reference = state.get("reference_id")
+        if old_reference and old_reference != current.frame_id:
+            rt.scratch.drop(old_reference)        # superseded: drift is measured to the last
+        reason = ", ".join(failures) or ("operator asked" if current.human else "unsure")
+        attempt = RescanRecord(
+            settings=settings, new_settings=new, reason=reason, quality=current.quality,
+            prediction=current.prediction, adaptation=note,
+            adapt_s=time.perf_counter() - t0, thumbnail=str(thumbnail(rt, previous)),
+            frame_id=current.frame_id)
+        record = current.model_copy(update={
+            "rescans": [*current.rescans, attempt], "settings": new, "human": None,
+            "proposal": None, "route": None, "label": None})
+        return {"current": record, "reference_id": current.frame_id, "embedding": None,
+                "used": {"rescans": 1}}
     return rescan
