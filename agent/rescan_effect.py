@@ -2,9 +2,9 @@
 
 A rescan changes the imaging settings by kind: `dwell` (noise, drift), `focus` (blur: a
 focus sweep) and `fov` (the last chance zooms in). It had an effect when a failure it was
-meant to fix is gone, or a failing measure moved toward its threshold by more than
-`MIN_STEP` of that threshold (measures of one place scatter by less than that from frame to
-frame); otherwise the image did not change within noise. On an instrument where a kind of
+meant to fix is gone, or a failing measure moved the right way by more than `MIN_REL` of its
+value and more than its estimator's scatter between frames of one place (`SCATTER`);
+otherwise the image did not change within noise. On an instrument where a kind of
 change does nothing (Nion's simulator: dwell does not raise SNR, defocus does not blur), the
 session stops trying that kind.
 """
@@ -14,9 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from agent.quality import QualityThresholds
-
-MIN_STEP = 0.2
+MIN_REL = 0.2
+SCATTER = {"snr": 0.1, "sharpness": 0.005, "drift_px": 1.0}
 KINDS = ("dwell", "focus", "fov")
 _NOTE_KINDS = {"dwell": "dwell", "focus_sweep": "focus", "fov": "fov"}
 
@@ -39,8 +38,7 @@ def kinds_planned(failures: Iterable[str], last_chance: bool) -> set[str]:
     return kinds
 
 
-def had_effect(before: dict[str, Any], after: dict[str, Any],
-               thresholds: QualityThresholds) -> bool:
+def had_effect(before: dict[str, Any], after: dict[str, Any]) -> bool:
     """True when the rescan's frame (`after`) is measurably better than the frame it replaced
     (`before`) on what was wrong with it."""
     failures = set(before.get("failures") or [])
@@ -48,12 +46,13 @@ def had_effect(before: dict[str, Any], after: dict[str, Any],
         return True                      # a closer look at a good frame, not a repair
     if failures - set(after.get("failures") or []):
         return True
-    steps = {"blur": ("sharpness", thresholds.min_sharpness, 1.0),
-             "noise": ("snr", thresholds.min_snr, 1.0),
-             "drift": ("drift_px", thresholds.max_drift_px, -1.0)}
-    for failure in failures & steps.keys():
-        key, threshold, sign = steps[failure]
+    measures = {"blur": ("sharpness", 1.0), "noise": ("snr", 1.0), "drift": ("drift_px", -1.0)}
+    for failure in failures & measures.keys():
+        key, sign = measures[failure]
         old, new = before.get(key), after.get(key)
-        if old is not None and new is not None and sign * (new - old) > MIN_STEP * threshold:
+        if old is None or new is None:
+            continue
+        gain = sign * (new - old)
+        if gain > SCATTER[key] and gain > MIN_REL * abs(old):
             return True
     return False
