@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             row = Row(name, crashes=1)
             row.note(f"row failed: {type(exc).__name__}: {str(exc)[:150]}")
             rows.append(row)
+        print(table(rows[-1:]), file=sys.stderr, flush=True)
     log.close()
     leaks = secret_hits(work, SECRET)
     total = Row("all files of the campaign", cases=sum(1 for p in work.rglob("*")

@@ -11,6 +11,7 @@ The server process must stay up and answer a good request within a bound after e
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from pathlib import Path
@@ -31,6 +32,28 @@ def _answer(host: str, port: int, head: bytes, body: bytes = b"", wait: float = 
         except (TimeoutError, ConnectionResetError):
             pass
     return data
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _post_20mb(host: str, port: int) -> bytes:
+    """A 20 MB POST without a token, body really sent: the answer, read while sending."""
+    head = (f"POST /api/decide/x HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"Content-Length: {20 * 2**20}\r\n\r\n").encode()
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.sendall(head)
+        try:
+            for _ in range(320):
+                sock.sendall(b"x" * 65536)
+        except OSError:               # the server answered and closed: the rest is not read
+            pass
+        try:
+            return sock.recv(65536)
+        except OSError:
+            return b""
 
 
 def web(work: Path, floods: int, seed: int) -> Row:
@@ -55,8 +78,14 @@ def web(work: Path, floods: int, seed: int) -> Row:
          f"{ui.token}", 400),
     ]
     good = 0
+    rss = None
     try:
         for round_ in range(floods):
+            row.cases += 1
+            answer = _post_20mb(host, port)
+            if answer and not answer.startswith(b"HTTP/1.1 401"):
+                row.crashes += 1
+                row.note(f"20 MB POST without token -> {answer[:40]!r}")
             for head, status in probes:
                 row.cases += 1
                 started = time.monotonic()
@@ -78,8 +107,14 @@ def web(work: Path, floods: int, seed: int) -> Row:
             reply = httpx.get(f"http://{host}:{port}/api/pending", params={"token": ui.token},
                               timeout=GOOD_WITHIN_S)
             good += reply.status_code == 200
+            rss = _rss_mb() if rss is None else rss          # after a warm-up round
     finally:
         ui.stop()
+    grew = _rss_mb() - rss
+    row.note(f"process memory {grew:+.1f} MB over {floods - 1} rounds after the first, a 20 MB "
+             "body sent without token in each")
+    if grew > 20:
+        row.crashes += 1
     row.good_after = f"{good}/{floods}"
     row.seconds = clock()
     return row
