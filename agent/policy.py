@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from agent.rescan_effect import kinds_planned
 from instruments.decision_record import (
     DecisionRecord,
     PredictionRecord,
@@ -60,18 +62,22 @@ Step = Literal["record", "rescan", "adjudicate", "approve"]
 
 
 def decide(policy: RoutePolicy, prediction: PredictionRecord, quality: QualityRecord,
-           rescans_done: int, budgets: dict[str, float], used: dict[str, float]) -> Step:
+           rescans_done: int, budgets: dict[str, float], used: dict[str, float],
+           ineffective: Collection[str] = ()) -> Step:
     """Next step for a classified frame: "record" | "rescan" | "adjudicate" | "approve".
 
     An unknown frame (see `RoutePolicy`) is rescanned while its quality is poor, then recorded
-    or sent for approval, never adjudicated.
+    or sent for approval, never adjudicated. A rescan is chosen only while it would make a
+    kind of change that has not already changed nothing this session (`ineffective`).
     """
     if policy.approve == "all":
         return "approve"
     if policy.is_confident(prediction):
         return "record"
+    last_chance = rescans_done > 0 and rescans_done + 1 >= policy.max_rescans
     can_rescan = (rescans_done < policy.max_rescans
-                  and used.get("rescans", 0) < budgets.get("rescans", 0))
+                  and used.get("rescans", 0) < budgets.get("rescans", 0)
+                  and bool(kinds_planned(quality.failures, last_chance) - set(ineffective)))
     if not quality.ok and can_rescan:
         return "rescan"
     if policy.is_unknown(prediction):

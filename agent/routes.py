@@ -42,7 +42,8 @@ def after_classify(policy: RoutePolicy):
     def route_frame(state: AgentState) -> Literal["record", "rescan", "adjudicate", "approve"]:
         current = state["current"]
         return decide(policy, current.prediction, current.quality, len(current.rescans),
-                      state["budgets"], state["used"])
+                      state["budgets"], state["used"],
+                      ineffective=state.get("ineffective") or ())
     return route_frame
 
 

@@ -45,6 +45,7 @@ class AgentState(TypedDict, total=False):
     used: Annotated[dict[str, float], add_tallies]   # spent so far (wall_s: seconds)
     counts: Annotated[dict[str, Any], add_tallies]   # recorded, hits, routes{}, labels{}, ...
     consecutive_errors: int          # bad frames in a row (reset by a good one)
+    ineffective: list[str]           # kinds of rescan change that changed nothing here
     events: Annotated[list[dict[str, Any]], operator.add]  # incidents, for the report
     status: str                      # running | completed | interrupted | failed
     reason: str
@@ -60,4 +61,4 @@ def new_state(session_id: str, objective: dict[str, Any], max_frames: int,
         used={"rescans": 0, "adjudications": 0, "tokens": 0, "moves": 0, "wall_s": 0.0},
         counts={"recorded": 0, "hits": 0, "routes": {}, "labels": {}, "errors": 0,
                 "refused": 0},
-        consecutive_errors=0, events=[], status="running", reason="")
+        consecutive_errors=0, ineffective=[], events=[], status="running", reason="")

@@ -1,13 +1,18 @@
-"""assess_quality: sharpness, SNR and (against the attempt a rescan replaces) drift."""
+"""assess_quality: sharpness, SNR and (against the attempt a rescan replaces) drift. A rescan's
+frame is also compared with the attempt it replaced: a rescan that changed nothing (the same
+quality within noise) is recorded as such (`effect: none` on its rescan record, an event), and
+the kinds of change it tried are not tried again in this session."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from agent.nodes._common import event
 from agent.quality import assess
+from agent.rescan_effect import had_effect, kinds_tried
 from agent.runtime import Runtime
 from agent.state import AgentState
-from instruments.decision_record import DecisionRecord, QualityRecord
+from instruments.decision_record import DecisionRecord, QualityRecord, RescanRecord
 
 
 def make(rt: Runtime):
@@ -20,5 +25,20 @@ def make(rt: Runtime):
             if reference.shape != frame.image.shape:
                 reference = None
         quality = QualityRecord(**assess(frame.image, rt.thresholds, reference))
-        return {"current": current.model_copy(update={"quality": quality})}
+        update: dict[str, Any] = {}
+        rescans = current.rescans
+        if rescans and "effect" not in (rescans[-1].model_extra or {}):
+            last = rescans[-1]
+            changed = had_effect(last.quality.model_dump(), quality.model_dump())
+            rescans = [*rescans[:-1], RescanRecord(**last.model_dump(),
+                                                   effect="improved" if changed else "none")]
+            kinds = kinds_tried(last.adaptation)
+            if not changed and kinds:
+                update["ineffective"] = sorted(set(state.get("ineffective") or []) | kinds)
+                update["events"] = event("rescan_no_effect", f"rescan of {last.frame_id} "
+                                         f"({', '.join(sorted(kinds))}) left the quality as "
+                                         "it was; not tried again", kinds=sorted(kinds))
+        update["current"] = current.model_copy(update={"quality": quality,
+                                                       "rescans": rescans})
+        return update
     return assess_quality

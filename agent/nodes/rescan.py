@@ -46,11 +46,17 @@ def focus_sweep(rt: Runtime, settings: ImagingSettings) -> tuple[float, list[lis
 
 
 def adapt(rt: Runtime, settings: ImagingSettings, failures: list[str],
-          last_chance: bool) -> tuple[ImagingSettings, dict[str, Any]]:
-    """New settings for the rescan and a note of what was changed."""
+          last_chance: bool, skip: frozenset[str] = frozenset()
+          ) -> tuple[ImagingSettings, dict[str, Any]]:
+    """New settings for the rescan and a note of what was changed; kinds of change in `skip`
+    (dwell, focus, fov: see agent/rescan_effect) are not made."""
     caps, env = rt.microscope.capabilities(), rt.microscope.envelope
     note: dict[str, Any] = {}
     new = settings
+    if "dwell" in skip:
+        failures = [f for f in failures if f not in ("noise", "drift")]
+    if "focus" in skip:
+        failures = [f for f in failures if f != "blur"]
     if "noise" in failures:
         new = replace(new, dwell=_clamp(new.dwell * 4, caps.dwell_range, env.dwell))
         note["dwell"] = new.dwell
@@ -61,7 +67,7 @@ def adapt(rt: Runtime, settings: ImagingSettings, failures: list[str],
         best, sweep = focus_sweep(rt, new)
         new = replace(new, defocus=best)
         note["focus_sweep"] = sweep
-    if last_chance or not failures:
+    if (last_chance or not failures) and "fov" not in skip:
         new = replace(new, fov=_clamp(new.fov * 0.7, caps.fov_range, env.fov))
         note["fov"] = new.fov
     return new, note
@@ -78,7 +84,8 @@ def make(rt: Runtime):
             rt.policy.max_rescans
         t0 = time.perf_counter()
         try:
-            new, note = adapt(rt, settings, failures, last_chance)
+            new, note = adapt(rt, settings, failures, last_chance,
+                              frozenset(state.get("ineffective") or ()))
         except SafetyRefused as exc:
             note, new = {"refused": str(exc)}, settings
         except InstrumentError as exc:
