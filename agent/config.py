@@ -43,6 +43,7 @@ class RunConfig:
     budgets: dict[str, float] = field(default_factory=dict)
     thresholds: dict[str, float] = field(default_factory=lambda: QualityThresholds().as_dict())
     vlm_timeout_s: float = 30.0
+    pipeline: bool = True            # survey: acquire the next tile while deciding this one
     envelope: dict[str, Any] = field(default_factory=dict)   # SafetyEnvelope values
 
     def __post_init__(self) -> None:

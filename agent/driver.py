@@ -33,7 +33,7 @@ def run_graph(graph, session_id: str, initial: AgentState | None,
     while True:
         for chunk in graph.stream(payload, config, stream_mode="updates", durability="sync"):
             for node, update in chunk.items():
-                if node != "__interrupt__" and on_step is not None:
+                if not node.startswith("__") and on_step is not None:
                     on_step(node, update or {})
         snapshot = graph.get_state(config)
         if not snapshot.interrupts:

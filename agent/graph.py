@@ -1,4 +1,5 @@
-"""The acquisition graph: nodes wired by the `next` each one names, compiled with a
+"""The acquisition graph: nodes joined by conditional edges that are pure functions of the
+state (`agent.routes`; the route policy decides after classification), compiled with a
 checkpointer (SQLite for sessions) so a killed session resumes where it stopped."""
 
 from __future__ import annotations
@@ -7,8 +8,9 @@ import sqlite3
 from pathlib import Path
 
 from langgraph.checkpoint.sqlite import SqliteSaver
-from langgraph.graph import END, StateGraph
+from langgraph.graph import END, START, StateGraph
 
+from agent import routes
 from agent.checkpoint_serde import RedactingSerializer
 from agent.nodes import (
     acquire,
@@ -22,43 +24,39 @@ from agent.nodes import (
     plan,
     record,
     rescan,
-    route,
 )
 from agent.runtime import Runtime
 from agent.state import AgentState
 
 NODES = {"connect": connect, "check_instrument": check_instrument, "plan": plan,
          "acquire": acquire, "assess_quality": assess_quality, "classify": classify,
-         "route": route, "rescan": rescan, "adjudicate": adjudicate, "approve": approve,
-         "record": record, "finish": finish}
+         "rescan": rescan, "adjudicate": adjudicate, "approve": approve, "record": record,
+         "finish": finish}
 
-# where each node may go next (the value of state["next"] it sets)
-EDGES = {
-    "connect": ("check_instrument", "finish"),
-    "check_instrument": ("plan", "finish"),
-    "plan": ("acquire", "finish"),
-    "acquire": ("assess_quality", "plan", "finish"),
-    "assess_quality": ("classify",),
-    "classify": ("route",),
-    "route": ("record", "rescan", "adjudicate", "approve"),
-    "rescan": ("acquire", "finish"),
-    "adjudicate": ("record", "approve"),
-    "approve": ("record", "rescan"),
-    "record": ("plan",),
-}
-
-
-def _next(state: AgentState) -> str:
-    return state["next"]
+# the only types besides plain values the checkpoint holds (read back, never others)
+CHECKPOINT_TYPES = [("instruments.decision_record", name)
+                    for name in ("DecisionRecord", "Route", "Decision")]
 
 
 def build_graph(rt: Runtime) -> StateGraph:
     graph = StateGraph(AgentState)
     for name, module in NODES.items():
         graph.add_node(name, module.make(rt))
-    graph.set_entry_point("connect")
-    for name, targets in EDGES.items():
-        graph.add_conditional_edges(name, _next, {t: t for t in targets})
+    graph.add_edge(START, "connect")
+    graph.add_conditional_edges("connect", routes.after_setup("check_instrument"),
+                                ["check_instrument", "finish"])
+    graph.add_conditional_edges("check_instrument", routes.after_setup("plan"),
+                                ["plan", "finish"])
+    graph.add_conditional_edges("plan", routes.after_plan, ["acquire", "finish"])
+    graph.add_conditional_edges("acquire", routes.after_acquire,
+                                ["assess_quality", "plan", "finish"])
+    graph.add_edge("assess_quality", "classify")
+    graph.add_conditional_edges("classify", routes.after_classify(rt.policy),
+                                ["record", "rescan", "adjudicate", "approve"])
+    graph.add_conditional_edges("rescan", routes.after_rescan, ["acquire", "finish"])
+    graph.add_conditional_edges("adjudicate", routes.after_adjudicate, ["record", "approve"])
+    graph.add_conditional_edges("approve", routes.after_approve, ["record", "rescan"])
+    graph.add_edge("record", "plan")
     graph.add_edge("finish", END)
     return graph
 
@@ -68,11 +66,12 @@ def open_checkpointer(path: str | Path) -> SqliteSaver:
 
     WAL journal with synchronous=NORMAL: a committed step survives the process being killed
     (SIGKILL), only an OS crash or power loss may lose the last steps; it spares an fsync per
-    step. Everything it stores passes the redaction filter (agent/checkpoint_serde.py)."""
+    step. Everything it stores passes the redaction filter (agent/checkpoint_serde.py);
+    deserialisation is limited to plain values and the decision record."""
     conn = sqlite3.connect(str(path), check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
-    return SqliteSaver(conn, serde=RedactingSerializer())
+    return SqliteSaver(conn, serde=RedactingSerializer(allowed_msgpack_modules=CHECKPOINT_TYPES))
 
 
 def compile_graph(rt: Runtime, checkpointer):

@@ -69,11 +69,10 @@ class Runtime:
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
     on_update: Callable[[str, dict[str, Any]], None] | None = None
     recorder: Any = None            # agent.recorder.Recorder: session writes off the main path
+    prefetch: Any = None            # agent.pipeline.Prefetcher: the next survey frame, ahead
     # live, non-checkpointed caches
     applied: ImagingSettings | None = None
     stage: StagePosition | None = None
-    predictions: dict[str, Any] = field(default_factory=dict)
-    reference: np.ndarray | None = None
     last_tick: float = field(default_factory=time.monotonic)
     _can_move: bool | None = None
 

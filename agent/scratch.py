@@ -36,7 +36,7 @@ class FrameScratch:
     def recorded_ids(self) -> list[str]:
         """Frames with a decision record waiting to be stored, in sequence order."""
         ids = [p.name[:-len(".record.json")] for p in self.folder.glob("*.record.json")]
-        return sorted(ids, key=lambda i: self.get(i).sequence)
+        return sorted(ids, key=lambda i: json.loads(self.get_record(i)).get("sequence") or 0)
 
     def put(self, frame: Frame) -> None:
         image_path, meta_path = self._paths(frame.frame_id)
@@ -61,6 +61,8 @@ class FrameScratch:
         return frame_id in self._memory or self._paths(frame_id)[0].exists()
 
     def drop(self, frame_id: str) -> None:
+        """Forget a frame: its record first, so a kill in between leaves a frame without a
+        record (nothing to store) rather than a record without its frame."""
         self._memory.pop(frame_id, None)
-        for path in (*self._paths(frame_id), self._record_path(frame_id)):
+        for path in (self._record_path(frame_id), *self._paths(frame_id)):
             path.unlink(missing_ok=True)

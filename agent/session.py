@@ -4,6 +4,7 @@ end (or resumed), with the file's closing status always written."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,7 +20,9 @@ from agent.approval_broker import ApprovalBroker
 from agent.config import RunConfig, checkpoint_path, work_dir
 from agent.driver import run_graph, thread_config
 from agent.graph import compile_graph, open_checkpointer
+from agent.nodes.finish import close_session, final_status
 from agent.objectives import parse_objective
+from agent.pipeline import Prefetcher
 from agent.recorder import Recorder
 from agent.runtime import Runtime, TileSource
 from agent.scratch import FrameScratch
@@ -101,6 +104,8 @@ class Session:
             survey_positions=parts.survey_positions, region=parts.region, tiles=parts.tiles,
             demo_k=config.demo_k, demo_strategy=config.demo_strategy,
             rng=np.random.default_rng(config.seed), on_update=on_update)
+        if config.pipeline and parts.tiles is None:
+            self.runtime.prefetch = Prefetcher(self.runtime)
         self.graph = compile_graph(self.runtime, self.checkpointer)
 
     def _policy(self):
@@ -118,24 +123,34 @@ class Session:
                          self.config.budgets)
 
     def saved_state(self) -> tuple[dict[str, Any], tuple[str, ...]]:
+        """The checkpointed values and the tasks of the latest checkpoint: those still to
+        run and those that finished and stored their writes before the process died
+        (`StateSnapshot.next` leaves the latter out; the graph has not ended while any
+        task is there)."""
         snapshot = self.graph.get_state(thread_config(self.config.session_id))
-        return dict(snapshot.values or {}), tuple(snapshot.next or ())
+        return dict(snapshot.values or {}), tuple(task.name for task in snapshot.tasks)
 
     def run(self, broker: ApprovalBroker | None = None,
             on_step: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Run the session, or continue it from its checkpoint; returns the final state.
-        Ctrl-C closes the file as interrupted, any other failure as failed, then re-raises."""
+
+        A checkpoint with a step pending resumes exactly there (`invoke(None)`: LangGraph runs
+        that step, or applies the writes it stored before the process died). A session that
+        ended failed starts a new run on its thread from `connect` (counts and budgets as they
+        were, the position in flight retried). Ctrl-C closes the file as interrupted, any
+        other failure as failed, then re-raises."""
         values, pending = self.saved_state()
-        if values and not pending and values.get("status") in ("failed", "running"):
-            # failed: e.g. the instrument came back; running with nothing pending: killed
-            # before the graph's next step was saved
-            self._reopen_failed(values)
-        elif values and not pending:                 # completed before: nothing to do
-            self.writer.close(values.get("status", "completed"), values.get("reason", ""))
+        if not values:
+            payload: Any = self.initial_state()
+        elif pending:
+            payload = None
+        elif values.get("status") == "failed":
+            payload = self._reopen_input(values)
+        else:                                       # completed before: nothing to do
+            self._close_file(values)
             return values
-        initial = None if values else self.initial_state()
         try:
-            return run_graph(self.graph, self.config.session_id, initial, broker, on_step)
+            final = run_graph(self.graph, self.config.session_id, payload, broker, on_step)
         except KeyboardInterrupt:
             self._settle()
             self.writer.close("interrupted", "stopped by the operator; continue with "
@@ -145,20 +160,26 @@ class Session:
             self._settle()
             self.writer.close("failed", f"{type(exc).__name__}: {exc}")
             raise
+        self._close_file(final)
+        return final
 
-    def _reopen_failed(self, values: dict[str, Any]) -> None:
-        """Continue a session that ended failed: back to checking the instrument, then the
-        plan goes on from where it stopped, retrying the position that was in flight (counts
-        and budgets as they were)."""
-        counts = {**values["counts"], "consecutive_errors": 0}
+    def _close_file(self, values: dict[str, Any]) -> None:
+        """Close the file with the state's outcome unless `finish` already did (its stored
+        writes were applied without running it again after a kill)."""
+        if not self.writer.closed:
+            close_session(self.runtime, values, final_status(values),
+                          values.get("used", {}).get("wall_s", 0.0))
+
+    @staticmethod
+    def _reopen_input(values: dict[str, Any]) -> dict[str, Any]:
+        """The input that starts a failed session's thread again: back to connecting, the
+        plan going on from the position that was in flight."""
         plan_index = values["plan_index"] - (1 if values.get("current") else 0)
-        events = [*values.get("events", []),
-                  {"kind": "resumed", "message": f"resumed after: {values.get('reason')}"}]
-        self.graph.update_state(thread_config(self.config.session_id),
-                                {"status": "running", "reason": "", "current": None,
-                                 "plan_index": max(plan_index, 0),
-                                 "counts": counts, "events": events,
-                                 "next": "check_instrument"}, as_node="connect")
+        return {"status": "running", "reason": "", "current": None, "embedding": None,
+                "reference_id": None, "plan_index": max(plan_index, 0),
+                "consecutive_errors": 0,
+                "events": [{"kind": "resumed", "time": time.time(),
+                            "message": f"resumed after: {values.get('reason')}"}]}
 
     def _settle(self) -> None:
         """Let queued frame writes finish before the file is closed (a failed write is
@@ -170,6 +191,8 @@ class Session:
 
     def close(self) -> None:
         self._settle()
+        if self.runtime.prefetch is not None:
+            self.runtime.prefetch.close()
         self.recorder.close()
         if not self.writer.closed:
             self.writer.close("interrupted", "session object closed before the end")

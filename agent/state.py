@@ -1,13 +1,32 @@
-"""The graph's checkpointed state: small, JSON-able values only.
+"""The graph's checkpointed state: small values only (ids, numbers, the typed record).
 
 Heavy objects (microscope, classifier, session writer, adjudicator, frame pixels) live in
-`agent.runtime.Runtime`, never here, so the SQLite checkpointer stores only ids, counters,
-budgets and the decision being built for the frame in flight.
+`agent.runtime.Runtime`, never here. Everything a node needs to continue after a restart is
+here: the decision being built (`current`, an `instruments.decision_record.DecisionRecord`),
+the classifier's embedding of the frame in flight (for demonstrations) and the id of the frame
+a rescan is measured against for drift (its pixels stay in the scratch store).
+
+Tallies are accumulated by reducers, so a node returns what it adds, never a copy of the
+whole: `used` and `counts` add numbers (nested dicts key by key), `events` appends.
 """
 
 from __future__ import annotations
 
-from typing import Any, TypedDict
+import operator
+from typing import Annotated, Any, TypedDict
+
+from instruments.decision_record import DecisionRecord
+
+
+def add_tallies(left: dict[str, Any] | None, right: dict[str, Any] | None) -> dict[str, Any]:
+    """Reducer: `left` with every number of `right` added (nested dicts merged the same way)."""
+    out = dict(left or {})
+    for key, value in (right or {}).items():
+        if isinstance(value, dict):
+            out[key] = add_tallies(out.get(key), value)
+        else:
+            out[key] = out.get(key, 0) + value
+    return out
 
 
 class AgentState(TypedDict, total=False):
@@ -17,16 +36,19 @@ class AgentState(TypedDict, total=False):
     positions: list[dict[str, Any]]  # survey plan: [{"x","y","row","col"}]; empty for hunt
     plan_index: int
     sequence: int
-    current: dict[str, Any] | None  # the decision being built for the frame in flight
+    current: DecisionRecord | None   # the decision being built for the frame in flight
+    embedding: list[float] | None    # the classifier's embedding of that frame
+    reference_id: str | None         # drift reference: the attempt a rescan replaces
     previous_frame_id: str | None
-    defocus: float                 # last defocus that gave a good frame (carried forward)
-    budgets: dict[str, float]      # limits: rescans, adjudications, tokens, moves, wall_s
-    used: dict[str, float]         # spent so far, same keys (wall_s = seconds elapsed)
-    counts: dict[str, Any]         # recorded, hits, routes{}, labels{}, errors, refused, ...
-    events: list[dict[str, Any]]   # session-level incidents (errors, refusals), for the report
-    status: str                    # running | completed | interrupted | failed
+    defocus: float                   # last defocus that gave a good frame (carried forward)
+    budgets: dict[str, float]        # limits: rescans, adjudications, tokens, moves, wall_s
+    used: Annotated[dict[str, float], add_tallies]   # spent so far (wall_s: seconds)
+    counts: Annotated[dict[str, Any], add_tallies]   # recorded, hits, routes{}, labels{}, ...
+    consecutive_errors: int          # bad frames in a row (reset by a good one)
+    ineffective: list[str]           # kinds of rescan change that changed nothing here
+    events: Annotated[list[dict[str, Any]], operator.add]  # incidents, for the report
+    status: str                      # running | completed | interrupted | failed
     reason: str
-    next: str                      # the node a conditional edge goes to next
 
 
 def new_state(session_id: str, objective: dict[str, Any], max_frames: int,
@@ -34,15 +56,9 @@ def new_state(session_id: str, objective: dict[str, Any], max_frames: int,
     """The initial state of a fresh session."""
     return AgentState(
         session_id=session_id, objective=objective, max_frames=max_frames, positions=[],
-        plan_index=0, sequence=0, current=None, previous_frame_id=None, budgets=dict(budgets),
+        plan_index=0, sequence=0, current=None, embedding=None, reference_id=None,
+        previous_frame_id=None, budgets=dict(budgets),
         used={"rescans": 0, "adjudications": 0, "tokens": 0, "moves": 0, "wall_s": 0.0},
         counts={"recorded": 0, "hits": 0, "routes": {}, "labels": {}, "errors": 0,
-                "consecutive_errors": 0, "refused": 0},
-        events=[], status="running", reason="", next="")
-
-
-def bump(mapping: dict[str, Any], key: str, by: int = 1) -> dict[str, Any]:
-    """A copy of `mapping` with `key` incremented (state values are replaced, not mutated)."""
-    out = dict(mapping)
-    out[key] = out.get(key, 0) + by
-    return out
+                "refused": 0},
+        consecutive_errors=0, ineffective=[], events=[], status="running", reason="")

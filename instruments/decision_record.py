@@ -67,8 +67,12 @@ class _Part(BaseModel):
 
 
 class Position(_Part):
+    """Where the frame was planned; `approval`: the human approval the move there needed
+    (decision, operator, note, time, reason), when it needed one."""
+
     x: float | None = None
     y: float | None = None
+    approval: dict[str, Any] | None = None
 
 
 class Tile(_Part):

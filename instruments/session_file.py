@@ -276,11 +276,23 @@ class SessionWriter:
             f.attrs[ATTR_FORMAT_VERSION] = FORMAT_VERSION     # new frames: the new layout
         measurement = f.require_group(MEASUREMENT_GROUP)
         for name in list(measurement):
-            group = measurement[name]
-            if not name.startswith(CHANNEL_PREFIX) or not isinstance(group, h5py.Group):
+            if not name.startswith(CHANNEL_PREFIX):
                 continue
-            if not group.attrs.get(ATTR_COMPLETE, False):
-                del measurement[name]
+            try:
+                group = measurement[name]
+                complete = bool(group.attrs.get(ATTR_COMPLETE, False))
+            except (KeyError, OSError):
+                # a kill mid-write can leave a link to objects past the file's last flushed
+                # end: never a complete frame (complete frames are flushed whole)
+                group, complete = None, False
+            if group is not None and not isinstance(group, h5py.Group):
+                continue
+            if not complete:
+                try:
+                    del measurement[name]
+                except (KeyError, OSError):     # a link HDF5 cannot even remove: kept, never
+                    self._next_index = max(    # read (readers skip it), its name not reused
+                        self._next_index, int(name[len(CHANNEL_PREFIX):]) + 1)
                 continue
             index = int(group.attrs[ATTR_INDEX])
             self._ids[str(group.attrs[ATTR_FRAME_ID])] = index

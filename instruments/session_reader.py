@@ -110,9 +110,17 @@ class SessionReader:
         if not isinstance(measurement, h5py.Group):
             raise SessionFileCorrupt(f"missing group /{MEASUREMENT_GROUP}", self.path)
         names = sorted(n for n in measurement if n.startswith(CHANNEL_PREFIX))
-        return [measurement[n] for n in names
-                if isinstance(measurement[n], h5py.Group)
-                and measurement[n].attrs.get(ATTR_COMPLETE, False)]
+        channels = []
+        for name in names:
+            try:
+                group = measurement[name]
+                complete = isinstance(group, h5py.Group) and bool(
+                    group.attrs.get(ATTR_COMPLETE, False))
+            except (KeyError, OSError):      # a write a kill cut short: never complete
+                continue
+            if complete:
+                channels.append(group)
+        return channels
 
     @property
     def frame_ids(self) -> list[str]:

@@ -14,25 +14,33 @@ from agent.objectives import (
 )
 from agent.policy import RoutePolicy, decide
 from agent.quality import QualityThresholds, assess, drift_px, sharpness, snr
+from instruments.decision_record import (
+    DecisionRecord,
+    OodVerdict,
+    PredictionRecord,
+    Proposal,
+    QualityRecord,
+    RescanRecord,
+)
 from instruments.frame import ImagingSettings
 from twins.microscope import TwinMicroscope
 
 BUDGETS = {"rescans": 10, "adjudications": 10, "tokens": 1000}
 FRESH = {"rescans": 0, "adjudications": 0, "tokens": 0}
-GOOD = {"ok": True}
-POOR = {"ok": False}
+GOOD = QualityRecord(ok=True)
+POOR = QualityRecord(ok=False)
 
 
 OOD = {"score": 9.0, "threshold": 4.0, "unknown": True, "method": "mahalanobis"}
 
 
-def prediction(p: float, set_size: int = 1) -> dict:
-    return {"confidence": p, "conformal_set": ["A", "B", "C"][:set_size], "label": "A"}
+def prediction(p: float, set_size: int = 1) -> PredictionRecord:
+    return PredictionRecord(confidence=p, conformal_set=["A", "B", "C"][:set_size], label="A")
 
 
-def unknown(p: float) -> dict:
+def unknown(p: float) -> PredictionRecord:
     """A prediction the classifier's out-of-distribution test flagged."""
-    return {**prediction(p), "ood": OOD}
+    return prediction(p).model_copy(update={"ood": OodVerdict(**OOD)})
 
 
 ROUTE_CASES = [
@@ -61,7 +69,7 @@ def test_route_policy(pred, quality, rescans_done, used, approve, expected):
 def test_an_in_distribution_or_unscored_prediction_routes_as_before(
         pred, quality, rescans_done, used, approve, expected, ood):
     policy = RoutePolicy(confidence=0.9, max_set_size=1, max_rescans=2, approve=approve)
-    scored = {**pred, "ood": ood}          # ood None: a checkpoint without an OOD fit
+    scored = pred.model_copy(update={"ood": ood and OodVerdict(**ood)})  # None: no OOD fit
     assert decide(policy, scored, quality, rescans_done, BUDGETS, used) == expected
 
 
@@ -95,36 +103,49 @@ def test_with_reject_unknown_off_the_ood_flag_is_ignored():
     assert decide(policy, unknown(0.5), GOOD, 0, BUDGETS, FRESH) == "adjudicate"
 
 
-def _route_once(pred: dict, approve: str = "none", rescans: int = 0,
-                reject_unknown: bool = True) -> dict:
-    """Run the route node on one classified frame of good quality."""
+def _classified(pred: PredictionRecord, rescans: int = 0) -> dict:
+    """The state after classifying one frame of good quality."""
+    current = DecisionRecord(prediction=pred, quality=GOOD, rescans=[RescanRecord()] * rescans)
+    return {"current": current, "budgets": BUDGETS, "used": FRESH}
+
+
+def _route_once(pred: PredictionRecord, approve: str = "none", rescans: int = 0,
+                reject_unknown: bool = True) -> tuple[str, DecisionRecord]:
+    """Where the graph goes after classifying one frame, and the record it stores if there."""
     from types import SimpleNamespace
 
-    from agent.nodes import route
+    from agent.nodes.record import final_record
+    from agent.routes import after_classify
 
-    rt = SimpleNamespace(policy=RoutePolicy(approve=approve, reject_unknown=reject_unknown))
-    current = {"prediction": pred, "quality": GOOD, "rescans": [{}] * rescans}
-    return route.make(rt)({"current": current, "budgets": BUDGETS, "used": FRESH})
+    policy = RoutePolicy(approve=approve, reject_unknown=reject_unknown)
+    state = _classified(pred, rescans)
+    step = after_classify(policy)(state)
+    rt = SimpleNamespace(policy=policy, tiles=None)
+    return step, final_record(rt, {**state, "objective": {"kind": "survey"}})
 
 
 def test_an_unknown_frame_is_recorded_under_route_and_label_unknown():
-    out = _route_once(unknown(0.99))
-    assert out["next"] == "record"
-    assert (out["current"]["route"], out["current"]["label"]) == ("unknown", "unknown")
-    rescanned = _route_once(unknown(0.99), rescans=1)
-    assert (rescanned["current"]["route"], rescanned["current"]["label"]) == ("unknown",
-                                                                               "unknown")
-    ignored = _route_once(unknown(0.99), reject_unknown=False)
-    assert (ignored["current"]["route"], ignored["current"]["label"]) == ("confident", "A")
+    step, record = _route_once(unknown(0.99))
+    assert step == "record"
+    assert (record.route, record.label) == ("unknown", "unknown")
+    _, rescanned = _route_once(unknown(0.99), rescans=1)
+    assert (rescanned.route, rescanned.label) == ("unknown", "unknown")
+    _, ignored = _route_once(unknown(0.99), reject_unknown=False)
+    assert (ignored.route, ignored.label) == ("confident", "A")
 
 
 def test_an_unknown_frame_is_proposed_to_a_human_as_unknown_from_the_ood_test():
+    from agent.policy import verdict
+
     for approve in ("uncertain", "all"):
-        out = _route_once(unknown(0.99), approve=approve)
-        assert out["next"] == "approve"
-        assert out["current"]["proposal"] == {"label": "unknown", "source": "ood"}
-    known = _route_once(prediction(0.99), approve="all")
-    assert known["current"]["proposal"] == {"label": "A", "source": "classifier"}
+        step, _ = _route_once(unknown(0.99), approve=approve)
+        assert step == "approve"
+        assert verdict(RoutePolicy(approve=approve), unknown(0.99)) == Proposal(
+            label="unknown", source="ood")
+    step, _ = _route_once(prediction(0.99), approve="all")
+    assert step == "approve"
+    assert verdict(RoutePolicy(approve="all"), prediction(0.99)).model_dump() == {
+        "label": "A", "source": "classifier"}
 
 
 def test_a_human_may_label_a_frame_unknown_or_one_of_the_classes():
@@ -213,38 +234,42 @@ def _adjudicate_once(before: str, after: str, answer: str, approve: str = "none"
 
     from agent.adjudication.base import Answer, Verdict
     from agent.nodes import adjudicate
+    from agent.routes import after_adjudicate
 
-    def prediction(label: str):
-        return SimpleNamespace(label=label, embedding=None, as_record=lambda: {"label": label})
+    def classified(label: str):
+        return SimpleNamespace(label=label, as_record=lambda: {"label": label})
 
     class Classifier:
         def classify(self, images, lmm_labels=None):
-            return [prediction(after if lmm_labels else before)]
+            return [classified(after if lmm_labels else before)]
 
     class Adjudicator:
         def adjudicate(self, image, demos, class_names, embedding=None):
             return Verdict("stub", Answer(answer, 0.9, "looks like it"), [], "hash")
 
     frame = SimpleNamespace(frame_id="f1", image=np.zeros((8, 8)))
-    rt = SimpleNamespace(scratch=SimpleNamespace(get=lambda _: frame), predictions={},
+    rt = SimpleNamespace(scratch=SimpleNamespace(get=lambda _: frame),
                          classifier=Classifier(), adjudicator=Adjudicator(), bank=None,
                          class_names=["Films", "Nanowires", "Tips"],
                          policy=SimpleNamespace(approve=approve))
-    return adjudicate.make(rt)({"current": {"frame_id": "f1"}, "used": {}})
+    current = DecisionRecord(frame_id="f1", prediction=PredictionRecord(label=before))
+    out = adjudicate.make(rt)({"current": current, "embedding": [0.0, 1.0], "used": {}})
+    return {**out, "next": after_adjudicate(out)}
 
 
 def test_an_answer_the_classifier_already_gave_is_not_overturned_by_the_reclassification():
     out = _adjudicate_once(before="Films", after="Nanowires", answer="Films")
-    assert (out["current"]["route"], out["current"]["label"]) == ("adjudicated", "Films")
-    assert out["current"]["adjudication"]["reclassified"] == {"label": "Nanowires"}
+    assert (out["current"].route, out["current"].label) == ("adjudicated", "Films")
+    assert out["current"].adjudication.reclassified == PredictionRecord(label="Nanowires")
+    assert out["next"] == "record"
     attended = _adjudicate_once("Films", "Nanowires", "Films", approve="uncertain")
     assert attended["next"] == "approve"
-    assert attended["current"]["proposal"] == {"label": "Films", "source": "adjudicated"}
+    assert attended["current"].proposal == Proposal(label="Films", source="adjudicated")
 
 
 def test_a_reclassification_following_the_answer_is_adjudicated_one_resisting_it_contested():
     follows = _adjudicate_once(before="Tips", after="Films", answer="Films")
-    assert (follows["current"]["route"], follows["current"]["label"]) == ("adjudicated", "Films")
+    assert (follows["current"].route, follows["current"].label) == ("adjudicated", "Films")
     resists = _adjudicate_once(before="Tips", after="Tips", answer="Films")
-    assert (resists["current"]["route"], resists["current"]["label"]) == ("contested", "Tips")
+    assert (resists["current"].route, resists["current"].label) == ("contested", "Tips")
     assert resists["used"]["adjudications"] == 1

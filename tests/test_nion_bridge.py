@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import threading
 import time
@@ -61,12 +62,21 @@ def image_shift(before: np.ndarray, after: np.ndarray) -> tuple[float, float]:
     return float(dy - h if dy > h // 2 else dy), float(dx - w if dx > w // 2 else dx)
 
 
-def test_ready_line_first_then_sigterm_closes_the_instrument_and_exits():
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_ready_line_first_then_a_signal_closes_the_instrument_and_exits(signum):
     bridge = start_bridge("--sample", "1")
-    assert bridge.output[0].startswith("READY tem://127.0.0.1:")
-    info = client(bridge).server_info
-    assert info["backend"] == "usim" and info["sample"]["title"] == "Amorphous"
-    assert bridge.terminate(timeout=20) == 0          # no hang on the kit's threads
+    try:
+        assert bridge.output[0].startswith("READY tem://127.0.0.1:")
+        tem = client(bridge)
+        assert tem.server_info["backend"] == "usim"
+        assert tem.server_info["sample"]["title"] == "Amorphous"
+        tem.set_imaging(SMALL)
+        tem.acquire()
+        bridge.process.send_signal(signum)
+        assert bridge.process.wait(timeout=20) == 0   # no hang on the kit's threads
+        assert not [line for line in bridge.output if "Traceback" in line]
+    finally:
+        bridge.kill()
 
 
 def test_every_method_round_trips(bridge):

@@ -50,11 +50,11 @@ def bridge():
 
 
 def config_for(tmp_path: Path, uri: str, **kw) -> RunConfig:
-    kw.setdefault("envelope", ENVELOPE)
+    kw = {"envelope": ENVELOPE, "confidence": 0.0, "max_set_size": 10, **kw}
     return RunConfig(session_id=str(uuid.uuid4()), instrument=uri, out=str(tmp_path / "s.h5"),
-                     state_dir=str(tmp_path / "state"), bank="none", confidence=0.0,
-                     max_set_size=10, imaging={"fov": FOV, "pixels": PIXELS, "dwell": 1e-6,
-                                               "detector": None}, **kw)
+                     state_dir=str(tmp_path / "state"), bank="none",
+                     imaging={"fov": FOV, "pixels": PIXELS, "dwell": 1e-6, "detector": None},
+                     **kw)
 
 
 def run(config: RunConfig, classifier, broker=None) -> dict:
@@ -155,7 +155,7 @@ def test_envelope_refusal_and_an_approved_move_outside_the_free_zone(tmp_path, c
     with SessionReader(config.out) as reader:
         frames = list(reader.frames())
     assert [f.stage.x for f, _ in frames] == pytest.approx([-2.5e-7, 1.5e-7])
-    approval = frames[1][1].position.model_extra["approval"]
+    approval = frames[1][1].position.approval
     assert approval["operator"] == "ana" and approval["note"] == "edge"
     assert frames[0][1].position.model_extra.get("approval") is None
 
@@ -208,3 +208,29 @@ def test_bridge_killed_mid_session_then_restarted_and_resumed(tmp_path, classifi
         ids = [f.frame_id for f in reader.iter_frames()]
     assert after["status"] == "completed" and after["frames"] == 6 == len(set(ids))
     assert after["frame_ids"][:before["frames"]] == before["frame_ids"]
+
+
+@pytest.mark.parametrize(("sample", "failing", "kind"), [
+    ("0", {"min_snr": 50.0}, "dwell"),             # a longer dwell does not raise the SNR
+    ("2", {"min_sharpness": 1e9}, "focus"),        # defocus does not change the HAADF image
+])
+def test_rescans_that_change_nothing_are_recorded_and_not_repeated(tmp_path, classifier,
+                                                                   sample, failing, kind):
+    """On Nion's simulator the first rescan of a kind that changes nothing is recorded as
+    having no effect, and no later frame gets a rescan of that kind again."""
+    thresholds = {"min_sharpness": 0.0, "min_snr": 0.0, "max_drift_px": 1e9, **failing}
+    note = {"dwell": "dwell", "focus": "focus_sweep"}[kind]
+    with running_bridge("--sample", sample) as bridge:
+        config = config_for(tmp_path, bridge.uri, frames=3, confidence=1.01, max_rescans=2,
+                            thresholds=thresholds, budgets={"rescans": 10, "adjudications": 0})
+        final = run(config, classifier)
+    assert final["status"] == "completed" and kind in final["ineffective"]
+    with SessionReader(config.out) as reader:
+        records = reader.records()
+    attempts = [a for r in records for a in r.rescans]
+    tried = [a for a in attempts if note in a.adaptation]
+    assert len(tried) == 1 and tried[0].model_extra["effect"] == "none"
+    assert all(note not in a.adaptation for r in records[1:] for a in r.rescans)
+    events = [e for e in final["events"] if e["kind"] == "rescan_no_effect"]
+    assert events and events[0]["kinds"] == [kind]
+    assert final["used"]["rescans"] == len(attempts) < 6

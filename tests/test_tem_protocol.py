@@ -156,3 +156,22 @@ def test_server_answers_a_malformed_request_with_an_error_and_closes(tem_twin):
     length, _, rest = reply.partition(b":")
     message = json.loads(rest[:int(length)])
     assert message["id"] is None and "Invalid netstring" in message["error"]
+
+
+def test_twin_server_answers_json_nested_200000_deep_with_an_error_and_stays_up(tem_twin):
+    deep = b"[" * 200_000 + b"]" * 200_000
+    with socket.create_connection((tem_twin.host, tem_twin.port), timeout=10) as sock:
+        sock.sendall(b"%d:%s," % (len(deep), deep))
+        reply = b""
+        while b":" not in reply:
+            reply += sock.recv(4096)
+        length, _, rest = reply.partition(b":")
+        while len(rest) < int(length) + 1:
+            rest += sock.recv(4096)
+        message = json.loads(rest[:int(length)])
+        assert message["id"] is None and "nested too deeply" in message["error"]
+        sock.sendall(netstring({"jsonrpc": "2.0", "id": 2, "method": "get_detectors",
+                                "params": {}}))
+        assert b"result" in sock.recv(4096)           # the same connection goes on
+    assert TemClient(tem_twin.host, tem_twin.port, timeout=20).get_detectors()
+    assert tem_twin.process.poll() is None

@@ -17,6 +17,7 @@ from PIL import Image
 from web_browser import headless_chromium, require_chromium
 
 from agent.approval_broker import ApprovalBroker
+from instruments.decision_record import DecisionRecord
 from workflows.web_approval import TOKEN_HEADER, WebUIHandle, start_web_ui
 
 CLASSES = ["Fibres", "Nanowires", "Particles", "Powder"]
@@ -31,16 +32,19 @@ def _png(seed: int, size: int = 48) -> bytes:
 
 def _payload(**extra: Any) -> dict[str, Any]:
     probabilities = {"Fibres": 0.48, "Nanowires": 0.41, "Particles": 0.08, "Powder": 0.03}
-    return {
+    record = DecisionRecord.model_validate({
         "frame_id": "0f3c2a9e-1111-2222-3333-444455556666", "sequence": 7,
         "position": {"x": 12e-6, "y": -4e-6},
-        "reason": "classifier unsure after adjudication",
         "prediction": {"label": "Fibres", "confidence": 0.48, "probabilities": probabilities,
                        "top_k": [["Fibres", 0.48], ["Nanowires", 0.41]],
                        "conformal_set": ["Fibres", "Nanowires"]},
         "adjudication": {"adjudicator": "offline-knn",
                          "answer": {"label": "Nanowires", "confidence": 0.7,
                                     "rationale": "long thin bright strands on dark ground"}},
+        "rescans": extra.pop("rescans", [])})
+    return {
+        "kind": "label", "reason": "classifier unsure after adjudication",
+        "record": record.model_dump(mode="json"),
         "proposal": "Fibres", "on_approve": "record the frame as Fibres",
         "thumbnail_png": base64.b64encode(_png(1)).decode(),
         **extra,

@@ -258,6 +258,9 @@ def run(
                              help="record frames the model's out-of-distribution test flags "
                                   "as unknown, never as a class (checkpoints without an OOD "
                                   "fit flag none)"),
+    pipeline: bool = typer.Option(True, "--pipeline/--no-pipeline",
+                                  help="survey: acquire the next tile while the current one "
+                                       "is assessed, classified and recorded"),
     demo_k: int = typer.Option(8, help="demonstrations shown to the adjudicator"),
     demo_strategy: str = typer.Option("similar", help="similar (cosine of embeddings) | "
                                                       "random"),
@@ -304,7 +307,7 @@ def run(
                 adjudicator=adjudicator, model=model, out=out, seed=seed,
                 state_dir=str(Path(state_dir).resolve()), bank=bank, pixels=pixels, fov=fov,
                 dwell=dwell, detector=detector, confidence=confidence, max_rescans=max_rescans,
-                zoom_unsure=zoom_unsure, reject_unknown=ood, demo_k=demo_k,
+                zoom_unsure=zoom_unsure, reject_unknown=ood, pipeline=pipeline, demo_k=demo_k,
                 demo_strategy=demo_strategy, vlm_timeout_s=_vlm_timeout(vlm_timeout),
                 envelope=envelope_values(envelope, limit or [], free_zone))
     except ValueError as exc:

@@ -27,6 +27,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from instruments import atomic_file
+from instruments.decision_record import accuracy
 
 FORMAT = "micagent-replay-results"
 FORMAT_VERSION = 1
@@ -211,7 +212,9 @@ def build_summary(manifest: dict[str, Any], frames: list[dict], tasks: list[dict
         matrix[index[r["stored_label"] or "none"]][index[r["new_label"] or "none"]] += 1
     old = Counter(r["stored_label"] or "none" for r in frames)
     new = Counter(r["new_label"] or "none" for r in frames)
-    scored = [r for r in frames if r["truth"]]
+    truths = [r["truth"] for r in frames]
+    old_accuracy, scored = accuracy([r["stored_label"] for r in frames], truths)
+    new_accuracy, _ = accuracy([r["new_label"] for r in frames], truths)
     status, duplicates = _session_status(sessions, tasks, frames)
     return {
         "model": {k: manifest.get(k) for k in ("model_sha256", "model_path", "class_names")},
@@ -222,9 +225,7 @@ def build_summary(manifest: dict[str, Any], frames: list[dict], tasks: list[dict
                          "new": dict(Counter(r["new_route"] for r in frames))},
         "changed_matrix": {"labels": labels, "counts": matrix,
                            "rows": "stored label", "columns": "new label"},
-        "accuracy": {"frames": len(scored),
-                     "old": sum(r["stored_label"] == r["truth"] for r in scored) / len(scored),
-                     "new": sum(r["new_label"] == r["truth"] for r in scored) / len(scored)}
+        "accuracy": {"frames": scored, "old": old_accuracy, "new": new_accuracy}
         if scored else None,
         "throughput": _throughput(tasks),
         "session_status": status, "duplicates": duplicates,

@@ -31,7 +31,13 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from agent.approval_broker import ApprovalBroker
-from instruments.decision_record import DECISIONS
+from instruments.decision_record import (
+    DECISIONS,
+    DecisionRecord,
+    PredictionRecord,
+    RecordFormatError,
+    RescanRecord,
+)
 from instruments.image8 import to_uint8
 from workflows.web_guard import TOKEN_HEADER, GuardedApp
 
@@ -126,86 +132,86 @@ def payload_image(payload: dict[str, Any], kind: str) -> bytes | None:
         png = _png_from_value(payload.get(key))
         if png is not None:
             return png
-    if kind == "previous":
-        rescans = payload.get("rescans") or (payload.get("record") or {}).get("rescans") or []
-        for attempt in reversed(rescans if isinstance(rescans, list) else []):
-            if isinstance(attempt, dict):
-                for key in ("thumbnail", "thumbnail_png", "image_png"):
-                    png = _png_from_value(attempt.get(key))
-                    if png is not None:
-                        return png
+    record = record_of(payload) if kind == "previous" else None
+    for attempt in reversed(record.rescans if record else []):
+        png = _png_from_value(attempt.thumbnail)
+        if png is not None:
+            return png
     return None
 
 
-def _class_names(payload: dict[str, Any], known: list[str]) -> list[str]:
+def _class_names(payload: dict[str, Any], known: list[str],
+                 prediction: PredictionRecord | None = None) -> list[str]:
     for key in ("class_names", "labels", "allowed_labels"):
         names = payload.get(key)
         if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
             return list(names)
-    probabilities = (payload.get("prediction") or {}).get("probabilities")
-    if isinstance(probabilities, dict) and probabilities:
-        return list(probabilities)
+    if prediction is not None and prediction.probabilities:
+        return list(prediction.probabilities)
     return list(known)
 
 
-def _top_k(prediction: dict[str, Any], k: int = 5) -> list[list[Any]]:
-    probabilities = prediction.get("probabilities")
-    if isinstance(probabilities, dict) and probabilities:
-        ranked = sorted(probabilities.items(), key=lambda item: -float(item[1]))
-        return [[name, float(p)] for name, p in ranked[:k]]
-    return [[str(pair[0]), float(pair[1])] for pair in prediction.get("top_k") or []][:k]
+def _top_k(prediction: PredictionRecord | None, k: int = 5) -> list[list[Any]]:
+    if prediction is None:
+        return []
+    if prediction.probabilities:
+        ranked = sorted(prediction.probabilities.items(), key=lambda item: -item[1])
+        return [[name, p] for name, p in ranked[:k]]
+    return [[name, p] for name, p in prediction.top_k[:k]]
 
 
-def _previous_attempt(rescans: Any) -> dict[str, Any] | None:
+def _previous_attempt(rescans: list[RescanRecord]) -> dict[str, Any] | None:
     """What the last rescan replaced: why, what was predicted, and the settings change."""
-    if not isinstance(rescans, list) or not rescans or not isinstance(rescans[-1], dict):
+    if not rescans:
         return None
     last = rescans[-1]
-    prediction = last.get("prediction") if isinstance(last.get("prediction"), dict) else {}
-    before = last.get("settings") if isinstance(last.get("settings"), dict) else {}
-    after = last.get("new_settings") if isinstance(last.get("new_settings"), dict) else {}
-    return {"reason": last.get("reason"), "label": prediction.get("label"),
-            "confidence": prediction.get("confidence"),
+    before = last.settings.as_dict() if last.settings else {}
+    after = last.new_settings.as_dict() if last.new_settings else {}
+    prediction = last.prediction
+    return {"reason": last.reason, "label": prediction.label if prediction else None,
+            "confidence": prediction.confidence if prediction else None,
             "changed": {k: [before.get(k), v] for k, v in after.items() if before.get(k) != v}}
+
+
+def record_of(payload: dict[str, Any]) -> DecisionRecord | None:
+    """The typed decision record a label request carries (None for a move request, or
+    when what it carries is no record)."""
+    try:
+        return DecisionRecord.from_stored(payload["record"])
+    except (KeyError, RecordFormatError):
+        return None
 
 
 def view_of(payload: dict[str, Any], known_classes: list[str]) -> dict[str, Any]:
     """The page's view of one pending payload: the evidence, without image bytes."""
-    record = payload.get("record") if isinstance(payload.get("record"), dict) else {}
-    prediction = payload.get("prediction") or record.get("prediction") or {}
-    adjudication = payload.get("adjudication") or record.get("adjudication") or {}
-    if not isinstance(adjudication, dict):
-        adjudication = {}
-    answer = adjudication.get("answer")
-    reclassified = adjudication.get("reclassified")
-    rescans = payload.get("rescans") or record.get("rescans") or []
+    record = record_of(payload) or DecisionRecord()
+    prediction, adjudication = record.prediction, record.adjudication
+    reclassified = adjudication.reclassified if adjudication else None
     choices = [c for c in payload.get("choices") or DECISIONS if c in DECISIONS]
     return _json_safe({
         "request_id": str(payload["request_id"]),
         "kind": payload.get("kind", "label"),
-        "frame_id": payload.get("frame_id", record.get("frame_id")),
-        "sequence": payload.get("sequence", record.get("sequence")),
-        "position": payload.get("position", record.get("position")),
+        "frame_id": record.frame_id,
+        "sequence": record.sequence,
+        "position": record.position.model_dump() if record.position else None,
         "target": payload.get("target"),
         "reason": payload.get("reason") or payload.get("message") or "",
         "error": payload.get("error"),
-        "proposal": payload.get("proposal", record.get("label")),
+        "proposal": payload.get("proposal", record.label),
         "on_approve": payload.get("on_approve") or "",
         "choices": choices,
-        "top_k": _top_k(prediction) if isinstance(prediction, dict) else [],
-        "confidence": prediction.get("confidence") if isinstance(prediction, dict) else None,
-        "conformal_set": prediction.get("conformal_set", []) if isinstance(prediction, dict)
-        else [],
-        "adjudicator": adjudication.get("adjudicator"),
-        "adjudication": answer if isinstance(answer, dict) else (
-            adjudication if "label" in adjudication else None),
-        "adjudication_error": adjudication.get("error"),
-        "reclassified": {"label": reclassified.get("label"),
-                         "confidence": reclassified.get("confidence")}
-        if isinstance(reclassified, dict) else None,
-        "rescans": len(rescans) if isinstance(rescans, list) else 0,
-        "previous": _previous_attempt(rescans),
-        "class_names": _class_names(payload, known_classes),
+        "top_k": _top_k(prediction),
+        "confidence": prediction.confidence if prediction else None,
+        "conformal_set": prediction.conformal_set if prediction else [],
+        "adjudicator": adjudication.adjudicator if adjudication else None,
+        "adjudication": adjudication.answer.model_dump()
+        if adjudication and adjudication.answer else None,
+        "adjudication_error": adjudication.error if adjudication else None,
+        "reclassified": {"label": reclassified.label, "confidence": reclassified.confidence}
+        if reclassified else None,
+        "rescans": len(record.rescans),
+        "previous": _previous_attempt(record.rescans),
+        "class_names": _class_names(payload, known_classes, prediction),
         "has_image": payload_image(payload, "frame") is not None,
         "has_previous": payload_image(payload, "previous") is not None,
     })
@@ -257,7 +263,8 @@ def _routes(broker: ApprovalBroker, class_names: list[str] | None) -> FastAPI:
         choices = [c for c in payload.get("choices") or DECISIONS if c in DECISIONS]
         if body.decision not in choices:
             raise HTTPException(status_code=422, detail=f"decision must be one of {choices}")
-        allowed = _class_names(payload, known)
+        record = record_of(payload)
+        allowed = _class_names(payload, known, record.prediction if record else None)
         label = None
         if body.decision == "relabel":
             if not body.label or (allowed and body.label not in allowed):

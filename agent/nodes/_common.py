@@ -8,27 +8,34 @@ from typing import Any
 
 from agent.adjudication.images import png_bytes
 from agent.runtime import Runtime
-from agent.state import AgentState
-from instruments import atomic_file
+from agent.state import add_tallies
 from instruments.frame import Frame
 
 
-def fail(state: AgentState, reason: str) -> dict[str, Any]:
-    """Update that ends the session as failed."""
-    return {"status": "failed", "reason": reason, "next": "finish",
-            "events": [*state.get("events", []), {"time": time.time(), "kind": "failed",
-                                                  "message": reason}]}
+def event(kind: str, message: str, **extra: Any) -> list[dict[str, Any]]:
+    """One incident, as the update of the state's `events` (the reducer appends it)."""
+    return [{"time": time.time(), "kind": kind, "message": message, **extra}]
 
 
-def event(state: AgentState, kind: str, message: str, **extra: Any) -> list[dict[str, Any]]:
-    """The state's event list with one more incident."""
-    return [*state.get("events", []),
-            {"time": time.time(), "kind": kind, "message": message, **extra}]
+def fail(reason: str) -> dict[str, Any]:
+    """Update that ends the session as failed (the routers send it to finish)."""
+    return {"status": "failed", "reason": reason, "events": event("failed", reason)}
 
 
 def thumbnail(rt: Runtime, frame: Frame) -> Path:
     """A PNG of the frame for human front-ends, written once per frame id."""
     path = rt.thumbnails / f"{frame.frame_id}.png"
     if not path.exists():
-        atomic_file.write_bytes(path, png_bytes(frame.image, max_side=256))
+        path.write_bytes(png_bytes(frame.image, max_side=256))
     return path
+
+
+def add_tallies_update(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """Two node updates as one: tallies added, events joined, other keys from `second`."""
+    out = {**first, **second}
+    for key in ("used", "counts"):
+        if key in first and key in second:
+            out[key] = add_tallies(first[key], second[key])
+    if "events" in first and "events" in second:
+        out["events"] = [*first["events"], *second["events"]]
+    return out

@@ -6,51 +6,59 @@ classifier had already said the same before it saw the answer: two independent s
 agree are not overturned by the fused re-classification (on the twin, the LMM embedding, trained
 on few and noisy answers, sometimes flipped an agreed label). Otherwise the re-classification
 and the answer disagree: a human decides, or the frame is recorded as contested.
+
+A frame that goes on to a human leaves with a proposal and no route; the router sends it on.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from agent.nodes.classify import prediction_for
+import numpy as np
+
 from agent.runtime import Runtime
 from agent.state import AgentState
+from instruments.decision_record import (
+    AdjudicationRecord,
+    DecisionRecord,
+    PredictionRecord,
+    Proposal,
+    Route,
+)
 
 
 def make(rt: Runtime):
     def adjudicate(state: AgentState) -> dict[str, Any]:
-        current = dict(state["current"])
-        frame = rt.scratch.get(current["frame_id"])
-        prediction = prediction_for(rt, frame.frame_id, frame.image)
-        demos = (rt.bank.select(prediction.embedding, rt.demo_k, rt.demo_strategy, rt.rng)
+        current: DecisionRecord = state["current"]
+        frame = rt.scratch.get(current.frame_id)
+        embedding = np.asarray(state["embedding"], dtype=np.float32)
+        demos = (rt.bank.select(embedding, rt.demo_k, rt.demo_strategy, rt.rng)
                  if rt.bank is not None else [])
         verdict = rt.adjudicator.adjudicate(frame.image, demos, rt.class_names,
-                                            embedding=prediction.embedding)
-        used = dict(state["used"])
-        used["adjudications"] = used.get("adjudications", 0) + 1
-        used["tokens"] = used.get("tokens", 0) + verdict.tokens
-        record = verdict.as_record()
-        record["reclassified"] = None
+                                            embedding=embedding)
+        used = {"adjudications": 1, "tokens": verdict.tokens}
+        record = AdjudicationRecord.model_validate(verdict.as_record())
         attended = rt.policy.approve != "none"
+        first = current.prediction.label
         if verdict.answer is None:
-            current.update(adjudication=record, label=prediction.label, route="unresolved")
+            update = {"adjudication": record, "label": first}
             if attended:
-                current["proposal"] = {"label": prediction.label, "source": "classifier"}
-                return {"current": current, "used": used, "next": "approve"}
-            return {"current": current, "used": used, "next": "record"}
+                update["proposal"] = Proposal(label=first, source="classifier")
+            else:
+                update["route"] = Route.UNRESOLVED
+            return {"current": current.model_copy(update=update), "used": used}
         again = rt.classifier.classify([frame.image], lmm_labels=[verdict.answer.label])[0]
-        record["reclassified"] = again.as_record()
+        record.reclassified = PredictionRecord.model_validate(again.as_record())
         answer = verdict.answer.label
-        agree = answer in (again.label, prediction.label)
+        agree = answer in (again.label, first)
         label = answer if agree else again.label
-        current["adjudication"] = record
+        update = {"adjudication": record, "label": label}
         if agree and rt.policy.approve != "uncertain":
-            current.update(label=label, route="adjudicated")
-            return {"current": current, "used": used, "next": "record"}
-        if attended:
-            current["proposal"] = {"label": label, "source": "adjudicated" if agree
-                                   else "contested"}
-            return {"current": current, "used": used, "next": "approve"}
-        current.update(label=label, route="contested")
-        return {"current": current, "used": used, "next": "record"}
+            update["route"] = Route.ADJUDICATED
+        elif attended:
+            update["proposal"] = Proposal(label=label,
+                                          source="adjudicated" if agree else "contested")
+        else:
+            update["route"] = Route.CONTESTED
+        return {"current": current.model_copy(update=update), "used": used}
     return adjudicate

@@ -1,21 +1,44 @@
-"""assess_quality: sharpness, SNR and (against an earlier frame of the same place) drift."""
+"""assess_quality: sharpness, SNR and (against the attempt a rescan replaces) drift. A rescan's
+frame is also compared with the attempt it replaced: a rescan that changed nothing (the same
+quality within noise) is recorded as such (`effect: none` on its rescan record, an event), and
+the kinds of change it tried are not tried again in this session."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from agent.nodes._common import event
 from agent.quality import assess
+from agent.rescan_effect import had_effect, kinds_tried
 from agent.runtime import Runtime
 from agent.state import AgentState
+from instruments.decision_record import DecisionRecord, QualityRecord, RescanRecord
 
 
 def make(rt: Runtime):
     def assess_quality(state: AgentState) -> dict[str, Any]:
-        current = dict(state["current"])
-        frame = rt.scratch.get(current["frame_id"])
-        reference = rt.reference if current["rescans"] else None
-        if reference is not None and reference.shape != frame.image.shape:
-            reference = None
-        current["quality"] = assess(frame.image, rt.thresholds, reference)
-        return {"current": current, "next": "classify"}
+        current: DecisionRecord = state["current"]
+        frame = rt.scratch.get(current.frame_id)
+        reference = None
+        if current.rescans and state.get("reference_id"):
+            reference = rt.scratch.get(state["reference_id"]).image
+            if reference.shape != frame.image.shape:
+                reference = None
+        quality = QualityRecord(**assess(frame.image, rt.thresholds, reference))
+        update: dict[str, Any] = {}
+        rescans = current.rescans
+        if rescans and "effect" not in (rescans[-1].model_extra or {}):
+            last = rescans[-1]
+            changed = had_effect(last.quality.model_dump(), quality.model_dump())
+            rescans = [*rescans[:-1], RescanRecord(**last.model_dump(),
+                                                   effect="improved" if changed else "none")]
+            kinds = kinds_tried(last.adaptation)
+            if not changed and kinds:
+                update["ineffective"] = sorted(set(state.get("ineffective") or []) | kinds)
+                update["events"] = event("rescan_no_effect", f"rescan of {last.frame_id} "
+                                         f"({', '.join(sorted(kinds))}) left the quality as "
+                                         "it was; not tried again", kinds=sorted(kinds))
+        update["current"] = current.model_copy(update={"quality": quality,
+                                                       "rescans": rescans})
+        return update
     return assess_quality

@@ -12,16 +12,18 @@ from instruments.errors import InstrumentError
 
 def make(rt: Runtime):
     def check_instrument(state: AgentState) -> dict[str, Any]:
+        if rt.prefetch is not None:
+            rt.prefetch.settle()               # the instrument finishes the frame in flight
         try:
             status = rt.microscope.status()
         except InstrumentError as exc:
-            return fail(state, f"instrument status: {exc}")
+            return fail(f"instrument status: {exc}")
         if not status.connected:
-            return fail(state, f"instrument {status.instrument_id} reports not connected")
+            return fail(f"instrument {status.instrument_id} reports not connected")
         if status.vacuum_ok is False:
-            return fail(state, f"instrument {status.instrument_id}: vacuum not ready")
+            return fail(f"instrument {status.instrument_id}: vacuum not ready")
         if status.beam_on is False:
-            return fail(state, f"instrument {status.instrument_id}: beam is off")
+            return fail(f"instrument {status.instrument_id}: beam is off")
         rt.stage = status.stage
-        return {"next": "plan"}
+        return {}
     return check_instrument

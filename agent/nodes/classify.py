@@ -7,23 +7,20 @@ from typing import Any
 
 from agent.runtime import Runtime
 from agent.state import AgentState
-
-
-def prediction_for(rt: Runtime, frame_id: str, image) -> Any:
-    """The classifier's Prediction of a frame, cached by frame id."""
-    if frame_id not in rt.predictions:
-        rt.predictions[frame_id] = rt.classifier.classify([image])[0]
-    return rt.predictions[frame_id]
+from instruments.decision_record import DecisionRecord, PredictionRecord
 
 
 def make(rt: Runtime):
     def classify(state: AgentState) -> dict[str, Any]:
-        current = dict(state["current"])
-        frame = rt.scratch.get(current["frame_id"])
+        current: DecisionRecord = state["current"]
+        frame = rt.scratch.get(current.frame_id)
         t0 = time.perf_counter()
-        prediction = prediction_for(rt, frame.frame_id, frame.image)
-        timings = dict(current["timings"])
-        timings["classify_s"] = timings.get("classify_s", 0.0) + time.perf_counter() - t0
-        current.update(prediction=prediction.as_record(), timings=timings)
-        return {"current": current, "next": "route"}
+        prediction = rt.classifier.classify([frame.image])[0]
+        timings = current.timings.model_copy(update={
+            "classify_s": (current.timings.classify_s or 0.0) + time.perf_counter() - t0})
+        record = current.model_copy(update={
+            "prediction": PredictionRecord.model_validate(prediction.as_record()),
+            "timings": timings})
+        return {"current": record,
+                "embedding": [float(v) for v in prediction.embedding.ravel()]}
     return classify

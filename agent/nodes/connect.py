@@ -12,14 +12,15 @@ from instruments.errors import InstrumentError
 
 def make(rt: Runtime):
     def connect(state: AgentState) -> dict[str, Any]:
+        if rt.prefetch is not None:
+            rt.prefetch.settle()               # the instrument finishes the frame in flight
         try:
             caps = rt.microscope.capabilities()
             if rt.tiles is None:
                 rt.applied = rt.microscope.set_imaging(rt.imaging)
         except InstrumentError as exc:
-            return fail(state, f"connect: {exc}")
-        return {"next": "check_instrument",
-                "events": event(state, "connected", rt.microscope.instrument_id,
+            return fail(f"connect: {exc}")
+        return {"events": event("connected", rt.microscope.instrument_id,
                                 capabilities={"can_move_stage": caps.can_move_stage,
                                               "has_overview": caps.has_overview,
                                               "has_spectra": caps.has_spectra})}

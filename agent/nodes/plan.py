@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from agent.objectives import grid_positions, spiral_position, spread
 from agent.runtime import Runtime
 from agent.state import AgentState
+from instruments.decision_record import DecisionRecord, Position, Tile, Timings
 
 
 def _survey_positions(rt: Runtime, max_frames: int) -> list[dict[str, Any]]:
@@ -20,8 +22,6 @@ def _survey_positions(rt: Runtime, max_frames: int) -> list[dict[str, Any]]:
 
 def _done(state: AgentState, used: dict[str, float]) -> str:
     budgets, counts, obj = state["budgets"], state["counts"], state["objective"]
-    if state.get("status", "running") != "running":
-        return state.get("reason", "")
     if used["wall_s"] >= budgets.get("wall_s", float("inf")):
         return f"budget exhausted: wall time {budgets['wall_s']:g} s"
     if obj["kind"] == "hunt":
@@ -38,31 +38,37 @@ def _done(state: AgentState, used: dict[str, float]) -> str:
     return ""
 
 
+def position_at(rt: Runtime, state: AgentState, index: int) -> dict[str, Any] | None:
+    """The plan's index-th position (None past the end of a survey)."""
+    if state["objective"]["kind"] == "hunt":
+        start = state["objective"].get("start", (0.0, 0.0))
+        return spiral_position(index, tuple(start), rt.imaging.fov)
+    positions = state["positions"]
+    return positions[index] if index < len(positions) else None
+
+
+def planned_record(rt: Runtime, state: AgentState, position: dict[str, Any]) -> DecisionRecord:
+    """The record a planned position starts from: where, and with which settings (the
+    defocus that last gave a good frame carries forward)."""
+    return DecisionRecord(
+        position=Position(x=position["x"], y=position["y"]),
+        tile=Tile(row=position["row"], col=position["col"]) if "row" in position else None,
+        settings=replace(rt.imaging, defocus=state.get("defocus", rt.imaging.defocus)),
+        timings=Timings(acquire_s=0.0, classify_s=0.0))
+
+
 def make(rt: Runtime):
     def plan(state: AgentState) -> dict[str, Any]:
-        used = dict(state["used"])
-        used["wall_s"] = used.get("wall_s", 0.0) + rt.tick()
-        update: dict[str, Any] = {"used": used}
+        tick = rt.tick()
+        update: dict[str, Any] = {"used": {"wall_s": tick}}
         if state["objective"]["kind"] == "survey" and not state.get("positions"):
             update["positions"] = _survey_positions(rt, state["max_frames"])
             state = {**state, **update}
+        used = {**state["used"], "wall_s": state["used"].get("wall_s", 0.0) + tick}
         reason = _done(state, used)
         if reason:
-            status = state.get("status", "running")
-            return {**update, "next": "finish",
-                    "status": "completed" if status == "running" else status, "reason": reason}
+            return {**update, "current": None, "reason": reason}
         index = state["plan_index"]
-        if state["objective"]["kind"] == "hunt":
-            start = state["objective"].get("start", (0.0, 0.0))
-            position = spiral_position(index, tuple(start), rt.imaging.fov)
-        else:
-            position = state["positions"][index]
-        current = {"position": {"x": position["x"], "y": position["y"]},
-                   "tile": ({"row": position["row"], "col": position["col"]}
-                            if "row" in position else None),
-                   "settings": {**rt.imaging.as_dict(),
-                                "defocus": state.get("defocus", rt.imaging.defocus)},
-                   "rescans": [], "adjudication": None,
-                   "human": None, "timings": {"acquire_s": 0.0, "classify_s": 0.0}}
-        return {**update, "plan_index": index + 1, "current": current, "next": "acquire"}
+        record = planned_record(rt, state, position_at(rt, state, index))
+        return {**update, "plan_index": index + 1, "current": record}
     return plan

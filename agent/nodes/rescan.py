@@ -15,6 +15,7 @@ from agent.nodes._common import fail, thumbnail
 from agent.quality import sharpness
 from agent.runtime import Runtime
 from agent.state import AgentState
+from instruments.decision_record import DecisionRecord, RescanRecord
 from instruments.errors import InstrumentError, SafetyRefused
 from instruments.frame import ImagingSettings
 
@@ -45,11 +46,17 @@ def focus_sweep(rt: Runtime, settings: ImagingSettings) -> tuple[float, list[lis
 
 
 def adapt(rt: Runtime, settings: ImagingSettings, failures: list[str],
-          last_chance: bool) -> tuple[ImagingSettings, dict[str, Any]]:
-    """New settings for the rescan and a note of what was changed."""
+          last_chance: bool, skip: frozenset[str] = frozenset()
+          ) -> tuple[ImagingSettings, dict[str, Any]]:
+    """New settings for the rescan and a note of what was changed; kinds of change in `skip`
+    (dwell, focus, fov: see agent/rescan_effect) are not made."""
     caps, env = rt.microscope.capabilities(), rt.microscope.envelope
     note: dict[str, Any] = {}
     new = settings
+    if "dwell" in skip:
+        failures = [f for f in failures if f not in ("noise", "drift")]
+    if "focus" in skip:
+        failures = [f for f in failures if f != "blur"]
     if "noise" in failures:
         new = replace(new, dwell=_clamp(new.dwell * 4, caps.dwell_range, env.dwell))
         note["dwell"] = new.dwell
@@ -60,7 +67,7 @@ def adapt(rt: Runtime, settings: ImagingSettings, failures: list[str],
         best, sweep = focus_sweep(rt, new)
         new = replace(new, defocus=best)
         note["focus_sweep"] = sweep
-    if last_chance or not failures:
+    if (last_chance or not failures) and "fov" not in skip:
         new = replace(new, fov=_clamp(new.fov * 0.7, caps.fov_range, env.fov))
         note["fov"] = new.fov
     return new, note
@@ -68,30 +75,34 @@ def adapt(rt: Runtime, settings: ImagingSettings, failures: list[str],
 
 def make(rt: Runtime):
     def rescan(state: AgentState) -> dict[str, Any]:
-        current = dict(state["current"])
-        settings = ImagingSettings(**current["settings"])
-        failures = list(current["quality"].get("failures", []))
-        last_chance = bool(current["rescans"]) and len(current["rescans"]) + 1 >= \
+        if rt.prefetch is not None:
+            rt.prefetch.settle()               # the instrument finishes the frame in flight
+        current: DecisionRecord = state["current"]
+        settings = current.settings
+        failures = list(current.quality.failures)
+        last_chance = bool(current.rescans) and len(current.rescans) + 1 >= \
             rt.policy.max_rescans
         t0 = time.perf_counter()
         try:
-            new, note = adapt(rt, settings, failures, last_chance)
+            new, note = adapt(rt, settings, failures, last_chance,
+                              frozenset(state.get("ineffective") or ()))
         except SafetyRefused as exc:
             note, new = {"refused": str(exc)}, settings
         except InstrumentError as exc:
-            return fail(state, f"rescan: {type(exc).__name__}: {exc}")
-        previous = rt.scratch.get(current["frame_id"])
-        rt.reference = previous.image
-        reason = ", ".join(failures) or ("operator asked" if current.get("human")
-                                         else "unsure")
-        current["rescans"] = [*current["rescans"], {
-            "settings": settings.as_dict(), "new_settings": new.as_dict(), "reason": reason,
-            "quality": current["quality"], "prediction": current["prediction"],
-            "adaptation": note, "adapt_s": time.perf_counter() - t0,
-            "thumbnail": str(thumbnail(rt, previous))}]
-        current["settings"] = new.as_dict()
-        current["human"] = None
-        used = dict(state["used"])
-        used["rescans"] = used.get("rescans", 0) + 1
-        return {"current": current, "used": used, "next": "acquire"}
+            return fail(f"rescan: {type(exc).__name__}: {exc}")
+        previous = rt.scratch.get(current.frame_id)
+        old_reference = state.get("reference_id")
+        if old_reference and old_reference != current.frame_id:
+            rt.scratch.drop(old_reference)        # superseded: drift is measured to the last
+        reason = ", ".join(failures) or ("operator asked" if current.human else "unsure")
+        attempt = RescanRecord(
+            settings=settings, new_settings=new, reason=reason, quality=current.quality,
+            prediction=current.prediction, adaptation=note,
+            adapt_s=time.perf_counter() - t0, thumbnail=str(thumbnail(rt, previous)),
+            frame_id=current.frame_id)
+        record = current.model_copy(update={
+            "rescans": [*current.rescans, attempt], "settings": new, "human": None,
+            "proposal": None, "route": None, "label": None})
+        return {"current": record, "reference_id": current.frame_id, "embedding": None,
+                "used": {"rescans": 1}}
     return rescan

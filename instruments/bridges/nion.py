@@ -26,6 +26,8 @@ import time
 import uuid
 from typing import Any
 
+import numpy as np
+
 from instruments.bridges.main_thread import MainThreadExecutor
 from instruments.bridges.nion_backend import NionObjects, NionStartError, open_hardware, open_usim
 from instruments.errors import SafetyRefused
@@ -259,8 +261,6 @@ class NionService:
                 "evaluation": {}}
 
     def acquire_image_stack(self, device: str, frames: int = 2, **settings: Any) -> Any:
-        import numpy as np
-
         if not 1 <= int(frames) <= 64:
             raise ValueError("frames must be within 1..64")
         return np.stack([self._record(device, settings if i == 0 else {}).data
