@@ -42,9 +42,11 @@ BUNDLED = ROOT / "models" / "bundled" / "sem_twin"
 
 
 def make_archive(folder: Path, sessions: int, frames: int, pixels: int) -> list[Path]:
+    """The archive (files already there from an earlier run of the script are kept)."""
     folder.mkdir(parents=True, exist_ok=True)
-    return [write_twin_session(folder / f"session_{i:04d}.h5", frames, seed=i, pixels=pixels)
-            for i in range(sessions)]
+    paths = [folder / f"session_{i:04d}.h5" for i in range(sessions)]
+    return [p if p.exists() else write_twin_session(p, frames, seed=i, pixels=pixels)
+            for i, p in enumerate(paths)]
 
 
 def loop_over_cli(files: list[Path], state: Path) -> dict:
@@ -72,7 +74,7 @@ def in_process(files: list[Path], state: Path, scratch: Path) -> dict:
     classifier = Classifier.load(BUNDLED)
     banks: dict = {}
 
-    def bank_for(config):
+    def bank_for(config, _classifier):
         key = (config.bank, config.seed)
         if key not in banks:
             banks[key] = session_bank(classifier, state, config.bank, config.seed)

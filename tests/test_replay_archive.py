@@ -15,6 +15,8 @@ import threading
 import time
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
 import torch
 from distributed import Client, LocalCluster
@@ -259,3 +261,25 @@ def test_ranges_cover_only_frames_not_yet_stored() -> None:
     assert plan_ranges(7, {(0, 2), (4, 6)}, 3) == [(2, 4), (6, 7)]
     assert plan_ranges(5, {(0, 5)}, 2) == []
     assert plan_ranges(0, set(), 4) == []
+
+
+def test_the_command_starts_a_local_cluster_prints_its_dashboard_and_reports_failures(
+        archive, state_dir, tmp_path) -> None:
+    out = tmp_path / "results"
+    foreign = tmp_path / "not_micagent.h5"                # HDF5, but no session in it
+    with h5py.File(foreign, "w") as f:
+        f["image"] = np.zeros((8, 8), dtype=np.float32)
+    result = CliRunner().invoke(app, [
+        "replay", str(archive / "d.h5"), str(archive / "f_truncated.h5"), str(foreign),
+        "--out", str(out), "--workers", "1", "--state-dir", str(state_dir), "--json",
+        "--quiet"])
+    assert result.exit_code == 1, result.output          # two inputs failed, the rest done
+    assert "local cluster: 1 worker processes; dashboard: http://127.0.0.1:" in result.output
+    summary = json.loads(next(line for line in reversed(result.stdout.splitlines())
+                              if line.startswith("{")))
+    assert summary["frames"] == FRAMES["d"]
+    assert summary["sessions"] == {"done": 1, "failed": 2}
+    errors = {Path(s["source"]).name: s["error"] for s in summary["session_status"]
+              if s["status"] == "failed"}
+    assert "NotASessionFile" in errors["not_micagent.h5"]
+    assert "SessionFileCorrupt" in errors["f_truncated.h5"]

@@ -29,7 +29,7 @@ from workflows.replay_store import ResultsFolder, ResultsFolderError
 from workflows.replay_task import SessionScan, short_key
 from workflows.replay_worker import ReplayModel, replay_task, scan_task
 
-SESSION_SUFFIXES = (".h5", ".hdf5", ".nxs")
+SESSION_SUFFIXES = (".h5", ".hdf5")
 FLUSH_SECONDS = 5.0
 FLUSH_TASKS = 256
 
@@ -50,8 +50,8 @@ def expand_inputs(patterns: list[str]) -> list[Path]:
     given; a pattern that names nothing is an error (a typo must not shrink the archive)."""
     found: list[Path] = []
     for pattern in patterns:
-        matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) \
-            else [pattern]
+        matches = ([pattern] if Path(pattern).exists()        # a name may hold [ or *
+                   else sorted(glob.glob(pattern, recursive=True)))
         hits = []
         for match in map(Path, matches):
             if match.is_dir():
