@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [r.strip() for r in args.rows.split(",") if r.strip()]
     runs = {
         "files": lambda w: files.run(w, size(100), args.seed),
-        "web": lambda w: servers.web(w, size(5), args.seed),
+        "web": lambda w: servers.web(w, max(2, size(5)), args.seed),
         "dtm": lambda w: servers.dtm(w, size(5), size(300), args.seed),
         "tem": lambda w: servers.tem(w, size(5), size(300), args.seed),
         "instrument": lambda w: instrument.run(w, size(1000), args.seed),
