@@ -7,7 +7,7 @@ Rows, all measured in one run on this machine:
   dask N      `micagent replay` on an embedded LocalCluster of N worker processes, all sessions;
               wall time including cluster start and model loads, and the steady rate between
               the first task's start and the last task's end
-Also: peak RSS of each worker at its first and last tasks (flat across the archive?), the
+Also: RSS of each worker after its first and last tasks (flat across the archive?), the
 scheduler's cost per task (no-op tasks), and the HDF5 read cost per stored frame: the inputs
 of the 10,000-session estimate in benchmarks/results/replay_scale.md.
 
@@ -103,12 +103,12 @@ def dask_run(files: list[Path], workers: int, out: Path, state: Path) -> dict:
     tasks = sorted(ResultsFolder(out).table("tasks").to_pylist(), key=lambda t: t["finished"])
     rss: dict[str, list[float]] = {}
     for task in tasks:
-        rss.setdefault(task["worker"], []).append(task["worker_peak_rss_mb"])
+        rss.setdefault(task["worker"], []).append(task["worker_rss_mb"])
     info = summary["throughput"]
     return {"workers": workers, "frames": summary["frames"], "wall_s": wall,
             "cluster_start_s": started - t0, "frames_per_s_wall": summary["frames"] / wall,
             "steady_s": info["wall_s"], "frames_per_s_steady": info["frames_per_s"],
-            "peak_rss_mb_first_last": {w.rsplit("/", 1)[-1]: (v[0], v[-1])
+            "rss_mb_first_last": {w.rsplit("/", 1)[-1]: (v[0], v[-1])
                                        for w, v in rss.items()},
             "failed": summary["sessions"].get("failed", 0)}
 

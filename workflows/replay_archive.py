@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dask
 from distributed import Client, LocalCluster, as_completed
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -31,6 +32,9 @@ from workflows.replay_worker import ReplayModel, replay_task, scan_task
 
 SESSION_SUFFIXES = (".h5", ".hdf5")
 FLUSH_SECONDS = 5.0
+# Dask's statistical profiler keeps a call tree per second of work for an hour; under the deep
+# torch stacks of a replay that grew a worker by ~3 MB per session (measured), so it is off
+WORKER_CONFIG = {"distributed.worker.profile.enabled": False}
 FLUSH_TASKS = 256
 
 
@@ -93,8 +97,9 @@ def dask_client(workers: int | None, scheduler: str | None, console: Console,
             yield client
         return
     n = workers or os.cpu_count() or 1
-    with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR) as cluster:
+    with dask.config.set(WORKER_CONFIG), \
+            LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
+                         dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR) as cluster:
         console.print(f"local cluster: {n} worker processes; dashboard: "
                       f"{cluster.dashboard_link}")
         with Client(cluster) as client:
@@ -184,7 +189,7 @@ def _failed_task(scan: SessionScan, start: int, stop: int, error: str) -> dict[s
     return {"rows": [], "task": {
         "session_key": scan.key, "session_id": scan.session_id, "source": scan.source,
         "start": start, "stop": stop, "status": "failed", "error": error, "frames": 0,
-        "worker": "", "started": now, "finished": now, "seconds": 0.0,
+        "worker": "", "started": now, "finished": now, "seconds": 0.0, "worker_rss_mb": 0.0,
         "worker_peak_rss_mb": 0.0, "model_sha256": ""}}
 
 

@@ -48,7 +48,8 @@ TASK_SCHEMA = pa.schema([
     ("source", pa.string()), ("start", pa.int64()), ("stop", pa.int64()),
     ("status", pa.string()), ("error", pa.string()), ("frames", pa.int64()),
     ("worker", pa.string()), ("started", pa.float64()), ("finished", pa.float64()),
-    ("seconds", pa.float64()), ("worker_peak_rss_mb", pa.float64()),
+    ("seconds", pa.float64()), ("worker_rss_mb", pa.float64()),
+    ("worker_peak_rss_mb", pa.float64()),
     ("model_sha256", pa.string())])
 SESSION_SCHEMA = pa.schema([
     ("run_id", pa.string()), ("scanned", pa.float64()), ("session_key", pa.string()),
