@@ -31,11 +31,12 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import dask  # noqa: E402
 from distributed import Client, LocalCluster  # noqa: E402
 from replay_sessions import write_twin_session  # noqa: E402
 
 from instruments.session_reader import SessionReader  # noqa: E402
-from workflows.replay_archive import replay_archive  # noqa: E402
+from workflows.replay_archive import WORKER_CONFIG, replay_archive  # noqa: E402
 from workflows.replay_store import ResultsFolder  # noqa: E402
 
 BUNDLED = ROOT / "models" / "bundled" / "sem_twin"
@@ -93,9 +94,10 @@ def in_process(files: list[Path], state: Path, scratch: Path) -> dict:
 
 def dask_run(files: list[Path], workers: int, out: Path, state: Path) -> dict:
     t0 = time.perf_counter()
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                      host="127.0.0.1", dashboard_address=None,
-                      silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+    with dask.config.set(WORKER_CONFIG), \
+            LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                         host="127.0.0.1", dashboard_address=None,
+                         silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
         started = time.perf_counter()
         summary = replay_archive(client, [str(f) for f in files], BUNDLED, out,
                                  state_dir=state, quiet=True)
