@@ -23,6 +23,7 @@ from instruments.frame import ImagingSettings, StagePosition
 from instruments.jsonrpc import to_plain
 from instruments.microscope import Microscope
 from instruments.rpc_server import BINARY_TRANSPORT, RpcServer
+from instruments.stage_request import stage_target
 from twins.dtm_server import API_VERSION
 from twins.faults import FaultSpec, TransportFaults
 
@@ -93,22 +94,9 @@ class TemService:
 
     def set_stage(self, stage_positions: Any, relative: bool = True) -> dict[str, list[float]]:
         """Move to (or by, if relative) x, y, z (m) and a (alpha tilt, rad); b must be 0."""
-        axes = ("x", "y", "z", "a", "b")
-        if isinstance(stage_positions, list | tuple):
-            stage_positions = dict(zip(axes, stage_positions, strict=False))
-        if not isinstance(stage_positions, dict) or set(stage_positions) - set(axes):
-            raise ValueError(f"stage_positions must be a list or a dict of {axes}")
-        if stage_positions.get("b"):
-            raise ValueError("this stage has no beta tilt")
         with self._lock:
-            current = self.get_stage()
-            target = []
-            for i, axis in enumerate(axes[:4]):
-                value = stage_positions.get(axis)
-                if value is None:
-                    target.append(current[i])
-                else:
-                    target.append(float(value) + (current[i] if relative else 0.0))
+            target = stage_target(stage_positions, self.get_stage(), relative,
+                                  movable=("x", "y", "z", "a"))
             self.twin.move_stage(StagePosition(x=target[0], y=target[1], z=target[2],
                                                tilt=math.degrees(target[3])))
             return {"new_stage": self.get_stage()}

@@ -32,6 +32,7 @@ from instruments.bridges.main_thread import MainThreadExecutor
 from instruments.bridges.nion_backend import NionObjects, NionStartError, open_hardware, open_usim
 from instruments.errors import SafetyRefused
 from instruments.rpc_server import BINARY_TRANSPORT, RpcServer
+from instruments.stage_request import stage_target
 
 API_VERSION = 1
 SETTINGS = ("size", "dwell_time", "field_of_view", "defocus")
@@ -178,20 +179,8 @@ class NionService:
 
     def set_stage(self, stage_positions: Any, relative: bool = True) -> dict[str, list[float]]:
         """Move to (or by, if relative) x and y (m); z, a and b must stay 0."""
-        axes = ("x", "y", "z", "a", "b")
-        if isinstance(stage_positions, list | tuple):
-            stage_positions = dict(zip(axes, stage_positions, strict=False))
-        if not isinstance(stage_positions, dict) or set(stage_positions) - set(axes):
-            raise ValueError(f"stage_positions must be a list or a dict of {axes}")
-        for axis in ("z", "a", "b"):
-            if stage_positions.get(axis):
-                raise ValueError(f"this stage has no {axis} axis to move")
-        current = self.get_stage()
-        target = {}
-        for i, axis in enumerate(("x", "y")):
-            value = stage_positions.get(axis)
-            target[axis] = current[i] if value is None else float(value) + (
-                current[i] if relative else 0.0)
+        x, y, *_ = stage_target(stage_positions, self.get_stage(), relative, movable=("x", "y"))
+        target = {"x": x, "y": y}
         limit = self.nion.stage_limit_m
         for axis, value in target.items():
             if not (math.isfinite(value) and -limit <= value <= limit):
