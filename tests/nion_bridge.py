@@ -11,11 +11,10 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
+from twin_process import REPO, drain_until_ready
 
-REPO = Path(__file__).resolve().parents[1]
 NION_PYTHON = REPO / ".venv-nion" / "bin" / "python"
 START_TIMEOUT_S = 60.0
 
@@ -49,14 +48,6 @@ class Bridge:
         return self.process.wait(timeout=timeout)
 
 
-def _drain(stream, lines: list[str], ready: threading.Event) -> None:
-    for line in stream:
-        lines.append(line.rstrip("\n"))
-        if line.startswith("READY "):
-            ready.set()
-    ready.set()
-
-
 def start_bridge(*args: str, port: int = 0) -> Bridge:
     """Start a bridge and return it once it has printed its READY line."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # a clone, nothing else
@@ -66,7 +57,8 @@ def start_bridge(*args: str, port: int = 0) -> Bridge:
                                stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     ready = threading.Event()
-    threading.Thread(target=_drain, args=(process.stdout, lines, ready), daemon=True).start()
+    threading.Thread(target=drain_until_ready, args=(process.stdout, lines, ready),
+                     daemon=True).start()
     deadline = time.monotonic() + START_TIMEOUT_S
     while not ready.wait(0.05):
         if time.monotonic() > deadline or process.poll() is not None:

@@ -45,7 +45,8 @@ class Served:
         self.process.wait(timeout=10)
 
 
-def _drain(stream, lines: list[str], ready: threading.Event) -> None:
+def drain_until_ready(stream, lines: list[str], ready: threading.Event) -> None:
+    """Collect a child's output lines; set `ready` at its READY line (or when it ends)."""
     for line in stream:
         lines.append(line.rstrip("\n"))
         if line.startswith("READY "):
@@ -63,7 +64,8 @@ def served_process(cmd: list[str], protocol: str, cwd: Path = REPO,
                                stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     ready = threading.Event()
-    threading.Thread(target=_drain, args=(process.stdout, lines, ready), daemon=True).start()
+    threading.Thread(target=drain_until_ready, args=(process.stdout, lines, ready),
+                     daemon=True).start()
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while not ready.wait(0.05):
