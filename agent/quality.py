@@ -65,6 +65,15 @@ def snr(image: np.ndarray) -> float:
     return float(np.sqrt(signal / noise))
 
 
+def snr_ratio_scatter(shape: tuple[int, ...]) -> float:
+    """Standard error of the variance ratio (`snr` squared) that `snr` estimates on a frame of
+    this shape when the signal is weak: for white noise 2*r1 - r2 averages M lag pairs of the
+    centre crop, so its scatter is sqrt(5 / M) of the lag-0 value. Near zero SNR this is
+    what makes two frames of one place differ (0.0 and 0.2 on a 128 px frame)."""
+    rows, cols = (min(side, CROP) for side in shape[-2:])
+    return float(np.sqrt(5.0 / max(rows * (cols - 2), 1)))
+
+
 def drift_px(reference: np.ndarray, moving: np.ndarray) -> float:
     """Shift in pixels between two frames of the same place (phase correlation)."""
     a, b = centre_crop(reference), centre_crop(moving)

@@ -29,7 +29,8 @@ def make(rt: Runtime):
         rescans = current.rescans
         if rescans and "effect" not in (rescans[-1].model_extra or {}):
             last = rescans[-1]
-            changed = had_effect(last.quality.model_dump(), quality.model_dump())
+            changed = had_effect(last.quality.model_dump(), quality.model_dump(),
+                                 frame.image.shape)
             rescans = [*rescans[:-1], RescanRecord(**last.model_dump(),
                                                    effect="improved" if changed else "none")]
             kinds = kinds_tried(last.adaptation)
