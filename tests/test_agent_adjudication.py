@@ -4,13 +4,12 @@ server errors, hangs, malformed and off-list answers, refusals; caching; the pro
 from __future__ import annotations
 
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
+from openai_stub import ChatHandler, serving, url
 
 from agent.adjudication.cache import AnswerCache
 from agent.adjudication.demonstrations import BankError, DemonstrationBank
@@ -19,59 +18,37 @@ from agent.adjudication.openai_vlm import OpenAIAdjudicator, VlmConfig, VlmConfi
 from agent.adjudication.prompt import parse_answer
 
 CLASSES = ["Fibres", "Particles", "Powder"]
+USAGE = {"prompt_tokens": 100, "completion_tokens": 20}
 
 
-class FakeVlm(BaseHTTPRequestHandler):
+class FakeVlm(ChatHandler):
     """Answers /v1/chat/completions according to the server's `mode` queue."""
-
-    def log_message(self, *args):  # keep test output clean
-        pass
 
     def do_POST(self):  # noqa: N802
         server = self.server
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        server.requests.append({"body": body, "auth": self.headers.get("Authorization")})
+        server.requests.append({"body": self.read_json(),
+                                "auth": self.headers.get("Authorization")})
         mode = server.modes.pop(0) if server.modes else server.default
         if mode == "500":
-            return self._send(500, {"error": {"message": "boom"}})
+            return self.send_json(500, {"error": {"message": "boom"}})
         if mode == "429":
-            return self._send(429, {"error": {"message": "slow down"}})
+            return self.send_json(429, {"error": {"message": "slow down"}})
         if mode == "hang":
             time.sleep(3)
-            return self._send(200, self._reply('{"label": "Fibres", "confidence": 0.9}'))
+            return self.send_chat('{"label": "Fibres", "confidence": 0.9}', **USAGE)
         content = {"good": '{"label": "Particles", "confidence": 0.8, "rationale": "round"}',
                    "fenced": '```json\n{"label": "powder", "confidence": 0.7,'
                              ' "rationale": "fine grains"}\n```',
                    "malformed": '{"label": "Particles", "confidence": ',
                    "unknown": '{"label": "Dragons", "confidence": 0.9, "rationale": "x"}',
                    "refusal": ""}[mode]
-        return self._send(200, self._reply(content))
-
-    @staticmethod
-    def _reply(content: str) -> dict:
-        return {"id": "x", "object": "chat.completion", "created": 0, "model": "test-vlm",
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": content}}],
-                "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}}
-
-    def _send(self, code: int, payload: dict) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        return self.send_chat(content, **USAGE)
 
 
 @pytest.fixture()
 def vlm_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeVlm)
-    server.modes, server.default, server.requests = [], "good", []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with serving(FakeVlm, modes=[], default="good", requests=[]) as server:
+        yield server
 
 
 @pytest.fixture()
@@ -83,7 +60,7 @@ def bank():
 
 
 def make(server, tmp_path, timeout=1.0) -> OpenAIAdjudicator:
-    config = VlmConfig(base_url=f"http://127.0.0.1:{server.server_port}/v1", model="test-vlm",
+    config = VlmConfig(base_url=url(server), model="test-vlm",
                        timeout_s=timeout)
     return OpenAIAdjudicator(config, AnswerCache(tmp_path / "cache"), api_key="sk-test-secret")
 
@@ -197,7 +174,7 @@ def test_a_session_adjudicates_through_the_endpoint_and_never_stores_the_key(
     from twins.microscope import TwinMicroscope
 
     secret = "sk-never-store-" + uuid.uuid4().hex
-    monkeypatch.setenv("MICAGENT_VLM_BASE_URL", f"http://127.0.0.1:{vlm_server.server_port}/v1")
+    monkeypatch.setenv("MICAGENT_VLM_BASE_URL", url(vlm_server))
     monkeypatch.setenv("MICAGENT_VLM_MODEL", "test-vlm")
     monkeypatch.setenv("OPENAI_API_KEY", secret)
     torch.manual_seed(0)

@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 from nion_bridge import needs_nion, running_bridge, start_bridge
+from raw_rpc import netstring, read_reply
 
 from instruments.errors import (
     InstrumentTimeout,
@@ -35,20 +36,6 @@ def bridge():
 
 def client(bridge, **kw) -> TemClient:
     return TemClient(bridge.host, bridge.port, timeout=kw.pop("timeout", 30), **kw)
-
-
-def netstring(payload: bytes) -> bytes:
-    return b"%d:%s," % (len(payload), payload)
-
-
-def read_reply(sock: socket.socket) -> dict:
-    data = b""
-    while b":" not in data:
-        data += sock.recv(65536)
-    length, _, rest = data.partition(b":")
-    while len(rest) < int(length) + 1:
-        rest += sock.recv(65536)
-    return json.loads(rest[:int(length)])
 
 
 def image_shift(before: np.ndarray, after: np.ndarray) -> tuple[float, float]:

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+from raw_rpc import netstring, read_reply
 
 from instruments.errors import RemoteError
 from instruments.rpc_server import BACKLOG, RpcServer
@@ -58,27 +59,10 @@ def connect(srv: RpcServer, **kw) -> TemClient:
     return TemClient(host, int(port), timeout=10, **kw)
 
 
-def netstring(payload: bytes) -> bytes:
-    return b"%d:%s," % (len(payload), payload)
-
-
 def call_raw(sock: socket.socket, method: str, params=None, request_id=1) -> dict:
     sock.sendall(netstring(json.dumps({"jsonrpc": "2.0", "id": request_id, "method": method,
                                        "params": params or {}}).encode()))
     return read_reply(sock)
-
-
-def read_reply(sock: socket.socket) -> dict:
-    data = b""
-    while b":" not in data:
-        data += sock.recv(65536)
-    length, _, rest = data.partition(b":")
-    while len(rest) < int(length) + 1:
-        chunk = sock.recv(1 << 20)
-        if not chunk:
-            break
-        rest += chunk
-    return json.loads(rest[:int(length)])
 
 
 @pytest.mark.parametrize("name", list(ARRAYS))

@@ -7,60 +7,39 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
+from openai_stub import ChatHandler, serving, url
 
 from instruments.redaction import install_log_redaction, redact, redact_bytes, redact_value
 
 MODES = ["echo-text", "echo-rationale", "echo-text", "echo-text", "echo-error"]
 
 
-class EchoingVlm(BaseHTTPRequestHandler):
+class EchoingVlm(ChatHandler):
     """Quotes the request's headers back in whatever the next mode says."""
 
-    def log_message(self, *args):
-        pass
-
     def do_POST(self):  # noqa: N802
-        self.rfile.read(int(self.headers["Content-Length"]))
+        self.read_json()
         echo = "\n".join(f"{k}: {v}" for k, v in self.headers.items())
         key = self.headers.get("Authorization", "").removeprefix("Bearer ")
         mode = self.server.modes.pop(0) if self.server.modes else "echo-text"
         if mode == "echo-error":
-            return self._send(500, {"error": {"message": f"bad key {key}; you sent {echo}"}})
+            return self.send_json(500, {"error": {"message": f"bad key {key}; you sent {echo}"}})
         content = (f"key={key} is what you sent, with:\n{echo}"
                    if mode == "echo-text" else
                    json.dumps({"label": "Particles", "confidence": 0.8,
                                "rationale": f"round; by the way {echo} {key}"}))
-        self._send(200, {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
-                         "choices": [{"index": 0, "finish_reason": "stop",
-                                      "message": {"role": "assistant", "content": content}}],
-                         "usage": {"prompt_tokens": 1, "completion_tokens": 1,
-                                   "total_tokens": 2}})
-
-    def _send(self, code: int, payload: dict) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        self.send_chat(content)
 
 
 @pytest.fixture()
 def echo_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), EchoingVlm)
-    server.modes = list(MODES)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with serving(EchoingVlm, modes=list(MODES)) as server:
+        yield server
 
 
 @pytest.fixture()
@@ -94,7 +73,7 @@ def test_echoed_keys_reach_no_file_and_no_log(echo_server, tmp_path, monkeypatch
     from twins.microscope import TwinMicroscope
 
     secret = "k" + uuid.uuid4().hex + uuid.uuid4().hex            # no sk- prefix: env only
-    monkeypatch.setenv("MICAGENT_VLM_BASE_URL", f"http://127.0.0.1:{echo_server.server_port}/v1")
+    monkeypatch.setenv("MICAGENT_VLM_BASE_URL", url(echo_server))
     monkeypatch.setenv("MICAGENT_VLM_MODEL", "echo-vlm")
     monkeypatch.setenv("OPENAI_API_KEY", secret)
     torch.manual_seed(0)

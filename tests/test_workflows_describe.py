@@ -5,12 +5,11 @@ the cache, a hanging endpoint times out, and the API key is never written."""
 from __future__ import annotations
 
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from openai_stub import ChatHandler, serving, url
 from typer.testing import CliRunner
 
 from workflows.cli import app
@@ -21,67 +20,31 @@ from workflows.prompts import DEFECT, NANOMATERIAL, get_prompt_set
 SECRET = "sk-test-never-write-me"
 
 
-class FakeLLM:
-    """Chat-completions server on 127.0.0.1; `fail_on` / `hang_on` (class, prompt number)."""
+class DescribeLLM(ChatHandler):
+    """Answers each prompt with its class and number; fails or hangs where the server says."""
 
-    def __init__(self) -> None:
-        self.requests: list[dict] = []
-        self.fail_on: tuple[str, int] | None = None
-        self.hang_on: tuple[str, int] | None = None
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_POST(self) -> None:  # noqa: N802 - http.server API
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                body["_auth"] = self.headers.get("Authorization")
-                outer.requests.append(body)
-                system, user = body["messages"][0]["content"], body["messages"][-1]["content"]
-                prompt_no = int(user.split(":")[0].split()[-1])
-                klass = system.split("under discussion is: ")[1].split(". Answer")[0]
-                if outer.hang_on == (klass, prompt_no):
-                    time.sleep(3)
-                if outer.fail_on == (klass, prompt_no):
-                    self._send(500, {"error": {"message": "model overloaded"}})
-                    return
-                answer = f"{klass} answer to prompt {prompt_no} after {len(body['messages'])} msgs"
-                self._send(200, {"id": "x", "object": "chat.completion", "created": 0,
-                                 "model": body["model"],
-                                 "choices": [{"index": 0, "finish_reason": "stop",
-                                              "message": {"role": "assistant",
-                                                          "content": answer}}],
-                                 "usage": {"prompt_tokens": 1, "completion_tokens": 1,
-                                           "total_tokens": 2}})
-
-            def _send(self, code: int, payload: dict) -> None:
-                data = json.dumps(payload).encode()
-                try:
-                    self.send_response(code)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    def do_POST(self) -> None:  # noqa: N802 - http.server API
+        server, body = self.server, self.read_json()
+        body["_auth"] = self.headers.get("Authorization")
+        server.requests.append(body)
+        system, user = body["messages"][0]["content"], body["messages"][-1]["content"]
+        prompt_no = int(user.split(":")[0].split()[-1])
+        klass = system.split("under discussion is: ")[1].split(". Answer")[0]
+        if server.hang_on == (klass, prompt_no):
+            time.sleep(3)
+        if server.fail_on == (klass, prompt_no):
+            self.send_json(500, {"error": {"message": "model overloaded"}})
+            return
+        self.send_chat(f"{klass} answer to prompt {prompt_no} after {len(body['messages'])} msgs",
+                       model=body["model"])
 
 
 @pytest.fixture
 def llm():
-    server = FakeLLM()
-    yield server
-    server.stop()
+    """Chat-completions server on 127.0.0.1; `fail_on` / `hang_on` (class, prompt number)."""
+    with serving(DescribeLLM, requests=[], fail_on=None, hang_on=None) as server:
+        server.url = url(server)
+        yield server
 
 
 def _files_text(folder: Path) -> str:
