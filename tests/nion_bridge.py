@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import os
 import subprocess
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pytest
-from twin_process import REPO, drain_until_ready
+from twin_process import REPO, start_announced
 
 NION_PYTHON = REPO / ".venv-nion" / "bin" / "python"
-START_TIMEOUT_S = 60.0
 
 needs_nion = pytest.mark.skipif(
     not NION_PYTHON.exists(),
@@ -53,21 +50,11 @@ def start_bridge(*args: str, port: int = 0) -> Bridge:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # a clone, nothing else
     env["PYTHONUNBUFFERED"] = "1"
     cmd = [str(NION_PYTHON), "-m", "instruments.bridges.nion", "--port", str(port), *args]
-    process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-    ready = threading.Event()
-    threading.Thread(target=drain_until_ready, args=(process.stdout, lines, ready),
-                     daemon=True).start()
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not ready.wait(0.05):
-        if time.monotonic() > deadline or process.poll() is not None:
-            break
-    announced = [line for line in lines if line.startswith("READY ")]
-    if not announced:
+    process, lines, announced = start_announced(cmd, REPO, env)
+    if announced is None:
         process.kill()
         raise RuntimeError(f"bridge did not start: {cmd}\n" + "\n".join(lines))
-    return Bridge(process, announced[0].split()[1], lines)
+    return Bridge(process, announced.split()[1], lines)
 
 
 @contextmanager

@@ -54,27 +54,34 @@ def drain_until_ready(stream, lines: list[str], ready: threading.Event) -> None:
     ready.set()
 
 
-@contextmanager
-def served_process(cmd: list[str], protocol: str, cwd: Path = REPO,
-                   env: dict[str, str] | None = None) -> Iterator[Served]:
-    """Start `cmd` and yield it once it prints `READY ... <address>` (the last word)."""
-    env = dict(env if env is not None else os.environ, OMP_NUM_THREADS="1",
-               PYTHONUNBUFFERED="1")
+def start_announced(cmd: list[str], cwd: Path, env: dict[str, str]
+                    ) -> tuple[subprocess.Popen, list[str], str | None]:
+    """Start `cmd` and wait up to START_TIMEOUT_S for its `READY ...` line: the process, its
+    output lines (still being collected) and that line, or None when it never came."""
     process = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     ready = threading.Event()
     threading.Thread(target=drain_until_ready, args=(process.stdout, lines, ready),
                      daemon=True).start()
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not ready.wait(0.05):
+        if time.monotonic() > deadline or process.poll() is not None:
+            break
+    return process, lines, next((line for line in lines if line.startswith("READY ")), None)
+
+
+@contextmanager
+def served_process(cmd: list[str], protocol: str, cwd: Path = REPO,
+                   env: dict[str, str] | None = None) -> Iterator[Served]:
+    """Start `cmd` and yield it once it prints `READY ... <address>` (the last word)."""
+    env = dict(env if env is not None else os.environ, OMP_NUM_THREADS="1",
+               PYTHONUNBUFFERED="1")
+    process, lines, announced = start_announced(cmd, cwd, env)
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not ready.wait(0.05):
-            if time.monotonic() > deadline or process.poll() is not None:
-                break
-        announced = [line for line in lines if line.startswith("READY ")]
-        if not announced:
+        if announced is None:
             raise RuntimeError(f"server did not start: {cmd}\n" + "\n".join(lines))
-        yield Served(process, protocol, announced[0].split()[-1], lines)
+        yield Served(process, protocol, announced.split()[-1], lines)
     finally:
         if process.poll() is None:
             process.kill()
