@@ -26,6 +26,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+from session_timing import timed_run  # noqa: E402
 
 from agent.config import RunConfig  # noqa: E402
 from agent.session import Session, SessionParts  # noqa: E402
@@ -57,31 +58,14 @@ def overhead(classifier, frames: int, pixels: int, dwell: float, work: Path,
     twin.move_stage(centres[0])
     twin.set_imaging(config.imaging_settings())
     classifier.classify([twin.acquire().image])   # warm texture cache and torch kernels
-    session = Session(config, parts)
-    steps: dict[str, float] = {}
-    last = [time.perf_counter()]
-
-    def on_step(node: str, _update: dict) -> None:     # wall time per node incl. checkpoint
-        now = time.perf_counter()
-        steps[node] = steps.get(node, 0.0) + now - last[0]
-        last[0] = now
-
-    t0 = last[0] = time.perf_counter()
-    session.run(on_step=on_step)
-    wall = time.perf_counter() - t0
-    session.close()
-    with SessionReader(config.out) as reader:
-        records = reader.records()
-        discarded = reader.provenance["outcome"]["counts"].get("speculative_discarded", 0)
-    acquire = sum(r.timings.acquire_s for r in records)
-    classify = sum(r.timings.classify_s for r in records)
-    n = len(records)
-    per_node_ms = {k: round(v / n * 1e3, 1) for k, v in steps.items()}
+    run = timed_run(Session(config, parts))
+    n, acquire, wall = run["frames"], run["acquire_s"], run["wall_s"]
     return {"frames": n, "scan_s": scan_s, "acquire_s_per_frame": acquire / n,
-            "classify_s_per_frame": classify / n,
+            "classify_s_per_frame": run["classify_s"] / n,
             "outside_s_per_frame": (wall - acquire) / n,
-            "ratio": (wall - acquire) / acquire, "per_node_ms": per_node_ms,
-            "routes": sorted({str(r.route) for r in records}), "discarded": discarded}
+            "ratio": (wall - acquire) / acquire, "per_node_ms": run["per_node_ms"],
+            "routes": sorted({str(r.route) for r in run["records"]}),
+            "discarded": run["counts"].get("speculative_discarded", 0)}
 
 
 def survey(model: str, tiles: int, work: Path, seed: int) -> dict:

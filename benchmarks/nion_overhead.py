@@ -20,7 +20,6 @@ import argparse
 import os
 import subprocess
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -28,10 +27,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+from session_timing import timed_run  # noqa: E402
 
 from agent.config import RunConfig  # noqa: E402
 from agent.session import Session  # noqa: E402
-from instruments.session_reader import SessionReader  # noqa: E402
 from workflows.cmd_run import open_parts  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,30 +63,14 @@ def measure(uri: str, frames: int, pixels: int, dwell: float, fov: float, rescan
                                  "stage_y": [-5e-7, 5e-7]})
     parts = open_parts(config)
     parts.classifier.classify([parts.microscope.inner.acquire_image("HAADF")])  # warm kernels
-    session = Session(config, parts)
-    steps: dict[str, float] = {}
-    last = [time.perf_counter()]
-
-    def on_step(node: str, _update: dict) -> None:     # wall time per node incl. checkpoint
-        now = time.perf_counter()
-        steps[node] = steps.get(node, 0.0) + now - last[0]
-        last[0] = now
-
-    t0 = last[0] = time.perf_counter()
-    final = session.run(on_step=on_step)
-    wall = time.perf_counter() - t0
-    session.close()
+    run = timed_run(Session(config, parts))
     parts.microscope.close()
-    with SessionReader(config.out) as reader:
-        records = reader.records()
-    n = len(records)
-    acquire = sum(r.timings.acquire_s for r in records)
-    classify = sum(r.timings.classify_s for r in records)
-    return {"frames": n, "status": final["status"],
-            "acquire_s_per_frame": acquire / n, "classify_s_per_frame": classify / n,
+    n, acquire, wall = run["frames"], run["acquire_s"], run["wall_s"]
+    return {"frames": n, "status": run["final"]["status"],
+            "acquire_s_per_frame": acquire / n, "classify_s_per_frame": run["classify_s"] / n,
             "outside_s_per_frame": (wall - acquire) / n, "ratio": (wall - acquire) / acquire,
-            "per_node_ms": {k: round(v / n * 1e3, 1) for k, v in steps.items()},
-            "routes": sorted({str(r.route) for r in records})}
+            "per_node_ms": run["per_node_ms"],
+            "routes": sorted({str(r.route) for r in run["records"]})}
 
 
 def main() -> None:
