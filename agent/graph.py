@@ -7,11 +7,11 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.graph import END, START, StateGraph
 
 from agent import routes
 from agent.checkpoint_serde import RedactingSerializer
+from agent.checkpoint_store import BoundedSqliteSaver
 from agent.nodes import (
     acquire,
     adjudicate,
@@ -61,8 +61,9 @@ def build_graph(rt: Runtime) -> StateGraph:
     return graph
 
 
-def open_checkpointer(path: str | Path) -> SqliteSaver:
-    """A SqliteSaver on `path` (created if missing), usable from the driver's thread.
+def open_checkpointer(path: str | Path) -> BoundedSqliteSaver:
+    """A SqliteSaver on `path` (created if missing), usable from the driver's thread, that
+    keeps the latest checkpoint only (agent/checkpoint_store.py).
 
     WAL journal with synchronous=NORMAL: a committed step survives the process being killed
     (SIGKILL), only an OS crash or power loss may lose the last steps; it spares an fsync per
@@ -71,7 +72,8 @@ def open_checkpointer(path: str | Path) -> SqliteSaver:
     conn = sqlite3.connect(str(path), check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
-    return SqliteSaver(conn, serde=RedactingSerializer(allowed_msgpack_modules=CHECKPOINT_TYPES))
+    return BoundedSqliteSaver(
+        conn, serde=RedactingSerializer(allowed_msgpack_modules=CHECKPOINT_TYPES))
 
 
 def compile_graph(rt: Runtime, checkpointer):

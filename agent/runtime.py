@@ -16,6 +16,7 @@ from agent.adjudication.demonstrations import DemonstrationBank
 from agent.policy import RoutePolicy
 from agent.quality import QualityThresholds
 from agent.scratch import FrameScratch
+from agent.survey_plan import SurveyPlan
 from instruments.decision_record import DecisionRecord
 from instruments.frame import Frame, ImagingSettings, StagePosition
 from instruments.safety import GuardedMicroscope
@@ -57,6 +58,7 @@ class Runtime:
     bank: DemonstrationBank | None
     scratch: FrameScratch
     thumbnails: Path
+    plan: SurveyPlan
     policy: RoutePolicy = field(default_factory=RoutePolicy)
     thresholds: QualityThresholds = field(default_factory=QualityThresholds)
     imaging: ImagingSettings = field(default_factory=ImagingSettings)

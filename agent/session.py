@@ -27,6 +27,7 @@ from agent.recorder import Recorder
 from agent.runtime import Runtime, TileSource
 from agent.scratch import FrameScratch
 from agent.state import AgentState, new_state
+from agent.survey_plan import SurveyPlan
 from instruments.safety import GuardedMicroscope
 from instruments.session_file import SessionWriter
 
@@ -99,7 +100,8 @@ class Session:
         self.runtime = Runtime(
             microscope=parts.microscope, classifier=parts.classifier, writer=self.writer,
             adjudicator=adjudicator, bank=parts.bank, scratch=scratch, recorder=self.recorder,
-            thumbnails=work / "thumbnails", policy=self._policy(),
+            thumbnails=work / "thumbnails", plan=SurveyPlan(work / "plan.json"),
+            policy=self._policy(),
             thresholds=config.quality_thresholds(), imaging=config.imaging_settings(),
             survey_positions=parts.survey_positions, region=parts.region, tiles=parts.tiles,
             demo_k=config.demo_k, demo_strategy=config.demo_strategy,

@@ -33,7 +33,7 @@ class AgentState(TypedDict, total=False):
     session_id: str
     objective: dict[str, Any]      # {"kind": "survey"|"hunt", "classes": [...], "target": N}
     max_frames: int
-    positions: list[dict[str, Any]]  # survey plan: [{"x","y","row","col"}]; empty for hunt
+    plan: dict[str, Any] | None      # survey plan {"size", "sha256"}: agent.survey_plan
     plan_index: int
     sequence: int
     current: DecisionRecord | None   # the decision being built for the frame in flight
@@ -55,7 +55,7 @@ def new_state(session_id: str, objective: dict[str, Any], max_frames: int,
               budgets: dict[str, float]) -> AgentState:
     """The initial state of a fresh session."""
     return AgentState(
-        session_id=session_id, objective=objective, max_frames=max_frames, positions=[],
+        session_id=session_id, objective=objective, max_frames=max_frames, plan=None,
         plan_index=0, sequence=0, current=None, embedding=None, reference_id=None,
         previous_frame_id=None, budgets=dict(budgets),
         used={"rescans": 0, "adjudications": 0, "tokens": 0, "moves": 0, "wall_s": 0.0},

@@ -23,7 +23,6 @@ import argparse
 import os
 import random
 import signal
-import sqlite3
 import tempfile
 import time
 from dataclasses import dataclass
@@ -72,16 +71,6 @@ def make_model(folder: Path) -> Path:
     return folder
 
 
-def _checkpoints(path: Path) -> int:
-    if not path.exists():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1) as conn:
-            return conn.execute("select count(*) from checkpoints").fetchone()[0]
-    except sqlite3.Error:
-        return 0
-
-
 def _fork(run) -> int:
     """Run `run()` in a forked process; its pid (the child exits 0, or 1 on an error)."""
     pid = os.fork()
@@ -106,16 +95,18 @@ def _run_session(config, classifier) -> None:
 def _kill_at(pid: int, ckpt: Path, step: int, delay: float, timeout: float) -> int | None:
     """SIGKILL `pid` `delay` s after the checkpoint holds `step` checkpoints; how many it held
     when the process was gone (None when the session ended first)."""
+    from agent.checkpoint_store import steps_written
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         done, _ = os.waitpid(pid, os.WNOHANG)
         if done:
             return None
-        if _checkpoints(ckpt) >= step:
+        if steps_written(ckpt) >= step:
             time.sleep(delay)
             os.kill(pid, signal.SIGKILL)
             _, status = os.waitpid(pid, 0)
-            return _checkpoints(ckpt) if os.WIFSIGNALED(status) else None
+            return steps_written(ckpt) if os.WIFSIGNALED(status) else None
         time.sleep(0.002)
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)

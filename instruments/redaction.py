@@ -47,7 +47,13 @@ def _secrets() -> list[str]:
 
 def redact(text: str) -> str:
     """`text` with every known secret value, Authorization value and token-like word masked."""
-    for secret in _secrets():
+    return _redact(text, _secrets())
+
+
+def _redact(text: str, secrets: list[str]) -> str:
+    if len(text) < MIN_SECRET:          # no secret and no pattern match is this short
+        return text
+    for secret in secrets:
         if secret in text:
             text = text.replace(secret, MASK)
     for pattern in _PATTERNS:
@@ -67,12 +73,16 @@ def redact_bytes(data: bytes) -> bytes:
 
 def redact_value(value: Any) -> Any:
     """A JSON-like value with every string (keys included) passed through `redact`."""
+    return _redact_value(value, _secrets())
+
+
+def _redact_value(value: Any, secrets: list[str]) -> Any:
     if isinstance(value, str):
-        return redact(value)
+        return _redact(value, secrets)
     if isinstance(value, dict):
-        return {redact_value(k): redact_value(v) for k, v in value.items()}
+        return {_redact_value(k, secrets): _redact_value(v, secrets) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return type(value)(redact_value(v) for v in value)
+        return type(value)(_redact_value(v, secrets) for v in value)
     return value
 
 

@@ -107,7 +107,7 @@ def test_a_frame_taken_with_other_settings_than_planned_is_discarded_and_counted
     taken_with = ImagingSettings(**IMAGING)
     rt.prefetch.start((positions[1]["x"], positions[1]["y"]), taken_with)
     state = {"current": _planned(positions[1], replace(taken_with, defocus=3e-6)),
-             "session_id": "s", "sequence": 1, "plan_index": 2, "positions": positions,
+             "session_id": "s", "sequence": 1, "plan_index": 2, "plan": rt.plan.fix(positions),
              "objective": {"kind": "survey"}, "consecutive_errors": 0}
     update = acquire.make(rt)(state)
     session.close()

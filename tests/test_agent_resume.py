@@ -7,7 +7,6 @@ import logging
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -18,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
-from langgraph.checkpoint.sqlite import SqliteSaver
 
 from agent import graph as graph_module
+from agent.checkpoint_store import BoundedSqliteSaver, steps_written
 from agent.config import RunConfig, checkpoint_path, registry_path
 from agent.session import Session, SessionParts
 from instruments.decision_record import DecisionRecord, QualityRecord
@@ -125,14 +124,15 @@ def test_a_session_stopped_after_any_step_resumes_without_losing_or_repeating(
         assert stored.count(in_flight) + replaced.count(in_flight) == 1
 
 
-class KillingSaver(SqliteSaver):
+class KillingSaver(BoundedSqliteSaver):
     """The session's checkpointer, SIGKILLing its own process at a chosen checkpoint: before
     checkpoint `step` is written but after the task that made it stored its writes
     ("writes_stored": LangGraph resumes by applying them, the task does not run again), or
-    before that task's writes are stored ("mid_step": the task runs again)."""
+    before that task's writes are stored ("mid_step": the task runs again). It prunes to the
+    latest checkpoint after every second one, so kills fall on both sides of a prune."""
 
     def __init__(self, conn, serde, step: int, point: str) -> None:
-        super().__init__(conn, serde=serde)
+        super().__init__(conn, serde=serde, prune_every=2)
         self.step, self.point, self.puts = step, point, 0
         self.stored = threading.Event()          # the step's task writes are committed
 
@@ -182,9 +182,7 @@ def test_the_kill_campaign_session_has_the_steps_the_campaign_counts(tmp_path, c
     session = session_for(tmp_path, classifier, str(uuid.uuid4()), frames=KILL_FRAMES)
     session.run(on_step=lambda node, _: saver_steps.append(node))
     session.close()
-    with sqlite3.connect(checkpoint_path(tmp_path / "s.h5")) as conn:
-        rows = conn.execute("select count(*) from checkpoints").fetchone()[0]
-    assert rows == KILL_STEPS == len(saver_steps) + 2
+    assert steps_written(checkpoint_path(tmp_path / "s.h5")) == KILL_STEPS == len(saver_steps) + 2
 
 
 @pytest.fixture(scope="module")
@@ -213,16 +211,6 @@ def test_sigkill_at_every_checkpoint_step_then_resume_is_exact(
     assert final["status"] == "completed" and final["sequence"] == KILL_FRAMES
 
 
-def checkpoint_steps(path: Path) -> int:
-    if not path.exists():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1) as conn:
-            return conn.execute("select count(*) from checkpoints").fetchone()[0]
-    except sqlite3.Error:
-        return 0
-
-
 def start(args: list[str], env: dict) -> subprocess.Popen:
     command = [sys.executable, "-c", "from workflows.cli import app; app()", "run", *args]
     return subprocess.Popen(command, cwd=ROOT,
@@ -236,7 +224,7 @@ def kill_after_steps(proc: subprocess.Popen, ckpt: Path, steps: int, limit: floa
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             return False
-        if checkpoint_steps(ckpt) >= steps:
+        if steps_written(ckpt) >= steps:
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
             return True

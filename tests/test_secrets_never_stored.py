@@ -128,6 +128,13 @@ def test_the_filter_masks_keys_authorization_values_and_sk_tokens(monkeypatch) -
     assert redact_bytes(b"\xa5xplain-value-123456\x01") == b"\xa5x" + b"*" * 18 + b"\x01"
 
 
+def test_a_secret_of_the_shortest_length_is_masked_and_shorter_text_passes(monkeypatch) -> None:
+    monkeypatch.setenv("SHORT_TOKEN", "8chars!!")               # MIN_SECRET characters
+    assert redact("8chars!!") == "[redacted]"
+    assert redact_value({"8chars!!": ["8chars!!", "8chars!"]}) == {
+        "[redacted]": ["[redacted]", "8chars!"]}
+
+
 @pytest.mark.parametrize("given,env,expected", [(None, None, 30.0), (None, "7.5", 7.5),
                                                 (2.0, "7.5", 2.0)])
 def test_the_vlm_timeout_comes_from_the_option_the_env_or_30_s(given, env, expected,

@@ -24,6 +24,7 @@ from agent.config import RunConfig, registry_path
 from agent.objectives import ObjectiveError
 from agent.overview import OverviewTiles
 from agent.session import Session, SessionParts, record_failed_start
+from agent.survey_plan import PlanError
 from agent.terminal_approval import TerminalApprover
 from instruments.decision_record import DecisionRecord, accuracy
 from instruments.errors import InstrumentError
@@ -319,6 +320,8 @@ def run(
                             allow_hosts=tuple(allow_host or ()))
     except (StartError, ObjectiveError) as exc:
         raise fail(f"session failed to start: {exc}") from exc
+    except PlanError as exc:
+        raise fail(f"session {config.session_id} cannot go on: {exc}", code=1) from exc
     except KeyboardInterrupt as exc:
         notice(err, f"interrupted; continue with: micagent run --resume "
                     f"{config.session_id} --state-dir {config.state_dir}", "yellow")

@@ -14,6 +14,7 @@ from agent.nodes._common import add_tallies_update, event, fail
 from agent.pipeline import Speculation
 from agent.runtime import Runtime
 from agent.state import AgentState
+from agent.survey_plan import planned_positions
 from instruments.decision_record import DecisionRecord
 from instruments.errors import ApprovalRequired, BadFrame, InstrumentError, SafetyRefused
 from instruments.frame import Frame, StagePosition
@@ -80,9 +81,10 @@ def speculate_next(rt: Runtime, state: AgentState) -> None:
     if rt.prefetch is None or rt.prefetch.pending or state["objective"]["kind"] != "survey":
         return
     index = state["plan_index"]              # plan has already moved past the current one
-    if index >= len(state["positions"]):
+    positions = planned_positions(rt.plan, state)
+    if index >= len(positions):
         return
-    nxt = state["positions"][index]
+    nxt = positions[index]
     settings = replace(rt.imaging, defocus=state.get("defocus", rt.imaging.defocus))
     rt.prefetch.start((nxt["x"], nxt["y"]), settings)
 

@@ -8,6 +8,7 @@ from typing import Any
 from agent.objectives import grid_positions, spiral_position, spread
 from agent.runtime import Runtime
 from agent.state import AgentState
+from agent.survey_plan import planned_positions
 from instruments.decision_record import DecisionRecord, Position, Tile, Timings
 
 
@@ -33,7 +34,7 @@ def _done(state: AgentState, used: dict[str, float]) -> str:
             return (f"hunt ended after {state['plan_index']} positions with "
                     f"{counts['hits']}/{obj['target']} found")
         return ""
-    if state["plan_index"] >= len(state["positions"]):
+    if state["plan_index"] >= (state.get("plan") or {}).get("size", 0):
         return f"survey complete: {counts['recorded']} frames"
     return ""
 
@@ -43,7 +44,7 @@ def position_at(rt: Runtime, state: AgentState, index: int) -> dict[str, Any] | 
     if state["objective"]["kind"] == "hunt":
         start = state["objective"].get("start", (0.0, 0.0))
         return spiral_position(index, tuple(start), rt.imaging.fov)
-    positions = state["positions"]
+    positions = planned_positions(rt.plan, state)
     return positions[index] if index < len(positions) else None
 
 
@@ -61,8 +62,8 @@ def make(rt: Runtime):
     def plan(state: AgentState) -> dict[str, Any]:
         tick = rt.tick()
         update: dict[str, Any] = {"used": {"wall_s": tick}}
-        if state["objective"]["kind"] == "survey" and not state.get("positions"):
-            update["positions"] = _survey_positions(rt, state["max_frames"])
+        if state["objective"]["kind"] == "survey" and not state.get("plan"):
+            update["plan"] = rt.plan.fix(_survey_positions(rt, state["max_frames"]))
             state = {**state, **update}
         used = {**state["used"], "wall_s": state["used"].get("wall_s", 0.0) + tick}
         reason = _done(state, used)
