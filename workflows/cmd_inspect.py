@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from instruments.export import export_frames
+from instruments.hdf5_probe import check_metadata_finishes
 from instruments.session_layout import SessionFileError
 from instruments.session_reader import SessionReader
 from workflows.cli_output import DAMAGED, fail, file_error
@@ -60,6 +61,7 @@ def inspect(
 ) -> None:
     """Summarise a session file: frames, labels, routes, escalations, approvals, status."""
     try:
+        check_metadata_finishes(session)
         with SessionReader(session) as reader:
             summary = reader.summary()
     except SessionFileError as exc:
@@ -80,6 +82,7 @@ def export(
 ) -> None:
     """Export every frame as a PNG or TIFF image, named <index>_<frame uuid>."""
     try:
+        check_metadata_finishes(session)
         paths = export_frames(session, out_dir, fmt.value)
     except SessionFileError as exc:
         raise fail(exc) from exc

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from instruments.hdf5_probe import check_metadata_finishes
 from instruments.session_layout import SessionFileError
 from workflows.archive_report import build_archive_report
 from workflows.cli_output import DAMAGED, fail, file_error
@@ -31,6 +32,7 @@ def report(
     if not session.is_file():
         raise fail(f"no such file: {session}")
     try:
+        check_metadata_finishes(session)
         page = build_report(session, out, least_certain=least_certain)
     except SessionFileError as exc:
         raise fail(exc) from exc

@@ -28,6 +28,7 @@ from agent.survey_plan import PlanError
 from agent.terminal_approval import TerminalApprover
 from instruments.decision_record import DecisionRecord, accuracy
 from instruments.errors import InstrumentError
+from instruments.hdf5_probe import MetadataNeverFinishes, check_metadata_finishes
 from instruments.library_log import log_library_noise
 from instruments.microscope import Microscope
 from instruments.safety import GuardedMicroscope, envelope_from_dict
@@ -316,6 +317,10 @@ def run(
     notice(console, f"session {config.session_id} -> {config.out}"
                     + (" (resumed)" if resume else ""))
     try:
+        check_metadata_finishes(config.out)       # an existing file: this run appends to it
+    except MetadataNeverFinishes as exc:
+        raise fail(f"session failed to start: {exc}") from exc
+    try:
         final = run_session(config, console, quiet, ui=ui, host=host, port=port,
                             allow_hosts=tuple(allow_host or ()))
     except (StartError, ObjectiveError) as exc:
@@ -362,6 +367,7 @@ def replay_file(session_file: str, model: str | None, as_json: bool, state_dir: 
     (unattended) in this process; prints what changed (workflows/cmd_replay.py dispatches)."""
     source = Path(session_file).resolve()
     try:
+        check_metadata_finishes(source)
         with SessionReader(source) as reader:
             old, truths = reader.records(), reader.evaluations()
             stored = reader.provenance.get("run_config") or {}

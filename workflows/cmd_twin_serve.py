@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from instruments.hdf5_probe import check_metadata_finishes
 from twins.faults import FaultSpec, FaultSpecError
 from twins.serve import run_server
 from workflows.cli_output import fail
@@ -39,6 +40,8 @@ def serve(
     except FaultSpecError as exc:
         raise typer.BadParameter(str(exc), param_hint="--faults") from exc
     try:
+        if data:
+            check_metadata_finishes(data)
         run_server(protocol.value, host, port, seed=seed, faults=faults, data=data,
                    announce=typer.echo, data_root=data_root)
     except (OSError, ValueError, RuntimeError) as exc:   # a bad --data file, a port in use
