@@ -6,11 +6,13 @@ that no signal or thread of the reading process can interrupt. Before a command 
 a user gives it, `check_metadata_finishes` walks every group, dataset and attribute of the
 file in a child process (`python -m instruments.hdf5_probe FILE`, read-only) under a time
 limit. A walk that ends, whatever it met, lets the command read the file (and report any
-damage itself); a walk that does not end is killed and the file refused as damaged.
+damage itself); a walk that does not end is killed and the file refused as damaged. The limit
+is 60 s + 10 s per GB; `MICAGENT_HDF5_PROBE_LIMIT_S` replaces the 60 s (slow file systems).
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,12 +27,13 @@ class MetadataNeverFinishes(RuntimeError):
 
 def check_metadata_finishes(path: str | Path, limit_s: float | None = None) -> None:
     """Raise `MetadataNeverFinishes` when walking `path`'s metadata does not end within
-    `limit_s` (default: 60 s + 10 s per GB). Anything but a regular file passes unchecked."""
+    `limit_s` (default: see the module). Anything but a regular file passes unchecked."""
     path = Path(path)
     if not path.is_file():
         return
     if limit_s is None:
-        limit_s = BASE_LIMIT_S + LIMIT_S_PER_GB * path.stat().st_size / 1e9
+        base = float(os.environ.get("MICAGENT_HDF5_PROBE_LIMIT_S") or BASE_LIMIT_S)
+        limit_s = base + LIMIT_S_PER_GB * path.stat().st_size / 1e9
     try:
         subprocess.run([sys.executable, "-m", "instruments.hdf5_probe", str(path)],
                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

@@ -42,13 +42,15 @@ def _sha256(path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory) -> Path:
-    """Five twin sessions and one truncated copy of a sixth (the corrupt input)."""
+    """Five twin sessions, one truncated copy of a sixth (the corrupt input) and a damaged file
+    whose metadata loops the HDF5 library (see tests/test_hdf5_probe.py)."""
     folder = tmp_path_factory.mktemp("archive")
     for seed, (name, frames) in enumerate(FRAMES.items()):
         write_twin_session(folder / f"{name}.h5", frames, seed=seed, pixels=96)
     whole = write_twin_session(folder / "whole.h5", 3, seed=9, pixels=96)
     (folder / "f_truncated.h5").write_bytes(whole.read_bytes()[:6000])
     whole.unlink()
+    shutil.copy(Path(__file__).parent / "data" / "session_zeroed_block.h5", folder / "g_loops.h5")
     return folder
 
 
@@ -59,10 +61,14 @@ def input_hashes(archive: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def client():
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None, silence_logs=logging.ERROR) as cluster, \
-            Client(cluster) as c:
-        yield c
+    os.environ["MICAGENT_HDF5_PROBE_LIMIT_S"] = "5"          # the workers inherit it
+    try:
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                          dashboard_address=None, silence_logs=logging.ERROR) as cluster, \
+                Client(cluster) as c:
+            yield c
+    finally:
+        os.environ.pop("MICAGENT_HDF5_PROBE_LIMIT_S", None)
 
 
 @pytest.fixture(scope="module")
@@ -119,10 +125,12 @@ def test_every_good_frame_is_stored_once_and_the_corrupt_file_is_reported(replay
     assert all(r["new_label"] in SEM_CLASSES + ("unknown",) and r["new_route"] for r in frames)
     assert all(len(r["top_k_labels"]) == len(r["top_k_probs"]) == 3 for r in frames)
 
-    assert summary["frames"] == 18 and summary["sessions"] == {"done": 5, "failed": 1}
-    failed = [s for s in summary["session_status"] if s["status"] == "failed"]
-    assert [Path(s["source"]).name for s in failed] == ["f_truncated.h5"]
+    assert summary["frames"] == 18 and summary["sessions"] == {"done": 5, "failed": 2}
+    failed = sorted((s for s in summary["session_status"] if s["status"] == "failed"),
+                    key=lambda s: s["source"])
+    assert [Path(s["source"]).name for s in failed] == ["f_truncated.h5", "g_loops.h5"]
     assert "SessionFileCorrupt" in failed[0]["error"]
+    assert "MetadataNeverFinishes" in failed[1]["error"]
     assert summary["duplicates"] == [{"source": str(archive / "b.h5"),
                                       "duplicate_of": str(archive / "b.h5")}]
     counts = summary["class_counts"]
@@ -152,7 +160,7 @@ def test_a_rerun_recomputes_nothing_and_a_partial_run_resumes(replayed, archive,
     again = replay_archive(client, [str(archive)], BUNDLED_MODEL, out, state_dir=state_dir,
                         frames_per_task=PER_TASK, quiet=True)
     assert sorted(p.name for p in (out / "frames").iterdir()) == parts
-    assert again["frames"] == 18 and again["sessions"] == {"done": 5, "failed": 1}
+    assert again["frames"] == 18 and again["sessions"] == {"done": 5, "failed": 2}
 
     # a run that stopped after two sessions, resumed over all of them with another range size
     partial = tmp_path / "partial"

@@ -16,6 +16,7 @@ from typing import Any
 
 from agent.config import RunConfig
 from agent.session import Session
+from instruments.hdf5_probe import check_metadata_finishes
 from instruments.replay import ReplayMicroscope
 from instruments.session_reader import SessionReader
 from workflows.cmd_run import open_parts
@@ -51,6 +52,7 @@ def scan_session(path: str | Path) -> SessionScan:
     """The scan of one input; every failure to read it becomes `error`, never an exception."""
     source = str(Path(path).resolve())
     try:
+        check_metadata_finishes(source)          # a file that loops HDF5 fails, not the worker
         with SessionReader(source) as reader:
             prov = reader.provenance
             session_id = prov.get("session_id")
