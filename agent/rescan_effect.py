@@ -22,7 +22,6 @@ from agent.quality import snr_ratio_scatter
 MIN_REL = 0.2
 Z = 3.0
 SCATTER = {"sharpness": 0.005, "drift_px": 1.0}
-KINDS = ("dwell", "focus", "fov")
 _NOTE_KINDS = {"dwell": "dwell", "focus_sweep": "focus", "fov": "fov"}
 
 

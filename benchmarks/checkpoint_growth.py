@@ -43,7 +43,7 @@ def measure(frames: int, pixels: int, work: Path) -> dict:
         rows = conn.execute("SELECT count(*) FROM checkpoints").fetchone()[0]
         kind, blob = conn.execute("SELECT type, checkpoint FROM checkpoints "
                                   "ORDER BY checkpoint_id DESC LIMIT 1").fetchone()
-    serde = open_checkpointer(work / "scratch.sqlite").serde
+    serde = open_checkpointer(path).serde
     checkpoint = serde.loads_typed((kind, blob))
     t0 = time.perf_counter()
     for _ in range(5):

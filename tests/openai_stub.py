@@ -39,7 +39,7 @@ class ChatHandler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):
+        except OSError:              # the client gave up (a timeout): nothing to answer
             pass
 
     def send_chat(self, content: str, **usage: Any) -> None:

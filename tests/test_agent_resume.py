@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from crash_points import Crash, crash_at
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
 from agent import graph as graph_module
@@ -33,10 +34,6 @@ from twins.microscope import TwinMicroscope
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
-
-
-class Crash(Exception):
-    """Stands for the process dying right after a graph step."""
 
 
 @pytest.fixture(scope="module")
@@ -61,17 +58,6 @@ def session_for(tmp_path: Path, classifier, session_id: str, rescans: bool = Tru
                        max_rescans=1)
     return Session(config, SessionParts(GuardedMicroscope(twin, SafetyEnvelope()), classifier,
                                         survey_positions=positions))
-
-
-def crash_at(node: str, nth: int):
-    seen = {"n": 0}
-
-    def on_step(name: str, _update: dict) -> None:
-        if name == node:
-            seen["n"] += 1
-            if seen["n"] == nth:
-                raise Crash(f"killed after {node} #{nth}")
-    return on_step
 
 
 def outcome(path: Path) -> dict:

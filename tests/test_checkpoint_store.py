@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from crash_points import Crash, crash_at
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
 from agent.checkpoint_store import PRUNE_EVERY, BoundedSqliteSaver, steps_written
@@ -34,10 +35,6 @@ from twins.microscope import TwinMicroscope
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class Crash(Exception):
-    """Stands for the process dying right after a graph step."""
 
 
 @pytest.fixture(scope="module")
@@ -58,13 +55,13 @@ def survey(tmp_path: Path, classifier, frames: int, session_id: str | None = Non
 
 
 def rows(path: Path) -> tuple[int, int, int]:
-    """Checkpoints, stored writes and the size of the latest checkpoint (bytes)."""
+    """Checkpoints, stored writes and the size of the latest checkpoint (bytes; 0: none)."""
     with sqlite3.connect(path) as conn:
         checkpoints = conn.execute("SELECT count(*) FROM checkpoints").fetchone()[0]
         writes = conn.execute("SELECT count(*) FROM writes").fetchone()[0]
         latest = conn.execute("SELECT length(checkpoint) FROM checkpoints "
-                              "ORDER BY checkpoint_id DESC LIMIT 1").fetchone()[0]
-    return checkpoints, writes, latest
+                              "ORDER BY checkpoint_id DESC LIMIT 1").fetchone()
+    return checkpoints, writes, latest[0] if latest else 0
 
 
 def test_a_long_session_keeps_only_recent_checkpoints_and_no_plan_in_them(tmp_path, classifier):
@@ -108,30 +105,18 @@ def test_keep_latest_leaves_the_latest_checkpoint_and_its_pending_writes(tmp_pat
     assert [w[1:] for w in latest.pending_writes] == [("n", 5)]
     assert steps_written(tmp_path / "c.sqlite") == 5
     saver.prune(["t"], strategy="delete")
-    assert rows_or_none(tmp_path / "c.sqlite") == 0
+    assert rows(tmp_path / "c.sqlite") == (0, 0, 0)
     with pytest.raises(ValueError, match="unknown prune strategy"):
         saver.prune(["t"], strategy="keep_some")
     with pytest.raises(ValueError, match="at least 1"):
         BoundedSqliteSaver(saver.conn, prune_every=0)
 
 
-def rows_or_none(path: Path) -> int:
-    with sqlite3.connect(path) as conn:
-        return conn.execute("SELECT count(*) FROM checkpoints").fetchone()[0]
-
-
-def crash_at_third_record(node: str, _update: dict) -> None:
-    crash_at_third_record.seen = getattr(crash_at_third_record, "seen", 0) + (node == "record")
-    if crash_at_third_record.seen == 3:
-        raise Crash("killed after the third record")
-
-
 @pytest.mark.parametrize("damage", ["changed", "missing"])
 def test_a_resume_on_another_plan_stops_with_a_clear_error(tmp_path, classifier, damage):
-    crash_at_third_record.seen = 0
     first = survey(tmp_path, classifier, frames=6)
     with pytest.raises(Crash):
-        first.run(on_step=crash_at_third_record)
+        first.run(on_step=crash_at("record", 3))
     first.close()
     plan_file = work_dir(tmp_path / "s.h5") / "plan.json"
     if damage == "changed":

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
-from common import SECRET, Clock, Row, secret_hits, small_classifier
+from common import REPO, SECRET, Clock, Row, secret_hits, small_classifier
+
+sys.path.insert(0, str(REPO / "tests"))
+from openai_stub import ChatHandler, serving, url  # noqa: E402  (the tests' local VLM server)
 
 FAULTS = ("500", "hang", "malformed", "unknown", "echo")
 TIMEOUT_S = 0.5
@@ -23,18 +26,15 @@ SIGNS = {"500": "http 500", "hang": "timeout", "malformed": "malformed json",
          "unknown": "not one of the allowed labels"}
 
 
-class FaultyVlm(BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
+class FaultyVlm(ChatHandler):
     def do_POST(self):  # noqa: N802
-        self.rfile.read(int(self.headers["Content-Length"]))
+        self.read_json()
         with self.server.lock:
             mode = self.server.modes.pop(0) if self.server.modes else "good"
             self.server.served[mode] = self.server.served.get(mode, 0) + 1
         echo = "; ".join(f"{k}: {v}" for k, v in self.headers.items())
         if mode == "500":
-            return self._send(500, {"error": {"message": f"internal error ({echo})"}})
+            return self.send_json(500, {"error": {"message": f"internal error ({echo})"}})
         if mode == "hang":
             time.sleep(TIMEOUT_S * 3)
         content = {"good": json.dumps({"label": "Particles", "confidence": 0.8,
@@ -45,22 +45,7 @@ class FaultyVlm(BaseHTTPRequestHandler):
                                           "rationale": "scales"}),
                    "echo": json.dumps({"label": "Powder", "confidence": 0.7,
                                        "rationale": f"you sent {echo}"})}[mode]
-        self._send(200, {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
-                         "choices": [{"index": 0, "finish_reason": "stop",
-                                      "message": {"role": "assistant", "content": content}}],
-                         "usage": {"prompt_tokens": 1, "completion_tokens": 1,
-                                   "total_tokens": 2}})
-
-    def _send(self, code: int, payload: dict) -> None:
-        data = json.dumps(payload).encode()
-        try:
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-        except OSError:              # the client gave up (the hang): nothing to answer
-            pass
+        self.send_chat(content, model="m")
 
 
 def plan(n_faults: int, rng: np.random.Generator) -> tuple[list[str], int]:
@@ -91,66 +76,63 @@ def run(work: Path, n_faults: int, seed: int) -> Row:
 
     clock, row = Clock(), Row("adjudicator faults (VLM)")
     modes, frames = plan(n_faults, np.random.default_rng(seed))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FaultyVlm)
-    server.modes, server.served, server.lock = list(modes), {}, threading.Lock()
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    saved = {k: os.environ.get(k) for k in ("MICAGENT_VLM_BASE_URL", "MICAGENT_VLM_MODEL",
-                                             "OPENAI_API_KEY")}
-    os.environ.update(MICAGENT_VLM_BASE_URL=f"http://127.0.0.1:{server.server_port}/v1",
-                      MICAGENT_VLM_MODEL="faulty-vlm", OPENAI_API_KEY=SECRET)
-    try:
-        classifier = small_classifier()
-        twin = TwinMicroscope(seed=seed)
-        centres = twin.specimen.survey_centres(2e-6)
-        demo = []
-        for c in centres[:4]:
-            twin.move_stage(c)
-            demo.append(twin.acquire().image)
-        bank = DemonstrationBank(np.stack(demo), ["Particles", "Powder", "Tips", "Fibres"],
-                                 classifier.embed(demo))
-        config = RunConfig(session_id=str(uuid.uuid4()), out=str(work / "vlm.h5"),
-                           frames=frames, state_dir=str(work / "state"), adjudicator="openai",
-                           confidence=1.01, max_rescans=0, demo_k=2, vlm_timeout_s=TIMEOUT_S,
-                           imaging={"fov": 2e-6, "pixels": 32, "dwell": 1e-7})
-        config.budgets = {**config.budgets, "adjudications": frames, "wall_s": 1e9}
-        positions = [{"x": c.x, "y": c.y, "row": 0, "col": i}
-                     for i, c in enumerate(centres[:frames])]
-        parts = SessionParts(GuardedMicroscope(twin, SafetyEnvelope()), classifier, bank,
-                             survey_positions=positions)
-        session = Session(config, parts)
+    with serving(FaultyVlm, modes=list(modes), served={}, lock=threading.Lock()) as server:
+        saved = {k: os.environ.get(k) for k in ("MICAGENT_VLM_BASE_URL", "MICAGENT_VLM_MODEL",
+                                                 "OPENAI_API_KEY")}
+        os.environ.update(MICAGENT_VLM_BASE_URL=url(server),
+                          MICAGENT_VLM_MODEL="faulty-vlm", OPENAI_API_KEY=SECRET)
         try:
-            session.run()
-        except Exception as exc:  # noqa: BLE001
-            row.crashes += 1
-            row.note(f"session raised {type(exc).__name__}: {str(exc)[:100]}")
+            classifier = small_classifier()
+            twin = TwinMicroscope(seed=seed)
+            centres = twin.specimen.survey_centres(2e-6)
+            demo = []
+            for c in centres[:4]:
+                twin.move_stage(c)
+                demo.append(twin.acquire().image)
+            bank = DemonstrationBank(np.stack(demo), ["Particles", "Powder", "Tips", "Fibres"],
+                                     classifier.embed(demo))
+            config = RunConfig(session_id=str(uuid.uuid4()), out=str(work / "vlm.h5"),
+                               frames=frames, state_dir=str(work / "state"), adjudicator="openai",
+                               confidence=1.01, max_rescans=0, demo_k=2, vlm_timeout_s=TIMEOUT_S,
+                               imaging={"fov": 2e-6, "pixels": 32, "dwell": 1e-7})
+            config.budgets = {**config.budgets, "adjudications": frames, "wall_s": 1e9}
+            positions = [{"x": c.x, "y": c.y, "row": 0, "col": i}
+                         for i, c in enumerate(centres[:frames])]
+            parts = SessionParts(GuardedMicroscope(twin, SafetyEnvelope()), classifier, bank,
+                                 survey_positions=positions)
+            session = Session(config, parts)
+            try:
+                session.run()
+            except Exception as exc:  # noqa: BLE001
+                row.crashes += 1
+                row.note(f"session raised {type(exc).__name__}: {str(exc)[:100]}")
+            finally:
+                session.close()
+            with SessionReader(config.out) as reader:
+                records = reader.records()
+            attempts = [a.lower() for r in records if r.adjudication
+                        for a in (r.adjudication.attempts or [])]
+            rationales = [r.adjudication.answer.rationale for r in records
+                          if r.adjudication and r.adjudication.answer]
+            for kind in FAULTS:
+                served = server.served.get(kind, 0)
+                row.cases += served
+                found = (sum("[redacted]" in (t or "") for t in rationales) if kind == "echo"
+                         else sum(SIGNS[kind] in a for a in attempts))
+                if found < served:
+                    row.unrecorded += served - found
+                    row.note(f"{kind}: {served} served, {found} in the records")
+            if len(records) != len(positions):
+                row.lost += len(positions) - len(records)
+            row.secrets = len(secret_hits(work))
+            kib = checkpoint_path(config.out).stat().st_size // 1024
+            row.note(f"{frames} frames, {len(records)} recorded; checkpoint {kib} KiB scanned "
+                     "for the key")
         finally:
-            session.close()
-        with SessionReader(config.out) as reader:
-            records = reader.records()
-        attempts = [a.lower() for r in records if r.adjudication
-                    for a in (r.adjudication.attempts or [])]
-        rationales = [r.adjudication.answer.rationale for r in records
-                      if r.adjudication and r.adjudication.answer]
-        for kind in FAULTS:
-            served = server.served.get(kind, 0)
-            row.cases += served
-            found = (sum("[redacted]" in (t or "") for t in rationales) if kind == "echo"
-                     else sum(SIGNS[kind] in a for a in attempts))
-            if found < served:
-                row.unrecorded += served - found
-                row.note(f"{kind}: {served} served, {found} in the records")
-        if len(records) != len(positions):
-            row.lost += len(positions) - len(records)
-        row.secrets = len(secret_hits(work))
-        row.note(f"{frames} frames, {len(records)} recorded; checkpoint "
-                 f"{checkpoint_path(config.out).stat().st_size // 1024} KiB scanned for the key")
-    finally:
-        server.shutdown()
-        server.server_close()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
     row.seconds = clock()
     return row
