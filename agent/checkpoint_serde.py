@@ -8,7 +8,7 @@ from typing import Any
 
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
-from instruments.redaction import redact_bytes, redact_value
+from instruments.utils.redaction import redact_bytes, redact_value
 
 
 class RedactingSerializer(JsonPlusSerializer):

@@ -11,8 +11,8 @@ from typing import Any
 
 from agent.policy import APPROVE_MODES, RoutePolicy
 from agent.quality import QualityThresholds
-from instruments import atomic_file
-from instruments.frame import ImagingSettings
+from instruments.devices.frame import ImagingSettings
+from instruments.utils import atomic_file
 
 
 class RunConfigError(ValueError):

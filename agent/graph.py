@@ -5,6 +5,7 @@ checkpointer (SQLite for sessions) so a killed session resumes where it stopped.
 from __future__ import annotations
 
 import sqlite3
+import sys
 from pathlib import Path
 
 from langgraph.graph import END, START, StateGraph
@@ -27,14 +28,21 @@ from agent.nodes import (
 )
 from agent.runtime import Runtime
 from agent.state import AgentState
+from instruments.session_file import decision_record
 
 NODES = {"connect": connect, "check_instrument": check_instrument, "plan": plan,
          "acquire": acquire, "assess_quality": assess_quality, "classify": classify,
          "rescan": rescan, "adjudicate": adjudicate, "approve": approve, "record": record,
          "finish": finish}
 
+# Checkpoints written before the record moved to instruments/session_file (session format 2)
+# name its module by the old path: that name stays importable as the moved module.
+LEGACY_RECORD_MODULE = "instruments.decision_record"
+sys.modules.setdefault(LEGACY_RECORD_MODULE, decision_record)
+
 # the only types besides plain values the checkpoint holds (read back, never others)
-CHECKPOINT_TYPES = [("instruments.decision_record", name)
+CHECKPOINT_TYPES = [(module, name)
+                    for module in (decision_record.__name__, LEGACY_RECORD_MODULE)
                     for name in ("DecisionRecord", "Route", "Decision")]
 
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from instruments.frame import Frame
-from instruments.frame_checks import check_image
-from instruments.library_log import prints_to_log
-from instruments.safety import GuardedMicroscope
+from instruments.devices.frame import Frame
+from instruments.devices.frame_checks import check_image
+from instruments.devices.safety import GuardedMicroscope
+from instruments.utils.library_log import prints_to_log
 
 
 def window_overview(image: np.ndarray, tile_px: int) -> np.ndarray:

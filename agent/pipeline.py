@@ -25,8 +25,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from instruments.errors import BadFrame, InstrumentError
-from instruments.frame import Frame, ImagingSettings, StagePosition
+from instruments.devices.errors import BadFrame, InstrumentError
+from instruments.devices.frame import Frame, ImagingSettings, StagePosition
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from agent.rescan_effect import kinds_planned
-from instruments.decision_record import (
+from instruments.session_file.decision_record import (
     DecisionRecord,
     PredictionRecord,
     Proposal,

@@ -13,7 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from agent.scratch import FrameScratch
-from instruments.decision_record import DecisionRecord
+from instruments.session_file.decision_record import DecisionRecord
 
 
 class RecordingError(RuntimeError):

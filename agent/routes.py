@@ -8,7 +8,7 @@ from typing import Literal
 
 from agent.policy import RoutePolicy, decide
 from agent.state import AgentState
-from instruments.decision_record import Decision
+from instruments.session_file.decision_record import Decision
 
 FINISH = "finish"
 

@@ -17,9 +17,9 @@ from agent.policy import RoutePolicy
 from agent.quality import QualityThresholds
 from agent.scratch import FrameScratch
 from agent.survey_plan import SurveyPlan
-from instruments.decision_record import DecisionRecord
-from instruments.frame import Frame, ImagingSettings, StagePosition
-from instruments.safety import GuardedMicroscope
+from instruments.devices.frame import Frame, ImagingSettings, StagePosition
+from instruments.devices.safety import GuardedMicroscope
+from instruments.session_file.decision_record import DecisionRecord
 
 
 class ClassifierLike(Protocol):

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from instruments import atomic_file
-from instruments.frame import Frame
+from instruments.devices.frame import Frame
+from instruments.utils import atomic_file
 
 
 class FrameScratch:

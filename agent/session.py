@@ -28,8 +28,8 @@ from agent.runtime import Runtime, TileSource
 from agent.scratch import FrameScratch
 from agent.state import AgentState, new_state
 from agent.survey_plan import SurveyPlan
-from instruments.safety import GuardedMicroscope
-from instruments.session_file import SessionWriter
+from instruments.devices.safety import GuardedMicroscope
+from instruments.session_file.writer import SessionWriter
 
 
 @dataclass

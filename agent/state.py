@@ -2,7 +2,8 @@
 
 Heavy objects (microscope, classifier, session writer, adjudicator, frame pixels) live in
 `agent.runtime.Runtime`, never here. Everything a node needs to continue after a restart is
-here: the decision being built (`current`, an `instruments.decision_record.DecisionRecord`),
+here: the decision being built (`current`, an
+`instruments.session_file.decision_record.DecisionRecord`),
 the classifier's embedding of the frame in flight (for demonstrations) and the id of the frame
 a rescan is measured against for drift (its pixels stay in the scratch store).
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 import operator
 from typing import Annotated, Any, TypedDict
 
-from instruments.decision_record import DecisionRecord
+from instruments.session_file.decision_record import DecisionRecord
 
 
 def add_tallies(left: dict[str, Any] | None, right: dict[str, Any] | None) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from instruments.atomic_file import write_text
+from instruments.utils.atomic_file import write_text
 
 
 class PlanError(RuntimeError):

@@ -13,7 +13,7 @@ from rich.prompt import Prompt
 from rich.table import Table
 
 from agent.approval_broker import ApprovalBroker
-from instruments.redaction import redact
+from instruments.utils.redaction import redact
 
 
 def _plain(value: Any) -> str:

@@ -30,14 +30,14 @@ from session_timing import timed_run  # noqa: E402
 
 from agent.config import RunConfig  # noqa: E402
 from agent.session import Session, SessionParts  # noqa: E402
-from instruments.safety import GuardedMicroscope, SafetyEnvelope  # noqa: E402
-from instruments.session_reader import SessionReader  # noqa: E402
+from instruments.devices.safety import GuardedMicroscope, SafetyEnvelope  # noqa: E402
+from instruments.session_file.reader import SessionReader  # noqa: E402
 from models.classifier import Classifier  # noqa: E402
 from twins.classes import SEM_CLASSES  # noqa: E402
 from twins.faults import FaultSpec  # noqa: E402
 from twins.microscope import TwinMicroscope  # noqa: E402
-from workflows.cmd_run import BUNDLED_MODEL, open_parts  # noqa: E402
-from workflows.demonstrations import cached_bank  # noqa: E402
+from workflows.session_assembly import BUNDLED_MODEL, open_parts  # noqa: E402
+from workflows.training.demonstration_bank import cached_bank  # noqa: E402
 
 torch.set_num_threads(1)
 

@@ -32,7 +32,7 @@ def measure(frames: int, pixels: int, work: Path) -> dict:
     wall = time.perf_counter() - t0
     from agent.config import checkpoint_path
     from agent.graph import open_checkpointer
-    from instruments.session_reader import SessionReader
+    from instruments.session_file.reader import SessionReader
 
     with SessionReader(out) as reader:
         recorded = reader.summary()["frames"]

@@ -34,10 +34,10 @@ import Pyro5.api
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from instruments.dtm_client import DTMicroscopeClient  # noqa: E402
-from instruments.rpc_server import RpcServer  # noqa: E402
-from instruments.tem_client import TemClient  # noqa: E402
-from instruments.wire_arrays import from_binary, from_tuple, to_binary, to_tuple  # noqa: E402
+from instruments.devices.dtm_client import DTMicroscopeClient  # noqa: E402
+from instruments.devices.rpc_server import RpcServer  # noqa: E402
+from instruments.devices.tem_client import TemClient  # noqa: E402
+from instruments.devices.wire_arrays import from_binary, from_tuple, to_binary, to_tuple  # noqa: E402
 
 SIDE = 1024
 

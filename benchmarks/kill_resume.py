@@ -8,7 +8,7 @@ session's outcome counting 24 recorded frames.
 A kill point is a checkpoint step drawn over the whole session plus a delay of 0-40 ms after
 that checkpoint appears (so kills land inside nodes, session-file writes and checkpoint writes
 too), both from `random.Random(seed)`. Each run is a forked copy of this (already warm)
-process that goes through `workflows.cmd_run.run_session`, what `micagent run` runs; the
+process that goes through `workflows.session_assembly.run_session`, what `micagent run` runs; the
 parent SIGKILLs it, then resumes the session in a fresh fork as `micagent run --resume` does
 (the CLI itself is killed and resumed by `tests/test_agent_resume.py`). The classifier is a small
 untrained fusion model (ViT only): what is measured is the agent's crash safety.
@@ -87,7 +87,7 @@ def _fork(run) -> int:
 def _run_session(config, classifier) -> None:
     from rich.console import Console
 
-    from workflows.cmd_run import run_session
+    from workflows.session_assembly import run_session
 
     run_session(config, Console(quiet=True), quiet=True, classifier=classifier)
 
@@ -117,7 +117,7 @@ def trial(index: int, step: int, delay: float, frames: int, classifier, work: Pa
           pixels: int = 128, pipeline: bool = True, timeout: float = 600.0) -> Trial:
     """Run a survey, SIGKILL it at checkpoint `step` + `delay`, resume it, read the file."""
     from agent.config import RunConfig, checkpoint_path, registry_path
-    from instruments.session_reader import SessionReader
+    from instruments.session_file.reader import SessionReader
 
     folder = work / f"trial-{index:03d}"
     config = RunConfig(session_id=f"kill-{index:03d}", out=str(folder / "session.h5"),

@@ -31,7 +31,7 @@ from session_timing import timed_run  # noqa: E402
 
 from agent.config import RunConfig  # noqa: E402
 from agent.session import Session  # noqa: E402
-from workflows.cmd_run import open_parts  # noqa: E402
+from workflows.session_assembly import open_parts  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)
@@ -42,8 +42,8 @@ def start_bridge(sample: int) -> tuple[subprocess.Popen, str]:
     if not python.exists():
         raise SystemExit("no .venv-nion: run .ci/peer_envs.sh first")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    process = subprocess.Popen([str(python), "-m", "instruments.bridges.nion", "--port", "0",
-                                "--sample", str(sample)], cwd=REPO, env=env,
+    process = subprocess.Popen([str(python), "-m", "instruments.devices.bridges.nion",
+                                "--port", "0", "--sample", str(sample)], cwd=REPO, env=env,
                                stdout=subprocess.PIPE, text=True)
     line = process.stdout.readline()
     if not line.startswith("READY "):

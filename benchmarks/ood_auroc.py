@@ -30,7 +30,7 @@ from sklearn.metrics import roc_auc_score  # noqa: E402
 
 from models.classifier import Classifier  # noqa: E402
 from twins.dataset import render_labelled_images  # noqa: E402
-from workflows.cmd_run import BUNDLED_MODEL  # noqa: E402
+from workflows.session_assembly import BUNDLED_MODEL  # noqa: E402
 
 NSID_FOLDER = Path(__file__).resolve().parents[2] / "shared" / "data" / "nsid"
 

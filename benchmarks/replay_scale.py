@@ -35,9 +35,9 @@ import dask  # noqa: E402
 from distributed import Client, LocalCluster  # noqa: E402
 from replay_sessions import write_twin_session  # noqa: E402
 
-from instruments.session_reader import SessionReader  # noqa: E402
-from workflows.replay_archive import WORKER_CONFIG, replay_archive  # noqa: E402
-from workflows.replay_store import ResultsFolder  # noqa: E402
+from instruments.session_file.reader import SessionReader  # noqa: E402
+from workflows.replay.archive import WORKER_CONFIG, replay_archive  # noqa: E402
+from workflows.replay.store import ResultsFolder  # noqa: E402
 
 BUNDLED = ROOT / "models" / "bundled" / "sem_twin"
 
@@ -68,8 +68,8 @@ def loop_over_cli(files: list[Path], state: Path) -> dict:
 def in_process(files: list[Path], state: Path, scratch: Path) -> dict:
     """replay_range over the files in this process (model and bank loaded once)."""
     from models.classifier import Classifier
-    from workflows.demonstrations import session_bank
-    from workflows.replay_task import replay_range, scan_session
+    from workflows.replay.task import replay_range, scan_session
+    from workflows.training.demonstration_bank import session_bank
 
     t0 = time.perf_counter()
     classifier = Classifier.load(BUNDLED)

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.web_browser import headless_chromium  # noqa: E402
-from workflows.report import build_report  # noqa: E402
+from workflows.report.session_report import build_report  # noqa: E402
 
 URL = re.compile(r"approval page: (http://127\.0\.0\.1:\d+/\?token=[\w-]+)")
 
@@ -31,7 +31,7 @@ URL = re.compile(r"approval page: (http://127\.0\.0\.1:\d+/\?token=[\w-]+)")
 def start_session(out: Path, frames: int) -> tuple[subprocess.Popen, str]:
     """Start the web-approved run; return the process and the page's URL."""
     log = out / "run.log"
-    command = [sys.executable, "-c", "from workflows.cli import app; app()", "run",
+    command = [sys.executable, "-c", "from workflows.cli.app import app; app()", "run",
                "--approve", "web", "--frames", str(frames), "--out", str(out / "session.h5"),
                "--state-dir", str(out / "state"), "--quiet"]
     with open(log, "w") as sink:

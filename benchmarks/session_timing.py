@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from agent.session import Session
-from instruments.session_reader import SessionReader
+from instruments.session_file.reader import SessionReader
 
 
 def timed_run(session: Session) -> dict[str, Any]:

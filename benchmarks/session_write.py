@@ -10,7 +10,8 @@ three ways, each repeated `--repeats` times in alternation (median kept):
             NSID content SessionWriter writes) + `flush()` (the NSID layout alone, no decision
             record, no crash protocol);
   session   `SessionWriter.write_frame(frame, record)`: the same NSID dataset written by
-            `instruments.nsid_writer` (an H5Ocopy of the template of that dataset structure,
+            `instruments.session_file.nsid_writer` (an H5Ocopy of the template of that dataset
+            structure,
             the image data, the attribute values that differ, the dimension scales) + the
             frame/record/evaluation JSON attributes + `micagent_complete` + flush (what a
             session really does; writer open and close included);
@@ -38,10 +39,10 @@ import numpy as np
 from h5py import h5d, h5o, h5s
 from pyNSID.io.hdf_io import write_nsid_dataset
 
-from instruments.decision_record import DecisionRecord
-from instruments.frame import Frame, ImagingSettings, StagePosition
-from instruments.session_file import SessionWriter, frame_to_dataset
-from instruments.session_layout import MEASUREMENT_GROUP, NSID_GROUP, channel_name
+from instruments.devices.frame import Frame, ImagingSettings, StagePosition
+from instruments.session_file.decision_record import DecisionRecord
+from instruments.session_file.layout import MEASUREMENT_GROUP, NSID_GROUP, channel_name
+from instruments.session_file.writer import SessionWriter, frame_to_dataset
 
 CLASSES = ["Biological", "Fibres", "Films_Coated_Surface", "MEMS_devices_and_electrodes",
            "Nanowires", "Particles", "Patterned_surface", "Porous_Sponge", "Powder", "Tips"]

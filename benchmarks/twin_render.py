@@ -14,7 +14,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import argparse  # noqa: E402
 import time  # noqa: E402
 
-from instruments.frame import ImagingSettings, StagePosition  # noqa: E402
+from instruments.devices.frame import ImagingSettings, StagePosition  # noqa: E402
 from twins.microscope import TwinMicroscope  # noqa: E402
 
 

@@ -1,4 +1,4 @@
-"""Run the Nion bridge (`python -m instruments.bridges.nion`) as its own process in its own
+"""Run the Nion bridge (`python -m instruments.devices.bridges.nion`) as its own process in its own
 environment (`.venv-nion`: numpy 2 and the Nion packages, none of micagent's dependencies),
 on a free port of 127.0.0.1."""
 
@@ -49,7 +49,7 @@ def start_bridge(*args: str, port: int = 0) -> Bridge:
     """Start a bridge and return it once it has printed its READY line."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # a clone, nothing else
     env["PYTHONUNBUFFERED"] = "1"
-    cmd = [str(NION_PYTHON), "-m", "instruments.bridges.nion", "--port", str(port), *args]
+    cmd = [str(NION_PYTHON), "-m", "instruments.devices.bridges.nion", "--port", str(port), *args]
     process, lines, announced = start_announced(cmd, REPO, env)
     if announced is None:
         process.kill()

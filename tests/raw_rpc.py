@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import socket
 
-from instruments.netstring import NetstringReader
-from instruments.netstring import encode as netstring
+from instruments.devices.netstring import NetstringReader
+from instruments.devices.netstring import encode as netstring
 
 __all__ = ["netstring", "read_reply"]
 

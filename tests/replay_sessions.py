@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from instruments.decision_record import DecisionRecord
-from instruments.frame import ImagingSettings
-from instruments.session_file import SessionWriter
+from instruments.devices.frame import ImagingSettings
+from instruments.session_file.decision_record import DecisionRecord
+from instruments.session_file.writer import SessionWriter
 from twins.classes import SEM_CLASSES
 from twins.microscope import TwinMicroscope
 

@@ -166,8 +166,8 @@ def test_a_session_adjudicates_through_the_endpoint_and_never_stores_the_key(
 
     from agent.config import RunConfig, checkpoint_path
     from agent.session import Session, SessionParts
-    from instruments.safety import GuardedMicroscope, SafetyEnvelope
-    from instruments.session_reader import SessionReader
+    from instruments.devices.safety import GuardedMicroscope, SafetyEnvelope
+    from instruments.session_file.reader import SessionReader
     from models.classifier import Classifier
     from models.config import FusionConfig
     from twins.classes import SEM_CLASSES

@@ -11,11 +11,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from instruments.session_reader import SessionReader
+from instruments.session_file.reader import SessionReader
 from models.classifier import Classifier
 from models.config import FusionConfig
 from twins.classes import SEM_CLASSES
-from workflows.cli import app
+from workflows.cli.app import app
 
 torch.set_num_threads(1)
 runner = CliRunner()
@@ -129,7 +129,7 @@ def test_run_over_a_foreign_nsid_file_replays_its_frames_without_touching_it(
 def test_no_ood_switches_the_unknown_route_off_and_an_old_run_config_keeps_it_on(
         tmp_path, monkeypatch):
     from agent.config import RunConfig
-    from workflows import cmd_run
+    from workflows.cli import cmd_run
 
     started = []
 

@@ -8,10 +8,10 @@ import pytest
 from test_session_file import make_frame, make_record
 
 from agent.overview import OverviewTiles, window_overview
-from instruments.errors import BadFrame
-from instruments.replay import ReplayMicroscope
-from instruments.safety import GuardedMicroscope
-from instruments.session_file import SessionWriter
+from instruments.devices.errors import BadFrame
+from instruments.devices.replay import ReplayMicroscope
+from instruments.devices.safety import GuardedMicroscope
+from instruments.session_file.writer import SessionWriter
 
 
 def test_windows_cut_the_overview_row_by_row():

@@ -13,10 +13,10 @@ import torch
 from agent.config import RunConfig
 from agent.nodes import acquire
 from agent.session import Session, SessionParts
-from instruments.decision_record import DecisionRecord, Position, Timings
-from instruments.frame import ImagingSettings
-from instruments.safety import GuardedMicroscope, SafetyEnvelope
-from instruments.session_reader import SessionReader
+from instruments.devices.frame import ImagingSettings
+from instruments.devices.safety import GuardedMicroscope, SafetyEnvelope
+from instruments.session_file.decision_record import DecisionRecord, Position, Timings
+from instruments.session_file.reader import SessionReader
 from models.classifier import Classifier
 from models.config import FusionConfig
 from twins.classes import SEM_CLASSES

@@ -14,7 +14,8 @@ from agent.objectives import (
 )
 from agent.policy import RoutePolicy, decide
 from agent.quality import QualityThresholds, assess, drift_px, sharpness, snr
-from instruments.decision_record import (
+from instruments.devices.frame import ImagingSettings
+from instruments.session_file.decision_record import (
     DecisionRecord,
     OodVerdict,
     PredictionRecord,
@@ -22,7 +23,6 @@ from instruments.decision_record import (
     QualityRecord,
     RescanRecord,
 )
-from instruments.frame import ImagingSettings
 from twins.microscope import TwinMicroscope
 
 BUDGETS = {"rescans": 10, "adjudications": 10, "tokens": 1000}

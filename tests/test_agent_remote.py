@@ -13,11 +13,11 @@ from rich.console import Console
 from twin_process import served_twin
 
 from agent.config import RunConfig
-from instruments.session_reader import SessionReader
+from instruments.session_file.reader import SessionReader
 from models.classifier import Classifier
 from models.config import FusionConfig
 from twins.classes import SEM_CLASSES
-from workflows.cmd_run import run_session
+from workflows.session_assembly import run_session
 
 torch.set_num_threads(1)
 

@@ -23,10 +23,10 @@ from agent import graph as graph_module
 from agent.checkpoint_store import BoundedSqliteSaver, steps_written
 from agent.config import RunConfig, checkpoint_path, registry_path
 from agent.session import Session, SessionParts
-from instruments.decision_record import DecisionRecord, QualityRecord
-from instruments.frame import ImagingSettings
-from instruments.safety import GuardedMicroscope, SafetyEnvelope
-from instruments.session_reader import SessionReader, read_records
+from instruments.devices.frame import ImagingSettings
+from instruments.devices.safety import GuardedMicroscope, SafetyEnvelope
+from instruments.session_file.decision_record import DecisionRecord, QualityRecord
+from instruments.session_file.reader import SessionReader, read_records
 from models.classifier import Classifier
 from models.config import FusionConfig
 from twins.classes import SEM_CLASSES
@@ -198,7 +198,7 @@ def test_sigkill_at_every_checkpoint_step_then_resume_is_exact(
 
 
 def start(args: list[str], env: dict) -> subprocess.Popen:
-    command = [sys.executable, "-c", "from workflows.cli import app; app()", "run", *args]
+    command = [sys.executable, "-c", "from workflows.cli.app import app; app()", "run", *args]
     return subprocess.Popen(command, cwd=ROOT,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
@@ -255,7 +255,7 @@ def test_sigkill_at_a_random_point_then_resume_gives_exact_frame_accounting(
 def test_frames_recorded_but_not_yet_stored_when_killed_are_stored_once_on_resume(tmp_path):
     from agent.recorder import Recorder
     from agent.scratch import FrameScratch
-    from instruments.session_file import SessionWriter
+    from instruments.session_file.writer import SessionWriter
 
     twin = TwinMicroscope(seed=0)
     scratch = FrameScratch(tmp_path / "frames")
@@ -286,7 +286,7 @@ def test_record_step_rerun_after_its_frame_was_stored_counts_it_once(tmp_path):
 
     from agent.nodes import record as record_node
     from agent.scratch import FrameScratch
-    from instruments.session_file import SessionWriter
+    from instruments.session_file.writer import SessionWriter
 
     frame = TwinMicroscope(seed=0).acquire()
     writer = SessionWriter(tmp_path / "s.h5", {"session_id": "s"})
@@ -311,7 +311,7 @@ def test_a_kill_between_forgetting_a_stored_frame_and_its_record_leaves_nothing_
     leaves pixels without a record, which recovery ignores."""
     from agent.recorder import Recorder
     from agent.scratch import FrameScratch
-    from instruments.session_file import SessionWriter
+    from instruments.session_file.writer import SessionWriter
 
     frame = TwinMicroscope(seed=0).acquire()
     scratch = FrameScratch(tmp_path / "frames")
@@ -327,7 +327,7 @@ def test_the_checkpoint_reads_the_typed_record_back_without_blocking_anything(ca
     """The checkpointer revives the decision record and its enums (and nothing else that is
     not a plain value) without a warning."""
     from agent.graph import CHECKPOINT_TYPES
-    from instruments.decision_record import HumanRecord, Route
+    from instruments.session_file.decision_record import HumanRecord, Route
 
     serde = JsonPlusSerializer(allowed_msgpack_modules=CHECKPOINT_TYPES)
     record = DecisionRecord(frame_id="f", route=Route.HUMAN, settings=ImagingSettings(),

@@ -18,15 +18,15 @@ from agent.adjudication.demonstrations import DemonstrationBank
 from agent.approval_broker import ApprovalBroker
 from agent.config import RunConfig
 from agent.session import Session, SessionParts
-from instruments.frame import StagePosition
-from instruments.safety import GuardedMicroscope, SafetyEnvelope
-from instruments.session_reader import SessionReader
+from instruments.devices.frame import StagePosition
+from instruments.devices.safety import GuardedMicroscope, SafetyEnvelope
+from instruments.session_file.reader import SessionReader
 from models.classifier import Classifier
 from models.config import FusionConfig
 from twins.classes import SEM_CLASSES
 from twins.faults import FaultSpec
 from twins.microscope import TwinMicroscope
-from workflows.web_approval import view_of
+from workflows.web.approval import view_of
 
 torch.set_num_threads(1)
 RECORD_KEYS = {"frame_id", "sequence", "position", "tile", "prediction", "label", "route",
@@ -340,9 +340,9 @@ def test_frames_flagged_unknown_are_recorded_as_unknown_and_reported(tmp_path, c
     from rich.console import Console
     from typer.testing import CliRunner
 
-    from workflows.cli import app
-    from workflows.cmd_run import _summary_table
-    from workflows.report import build_report
+    from workflows.cli.app import app
+    from workflows.cli.cmd_run import _summary_table
+    from workflows.report.session_report import build_report
 
     flagging = OodFlaggingClassifier(classifier, flagged=lambda call: call % 2 == 0)
     session = make_session(tmp_path, flagging, frames=4, confidence=0.0, max_set_size=10,

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from agent.adjudication.demonstrations import DemonstrationBank
-from instruments import atomic_file
-from workflows.demonstrations import BankCacheWarning, cached_bank
+from instruments.utils import atomic_file
+from workflows.training.demonstration_bank import BankCacheWarning, cached_bank
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,7 +90,7 @@ def test_a_killed_writer_leaves_the_previous_file(tmp_path: Path) -> None:
     atomic_file.write_text(target, "old")
     script = textwrap.dedent(f"""
         import os, sys
-        from instruments import atomic_file
+        from instruments.utils import atomic_file
         with atomic_file.atomic_path({str(target)!r}) as tmp:
             with open(tmp, "w") as f:
                 f.write("new, half written")

@@ -26,8 +26,8 @@ from agent.driver import thread_config
 from agent.graph import open_checkpointer
 from agent.session import Session, SessionParts
 from agent.survey_plan import PlanError
-from instruments.safety import GuardedMicroscope, SafetyEnvelope
-from instruments.session_reader import SessionReader
+from instruments.devices.safety import GuardedMicroscope, SafetyEnvelope
+from instruments.session_file.reader import SessionReader
 from models.classifier import Classifier
 from models.config import FusionConfig
 from twins.classes import SEM_CLASSES

@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
-from workflows.cli_output import fail, one_line
+from workflows.terminal import fail, one_line
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,8 +88,8 @@ def test_a_session_damaged_inside_is_one_error_line_for_every_reading_command(
     from test_session_file import make_frame, make_record
     from typer.testing import CliRunner
 
-    from instruments.session_file import SessionWriter
-    from workflows.cli import app
+    from instruments.session_file.writer import SessionWriter
+    from workflows.cli.app import app
 
     good = tmp_path / "good.h5"
     with SessionWriter(good, {"session_id": "damaged"}) as writer:

@@ -11,9 +11,9 @@ import pytest
 from nsid_files import write_spectral_nsid
 from twin_process import served_twin
 
-from instruments.dtm_client import DTMicroscopeClient
-from instruments.errors import RemoteError
-from instruments.frame import ImagingSettings, StagePosition
+from instruments.devices.dtm_client import DTMicroscopeClient
+from instruments.devices.errors import RemoteError
+from instruments.devices.frame import ImagingSettings, StagePosition
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,10 @@ from nsid_files import SHARED_NSID, NsidFile, copy_shared_nsid, write_spectral_n
 from peers import served_dtm_stem
 from twin_process import REPO, served_twin
 
-from instruments.dtm_client import DTMicroscopeClient
-from instruments.errors import InstrumentError
-from instruments.microscope import Microscope
-from instruments.session_reader import SessionReader
+from instruments.devices.dtm_client import DTMicroscopeClient
+from instruments.devices.errors import InstrumentError
+from instruments.devices.microscope import Microscope
+from instruments.session_file.reader import SessionReader
 
 TILE_PX = 64
 

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from instruments import hdf5_probe
-from instruments.hdf5_probe import MetadataNeverFinishes, check_metadata_finishes
-from workflows.cli import app
+from instruments.session_file import hdf5_probe
+from instruments.session_file.hdf5_probe import MetadataNeverFinishes, check_metadata_finishes
+from workflows.cli.app import app
 
 LOOPING = Path(__file__).parent / "data" / "session_zeroed_block.h5"
 LIMIT_S = 3.0

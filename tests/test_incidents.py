@@ -13,12 +13,12 @@ from rich.console import Console
 from twin_process import served_twin
 
 from agent.config import RunConfig
-from instruments.errors import BadFrame
-from instruments.frame import ImagingSettings, StagePosition
-from instruments.frame_checks import check_image
-from instruments.safety import GuardedMicroscope
-from instruments.session_file import SessionWriter
-from instruments.session_reader import SessionReader
+from instruments.devices.errors import BadFrame
+from instruments.devices.frame import ImagingSettings, StagePosition
+from instruments.devices.frame_checks import check_image
+from instruments.devices.safety import GuardedMicroscope
+from instruments.session_file.reader import SessionReader
+from instruments.session_file.writer import SessionWriter
 from twins.faults import FaultSpec
 from twins.microscope import TwinMicroscope
 
@@ -54,7 +54,7 @@ def test_a_session_over_a_faulty_server_logs_the_faults_it_recovered_from(tmp_pa
     from models.classifier import Classifier
     from models.config import FusionConfig
     from twins.classes import SEM_CLASSES
-    from workflows.cmd_run import run_session
+    from workflows.session_assembly import run_session
 
     torch.manual_seed(0)
     classifier = Classifier.create(FusionConfig.ablation("vit_only"), SEM_CLASSES)

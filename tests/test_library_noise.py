@@ -13,7 +13,7 @@ from pathlib import Path
 
 from twin_process import REPO
 
-from instruments.library_log import LOGGER, log_library_noise, prints_to_log
+from instruments.utils.library_log import LOGGER, log_library_noise, prints_to_log
 
 WARNING_LINE = re.compile(r"Warning\b|warnings\.warn|warn\(")
 

@@ -23,21 +23,21 @@ from peers import served_dtm_stem
 from test_session_file import make_frame, make_record
 from twin_process import served_twin
 
-from instruments.dtm_client import DTMicroscopeClient
-from instruments.errors import (
+from instruments.devices.dtm_client import DTMicroscopeClient
+from instruments.devices.errors import (
     BadFrame,
     InstrumentError,
     InstrumentTimeout,
     InstrumentUnreachable,
     SafetyRefused,
 )
-from instruments.frame import Frame, ImagingSettings, StagePosition
-from instruments.frame_checks import check_image
-from instruments.microscope import Capabilities, Microscope
-from instruments.replay import ReplayMicroscope
-from instruments.safety import GuardedMicroscope, SafetyEnvelope
-from instruments.session_file import SessionWriter
-from instruments.tem_client import TemClient
+from instruments.devices.frame import Frame, ImagingSettings, StagePosition
+from instruments.devices.frame_checks import check_image
+from instruments.devices.microscope import Capabilities, Microscope
+from instruments.devices.replay import ReplayMicroscope
+from instruments.devices.safety import GuardedMicroscope, SafetyEnvelope
+from instruments.devices.tem_client import TemClient
+from instruments.session_file.writer import SessionWriter
 from twins.microscope import TwinMicroscope
 
 IMPLEMENTATIONS = ["twin", "dtm-twin", "dtm-dtmicroscope", "dtm-twin-registered", "tem",

@@ -14,15 +14,15 @@ import pytest
 from nion_bridge import needs_nion, running_bridge, start_bridge
 from raw_rpc import netstring, read_reply
 
-from instruments.errors import (
+from instruments.devices.errors import (
     InstrumentTimeout,
     InstrumentUnreachable,
     RemoteError,
     SafetyRefused,
 )
-from instruments.frame import ImagingSettings, StagePosition
-from instruments.microscope import Microscope
-from instruments.tem_client import TemClient
+from instruments.devices.frame import ImagingSettings, StagePosition
+from instruments.devices.microscope import Microscope
+from instruments.devices.tem_client import TemClient
 
 pytestmark = needs_nion
 SMALL = ImagingSettings(fov=200e-9, pixels=128, dwell=1e-6, detector="HAADF")

@@ -23,13 +23,13 @@ from rich.console import Console
 from agent.approval_broker import ApprovalBroker
 from agent.config import RunConfig
 from agent.objectives import spiral_position
-from instruments.frame import StagePosition
-from instruments.session_reader import SessionReader
-from instruments.tem_client import TemClient
+from instruments.devices.frame import StagePosition
+from instruments.devices.tem_client import TemClient
+from instruments.session_file.reader import SessionReader
 from models.classifier import Classifier
 from models.config import FusionConfig
 from twins.classes import SEM_CLASSES
-from workflows.cmd_run import run_session
+from workflows.session_assembly import run_session
 
 pytestmark = needs_nion
 torch.set_num_threads(1)
@@ -61,7 +61,7 @@ def run(config: RunConfig, classifier, broker=None) -> dict:
     if broker is None:
         return run_session(config, Console(quiet=True), quiet=True, classifier=classifier)
     from agent.session import Session
-    from workflows.cmd_run import open_parts
+    from workflows.session_assembly import open_parts
 
     session = Session(config, open_parts(config, classifier))
     try:
@@ -137,7 +137,7 @@ def test_envelope_refusal_and_an_approved_move_outside_the_free_zone(tmp_path, c
 
     threading.Thread(target=answer, daemon=True).start()
     from agent.session import Session
-    from workflows.cmd_run import open_parts
+    from workflows.session_assembly import open_parts
 
     parts = open_parts(config, classifier)
     parts.survey_positions = positions

@@ -1,4 +1,5 @@
-"""instruments.nsid_writer writes what the installed pyNSID writes: the same HDF5 objects,
+"""instruments.session_file.nsid_writer writes what the installed pyNSID writes: the same HDF5
+objects,
 attributes (names, HDF5 types, values), data and dimension-scale references, from scratch and
 through NsidWriter's templates, and the pycroscopy readers read it back as the same sidpy
 Dataset. A pyNSID release that changes its layout fails these tests."""
@@ -17,9 +18,9 @@ import numpy as np
 import pytest
 from test_session_file import make_frame
 
-from instruments import nsid_writer
-from instruments.nsid_writer import Dimension, NsidDataset, NsidWriter, to_sidpy
-from instruments.session_file import frame_to_nsid
+from instruments.session_file import nsid_writer
+from instruments.session_file.nsid_writer import Dimension, NsidDataset, NsidWriter, to_sidpy
+from instruments.session_file.writer import frame_to_nsid
 
 VOLATILE = {"timestamp", "from_array_"}     # the time of writing
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from test_session_file import make_frame, make_record
 
-from instruments.errors import InstrumentError, InstrumentUnreachable
-from instruments.frame import ImagingSettings, StagePosition
-from instruments.microscope import Microscope
-from instruments.replay import ReplayExhausted, ReplayMicroscope
-from instruments.session_file import SessionWriter
+from instruments.devices.errors import InstrumentError, InstrumentUnreachable
+from instruments.devices.frame import ImagingSettings, StagePosition
+from instruments.devices.microscope import Microscope
+from instruments.devices.replay import ReplayExhausted, ReplayMicroscope
+from instruments.session_file.writer import SessionWriter
 
 
 def _sha256(path: Path) -> str:
@@ -90,7 +90,7 @@ def test_replay_of_a_real_nsid_file_serves_each_image_channel(scifi_read,
 
 
 def test_replay_uri_opens_a_replay_microscope(tmp_path: Path) -> None:
-    from instruments.uri import open_instrument
+    from instruments.devices.uri import open_instrument
 
     path = tmp_path / "s.h5"
     frame = make_frame(0)

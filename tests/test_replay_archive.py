@@ -26,11 +26,11 @@ from typer.testing import CliRunner
 from models.classifier import Classifier
 from models.config import FusionConfig
 from twins.classes import SEM_CLASSES
-from workflows.cli import app
-from workflows.cmd_run import BUNDLED_MODEL
-from workflows.replay_archive import ArchiveError, plan_ranges, replay_archive
-from workflows.replay_store import ResultsFolder
-from workflows.replay_task import short_key
+from workflows.cli.app import app
+from workflows.replay.archive import ArchiveError, plan_ranges, replay_archive
+from workflows.replay.store import ResultsFolder
+from workflows.replay.task import short_key
+from workflows.session_assembly import BUNDLED_MODEL
 
 FRAMES = {"a": 4, "b": 3, "c": 5, "d": 2, "e": 4}       # five good sessions, 18 frames
 PER_TASK = 2                                            # sessions split into ranges of 2

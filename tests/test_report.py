@@ -11,11 +11,11 @@ import numpy as np
 from PIL import Image
 from typer.testing import CliRunner
 
-from instruments.decision_record import DecisionRecord
-from instruments.frame import Frame, ImagingSettings, StagePosition
-from instruments.session_file import SessionWriter
-from workflows.cli import app
-from workflows.report import build_report
+from instruments.devices.frame import Frame, ImagingSettings, StagePosition
+from instruments.session_file.decision_record import DecisionRecord
+from instruments.session_file.writer import SessionWriter
+from workflows.cli.app import app
+from workflows.report.session_report import build_report
 
 CLASSES = ["Fibres", "Particles", "Powder", "Tips"]
 ROUTES = ["confident", "confident", "rescan", "adjudicated", "human", "contested"]
@@ -125,7 +125,7 @@ def test_report_of_an_empty_session(tmp_path: Path) -> None:
 
 def test_report_of_frames_replayed_from_a_real_nsid_file(tmp_path: Path,
                                                           shared_nsid_file: Path) -> None:
-    from instruments.replay import ReplayMicroscope
+    from instruments.devices.replay import ReplayMicroscope
 
     rng = np.random.default_rng(1)
     replay = ReplayMicroscope(shared_nsid_file)

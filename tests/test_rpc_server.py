@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from raw_rpc import netstring, read_reply
 
-from instruments.errors import RemoteError
-from instruments.rpc_server import BACKLOG, RpcServer
-from instruments.tem_client import TemClient
+from instruments.devices.errors import RemoteError
+from instruments.devices.rpc_server import BACKLOG, RpcServer
+from instruments.devices.tem_client import TemClient
 
 ARRAYS = {
     "frame": np.random.default_rng(0).random((1024, 1024), dtype=np.float32),

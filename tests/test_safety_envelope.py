@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from instruments.errors import ApprovalRequired, BadFrame, SafetyRefused
-from instruments.frame import Frame, ImagingSettings, StagePosition
-from instruments.frame_checks import check_image
-from instruments.microscope import Capabilities, InstrumentStatus
-from instruments.safety import Approval, GuardedMicroscope, SafetyEnvelope, dose_per_nm2
+from instruments.devices.errors import ApprovalRequired, BadFrame, SafetyRefused
+from instruments.devices.frame import Frame, ImagingSettings, StagePosition
+from instruments.devices.frame_checks import check_image
+from instruments.devices.microscope import Capabilities, InstrumentStatus
+from instruments.devices.safety import Approval, GuardedMicroscope, SafetyEnvelope, dose_per_nm2
 
 
 class RecordingMicroscope:
@@ -127,8 +127,8 @@ def test_good_frame_passes_as_float32():
 
 
 def test_envelope_from_the_command_line_file_limits_and_free_zone(tmp_path):
-    from instruments.safety import envelope_from_dict
-    from workflows.envelope_options import envelope_values
+    from instruments.devices.safety import envelope_from_dict
+    from workflows.cli.envelope_options import envelope_values
 
     path = tmp_path / "envelope.json"
     path.write_text('{"fov": [1e-9, 1e-6], "max_moves": 50, "stage_x": [-1e-6, 1e-6]}')

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from openai_stub import ChatHandler, serving, url
 
-from instruments.redaction import install_log_redaction, redact, redact_bytes, redact_value
+from instruments.utils.redaction import install_log_redaction, redact, redact_bytes, redact_value
 
 MODES = ["echo-text", "echo-rationale", "echo-text", "echo-text", "echo-error"]
 
@@ -65,8 +65,8 @@ def test_echoed_keys_reach_no_file_and_no_log(echo_server, tmp_path, monkeypatch
     from agent.adjudication.demonstrations import DemonstrationBank
     from agent.config import RunConfig, checkpoint_path
     from agent.session import Session, SessionParts
-    from instruments.safety import GuardedMicroscope, SafetyEnvelope
-    from instruments.session_reader import SessionReader
+    from instruments.devices.safety import GuardedMicroscope, SafetyEnvelope
+    from instruments.session_file.reader import SessionReader
     from models.classifier import Classifier
     from models.config import FusionConfig
     from twins.classes import SEM_CLASSES
@@ -139,7 +139,7 @@ def test_a_secret_of_the_shortest_length_is_masked_and_shorter_text_passes(monke
                                                 (2.0, "7.5", 2.0)])
 def test_the_vlm_timeout_comes_from_the_option_the_env_or_30_s(given, env, expected,
                                                                monkeypatch) -> None:
-    from workflows.cmd_run import _vlm_timeout
+    from workflows.cli.cmd_run import _vlm_timeout
     if env is None:
         monkeypatch.delenv("MICAGENT_VLM_TIMEOUT", raising=False)
     else:
@@ -149,7 +149,7 @@ def test_the_vlm_timeout_comes_from_the_option_the_env_or_30_s(given, env, expec
 
 def test_a_bad_vlm_timeout_is_a_clear_error(monkeypatch) -> None:
     from agent.config import RunConfig, RunConfigError
-    from workflows.cmd_run import _vlm_timeout
+    from workflows.cli.cmd_run import _vlm_timeout
     monkeypatch.setenv("MICAGENT_VLM_TIMEOUT", "soon")
     with pytest.raises(ValueError, match="MICAGENT_VLM_TIMEOUT"):
         _vlm_timeout(None)

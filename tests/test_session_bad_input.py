@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 from test_session_file import make_frame, make_record
 
-import instruments.session_file as session_file
-from instruments.decision_record import DecisionRecord, QualityRecord
-from instruments.replay import ReplayMicroscope, ReplaySourceError
-from instruments.session_file import SessionWriter
-from instruments.session_layout import (
+import instruments.session_file.writer as session_file
+from instruments.devices.replay import ReplayMicroscope, ReplaySourceError
+from instruments.session_file.decision_record import DecisionRecord, QualityRecord
+from instruments.session_file.layout import (
     NotASessionFile,
     SessionDiskFull,
     SessionFileCorrupt,
@@ -24,7 +23,8 @@ from instruments.session_layout import (
     SessionRecordError,
     SessionWriteError,
 )
-from instruments.session_reader import SessionReader
+from instruments.session_file.reader import SessionReader
+from instruments.session_file.writer import SessionWriter
 
 
 def _session(path: Path, n: int = 3) -> list[str]:

@@ -12,8 +12,8 @@ from PIL import Image
 from test_session_file import make_frame, make_record
 from typer.testing import CliRunner
 
-from instruments.session_file import SessionWriter
-from workflows.cli import app
+from instruments.session_file.writer import SessionWriter
+from workflows.cli.app import app
 
 runner = CliRunner()
 
@@ -84,7 +84,7 @@ def test_export_png_and_tiff(session, tmp_path: Path) -> None:
 
 
 def test_png_scaling_handles_constant_and_non_finite_pixels() -> None:
-    from instruments.image8 import MIN_MAX, to_uint8
+    from instruments.utils.image8 import MIN_MAX, to_uint8
 
     assert to_uint8(np.full((4, 4), 3.0)).max() == 0 == to_uint8(np.full(3, np.nan)).max()
     img = np.array([[0.0, 1.0], [np.nan, np.inf]])

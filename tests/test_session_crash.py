@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from test_session_file import make_frame, make_record
 
-from instruments.decision_record import DecisionRecord, Route
-from instruments.frame import Frame, ImagingSettings, StagePosition
-from instruments.session_file import SessionWriter
-from instruments.session_reader import SessionReader
+from instruments.devices.frame import Frame, ImagingSettings, StagePosition
+from instruments.session_file.decision_record import DecisionRecord, Route
+from instruments.session_file.reader import SessionReader
+from instruments.session_file.writer import SessionWriter
 
 
 def _write_forever(path: str, conn: Connection) -> None:
@@ -89,7 +89,7 @@ def test_sigkill_mid_session_keeps_every_completed_frame(scifi_read, tmp_path: P
 def test_a_provenance_broken_mid_update_is_read_from_its_backup(tmp_path: Path) -> None:
     import h5py
 
-    from instruments.session_layout import PROVENANCE
+    from instruments.session_file.layout import PROVENANCE
 
     path = tmp_path / "s.h5"
     writer = SessionWriter(path, {"session_id": "backup"})

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from instruments.decision_record import DecisionRecord, Route
-from instruments.frame import Frame, ImagingSettings, StagePosition
-from instruments.session_file import SessionWriter
-from instruments.session_reader import SessionReader
+from instruments.devices.frame import Frame, ImagingSettings, StagePosition
+from instruments.session_file.decision_record import DecisionRecord, Route
+from instruments.session_file.reader import SessionReader
+from instruments.session_file.writer import SessionWriter
 
 
 def make_frame(i: int, size: int = 64, label: str = "Fibres") -> Frame:
@@ -271,7 +271,7 @@ def test_records_written_before_records_were_typed_are_read_migrated(tmp_path: P
     the earlier agent did) reads back as typed version-2 records; resuming appends typed ones."""
     import h5py
 
-    from instruments.session_layout import to_json
+    from instruments.session_file.layout import to_json
 
     path = tmp_path / "old.h5"
     frame = make_frame(4)
@@ -303,7 +303,7 @@ def test_records_written_before_records_were_typed_are_read_migrated(tmp_path: P
 def test_a_record_of_an_unknown_version_or_shape_is_a_corrupt_file(tmp_path: Path) -> None:
     import h5py
 
-    from instruments.session_layout import SessionFileCorrupt, to_json
+    from instruments.session_file.layout import SessionFileCorrupt, to_json
 
     path = tmp_path / "odd.h5"
     frame = make_frame(0)

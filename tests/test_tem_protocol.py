@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from twin_process import served_twin
 
-from instruments.errors import (
+from instruments.devices.errors import (
     InstrumentUnreachable,
     ProtocolError,
     RemoteError,
 )
-from instruments.frame import ImagingSettings, StagePosition
-from instruments.tem_client import TemClient
+from instruments.devices.frame import ImagingSettings, StagePosition
+from instruments.devices.tem_client import TemClient
 
 
 def netstring(obj) -> bytes:

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from twins.classes import SEM_CLASSES
 from twins.dataset import render_labelled_images
 from twins.specimen import Specimen
-from workflows.cli import app
+from workflows.cli.app import app
 
 
 def test_labelled_images_cover_every_class_deterministically():

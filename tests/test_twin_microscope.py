@@ -7,9 +7,9 @@ import time
 import numpy as np
 import pytest
 
-from instruments.errors import BadFrame, InstrumentUnreachable, SafetyRefused
-from instruments.frame import ImagingSettings, StagePosition
-from instruments.safety import GuardedMicroscope
+from instruments.devices.errors import BadFrame, InstrumentUnreachable, SafetyRefused
+from instruments.devices.frame import ImagingSettings, StagePosition
+from instruments.devices.safety import GuardedMicroscope
 from twins.classes import SEM_CLASSES, SUBSTRATE
 from twins.faults import FaultSpec
 from twins.microscope import TwinMicroscope

@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 from skimage.registration import phase_cross_correlation
 
-from instruments.frame import ImagingSettings, StagePosition
+from instruments.devices.frame import ImagingSettings, StagePosition
 from twins.microscope import TwinMicroscope
 from twins.physics import PhysicsParams
 from twins.specimen import Specimen

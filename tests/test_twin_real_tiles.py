@@ -9,7 +9,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from instruments.frame import ImagingSettings, StagePosition
+from instruments.devices.frame import ImagingSettings, StagePosition
 from twins.microscope import TwinMicroscope
 from twins.real_tiles import (
     RealTileError,

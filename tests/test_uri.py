@@ -6,8 +6,8 @@ import socket
 
 import pytest
 
-from instruments.errors import InstrumentError, InstrumentUnreachable, UnknownInstrument
-from instruments.uri import open_instrument, parse_address
+from instruments.devices.errors import InstrumentError, InstrumentUnreachable, UnknownInstrument
+from instruments.devices.uri import open_instrument, parse_address
 
 
 def closed_port() -> int:

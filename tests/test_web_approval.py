@@ -17,8 +17,8 @@ from PIL import Image
 from web_browser import headless_chromium, require_chromium
 
 from agent.approval_broker import ApprovalBroker
-from instruments.decision_record import DecisionRecord
-from workflows.web_approval import TOKEN_HEADER, WebUIHandle, start_web_ui
+from instruments.session_file.decision_record import DecisionRecord
+from workflows.web.approval import TOKEN_HEADER, WebUIHandle, start_web_ui
 
 CLASSES = ["Fibres", "Nanowires", "Particles", "Powder"]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 from web_browser import headless_chromium, require_chromium
 
-from instruments.session_reader import SessionReader
+from instruments.session_file.reader import SessionReader
 
 URL = re.compile(r"approval page: (http://127\.0\.0\.1:(\d+)/\?token=[\w-]{32,})")
 
@@ -39,7 +39,7 @@ def test_web_approval_of_a_twin_session(tmp_path: Path) -> None:
     session_file = tmp_path / "web.h5"
     out_log, err_log = tmp_path / "stdout.log", tmp_path / "stderr.log"
     # --confidence 1.0: no frame is confident, so every frame reaches the approval page
-    command = [sys.executable, "-c", "from workflows.cli import app; app()", "run",
+    command = [sys.executable, "-c", "from workflows.cli.app import app; app()", "run",
                "--approve", "web", "--frames", "2", "--confidence", "1.0", "--pixels", "128",
                "--out", str(session_file), "--state-dir", str(tmp_path / "state"), "--quiet"]
     env = {**os.environ, "COLUMNS": "250", "OMP_NUM_THREADS": "1"}

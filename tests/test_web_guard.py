@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from agent.approval_broker import ApprovalBroker
-from workflows.web_approval import TOKEN_HEADER, WebUIHandle, start_web_ui
-from workflows.web_guard import MAX_BODY, host_name
+from workflows.web.approval import TOKEN_HEADER, WebUIHandle, start_web_ui
+from workflows.web.guard import MAX_BODY, host_name
 
 
 @pytest.fixture

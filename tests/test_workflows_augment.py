@@ -4,8 +4,8 @@ profiles' stabilisers."""
 import pytest
 import torch
 
-from workflows.augment import random_dihedral
-from workflows.train import TrainOptions
+from workflows.training.augment import random_dihedral
+from workflows.training.train import TrainOptions
 
 
 def symmetries(image: torch.Tensor) -> list[torch.Tensor]:

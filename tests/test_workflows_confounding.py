@@ -10,8 +10,13 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 from typer.testing import CliRunner
 
-from workflows.cli import app
-from workflows.confounding import NO_ANSWER, few_shot_labels, pca_features, select_confounding
+from workflows.cli.app import app
+from workflows.training.confounding import (
+    NO_ANSWER,
+    few_shot_labels,
+    pca_features,
+    select_confounding,
+)
 
 
 def planted(seed: int = 0, per_class: int = 30, n_blend: int = 8, size: int = 64):

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 from workflows_synth import CLASSES, write_dataset
 
-from workflows.data import DatasetError, load_folder_dataset, parse_crop
-from workflows.splits import SplitError, holdout_split, kfold_splits
+from workflows.training.data import DatasetError, load_folder_dataset, parse_crop
+from workflows.training.splits import SplitError, holdout_split, kfold_splits
 
 NSID_SAMPLE = Path("/work/shared/data/nsid/PTO_Funakubo0001.h5")
 

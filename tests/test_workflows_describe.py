@@ -12,10 +12,10 @@ import pytest
 from openai_stub import ChatHandler, serving, url
 from typer.testing import CliRunner
 
-from workflows.cli import app
-from workflows.describe import DescribeError, describe, llm_settings
-from workflows.knowledge import load_knowledge
-from workflows.prompts import DEFECT, NANOMATERIAL, get_prompt_set
+from workflows.cli.app import app
+from workflows.training.describe import DescribeError, describe, llm_settings
+from workflows.training.knowledge import load_knowledge
+from workflows.training.prompts import DEFECT, NANOMATERIAL, get_prompt_set
 
 SECRET = "sk-test-never-write-me"
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from models.stem import PretrainedStem
-from workflows import feature_cache
-from workflows.augment import dihedral
-from workflows.feature_cache import VIEW_ORDER, FeatureCache, compute_features
+from workflows.training import feature_cache
+from workflows.training.augment import dihedral
+from workflows.training.feature_cache import VIEW_ORDER, FeatureCache, compute_features
 
 torch.set_num_threads(1)
 

@@ -16,8 +16,8 @@ from models.classifier import Classifier
 from models.config import FusionConfig
 from models.errors import CheckpointError
 from models.fusion import FusionClassifier
-from workflows.cli import app
-from workflows.train import TrainError, TrainOptions, init_from_checkpoint, train
+from workflows.cli.app import app
+from workflows.training.train import TrainError, TrainOptions, init_from_checkpoint, train
 
 SMALL = {"img_size": 64, "vit_depth": 1, "hnf_patch_sizes": [16, 32], "hnf_knn": [4, 2],
          "gnn_patch": 16}

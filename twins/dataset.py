@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from instruments import atomic_file
-from instruments.frame import ImagingSettings, StagePosition
-from instruments.image8 import to_uint8
+from instruments.devices.frame import ImagingSettings, StagePosition
+from instruments.utils import atomic_file
+from instruments.utils.image8 import to_uint8
 from twins.classes import PROFILES, SEM_CLASSES
 from twins.microscope import TwinMicroscope
 from twins.specimen import Region, Specimen

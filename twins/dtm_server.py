@@ -26,10 +26,10 @@ import Pyro5
 import Pyro5.api
 import Pyro5.callcontext
 
-from instruments.frame import Frame, ImagingSettings, StagePosition
-from instruments.jsonrpc import to_plain
-from instruments.microscope import Microscope
-from instruments.wire_arrays import to_binary, to_tuple
+from instruments.devices.frame import Frame, ImagingSettings, StagePosition
+from instruments.devices.jsonrpc import to_plain
+from instruments.devices.microscope import Microscope
+from instruments.devices.wire_arrays import to_binary, to_tuple
 from twins.faults import FaultSpec, TransportFaults
 
 DEFAULT_PORT = 9091

@@ -15,10 +15,10 @@ import time
 
 import numpy as np
 
-from instruments.errors import InstrumentUnreachable, SafetyRefused
-from instruments.frame import Frame, ImagingSettings, StagePosition
-from instruments.microscope import Capabilities, InstrumentStatus
-from instruments.safety import dose_per_nm2
+from instruments.devices.errors import InstrumentUnreachable, SafetyRefused
+from instruments.devices.frame import Frame, ImagingSettings, StagePosition
+from instruments.devices.microscope import Capabilities, InstrumentStatus
+from instruments.devices.safety import dose_per_nm2
 from twins import physics
 from twins.faults import FaultSpec
 from twins.specimen import Specimen

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from instruments.safety import ELEMENTARY_CHARGE
+from instruments.devices.safety import ELEMENTARY_CHARGE
 
 
 @dataclass(frozen=True)

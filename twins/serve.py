@@ -8,8 +8,8 @@ import os
 import sys
 from collections.abc import Callable
 
-from instruments.microscope import Microscope
-from instruments.redaction import install_log_redaction
+from instruments.devices.microscope import Microscope
+from instruments.utils.redaction import install_log_redaction
 from twins.dtm_server import DEFAULT_PORT as DTM_PORT
 from twins.dtm_server import DTMServer
 from twins.faults import FaultSpec

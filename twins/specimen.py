@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from instruments.frame import StagePosition
+from instruments.devices.frame import StagePosition
 from twins import physics, textures
 from twins.classes import PROFILES, SEM_CLASSES, SUBSTRATE
 

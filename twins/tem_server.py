@@ -5,7 +5,7 @@ Method names, parameters and reply forms follow that server (`get_detectors`,
 `activate_device`, `device_settings`, `get_stage` -> [x, y, z, a, b] in m and rad,
 `set_stage`, `acquire_image` -> [list, shape, dtype], ..., errors as {"error": "..."}).
 Additions: `get_capabilities`, `acquire_frame` (image plus frame metadata) and, through the
-shared server (`instruments.rpc_server`), binary frames for clients that ask for them.
+shared server (`instruments.devices.rpc_server`), binary frames for clients that ask for them.
 Transport faults: drop@N closes the connection instead of answering request N,
 stall@N:S answers it S seconds late.
 """
@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from instruments.frame import ImagingSettings, StagePosition
-from instruments.jsonrpc import to_plain
-from instruments.microscope import Microscope
-from instruments.rpc_server import BINARY_TRANSPORT, RpcServer
-from instruments.stage_request import stage_target
+from instruments.devices.frame import ImagingSettings, StagePosition
+from instruments.devices.jsonrpc import to_plain
+from instruments.devices.microscope import Microscope
+from instruments.devices.rpc_server import BINARY_TRANSPORT, RpcServer
+from instruments.devices.stage_request import stage_target
 from twins.dtm_server import API_VERSION
 from twins.faults import FaultSpec, TransportFaults
 

@@ -1,5 +1,5 @@
 """`python -m workflows` runs the micagent CLI."""
 
-from workflows.cli import app
+from workflows.cli.app import app
 
 app()

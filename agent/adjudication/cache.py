@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from agent.adjudication.base import Answer
-from instruments import atomic_file
+from instruments.utils import atomic_file
 
 
 class AnswerCache:

@@ -9,7 +9,7 @@ from typing import Literal
 import numpy as np
 
 from agent.adjudication.base import Demonstration
-from instruments import atomic_file
+from instruments.utils import atomic_file
 
 Strategy = Literal["similar", "random"]
 

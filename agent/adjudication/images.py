@@ -8,7 +8,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from instruments.image8 import to_uint8
+from instruments.utils.image8 import to_uint8
 
 
 def png_bytes(image: np.ndarray, max_side: int = 256) -> bytes:

@@ -18,7 +18,7 @@ from agent.adjudication.base import AnswerError, Demonstration, Verdict
 from agent.adjudication.cache import AnswerCache
 from agent.adjudication.offline import OfflineKnnAdjudicator
 from agent.adjudication.prompt import build_messages, parse_answer, prompt_hash
-from instruments.redaction import redact, register_secret
+from instruments.utils.redaction import redact, register_secret
 
 
 class VlmConfigError(ValueError):

@@ -9,7 +9,7 @@ from typing import Any
 from agent.adjudication.images import png_bytes
 from agent.runtime import Runtime
 from agent.state import add_tallies
-from instruments.frame import Frame
+from instruments.devices.frame import Frame
 
 
 def event(kind: str, message: str, **extra: Any) -> list[dict[str, Any]]:

@@ -15,10 +15,10 @@ from agent.pipeline import Speculation
 from agent.runtime import Runtime
 from agent.state import AgentState
 from agent.survey_plan import planned_positions
-from instruments.decision_record import DecisionRecord
-from instruments.errors import ApprovalRequired, BadFrame, InstrumentError, SafetyRefused
-from instruments.frame import Frame, StagePosition
-from instruments.safety import Approval
+from instruments.devices.errors import ApprovalRequired, BadFrame, InstrumentError, SafetyRefused
+from instruments.devices.frame import Frame, StagePosition
+from instruments.devices.safety import Approval
+from instruments.session_file.decision_record import DecisionRecord
 
 MAX_CONSECUTIVE_ERRORS = 3
 

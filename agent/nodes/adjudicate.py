@@ -18,7 +18,7 @@ import numpy as np
 
 from agent.runtime import Runtime
 from agent.state import AgentState
-from instruments.decision_record import (
+from instruments.session_file.decision_record import (
     AdjudicationRecord,
     DecisionRecord,
     PredictionRecord,

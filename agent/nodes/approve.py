@@ -12,7 +12,13 @@ from agent.nodes._common import thumbnail
 from agent.policy import UNKNOWN, verdict
 from agent.runtime import Runtime
 from agent.state import AgentState
-from instruments.decision_record import DECISIONS, Decision, DecisionRecord, HumanRecord, Route
+from instruments.session_file.decision_record import (
+    DECISIONS,
+    Decision,
+    DecisionRecord,
+    HumanRecord,
+    Route,
+)
 
 
 def human_labels(class_names: list[str]) -> list[str]:

@@ -12,7 +12,7 @@ from agent.quality import assess
 from agent.rescan_effect import had_effect, kinds_tried
 from agent.runtime import Runtime
 from agent.state import AgentState
-from instruments.decision_record import DecisionRecord, QualityRecord, RescanRecord
+from instruments.session_file.decision_record import DecisionRecord, QualityRecord, RescanRecord
 
 
 def make(rt: Runtime):

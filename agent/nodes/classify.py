@@ -7,7 +7,7 @@ from typing import Any
 
 from agent.runtime import Runtime
 from agent.state import AgentState
-from instruments.decision_record import DecisionRecord, PredictionRecord
+from instruments.session_file.decision_record import DecisionRecord, PredictionRecord
 
 
 def make(rt: Runtime):

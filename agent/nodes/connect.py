@@ -7,7 +7,7 @@ from typing import Any
 from agent.nodes._common import event, fail
 from agent.runtime import Runtime
 from agent.state import AgentState
-from instruments.errors import InstrumentError
+from instruments.devices.errors import InstrumentError
 
 
 def make(rt: Runtime):

@@ -9,7 +9,7 @@ from agent.objectives import grid_positions, spiral_position, spread
 from agent.runtime import Runtime
 from agent.state import AgentState
 from agent.survey_plan import planned_positions
-from instruments.decision_record import DecisionRecord, Position, Tile, Timings
+from instruments.session_file.decision_record import DecisionRecord, Position, Tile, Timings
 
 
 def _survey_positions(rt: Runtime, max_frames: int) -> list[dict[str, Any]]:

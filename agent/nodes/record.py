@@ -10,7 +10,7 @@ from typing import Any
 from agent.policy import standing_route, verdict
 from agent.runtime import Runtime
 from agent.state import AgentState, add_tallies
-from instruments.decision_record import DECIDED_ROUTES, DecisionRecord
+from instruments.session_file.decision_record import DECIDED_ROUTES, DecisionRecord
 
 
 def final_record(rt: Runtime, state: AgentState) -> DecisionRecord:

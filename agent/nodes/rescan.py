@@ -15,9 +15,9 @@ from agent.nodes._common import fail, thumbnail
 from agent.quality import sharpness
 from agent.runtime import Runtime
 from agent.state import AgentState
-from instruments.decision_record import DecisionRecord, RescanRecord
-from instruments.errors import InstrumentError, SafetyRefused
-from instruments.frame import ImagingSettings
+from instruments.devices.errors import InstrumentError, SafetyRefused
+from instruments.devices.frame import ImagingSettings
+from instruments.session_file.decision_record import DecisionRecord, RescanRecord
 
 SWEEP_STEPS = (-2, -1, 0, 1, 2)
 SWEEP_PIXELS = 256

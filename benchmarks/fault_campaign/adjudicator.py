@@ -70,8 +70,8 @@ def run(work: Path, n_faults: int, seed: int) -> Row:
     from agent.adjudication.demonstrations import DemonstrationBank
     from agent.config import RunConfig, checkpoint_path
     from agent.session import Session, SessionParts
-    from instruments.safety import GuardedMicroscope, SafetyEnvelope
-    from instruments.session_reader import SessionReader
+    from instruments.devices.safety import GuardedMicroscope, SafetyEnvelope
+    from instruments.session_file.reader import SessionReader
     from twins.microscope import TwinMicroscope
 
     clock, row = Clock(), Row("adjudicator faults (VLM)")

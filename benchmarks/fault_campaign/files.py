@@ -26,7 +26,7 @@ KINDS = ("truncate", "overwrite", "zero_block", "bit_flips", "random", "empty", 
 def _session(work: Path) -> Path:
     """A real 3-frame session on the embedded twin."""
     from agent.config import RunConfig
-    from workflows.cmd_run import run_session
+    from workflows.session_assembly import run_session
 
     config = RunConfig(session_id=str(uuid.uuid4()), out=str(work / "good.h5"), frames=3,
                        state_dir=str(work / "state"), bank="none",
@@ -99,7 +99,7 @@ def _serve(path: Path, row: Row, kind: str) -> None:
 
 
 def run(work: Path, n_files: int, seed: int) -> Row:
-    from workflows.cli import app
+    from workflows.cli.app import app
 
     clock, row = Clock(), Row("files through every command")
     good = _session(work).read_bytes()

@@ -63,7 +63,7 @@ def _session(work: Path, uri: str, frames: int, classifier, row: Row):
     """Run a survey to its end, resuming after every failure; the config and the number of
     resumes (None where a resume itself could not start)."""
     from agent.config import RunConfig
-    from workflows.cmd_run import StartError, run_session
+    from workflows.session_assembly import StartError, run_session
 
     config = RunConfig(session_id=str(uuid.uuid4()), instrument=uri,
                        out=str(work / "session.h5"), frames=frames,
@@ -91,7 +91,7 @@ def _session(work: Path, uri: str, frames: int, classifier, row: Row):
 
 def _account(path: str, row: Row) -> tuple[list[dict], int]:
     """Frame accounting; returns the session's incident log and the number of frames."""
-    from instruments.session_reader import SessionReader
+    from instruments.session_file.reader import SessionReader
 
     with SessionReader(path) as reader:
         frames = [frame for frame, _ in reader.frames()]

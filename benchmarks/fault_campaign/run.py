@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         return max(1, int(round(n * args.scale)))
 
     warnings.simplefilter("ignore")
-    from instruments.redaction import install_log_redaction
+    from instruments.utils.redaction import install_log_redaction
 
     install_log_redaction()
     work = Path(args.work or tempfile.mkdtemp(prefix="micagent-faults-"))

@@ -61,7 +61,7 @@ def web(work: Path, floods: int, seed: int) -> Row:
     import httpx
 
     from agent.approval_broker import ApprovalBroker
-    from workflows.web_approval import TOKEN_HEADER, start_web_ui
+    from workflows.web.approval import TOKEN_HEADER, start_web_ui
 
     clock, row = Clock(), Row("web page: floods and probes")
     ui = start_web_ui(ApprovalBroker(), class_names=["Fibres", "Tips"])
@@ -141,7 +141,7 @@ def _flood(host: str, port: int, idle: int, garbage: int, extra: list[bytes],
 
 
 def _good_dtm(host: str, port: int) -> bool:
-    from instruments.dtm_client import DTMicroscopeClient
+    from instruments.devices.dtm_client import DTMicroscopeClient
 
     started = time.monotonic()
     try:
@@ -156,7 +156,7 @@ def _good_dtm(host: str, port: int) -> bool:
 
 
 def _good_tem(host: str, port: int) -> bool:
-    from instruments.tem_client import TemClient
+    from instruments.devices.tem_client import TemClient
 
     started = time.monotonic()
     try:
@@ -173,8 +173,8 @@ def _good_tem(host: str, port: int) -> bool:
 def dtm(work: Path, floods: int, idle: int, seed: int) -> Row:
     import Pyro5.api
 
-    from instruments.dtm_client import DTMicroscopeClient
-    from instruments.errors import InstrumentError
+    from instruments.devices.dtm_client import DTMicroscopeClient
+    from instruments.devices.errors import InstrumentError
 
     clock, row = Clock(), Row("dtm server (Pyro5): floods")
     rng = np.random.default_rng(seed)

@@ -1,0 +1,299 @@
+"""The per-frame decision record: one typed document, built by the agent's nodes, stored as one
+JSON text beside each frame of a session file, read back (and migrated) by every reader.
+
+It lives in instruments/ although the agent fills it in: the session file stores it and the
+readers (`instruments.session_file.reader`, replay) return it, and DESIGN.md lets instruments import
+neither agent nor models; the record is part of the file format, as the frame is. It holds
+plain values only (ids, labels, numbers), never pixels or tensors.
+
+Versions: 1 = the untyped dict of files written before this module (no `version` key);
+2 = this schema. `DecisionRecord.from_stored` migrates version 1 on read.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from collections.abc import Iterable
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticSerializationError
+
+from instruments.devices.frame import ImagingSettings
+
+RECORD_VERSION = 2
+
+
+class Route(StrEnum):
+    """How a frame's label was decided."""
+
+    CONFIDENT = "confident"            # the classifier was sure of the first frame
+    RESCAN = "rescan"                  # the classifier was sure after one or more rescans
+    ADJUDICATED = "adjudicated"        # the adjudicator's answer stood
+    CONTESTED = "contested"            # the re-classification overruled the adjudicator
+    UNRESOLVED = "unresolved"          # unsure, nothing (budget, answer) could settle it
+    QUALITY_FAILED = "quality_failed"  # unsure on a frame that stayed poor
+    HUMAN = "human"                    # a human decided
+    UNKNOWN = "unknown"                # out-of-distribution: unlike every class
+
+
+# routes whose label stands on the evidence (a hunt counts only these frames as found)
+DECIDED_ROUTES = (Route.CONFIDENT, Route.RESCAN, Route.ADJUDICATED, Route.HUMAN)
+ESCALATED_ROUTES = (Route.RESCAN, Route.ADJUDICATED, Route.HUMAN, Route.CONTESTED)
+
+
+class Decision(StrEnum):
+    """What a human may answer to an approval request."""
+
+    APPROVE = "approve"
+    RELABEL = "relabel"
+    RESCAN = "rescan"
+    SKIP = "skip"
+
+
+DECISIONS: tuple[str, ...] = tuple(d.value for d in Decision)
+
+
+class RecordFormatError(ValueError):
+    """A stored record that no version of the schema describes."""
+
+
+class _Part(BaseModel):
+    """Fields are typed; keys a writer added beyond them are kept as they were (extra)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class Position(_Part):
+    """Where the frame was planned; `approval`: the human approval the move there needed
+    (decision, operator, note, time, reason), when it needed one."""
+
+    x: float | None = None
+    y: float | None = None
+    approval: dict[str, Any] | None = None
+
+
+class Tile(_Part):
+    row: int
+    col: int
+
+
+class OodVerdict(_Part):
+    score: float | None = None
+    threshold: float | None = None
+    unknown: bool = False
+    method: str | None = None
+
+
+class PredictionRecord(_Part):
+    """The classifier's calibrated verdict (`models.prediction.Prediction.as_record`)."""
+
+    label: str | None = None
+    confidence: float | None = None
+    probabilities: dict[str, float] = Field(default_factory=dict)
+    top_k: list[tuple[str, float]] = Field(default_factory=list)
+    conformal_set: list[str] = Field(default_factory=list)
+    entropy: float | None = None
+    lmm_label: str | None = None
+    ood: OodVerdict | None = None
+
+
+class QualityRecord(_Part):
+    sharpness: float | None = None
+    snr: float | None = None
+    drift_px: float | None = None
+    ok: bool | None = None
+    failures: list[str] = Field(default_factory=list)
+
+
+class RescanRecord(_Part):
+    """One earlier attempt of the frame and what was changed for the next."""
+
+    settings: ImagingSettings | None = None
+    new_settings: ImagingSettings | None = None
+    reason: str = ""
+    quality: QualityRecord | None = None
+    prediction: PredictionRecord | None = None
+    adaptation: dict[str, Any] = Field(default_factory=dict)
+    adapt_s: float | None = None
+    thumbnail: str | None = None
+    frame_id: str | None = None
+
+
+class AnswerRecord(_Part):
+    label: str
+    confidence: float | None = None
+    rationale: str = ""
+
+
+class AdjudicationRecord(_Part):
+    adjudicator: str | None = None
+    demonstrations: list[str] = Field(default_factory=list)
+    prompt_hash: str | None = None
+    answer: AnswerRecord | None = None
+    error: str | None = None
+    tokens: int = 0
+    cached: bool = False
+    attempts: list[str] = Field(default_factory=list)
+    reclassified: PredictionRecord | None = None
+
+
+class Proposal(_Part):
+    """What the agent proposes to a human: a label and where it came from
+    (classifier | ood | adjudicated | contested)."""
+
+    label: str
+    source: str
+
+
+class HumanRecord(_Part):
+    operator: str = "?"
+    time: float | str | None = None       # epoch seconds (ISO text in some version-1 files)
+    proposal: str | None = None
+    decision: Decision
+    label: str | None = None
+    note: str = ""
+    changed: bool = False
+
+
+class Timings(_Part):
+    """Seconds spent on the frame (None: not measured)."""
+
+    acquire_s: float | None = None
+    classify_s: float | None = None
+    total_s: float | None = None
+
+
+class DecisionRecord(_Part):
+    """Everything the agent decided about one frame, and why.
+
+    `label` is the final label (None: skipped by a human), `route` how it was reached,
+    `prediction` the classifier's verdict on the frame as stored, `rescans` the earlier
+    attempts, `adjudication` and `human` the escalations. `started` (wall-clock start of the
+    decision) is working state and is not stored.
+    """
+
+    version: int = RECORD_VERSION
+    frame_id: str | None = None
+    sequence: int | None = None
+    position: Position | None = None
+    tile: Tile | None = None
+    settings: ImagingSettings | None = None
+    prediction: PredictionRecord | None = None
+    quality: QualityRecord | None = None
+    label: str | None = None
+    route: Route | None = None
+    rescans: list[RescanRecord] = Field(default_factory=list)
+    adjudication: AdjudicationRecord | None = None
+    proposal: Proposal | None = None
+    human: HumanRecord | None = None
+    timings: Timings = Field(default_factory=Timings)
+    point_data: dict[str, Any] | None = None
+    started: float | None = None
+
+    @property
+    def escalated(self) -> bool:
+        """Rescanned, adjudicated or decided by a human."""
+        return bool(self.rescans or self.adjudication or self.human)
+
+    @property
+    def classifier_label(self) -> str | None:
+        """The classifier's own label of the stored frame (before any escalation)."""
+        return self.prediction.label if self.prediction else None
+
+    def to_json(self, fallback: Any = None) -> str:
+        """The record as one JSON document (NaN/inf as null); RecordFormatError when a value
+        cannot be expressed (`fallback` converts values JSON lacks, e.g. numpy scalars)."""
+        try:
+            return self.model_dump_json(exclude={"started"}, fallback=fallback)
+        except (PydanticSerializationError, TypeError, ValueError) as exc:
+            raise RecordFormatError(f"record is not JSON-serialisable: {exc}") from exc
+
+    @classmethod
+    def from_stored(cls, data: Any) -> DecisionRecord:
+        """A record from its stored JSON value, migrated from older versions."""
+        if not isinstance(data, dict):
+            raise RecordFormatError(f"a decision record is a JSON object, got "
+                                    f"{type(data).__name__}")
+        version = data.get("version", 1)
+        if not isinstance(version, int) or not 1 <= version <= RECORD_VERSION:
+            raise RecordFormatError(f"record version {version!r} is not one this software "
+                                    f"reads (1..{RECORD_VERSION})")
+        if version == 1:
+            data = migrate_v1(data)
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise RecordFormatError(f"record does not match schema {RECORD_VERSION}: "
+                                    f"{exc.errors()[0]}") from exc
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> DecisionRecord:
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise RecordFormatError(f"record is not valid JSON: {exc}") from exc
+        return cls.from_stored(data)
+
+
+_SUB_RECORDS = ("position", "tile", "prediction", "quality", "adjudication", "human",
+                "settings", "point_data")
+
+
+def _absent_if_empty(value: Any) -> Any:
+    """Version 1 wrote `{}` for a sub-record that was not there."""
+    return None if value == {} else value
+
+
+def _epoch(value: Any) -> Any:
+    """ISO-8601 text as epoch seconds (version 1 front-ends wrote either)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return _dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return value
+
+
+def migrate_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 record (the untyped dict) in schema 2: `{}` for an absent sub-record becomes
+    null, timings drop null values, human times become epoch seconds, `version` is set."""
+    out = dict(data)
+    for key in _SUB_RECORDS:
+        if key in out:
+            out[key] = _absent_if_empty(out[key])
+    rescans = []
+    for attempt in out.get("rescans") or []:
+        attempt = dict(attempt) if isinstance(attempt, dict) else {}
+        for key in ("settings", "new_settings", "quality", "prediction"):
+            if key in attempt:
+                attempt[key] = _absent_if_empty(attempt[key])
+        rescans.append(attempt)
+    out["rescans"] = rescans
+    adjudication = out.get("adjudication")
+    if isinstance(adjudication, dict):
+        out["adjudication"] = {**adjudication,
+                               "reclassified": _absent_if_empty(adjudication.get("reclassified")),
+                               "answer": _absent_if_empty(adjudication.get("answer"))}
+    if isinstance(out.get("human"), dict):
+        out["human"] = {**out["human"], "time": _epoch(out["human"].get("time"))}
+    if isinstance(out.get("timings"), dict):
+        out["timings"] = {k: v for k, v in out["timings"].items() if v is not None}
+    elif "timings" in out:
+        out.pop("timings")
+    if out.get("route") in ("", None):
+        out["route"] = None
+    out["version"] = RECORD_VERSION
+    return out
+
+
+def accuracy(labels: Iterable[str | None], truths: Iterable[str | None]) -> tuple[float | None,
+                                                                                   int]:
+    """(fraction of frames with a ground-truth label whose label equals it, how many frames
+    had one); (None, 0) when none had. The one place session accuracy is computed."""
+    scored = [(label, truth) for label, truth in zip(labels, truths, strict=True) if truth]
+    if not scored:
+        return None, 0
+    return sum(label == truth for label, truth in scored) / len(scored), len(scored)

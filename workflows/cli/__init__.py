@@ -1,0 +1,1 @@
+"""The `micagent` command line: thin typer commands."""

@@ -1,0 +1,173 @@
+"""`micagent run`: an acquisition session driven by the agent (put together and run by
+workflows/session_assembly.py)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from agent.config import RunConfig, registry_path
+from agent.objectives import ObjectiveError
+from agent.survey_plan import PlanError
+from instruments.session_file.hdf5_probe import MetadataNeverFinishes, check_metadata_finishes
+from instruments.session_file.reader import SessionReader
+from workflows.cli.envelope_options import envelope_values
+from workflows.session_assembly import StartError, run_session
+from workflows.terminal import fail, notice
+
+err = Console(stderr=True)
+
+
+def _summary_table(path: str) -> Table:
+    with SessionReader(path) as reader:
+        summary = reader.summary()
+    table = Table(title=f"session {summary['session_id']} — {summary['status']}")
+    table.add_column("item")
+    table.add_column("value")
+    table.add_row("frames", str(summary["frames"]))
+    table.add_row("reason", summary.get("reason") or "")
+    table.add_row("labels", ", ".join(f"{k}: {v}" for k, v in
+                                      sorted(summary["label_counts"].items())))
+    table.add_row("routes", ", ".join(f"{k}: {v}" for k, v in
+                                      sorted(summary["route_counts"].items())))
+    table.add_row("escalated", f"{summary['escalations']} "
+                               f"({summary['escalation_counts']})")
+    if summary["scored_frames"]:
+        table.add_row("accuracy (twin truth)",
+                      f"{summary['accuracy']:.3f} final, {summary['accuracy_classifier']:.3f} "
+                      f"classifier alone, {summary['scored_frames']} frames")
+    table.add_row("file", Text(path))
+    return table
+
+
+def _vlm_timeout(given: float | None) -> float:
+    """--vlm-timeout, else $MICAGENT_VLM_TIMEOUT, else 30 s."""
+    if given is not None:
+        return given
+    text = os.environ.get("MICAGENT_VLM_TIMEOUT", "30")
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"MICAGENT_VLM_TIMEOUT must be a number of seconds, got {text!r}")\
+            from None
+
+
+def _config_from_args(**kw: Any) -> RunConfig:
+    session_id = str(uuid.uuid4())
+    out = kw.pop("out") or f"micagent-{session_id}.h5"
+    imaging = {"fov": kw.pop("fov"), "pixels": kw.pop("pixels"), "dwell": kw.pop("dwell"),
+               "detector": kw.pop("detector"), "defocus": 0.0, "beam_energy": 5e3,
+               "beam_current": 100e-12}
+    return RunConfig(session_id=session_id, out=str(Path(out).resolve()), imaging=imaging, **kw)
+
+
+def run(
+    instrument: str = typer.Option("twin", help="twin | dtm://H:P | tem://H:P | replay://F.h5"),
+    objective: str = typer.Option("survey", help="survey | hunt:CLASS[,CLASS][:N]"),
+    frames: int = typer.Option(36, help="survey: tiles to record; hunt: positions to visit"),
+    approve: str = typer.Option("none", help="none | uncertain | all | web"),
+    adjudicator: str = typer.Option("offline", help="offline | openai (MICAGENT_VLM_*)"),
+    model: str | None = typer.Option(None, help="checkpoint folder (default: bundled)"),
+    out: str | None = typer.Option(None, help="session file (default micagent-<id>.h5)"),
+    resume: str | None = typer.Option(None, help="continue a killed or failed session (with "
+                                                 "--instrument: at a new address)"),
+    seed: int = typer.Option(0, help="twin seed and sampling seed"),
+    state_dir: str = typer.Option(".micagent", help="run configs, caches, banks"),
+    bank: str | None = typer.Option(None, help="demonstrations: twin | DATASET_DIR | none"),
+    pixels: int = typer.Option(256, help="pixels per frame side"),
+    fov: float = typer.Option(20e-6, help="field of view (m)"),
+    dwell: float = typer.Option(2e-6, help="dwell time per pixel (s)"),
+    detector: str | None = typer.Option(None, help="detector (default: the instrument's "
+                                                   "first, e.g. SE on the twin)"),
+    confidence: float = typer.Option(0.9, help="confident: top probability >= this and a "
+                                          "conformal set of one class"),
+    max_rescans: int = typer.Option(2, help="rescans per frame at most"),
+    zoom_unsure: bool = typer.Option(False, help="rescan unsure frames once with a smaller "
+                                                 "FOV before adjudicating them"),
+    ood: bool = typer.Option(True, "--ood/--no-ood",
+                             help="record frames the model's out-of-distribution test flags "
+                                  "as unknown, never as a class (checkpoints without an OOD "
+                                  "fit flag none)"),
+    pipeline: bool = typer.Option(True, "--pipeline/--no-pipeline",
+                                  help="survey: acquire the next tile while the current one "
+                                       "is assessed, classified and recorded"),
+    demo_k: int = typer.Option(8, help="demonstrations shown to the adjudicator"),
+    demo_strategy: str = typer.Option("similar", help="similar (cosine of embeddings) | "
+                                                      "random"),
+    quiet: bool = typer.Option(False, help="no progress bar"),
+    ui: str = typer.Option("terminal", help="where approvals are answered: terminal | web"),
+    host: str = typer.Option("127.0.0.1", help="web approval page: address to bind"),
+    port: int = typer.Option(0, help="web approval page: port (0: a free one)"),
+    allow_host: Annotated[list[str] | None, typer.Option(
+        "--allow-host", help="web approval page: a further name it answers to in the Host "
+                             "header (besides the bound host, localhost, 127.0.0.1); "
+                             "repeatable")] = None,
+    envelope: str | None = typer.Option(None, help="safety envelope: JSON file of limits "
+                                                  "(stage_x/y/z, tilt, fov, dwell: [min, "
+                                                  "max]; max_dose_per_nm2, max_moves, "
+                                                  "free_zone)"),
+    limit: Annotated[list[str] | None, typer.Option(
+        "--limit", help="one envelope limit, e.g. fov=10e-9:1e-6 or max_moves=200 "
+                        "(repeatable; overrides --envelope)")] = None,
+    free_zone: str | None = typer.Option(None, help="stage region X0:X1,Y0:Y1 (m) where moves "
+                                                    "need no approval; outside it each move "
+                                                    "waits for a recorded human approval"),
+    vlm_timeout: float | None = typer.Option(None, "--vlm-timeout", min=0.1,
+                                             help="seconds the VLM adjudicator waits per "
+                                                  "request (default: config, "
+                                                  "$MICAGENT_VLM_TIMEOUT or 30)"),
+) -> None:
+    """Run an acquisition session (no arguments: a survey on the embedded twin)."""
+    console = Console()
+    if ui not in ("terminal", "web"):
+        raise fail(f"--ui must be terminal or web, got {ui!r}")
+    try:
+        if resume:
+            path = registry_path(state_dir, resume)
+            if not path.exists():
+                raise fail(f"no session {resume} under {state_dir} (looked for {path})")
+            config = RunConfig.load(path)
+            if instrument != "twin":                 # e.g. the server came back elsewhere
+                config.instrument = instrument
+            if vlm_timeout is not None:
+                config.vlm_timeout_s = vlm_timeout
+        else:
+            config = _config_from_args(
+                instrument=instrument, objective=objective, frames=frames, approve=approve,
+                adjudicator=adjudicator, model=model, out=out, seed=seed,
+                state_dir=str(Path(state_dir).resolve()), bank=bank, pixels=pixels, fov=fov,
+                dwell=dwell, detector=detector, confidence=confidence, max_rescans=max_rescans,
+                zoom_unsure=zoom_unsure, reject_unknown=ood, pipeline=pipeline, demo_k=demo_k,
+                demo_strategy=demo_strategy, vlm_timeout_s=_vlm_timeout(vlm_timeout),
+                envelope=envelope_values(envelope, limit or [], free_zone))
+    except ValueError as exc:
+        raise fail(exc) from exc
+    notice(console, f"session {config.session_id} -> {config.out}"
+                    + (" (resumed)" if resume else ""))
+    try:
+        check_metadata_finishes(config.out)       # an existing file: this run appends to it
+    except MetadataNeverFinishes as exc:
+        raise fail(f"session failed to start: {exc}") from exc
+    try:
+        final = run_session(config, console, quiet, ui=ui, host=host, port=port,
+                            allow_hosts=tuple(allow_host or ()))
+    except (StartError, ObjectiveError) as exc:
+        raise fail(f"session failed to start: {exc}") from exc
+    except PlanError as exc:
+        raise fail(f"session {config.session_id} cannot go on: {exc}", code=1) from exc
+    except KeyboardInterrupt as exc:
+        notice(err, f"interrupted; continue with: micagent run --resume "
+                    f"{config.session_id} --state-dir {config.state_dir}", "yellow")
+        raise typer.Exit(130) from exc
+    console.print(_summary_table(config.out))
+    if final.get("status") == "failed":
+        raise fail(f"session failed: {final.get('reason')}", code=1)
+
+

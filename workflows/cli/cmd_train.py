@@ -1,0 +1,312 @@
+"""CLI: `micagent train`, `evaluate`, `ablate`, `describe`, `select-confounding`."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from instruments.utils import atomic_file
+from workflows.terminal import fail, notice
+
+CROP_HELP = "Crop the SEM info bar off the bottom: pixels (>= 1) or a fraction of the height."
+ABLATION_HELP = ("full, no_text, no_lmm, no_mha, no_hnf, no_stem, vit_only, gnn_only, cm_emrl, "
+                 "multifusion.")
+KNOWLEDGE_HELP = ("Class knowledge JSON (micagent describe); default: the bundled SEM knowledge "
+                  "when it covers the classes.")
+DEDUP_HELP = "Do not keep near-duplicates on one side of a split."
+CONFIG_HELP = "JSON object of FusionConfig overrides."
+CONFOUNDING_HELP = ("Share of the images (most ambiguous first) that get few-shot adjudicator "
+                    "labels for the LMM embedding; 0 = none.")
+AUGMENT_HELP = ("Random flips and quarter turns of training images (default: on for quick, "
+                "off for paper).")
+CLIP_HELP = "Clip the gradient norm at this value (default: 1 for quick, off for paper; 0 = off)."
+INIT_HELP = ("Checkpoint folder whose weights start training (fine-tune or continue a model; "
+             "with another class set the per-class weights start new).")
+BUDGET_HELP = "Minutes: stop after the first epoch that ends past this, then calibrate + save."
+STEM_HELP = ("Pretrained image stem under the image branches: efficientnet_lite0 (ImageNet "
+             "weights of the installed package) or none (the papers' raw-pixel form).")
+STEM_MODE_HELP = ("frozen: stem features cached once per image and view, only the fusion layers "
+                  "train (default for quick); finetune: the stem's last stages train too at a "
+                  "tenth of the learning rate (default for paper).")
+VIEWS_HELP = "Cached augmentation views per image with a frozen stem (default 4, 1 without "\
+    "augmentation)."
+CACHE_HELP = ("Folder of cached stem features (default $MICAGENT_FEATURE_CACHE or "
+              "~/.cache/micagent/stem_features).")
+
+
+def _console() -> Console:
+    return Console(stderr=True)
+
+
+def _threads() -> None:
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "0")) or torch.get_num_threads())
+
+
+def _options(profile: str, folds: int | None, epochs: int | None, seed: int, ablation: str,
+             knowledge: Path | None, crop: str | None, no_dedup: bool, batch_size: int,
+             config: str | None, time_budget: float | None = None,
+             confounding: float = 0.1, shots: int = 5, strategy: str = "similar",
+             augment: bool | None = None, grad_clip: float | None = None,
+             init: Path | None = None, stem: str = "efficientnet_lite0",
+             stem_mode: str | None = None, stem_views: int | None = None,
+             feature_cache: Path | None = None):
+    from workflows.training.data import parse_crop
+    from workflows.training.train import TrainOptions
+
+    overrides = json.loads(config) if config else {}
+    if not isinstance(overrides, dict):
+        raise ValueError("--config must be a JSON object of FusionConfig fields")
+    return TrainOptions(profile=profile, folds=folds, epochs=epochs, seed=seed,
+                        ablation=ablation, knowledge=str(knowledge) if knowledge else None,
+                        crop=parse_crop(crop), dedup=not no_dedup, batch_size=batch_size,
+                        config_overrides=overrides, time_budget_min=time_budget,
+                        confounding_fraction=confounding, shots=shots, demo_strategy=strategy,
+                        augment=augment, grad_clip=grad_clip, init=str(init) if init else None,
+                        stem=stem, stem_mode=stem_mode, stem_views=stem_views,
+                        feature_cache=str(feature_cache) if feature_cache else None)
+
+
+def train_cmd(
+    data_dir: Annotated[Path, typer.Argument(help="Folder with one sub-folder per class.")],
+    out: Annotated[Path, typer.Option("--out", help="Checkpoint folder to write.")],
+    profile: Annotated[str, typer.Option(help="quick (one split) or paper (10-fold CV).")]
+    = "quick",
+    folds: Annotated[int | None, typer.Option(help="CV folds (paper profile: 10).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs (paper 50, quick 10).")]
+    = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    ablation: Annotated[str, typer.Option(help=ABLATION_HELP)] = "full",
+    knowledge: Annotated[Path | None, typer.Option(help=KNOWLEDGE_HELP)] = None,
+    crop_bottom: Annotated[str | None, typer.Option("--crop-bottom", help=CROP_HELP)] = None,
+    no_dedup: Annotated[bool, typer.Option("--no-dedup", help=DEDUP_HELP)] = False,
+    batch_size: Annotated[int, typer.Option()] = 48,
+    config: Annotated[str | None, typer.Option(help=CONFIG_HELP)] = None,
+    restart: Annotated[bool, typer.Option(help="Discard an interrupted run's state.")] = False,
+    time_budget: Annotated[float | None, typer.Option(help=BUDGET_HELP)] = None,
+    confounding: Annotated[float, typer.Option(help=CONFOUNDING_HELP)] = 0.1,
+    shots: Annotated[int, typer.Option(help="Demonstrations per adjudicated image (K).")] = 5,
+    demo_strategy: Annotated[str, typer.Option(help="similar or random demonstrations.")]
+    = "similar",
+    augment: Annotated[bool | None, typer.Option("--augment/--no-augment", help=AUGMENT_HELP)]
+    = None,
+    grad_clip: Annotated[float | None, typer.Option(help=CLIP_HELP)] = None,
+    init: Annotated[Path | None, typer.Option(help=INIT_HELP)] = None,
+    stem: Annotated[str, typer.Option(help=STEM_HELP)] = "efficientnet_lite0",
+    stem_mode: Annotated[str | None, typer.Option(help=STEM_MODE_HELP)] = None,
+    stem_views: Annotated[int | None, typer.Option(help=VIEWS_HELP)] = None,
+    feature_cache: Annotated[Path | None, typer.Option(help=CACHE_HELP)] = None,
+) -> None:
+    """Train the fusion classifier with the papers' protocol; resumes an interrupted run."""
+    from models.errors import ModelError
+    from workflows.training.data import DatasetError
+    from workflows.training.knowledge import KnowledgeError
+    from workflows.training.splits import SplitError
+    from workflows.training.train import TrainError, train
+
+    _threads()
+    try:
+        opts = _options(profile, folds, epochs, seed, ablation, knowledge, crop_bottom,
+                        no_dedup, batch_size, config, time_budget, confounding, shots,
+                        demo_strategy, augment, grad_clip, init, stem, stem_mode,
+                        stem_views, feature_cache)
+        path = train(data_dir, out, opts, _console(), restart=restart)
+    except (DatasetError, SplitError, TrainError, KnowledgeError, ModelError,
+            ValueError) as exc:
+        raise fail(exc) from exc
+    notice(_console(), f"checkpoint written to {path}", "green")
+
+
+def evaluate_cmd(
+    ckpt: Annotated[Path, typer.Argument(help="Checkpoint folder.")],
+    data_dir: Annotated[Path, typer.Argument(help="Folder-per-class dataset.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    crop_bottom: Annotated[str | None, typer.Option("--crop-bottom", help=CROP_HELP)] = None,
+    plots: Annotated[Path | None, typer.Option(help="PNG plot folder (default: CKPT).")] = None,
+) -> None:
+    """Top-k accuracy, per-class P/R/F1, confusion matrix, calibration and conformal sets."""
+    from models.errors import ModelError
+    from workflows.training.data import DatasetError, parse_crop
+    from workflows.training.evaluate import EvaluateError, evaluate, markdown_report, write_plots
+
+    _threads()
+    try:
+        report = evaluate(ckpt, data_dir, crop=parse_crop(crop_bottom))
+    except (DatasetError, EvaluateError, ModelError) as exc:
+        raise fail(exc) from exc
+    if as_json:
+        typer.echo(json.dumps(report))
+        return
+    console = Console()
+    table = Table(title=f"{ckpt} on {data_dir} ({report['subset']}, {report['n_images']} images)")
+    for col in ("class", "precision", "recall", "F1", "support"):
+        table.add_column(col)
+    for name, row in report["per_class"].items():
+        table.add_row(name, *(f"{row[m]:.4f}" + (f" ± {row[m + '_std']:.4f}"
+                                                 if m + "_std" in row else "")
+                              for m in ("precision", "recall", "f1")), str(row["support"]))
+    console.print(table)
+    for key in ("top1", "top2", "top3", "top5", "macro_precision", "macro_recall", "macro_f1",
+                "ece_before_temperature", "ece", "conformal_coverage",
+                "conformal_mean_set_size"):
+        if key in report:
+            std = report.get("std", {}).get(key)
+            console.print(f"{key:>24}: {report[key]:.4f}" + (f" ± {std:.4f}" if std else ""))
+    folder = plots or ckpt
+    for path in write_plots(report, folder):
+        console.print(f"plot: {path}")
+    atomic_file.write_text(folder / "evaluation.json", json.dumps(report, indent=1))
+    atomic_file.write_text(folder / "evaluation.md", markdown_report(report))
+    console.print(f"report: {folder / 'evaluation.md'}, {folder / 'evaluation.json'}")
+
+
+def ablate_cmd(
+    data_dir: Annotated[Path, typer.Argument()],
+    out: Annotated[Path, typer.Option("--out", help="Checkpoints + table.")]
+    = Path("ablation"),
+    profile: Annotated[str, typer.Option()] = "quick",
+    folds: Annotated[int | None, typer.Option()] = None,
+    epochs: Annotated[int | None, typer.Option()] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    variants: Annotated[str | None, typer.Option(help="Comma-separated variants.")] = None,
+    knowledge: Annotated[Path | None, typer.Option()] = None,
+    crop_bottom: Annotated[str | None, typer.Option("--crop-bottom", help=CROP_HELP)] = None,
+    batch_size: Annotated[int, typer.Option()] = 48,
+    config: Annotated[str | None, typer.Option(help=CONFIG_HELP)] = None,
+    augment: Annotated[bool | None, typer.Option("--augment/--no-augment", help=AUGMENT_HELP)]
+    = None,
+    grad_clip: Annotated[float | None, typer.Option(help=CLIP_HELP)] = None,
+    time_budget: Annotated[float | None, typer.Option(help=BUDGET_HELP + " Per variant.")]
+    = None,
+    stem: Annotated[str, typer.Option(help=STEM_HELP)] = "efficientnet_lite0",
+    stem_mode: Annotated[str | None, typer.Option(help=STEM_MODE_HELP)] = None,
+    stem_views: Annotated[int | None, typer.Option(help=VIEWS_HELP)] = None,
+    feature_cache: Annotated[Path | None, typer.Option(help=CACHE_HELP)] = None,
+) -> None:
+    """Train and evaluate the full model, the papers' ablations and the baselines."""
+    from models.errors import ModelError
+    from workflows.training.ablate import ablate
+    from workflows.training.data import DatasetError
+    from workflows.training.splits import SplitError
+    from workflows.training.train import TrainError
+
+    _threads()
+    try:
+        opts = _options(profile, folds, epochs, seed, "full", knowledge, crop_bottom, False,
+                        batch_size, config, time_budget, augment=augment, grad_clip=grad_clip,
+                        stem=stem, stem_mode=stem_mode, stem_views=stem_views,
+                        feature_cache=feature_cache)
+        table = ablate(data_dir, out, opts, variants.split(",") if variants else None,
+                       _console())
+    except (DatasetError, SplitError, TrainError, ModelError, ValueError) as exc:
+        raise fail(exc) from exc
+    from workflows.training.ablate import markdown_table
+
+    Console().print(markdown_table(table))
+
+
+def fit_ood_cmd(
+    ckpt: Annotated[Path, typer.Argument(help="Checkpoint folder (rewritten in place).")],
+    data_dir: Annotated[Path, typer.Argument(help="The dataset it was trained on.")],
+    quantile: Annotated[float, typer.Option(help="Share of validation images scored as "
+                                                 "known (sets the threshold).")] = 0.99,
+    feature_cache: Annotated[Path | None, typer.Option(help=CACHE_HELP)] = None,
+) -> None:
+    """Fit a checkpoint's out-of-distribution score (class means and covariance on its training
+    split, threshold on its validation split) without retraining it."""
+    from models.errors import ModelError
+    from workflows.training.data import DatasetError
+    from workflows.training.fit_ood import fit_ood
+    from workflows.training.train import TrainError
+
+    _threads()
+    if not 0.5 <= quantile < 1:
+        raise fail(f"--quantile must lie in [0.5, 1), got {quantile}")
+    try:
+        fit = fit_ood(ckpt, data_dir, quantile, str(feature_cache) if feature_cache else None,
+                      _console())
+    except (DatasetError, TrainError, ModelError, OSError) as exc:
+        raise fail(exc) from exc
+    notice(_console(), f"{ckpt}: OOD threshold {fit['threshold']:.1f} (quantile "
+                       f"{fit['quantile']:g} of {fit['val']} validation images; means and "
+                       f"covariance from {fit['train']} training images)", "green")
+
+
+def describe_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Knowledge JSON to write.")],
+    classes: Annotated[str | None, typer.Option(help="Comma-separated class names.")] = None,
+    data: Annotated[Path | None, typer.Option(help="Classes from this dataset.")] = None,
+    prompts: Annotated[str, typer.Option(help="nanomaterial, nanomaterial-cmemrl, "
+                                "defect, corrosion or material.")] = "nanomaterial",
+    model: Annotated[str | None, typer.Option(help="LLM (default $MICAGENT_LLM_MODEL).")] = None,
+    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible server "
+                                 "(default $MICAGENT_LLM_BASE_URL, else OpenAI).")] = None,
+    cache: Annotated[Path | None, typer.Option(help="Answer cache (default OUT.cache/).")]
+    = None,
+    timeout: Annotated[float, typer.Option(help="Seconds per request.")] = 120.0,
+    retries: Annotated[int, typer.Option(help="Retries per request.")] = 2,
+) -> None:
+    """Class descriptions by zero-shot CoT prompting of an LLM (temperature 0, top-p 1)."""
+    from workflows.training.data import DatasetError, class_folders
+    from workflows.training.describe import DescribeError, describe, llm_settings
+    from workflows.training.prompts import get_prompt_set
+
+    try:
+        if bool(classes) == bool(data):
+            raise ValueError("pass exactly one of --classes or --data")
+        names = ([c.strip() for c in classes.split(",") if c.strip()] if classes
+                 else [f.name for f in class_folders(data)])
+        if not names:
+            raise ValueError("no class names given")
+        settings = llm_settings(model, base_url, timeout=timeout, max_retries=retries)
+        describe(names, get_prompt_set(prompts), settings, out,
+                 cache or out.with_name(out.name + ".cache"), _console())
+    except (DescribeError, DatasetError, ValueError) as exc:
+        raise fail(exc) from exc
+    notice(_console(), f"knowledge written to {out}", "green")
+
+
+def select_confounding_cmd(
+    data_dir: Annotated[Path, typer.Argument()],
+    out: Annotated[Path, typer.Option("--out")] = Path("confounding.json"),
+    fraction: Annotated[float, typer.Option(help="Share of the dataset to select.")] = 0.1,
+    seed: Annotated[int, typer.Option()] = 0,
+    crop_bottom: Annotated[str | None, typer.Option("--crop-bottom", help=CROP_HELP)] = None,
+    shots: Annotated[int, typer.Option(help="Demonstrations per query (K).")] = 5,
+    strategy: Annotated[str, typer.Option(help="similar or random demonstrations.")] = "similar",
+) -> None:
+    """Ambiguous micrographs (PCA + K-Means, CM-EMRL) and their few-shot adjudicator labels."""
+    import numpy as np
+
+    from workflows.training.confounding import few_shot_labels, pca_features, select_confounding
+    from workflows.training.data import DatasetError, load_folder_dataset, parse_crop
+
+    try:
+        ds = load_folder_dataset(data_dir, crop=parse_crop(crop_bottom), group_duplicates=False)
+        feats = pca_features(ds.images, seed=seed)
+        sel = select_confounding(ds.images, len(ds.class_names), fraction, seed, features=feats)
+        lmm, verdicts = few_shot_labels(feats, ds.labels, ds.class_names, sel.selected,
+                                        np.arange(len(ds)), k=shots, strategy=strategy,
+                                        seed=seed)
+    except (DatasetError, ValueError) as exc:
+        raise fail(exc) from exc
+    names = [ds.class_names[i] for i in ds.labels]
+    rows = sel.records(ds.sources, names)
+    for row in rows:
+        j = lmm[row["index"]]
+        row["adjudicator_label"] = ds.class_names[j] if j >= 0 else None
+    result = {"data": str(data_dir), "fraction": fraction, "seed": seed,
+              "n_images": len(ds), "n_clusters": len(ds.class_names),
+              "pca_components": sel.n_components, "adjudicator": "offline-knn",
+              "demonstrations": {"k": shots, "strategy": strategy,
+                                 "pool": "all other images of the dataset"},
+              "selected": rows, "verdicts": verdicts}
+    atomic_file.write_text(out, json.dumps(result, indent=1))
+    _console().print(f"{len(rows)} confounding images written to {out}")

@@ -1,0 +1,48 @@
+"""`micagent twin serve`: a twin microscope behind DTMicroscope's Pyro5 STEM protocol (dtm)
+or its netstring JSON-RPC TEM protocol (tem)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+
+from instruments.session_file.hdf5_probe import check_metadata_finishes
+from twins.faults import FaultSpec, FaultSpecError
+from twins.serve import run_server
+from workflows.terminal import fail
+
+
+class Protocol(StrEnum):
+    dtm = "dtm"
+    tem = "tem"
+
+
+def serve(
+    protocol: Annotated[Protocol, typer.Option(
+        help="dtm: Pyro5 STEM server (port 9091); tem: netstring JSON-RPC (port 9093).")],
+    port: Annotated[int | None, typer.Option(
+        help="TCP port (default 9091 dtm / 9093 tem; 0 = any free port).")] = None,
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    seed: Annotated[int, typer.Option(help="Twin seed (specimen and noise).")] = 0,
+    faults: Annotated[str, typer.Option(
+        help="Fault spec, e.g. 'nan@3,stall@5:30,drop@8,slow:0.05'.")] = "",
+    data: Annotated[str | None, typer.Option(
+        help="dtm: NSID HDF5 file to register at start.")] = None,
+    data_root: Annotated[str | None, typer.Option(
+        help="dtm: the only folder register_data may read (default: the folder of --data, "
+             "else the working folder).")] = None,
+) -> None:
+    """Serve a digital-twin microscope until interrupted (Ctrl-C)."""
+    try:
+        FaultSpec.parse(faults)
+    except FaultSpecError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--faults") from exc
+    try:
+        if data:
+            check_metadata_finishes(data)
+        run_server(protocol.value, host, port, seed=seed, faults=faults, data=data,
+                   announce=typer.echo, data_root=data_root)
+    except (OSError, ValueError, RuntimeError) as exc:   # a bad --data file, a port in use
+        raise fail(f"cannot serve the twin: {exc}") from exc

@@ -1,0 +1,1 @@
+"""Replay of stored sessions: one file in process, archives on Dask."""

@@ -1,0 +1,92 @@
+"""`micagent replay FILE`: a stored session's frames through the current model and policy in
+this process, and the diff of old and new decisions."""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from instruments.session_file.decision_record import DecisionRecord, accuracy
+from instruments.session_file.hdf5_probe import check_metadata_finishes
+from instruments.session_file.reader import SessionReader
+from workflows.replay.config import replay_run_config
+from workflows.session_assembly import StartError, run_session
+from workflows.terminal import DAMAGED, fail, file_error
+
+
+def decision_diff(old: list[DecisionRecord], new: list[DecisionRecord],
+                  truths: list[dict[str, Any]]) -> dict[str, Any]:
+    """Old vs new decisions per frame (matched by frame id), with accuracy where known."""
+    new_by_id = {r.frame_id: r for r in new}
+    rows, changed = [], 0
+    for rec, truth in zip(old, truths, strict=True):
+        again = new_by_id.get(rec.frame_id)
+        row = {"frame_id": rec.frame_id, "old_label": rec.label, "old_route": _route(rec),
+               "new_label": again.label if again else None,
+               "new_route": _route(again), "truth": truth.get("label")}
+        row["changed"] = (row["old_label"], row["old_route"]) != (row["new_label"],
+                                                                  row["new_route"])
+        changed += row["changed"]
+        rows.append(row)
+    truth_labels = [r["truth"] for r in rows]
+    old_accuracy, scored = accuracy([r["old_label"] for r in rows], truth_labels)
+    new_accuracy, _ = accuracy([r["new_label"] for r in rows], truth_labels)
+    return {"frames": len(rows), "changed": changed, "rows": rows,
+            "accuracy": {"old": old_accuracy, "new": new_accuracy} if scored else None}
+
+
+def _route(record: DecisionRecord | None) -> str | None:
+    return record.route.value if record and record.route else None
+
+
+def replay_file(session_file: str, model: str | None, as_json: bool, state_dir: str) -> None:
+    """`micagent replay FILE`: a stored session's frames through the current model and policy
+    (unattended) in this process; prints what changed (workflows/cmd_replay.py dispatches)."""
+    source = Path(session_file).resolve()
+    try:
+        check_metadata_finishes(source)
+        with SessionReader(source) as reader:
+            old, truths = reader.records(), reader.evaluations()
+            stored = reader.provenance.get("run_config") or {}
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's error
+        raise fail(f"cannot read {session_file}: {exc}") from exc
+    if not old:
+        raise fail(f"{session_file} holds no frames to replay")
+    replay_id = str(uuid.uuid4())
+    out = Path(state_dir).resolve() / "replays" / f"{source.stem}.replay-{replay_id}.h5"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    config = replay_run_config(source, stored, len(old), model, Path(state_dir).resolve(), out,
+                               replay_id)
+    quiet_console = Console(quiet=True)
+    try:
+        run_session(config, quiet_console, quiet=True)
+    except StartError as exc:
+        raise fail(f"replay failed to start: {exc}") from exc
+    except DAMAGED as exc:                  # frames damaged inside a readable file
+        raise file_error(exc, session_file) from exc
+    with SessionReader(out) as reader:
+        new = reader.records()
+    diff = decision_diff(old, new, truths)
+    diff.update(source=str(source), replay_file=str(out))
+    if as_json:
+        sys.stdout.write(json.dumps(diff) + "\n")
+        return
+    table = Table(title=f"replay of {source.name}: {diff['changed']} of {diff['frames']} "
+                        "decisions changed")
+    for column in ("frame", "old", "new", "truth"):
+        table.add_column(column)
+    for row in diff["rows"]:
+        if row["changed"]:
+            table.add_row(row["frame_id"][:8], f"{row['old_label']} ({row['old_route']})",
+                          f"{row['new_label']} ({row['new_route']})", str(row["truth"]))
+    console = Console()
+    console.print(table)
+    if diff["accuracy"]:
+        console.print(f"accuracy: old {diff['accuracy']['old']:.3f}, "
+                      f"new {diff['accuracy']['new']:.3f}")

@@ -1,0 +1,1 @@
+"""Session and archive-replay reports (HTML + PNG)."""

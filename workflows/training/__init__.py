@@ -1,0 +1,2 @@
+"""Datasets, training, calibration, evaluation, ablations, class descriptions and demonstration
+banks."""

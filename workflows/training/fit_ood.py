@@ -1,0 +1,69 @@
+"""Fit (or refit) a checkpoint's out-of-distribution score on the dataset it was trained on.
+
+Training fits the score itself (workflows/calibrate.py); this gives one to a checkpoint trained
+before the score existed, or a new threshold quantile, without retraining: the class means and
+covariance come from the training split's embeddings, the threshold from the validation split
+(the splits recorded in the checkpoint's `training.json`; the selected fold for k-fold runs).
+The checkpoint folder is rewritten atomically: a complete copy is renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+
+from instruments.utils import atomic_file
+from models.classifier import Classifier
+from models.ood import DEFAULT_QUANTILE
+from models.preprocess import preprocess_batch
+from workflows.training.data import load_folder_dataset
+from workflows.training.train import TrainError, training_inputs
+from workflows.training.training_inputs import batched
+
+
+def fit_ood(ckpt: str | Path, data_dir: str | Path, quantile: float = DEFAULT_QUANTILE,
+            feature_cache: str | None = None, console: Console | None = None) -> dict:
+    """Fit the score, rewrite the checkpoint; returns its threshold and fit sizes."""
+    console = console or Console()
+    ckpt = Path(ckpt)
+    record_path = ckpt / "training.json"
+    if not record_path.is_file():
+        raise TrainError(f"{ckpt} has no training.json: its training and validation splits "
+                         "are unknown")
+    record = json.loads(record_path.read_text())
+    clf = Classifier.load(ckpt)
+    ds = load_folder_dataset(data_dir, size=clf.config.img_size,
+                             crop=record["options"].get("crop"), class_names=clf.class_names,
+                             group_duplicates=False)
+    position = {d: i for i, d in enumerate(ds.digests)}
+    if any(d not in position for d in record["digests"]):
+        raise TrainError(f"{data_dir} is not the dataset {ckpt} was trained on (images of its "
+                         "training run are missing)")
+    split = record["splits"][record.get("selected_fold", 0)]
+    train = np.array([position[record["digests"][i]] for i in split["train"]])
+    val = np.array([position[record["digests"][i]] for i in split["val"]])
+    x = preprocess_batch(ds.images, channels=clf.config.in_chans, size=clf.config.img_size)
+    inputs = training_inputs(clf.config, x, {"feature_cache": feature_cache, "stem_views": 1},
+                             console)
+    model = clf.model.eval()
+    clf.fit_ood(batched(lambda b: inputs.embed(model, b), train),
+                ds.labels[train],
+                batched(lambda b: inputs.embed(model, b), val), quantile)
+    _rewrite(ckpt, clf)
+    return {"threshold": clf.ood.threshold, "quantile": quantile, "train": len(train),
+            "val": len(val)}
+
+
+def _rewrite(ckpt: Path, clf: Classifier) -> None:
+    with atomic_file.atomic_path(ckpt) as tmp:
+        shutil.copytree(ckpt, tmp)
+        clf.save(tmp)
+        fold_record = tmp / "training_fold.json"
+        if fold_record.is_file():  # its calibration record names the threshold too
+            record = json.loads(fold_record.read_text())
+            record["ood_threshold"] = clf.ood.threshold
+            atomic_file.write_text(fold_record, json.dumps(record, indent=1))

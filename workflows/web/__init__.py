@@ -1,0 +1,1 @@
+"""The token-protected approval web page."""
