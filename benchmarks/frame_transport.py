@@ -1,11 +1,11 @@
 """Frame transport: MB/s for one 1024x1024 float32 frame, measured in one run over
 (a) DTMicroscope's `(array.tolist(), shape, dtype)` Pyro5 path, (b) our binary path (raw
 bytes over Pyro5's msgpack serializer), (c) a raw loopback TCP socket (the ceiling), and the
-TEM netstring JSON-RPC protocol (instruments/rpc_server.py + TemClient): its list path
+TEM netstring JSON-RPC protocol (instruments/devices/rpc_server.py + TemClient): its list path
 (`[list, shape, dtype]`, what DTMicroscope-style clients get) and its negotiated binary path.
 
 (a) and (b) use exactly the wire forms and decoders of twins/dtm_server.py and
-instruments/dtm_client.py (`wire_arrays.to_tuple`/`to_binary`, `from_tuple`/`from_binary`)
+instruments/devices/dtm_client.py (`wire_arrays.to_tuple`/`to_binary`, `from_tuple`/`from_binary`)
 on a Pyro5 daemon in another process serving one fixed frame, so only the transport
 differs. A second block times the whole DTMicroscopeClient against a `twins.serve` dtm
 server with the frame registered from an NSID file (SciFiReaders reads it back as float64,

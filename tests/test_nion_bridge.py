@@ -1,4 +1,4 @@
-"""The Nion bridge (instruments/bridges/nion.py) in its own process and environment
+"""The Nion bridge (instruments/devices/bridges/nion.py) in its own process and environment
 (.venv-nion: Nion's simulator, numpy 2), driven by TemClient from the project's environment."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The shared netstring JSON-RPC server (instruments/rpc_server.py) over real loopback sockets:
+"""The shared netstring JSON-RPC server (instruments/devices/rpc_server.py) over real loopback
+sockets:
 binary frames only for connections that ask, identical arrays on both paths, and a server
 that stays up for the next good client whatever one connection sends."""
 

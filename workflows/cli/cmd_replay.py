@@ -2,7 +2,7 @@
 
 One session file and no --out: replayed in this process, the diff printed (as before).
 Several inputs (files, folders, globs) or --out RESULTS: an archive replay on Dask
-distributed (workflows/replay_archive.py) into a Parquet results folder; an embedded
+distributed (workflows/replay/archive.py) into a Parquet results folder; an embedded
 LocalCluster unless --scheduler names a running one.
 """
 

@@ -1,5 +1,6 @@
 """The decisions stored in a session file, as the replay compares them: the typed decision
-records (instruments/decision_record.py, older versions migrated by the reader) reduced to what
+records (instruments/session_file/decision_record.py, older versions migrated by the reader)
+reduced to what
 a replay row holds, in one place."""
 
 from __future__ import annotations

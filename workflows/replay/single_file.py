@@ -47,7 +47,7 @@ def _route(record: DecisionRecord | None) -> str | None:
 
 def replay_file(session_file: str, model: str | None, as_json: bool, state_dir: str) -> None:
     """`micagent replay FILE`: a stored session's frames through the current model and policy
-    (unattended) in this process; prints what changed (workflows/cmd_replay.py dispatches)."""
+    (unattended) in this process; prints what changed (workflows/cli/cmd_replay.py dispatches)."""
     source = Path(session_file).resolve()
     try:
         check_metadata_finishes(source)

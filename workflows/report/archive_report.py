@@ -1,5 +1,5 @@
 """`micagent report RESULTS`: an HTML page with PNG figures of an archive replay's results
-folder (workflows/replay_store.py): changed decisions per class, the stored-vs-new label
+folder (workflows/replay/store.py): changed decisions per class, the stored-vs-new label
 matrix, the confidence shift, throughput per worker, and the sessions that failed."""
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ reader opens files for writing). An instrument info bar along the bottom can be 
 intensity range is kept as it is (the model's preprocessing normalises it).
 
 Near-duplicates (perceptual hash within `max_hash_distance` bits) share a group id, so that a
-split can keep them on one side (see workflows/splits.py).
+split can keep them on one side (see workflows/training/splits.py).
 """
 
 from __future__ import annotations

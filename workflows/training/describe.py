@@ -1,6 +1,6 @@
 """Class knowledge by zero-shot chain-of-thought prompting of an LLM (both papers).
 
-For each class the prompts of one set (workflows/prompts.py) are asked in order in one
+For each class the prompts of one set (workflows/training/prompts.py) are asked in order in one
 conversation (system message naming the class, then prompt 1, answer 1, prompt 2, ...), through
 the official openai client (chat completions, temperature 0, top_p 1, timeout and retries set).
 Any OpenAI-compatible server works (base_url). Every answer is cached on disk under a key

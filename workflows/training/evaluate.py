@@ -55,7 +55,7 @@ def _fold_jobs(ckpt: Path, ds: LabelledDataset) -> tuple[str, list[tuple[Path, n
 
 def evaluate(ckpt: str | Path, data_dir: str | Path, crop: float | int | None = None,
              batch_size: int = 48) -> dict:
-    """The metrics report (see workflows/metrics.py) of `ckpt` on `data_dir`."""
+    """The metrics report (see workflows/training/metrics.py) of `ckpt` on `data_dir`."""
     ckpt = Path(ckpt)
     meta = read_meta(ckpt)
     training_path = ckpt / "training.json"

@@ -5,7 +5,7 @@ of an ablation study.
 With a frozen stem (the quick profile's default) an epoch trains only the fusion layers, so the
 stem (~11 ms per 224 px image on one thread, about as much as a training step of the fusion
 layers) runs once per image and view instead of once per image and epoch. A view is one of the
-eight symmetries of the square (workflows/augment.py), in the order VIEW_ORDER: identity,
+eight symmetries of the square (workflows/training/augment.py), in the order VIEW_ORDER: identity,
 mirror, half turn, mirror + half turn, then the quarter turns.
 
 One file per (stem weights, view, input tensor): the key hashes the stem's name and weight

@@ -1,6 +1,7 @@
 """Fit (or refit) a checkpoint's out-of-distribution score on the dataset it was trained on.
 
-Training fits the score itself (workflows/calibrate.py); this gives one to a checkpoint trained
+Training fits the score itself (workflows/training/calibrate.py); this gives one to a checkpoint
+trained
 before the score existed, or a new threshold quantile, without retraining: the class means and
 covariance come from the training split's embeddings, the threshold from the validation split
 (the splits recorded in the checkpoint's `training.json`; the selected fold for k-fold runs).

@@ -5,7 +5,8 @@ epochs; `quick` profile: one stratified train/val/test split and fewer epochs.
 
 The pretrained stem (models/stem.py; `stem = "none"` trains the papers' raw-pixel form) trains in
 one of two modes. `frozen` (quick profile): its features are computed once per image and
-augmentation view and cached (workflows/feature_cache.py), so an epoch trains only the fusion
+augmentation view and cached (workflows/training/feature_cache.py), so an epoch trains only the
+fusion
 layers. `finetune` (paper profile): the stem's last FINETUNE_BLOCKS stages train too, at
 STEM_LR_FACTOR times the learning rate, on images augmented each step.
 After calibration the out-of-distribution score (models/ood.py) is fitted: class means and

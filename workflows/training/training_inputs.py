@@ -2,7 +2,8 @@
 
 `ImageInputs`: preprocessed images; the model runs its stem (fine-tuned or absent) each step,
 and augmentation draws one of the eight dihedral symmetries per image and step.
-`CachedFeatureInputs`: the frozen stem's features of V cached views (workflows/feature_cache.py);
+`CachedFeatureInputs`: the frozen stem's features of V cached views
+(workflows/training/feature_cache.py);
 augmentation draws one cached view per image and step, evaluation uses view 0 (the identity).
 Both give logits (grad-enabled, the model in its current mode) and LMM-free embeddings.
 """

@@ -1,5 +1,5 @@
 """The web approval page: a token-protected FastAPI app over an `ApprovalBroker` (its guard,
-Host allow-list, token and body cap, is `workflows/web_guard.py`).
+Host allow-list, token and body cap, is `workflows/web/guard.py`).
 
 A running session submits each `interrupt` payload to the broker; this app lists the pending
 ones, serves their frame images, and turns a click into `broker.decide(...)`, which the
