@@ -10,7 +10,7 @@
    ground truth (target >= 0.99) and the fraction of frames escalated (target <= 0.10),
    against the classifier alone (its first prediction of every frame) in the same run.
 
-    python benchmarks/agent_overhead.py [--model CKPT] [--frames 10] [--tiles 200]
+    python -m benchmarks.agent_overhead [--model CKPT] [--frames 10] [--tiles 200]
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from session_timing import timed_run  # noqa: E402
 
 from agent.config import RunConfig  # noqa: E402
 from agent.session import Session, SessionParts  # noqa: E402
+from benchmarks.session_timing import timed_run  # noqa: E402
 from instruments.devices.safety import GuardedMicroscope, SafetyEnvelope  # noqa: E402
 from instruments.session_file.reader import SessionReader  # noqa: E402
 from models.classifier import Classifier  # noqa: E402

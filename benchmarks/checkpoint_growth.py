@@ -4,7 +4,7 @@ database's size on disk, its checkpoint rows, the size of the latest checkpoint 
 serialise it (paid at every graph step).
 A bounded store keeps the rows and the latest checkpoint flat as N grows.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/checkpoint_growth.py [--frames 50,200]
+    OMP_NUM_THREADS=1 python -m benchmarks.checkpoint_growth [--frames 50,200]
 """
 
 from __future__ import annotations
@@ -13,21 +13,20 @@ import argparse
 import os
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from instruments.utils.child_python import module_command
 
 
 def measure(frames: int, pixels: int, work: Path) -> dict:
     out = work / f"survey-{frames}.h5"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "workflows", "run", "--frames", str(frames),
-                    "--pixels", str(pixels), "--out", str(out), "--state-dir",
-                    str(work / "state"), "--quiet"], env=env, check=True, cwd=work,
+    subprocess.run(module_command("workflows", "run", "--frames", str(frames),
+                                  "--pixels", str(pixels), "--out", str(out), "--state-dir",
+                                  str(work / "state"), "--quiet"), env=env, check=True, cwd=work,
                    stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
     from agent.config import checkpoint_path

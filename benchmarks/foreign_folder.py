@@ -11,7 +11,7 @@ Printed per mode: wall seconds of the train command (OMP_NUM_THREADS=1, one proc
 and macro-F1 on the held-out test images, and the confused class pairs.
 Target: <= 600 s of training and top-1 >= 0.95.
 
-    python benchmarks/foreign_folder.py [--work /tmp/micagent_foreign] [--modes quick,init]
+    python -m benchmarks.foreign_folder [--work /tmp/micagent_foreign] [--modes quick,init]
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+from instruments.utils.child_python import module_command
+from tests.foreign_textures import CLASSES, write_foreign_dataset
 
-from foreign_textures import CLASSES, write_foreign_dataset  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 BUNDLED = REPO / "models" / "bundled" / "sem_twin"
 ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1",
@@ -37,7 +37,7 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE=
 
 def micagent(*args: str) -> str:
     """Run one CLI command (`python -m workflows`), fail loudly, return its stdout."""
-    result = subprocess.run([sys.executable, "-m", "workflows", *args], cwd=REPO, env=ENV,
+    result = subprocess.run(module_command("workflows", *args), cwd=REPO, env=ENV,
                             capture_output=True, text=True)
     if result.returncode:
         sys.stderr.write(result.stdout + result.stderr)

@@ -12,7 +12,7 @@ server with the frame registered from an NSID file (SciFiReaders reads it back a
 as DTMicroscope's own server would serve it, so that frame is 8 MB).
 Targets: binary >= 0.5 x raw socket and >= 100 x the list path.
 
-    python benchmarks/frame_transport.py [--repeats 20] [--list-repeats 3]
+    python -m benchmarks.frame_transport [--repeats 20] [--list-repeats 3]
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import os
 import socket
 import struct
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,13 +30,11 @@ from pathlib import Path
 import numpy as np
 import Pyro5.api
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from instruments.devices.dtm_client import DTMicroscopeClient  # noqa: E402
-from instruments.devices.rpc_server import RpcServer  # noqa: E402
-from instruments.devices.tem_client import TemClient  # noqa: E402
-from instruments.devices.wire_arrays import from_binary, from_tuple, to_binary, to_tuple  # noqa: E402
+from instruments.devices.dtm_client import DTMicroscopeClient
+from instruments.devices.rpc_server import RpcServer
+from instruments.devices.tem_client import TemClient
+from instruments.devices.wire_arrays import from_binary, from_tuple, to_binary, to_tuple
+from instruments.utils.child_python import module_command
 
 SIDE = 1024
 
@@ -55,11 +52,10 @@ def write_frame_file(path: Path, frame: np.ndarray) -> None:
 
 
 def start_dtm_server(data: Path) -> tuple[subprocess.Popen, str, int]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     process = subprocess.Popen(
-        [sys.executable, "-m", "twins.serve", "--protocol", "dtm", "--port", "0",
-         "--data", str(data)], cwd=REPO, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL, text=True)
+        module_command("twins.serve", "--protocol", "dtm", "--port", "0", "--data", str(data)),
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     for line in process.stdout:
         if line.startswith("READY "):
             host, port = line.split()[2].rsplit("@", 1)[1].rsplit(":", 1)

@@ -11,7 +11,7 @@ agent in this one, with the bundled model, as `micagent run --instrument tem://.
 Rescans are off (`--max-rescans 0`) so that every acquisition is a frame's first; with them on
 (`--max-rescans 2`), the rescans' acquisitions count as acquisition too.
 
-    python benchmarks/nion_overhead.py [--frames 10] [--pixels 512] [--dwell 4e-6]
+    python -m benchmarks.nion_overhead [--frames 10] [--pixels 512] [--dwell 4e-6]
 """
 
 from __future__ import annotations
@@ -27,10 +27,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from session_timing import timed_run  # noqa: E402
 
 from agent.config import RunConfig  # noqa: E402
 from agent.session import Session  # noqa: E402
+from benchmarks.session_timing import timed_run  # noqa: E402
+from instruments.utils.child_python import module_command  # noqa: E402
 from workflows.session_assembly import open_parts  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,9 +42,8 @@ def start_bridge(sample: int) -> tuple[subprocess.Popen, str]:
     python = REPO / ".venv-nion" / "bin" / "python"
     if not python.exists():
         raise SystemExit("no .venv-nion: run .ci/peer_envs.sh first")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    process = subprocess.Popen([str(python), "-m", "instruments.devices.bridges.nion",
-                                "--port", "0", "--sample", str(sample)], cwd=REPO, env=env,
+    process = subprocess.Popen(module_command("instruments.devices.bridges.nion", "--port", "0",
+                                              "--sample", str(sample), python=python),
                                stdout=subprocess.PIPE, text=True)
     line = process.stdout.readline()
     if not line.startswith("READY "):

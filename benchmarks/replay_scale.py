@@ -11,7 +11,7 @@ Also: RSS of each worker after its first and last tasks (flat across the archive
 scheduler's cost per task (no-op tasks), and the HDF5 read cost per stored frame: the inputs
 of the 10,000-session estimate in benchmarks/results/replay_scale.md.
 
-    OMP_NUM_THREADS=1 python benchmarks/replay_scale.py [--sessions 40 --frames 24]
+    OMP_NUM_THREADS=1 python -m benchmarks.replay_scale [--sessions 40 --frames 24]
 """
 
 from __future__ import annotations
@@ -21,21 +21,20 @@ import json
 import logging
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import dask  # noqa: E402
 from distributed import Client, LocalCluster  # noqa: E402
-from replay_sessions import write_twin_session  # noqa: E402
 
 from instruments.session_file.reader import SessionReader  # noqa: E402
+from instruments.utils.child_python import module_command  # noqa: E402
+from tests.replay_sessions import write_twin_session  # noqa: E402
 from workflows.replay.archive import WORKER_CONFIG, replay_archive  # noqa: E402
 from workflows.replay.store import ResultsFolder  # noqa: E402
 
@@ -52,13 +51,12 @@ def make_archive(folder: Path, sessions: int, frames: int, pixels: int) -> list[
 
 def loop_over_cli(files: list[Path], state: Path) -> dict:
     """`micagent replay FILE --json`, one process per file."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     t0 = time.perf_counter()
     frames = 0
     for path in files:
-        out = subprocess.run([sys.executable, "-m", "workflows", "replay", str(path), "--json",
-                              "--state-dir", str(state)], env=env, capture_output=True,
-                             text=True, check=True)
+        out = subprocess.run(module_command("workflows", "replay", str(path), "--json",
+                                            "--state-dir", str(state)),
+                             capture_output=True, text=True, check=True)
         frames += json.loads(out.stdout.strip().splitlines()[-1])["frames"]
     seconds = time.perf_counter() - t0
     return {"files": len(files), "frames": frames, "seconds": seconds,

@@ -4,7 +4,7 @@ Runs `micagent run --approve web` on the embedded twin, screenshots the page wit
 pending approval in headless Chromium, approves every request from the page (as an operator
 would), writes `micagent report` for the finished session and screenshots it (full page).
 
-    python benchmarks/screenshots.py --out /tmp/micagent-shots [--frames 16]
+    python -m benchmarks.screenshots --out /tmp/micagent-shots [--frames 16]
 
 Prints the paths of approval_page.png and report.png and the seconds each stage took.
 """
@@ -19,11 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests.web_browser import headless_chromium  # noqa: E402
-from workflows.report.session_report import build_report  # noqa: E402
+from tests.web_browser import headless_chromium
+from workflows.report.session_report import build_report
 
 URL = re.compile(r"approval page: (http://127\.0\.0\.1:\d+/\?token=[\w-]+)")
 

@@ -1,6 +1,7 @@
-"""Run the Nion bridge (`python -m instruments.devices.bridges.nion`) as its own process in its own
-environment (`.venv-nion`: numpy 2 and the Nion packages, none of micagent's dependencies),
-on a free port of 127.0.0.1."""
+"""Run the Nion bridge (`instruments.devices.bridges.nion` as `__main__`, isolated from the
+working directory and given this clone's path: instruments/utils/child_python.py) as its own
+process in its own environment (`.venv-nion`: numpy 2 and the Nion packages, none of
+micagent's dependencies), on a free port of 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from twin_process import REPO, start_announced
+
+from instruments.utils.child_python import module_command
 
 NION_PYTHON = REPO / ".venv-nion" / "bin" / "python"
 
@@ -45,12 +49,11 @@ class Bridge:
         return self.process.wait(timeout=timeout)
 
 
-def start_bridge(*args: str, port: int = 0) -> Bridge:
-    """Start a bridge and return it once it has printed its READY line."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # a clone, nothing else
-    env["PYTHONUNBUFFERED"] = "1"
-    cmd = [str(NION_PYTHON), "-m", "instruments.devices.bridges.nion", "--port", str(port), *args]
-    process, lines, announced = start_announced(cmd, REPO, env)
+def start_bridge(*args: str, port: int = 0, cwd: Path = REPO) -> Bridge:
+    """Start a bridge in `cwd` and return it once it has printed its READY line."""
+    cmd = module_command("instruments.devices.bridges.nion", "--port", str(port), *args,
+                         python=NION_PYTHON)
+    process, lines, announced = start_announced(cmd, cwd, dict(os.environ))
     if announced is None:
         process.kill()
         raise RuntimeError(f"bridge did not start: {cmd}\n" + "\n".join(lines))
@@ -58,8 +61,8 @@ def start_bridge(*args: str, port: int = 0) -> Bridge:
 
 
 @contextmanager
-def running_bridge(*args: str) -> Iterator[Bridge]:
-    bridge = start_bridge(*args)
+def running_bridge(*args: str, cwd: Path = REPO) -> Iterator[Bridge]:
+    bridge = start_bridge(*args, cwd=cwd)
     try:
         yield bridge
     finally:

@@ -1,6 +1,7 @@
 """Run a server in a separate process for tests, on a free port of 127.0.0.1, stopped when the
-block ends: our twin (`python -m twins.serve` or the `micagent twin serve` CLI), or a peer's
-own server (see tests/peers.py). Each announces itself with a line `READY ... <address>`."""
+block ends: our twin (`twins.serve` run as `__main__` out of the working directory's reach, see
+instruments/utils/child_python.py, or the `micagent twin serve` CLI), or a peer's own server
+(see tests/peers.py). Each announces itself with a line `READY ... <address>`."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from instruments.utils.child_python import module_command
 
 REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 60.0
@@ -90,11 +93,13 @@ def served_process(cmd: list[str], protocol: str, cwd: Path = REPO,
 
 @contextmanager
 def served_twin(protocol: str, faults: str = "", seed: int = 0, data: str | None = None,
-                via_cli: bool = False, data_root: str | None = None) -> Iterator[Served]:
-    """Start a twin server process and yield it once it announces its address; a dtm server
-    registers files under `data_root` (default: the temporary folder, where tests write)."""
+                via_cli: bool = False, data_root: str | None = None, cwd: Path = REPO
+                ) -> Iterator[Served]:
+    """Start a twin server process in `cwd` and yield it once it announces its address; a dtm
+    server registers files under `data_root` (default: the temporary folder, where tests
+    write)."""
     entry = ([str(Path(sys.executable).with_name("micagent")), "twin", "serve"] if via_cli
-             else [sys.executable, "-m", "twins.serve"])
+             else module_command("twins.serve"))
     cmd = [*entry, "--protocol", protocol, "--host", "127.0.0.1",
            "--port", "0", "--seed", str(seed)]
     if faults:
@@ -103,5 +108,5 @@ def served_twin(protocol: str, faults: str = "", seed: int = 0, data: str | None
         cmd += ["--data", data]
     if protocol == "dtm":
         cmd += ["--data-root", data_root or tempfile.gettempdir()]
-    with served_process(cmd, protocol) as served:
+    with served_process(cmd, protocol, cwd=cwd) as served:
         yield served

@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import threading
 import time
 import uuid
 from pathlib import Path
 
 import numpy as np
-from common import REPO, SECRET, Clock, Row, secret_hits, small_classifier
 
-sys.path.insert(0, str(REPO / "tests"))
-from openai_stub import ChatHandler, serving, url  # noqa: E402  (the tests' local VLM server)
+from benchmarks.fault_campaign.common import SECRET, Clock, Row, secret_hits, small_classifier
+from tests.openai_stub import ChatHandler, serving, url  # the tests' local VLM server
 
 FAULTS = ("500", "hang", "malformed", "unknown", "echo")
 TIMEOUT_S = 0.5

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -13,6 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from instruments.utils.child_python import module_command
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "sk-campaign-" + uuid.uuid4().hex          # the key every row tries to leak
@@ -78,15 +79,15 @@ class Served:
 @contextmanager
 def twin_server(protocol: str, work: Path, faults: str = "", seed: int = 0,
                 data_root: Path | None = None) -> Iterator[Served]:
-    """`python -m twins.serve` on a free loopback port, killed at the end of the block."""
-    cmd = [sys.executable, "-m", "twins.serve", "--protocol", protocol, "--host", "127.0.0.1",
-           "--port", "0", "--seed", str(seed)]
+    """`twins.serve` (out of the working directory's reach) on a free loopback port, killed at
+    the end of the block."""
+    cmd = module_command("twins.serve", "--protocol", protocol, "--host", "127.0.0.1",
+                         "--port", "0", "--seed", str(seed))
     if faults:
         cmd += ["--faults", faults]
     if protocol == "dtm":
         cmd += ["--data-root", str(data_root or work)]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
-           "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []

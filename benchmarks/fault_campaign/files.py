@@ -9,15 +9,16 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import h5py
 import numpy as np
-from common import REPO, Clock, Row, small_classifier
 from rich.console import Console
 from typer.testing import CliRunner
+
+from benchmarks.fault_campaign.common import Clock, Row, small_classifier
+from instruments.utils.child_python import module_command
 
 KINDS = ("truncate", "overwrite", "zero_block", "bit_flips", "random", "empty", "nan_only",
          "plain_hdf5", "missing", "directory")
@@ -81,9 +82,9 @@ def _commands(path: Path, out: Path, index: int) -> list[list[str]]:
 
 def _serve(path: Path, row: Row, kind: str) -> None:
     """`micagent twin serve --protocol dtm --data PATH`: READY, or one error line."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "workflows", "twin", "serve", "--protocol",
-                             "dtm", "--port", "0", "--data", str(path)], env=env, text=True,
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(module_command("workflows", "twin", "serve", "--protocol", "dtm",
+                                           "--port", "0", "--data", str(path)), env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=path.parent)
     first = proc.stdout.readline()
     if first.startswith("READY"):

@@ -12,8 +12,9 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-from common import Clock, Row, small_classifier, twin_server
 from rich.console import Console
+
+from benchmarks.fault_campaign.common import Clock, Row, small_classifier, twin_server
 
 TIMEOUT_S = 1.0                 # the client's per-call timeout (URI ?timeout=)
 STALL_S = 1.6                   # a stall past it

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import REPO, Clock, Row
+from benchmarks.fault_campaign.common import REPO, Clock, Row
 
 SCRIPT = REPO / "benchmarks" / "kill_resume.py"
 

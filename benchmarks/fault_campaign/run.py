@@ -2,8 +2,8 @@
 printed as one table. Expected: 0 crashes, 0 frames lost or doubled, 0 secrets on disk, 0
 faults missing from the session file, every good request answered after each flood.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/fault_campaign/run.py            # full
-    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/fault_campaign/run.py --scale 0.1
+    OMP_NUM_THREADS=1 python -m benchmarks.fault_campaign.run            # full
+    OMP_NUM_THREADS=1 python -m benchmarks.fault_campaign.run --scale 0.1
 
 Sizes (full): 100 damaged files through every reading command, 1,000 instrument faults in one
 long twin session, 200 adjudicator faults, 5 floods of 300 idle + 60 hostile connections on each
@@ -19,14 +19,8 @@ import time
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import adjudicator  # noqa: E402
-import files  # noqa: E402
-import instrument  # noqa: E402
-import resume  # noqa: E402
-import servers  # noqa: E402
-from common import SECRET, Row, secret_hits, table  # noqa: E402
+from benchmarks.fault_campaign import adjudicator, files, instrument, resume, servers
+from benchmarks.fault_campaign.common import SECRET, Row, secret_hits, table
 
 ROWS = ("files", "web", "dtm", "tem", "instrument", "adjudicator", "resume")
 

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import Clock, Row, twin_server
+
+from benchmarks.fault_campaign.common import Clock, Row, twin_server
 
 GOOD_WITHIN_S = 10.0
 

@@ -16,7 +16,7 @@ from rich.text import Text
 from agent.config import RunConfig, registry_path
 from agent.objectives import ObjectiveError
 from agent.survey_plan import PlanError
-from instruments.session_file.hdf5_probe import MetadataNeverFinishes, check_metadata_finishes
+from instruments.session_file.hdf5_probe import ProbeRefused, check_metadata_finishes
 from instruments.session_file.reader import SessionReader
 from workflows.cli.envelope_options import envelope_values
 from workflows.session_assembly import StartError, run_session
@@ -153,7 +153,7 @@ def run(
                     + (" (resumed)" if resume else ""))
     try:
         check_metadata_finishes(config.out)       # an existing file: this run appends to it
-    except MetadataNeverFinishes as exc:
+    except ProbeRefused as exc:
         raise fail(f"session failed to start: {exc}") from exc
     try:
         final = run_session(config, console, quiet, ui=ui, host=host, port=port,

@@ -1,8 +1,11 @@
 """Nion Swift instrumentation bridge: a Nion STEM (or Nion's simulator) over the TEM JSON-RPC
 netstring protocol, run in the instrument PC's own Python (stdlib, numpy, the Nion packages).
 
-    python -m instruments.devices.bridges.nion --port 0 [--host H] [--sample N]
-                                       [--backend usim|hardware] [--plugin MODULE ...]
+    PYTHONPATH=CLONE python -P -m instruments.devices.bridges.nion --port 0 [--host H]
+        [--sample N] [--backend usim|hardware] [--plugin MODULE ...]
+
+(`-P` and PYTHONPATH: the instrument's Python does not hold micagent, and a folder called
+`instruments/` in the working directory must not replace this one.)
 
 The first line printed is `READY tem://HOST:PORT`. Methods: DTMicroscope's TEM set
 (`get_detectors`, `activate_device`, `device_settings`, `get_stage`, `set_stage`,
