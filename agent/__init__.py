@@ -3,8 +3,9 @@
 Where a frame is made, decided and stored:
 - graph.py         StateGraph wiring (one node per module in nodes/), SQLite checkpointer
 - state.py         the small checkpointed state; runtime.py the heavy live objects
-- nodes/           connect, check_instrument, plan, acquire, assess_quality, classify, route,
-                   rescan, adjudicate, approve (interrupt), record, finish
+- nodes/           connect, check_instrument, plan, acquire, assess_quality, classify,
+                   rescan, adjudicate, approve (interrupt), record, finish; routes.py the
+                   conditional edges between them (pure functions of the state)
 - policy.py        routing on calibrated probabilities and the OOD flag (label "unknown");
                    quality.py focus/SNR/drift
 - objectives.py    survey grids and hunt spirals; overview.py windows of a stage-less overview

@@ -23,10 +23,6 @@ class EncoderMismatchError(ModelError):
     """The text encoder found on disk is not the one the checkpoint was trained with."""
 
 
-class MLMHeadMissingError(ModelError):
-    """Domain MLM pre-training asked of an encoder checkpoint that ships no MLM head."""
-
-
 class CheckpointError(ModelError):
     """A checkpoint folder that is missing, incomplete or corrupt."""
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 
@@ -183,17 +182,14 @@ def test_transport_faults_drop_stall_and_a_killed_server(protocol):
             call(client)  # call 2: the server drops the connection
         assert f"{served.port}" in caught.value.where
         call(client)      # call 3, on a new connection
-        started = time.monotonic()
-        with pytest.raises(InstrumentTimeout):
+        with pytest.raises(InstrumentTimeout, match="within 1.0 s"):
             call(client)  # call 4 stalls 30 s; the client gives up after its 1 s timeout
-        assert time.monotonic() - started < 3.0
         call(client)      # call 5
         patient = CLIENTS[protocol](served.host, served.port, timeout=20)  # call 6
         threading.Timer(0.5, served.kill).start()
-        started = time.monotonic()
         with pytest.raises(InstrumentUnreachable):
-            call(patient)  # call 7 stalls and the server process dies meanwhile
-        assert time.monotonic() - started < 5.0
+            call(patient)  # call 7 stalls 30 s (past the 20 s timeout: no reply would be a
+                           # timeout); the server process dies meanwhile: unreachable
 
 
 @pytest.mark.parametrize("protocol", ["dtm", "tem"])

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -27,6 +29,11 @@ ARRAYS = {
 
 
 class Service:
+    def __init__(self) -> None:
+        self.holding = 0                      # calls of `hold` now running
+        self.release = threading.Event()
+        self._lock = threading.Lock()
+
     def get_capabilities(self) -> dict:
         return {"server": "test", "binary_transport": "netstring-buffers-1"}
 
@@ -46,13 +53,40 @@ class Service:
         time.sleep(seconds)
         return seconds
 
+    def hold(self) -> str:
+        """Run until the test releases it."""
+        with self._lock:
+            self.holding += 1
+        self.release.wait(30)
+        return "released"
+
 
 @pytest.fixture()
 def server():
     srv = RpcServer(Service(), "127.0.0.1", 0, idle_timeout=1.0, max_workers=4)
     srv.start()
     yield srv
+    srv.service.release.set()
     srv.stop()
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
+    """Return once `condition()` holds; fail the test if it never does."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.01)
+
+
+def ended_by_server(sock: socket.socket) -> bool:
+    """True once the server has closed `sock` or written to it (without reading its data)."""
+    try:
+        sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True                           # reset by the server
+    return True
 
 
 def connect(srv: RpcServer, **kw) -> TemClient:
@@ -111,17 +145,20 @@ def test_every_handler_exception_becomes_an_error_reply(server):
 
 def test_silent_connections_are_closed_after_the_idle_timeout(server):
     host, port = server.address.rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=5) as sock:
-        started = time.monotonic()
-        assert sock.recv(1) == b""          # the server hangs up on a silent client
-        assert 0.8 < time.monotonic() - started < 4.0
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        wait_until(lambda: len(server.peers) == 1, "the server took the connection")
+        (served,) = server.peers
+        assert served.gettimeout() == server.idle_timeout == 1.0   # the timeout it serves with
+        assert sock.recv(1) == b""          # the server, not our 30 s, hangs up on silence
+    wait_until(lambda: not server.peers, "the connection's thread ended")
 
 
 def test_a_flood_of_silent_connections_cannot_lock_good_clients_out(server):
     host, port = server.address.rsplit(":", 1)
     flood = [socket.create_connection((host, int(port)), timeout=5) for _ in range(40)]
     try:
-        time.sleep(0.2)
+        wait_until(lambda: sum(map(ended_by_server, flood)) >= 40 - server.max_workers,
+                   "every connection beyond the workers evicted or refused")
         assert len(server.peers) <= server.max_workers     # bounded connection threads
         client = connect(server)                            # evicts the longest-silent one
         assert client._call("sleep", {"seconds": 0}) == 0
@@ -132,15 +169,16 @@ def test_a_flood_of_silent_connections_cannot_lock_good_clients_out(server):
 
 def test_when_every_worker_runs_a_call_a_new_client_is_told_busy(server):
     host, port = server.address.rsplit(":", 1)
-    busy = [socket.create_connection((host, int(port)), timeout=5) for _ in range(4)]
+    busy = [socket.create_connection((host, int(port)), timeout=30) for _ in range(4)]
     for sock in busy:
-        sock.sendall(netstring(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "sleep",
-                                           "params": {"seconds": 1.5}}).encode()))
-    time.sleep(0.3)
+        sock.sendall(netstring(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "hold",
+                                           "params": {}}).encode()))
+    wait_until(lambda: server.service.holding == 4, "every worker running a call")
     with socket.create_connection((host, int(port)), timeout=5) as sock:
         assert "server busy" in read_reply(sock)["error"]
+    server.service.release.set()
     for sock in busy:
-        assert read_reply(sock)["result"] == 1.5
+        assert read_reply(sock)["result"] == "released"
         sock.close()
     assert connect(server)._call("sleep", {"seconds": 0}) == 0
 

@@ -1,4 +1,5 @@
-"""Real images as specimen tiles: the shared NSID file (read from a copy) and PNG/TIFF."""
+"""Real images as specimen tiles: the shared NSID file (read from a copy) and PNG/TIFF, and
+the served twin that shows them (`micagent twin serve --tile FILE`)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import numpy as np
 import pytest
 import tifffile
 from PIL import Image
+from typer.testing import CliRunner
 
 from instruments.devices.frame import ImagingSettings, StagePosition
+from twins.faults import FaultSpec
 from twins.microscope import TwinMicroscope
 from twins.real_tiles import (
     RealTileError,
@@ -18,7 +21,9 @@ from twins.real_tiles import (
     load_real_tiles,
     specimen_with_real_tiles,
 )
+from twins.serve import make_twin
 from twins.specimen import Specimen
+from workflows.cli.app import app
 
 
 def digest(path) -> str:
@@ -84,3 +89,22 @@ def test_an_image_larger_than_its_cell_is_cropped_around_its_centre():
     centre = ((region.x0 + region.x1) / 2, (region.y0 + region.y1) / 2)
     signal, _ = specimen.render(centre, 4e-6, 32)
     assert signal.mean() == pytest.approx(0.5, abs=0.02)  # the ramp's middle, scaled to 0.1-0.9
+
+
+def test_the_served_twin_shows_the_tiles_it_is_given(tmp_path):
+    Image.fromarray((np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8)).save(
+        tmp_path / "mine.png")
+    twin = make_twin(3, FaultSpec(), tiles=[str(tmp_path / "mine.png")])
+    region = twin.specimen.regions[-1]
+    twin.move_stage(StagePosition((region.x0 + region.x1) / 2, (region.y0 + region.y1) / 2))
+    twin.set_imaging(ImagingSettings(fov=2e-6, pixels=64, dwell=20e-6))
+    assert twin.acquire().evaluation["label"] == "real:mine"
+
+
+def test_twin_serve_refuses_an_unusable_tile_in_one_line(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    result = CliRunner().invoke(app, ["twin", "serve", "--protocol", "tem", "--port", "0",
+                                      "--tile", str(tmp_path / "notes.txt")])
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(errors) == 1, result.output
+    assert errors[0].startswith("error: cannot serve the twin") and "notes.txt" in errors[0]

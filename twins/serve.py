@@ -1,12 +1,13 @@
 """`python -m twins.serve` (the same entry as `micagent twin serve`): the twin, with its
-faults, behind one of the servers (twins/dtm_server.py, twins/tem_server.py)."""
+faults and any real images as specimen tiles, behind one of the servers (twins/dtm_server.py,
+twins/tem_server.py)."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from instruments.devices.microscope import Microscope
 from instruments.utils.redaction import install_log_redaction
@@ -19,11 +20,14 @@ from twins.tem_server import TemServer
 READY_PREFIX = "READY"
 
 
-def make_twin(seed: int, faults: FaultSpec) -> Microscope:
-    """The served instrument: a TwinMicroscope with the frame/stage faults of the spec."""
+def make_twin(seed: int, faults: FaultSpec, tiles: Sequence[str] = ()) -> Microscope:
+    """The served instrument: a TwinMicroscope with the frame/stage faults of the spec, and
+    the images of `tiles` (PNG/TIFF/NSID files) in the last cells of its specimen."""
     from twins.microscope import TwinMicroscope
+    from twins.real_tiles import specimen_with_real_tiles
 
-    return TwinMicroscope(seed=seed, faults=faults)
+    specimen = specimen_with_real_tiles(list(tiles), seed=seed) if tiles else None
+    return TwinMicroscope(seed=seed, specimen=specimen, faults=faults)
 
 
 def default_data_root(data: str | None) -> str:
@@ -34,7 +38,8 @@ def default_data_root(data: str | None) -> str:
 
 def run_server(protocol: str, host: str, port: int | None, seed: int = 0,
                faults: str | None = None, data: str | None = None,
-               announce: Callable[[str], None] = print, data_root: str | None = None) -> None:
+               announce: Callable[[str], None] = print, data_root: str | None = None,
+               tiles: Sequence[str] = ()) -> None:
     """Serve a twin over `protocol` ("dtm" or "tem") until interrupted.
 
     Port 0 picks a free port. Once listening, `announce` gets one line
@@ -43,7 +48,7 @@ def run_server(protocol: str, host: str, port: int | None, seed: int = 0,
     """
     install_log_redaction()
     spec = FaultSpec.parse(faults)
-    twin = make_twin(seed, spec)
+    twin = make_twin(seed, spec, tiles)
     if protocol == "dtm":
         server = DTMServer(twin, host=host, port=DTM_PORT if port is None else port,
                            faults=spec, data_root=data_root or default_data_root(data))
@@ -74,9 +79,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-root", default=None,
                         help="folder register_data may read (dtm; default: that of --data, "
                              "else the working folder)")
+    parser.add_argument("--tile", action="append", default=[],
+                        help="real image (PNG/TIFF/NSID) as a specimen tile (repeatable)")
     args = parser.parse_args(argv)
     run_server(args.protocol, args.host, args.port, args.seed, args.faults, args.data,
-               announce=lambda line: print(line, flush=True), data_root=args.data_root)
+               announce=lambda line: print(line, flush=True), data_root=args.data_root,
+               tiles=args.tile)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,24 @@
-"""Typed errors of the instrument layer. Each names what failed and where."""
+"""Typed errors of the instrument layer. Each names what failed and where.
+
+`MicagentError` is the one base: the instrument errors below and the session-file errors
+(instruments/session_file/layout.py, export.py, hdf5_probe.py) derive from it, so a caller
+that must stop on any of them catches one class.
+"""
 
 from __future__ import annotations
 
 
-class InstrumentError(Exception):
-    """Base of every instrument failure; `where` names the instrument/endpoint."""
+class MicagentError(Exception):
+    """Base of every typed error of the instrument layer; `where` names the instrument,
+    endpoint or file."""
 
     def __init__(self, message: str, where: str = "") -> None:
         self.where = where
         super().__init__(f"{message} [{where}]" if where else message)
+
+
+class InstrumentError(MicagentError):
+    """Base of every instrument failure; `where` names the instrument/endpoint."""
 
 
 class InstrumentUnreachable(InstrumentError):

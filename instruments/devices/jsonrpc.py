@@ -73,11 +73,6 @@ def remote_error(text: str, where: str = "", what: str = "server") -> Instrument
     return RemoteError(f"{what} error: {text}", where)
 
 
-def parse_reply(payload: bytes, expected_id: int, where: str = "") -> Any:
-    """Decode a reply payload and return its result, or raise the typed error it carries."""
-    return decode_reply(payload, expected_id, where)["result"]
-
-
 def decode_reply(payload: bytes, expected_id: int, where: str = "") -> dict[str, Any]:
     """Decode a reply payload into its message (with a `result`), or raise the typed error
     it carries."""

@@ -39,8 +39,8 @@ class NetstringReader:
         try:
             return call(*args)
         except TimeoutError as exc:
-            raise InstrumentTimeout("no complete message within the socket timeout",
-                                    self.where) from exc
+            raise InstrumentTimeout(f"no complete message within {self.sock.gettimeout()} s "
+                                    "(the socket timeout)", self.where) from exc
         except OSError as exc:
             raise InstrumentUnreachable(f"connection failed while reading: {exc}",
                                         self.where) from exc

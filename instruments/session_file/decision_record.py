@@ -2,9 +2,9 @@
 JSON text beside each frame of a session file, read back (and migrated) by every reader.
 
 It lives in instruments/ although the agent fills it in: the session file stores it and the
-readers (`instruments.session_file.reader`, replay) return it, and DESIGN.md lets instruments import
-neither agent nor models; the record is part of the file format, as the frame is. It holds
-plain values only (ids, labels, numbers), never pixels or tensors.
+readers (`instruments.session_file.reader`, replay) return it, and ARCHITECTURE.md lets
+instruments import neither agent nor models; the record is part of the file format, as the
+frame is. It holds plain values only (ids, labels, numbers), never pixels or tensors.
 
 Versions: 1 = the untyped dict of files written before this module (no `version` key);
 2 = this schema. `DecisionRecord.from_stored` migrates version 1 on read.

@@ -19,6 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from instruments.devices.errors import MicagentError
 from instruments.utils.child_python import module_command
 
 PROBE_MODULE = "instruments.session_file.hdf5_probe"
@@ -26,7 +27,7 @@ BASE_LIMIT_S = 60.0
 LIMIT_S_PER_GB = 10.0
 
 
-class ProbeRefused(RuntimeError):
+class ProbeRefused(MicagentError, RuntimeError):
     """The probe did not see the file's metadata walk end normally."""
 
 

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from instruments.devices.errors import MicagentError
 from instruments.utils.redaction import redact_value
 
 FORMAT_NAME = "micagent-session"
@@ -46,7 +47,6 @@ ATTR_FRAME_ID = "micagent_frame_id"
 ATTR_INDEX = "micagent_index"
 ATTR_COMPLETE = "micagent_complete"
 
-SESSION_GROUP = "micagent"
 PROVENANCE = "micagent/provenance"
 # the previous provenance, written before every in-place update of PROVENANCE: a kill during
 # that update can leave PROVENANCE pointing at a heap object that never reached the disk
@@ -62,7 +62,6 @@ FRAME_JSON = "frame"
 RECORD_JSON = "record"
 EVALUATION_JSON = "evaluation"
 
-SESSION_STATUSES = ("running", "completed", "interrupted", "failed")
 CLOSING_STATUSES = ("completed", "interrupted", "failed")
 
 
@@ -75,12 +74,12 @@ def channel_path(index: int) -> str:
     return f"{MEASUREMENT_GROUP}/{channel_name(index)}"
 
 
-class SessionFileError(Exception):
-    """Base of every session-file failure; the message names the file."""
+class SessionFileError(MicagentError):
+    """Base of every session-file failure; `path` (also `where`) names the file."""
 
     def __init__(self, message: str, path: str = "") -> None:
         self.path = path
-        super().__init__(f"{message} [{path}]" if path else message)
+        super().__init__(message, path)
 
 
 class SessionFileCorrupt(SessionFileError):

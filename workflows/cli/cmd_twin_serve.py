@@ -33,6 +33,9 @@ def serve(
     data_root: Annotated[str | None, typer.Option(
         help="dtm: the only folder register_data may read (default: the folder of --data, "
              "else the working folder).")] = None,
+    tile: Annotated[list[str] | None, typer.Option(
+        help="A real image (PNG/TIFF/NSID) as a specimen tile, in the specimen's last cells "
+             "(repeatable).")] = None,
 ) -> None:
     """Serve a digital-twin microscope until interrupted (Ctrl-C)."""
     try:
@@ -40,9 +43,10 @@ def serve(
     except FaultSpecError as exc:
         raise typer.BadParameter(str(exc), param_hint="--faults") from exc
     try:
-        if data:
-            check_metadata_finishes(data)
+        for path in [data, *(tile or [])]:
+            if path:
+                check_metadata_finishes(path)
         run_server(protocol.value, host, port, seed=seed, faults=faults, data=data,
-                   announce=typer.echo, data_root=data_root)
-    except (OSError, ValueError, RuntimeError) as exc:   # a bad --data file, a port in use
+                   announce=typer.echo, data_root=data_root, tiles=tile or ())
+    except (OSError, ValueError, RuntimeError) as exc:   # a bad file, a port in use
         raise fail(f"cannot serve the twin: {exc}") from exc

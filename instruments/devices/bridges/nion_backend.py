@@ -19,9 +19,6 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-USIM_SCAN_ID = "usim_scan_device"
-USIM_INSTRUMENT_ID = "usim_stem_controller"
-
 
 class NionStartError(RuntimeError):
     """The Nion instrument could not be opened (wrong thread, missing plug-in or device)."""
