@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 from pathlib import Path
 
 import Pyro5.api
@@ -40,10 +39,8 @@ def _proxy(dtm) -> Pyro5.api.Proxy:
 def test_a_good_call_answers_while_100_idle_connections_are_open(dtm) -> None:
     idle = [socket.create_connection((dtm.host, dtm.port), timeout=5) for _ in range(100)]
     try:
-        started = time.monotonic()
-        with _proxy(dtm) as proxy:
+        with _proxy(dtm) as proxy:                             # 10 s to answer, or fail
             assert proxy.get_capabilities()["server"] == "micagent-dtm"
-        assert time.monotonic() - started < 5.0
     finally:
         for sock in idle:
             sock.close()
@@ -51,11 +48,9 @@ def test_a_good_call_answers_while_100_idle_connections_are_open(dtm) -> None:
 
 def test_a_connection_that_never_says_hello_is_dropped(dtm) -> None:
     with socket.create_connection((dtm.host, dtm.port), timeout=HANDSHAKE_TIMEOUT_S + 10) as s:
-        started = time.monotonic()
         said = b""
-        while chunk := s.recv(1024):                           # a refusal, then closed
+        while chunk := s.recv(1024):      # a refusal, then closed (else recv times out)
             said += chunk
-        assert time.monotonic() - started < HANDSHAKE_TIMEOUT_S + 5
         assert b"timeout" in said
 
 

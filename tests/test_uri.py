@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from instruments.devices.errors import InstrumentError, InstrumentUnreachable, UnknownInstrument
+from instruments.devices.errors import InstrumentTimeout, InstrumentUnreachable, UnknownInstrument
 from instruments.devices.uri import open_instrument, parse_address
 
 
@@ -68,12 +68,10 @@ def test_a_bad_timeout_in_the_uri_is_an_unknown_instrument(timeout):
 
 @pytest.mark.parametrize("scheme", ["dtm", "tem"])
 def test_the_uri_timeout_bounds_every_call(scheme):
-    """A server that accepts and never answers: the client gives up after the URI's timeout."""
-    import time
+    """A server that accepts and never answers: the client gives up after the URI's timeout
+    (its error names the timeout it used)."""
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
-        started = time.monotonic()
-        with pytest.raises((InstrumentUnreachable, InstrumentError)):
+        with pytest.raises(InstrumentTimeout, match=r"within 0\.5 s"):
             open_instrument(f"{scheme}://127.0.0.1:{silent.getsockname()[1]}?timeout=0.5")
-        assert time.monotonic() - started < 5
