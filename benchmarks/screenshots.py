@@ -15,10 +15,10 @@ import argparse
 import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
+from instruments.utils.child_python import module_command
 from tests.web_browser import headless_chromium
 from workflows.report.session_report import build_report
 
@@ -28,9 +28,9 @@ URL = re.compile(r"approval page: (http://127\.0\.0\.1:\d+/\?token=[\w-]+)")
 def start_session(out: Path, frames: int) -> tuple[subprocess.Popen, str]:
     """Start the web-approved run; return the process and the page's URL."""
     log = out / "run.log"
-    command = [sys.executable, "-c", "from workflows.cli.app import app; app()", "run",
-               "--approve", "web", "--frames", str(frames), "--out", str(out / "session.h5"),
-               "--state-dir", str(out / "state"), "--quiet"]
+    command = module_command("workflows", "run", "--approve", "web", "--frames", str(frames),
+                             "--out", str(out / "session.h5"), "--state-dir",
+                             str(out / "state"), "--quiet")
     with open(log, "w") as sink:
         proc = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, cwd=out,
                                 env={**os.environ, "COLUMNS": "250", "OMP_NUM_THREADS": "1"})
