@@ -4,7 +4,6 @@ the checkpointer must not store (instrument, classifier, writer, adjudicator, pi
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -69,7 +68,7 @@ class Runtime:
     demo_strategy: str = "similar"
     focus_step: float = 2e-6
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
-    on_update: Callable[[str, dict[str, Any]], None] | None = None
+    stream: Any = None              # agent.event_stream.EventStream: what happens, for all
     recorder: Any = None            # agent.recorder.Recorder: session writes off the main path
     prefetch: Any = None            # agent.pipeline.Prefetcher: the next survey frame, ahead
     # live, non-checkpointed caches

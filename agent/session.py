@@ -1,5 +1,11 @@
-"""A session: session file, checkpointer, runtime and compiled graph put together, run to its
-end (or resumed), with the file's closing status always written."""
+"""A session: session file, checkpointer, runtime, compiled graph and event stream put
+together, run to its end (or resumed), with the file's closing status always written.
+
+Each `run` is one run of the event stream (`agent.event_stream`): a start document (`resumed`
+and the counts it resumes from), the frames, incidents and decisions of this run, and a stop
+with the status the file closed with. The session file's incident log and the session log
+(STATE_DIR/logs/SESSION_ID.log) are subscribers; callers add theirs with
+`session.stream.subscribe`."""
 
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ from agent.adjudication.openai_vlm import OpenAIAdjudicator, VlmConfig
 from agent.approval_broker import ApprovalBroker
 from agent.config import RunConfig, checkpoint_path, work_dir
 from agent.driver import run_graph, thread_config
+from agent.event_stream import EventStream
 from agent.graph import compile_graph, open_checkpointer
 from agent.nodes.finish import close_session, final_status
 from agent.objectives import parse_objective
@@ -27,6 +34,7 @@ from agent.recorder import Recorder
 from agent.runtime import Runtime, TileSource
 from agent.scratch import FrameScratch
 from agent.state import AgentState, new_state
+from agent.stream_subscribers import FileIncidents, SessionLog
 from agent.survey_plan import SurveyPlan
 from instruments.devices.safety import GuardedMicroscope
 from instruments.session_file.writer import SessionWriter
@@ -75,22 +83,35 @@ def provenance(config: RunConfig, parts: SessionParts, adjudicator_name: str) ->
 
 def record_failed_start(config: RunConfig, reason: str,
                         extra: dict[str, Any] | None = None) -> None:
-    """A session that could not start still leaves a closed file saying why."""
+    """A session that could not start still leaves a closed file saying why (a run of its
+    own in the event stream, with the incident)."""
     writer = SessionWriter(config.out, {"session_id": config.session_id,
                                         "instrument": {"uri": config.instrument},
                                         "objective": config.objective, **(extra or {})})
-    writer.record_incident("start_failed", reason)
+    stream = session_stream(config, writer)
+    stream.start({"session_id": config.session_id, "resumed": False, "recorded": 0})
+    stream.incident("start_failed", reason, source="agent")
     writer.close("failed", reason)
+    stream.stop("failed", reason)
+
+
+def session_stream(config: RunConfig, writer: SessionWriter) -> EventStream:
+    """A stream read by the session file's incident log and the session log."""
+    stream = EventStream()
+    stream.subscribe(FileIncidents(writer))
+    stream.subscribe(SessionLog(Path(config.state_dir) / "logs" / f"{config.session_id}.log"))
+    return stream
 
 
 class Session:
-    def __init__(self, config: RunConfig, parts: SessionParts,
-                 on_update: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+    def __init__(self, config: RunConfig, parts: SessionParts) -> None:
         self.config, self.parts = config, parts
         work = work_dir(config.out)
         (work / "thumbnails").mkdir(parents=True, exist_ok=True)
         adjudicator = make_adjudicator(config, Path(config.state_dir) / "vlm-cache")
         self.writer = SessionWriter(config.out, provenance(config, parts, adjudicator.name))
+        self.stream = session_stream(config, self.writer)
+        parts.microscope.on_incident = self.stream.incident       # every fault, in the stream
         self.checkpointer = open_checkpointer(checkpoint_path(config.out))
         if parts.bank is not None:
             parts.bank.check_classes(parts.classifier.class_names)
@@ -105,7 +126,7 @@ class Session:
             thresholds=config.quality_thresholds(), imaging=config.imaging_settings(),
             survey_positions=parts.survey_positions, region=parts.region, tiles=parts.tiles,
             demo_k=config.demo_k, demo_strategy=config.demo_strategy,
-            rng=np.random.default_rng(config.seed), on_update=on_update)
+            rng=np.random.default_rng(config.seed), stream=self.stream)
         if config.pipeline and parts.tiles is None:
             self.runtime.prefetch = Prefetcher(self.runtime)
         self.graph = compile_graph(self.runtime, self.checkpointer)
@@ -142,6 +163,7 @@ class Session:
         were, the position in flight retried). Ctrl-C closes the file as interrupted, any
         other failure as failed, then re-raises."""
         values, pending = self.saved_state()
+        self.stream.start(self._start_metadata(values))
         if not values:
             payload: Any = self.initial_state()
         elif pending:
@@ -152,18 +174,32 @@ class Session:
             self._close_file(values)
             return values
         try:
-            final = run_graph(self.graph, self.config.session_id, payload, broker, on_step)
+            final = run_graph(self.graph, self.config.session_id, payload, broker, on_step,
+                              stream=self.stream)
         except KeyboardInterrupt:
-            self._settle()
-            self.writer.close("interrupted", "stopped by the operator; continue with "
-                              f"`micagent run --resume {self.config.session_id}`")
+            self._abandon("interrupted", "stopped by the operator; continue with "
+                          f"`micagent run --resume {self.config.session_id}`")
             raise
         except Exception as exc:
-            self._settle()
-            self.writer.close("failed", f"{type(exc).__name__}: {exc}")
+            self._abandon("failed", f"{type(exc).__name__}: {exc}")
             raise
         self._close_file(final)
         return final
+
+    def _start_metadata(self, values: dict[str, Any]) -> dict[str, Any]:
+        """The start document: the session, and where a resumed run takes it up."""
+        counts = values.get("counts", {})
+        return {"session_id": self.config.session_id, "plan_name": "micagent_session",
+                "instrument": self.parts.microscope.instrument_id,
+                "objective": self.config.objective, "max_frames": self.config.frames,
+                "resumed": bool(values), "recorded": counts.get("recorded", 0),
+                "routes": counts.get("routes", {})}
+
+    def _abandon(self, status: str, reason: str) -> None:
+        """Close file and run after a failure or Ctrl-C, queued writes first."""
+        self._settle()
+        self.writer.close(status, reason)
+        self.stream.stop(status, reason)
 
     def _close_file(self, values: dict[str, Any]) -> None:
         """Close the file with the state's outcome unless `finish` already did (its stored
@@ -171,6 +207,7 @@ class Session:
         if not self.writer.closed:
             close_session(self.runtime, values, final_status(values),
                           values.get("used", {}).get("wall_s", 0.0))
+        self.stream.stop(final_status(values), values.get("reason", ""))
 
     @staticmethod
     def _reopen_input(values: dict[str, Any]) -> dict[str, Any]:
@@ -198,4 +235,5 @@ class Session:
         self.recorder.close()
         if not self.writer.closed:
             self.writer.close("interrupted", "session object closed before the end")
+        self.stream.stop("interrupted", "session object closed before the end")
         self.checkpointer.conn.close()

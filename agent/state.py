@@ -8,12 +8,13 @@ the classifier's embedding of the frame in flight (for demonstrations) and the i
 a rescan is measured against for drift (its pixels stay in the scratch store).
 
 Tallies are accumulated by reducers, so a node returns what it adds, never a copy of the
-whole: `used` and `counts` add numbers (nested dicts key by key), `events` appends.
+whole: `used` and `counts` add numbers (nested dicts key by key), `events` appends and keeps
+the latest EVENTS_KEPT (every event also goes to the event stream, hence the session file and
+log: the checkpoint does not grow with a long session's faults).
 """
 
 from __future__ import annotations
 
-import operator
 from typing import Annotated, Any, TypedDict
 
 from instruments.session_file.decision_record import DecisionRecord
@@ -28,6 +29,25 @@ def add_tallies(left: dict[str, Any] | None, right: dict[str, Any] | None) -> di
         else:
             out[key] = out.get(key, 0) + value
     return out
+
+
+EVENTS_KEPT = 100
+DROPPED = "events_dropped"
+
+
+def keep_recent(left: list[dict[str, Any]] | None,
+                right: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """Reducer: `left` then `right`, the latest EVENTS_KEPT entries only; what fell off is
+    counted in a leading `events_dropped` entry."""
+    items = [*(left or []), *(right or [])]
+    dropped = items.pop(0)["count"] if items and items[0].get("kind") == DROPPED else 0
+    if len(items) > EVENTS_KEPT:
+        dropped, items = dropped + len(items) - EVENTS_KEPT, items[-EVENTS_KEPT:]
+    if not dropped:
+        return items
+    return [{"kind": DROPPED, "count": dropped,
+             "message": f"{dropped} earlier events left the checkpoint (the session file's "
+                        "incident log and the session log hold them)"}, *items]
 
 
 class AgentState(TypedDict, total=False):
@@ -47,7 +67,7 @@ class AgentState(TypedDict, total=False):
     counts: Annotated[dict[str, Any], add_tallies]   # recorded, hits, routes{}, labels{}, ...
     consecutive_errors: int          # bad frames in a row (reset by a good one)
     ineffective: list[str]           # kinds of rescan change that changed nothing here
-    events: Annotated[list[dict[str, Any]], operator.add]  # incidents, for the report
+    events: Annotated[list[dict[str, Any]], keep_recent]  # latest incidents
     status: str                      # running | completed | interrupted | failed
     reason: str
 

@@ -292,7 +292,7 @@ def test_record_step_rerun_after_its_frame_was_stored_counts_it_once(tmp_path):
     writer = SessionWriter(tmp_path / "s.h5", {"session_id": "s"})
     writer.write_frame(frame, DecisionRecord(frame_id=frame.frame_id, label="Tips"))
     runtime = SimpleNamespace(scratch=FrameScratch(tmp_path / "frames"), writer=writer,
-                              recorder=None, tiles=None, on_update=None)
+                              recorder=None, tiles=None, stream=None)
     current = DecisionRecord(frame_id=frame.frame_id, sequence=0, label="Tips",
                              route="confident", quality=QualityRecord(ok=True),
                              settings=frame.settings)

@@ -2,7 +2,8 @@
 by the safety envelope), the classifier (the bundled model unless one is named), the
 demonstration bank and the plan inputs (`open_parts`), then the agent with its approval front
 end and progress (`run_session`). The CLI, single-file and archive replay, tests and benchmarks
-all start sessions here."""
+all start sessions here. The progress bar, the web page's progress and the terminal's notices
+read the session's event stream (`ProgressView`)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from agent.adjudication.demonstrations import DemonstrationBank
 from agent.approval_broker import ApprovalBroker
 from agent.config import RunConfig, registry_path
+from agent.event_stream import LEFT, StreamReader
 from agent.overview import OverviewTiles
 from agent.session import Session, SessionParts, record_failed_start
 from agent.terminal_approval import TerminalApprover
@@ -112,6 +114,32 @@ def open_parts(config: RunConfig, classifier: Any = None, instrument: Microscope
         raise StartError(f"instrument {config.instrument}: {exc}") from exc
     return parts
 
+class ProgressView(StreamReader):
+    """The frames of the event stream, shown: the progress bar, and with an approval front
+    end the web page's progress and a terminal line per recorded frame."""
+
+    def __init__(self, progress: Progress, console: Console, broker: ApprovalBroker | None,
+                 total: int) -> None:
+        super().__init__()
+        self.progress, self.console, self.broker, self.total = progress, console, broker, total
+        self.task = progress.add_task("frames", total=total)
+        self.routes: dict[str, int] = {}
+
+    def start(self, doc: dict[str, Any]) -> None:
+        self.routes = dict(doc.get("routes", {}))
+        self.progress.update(self.task, completed=doc.get("recorded", 0))
+
+    def frame(self, data: dict[str, Any]) -> None:
+        self.routes[data["route"]] = self.routes.get(data["route"], 0) + 1
+        self.progress.update(self.task, completed=data["recorded"],
+                             description=f"{data['label']} ({data['route']})")
+        if self.broker is not None:
+            self.broker.update_progress(
+                recorded=data["recorded"], routes=dict(self.routes), total=self.total,
+                budgets_left={key.removeprefix(LEFT): value for key, value in data.items()
+                              if key.startswith(LEFT)})
+            notice(self.console, f"recorded {data['frame_id'][:8]}: {data['label']} "
+                                 f"({data['route']})")
 
 
 def run_session(config: RunConfig, console: Console, quiet: bool = False,
@@ -144,27 +172,13 @@ def run_session(config: RunConfig, console: Console, quiet: bool = False,
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=console,
                         disable=quiet or broker is not None)
-    task = progress.add_task("frames", total=config.frames)
-
-    def on_update(kind: str, info: dict[str, Any]) -> None:
-        if kind == "recorded":
-            progress.update(task, completed=info["counts"]["recorded"],
-                            description=f"{info['label']} ({info['route']})")
-            if broker is not None:
-                broker.update_progress(recorded=info["counts"]["recorded"],
-                                       routes=info["counts"].get("routes", {}),
-                                       total=config.frames,
-                                       budgets_left=info.get("budgets_left", {}))
-                notice(console, f"recorded {info['frame_id'][:8]}: {info['label']} "
-                                f"({info['route']})")
-
     try:
-        session = Session(config, parts, on_update=on_update)
+        session = Session(config, parts)
     except Exception as exc:  # noqa: BLE001 - e.g. the file is held by a running session
         parts.microscope.close()
         raise StartError(f"cannot open session {config.session_id} at {config.out}: "
                          f"{exc}") from exc
-    parts.microscope.on_incident = session.writer.record_incident   # every fault, in the file
+    session.stream.subscribe(ProgressView(progress, console, broker, config.frames))
     try:
         with progress:
             final = session.run(broker=broker)

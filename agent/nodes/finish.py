@@ -19,8 +19,6 @@ def close_session(rt: Runtime, state: AgentState, status: str, wall_s: float) ->
         "budgets": state["budgets"], "events": state.get("events", [])[-200:],
         "objective": state["objective"]})
     rt.writer.close(status, state.get("reason", ""))
-    if rt.on_update is not None:
-        rt.on_update("finished", {"status": status, "reason": state.get("reason", "")})
 
 
 def final_status(state: AgentState) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 
 from agent.policy import standing_route, verdict
 from agent.runtime import Runtime
-from agent.state import AgentState, add_tallies
+from agent.state import AgentState
 from instruments.session_file.decision_record import DECIDED_ROUTES, DecisionRecord
 
 
@@ -48,13 +48,10 @@ def make(rt: Runtime):
                and record.quality.ok and record.route in DECIDED_ROUTES)
         counts = {"recorded": 1, "hits": int(hit), "routes": {record.route.value: 1},
                   "labels": {str(record.label): 1}}
-        if rt.on_update is not None:
-            budgets_left = {key: round(limit - state["used"].get(key, 0), 1)
-                            for key, limit in state["budgets"].items()}
-            rt.on_update("recorded", {"frame_id": frame_id, "label": record.label,
-                                      "route": record.route.value,
-                                      "counts": add_tallies(state["counts"], counts),
-                                      "budgets_left": budgets_left})
+        if rt.stream is not None:
+            rt.stream.frame(record, recorded=state["counts"]["recorded"] + 1,
+                            budgets_left={key: round(limit - state["used"].get(key, 0), 1)
+                                          for key, limit in state["budgets"].items()})
         update = {"counts": counts, "current": None, "previous_frame_id": frame_id,
                   "sequence": state["sequence"] + 1, "reference_id": None, "embedding": None}
         if record.quality.ok:                 # a focus that worked carries to the next tile

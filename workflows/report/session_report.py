@@ -371,6 +371,22 @@ def human_decisions(facts: list[FrameFacts]) -> Section:
     return section
 
 
+def incidents(rows: list[dict[str, Any]], shown: int = 200) -> Section:
+    """The incidents of the session's event stream, as its file's incident log holds them."""
+    section = Section("Incidents")
+    if not rows:
+        section.unavailable = "no incidents in this session"
+        return section
+    counts = Counter(str(r.get("kind")) for r in rows)
+    section.html = _table(["kind", "count"], sorted(counts.items())) + _table(
+        ["time", "kind", "source", "message"],
+        [(_when(r.get("time")), r.get("kind", ""), r.get("source", "instrument"),
+          r.get("message", "")) for r in rows[:shown]])
+    if len(rows) > shown:
+        section.html += f"<p>the first {shown} of {len(rows)} shown</p>"
+    return section
+
+
 def _when(value: Any) -> str:
     """A timestamp as UTC ISO text (epoch seconds or already text)."""
     seconds = _number(value)
@@ -431,6 +447,7 @@ def build_report(session_path: str | Path, out_dir: str | Path,
     with SessionReader(session_path) as reader:
         provenance = dict(reader.provenance or {})
         summary = reader.summary()
+        happened = reader.incidents()
         for index, (frame, record) in enumerate(reader.frames()):
             f = _facts(index, frame, record)
             facts.append(f)
@@ -447,7 +464,7 @@ def build_report(session_path: str | Path, out_dir: str | Path,
     sections = [overview, stage_map(facts, classes, out), escalation_funnel(facts, out),
                 class_counts(facts, classes, out), confidence_histogram(facts, out),
                 reliability_diagram(facts, out), least_certain_grid(kept, out),
-                human_decisions(facts), timings(facts, out)]
+                human_decisions(facts), incidents(happened), timings(facts, out)]
     title = f"micagent session report: {summary.get('session_id') or Path(session_path).name}"
     page = out / "index.html"
     atomic_file.write_text(page, PAGE.format(title=html.escape(str(title)),
