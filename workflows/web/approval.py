@@ -228,7 +228,7 @@ def _routes(broker: ApprovalBroker, class_names: list[str] | None) -> FastAPI:
     known = list(class_names or [])
     app = FastAPI(title="micagent approvals", docs_url=None, redoc_url=None,
                   openapi_url=None)
-    page = resources.files("workflows").joinpath("static/index.html").read_text("utf-8")
+    page = resources.files("workflows.web").joinpath("static/index.html").read_text("utf-8")
 
     def pending_payload(request_id: str) -> dict[str, Any]:
         for payload in broker.pending():
