@@ -154,14 +154,14 @@ class StreamReader(event_model.DocumentRouter):
 
     def __init__(self) -> None:
         super().__init__()
-        self._names: dict[str, str] = {}
+        self.streams: dict[str, str] = {}        # descriptor uid -> stream name
 
     def descriptor(self, doc: dict[str, Any]) -> None:
-        self._names[doc["uid"]] = doc["name"]
+        self.streams[doc["uid"]] = doc["name"]
 
     def event(self, doc: dict[str, Any]) -> None:
         handler = {FRAMES: self.frame, INCIDENTS: self.incident,
-                   DECISIONS: self.decision}.get(self._names.get(doc["descriptor"], ""))
+                   DECISIONS: self.decision}.get(self.streams.get(doc["descriptor"], ""))
         if handler is not None:
             handler(doc["data"])
 

@@ -34,7 +34,7 @@ from agent.recorder import Recorder
 from agent.runtime import Runtime, TileSource
 from agent.scratch import FrameScratch
 from agent.state import AgentState, new_state
-from agent.stream_subscribers import FileIncidents, SessionLog
+from agent.stream_subscribers import FileRecorder, SessionLog
 from agent.survey_plan import SurveyPlan
 from instruments.devices.safety import GuardedMicroscope
 from instruments.session_file.writer import SessionWriter
@@ -98,7 +98,7 @@ def record_failed_start(config: RunConfig, reason: str,
 def session_stream(config: RunConfig, writer: SessionWriter) -> EventStream:
     """A stream read by the session file's incident log and the session log."""
     stream = EventStream()
-    stream.subscribe(FileIncidents(writer))
+    stream.subscribe(FileRecorder(writer))
     stream.subscribe(SessionLog(Path(config.state_dir) / "logs" / f"{config.session_id}.log"))
     return stream
 

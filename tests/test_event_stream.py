@@ -147,10 +147,12 @@ def test_the_session_file_holds_the_streams_incidents(faulty_session):
     with SessionReader(faulty_session["config"].out) as reader:
         stored = [(i["kind"], i["message"]) for i in reader.incidents()]
         sources = {i["kind"]: i["source"] for i in reader.incidents()}
+        runs = reader.provenance["event_runs"]
     # the file closes inside the last step: what that step reports follows the file's close
     assert stored == streamed[:len(stored)]
     assert {"nan_frame", "wrong_shape", "bad_frame"} <= {kind for kind, _ in stored}
     assert sources["nan_frame"] == "instrument" and sources["bad_frame"] == "agent"
+    assert runs == [faulty_session["docs"].docs[0][1]["uid"]]   # the file names its runs
 
 
 def test_the_session_log_has_a_line_per_document(faulty_session):
@@ -265,4 +267,6 @@ def test_a_resumed_session_is_a_new_run_taking_up_the_count(tmp_path, classifier
     assert [n for n in after.names() if n in ("start", "stop")] == ["start", "stop"]
     with SessionReader(tmp_path / "s.h5") as reader:
         stored = list(reader.frame_ids)
+        runs = reader.provenance["event_runs"]
+    assert runs == [before.docs[0][1]["uid"], start["uid"]]
     assert [f["frame_id"] for f in before.frames + after.frames] == stored
