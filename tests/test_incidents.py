@@ -77,7 +77,8 @@ def test_a_session_over_a_faulty_server_logs_the_faults_it_recovered_from(tmp_pa
 def test_a_failed_start_is_an_incident(tmp_path: Path) -> None:
     from agent.session import record_failed_start
 
-    config = RunConfig(session_id="s", out=str(tmp_path / "s.h5"))
+    config = RunConfig(session_id="s", out=str(tmp_path / "s.h5"),
+                       state_dir=str(tmp_path / "state"))
     record_failed_start(config, "cannot open instrument tem://x: connection refused")
     with SessionReader(config.out) as reader:
         assert [i["kind"] for i in reader.incidents()] == ["start_failed"]
