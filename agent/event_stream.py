@@ -68,10 +68,6 @@ class EventStream:
         for callback in list(self._subscribers.values()):
             callback(name, doc)
 
-    @property
-    def running(self) -> bool:
-        return self._run is not None
-
     def start(self, metadata: dict[str, Any]) -> str:
         """Open a run (the start document holds `metadata`); its uid."""
         with self._lock:

@@ -21,7 +21,7 @@ from rich.progress import Progress
 from agent import state as agent_state
 from agent.approval_broker import ApprovalBroker
 from agent.config import RunConfig
-from agent.event_stream import StreamReader
+from agent.event_stream import EventStream, StreamReader
 from agent.session import Session, SessionParts
 from agent.state import DROPPED, EVENTS_KEPT, keep_recent
 from instruments.devices.safety import GuardedMicroscope, SafetyEnvelope
@@ -65,6 +65,22 @@ class Documents(StreamReader):
 
     def names(self) -> list[str]:
         return [name for name, _ in self.docs]
+
+
+def test_faults_before_the_start_are_held_and_a_token_unsubscribes():
+    stream, first, second = EventStream(), Documents(), Documents()
+    stream.incident("timeout", "no reply within 1 s", call="status")
+    stream.subscribe(first)
+    token = stream.subscribe(second)
+    stream.start({"session_id": "s"})
+    stream.unsubscribe(token)
+    stream.incident("nan_frame", "frame has NaN pixels")
+    stream.stop("interrupted", "stopped by the operator")
+    assert first.names() == ["start", "descriptor", "event", "event", "stop"]
+    assert [i["kind"] for i in first.incidents] == ["timeout", "nan_frame"]
+    assert json.loads(first.incidents[0]["details"]) == {"call": "status"}
+    assert first.docs[-1][1]["exit_status"] == "abort"
+    assert second.names() == ["start", "descriptor", "event"]
 
 
 def session_for(tmp_path: Path, classifier, session_id: str, faults: str = "",
