@@ -7,7 +7,9 @@ text encoder are not stored (they ship with the encoder package; its hash is che
 likewise the pretrained stem's frozen stages: config.json records its package, version and weight
 sha256 ("stem"), and loading refuses a checkpoint whose stem hash differs from the installed one
 (fine-tuned stages are stored with the model). The out-of-distribution fit (models/ood.py), when
-there is one, is `ood.safetensors` plus its threshold in config.json. Loading needs no network and
+there is one, is `ood.safetensors` plus its threshold in config.json. A head fitted by another
+procedure than training (the few-shot fit) describes it under "head" in config.json: how it was
+fitted and what could not be calibrated. Loading needs no network and
 refuses, with CheckpointMismatchError, a checkpoint whose class names or descriptions differ from
 those the caller passes.
 """
@@ -32,7 +34,7 @@ from models.errors import (
 )
 from models.fusion import FusionClassifier
 from models.hashing import file_sha256
-from models.ood import MahalanobisOOD
+from models.ood import METHOD, OOD_METHODS, OODScore
 from models.stem import STEM_SHA256, stem_identity
 
 FORMAT_VERSION = 1
@@ -62,7 +64,8 @@ def software_versions() -> dict[str, str]:
 
 def save_checkpoint(path: str | Path, model: FusionClassifier, class_names: list[str],
                     descriptions: list[str] | None, temperature: float = 1.0,
-                    conformal: dict | None = None, ood: MahalanobisOOD | None = None) -> Path:
+                    conformal: dict | None = None, ood: OODScore | None = None,
+                    head: dict | None = None) -> Path:
     """Write the checkpoint folder `path` (created if needed); return it."""
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
@@ -91,6 +94,8 @@ def save_checkpoint(path: str | Path, model: FusionClassifier, class_names: list
                                          "sha256": file_sha256(folder / OOD_FILE)},
         "weights_sha256": file_sha256(folder / WEIGHTS_FILE),
     }
+    if head is not None:
+        meta["head"] = head
     (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False))
     return folder
 
@@ -151,7 +156,7 @@ def check_stem(meta: dict, config: FusionConfig, folder: Path) -> None:
             "...); install the package version it names")
 
 
-def load_ood(folder: Path, meta: dict) -> MahalanobisOOD | None:
+def load_ood(folder: Path, meta: dict) -> OODScore | None:
     """The checkpoint's out-of-distribution fit, checked against its hash (None if absent)."""
     record = meta.get("ood")
     if not record:
@@ -159,8 +164,12 @@ def load_ood(folder: Path, meta: dict) -> MahalanobisOOD | None:
     path = folder / OOD_FILE
     if not path.is_file() or file_sha256(path) != record.get("sha256"):
         raise CheckpointError(f"{path} is missing or does not match its recorded sha256")
+    method = OOD_METHODS.get(record.get("method", METHOD))
+    if method is None:
+        raise CheckpointError(f"{folder}: unknown out-of-distribution method "
+                              f"{record.get('method')!r}")
     try:
-        return MahalanobisOOD.from_parts(load_file(str(path)), record)
+        return method.from_parts(load_file(str(path)), record)
     except (SafetensorError, KeyError, ValueError) as exc:
         raise CheckpointError(f"unreadable {path}: {exc}") from exc
 

@@ -12,7 +12,8 @@ uses the stored LAC threshold (models/calibration.py); without calibration the s
 class and `extra["conformal"] == "uncalibrated"`. `extra["text_match"]` names, per image branch
 ("vit", "hnf"), the class whose description the image matched best (None without text branch).
 With an out-of-distribution fit (models/ood.py; `clf.fit_ood`) each Prediction's `ood` says
-whether the frame is unlike every training class.
+whether the frame is unlike every training class. `clf.head`: the checkpoint's record of a
+head fitted outside training (the few-shot fit: support set, what could not be calibrated).
 
 Training API (used by the training workflow):
     clf = Classifier.create(FusionConfig.ablation("full"), class_names, descriptions)
@@ -40,7 +41,7 @@ from models.checkpoint import checkpoint_sha256, load_checkpoint, load_ood, save
 from models.config import FusionConfig
 from models.errors import ModelInputError
 from models.fusion import FusionClassifier
-from models.ood import DEFAULT_QUANTILE, MahalanobisOOD
+from models.ood import DEFAULT_QUANTILE, MahalanobisOOD, OODScore
 from models.prediction import Prediction
 from models.preprocess import preprocess_batch
 
@@ -64,7 +65,7 @@ class Classifier:
     def __init__(self, model: FusionClassifier, config: FusionConfig, class_names: list[str],
                  descriptions: list[str] | None, temperature: float = 1.0,
                  conformal_qhat: float | None = None, alpha: float | None = None,
-                 ood: MahalanobisOOD | None = None) -> None:
+                 ood: OODScore | None = None, head: dict | None = None) -> None:
         self.model = model
         self.config = config
         self._class_names = validate_class_names(class_names)
@@ -76,6 +77,7 @@ class Classifier:
         self.conformal_qhat = conformal_qhat
         self.alpha = alpha
         self.ood = ood
+        self.head = head  # how a head fitted outside training was made (the few-shot fit)
         self.checkpoint_sha256: str | None = None
 
     @property
@@ -105,7 +107,7 @@ class Classifier:
         conformal = meta.get("conformal") or {}
         clf = cls(model, model.config, meta["class_names"], meta.get("descriptions"),
                   meta["temperature"], conformal.get("qhat"), conformal.get("alpha"),
-                  load_ood(Path(path), meta))
+                  load_ood(Path(path), meta), meta.get("head"))
         clf.checkpoint_sha256 = checkpoint_sha256(path)
         return clf
 
@@ -115,7 +117,7 @@ class Classifier:
             conformal = {"score": CONFORMAL_SCORE, "alpha": self.alpha,
                          "qhat": self.conformal_qhat}
         folder = save_checkpoint(path, self.model, self._class_names, self.descriptions,
-                                 self.temperature, conformal, self.ood)
+                                 self.temperature, conformal, self.ood, self.head)
         self.checkpoint_sha256 = checkpoint_sha256(folder)
         return folder
 

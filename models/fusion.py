@@ -10,7 +10,8 @@ Data flow (full model):
   [h_cls, h_fus, h_text*, h_fus^text] -> stage-1 attention -> h_img-text
   [h_img-text, h_ICL] -> stage-2 attention -> h_cross -> linear -> logits (softmax outside)
 "w/o MHA" concatenates every embedding above and maps it linearly to the logits.
-Baselines (vit_only, gnn_only) map their single embedding linearly to the logits.
+Baselines (vit_only, gnn_only, fewshot) map their single embedding linearly to the logits;
+the few-shot embedding is the stem's pooled features (models/pooled.py).
 
 `last_text_scores` keeps, per image branch ("vit": CM-EMRL alignment, "hnf": relevance
 scoring), the (B, C) image-text match scores of the last forward pass: which class description
@@ -42,6 +43,7 @@ from models.errors import ModelInputError
 from models.gnn import ChebGNNEncoder
 from models.hnf import HierarchicalNetworkFusion
 from models.lmm import PredictionEmbedding
+from models.pooled import PooledStemEncoder
 from models.stem import STEM_CHANNELS, STEM_REDUCTIONS, PretrainedStem
 from models.text import TextBranch
 from models.vit import ViTEncoder
@@ -60,6 +62,7 @@ class FusionClassifier(nn.Module):
         self.vit = ViTEncoder(config) if "vit" in branches else None
         self.hnf = HierarchicalNetworkFusion(config) if "hnf" in branches else None
         self.gnn = ChebGNNEncoder(config) if "gnn" in branches else None
+        self.pooled = PooledStemEncoder() if "pooled" in branches else None
         self.text = self.align = self.relevance = None
         if config.text_on:
             if descriptions is None:
@@ -79,7 +82,8 @@ class FusionClassifier(nn.Module):
             self.head = nn.Linear(d, config.n_classes)
         else:
             n_all = n_stage1 + (1 if self.lmm is not None else 0)
-            self.head = nn.Linear(d * n_all, config.n_classes)
+            width = self.pooled.out_dim if self.pooled is not None else d * n_all
+            self.head = nn.Linear(width, config.n_classes)
 
     def check_images(self, images: torch.Tensor) -> None:
         """Refuse a batch that is not (B, C, S, S) finite floats of this model's size."""
@@ -127,7 +131,8 @@ class FusionClassifier(nn.Module):
 
     def _stage1(self, inputs: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
         """Image embeddings followed by their matched text embeddings."""
-        image_tokens = [enc(inputs) for enc in (self.vit, self.hnf, self.gnn) if enc is not None]
+        image_tokens = [enc(inputs) for enc in (self.vit, self.hnf, self.gnn, self.pooled)
+                        if enc is not None]
         if self.text is None:
             return image_tokens
         h_text = self.text()

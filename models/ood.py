@@ -9,6 +9,11 @@ hundred images) fitted on the training split's LMM-free fused embeddings (`Class
 The threshold is a quantile (default 0.99) of the scores of the validation split, images the
 fit never saw: about 1 % of in-distribution frames are flagged. Both live in the checkpoint
 (`ood.safetensors` + the threshold in config.json).
+
+The few-shot head (workflows/training/fewshot.py) has too few images per class for a
+covariance: its score (`NearestSupportOOD`, method "nearest_support") is the squared Euclidean
+distance of the unit-norm embedding to the nearest support image, its threshold a quantile of
+the support set's own leave-one-image-out distances.
 """
 
 from __future__ import annotations
@@ -76,3 +81,41 @@ class MahalanobisOOD:
         return cls(tensors["means"].numpy().astype(np.float64),
                    tensors["precision"].numpy().astype(np.float64),
                    float(meta["threshold"]), float(meta.get("quantile", DEFAULT_QUANTILE)))
+
+
+NEAREST = "nearest_support"
+
+
+@dataclass
+class NearestSupportOOD:
+    """Support embeddings (n, e) and the threshold on the distance to the nearest one."""
+
+    points: np.ndarray
+    threshold: float
+    quantile: float
+
+    def score(self, embeddings: np.ndarray) -> np.ndarray:
+        """(N,) squared Euclidean distance to the nearest support embedding."""
+        e = np.asarray(embeddings, dtype=np.float64)
+        d2 = ((e * e).sum(1)[:, None] - 2.0 * e @ self.points.T
+              + (self.points * self.points).sum(1)[None, :])
+        return np.maximum(d2, 0.0).min(axis=1)
+
+    def record(self, score: float) -> dict:
+        return {"score": float(score), "threshold": self.threshold,
+                "unknown": bool(score > self.threshold), "method": NEAREST}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"points": torch.from_numpy(self.points.copy())}
+
+    def meta(self) -> dict:
+        return {"method": NEAREST, "threshold": self.threshold, "quantile": self.quantile}
+
+    @classmethod
+    def from_parts(cls, tensors: dict[str, torch.Tensor], meta: dict) -> NearestSupportOOD:
+        return cls(tensors["points"].numpy().astype(np.float64), float(meta["threshold"]),
+                   float(meta["quantile"]))
+
+
+OOD_METHODS = {METHOD: MahalanobisOOD, NEAREST: NearestSupportOOD}
+OODScore = MahalanobisOOD | NearestSupportOOD

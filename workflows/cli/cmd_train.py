@@ -36,6 +36,8 @@ STEM_MODE_HELP = ("frozen: stem features cached once per image and view, only th
                   "tenth of the learning rate (default for paper).")
 VIEWS_HELP = "Cached augmentation views per image with a frozen stem (default 4, 1 without "\
     "augmentation)."
+DESCRIPTIONS_HELP = ("Few-shot profile: JSON object {class name: description}; stored in the "
+                     "checkpoint (the few-shot head does not use them).")
 CACHE_HELP = ("Folder of cached stem features (default $MICAGENT_FEATURE_CACHE or "
               "~/.cache/micagent/stem_features).")
 
@@ -77,7 +79,8 @@ def _options(profile: str, folds: int | None, epochs: int | None, seed: int, abl
 def train_cmd(
     data_dir: Annotated[Path, typer.Argument(help="Folder with one sub-folder per class.")],
     out: Annotated[Path, typer.Option("--out", help="Checkpoint folder to write.")],
-    profile: Annotated[str, typer.Option(help="quick (one split) or paper (10-fold CV).")]
+    profile: Annotated[str, typer.Option(help="quick (one split), paper (10-fold CV) or "
+                                              "fewshot (1-20 images per class, seconds).")]
     = "quick",
     folds: Annotated[int | None, typer.Option(help="CV folds (paper profile: 10).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs (paper 50, quick 10).")]
@@ -103,8 +106,10 @@ def train_cmd(
     stem_mode: Annotated[str | None, typer.Option(help=STEM_MODE_HELP)] = None,
     stem_views: Annotated[int | None, typer.Option(help=VIEWS_HELP)] = None,
     feature_cache: Annotated[Path | None, typer.Option(help=CACHE_HELP)] = None,
+    descriptions: Annotated[Path | None, typer.Option(help=DESCRIPTIONS_HELP)] = None,
 ) -> None:
-    """Train the fusion classifier with the papers' protocol; resumes an interrupted run."""
+    """Train the fusion classifier with the papers' protocol (resumes an interrupted run), or
+    fit the few-shot head on the frozen stem (`--profile fewshot`)."""
     from models.errors import ModelError
     from workflows.training.data import DatasetError
     from workflows.training.knowledge import KnowledgeError
@@ -112,6 +117,12 @@ def train_cmd(
     from workflows.training.train import TrainError, train
 
     _threads()
+    if profile == "fewshot":
+        _fewshot(data_dir, out, seed, descriptions)
+        return
+    if descriptions is not None:
+        raise fail("--descriptions is for --profile fewshot; the fusion model's profiles read "
+                   "class descriptions from --knowledge")
     try:
         opts = _options(profile, folds, epochs, seed, ablation, knowledge, crop_bottom,
                         no_dedup, batch_size, config, time_budget, confounding, shots,
@@ -124,6 +135,26 @@ def train_cmd(
     notice(_console(), f"checkpoint written to {path}", "green")
 
 
+def _fewshot(data_dir: Path, out: Path, seed: int, descriptions: Path | None) -> None:
+    """`train --profile fewshot`: fit, then say what could not be calibrated."""
+    from models.errors import ModelError
+    from workflows.training.data import DatasetError
+    from workflows.training.fewshot import train_fewshot
+
+    console = _console()
+    try:
+        fit = train_fewshot(data_dir, out, seed, descriptions, console)
+    except (DatasetError, ModelError) as exc:
+        raise fail(exc) from exc
+    for item in fit.not_calibrated:
+        notice(console, f"not calibrated: {item}", "yellow")
+    if fit.descriptions:
+        notice(console, f"descriptions: {fit.descriptions}", "yellow")
+    shots = ", ".join(f"{c} {n}" for c, n in fit.shots.items())
+    notice(console, f"few-shot checkpoint written to {fit.path} in {fit.seconds:.1f} s "
+                    f"(images per class: {shots})", "green")
+
+
 def evaluate_cmd(
     ckpt: Annotated[Path, typer.Argument(help="Checkpoint folder.")],
     data_dir: Annotated[Path, typer.Argument(help="Folder-per-class dataset.")],
@@ -134,7 +165,13 @@ def evaluate_cmd(
     """Top-k accuracy, per-class P/R/F1, confusion matrix, calibration and conformal sets."""
     from models.errors import ModelError
     from workflows.training.data import DatasetError, parse_crop
-    from workflows.training.evaluate import EvaluateError, evaluate, markdown_report, write_plots
+    from workflows.training.evaluate import (
+        EvaluateError,
+        evaluate,
+        markdown_report,
+        ood_line,
+        write_plots,
+    )
 
     _threads()
     try:
@@ -159,6 +196,8 @@ def evaluate_cmd(
         if key in report:
             std = report.get("std", {}).get(key)
             console.print(f"{key:>24}: {report[key]:.4f}" + (f" ± {std:.4f}" if std else ""))
+    if "ood" in report:
+        console.print(ood_line(report["ood"]))
     folder = plots or ckpt
     for path in write_plots(report, folder):
         console.print(f"plot: {path}")

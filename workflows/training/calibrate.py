@@ -13,18 +13,9 @@ import torch
 from instruments.utils import atomic_file
 from models.calibration import nll
 from models.classifier import Classifier
-from models.fusion import FusionClassifier
 from workflows.training.training_inputs import TrainingInputs, batched
 
 CONFORMAL_ALPHA = 0.1
-
-
-def batched_logits(model: FusionClassifier, x: torch.Tensor, lmm: torch.Tensor | None,
-                   batch_size: int = 48) -> np.ndarray:
-    """Logits (N, C) of the model in eval mode, in batches."""
-    model.eval()
-    return batched(lambda b: model(x[b], None if lmm is None else lmm[b]), np.arange(len(x)),
-                   batch_size)
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:

@@ -212,16 +212,17 @@ def load_folder_dataset(root: str | Path, size: int = 224,
                         crop: float | int | None = None,
                         class_names: Sequence[str] | None = None,
                         group_duplicates: bool = True, max_hash_distance: int = 4,
-                        progress: Callable[[int, int], None] | None = None) -> LabelledDataset:
+                        progress: Callable[[int, int], None] | None = None,
+                        include: Sequence[str] | None = None) -> LabelledDataset:
     """Read a folder-per-class dataset into memory.
 
     `class_names`: the classes the caller expects (e.g. a checkpoint's); every class folder
     must be one of them (folders of the other classes may be absent). Without it, the class
     folders define the classes (at least two, none empty). Unreadable or truncated files are
-    reported together in one DatasetError.
+    reported together in one DatasetError. `include`: read only these class folders.
     """
     root = Path(root)
-    folders = class_folders(root)
+    folders = [f for f in class_folders(root) if include is None or f.name in include]
     names = [f.name for f in folders]
     if class_names is not None:
         unknown = sorted(set(names) - set(class_names))

@@ -5,6 +5,11 @@ checkpoint's `training.json`), only the held-out test images of each fold are sc
 that fold's model (folds/fold_K for the paper profile), with the LMM answers that training gave
 them; the report is then mean +- std across folds. On any other dataset every image is scored
 by the checkpoint, with no LMM answers (as most frames in a session).
+
+Class folders of classes the model does not know are foreign material: the metrics cover the
+known classes only, and the foreign images are scored by the checkpoint's out-of-distribution
+test (report["ood"]: the foreign classes, their image count and the fraction flagged unknown,
+per class too; with the fraction of known-class images flagged beside it).
 """
 
 from __future__ import annotations
@@ -18,8 +23,8 @@ import torch
 from instruments.utils import atomic_file
 from models.checkpoint import read_meta
 from models.classifier import Classifier
-from workflows.training.calibrate import batched_logits, softmax
-from workflows.training.data import LabelledDataset, load_folder_dataset
+from workflows.training.calibrate import softmax
+from workflows.training.data import LabelledDataset, class_folders, load_folder_dataset
 from workflows.training.metrics import aggregate, classification_metrics
 
 
@@ -53,6 +58,55 @@ def _fold_jobs(ckpt: Path, ds: LabelledDataset) -> tuple[str, list[tuple[Path, n
     return "held-out test split of the training run", jobs
 
 
+def split_classes(data_dir: str | Path, class_names: list[str]) -> tuple[list[str], list[str]]:
+    """(class folders the model knows, foreign class folders) of `data_dir`."""
+    names = [f.name for f in class_folders(Path(data_dir))]
+    known = [n for n in names if n in class_names]
+    if not known:
+        raise EvaluateError(f"{data_dir}: none of its class folders {names} is a class of the "
+                            f"model ({class_names})")
+    return known, [n for n in names if n not in class_names]
+
+
+def encode(clf: Classifier, x: torch.Tensor, lmm: torch.Tensor | None,
+           batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(logits, LMM-free embeddings) of a batch, in chunks, model in eval mode."""
+    clf.model.eval()
+    logits, embeds = [], []
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            part = slice(start, start + batch_size)
+            h, e = clf.model.encode(x[part], None if lmm is None else lmm[part])
+            logits.append(clf.model.head(h).double().numpy())
+            embeds.append(e.double().numpy())
+    return np.concatenate(logits), np.concatenate(embeds)
+
+
+def flagged(clf: Classifier, embeddings: np.ndarray) -> np.ndarray | None:
+    """Per image: flagged unknown by the checkpoint's OOD test (None without an OOD fit)."""
+    return None if clf.ood is None else clf.ood.score(embeddings) > clf.ood.threshold
+
+
+def foreign_ood(clf: Classifier, data_dir: str | Path, foreign: list[str], size: int,
+                crop: float | int | None, known_flags: list[np.ndarray | None],
+                batch_size: int) -> dict:
+    """report["ood"]: how many images of the foreign classes the OOD test flags unknown."""
+    ds = load_folder_dataset(data_dir, size=size, crop=crop, class_names=foreign,
+                             include=foreign, group_duplicates=False)
+    flags = flagged(clf, encode(clf, clf.preprocess_batch(ds.images), None, batch_size)[1])
+    out: dict = {"foreign_classes": foreign, "images": len(ds), "flagged": None,
+                 "per_class": None, "known_flagged": None,
+                 "method": None if clf.ood is None else clf.ood.meta()["method"]}
+    if flags is None:
+        out["note"] = "the checkpoint has no out-of-distribution fit: nothing is flagged"
+        return out
+    out["flagged"] = float(flags.mean())
+    out["per_class"] = {c: float(flags[ds.labels == i].mean()) for i, c in enumerate(foreign)}
+    if all(f is not None for f in known_flags):
+        out["known_flagged"] = float(np.concatenate(known_flags).mean())
+    return out
+
+
 def evaluate(ckpt: str | Path, data_dir: str | Path, crop: float | int | None = None,
              batch_size: int = 48) -> dict:
     """The metrics report (see workflows/training/metrics.py) of `ckpt` on `data_dir`."""
@@ -63,16 +117,18 @@ def evaluate(ckpt: str | Path, data_dir: str | Path, crop: float | int | None = 
         crop = json.loads(training_path.read_text())["options"].get("crop")
     class_names = meta["class_names"]
     size = int(meta["fusion_config"]["img_size"])
+    known, foreign = split_classes(data_dir, class_names)
     ds = load_folder_dataset(data_dir, size=size, crop=crop, class_names=class_names,
-                             group_duplicates=False)
+                             group_duplicates=False, include=known)
     subset, jobs = _fold_jobs(ckpt, ds)
-    folds, lmm_answered = [], 0
+    folds, lmm_answered, known_flags = [], 0, []
     for folder, idx, lmm in jobs:
         clf = Classifier.load(folder, class_names=class_names)
         x = clf.preprocess_batch(ds.images[idx])
         lmm_t = torch.as_tensor(lmm[idx]) if clf.config.lmm_on else None
         lmm_answered += int((lmm[idx] >= 0).sum()) if clf.config.lmm_on else 0
-        logits = batched_logits(clf.model, x, lmm_t, batch_size)
+        logits, embeddings = encode(clf, x, lmm_t, batch_size)
+        known_flags.append(flagged(clf, embeddings))
         y = ds.labels[idx]
         folds.append(classification_metrics(softmax(logits), softmax(logits, clf.temperature),
                                             y, class_names, clf.conformal_qhat))
@@ -87,6 +143,9 @@ def evaluate(ckpt: str | Path, data_dir: str | Path, crop: float | int | None = 
         "lmm_answers_used": lmm_answered, "folds": folds if len(folds) > 1 else None})
     if len(folds) > 1:
         report["reliability"] = folds[0]["reliability"]
+    if foreign:
+        report["ood"] = foreign_ood(Classifier.load(ckpt, class_names=class_names), data_dir,
+                                    foreign, size, crop, known_flags, batch_size)
     return report
 
 
@@ -138,6 +197,17 @@ def write_plots(report: dict, folder: Path) -> list[Path]:
     return paths
 
 
+def ood_line(ood: dict) -> str:
+    """One sentence on the foreign classes' images and how many were flagged unknown."""
+    classes = ", ".join(ood["foreign_classes"])
+    head = f"{ood['images']} images of classes the model does not know ({classes})"
+    if ood["flagged"] is None:
+        return f"{head}: {ood['note']}"
+    known = ood.get("known_flagged")
+    return (f"{head}: {ood['flagged']:.4f} flagged unknown ({ood['method']})"
+            + ("" if known is None else f"; known-class images flagged: {known:.4f}"))
+
+
 def markdown_report(report: dict) -> str:
     """The report as Markdown: summary metrics and the per-class table."""
     std = report.get("std", {})
@@ -156,6 +226,8 @@ def markdown_report(report: dict) -> str:
                 "ece_before_temperature", "ece", "nll_before_temperature", "nll",
                 "conformal_coverage", "conformal_mean_set_size"):
         lines.append(f"| {key} | {fmt(key)} |")
+    if "ood" in report:
+        lines += ["", ood_line(report["ood"])]
     lines += ["", f"Conformal alpha: {report.get('conformal_alpha')}; temperature: "
               f"{report.get('temperature')}; LMM answers used: {report['lmm_answers_used']}",
               "", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
