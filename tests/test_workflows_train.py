@@ -81,11 +81,14 @@ def test_evaluate_table_writes_plots(ckpt, data, tmp_path):
     assert (tmp_path / "confusion_matrix.png").stat().st_size > 1000
 
 
-def test_evaluate_refuses_a_dataset_of_another_class_set(ckpt, tmp_path):
+def test_evaluate_scores_a_class_the_model_does_not_know_as_foreign(ckpt, tmp_path):
     other = write_dataset(tmp_path, per_class=3, size=48, classes=("Dots", "Spirals"))
     result = runner.invoke(app, ["evaluate", str(ckpt), str(other), "--json"])
-    assert result.exit_code == 2 and "Spirals" in result.output
-    assert "another class set" in result.output
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["n_images"] == 3 and report["per_class"]["Dots"]["support"] == 3
+    assert report["ood"]["foreign_classes"] == ["Spirals"] and report["ood"]["images"] == 3
+    assert 0.0 <= report["ood"]["flagged"] <= 1.0 and report["ood"]["method"] == "mahalanobis"
 
 
 def test_interrupted_training_leaves_no_checkpoint_and_resumes_after_its_last_epoch(data,
