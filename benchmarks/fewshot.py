@@ -22,29 +22,18 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
+from foreign_folder import micagent  # noqa: E402  (one CLI command, OMP_NUM_THREADS=1)
 from foreign_textures import write_foreign_dataset  # noqa: E402
 
-ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1",
-           TRANSFORMERS_OFFLINE="1")
 POOL, TEST, FOREIGN = 10, 10, 3
-
-
-def micagent(*args: str) -> str:
-    """Run one CLI command (`python -m workflows`), fail loudly, return its stdout."""
-    result = subprocess.run([sys.executable, "-m", "workflows", *args], cwd=REPO, env=ENV,
-                            capture_output=True, text=True)
-    if result.returncode:
-        sys.stderr.write(result.stdout + result.stderr)
-        raise SystemExit(f"micagent {' '.join(args)} exited with {result.returncode}")
-    return result.stdout
 
 
 def prepare(work: Path) -> None:
