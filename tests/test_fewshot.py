@@ -17,12 +17,16 @@ from typer.testing import CliRunner
 from workflows_synth import write_dataset
 
 from agent.config import RunConfig
+from instruments.devices.frame import ImagingSettings
+from instruments.session_file.decision_record import DecisionRecord, HumanRecord
 from instruments.session_file.reader import SessionReader
+from instruments.session_file.writer import SessionWriter
 from models.checkpoint import read_meta
 from models.classifier import Classifier
 from models.errors import StemMismatchError
 from twins.classes import SEM_CLASSES
 from twins.dataset import render_dataset
+from twins.microscope import TwinMicroscope
 from workflows.cli.app import app
 from workflows.session_assembly import run_session
 from workflows.training.fewshot import MAX_SHOTS
@@ -142,7 +146,7 @@ def _error_line(result) -> str:
 
 def test_bad_support_folders_fail_with_one_error_line_and_no_checkpoint(tmp_path):
     one = write_dataset(tmp_path / "one", per_class=2, size=32, classes=("A",))
-    assert "at least two class folders" in _error_line(fewshot(one, tmp_path / "m"))
+    assert "at least two classes" in _error_line(fewshot(one, tmp_path / "m"))
     empty = write_dataset(tmp_path / "empty", per_class=2, size=32, classes=("A", "B"))
     (empty / "C").mkdir()
     assert "without images: ['C']" in _error_line(fewshot(empty, tmp_path / "m"))
@@ -168,6 +172,48 @@ def test_a_head_learned_on_another_stem_is_refused_by_hash(ckpt, tmp_path):
     data = write_dataset(tmp_path / "data", per_class=1, size=64, classes=KINDS)
     assert "not the installed ones" in _error_line(
         runner.invoke(app, ["evaluate", str(copy), str(data), "--json"]))
+
+
+def write_labelled_session(path: Path, per_class: int, classes: int) -> list[str]:
+    """A session file of twin survey frames: `per_class` frames of each of the first `classes`
+    classes met are labelled by a human (relabel/approve), the others not (confident, or a
+    human skip); returns the human labels in order."""
+    twin = TwinMicroscope(seed=0)
+    twin.set_imaging(ImagingSettings(fov=20e-6, pixels=64, dwell=2e-6))
+    provenance = {"session_id": str(uuid.uuid4()), "instrument": {"uri": "twin"},
+                  "model": {"path": "m", "class_names": list(SEM_CLASSES)}, "run_config": {}}
+    taught: list[str] = []
+    with SessionWriter(path, provenance) as writer:
+        for i, position in enumerate(twin.specimen.survey_centres(20e-6)[:40]):
+            twin.move_stage(position)
+            frame = twin.acquire()
+            truth = frame.evaluation["label"]
+            wanted = taught.count(truth) < per_class and (
+                truth in taught or len(set(taught)) < classes)
+            human = None
+            if wanted:
+                human = HumanRecord(decision="relabel" if i % 2 else "approve", label=truth)
+                taught.append(truth)
+            elif i % 3 == 0:
+                human = HumanRecord(decision="skip")
+            writer.write_frame(frame, DecisionRecord(
+                frame_id=frame.frame_id, sequence=frame.sequence, label=truth,
+                route="human" if human else "confident", human=human))
+    twin.close()
+    return taught
+
+
+def test_the_human_labelled_frames_of_a_session_file_are_a_support_set(tmp_path):
+    taught = write_labelled_session(tmp_path / "s.h5", per_class=2, classes=2)
+    assert len(taught) == 4
+    result = fewshot(tmp_path / "s.h5", tmp_path / "m")
+    assert result.exit_code == 0, result.output
+    head = read_meta(tmp_path / "m")["head"]
+    assert head["support"] == {c: 2 for c in sorted(set(taught))}
+    assert all(src.startswith("s.h5#") for src in head["sources"])
+    one = write_labelled_session(tmp_path / "one.h5", per_class=3, classes=1)
+    assert len(set(one)) == 1
+    assert "at least two classes" in _error_line(fewshot(tmp_path / "one.h5", tmp_path / "n"))
 
 
 def test_a_session_runs_on_a_fewshot_checkpoint(tmp_path):

@@ -77,7 +77,9 @@ def _options(profile: str, folds: int | None, epochs: int | None, seed: int, abl
 
 
 def train_cmd(
-    data_dir: Annotated[Path, typer.Argument(help="Folder with one sub-folder per class.")],
+    data_dir: Annotated[Path, typer.Argument(help="Folder with one sub-folder per class (with "
+                                             "--profile fewshot also a session file: its "
+                                             "frames labelled by a human).")],
     out: Annotated[Path, typer.Option("--out", help="Checkpoint folder to write.")],
     profile: Annotated[str, typer.Option(help="quick (one split), paper (10-fold CV) or "
                                               "fewshot (1-20 images per class, seconds).")]
@@ -143,7 +145,7 @@ def _fewshot(data_dir: Path, out: Path, seed: int, descriptions: Path | None) ->
 
     console = _console()
     try:
-        fit = train_fewshot(data_dir, out, seed, descriptions, console)
+        fit = train_fewshot(data_dir, out, seed, descriptions)
     except (DatasetError, ModelError) as exc:
         raise fail(exc) from exc
     for item in fit.not_calibrated:

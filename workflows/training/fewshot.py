@@ -1,5 +1,7 @@
 """Few-shot training (`micagent train DATA --out CKPT --profile fewshot`): a head on the frozen
-pretrained stem, fitted in seconds from 1 to MAX_SHOTS labelled images per class.
+pretrained stem, fitted in seconds from 1 to MAX_SHOTS labelled images per class. DATA is a
+folder per class, or a session file: its frames whose label a human gave (approved or
+relabelled) are the support set, their labels the classes.
 
 Each support image is seen under the eight dihedral symmetries (workflows/training/augment.py;
 fewer for large support sets, see VIEW_BUDGET);
@@ -35,6 +37,7 @@ them, which the record and the terminal say.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -42,7 +45,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rich.console import Console
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
@@ -54,7 +56,16 @@ from models.ood import NearestSupportOOD
 from models.preprocess import preprocess_batch
 from workflows.training.augment import dihedral
 from workflows.training.calibrate import softmax
-from workflows.training.data import DatasetError, class_folders, image_files, load_folder_dataset
+from workflows.training.data import (
+    NSID_SUFFIXES,
+    DatasetError,
+    LabelledDataset,
+    class_folders,
+    image_files,
+    load_folder_dataset,
+    resize,
+    to_gray,
+)
 
 MAX_SHOTS = 20
 # symmetries in the order they are used: a small support set gets all eight, a large one the
@@ -80,22 +91,61 @@ class FewShotFit:
     descriptions: str | None = None
 
 
-def check_support(root: str | Path) -> dict[str, int]:
-    """Files per class folder; DatasetError, before any image is read, for fewer than two
-    classes, an empty class or more than MAX_SHOTS files in one."""
-    folders = class_folders(Path(root))
-    if len(folders) < 2:
-        raise DatasetError(f"{root}: few-shot training needs at least two class folders, found "
-                           f"{[f.name for f in folders] or 'none'}")
-    counts = {f.name: len(image_files(f)) for f in folders}
+def check_counts(where: object, counts: dict[str, int]) -> None:
+    """DatasetError for fewer than two classes, an empty class or more than MAX_SHOTS images
+    in one."""
+    if len(counts) < 2:
+        raise DatasetError(f"{where}: few-shot training needs at least two classes, found "
+                           f"{list(counts) or 'none'}")
     empty = [name for name, n in counts.items() if n == 0]
     if empty:
-        raise DatasetError(f"{root}: class folders without images: {empty}")
+        raise DatasetError(f"{where}: class folders without images: {empty}")
     crowded = {name: n for name, n in counts.items() if n > MAX_SHOTS}
     if crowded:
-        raise DatasetError(f"{root}: few-shot training takes 1 to {MAX_SHOTS} images per class; "
+        raise DatasetError(f"{where}: few-shot training takes 1 to {MAX_SHOTS} images per class; "
                            f"{crowded} have more (train them with --profile quick)")
+
+
+def check_support(root: str | Path) -> dict[str, int]:
+    """Files per class folder, checked (`check_counts`) before any image is read."""
+    counts = {f.name: len(image_files(f)) for f in class_folders(Path(root))}
+    check_counts(root, counts)
     return counts
+
+
+def is_session_file(path: str | Path) -> bool:
+    return Path(path).is_file() and Path(path).suffix.lower() in NSID_SUFFIXES
+
+
+def human_labelled(path: str | Path, size: int = 224) -> LabelledDataset:
+    """The frames of a session file whose label a human gave (approved or relabelled), as a
+    dataset whose classes are those labels (sorted); checked like a support folder."""
+    from instruments.session_file.decision_record import Decision
+    from instruments.session_file.reader import SessionReader
+
+    path = Path(path)
+    found: list[tuple[str, str, np.ndarray]] = []
+    try:
+        with SessionReader(path) as reader:
+            for frame, record in reader.frames():
+                human = record.human
+                if human and record.label and human.decision in (Decision.APPROVE,
+                                                                 Decision.RELABEL):
+                    found.append((record.label, f"{path.name}#{frame.frame_id}",
+                                  resize(to_gray(frame.image), size)))
+    except Exception as exc:  # noqa: BLE001 - any reader failure is a damaged input
+        raise DatasetError(f"cannot read session file {path}: {type(exc).__name__}: {exc}"
+                           ) from exc
+    names = sorted({label for label, _, _ in found})
+    check_counts(f"{path} (frames labelled by a human)",
+                 {c: sum(label == c for label, _, _ in found) for c in names})
+    images = np.stack([im for _, _, im in found]).astype(np.float32)
+    return LabelledDataset(
+        root=path, class_names=names, images=images,
+        labels=np.array([names.index(label) for label, _, _ in found], dtype=np.int64),
+        sources=[src for _, src, _ in found],
+        digests=[hashlib.sha1(im.tobytes()).hexdigest() for im in images],
+        phash=np.zeros(len(found), dtype=np.uint64), groups=np.arange(len(found)))
 
 
 def read_descriptions(path: str | Path, class_names: list[str]) -> list[str]:
@@ -196,15 +246,23 @@ def calibrate(clf: Classifier, z: np.ndarray, y: np.ndarray, seed: int) -> tuple
     return record, missing
 
 
-def train_fewshot(data_dir: str | Path, out: str | Path, seed: int = 0,
-                  descriptions: str | Path | None = None,
-                  console: Console | None = None) -> FewShotFit:
-    """Fit, calibrate and write the few-shot checkpoint folder `out` (atomically)."""
-    console = console or Console(stderr=True)
-    started = time.perf_counter()
-    names = list(check_support(data_dir))
+def support_set(data: str | Path, descriptions: str | Path | None
+                ) -> tuple[LabelledDataset, list[str] | None]:
+    """The support images (a session file's human-labelled frames, or a folder per class,
+    checked before its images are read) and the descriptions (None without a file)."""
+    if is_session_file(data):
+        ds = human_labelled(data)
+        return ds, read_descriptions(descriptions, ds.class_names) if descriptions else None
+    names = list(check_support(data))
     texts = read_descriptions(descriptions, names) if descriptions else None
-    ds = load_folder_dataset(data_dir, size=224, group_duplicates=False)
+    return load_folder_dataset(data, size=224, group_duplicates=False), texts
+
+
+def train_fewshot(data_dir: str | Path, out: str | Path, seed: int = 0,
+                  descriptions: str | Path | None = None) -> FewShotFit:
+    """Fit, calibrate and write the few-shot checkpoint folder `out` (atomically)."""
+    started = time.perf_counter()
+    ds, texts = support_set(data_dir, descriptions)
     clf = Classifier.create(FusionConfig(baseline="fewshot"), ds.class_names, texts)
     x = preprocess_batch(ds.images, channels=clf.config.in_chans, size=clf.config.img_size)
     views = view_count(len(x))
