@@ -119,33 +119,35 @@ def is_session_file(path: str | Path) -> bool:
 
 def human_labelled(path: str | Path, size: int = 224) -> LabelledDataset:
     """The frames of a session file whose label a human gave (approved or relabelled), as a
-    dataset whose classes are those labels (sorted); checked like a support folder."""
+    dataset whose classes are those labels (sorted); their counts are checked like a support
+    folder's (`check_counts`) from the decision records, before any frame is read."""
     from instruments.session_file.decision_record import Decision
     from instruments.session_file.reader import SessionReader
 
     path = Path(path)
-    found: list[tuple[str, str, np.ndarray]] = []
+    taught = (Decision.APPROVE, Decision.RELABEL)
     try:
         with SessionReader(path) as reader:
-            for frame, record in reader.frames():
-                human = record.human
-                if human and record.label and human.decision in (Decision.APPROVE,
-                                                                 Decision.RELABEL):
-                    found.append((record.label, f"{path.name}#{frame.frame_id}",
-                                  resize(to_gray(frame.image), size)))
+            records = reader.records()
+            chosen = [i for i, r in enumerate(records)
+                      if r.human and r.label and r.human.decision in taught]
+            labels = [records[i].label for i in chosen]
+            names = sorted(set(labels))
+            check_counts(f"{path} (frames labelled by a human)",
+                         {c: labels.count(c) for c in names})
+            frames = [reader.frame(i) for i in chosen]
+    except DatasetError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any reader failure is a damaged input
         raise DatasetError(f"cannot read session file {path}: {type(exc).__name__}: {exc}"
                            ) from exc
-    names = sorted({label for label, _, _ in found})
-    check_counts(f"{path} (frames labelled by a human)",
-                 {c: sum(label == c for label, _, _ in found) for c in names})
-    images = np.stack([im for _, _, im in found]).astype(np.float32)
+    images = np.stack([resize(to_gray(f.image), size) for f in frames]).astype(np.float32)
     return LabelledDataset(
         root=path, class_names=names, images=images,
-        labels=np.array([names.index(label) for label, _, _ in found], dtype=np.int64),
-        sources=[src for _, src, _ in found],
+        labels=np.array([names.index(label) for label in labels], dtype=np.int64),
+        sources=[f"{path.name}#{f.frame_id}" for f in frames],
         digests=[hashlib.sha1(im.tobytes()).hexdigest() for im in images],
-        phash=np.zeros(len(found), dtype=np.uint64), groups=np.arange(len(found)))
+        phash=np.zeros(len(frames), dtype=np.uint64), groups=np.arange(len(frames)))
 
 
 def read_descriptions(path: str | Path, class_names: list[str]) -> list[str]:
