@@ -240,7 +240,7 @@ def calibrate(clf: Classifier, z: np.ndarray, y: np.ndarray, seed: int) -> tuple
         missing.append("OOD threshold (a lone image's nearest neighbour is of another class: "
                        "the threshold is loose and flags only frames far from every class)")
     one_shot = [c for c, n in zip(clf.class_names, np.bincount(y), strict=True) if n == 1]
-    if one_shot and folds < 2:
+    if one_shot:
         missing.insert(0, f"{len(one_shot)} class(es) with one image: {one_shot}")
     record.update(temperature=clf.temperature, conformal_qhat=clf.conformal_qhat,
                   ood_threshold=clf.ood.threshold, ood_quantile=OOD_QUANTILE,
