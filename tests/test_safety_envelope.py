@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -9,6 +11,7 @@ from instruments.devices.errors import ApprovalRequired, BadFrame, SafetyRefused
 from instruments.devices.frame import Frame, ImagingSettings, StagePosition
 from instruments.devices.frame_checks import check_image
 from instruments.devices.microscope import Capabilities, InstrumentStatus
+from instruments.devices.dose_ledger import DoseLedger
 from instruments.devices.safety import Approval, GuardedMicroscope, SafetyEnvelope, dose_per_nm2
 
 
@@ -22,6 +25,7 @@ class RecordingMicroscope:
         self.image = image if image is not None else np.random.default_rng(0).random((8, 8))
         self.settings = ImagingSettings(pixels=8)
         self.stage = StagePosition()
+        self.console: dict[str, float] = {}   # what an operator changed at the console
 
     def status(self) -> InstrumentStatus:
         return InstrumentStatus(self.instrument_id, True, self.stage, self.settings)
@@ -34,13 +38,17 @@ class RecordingMicroscope:
         self.settings = settings
         return settings
 
+    def imaging(self) -> ImagingSettings:
+        return replace(self.settings, **self.console)
+
     def move_stage(self, position: StagePosition) -> StagePosition:
         self.calls.append(("move_stage", position))
         self.stage = position
         return position
 
     def acquire(self) -> Frame:
-        return Frame(self.image, self.instrument_id, self.settings, self.stage)
+        self.calls.append(("acquire", None))
+        return Frame(self.image, self.instrument_id, self.imaging(), self.stage)
 
     def close(self) -> None:
         self.calls.append(("close", None))
@@ -145,3 +153,87 @@ def test_envelope_from_the_command_line_file_limits_and_free_zone(tmp_path):
                           ((str(tmp_path / "none.json"), [], None), "none.json")):
         with pytest.raises(ValueError, match=message):
             envelope_values(*args)
+
+
+def guarded(envelope: SafetyEnvelope | None = None) -> tuple[GuardedMicroscope,
+                                                             RecordingMicroscope, list]:
+    """A guard over a RecordingMicroscope, with the incidents it reports."""
+    inner, incidents = RecordingMicroscope(), []
+    guard = GuardedMicroscope(inner, envelope,
+                              on_incident=lambda kind, message, **extra:
+                              incidents.append({"kind": kind, "message": message, **extra}))
+    return guard, inner, incidents
+
+
+DOSE_LIMIT = SafetyEnvelope(max_dose_per_nm2=1.0)    # 0.2 e/nm^2 at 100 pA, 2 at 1 uA
+
+
+def test_a_beam_current_raised_at_the_console_refuses_the_frame_before_the_scan():
+    guard, inner, incidents = guarded(DOSE_LIMIT)
+    guard.set_imaging(ImagingSettings(pixels=8))
+    assert guard.acquire().settings.beam_current == 100e-12
+    inner.console = {"beam_current": 1e-6}           # 1 uA, set outside the agent
+    inner.calls.clear()
+    with pytest.raises(SafetyRefused, match="dose .* exceeds envelope"):
+        guard.acquire()
+    assert inner.calls == []                          # the scan never started
+    assert [(i["kind"], i["check"], i["settings"]["beam_current"]) for i in incidents] == \
+        [("safety_refused", "readback", 1e-6)]
+
+
+def test_a_frame_whose_own_metadata_shows_a_dose_over_the_limit_is_refused():
+    guard, inner, incidents = guarded(DOSE_LIMIT)
+
+    class ChangedDuringScan(RecordingMicroscope):
+        def acquire(self) -> Frame:
+            frame = super().acquire()
+            return replace(frame, settings=replace(frame.settings, beam_current=1e-6))
+
+    guard.inner = ChangedDuringScan()
+    with pytest.raises(SafetyRefused, match="dose"):
+        guard.acquire()
+    assert [(i["kind"], i["check"]) for i in incidents] == [("safety_refused",
+                                                             "frame_metadata")]
+    assert guard.frames == 1 and len(guard.dose) == 1   # it was scanned: its dose counts
+
+
+def test_the_dose_per_area_budget_counts_rescans_and_overlaps():
+    one = dose_per_nm2(ImagingSettings(pixels=8))
+    guard, inner, incidents = guarded(SafetyEnvelope(max_dose_per_nm2_total=2.5 * one))
+    fov = ImagingSettings(pixels=8).fov
+    guard.acquire()
+    guard.acquire()                                   # a rescan of the same area: 2 doses
+    guard.move_stage(StagePosition(x=fov / 2))        # half of it overlaps that area
+    with pytest.raises(SafetyRefused, match="dose budget"):
+        guard.acquire()
+    assert incidents[-1]["check"] == "dose_budget"
+    guard.move_stage(StagePosition(x=2 * fov))        # fresh specimen
+    guard.acquire()
+    assert guard.frames == 3
+
+
+def test_the_dose_ledger_peak_is_the_most_exposed_point_under_a_footprint():
+    ledger = DoseLedger()
+    ledger.add(0.0, 0.0, 2.0, 1.0)
+    ledger.add(1.0, 0.0, 2.0, 10.0)                  # overlaps x in [0, 1]
+    ledger.add(0.0, 0.0, 2.0, 1.0)                   # merged with the first
+    assert len(ledger) == 2
+    assert ledger.peak(0.0, 0.0, 2.0) == 12.0
+    assert ledger.peak(-0.75, 0.0, 1.0) == 2.0       # only the first reaches x < 0
+    assert ledger.peak(10.0, 10.0, 1.0) == 0.0
+    assert DoseLedger(ledger.snapshot()).peak(0.0, 0.0, 2.0) == 12.0
+
+
+def test_counters_restored_into_a_new_guard_continue_the_move_budget():
+    first, _, _ = guarded(SafetyEnvelope(max_moves=3))
+    first.move_stage(StagePosition(x=1e-6))
+    first.move_stage(StagePosition(x=2e-6))
+    first.acquire()
+    snapshot = first.counters()
+    assert snapshot["moves"] == 2 and snapshot["frames"] == 1 and snapshot["exposures"]
+    second, inner, _ = guarded(SafetyEnvelope(max_moves=3))      # a resumed process
+    second.restore(snapshot)
+    second.move_stage(StagePosition(x=3e-6))
+    with pytest.raises(SafetyRefused, match="move budget of 3"):
+        second.move_stage(StagePosition(x=4e-6))
+    assert second.counters()["exposures"] == snapshot["exposures"]

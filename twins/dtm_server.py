@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import functools
 import os
-import shutil
-import tempfile
 import threading
 import time
 from dataclasses import asdict, fields
@@ -39,6 +37,8 @@ MICROSCOPE_KINDS = ("STEM", "dummy")
 HANDSHAKE_TIMEOUT_S = 3.0      # a connection that does not say hello within this is dropped
 IDLE_TIMEOUT_S = 300.0         # a client silent this long between calls is disconnected
 POOL_SIZE = 512                # worker threads (one per connected client)
+MAX_DATA_BYTES = 1 << 30       # register_data refuses larger files (--max-data-bytes)
+MAX_REGISTRATIONS = 2          # register_data calls opening a file at the same time
 
 
 def resolve_data_source(root: str | None, data_source: str) -> str:
@@ -101,33 +101,35 @@ def _remote(method):
 
 class _Dataset:
     """Datasets of one NSID HDF5 file keyed Channel_000, Channel_001, ... like DTMicroscope's
-    STEM._load_dataset. Reads a private copy (SciFiReaders' NSIDReader opens files r+); on
-    POSIX the copy is unlinked at once and stays readable through the open file."""
+    STEM._load_dataset (SciFiReaders' NSIDReader.read: pyNSID's main datasets in file order).
+    The file is opened read-only in place (NSIDReader would open it r+) and nothing is copied:
+    a channel's values are read when first served. Error messages name the file as `shown`
+    (its path under the data root), never by the server's absolute path."""
 
-    def __init__(self, source: str) -> None:
-        import SciFiReaders
+    def __init__(self, source: str, shown: str, max_bytes: int = MAX_DATA_BYTES) -> None:
+        import h5py
+        from pyNSID.io.hdf_utils import get_all_main, read_h5py_dataset
 
         if not os.path.isfile(source):
-            raise FileNotFoundError(f"no such data file: {source}")
-        self._tmpdir = tempfile.mkdtemp(prefix="micagent-dtm-")
-        copy = os.path.join(self._tmpdir, os.path.basename(source))
-        shutil.copyfile(source, copy)
-        self._reader = None
+            raise FileNotFoundError(f"no such data file: {shown}")
+        size = os.path.getsize(source)
+        if size > max_bytes:
+            raise ValueError(f"data file {shown} is {size} bytes, over this server's limit "
+                             f"of {max_bytes} (--max-data-bytes)")
+        self._file = None
         try:
-            self._reader = SciFiReaders.NSIDReader(copy)
-            read = self._reader.read()
+            self._file = h5py.File(source, "r")
+            mains = get_all_main(self._file, verbose=False)
+            self.channels: dict[str, Any] = {f"Channel_{i:03}": read_h5py_dataset(dataset)
+                                             for i, dataset in enumerate(mains)}
         except Exception as exc:
             self.close()
-            raise ValueError(f"{source} is not a readable NSID HDF5 file: "
-                             f"{type(exc).__name__}: {exc}") from None
-        if os.name == "posix":
-            shutil.rmtree(self._tmpdir, ignore_errors=True)
-        if not hasattr(read, "keys"):
-            read = {f"Channel_{i:03}": item for i, item in enumerate(read)}
-        self.channels: dict[str, Any] = dict(read)
+            message = str(exc).replace(source, shown)
+            raise ValueError(f"{shown} is not a readable NSID HDF5 file: "
+                             f"{type(exc).__name__}: {message}") from None
         if not self.channels:
             self.close()
-            raise ValueError(f"{source} holds no NSID datasets")
+            raise ValueError(f"{shown} holds no NSID datasets")
         self._arrays: dict[str, np.ndarray] = {}
 
     def key(self, index: str | int) -> str:
@@ -166,10 +168,9 @@ class _Dataset:
         ]
 
     def close(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
-        shutil.rmtree(self._tmpdir, ignore_errors=True)
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 def _checkerboard(size: tuple[int, int] = (128, 128)) -> np.ndarray:
@@ -184,9 +185,12 @@ class DTMicroscopeService:
     """The Pyro5 servant registered as `microscope.server` (one instance for all clients)."""
 
     def __init__(self, twin: Microscope | None, faults: FaultSpec | None = None,
-                 data_root: str | os.PathLike | None = None) -> None:
+                 data_root: str | os.PathLike | None = None,
+                 max_data_bytes: int = MAX_DATA_BYTES) -> None:
         self._twin = twin
         self._data_root = None if data_root is None else os.fspath(data_root)
+        self._max_data_bytes = max_data_bytes
+        self._registrations = threading.BoundedSemaphore(MAX_REGISTRATIONS)
         self._faults = TransportFaults(faults)
         self._kind: str | None = None
         self._data: _Dataset | None = None
@@ -236,7 +240,15 @@ class DTMicroscopeService:
     def _register(self, data_source: str) -> None:
         if self._kind != "STEM":
             raise RuntimeError("register_data needs initialize_microscope('STEM') first")
-        dataset = _Dataset(resolve_data_source(self._data_root, str(data_source)))
+        path = resolve_data_source(self._data_root, str(data_source))
+        shown = os.path.relpath(path, os.path.realpath(self._data_root))
+        if not self._registrations.acquire(blocking=False):
+            raise RuntimeError(f"busy: {MAX_REGISTRATIONS} register_data calls are opening "
+                               "files; try again when one has finished")
+        try:
+            dataset = _Dataset(path, shown, self._max_data_bytes)
+        finally:
+            self._registrations.release()
         with self._lock:
             if self._data is not None:
                 self._data.close()
@@ -376,12 +388,13 @@ def _bound_pool() -> None:
 
 class DTMServer:
     """A Pyro5 daemon serving one DTMicroscopeService as `microscope.server`; register_data
-    opens only files under `data_root`."""
+    opens only files under `data_root`, of at most `max_data_bytes`."""
 
     def __init__(self, twin: Microscope | None, host: str = "127.0.0.1",
                  port: int = DEFAULT_PORT, faults: FaultSpec | None = None,
-                 data_root: str | os.PathLike | None = None) -> None:
-        self.servant = DTMicroscopeService(twin, faults, data_root)
+                 data_root: str | os.PathLike | None = None,
+                 max_data_bytes: int = MAX_DATA_BYTES) -> None:
+        self.servant = DTMicroscopeService(twin, faults, data_root, max_data_bytes)
         _bound_pool()
         self.daemon = BoundedDaemon(host=host, port=port)
         self.uri = self.daemon.register(self.servant, objectId=OBJECT_ID)

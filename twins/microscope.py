@@ -133,6 +133,10 @@ class TwinMicroscope:
         with self._lock:
             return self._set_imaging(settings)
 
+    def imaging(self) -> ImagingSettings:
+        with self._lock:
+            return self._settings
+
     def move_stage(self, position: StagePosition) -> StagePosition:
         """Move to `position` (inside the stage travel, else SafetyRefused). A stuck stage
         (fault `stuck`) stays where it is and reports its real position."""

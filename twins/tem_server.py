@@ -4,8 +4,14 @@ framed as netstrings over TCP (default port 9093), several requests per connecti
 Method names, parameters and reply forms follow that server (`get_detectors`,
 `activate_device`, `device_settings`, `get_stage` -> [x, y, z, a, b] in m and rad,
 `set_stage`, `acquire_image` -> [list, shape, dtype], ..., errors as {"error": "..."}).
-Additions: `get_capabilities`, `acquire_frame` (image plus frame metadata) and, through the
-shared server (`instruments.devices.rpc_server`), binary frames for clients that ask for them.
+Additions: `get_capabilities`, `acquire_frame` (image plus frame metadata), `get_imaging`
+(the settings the twin holds, beam current included), `get_control`/`set_control`/
+`get_controls` (Nion's control names: C10, EHT, BeamCurrent, stage_position_m.x/.y) and,
+through the shared server (`instruments.devices.rpc_server`), binary frames for clients that
+ask for them. Every change a client asks for passes the server's `ControlPolicy`: focus within
+the twin's range, the stage within its limit, high tension and beam current only where
+`--allow-control` names them (a setting sent with the value the twin already holds is no
+change and passes).
 Transport faults: drop@N closes the connection instead of answering request N,
 stall@N:S answers it S seconds late.
 """
@@ -19,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from instruments.devices.frame import ImagingSettings, StagePosition
+from instruments.devices.control_policy import ControlPolicy, policy_from_args
+from instruments.devices.frame import StagePosition
 from instruments.devices.jsonrpc import to_plain
 from instruments.devices.microscope import Microscope
 from instruments.devices.rpc_server import BINARY_TRANSPORT, RpcServer
@@ -30,15 +37,28 @@ from twins.faults import FaultSpec, TransportFaults
 DEFAULT_PORT = 9093
 SETTING_KEYS = ("size", "dwell_time", "field_of_view", "defocus", "beam_energy",
                 "beam_current")
+# the settings (ImagingSettings fields of the same name) that are controls, by control name
+CONTROLS = {"C10": "defocus", "EHT": "beam_energy", "BeamCurrent": "beam_current"}
+
+
+def twin_policy(twin: Microscope, allow: list[str] | None = None,
+                stage_limit_m: float | None = None) -> ControlPolicy:
+    """The policy of `--allow-control` (None: focus within the twin's defocus range and
+    stigmators) and `--stage-limit` (None: the twin's own travel)."""
+    caps = twin.capabilities()
+    travel = max(abs(v) for axis in caps.stage_range for v in axis)
+    return policy_from_args(allow, caps.defocus_range,
+                            travel if stage_limit_m is None else stage_limit_m)
 
 
 class TemService:
     """The methods a TEM-protocol client may call, over one twin (thread-safe)."""
 
-    def __init__(self, twin: Microscope) -> None:
+    def __init__(self, twin: Microscope, policy: ControlPolicy | None = None) -> None:
         self.twin = twin
+        self.policy = policy or twin_policy(twin)
         self._lock = threading.RLock()
-        self._settings = ImagingSettings()
+        self._settings = twin.status().settings
         self._active = self._settings.detector
         self._beam = (0.0, 0.0)
 
@@ -48,8 +68,20 @@ class TemService:
     def get_capabilities(self) -> dict[str, Any]:
         return {"server": "micagent-tem", "api_version": API_VERSION, "acquisition": True,
                 "binary_transport": BINARY_TRANSPORT, "frame_metadata": True,
-                "settings": list(SETTING_KEYS), "instrument_id": self.twin.instrument_id,
+                "imaging_readback": True, "settings": self._settable(),
+                "instrument_id": self.twin.instrument_id, "controls": self.policy.as_dict(),
                 "capabilities": to_plain(self.twin.capabilities().as_dict())}
+
+    def _settable(self) -> list[str]:
+        """The settings a client may change: scan settings, and those controls the policy
+        allows."""
+        controlled = {setting: name for name, setting in CONTROLS.items()}
+        return [key for key in SETTING_KEYS
+                if key not in controlled or controlled[key] in self.policy.allowed]
+
+    def get_imaging(self) -> dict[str, Any]:
+        """The settings the next frame will be taken with, as the twin holds them."""
+        return self.twin.status().settings.as_dict()
 
     def get_detectors(self) -> list[str]:
         return self._detectors()
@@ -76,14 +108,15 @@ class TemService:
             if len(fov) != 2 or not math.isclose(fov[0], fov[1]):
                 raise ValueError(f"field_of_view {fov} must be square")
             fov = fov[0]
-        wanted = replace(
-            self._settings, detector=device, fov=float(fov),
-            pixels=int(settings.get("size", self._settings.pixels)),
-            dwell=float(settings.get("dwell_time", self._settings.dwell)),
-            defocus=float(settings.get("defocus", self._settings.defocus)),
-            beam_energy=float(settings.get("beam_energy", self._settings.beam_energy)),
-            beam_current=float(settings.get("beam_current", self._settings.beam_current)))
         with self._lock:
+            controlled = {}
+            for name, key in CONTROLS.items():
+                if key in settings and float(settings[key]) != getattr(self._settings, key):
+                    controlled[key] = self.policy.check(name, settings[key])
+            wanted = replace(
+                self._settings, detector=device, fov=float(fov),
+                pixels=int(settings.get("size", self._settings.pixels)),
+                dwell=float(settings.get("dwell_time", self._settings.dwell)), **controlled)
             self._settings = self.twin.set_imaging(wanted)
             self._active = device
         return 1
@@ -97,9 +130,38 @@ class TemService:
         with self._lock:
             target = stage_target(stage_positions, self.get_stage(), relative,
                                   movable=("x", "y", "z", "a"))
+            self.policy.check_stage("x", target[0])
+            self.policy.check_stage("y", target[1])
             self.twin.move_stage(StagePosition(x=target[0], y=target[1], z=target[2],
                                                tilt=math.degrees(target[3])))
             return {"new_stage": self.get_stage()}
+
+    # --- controls (Nion's names) ------------------------------------------------------------
+    def get_controls(self) -> dict[str, float]:
+        held = self.twin.status()
+        stage = {"stage_position_m.x": held.stage.x, "stage_position_m.y": held.stage.y}
+        return {**{name: float(getattr(held.settings, key)) for name, key in CONTROLS.items()},
+                **stage}
+
+    def get_control(self, name: str) -> float:
+        controls = self.get_controls()
+        if name not in controls:
+            raise ValueError(f"unknown control {name!r}; known: {sorted(controls)}")
+        return controls[name]
+
+    def set_control(self, name: str, value: float) -> float:
+        """Set a control the policy allows (else SafetyRefused, nothing set); the value read
+        back."""
+        value = self.policy.check(name, value)
+        self.get_control(name)
+        with self._lock:
+            if name in CONTROLS:
+                self._settings = self.twin.set_imaging(replace(self._settings,
+                                                               **{CONTROLS[name]: value}))
+            else:
+                axis = name.rsplit(".", 1)[1]
+                self.set_stage({axis: value}, relative=False)
+        return self.get_control(name)
 
     def _acquire(self, device: str, settings: dict[str, Any]):
         if settings or device != self._active:
@@ -163,9 +225,10 @@ class TemServer:
     """The shared netstring JSON-RPC server over one twin."""
 
     def __init__(self, twin: Microscope, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
-                 faults: FaultSpec | None = None, **limits: Any) -> None:
+                 faults: FaultSpec | None = None, policy: ControlPolicy | None = None,
+                 **limits: Any) -> None:
         """`limits`: idle_timeout, max_workers, max_request of `RpcServer`."""
-        self.service = TemService(twin)
+        self.service = TemService(twin, policy)
         self.tcp = RpcServer(self.service, host, port, faults=TransportFaults(faults),
                              **limits)
 

@@ -249,6 +249,11 @@ class DTMicroscopeClient:
             self._settings = self._served(settings)
         return self._settings
 
+    def imaging(self) -> ImagingSettings:
+        """The twin's settings from `get_status` (acquisition API), else what this client
+        serves (a stored dataset: no beam)."""
+        return self.status().settings if self.acquisition else self._settings
+
     def _served(self, settings: ImagingSettings) -> ImagingSettings:
         """What a stage-less server serves: the overview's size, and its calibration where
         known (field of view, signal quantity as the detector)."""

@@ -43,7 +43,8 @@ class InstrumentStatus:
 
 @runtime_checkable
 class Microscope(Protocol):
-    """Status and capabilities, imaging settings, stage moves, acquisition, close.
+    """Status and capabilities, imaging settings (set, and read back), stage moves,
+    acquisition, close.
 
     Implementations raise the typed errors of `instruments.devices.errors`; none may hang past its
     configured timeout.
@@ -56,6 +57,12 @@ class Microscope(Protocol):
     def capabilities(self) -> Capabilities: ...
 
     def set_imaging(self, settings: ImagingSettings) -> ImagingSettings: ...
+
+    def imaging(self) -> ImagingSettings:
+        """The settings the next frame will be taken with, as the instrument reports them now
+        (beam current and energy included: an operator may have changed them at the
+        console); the last applied settings where the instrument reports none."""
+        ...
 
     def move_stage(self, position: StagePosition) -> StagePosition: ...
 

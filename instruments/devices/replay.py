@@ -231,6 +231,10 @@ class ReplayMicroscope:
         self.requests.append({"set_imaging": settings.as_dict()})
         return self._current().settings
 
+    def imaging(self) -> ImagingSettings:
+        """The settings of the frame that will be served next."""
+        return self._current().settings
+
     def move_stage(self, position: StagePosition) -> StagePosition:
         """Recorded only; returns the stage position of the frame that will be served next."""
         self._require_open()

@@ -1,9 +1,13 @@
 """The safety envelope and the guard that enforces it below every caller.
 
-Two tiers: hard limits (stage travel, FOV, dwell, dose per area, move count) are always
-refused; a *free zone* inside the stage limits may be set for live sessions, and a move
-outside it needs a recorded human approval granted on the guard for that exact target.
-Every frame leaving the guard has passed `check_image`.
+Two tiers: hard limits (stage travel, FOV, dwell, dose per frame and per area over the
+session, move count) are always refused; a *free zone* inside the stage limits may be set for
+live sessions, and a move outside it needs a recorded human approval granted on the guard for
+that exact target. Before every acquisition the guard reads the instrument's settings back
+(beam current, energy, dwell: an operator may have changed them) and refuses the frame, with
+an incident, if they break the envelope; the frame's own metadata is checked again. Every frame
+leaving the guard has passed `check_image`. The guard's counters (moves, frames, exposures)
+are a snapshot (`counters`/`restore`) a resumed session carries over.
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
+from instruments.devices.dose_ledger import DoseLedger
 from instruments.devices.errors import (
     ApprovalRequired,
     BadFrame,
@@ -41,7 +46,8 @@ class SafetyEnvelope:
     tilt: tuple[float, float] = (-10.0, 10.0)
     fov: tuple[float, float] = (0.5e-6, 200e-6)
     dwell: tuple[float, float] = (1e-8, 1e-4)
-    max_dose_per_nm2: float = 1e6
+    max_dose_per_nm2: float = 1e6            # one frame
+    max_dose_per_nm2_total: float = 1e8      # any point of the specimen, over the session
     max_moves: int = 10_000
     free_zone: tuple[tuple[float, float], tuple[float, float]] | None = None
 
@@ -50,7 +56,7 @@ class SafetyEnvelope:
 
 
 _RANGES = ("stage_x", "stage_y", "stage_z", "tilt", "fov", "dwell")
-_SCALARS = {"max_dose_per_nm2": float, "max_moves": int}
+_SCALARS = {"max_dose_per_nm2": float, "max_dose_per_nm2_total": float, "max_moves": int}
 
 
 def _range(name: str, value: Any) -> tuple[float, float]:
@@ -92,8 +98,10 @@ def dose_per_nm2(settings: ImagingSettings) -> float:
     return electrons_per_pixel / pixel_area_nm2
 
 
-def _inside(value: float, bounds: tuple[float, float]) -> bool:
-    return bounds[0] <= value <= bounds[1]
+def _inside(value: float, bounds: tuple[float, float], tolerance: float = 0.0) -> bool:
+    """Within `bounds`, each widened by `tolerance` of its own size."""
+    return (bounds[0] - tolerance * abs(bounds[0]) <= value
+            <= bounds[1] + tolerance * abs(bounds[1]))
 
 
 @dataclass(frozen=True)
@@ -108,6 +116,7 @@ class Approval:
 
 STAGE_TOLERANCE_M = 1e-9          # a stage further than this from its target did not get there
 SLOW_FRAME_MARGIN_S = 0.1         # a frame later than twice its scan time plus this is slow
+READBACK_TOLERANCE = 1e-6         # settings read back may differ from those set by rounding
 
 
 def fault_kind(exc: InstrumentError) -> str:
@@ -134,22 +143,55 @@ class GuardedMicroscope:
         self.envelope = envelope or SafetyEnvelope()
         self.instrument_id = inner.instrument_id
         self.moves = 0
+        self.frames = 0
+        self.dose = DoseLedger()
         self._pending: list[Approval] = []
         self.approvals_used: list[Approval] = []
         self._settings: ImagingSettings | None = None
+        self._stage: StagePosition | None = None
+        self._beam: bool | None = None
+
+    # --- counters a resumed session carries over -------------------------------------------
+    def counters(self) -> dict[str, Any]:
+        """Moves, frames scanned and the dose ledger's exposures, as plain values."""
+        return {"moves": self.moves, "frames": self.frames, "exposures": self.dose.snapshot()}
+
+    def restore(self, counters: dict[str, Any] | None) -> None:
+        """Continue from a snapshot of `counters` (None or empty: nothing to continue)."""
+        if not counters:
+            return
+        self.moves = int(counters.get("moves", 0))
+        self.frames = int(counters.get("frames", 0))
+        self.dose = DoseLedger(counters.get("exposures") or [])
 
     # --- checks ---------------------------------------------------------------------------
-    def check_settings(self, settings: ImagingSettings) -> None:
+    def check_settings(self, settings: ImagingSettings, tolerance: float = 0.0) -> None:
+        """FOV, dwell and the dose of one frame within the envelope (`tolerance`: relative
+        slack for values read back from an instrument), else SafetyRefused."""
         env, where = self.envelope, self.instrument_id
-        if not _inside(settings.fov, env.fov):
+        if not _inside(settings.fov, env.fov, tolerance):
             raise SafetyRefused(f"FOV {settings.fov:.3g} m outside envelope {env.fov}", where)
-        if not _inside(settings.dwell, env.dwell):
+        if not _inside(settings.dwell, env.dwell, tolerance):
             raise SafetyRefused(f"dwell {settings.dwell:.3g} s outside envelope {env.dwell}",
                                 where)
         dose = dose_per_nm2(settings)
-        if dose > env.max_dose_per_nm2:
+        if not dose <= env.max_dose_per_nm2 * (1 + tolerance):
             raise SafetyRefused(
-                f"dose {dose:.3g} e/nm^2 exceeds envelope {env.max_dose_per_nm2:.3g}", where)
+                f"dose {dose:.3g} e/nm^2 per frame (beam current {settings.beam_current:.3g} A, "
+                f"dwell {settings.dwell:.3g} s) exceeds envelope {env.max_dose_per_nm2:.3g}",
+                where)
+
+    def check_dose_budget(self, stage: StagePosition, settings: ImagingSettings) -> None:
+        """The dose already given to the frame's footprint plus this frame's within the
+        session's per-area budget, else SafetyRefused."""
+        env = self.envelope
+        before = self.dose.peak(stage.x, stage.y, settings.fov)
+        after = before + dose_per_nm2(settings)
+        if after > env.max_dose_per_nm2_total:
+            raise SafetyRefused(
+                f"dose budget: this area has received {before:.3g} e/nm^2; a frame of "
+                f"{after - before:.3g} more exceeds max_dose_per_nm2_total "
+                f"{env.max_dose_per_nm2_total:.3g}", self.instrument_id)
 
     def check_move(self, target: StagePosition) -> None:
         env, where = self.envelope, self.instrument_id
@@ -219,10 +261,15 @@ class GuardedMicroscope:
         self._settings = applied
         return applied
 
+    def imaging(self) -> ImagingSettings:
+        return self._call("imaging", self.inner.imaging)
+
     def move_stage(self, position: StagePosition) -> StagePosition:
         self.check_move(position)
+        self._stage = None                # unknown until the instrument says where it is
         reached = self._call("move_stage", self.inner.move_stage, position)
         self.moves += 1
+        self._stage = reached
         if max(abs(reached.x - position.x), abs(reached.y - position.y)) > STAGE_TOLERANCE_M:
             self._incident("stage_not_reached",
                            f"stage asked to ({position.x:.6g}, {position.y:.6g}) m reports "
@@ -234,10 +281,54 @@ class GuardedMicroscope:
                 self.approvals_used.append(approval)
         return reached
 
+    def _has_beam(self) -> bool:
+        """Whether acquiring exposes a specimen: not so where stored frames are replayed, or a
+        stage-less server serves a stored overview (DTMicroscope's STEM dataset)."""
+        if self._beam is None:
+            caps = self.inner.capabilities()
+            self._beam = not (caps.replays_stored
+                              or (caps.has_overview and not caps.can_move_stage))
+        return self._beam
+
+    def _refuse(self, check: str, settings: ImagingSettings, exc: SafetyRefused) -> NoReturn:
+        self._incident("safety_refused", str(exc), call="acquire", check=check,
+                       settings=settings.as_dict())
+        raise exc
+
+    def _check_before_scan(self) -> None:
+        """The instrument's settings read back, and the area's dose budget, before a scan."""
+        reported = self.imaging()
+        try:
+            self.check_settings(reported, READBACK_TOLERANCE)
+        except SafetyRefused as exc:
+            self._refuse("readback", reported, exc)
+        if self._stage is None:
+            self._stage = self.status().stage
+        try:
+            self.check_dose_budget(self._stage, reported)
+        except SafetyRefused as exc:
+            self._refuse("dose_budget", reported, exc)
+
+    def _account(self, frame: Frame) -> None:
+        """Count a scanned frame and its exposure; refuse it if its own metadata shows
+        settings outside the envelope (changed after the readback)."""
+        self.frames += 1
+        s = frame.settings
+        self.dose.add(frame.stage.x, frame.stage.y, s.fov, dose_per_nm2(s))
+        try:
+            self.check_settings(s, READBACK_TOLERANCE)
+        except SafetyRefused as exc:
+            self._refuse("frame_metadata", s, exc)
+
     def acquire(self) -> Frame:
+        beam = self._has_beam()
+        if beam:
+            self._check_before_scan()
         started = time.perf_counter()
         frame = self._call("acquire", self.inner.acquire)
         took = time.perf_counter() - started
+        if beam:
+            self._account(frame)
         expected = self._settings.pixels if self._settings is not None else None
         try:
             frame.image = check_image(frame.image, expected, where=self.instrument_id)

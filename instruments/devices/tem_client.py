@@ -241,6 +241,10 @@ class TemClient:
         self._settings = self._readback() or settings
         return self._settings
 
+    def imaging(self) -> ImagingSettings:
+        """The settings the server reports now (`get_imaging`), else the last applied."""
+        return self._readback() or self._settings
+
     def _readback(self) -> ImagingSettings | None:
         """The settings the instrument holds, where the server reports them."""
         if not (self.server_info or {}).get("imaging_readback"):

@@ -9,8 +9,9 @@ from typing import Annotated
 import typer
 
 from instruments.session_file.hdf5_probe import check_metadata_finishes
+from twins.dtm_server import MAX_DATA_BYTES
 from twins.faults import FaultSpec, FaultSpecError
-from twins.serve import run_server
+from twins.serve import ServerOptions, run_server
 from workflows.terminal import fail
 
 
@@ -36,6 +37,17 @@ def serve(
     tile: Annotated[list[str] | None, typer.Option(
         help="A real image (PNG/TIFF/NSID) as a specimen tile, in the specimen's last cells "
              "(repeatable).")] = None,
+    max_data_bytes: Annotated[int, typer.Option(
+        help="dtm: the largest file register_data opens.")] = MAX_DATA_BYTES,
+    allow_control: Annotated[list[str] | None, typer.Option(
+        "--allow-control", help="tem: a control clients may set, NAME or NAME=MIN:MAX "
+                                "(repeatable; replaces the default: focus C10 and "
+                                "stigmators; high tension and beam current are refused "
+                                "unless named).")] = None,
+    stage_limit: Annotated[float | None, typer.Option(
+        help="tem: stage travel clients may ask for, +/- m (default: the twin's).")] = None,
+    beam_current: Annotated[float | None, typer.Option(
+        help="the beam current the twin's console holds at start (A).")] = None,
 ) -> None:
     """Serve a digital-twin microscope until interrupted (Ctrl-C)."""
     try:
@@ -46,7 +58,10 @@ def serve(
         for path in [data, *(tile or [])]:
             if path:
                 check_metadata_finishes(path)
+        options = ServerOptions(allow_control, stage_limit, beam_current,
+                                max_data_bytes=max_data_bytes)
         run_server(protocol.value, host, port, seed=seed, faults=faults, data=data,
-                   announce=typer.echo, data_root=data_root, tiles=tile or ())
+                   announce=typer.echo, data_root=data_root, tiles=tile or (),
+                   options=options)
     except (OSError, ValueError, RuntimeError) as exc:   # a bad file, a port in use
         raise fail(f"cannot serve the twin: {exc}") from exc

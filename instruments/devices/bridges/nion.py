@@ -2,7 +2,8 @@
 netstring protocol, run in the instrument PC's own Python (stdlib, numpy, the Nion packages).
 
     PYTHONPATH=CLONE python -P -m instruments.devices.bridges.nion --port 0 [--host H]
-        [--sample N] [--backend usim|hardware] [--plugin MODULE ...]
+        [--sample N] [--backend usim|hardware] [--plugin MODULE ...] [--stage-limit M]
+        [--allow-control NAME[=MIN:MAX] ...]
 
 (`-P` and PYTHONPATH: the instrument's Python does not hold micagent, and a folder called
 `instruments/` in the working directory must not replace this one.)
@@ -13,6 +14,10 @@ The first line printed is `READY tem://HOST:PORT`. Methods: DTMicroscope's TEM s
 `get_microscope_status`, `aberration_correction`, `acquire_spectrum*`, `close`) plus
 `get_capabilities`, `acquire_frame` (image, calibrated settings, instrument metadata),
 `get_control`, `set_control` and `get_controls`. Units on the wire: m, s, rad.
+
+Whatever a client sets passes the server's `ControlPolicy` first: stage positions within
+`--stage-limit`, focus and stigmators within their ranges, every other control (high tension,
+beam current, convergence angle, ...) refused unless `--allow-control` names it.
 
 Every call runs on the main thread, one at a time (the kit is built there and two overlapping
 recordings would fail); SIGTERM/SIGINT stop the server and close the instrument.
@@ -38,7 +43,12 @@ from instruments.devices.bridges.nion_backend import (
     open_hardware,
     open_usim,
 )
-from instruments.devices.errors import SafetyRefused
+from instruments.devices.control_policy import (
+    ControlPolicy,
+    add_arguments,
+    parse_allow,
+    policy_from_args,
+)
 from instruments.devices.rpc_server import BINARY_TRANSPORT, RpcServer
 from instruments.devices.stage_request import stage_target
 
@@ -46,7 +56,9 @@ API_VERSION = 1
 SETTINGS = ("size", "dwell_time", "field_of_view", "defocus")
 PIXEL_OPTIONS = (64, 128, 256, 512, 1024, 2048)
 DWELL_RANGE_S = (1e-7, 1e-3)
+DEFOCUS_RANGE_M = (-5e-6, 5e-6)
 CONTROL_TIMEOUT_MS = 3000
+HARDWARE_STAGE_LIMIT_M = 50e-6
 REPORTED_CONTROLS = ("C10", "C12.x", "C12.y", "C30", "EHT", "BeamCurrent", "ConvergenceAngle",
                      "beam_shift_m.x", "beam_shift_m.y", "stage_position_m.x",
                      "stage_position_m.y")
@@ -62,8 +74,9 @@ def _metres(value: float, units: str) -> float:
 class NionService:
     """The TEM protocol's methods over one Nion scan device and STEM controller."""
 
-    def __init__(self, nion: NionObjects) -> None:
+    def __init__(self, nion: NionObjects, policy: ControlPolicy | None = None) -> None:
         self.nion = nion
+        self.policy = policy or policy_from_args(None, DEFOCUS_RANGE_M, nion.stage_limit_m)
         self.scan, self.instrument = nion.scan, nion.instrument
         self._channels = [self.scan.get_channel_state(i)
                           for i in range(self.scan.get_channel_count())]
@@ -79,12 +92,12 @@ class NionService:
                 "acquisition": True, "binary_transport": BINARY_TRANSPORT,
                 "frame_metadata": True, "settings": list(SETTINGS), "imaging_readback": True,
                 "instrument_id": self.instrument_id, "backend": self.nion.backend,
-                "sample": self.nion.sample,
+                "sample": self.nion.sample, "controls": self.policy.as_dict(),
                 "capabilities": {
                     "detectors": self.get_detectors(),
                     "fov_range": [1e-9, 2 * limit], "pixel_options": list(PIXEL_OPTIONS),
                     "dwell_range": list(DWELL_RANGE_S),
-                    "defocus_range": [-5e-6, 5e-6], "can_move_stage": True,
+                    "defocus_range": list(DEFOCUS_RANGE_M), "can_move_stage": True,
                     "stage_range": [[-limit, limit], [-limit, limit]],
                     "has_overview": False, "has_spectra": False}}
 
@@ -163,10 +176,12 @@ class NionService:
         return float(value)
 
     def set_control(self, name: str, value: float) -> float:
-        """Set a control through SetValAndConfirm; returns the value read back."""
+        """Set a control the policy allows (else SafetyRefused, nothing set) through
+        SetValAndConfirm; returns the value read back."""
+        return self._set_control(name, self.policy.check(name, value))
+
+    def _set_control(self, name: str, value: float) -> float:
         self.get_control(name)
-        if not math.isfinite(float(value)):
-            raise ValueError(f"control {name}: value {value!r} is not finite")
         if not self.instrument.SetValAndConfirm(name, float(value), 1.0, CONTROL_TIMEOUT_MS):
             raise RuntimeError(f"control {name} did not confirm {value!r}")
         return self.get_control(name)
@@ -189,13 +204,10 @@ class NionService:
         """Move to (or by, if relative) x and y (m); z, a and b must stay 0."""
         x, y, *_ = stage_target(stage_positions, self.get_stage(), relative, movable=("x", "y"))
         target = {"x": x, "y": y}
-        limit = self.nion.stage_limit_m
         for axis, value in target.items():
-            if not (math.isfinite(value) and -limit <= value <= limit):
-                raise SafetyRefused(f"stage {axis}={value:.6g} m outside the instrument's "
-                                    f"range [{-limit:g}, {limit:g}] m")
+            self.policy.check_stage(axis, value)
         for axis, value in target.items():
-            self.set_control(f"stage_position_m.{axis}", value)
+            self._set_control(f"stage_position_m.{axis}", value)
         return {"new_stage": self.get_stage()}
 
     # --- acquisition ------------------------------------------------------------------------
@@ -309,9 +321,14 @@ def _plain(value: Any) -> Any:
 
 
 def open_nion(args: argparse.Namespace) -> NionObjects:
+    """The instrument; on the simulator `--stage-limit`, where given, narrows its stage."""
     if args.backend == "usim":
-        return open_usim(args.sample)
-    return open_hardware(args.plugin, args.scan_device, args.instrument, args.stage_limit)
+        nion = open_usim(args.sample)
+        if args.stage_limit is not None:
+            nion.stage_limit_m = min(nion.stage_limit_m, args.stage_limit)
+        return nion
+    limit = HARDWARE_STAGE_LIMIT_M if args.stage_limit is None else args.stage_limit
+    return open_hardware(args.plugin, args.scan_device, args.instrument, limit)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -327,7 +344,8 @@ def serve(args: argparse.Namespace) -> int:
     server = None
     run = _logged(executor.call) if args.log else executor.call
     try:
-        server = RpcServer(NionService(nion), args.host, args.port, executor=run,
+        policy = policy_from_args(args.allow_control, DEFOCUS_RANGE_M, nion.stage_limit_m)
+        server = RpcServer(NionService(nion, policy), args.host, args.port, executor=run,
                            idle_timeout=args.idle_timeout)
         server.start()
         print(f"READY tem://{server.address}", flush=True)
@@ -386,13 +404,19 @@ def main(argv: list[str] | None = None) -> None:
                         help="hardware: scan hardware source id")
     parser.add_argument("--instrument", default="autostem_controller",
                         help="hardware: STEM controller id")
-    parser.add_argument("--stage-limit", type=float, default=50e-6,
-                        help="hardware: stage travel allowed, +/- m on x and y")
+    parser.add_argument("--stage-limit", type=float, default=None,
+                        help="stage travel allowed, +/- m on x and y (hardware: default "
+                             f"{HARDWARE_STAGE_LIMIT_M:g}; usim: at most the simulator's)")
+    add_arguments(parser)
     parser.add_argument("--idle-timeout", type=float, default=60.0,
                         help="close connections silent this long (s)")
     parser.add_argument("--log", action="store_true",
                         help="print one line per call served (CALL method seconds outcome)")
     args = parser.parse_args(argv)
+    try:
+        parse_allow(args.allow_control or [])
+    except ValueError as exc:
+        parser.error(str(exc))
     _exit_without_hanging(serve(args))
 
 
