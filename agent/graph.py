@@ -13,6 +13,7 @@ from langgraph.graph import END, START, StateGraph
 from agent import routes
 from agent.checkpoint_serde import RedactingSerializer
 from agent.checkpoint_store import BoundedSqliteSaver
+from agent.envelope_counters import snapshotting
 from agent.nodes import (
     acquire,
     adjudicate,
@@ -49,7 +50,7 @@ CHECKPOINT_TYPES = [(module, name)
 def build_graph(rt: Runtime) -> StateGraph:
     graph = StateGraph(AgentState)
     for name, module in NODES.items():
-        graph.add_node(name, module.make(rt))
+        graph.add_node(name, snapshotting(module.make(rt), rt.microscope))
     graph.add_edge(START, "connect")
     graph.add_conditional_edges("connect", routes.after_setup("check_instrument"),
                                 ["check_instrument", "finish"])

@@ -7,11 +7,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from instruments.devices.dose_ledger import DoseLedger
 from instruments.devices.errors import ApprovalRequired, BadFrame, SafetyRefused
 from instruments.devices.frame import Frame, ImagingSettings, StagePosition
 from instruments.devices.frame_checks import check_image
 from instruments.devices.microscope import Capabilities, InstrumentStatus
-from instruments.devices.dose_ledger import DoseLedger
 from instruments.devices.safety import Approval, GuardedMicroscope, SafetyEnvelope, dose_per_nm2
 
 

@@ -13,6 +13,7 @@ are a snapshot (`counters`/`restore`) a resumed session carries over.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -145,6 +146,7 @@ class GuardedMicroscope:
         self.moves = 0
         self.frames = 0
         self.dose = DoseLedger()
+        self._counting = threading.Lock()     # a prefetching thread scans while a node snapshots
         self._pending: list[Approval] = []
         self.approvals_used: list[Approval] = []
         self._settings: ImagingSettings | None = None
@@ -154,15 +156,18 @@ class GuardedMicroscope:
     # --- counters a resumed session carries over -------------------------------------------
     def counters(self) -> dict[str, Any]:
         """Moves, frames scanned and the dose ledger's exposures, as plain values."""
-        return {"moves": self.moves, "frames": self.frames, "exposures": self.dose.snapshot()}
+        with self._counting:
+            return {"moves": self.moves, "frames": self.frames,
+                    "exposures": self.dose.snapshot()}
 
     def restore(self, counters: dict[str, Any] | None) -> None:
         """Continue from a snapshot of `counters` (None or empty: nothing to continue)."""
         if not counters:
             return
-        self.moves = int(counters.get("moves", 0))
-        self.frames = int(counters.get("frames", 0))
-        self.dose = DoseLedger(counters.get("exposures") or [])
+        with self._counting:
+            self.moves = int(counters.get("moves", 0))
+            self.frames = int(counters.get("frames", 0))
+            self.dose = DoseLedger(counters.get("exposures") or [])
 
     # --- checks ---------------------------------------------------------------------------
     def check_settings(self, settings: ImagingSettings, tolerance: float = 0.0) -> None:
@@ -185,7 +190,8 @@ class GuardedMicroscope:
         """The dose already given to the frame's footprint plus this frame's within the
         session's per-area budget, else SafetyRefused."""
         env = self.envelope
-        before = self.dose.peak(stage.x, stage.y, settings.fov)
+        with self._counting:
+            before = self.dose.peak(stage.x, stage.y, settings.fov)
         after = before + dose_per_nm2(settings)
         if after > env.max_dose_per_nm2_total:
             raise SafetyRefused(
@@ -268,7 +274,8 @@ class GuardedMicroscope:
         self.check_move(position)
         self._stage = None                # unknown until the instrument says where it is
         reached = self._call("move_stage", self.inner.move_stage, position)
-        self.moves += 1
+        with self._counting:
+            self.moves += 1
         self._stage = reached
         if max(abs(reached.x - position.x), abs(reached.y - position.y)) > STAGE_TOLERANCE_M:
             self._incident("stage_not_reached",
@@ -312,9 +319,10 @@ class GuardedMicroscope:
     def _account(self, frame: Frame) -> None:
         """Count a scanned frame and its exposure; refuse it if its own metadata shows
         settings outside the envelope (changed after the readback)."""
-        self.frames += 1
         s = frame.settings
-        self.dose.add(frame.stage.x, frame.stage.y, s.fov, dose_per_nm2(s))
+        with self._counting:
+            self.frames += 1
+            self.dose.add(frame.stage.x, frame.stage.y, s.fov, dose_per_nm2(s))
         try:
             self.check_settings(s, READBACK_TOLERANCE)
         except SafetyRefused as exc:
