@@ -79,6 +79,7 @@ def test_the_bridges_import_only_the_wire_transport():
     transport = {"instruments.devices.rpc_server", "instruments.devices.jsonrpc",
                  "instruments.devices.netstring", "instruments.devices.wire_arrays",
                  "instruments.devices.stage_request", "instruments.devices.errors",
+                 "instruments.devices.control_policy",
                  "instruments.devices.bridges",
                  "instruments", "instruments.devices"}
     graph = import_graph()

@@ -150,8 +150,10 @@ def test_bad_requests_are_typed_errors_and_the_bridge_answers_the_next(bridge):
     assert tem.get_stage() == before
     with pytest.raises(RemoteError, match="unknown detector 'SE'"):
         tem.acquire_image("SE")
-    with pytest.raises(RemoteError, match="unknown control 'Nonsense'"):
+    with pytest.raises(SafetyRefused, match="'Nonsense' is not on this server's allow-list"):
         tem._call("set_control", {"name": "Nonsense", "value": 1.0})
+    with pytest.raises(RemoteError, match="unknown control 'Nonsense'"):
+        tem._call("get_control", {"name": "Nonsense"})
     with pytest.raises(RemoteError, match="unknown settings"):
         tem.device_settings("HAADF", beam_energy=5e3)
     with pytest.raises(RemoteError, match="size 100 px"):
