@@ -94,10 +94,12 @@ def served_process(cmd: list[str], protocol: str, cwd: Path = REPO,
 @contextmanager
 def served_twin(protocol: str, faults: str = "", seed: int = 0, data: str | None = None,
                 via_cli: bool = False, data_root: str | None = None, cwd: Path = REPO,
-                extra: tuple[str, ...] = ()) -> Iterator[Served]:
+                extra: tuple[str, ...] = (), env: dict[str, str] | None = None
+                ) -> Iterator[Served]:
     """Start a twin server process in `cwd` and yield it once it announces its address; a dtm
     server registers files under `data_root` (default: the temporary folder, where tests
-    write); `extra`: further options of `twins.serve`."""
+    write); `extra`: further options of `twins.serve`; `env`: its environment (default:
+    ours)."""
     entry = ([str(Path(sys.executable).with_name("micagent")), "twin", "serve"] if via_cli
              else module_command("twins.serve"))
     cmd = [*entry, "--protocol", protocol, "--host", "127.0.0.1",
@@ -108,5 +110,5 @@ def served_twin(protocol: str, faults: str = "", seed: int = 0, data: str | None
         cmd += ["--data", data]
     if protocol == "dtm":
         cmd += ["--data-root", data_root or tempfile.gettempdir()]
-    with served_process([*cmd, *extra], protocol, cwd=cwd) as served:
+    with served_process([*cmd, *extra], protocol, cwd=cwd, env=env) as served:
         yield served
