@@ -58,8 +58,7 @@ class TemService:
         self.twin = twin
         self.policy = policy or twin_policy(twin)
         self._lock = threading.RLock()
-        self._settings = twin.status().settings
-        self._active = self._settings.detector
+        self._active = twin.imaging().detector
         self._beam = (0.0, 0.0)
 
     def _detectors(self) -> list[str]:
@@ -90,7 +89,7 @@ class TemService:
         if device not in self._detectors():
             return 0
         with self._lock:
-            self._settings = self.twin.set_imaging(replace(self._settings, detector=device))
+            self.twin.set_imaging(replace(self.twin.imaging(), detector=device))
             self._active = device
         return 1
 
@@ -103,21 +102,22 @@ class TemService:
         if unknown:
             raise ValueError(f"unknown settings {sorted(unknown)} for {device}; "
                              f"known: {list(SETTING_KEYS)}")
-        fov = settings.get("field_of_view", self._settings.fov)
+        fov = settings.get("field_of_view")
         if isinstance(fov, list | tuple):
             if len(fov) != 2 or not math.isclose(fov[0], fov[1]):
                 raise ValueError(f"field_of_view {fov} must be square")
             fov = fov[0]
         with self._lock:
             controlled = {}
+            held = self.twin.imaging()         # the beam as the console may have left it
             for name, key in CONTROLS.items():
-                if key in settings and float(settings[key]) != getattr(self._settings, key):
+                if key in settings and float(settings[key]) != getattr(held, key):
                     controlled[key] = self.policy.check(name, settings[key])
             wanted = replace(
-                self._settings, detector=device, fov=float(fov),
-                pixels=int(settings.get("size", self._settings.pixels)),
-                dwell=float(settings.get("dwell_time", self._settings.dwell)), **controlled)
-            self._settings = self.twin.set_imaging(wanted)
+                held, detector=device, fov=held.fov if fov is None else float(fov),
+                pixels=int(settings.get("size", held.pixels)),
+                dwell=float(settings.get("dwell_time", held.dwell)), **controlled)
+            self.twin.set_imaging(wanted)
             self._active = device
         return 1
 
@@ -156,8 +156,7 @@ class TemService:
         self.get_control(name)
         with self._lock:
             if name in CONTROLS:
-                self._settings = self.twin.set_imaging(replace(self._settings,
-                                                               **{CONTROLS[name]: value}))
+                self.twin.set_imaging(replace(self.twin.imaging(), **{CONTROLS[name]: value}))
             else:
                 axis = name.rsplit(".", 1)[1]
                 self.set_stage({axis: value}, relative=False)

@@ -30,6 +30,7 @@ class Row:
     doubled: int = 0
     secrets: int = 0
     unrecorded: int = 0
+    breaches: int = 0              # envelope: a forbidden change or dose reached the instrument
     good_after: str = "-"          # servers: good requests answered after each flood
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -40,13 +41,14 @@ class Row:
 
 
 COLUMNS = ("row", "cases", "crashes", "lost", "doubled", "secrets", "unrecorded",
-           "good after", "s")
+           "breaches", "good after", "s")
 
 
 def table(rows: list[Row]) -> str:
     """The campaign's table as aligned text, notes below."""
     cells = [COLUMNS] + [(r.name, str(r.cases), str(r.crashes), str(r.lost), str(r.doubled),
-                          str(r.secrets), str(r.unrecorded), r.good_after, f"{r.seconds:.0f}")
+                          str(r.secrets), str(r.unrecorded), str(r.breaches), r.good_after,
+                          f"{r.seconds:.0f}")
                          for r in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
     lines = ["  ".join(c[i].ljust(widths[i]) if i == 0 else c[i].rjust(widths[i])

@@ -1,13 +1,16 @@
 """The fault campaign: every probe of the hardening issue, seeded, bounded and on loopback only,
 printed as one table. Expected: 0 crashes, 0 frames lost or doubled, 0 secrets on disk, 0
-faults missing from the session file, every good request answered after each flood.
+faults missing from the session file, 0 envelope breaches, every good request answered after
+each flood.
 
     OMP_NUM_THREADS=1 python -m benchmarks.fault_campaign.run            # full
     OMP_NUM_THREADS=1 python -m benchmarks.fault_campaign.run --scale 0.1
 
 Sizes (full): 100 damaged files through every reading command, 1,000 instrument faults in one
 long twin session, 200 adjudicator faults, 5 floods of 300 idle + 60 hostile connections on each
-server, 50 SIGKILLs with resume (benchmarks/kill_resume.py, where present)."""
+server, 50 SIGKILLs with resume (benchmarks/kill_resume.py, where present), 500 control
+requests on each TEM-protocol server, 20 sessions under a beam current changed at the
+console."""
 
 from __future__ import annotations
 
@@ -19,10 +22,11 @@ import time
 import warnings
 from pathlib import Path
 
-from benchmarks.fault_campaign import adjudicator, files, instrument, resume, servers
+from benchmarks.fault_campaign import adjudicator, envelope, files, instrument, resume, servers
 from benchmarks.fault_campaign.common import SECRET, Row, secret_hits, table
 
-ROWS = ("files", "web", "dtm", "tem", "instrument", "adjudicator", "resume")
+ROWS = ("files", "web", "dtm", "tem", "instrument", "adjudicator", "resume", "controls",
+        "dose")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         "instrument": lambda w: instrument.run(w, size(1000), args.seed),
         "adjudicator": lambda w: adjudicator.run(w, size(200), args.seed),
         "resume": lambda w: resume.run(w, size(50), args.seed),
+        "controls": lambda w: envelope.controls(w, size(500), args.seed),
+        "dose": lambda w: envelope.dose(w, size(20), args.seed),
     }
     rows: list[Row] = []
     started = time.monotonic()
@@ -80,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         total.note(f"key found in {path.relative_to(work)}")
     print(table([*rows, total]))
     print(f"work folder: {work}")
-    bad = sum(r.crashes + r.lost + r.doubled + r.secrets + r.unrecorded for r in [*rows, total])
+    bad = sum(r.crashes + r.lost + r.doubled + r.secrets + r.unrecorded + r.breaches
+              for r in [*rows, total])
     return 1 if bad else 0
 
 

@@ -111,11 +111,14 @@ def run(
                              "repeatable")] = None,
     envelope: str | None = typer.Option(None, help="safety envelope: JSON file of limits "
                                                   "(stage_x/y/z, tilt, fov, dwell: [min, "
-                                                  "max]; max_dose_per_nm2, max_moves, "
-                                                  "free_zone)"),
+                                                  "max]; max_dose_per_nm2 (one frame), "
+                                                  "max_dose_per_nm2_total (any area, over "
+                                                  "the session), max_moves, free_zone)"),
     limit: Annotated[list[str] | None, typer.Option(
-        "--limit", help="one envelope limit, e.g. fov=10e-9:1e-6 or max_moves=200 "
-                        "(repeatable; overrides --envelope)")] = None,
+        "--limit", help="one envelope limit, e.g. fov=10e-9:1e-6, max_moves=200 or "
+                        "max_dose_per_nm2_total=1e7 (e/nm^2 any area may receive in the "
+                        "session: rescans, autofocus frames, overlaps; repeatable; overrides "
+                        "--envelope)")] = None,
     free_zone: str | None = typer.Option(None, help="stage region X0:X1,Y0:Y1 (m) where moves "
                                                     "need no approval; outside it each move "
                                                     "waits for a recorded human approval"),
