@@ -2,12 +2,13 @@
 
 Where a frame is made, decided and stored:
 - graph.py         StateGraph wiring (one node per module in nodes/), SQLite checkpointer
-- state.py         the small checkpointed state; runtime.py the heavy live objects
+- state.py         the small checkpointed state; context.py the heavy live objects
+- acquirer.py      the only caller of the microscope during a session (incl. pipelining)
 - nodes/           connect, check_instrument, plan, acquire, assess_quality, classify,
-                   rescan, adjudicate, approve (interrupt), record, finish; routes.py the
-                   conditional edges between them (pure functions of the state)
-- policy.py        routing on calibrated probabilities and the OOD flag (label "unknown");
-                   quality.py focus/SNR/drift
+                   rescan, adjudicate, approve (interrupt), record, finish
+- policy.py        the one place that decides: rulings on calibrated probabilities, the OOD
+                   flag (label "unknown"), adjudications and human decisions; routes.py
+                   follows them; quality.py focus/SNR/drift
 - objectives.py    survey grids and hunt spirals; overview.py windows of a stage-less overview
 - adjudication/    few-shot VLM (openai client), offline kNN stand-in, demonstrations, cache
 - recorder.py      session-file writes off the acquisition path; scratch.py frames in flight

@@ -13,19 +13,21 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+from agent.acquirer import Acquirer
 from agent.state import AgentState
 from instruments.devices.safety import GuardedMicroscope
 
 Node = Callable[[AgentState], dict[str, Any]]
 
 
-def snapshotting(node: Node, microscope: GuardedMicroscope) -> Node:
-    """`node`, its update extended with the guard's counters as they stand after it."""
+def snapshotting(node: Node, acquirer: Acquirer) -> Node:
+    """`node`, its update extended with the guard's counters as they stand after it (read
+    through the acquirer, the session's one way to the microscope)."""
 
     @functools.wraps(node)
     def run(state: AgentState) -> dict[str, Any]:
         update = node(state)
-        return {**(update or {}), "envelope": microscope.counters()}
+        return {**(update or {}), "envelope": acquirer.counters()}
 
     return run
 

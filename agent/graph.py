@@ -1,5 +1,5 @@
 """The acquisition graph: nodes joined by conditional edges that are pure functions of the
-state (`agent.routes`; the route policy decides after classification), compiled with a
+state (`agent.routes`; after a decision they follow the policy's ruling), compiled with a
 checkpointer (SQLite for sessions) so a killed session resumes where it stopped."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from langgraph.graph import END, START, StateGraph
 from agent import routes
 from agent.checkpoint_serde import RedactingSerializer
 from agent.checkpoint_store import BoundedSqliteSaver
+from agent.context import SessionContext
 from agent.envelope_counters import snapshotting
 from agent.nodes import (
     acquire,
@@ -27,7 +28,6 @@ from agent.nodes import (
     record,
     rescan,
 )
-from agent.runtime import Runtime
 from agent.state import AgentState
 from instruments.session_file import decision_record
 
@@ -47,10 +47,10 @@ CHECKPOINT_TYPES = [(module, name)
                     for name in ("DecisionRecord", "Route", "Decision")]
 
 
-def build_graph(rt: Runtime) -> StateGraph:
+def build_graph(ctx: SessionContext) -> StateGraph:
     graph = StateGraph(AgentState)
     for name, module in NODES.items():
-        graph.add_node(name, snapshotting(module.make(rt), rt.microscope))
+        graph.add_node(name, snapshotting(module.make(ctx), ctx.acquirer))
     graph.add_edge(START, "connect")
     graph.add_conditional_edges("connect", routes.after_setup("check_instrument"),
                                 ["check_instrument", "finish"])
@@ -60,11 +60,11 @@ def build_graph(rt: Runtime) -> StateGraph:
     graph.add_conditional_edges("acquire", routes.after_acquire,
                                 ["assess_quality", "plan", "finish"])
     graph.add_edge("assess_quality", "classify")
-    graph.add_conditional_edges("classify", routes.after_classify(rt.policy),
+    graph.add_conditional_edges("classify", routes.follow_ruling,
                                 ["record", "rescan", "adjudicate", "approve"])
     graph.add_conditional_edges("rescan", routes.after_rescan, ["acquire", "finish"])
-    graph.add_conditional_edges("adjudicate", routes.after_adjudicate, ["record", "approve"])
-    graph.add_conditional_edges("approve", routes.after_approve, ["record", "rescan"])
+    graph.add_conditional_edges("adjudicate", routes.follow_ruling, ["record", "approve"])
+    graph.add_conditional_edges("approve", routes.follow_ruling, ["record", "rescan"])
     graph.add_edge("record", "plan")
     graph.add_edge("finish", END)
     return graph
@@ -85,5 +85,5 @@ def open_checkpointer(path: str | Path) -> BoundedSqliteSaver:
         conn, serde=RedactingSerializer(allowed_msgpack_modules=CHECKPOINT_TYPES))
 
 
-def compile_graph(rt: Runtime, checkpointer):
-    return build_graph(rt).compile(checkpointer=checkpointer)
+def compile_graph(ctx: SessionContext, checkpointer):
+    return build_graph(ctx).compile(checkpointer=checkpointer)

@@ -1,13 +1,17 @@
-"""The route policy: what to do with a classified frame, on calibrated probabilities."""
+"""The route policy, the one place that decides: what to do with a classified frame (on
+calibrated probabilities), what an adjudicator's answer or a human's decision makes of it, and
+under which label and route the frame is recorded. Each decision is a `Ruling` kept in the
+checkpointed state; the routers follow its step and the nodes carry it out."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from agent.rescan_effect import kinds_planned
 from instruments.session_file.decision_record import (
+    Decision,
     DecisionRecord,
     PredictionRecord,
     Proposal,
@@ -61,6 +65,19 @@ class RoutePolicy:
 Step = Literal["record", "rescan", "adjudicate", "approve"]
 
 
+class Ruling(TypedDict):
+    """The policy's decision on the frame in flight (plain values: it is checkpointed).
+
+    step: where the frame goes next. label and source: the label the frame is recorded (or
+    proposed to a human) under and who proposes it (classifier, ood, adjudicated, contested,
+    human). route: the route it is recorded under when it goes to record (None otherwise)."""
+
+    step: Step
+    label: str | None
+    source: str
+    route: str | None
+
+
 def decide(policy: RoutePolicy, prediction: PredictionRecord, quality: QualityRecord,
            rescans_done: int, budgets: dict[str, float], used: dict[str, float],
            ineffective: Collection[str] = ()) -> Step:
@@ -109,3 +126,70 @@ def standing_route(policy: RoutePolicy, record: DecisionRecord) -> Route:
     if policy.is_confident(record.prediction):
         return Route.RESCAN if record.rescans else Route.CONFIDENT
     return Route.QUALITY_FAILED if not record.quality.ok else Route.UNRESOLVED
+
+
+def rule_classified(policy: RoutePolicy, record: DecisionRecord, budgets: dict[str, float],
+                    used: dict[str, float], ineffective: Collection[str] = ()) -> Ruling:
+    """The ruling on a frame just classified: the next step, the classifier's verdict and the
+    route that verdict is recorded under."""
+    step = decide(policy, record.prediction, record.quality, len(record.rescans), budgets,
+                  used, ineffective)
+    proposal = verdict(policy, record.prediction)
+    return Ruling(step=step, label=proposal.label, source=proposal.source,
+                  route=standing_route(policy, record).value)
+
+
+def rule_adjudicated(policy: RoutePolicy, record: DecisionRecord, answer: str | None,
+                     reclassified: str | None) -> Ruling:
+    """The ruling once the adjudicator answered (`answer`, None: no answer) and the frame was
+    re-classified with that answer (`reclassified`).
+
+    The answer stands (route adjudicated) when the re-classification agrees with it, or when
+    the classifier had already said the same before it saw the answer: two independent
+    sources that agree are not overturned by the fused re-classification. Otherwise they
+    disagree: a human decides, or the frame is recorded as contested. With no answer the
+    classifier's label goes to a human, or is recorded as unresolved."""
+    first = record.prediction.label
+    attended = policy.approve != "none"
+    if answer is None:
+        if attended:
+            return Ruling(step="approve", label=first, source="classifier", route=None)
+        return Ruling(step="record", label=first, source="classifier",
+                      route=Route.UNRESOLVED.value)
+    agree = answer in (reclassified, first)
+    label = answer if agree else reclassified
+    source = "adjudicated" if agree else "contested"
+    if agree and policy.approve != "uncertain":
+        return Ruling(step="record", label=label, source=source, route=Route.ADJUDICATED.value)
+    if attended:
+        return Ruling(step="approve", label=label, source=source, route=None)
+    return Ruling(step="record", label=label, source=source, route=Route.CONTESTED.value)
+
+
+def rule_human(proposal: str | None, decision: Mapping[str, Any]) -> Ruling:
+    """The ruling a human's decision on `proposal` makes: recorded as proposed (approve),
+    under another label (relabel) or with none (skip), or rescanned (rescan)."""
+    kind = decision["decision"]
+    label = decision["label"] if kind == "relabel" else proposal
+    if kind == "skip":
+        label = None
+    if kind == Decision.RESCAN.value:
+        return Ruling(step="rescan", label=label, source="human", route=None)
+    return Ruling(step="record", label=label, source="human", route=Route.HUMAN.value)
+
+
+def ruling_of(policy: RoutePolicy, state: Mapping[str, Any]) -> Ruling:
+    """The ruling on the frame in flight. A checkpoint written before rulings were stored
+    holds the decision in its record (route, or proposal awaiting a human) or, right after
+    classification, nowhere yet: it is read from there, or made now."""
+    if state.get("ruling"):
+        return state["ruling"]
+    current: DecisionRecord = state["current"]
+    if current.route is not None:
+        return Ruling(step="record", label=current.label, source="record",
+                      route=current.route.value)
+    if current.proposal is not None:
+        return Ruling(step="approve", label=current.proposal.label,
+                      source=current.proposal.source, route=None)
+    return rule_classified(policy, current, state.get("budgets") or {},
+                           state.get("used") or {}, state.get("ineffective") or ())

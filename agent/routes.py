@@ -1,14 +1,13 @@
 """Where the graph goes after a node: pure functions of the state (LangGraph conditional
-edges). Nodes write what happened (a frame, a verdict, a human decision, a failure); these
-read it. The route policy (`agent.policy.decide`) is the router after classification."""
+edges). Nodes write what happened (a planned position or the end of the plan, a frame or an
+abandoned position, a failure); after a decision the policy's ruling (`state["ruling"]`,
+`agent.policy`) names the next step and the router follows it."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from agent.policy import RoutePolicy, decide
 from agent.state import AgentState
-from instruments.session_file.decision_record import Decision
 
 FINISH = "finish"
 
@@ -26,36 +25,21 @@ def after_setup(target: str):
 
 
 def after_plan(state: AgentState) -> Literal["acquire", "finish"]:
-    """A planned position is acquired; no position means the plan is done."""
-    return "acquire" if state.get("current") is not None else FINISH
+    """A planned position is acquired; at the end of the plan the session finishes."""
+    return "acquire" if state.get("progress") == "planned" else FINISH
 
 
 def after_acquire(state: AgentState) -> Literal["assess_quality", "plan", "finish"]:
     """A frame is assessed; an abandoned position (refused, bad frames) goes back to plan."""
     if _failed(state):
         return FINISH
-    return "assess_quality" if state.get("current") is not None else "plan"
+    return "assess_quality" if state.get("progress") == "acquired" else "plan"
 
 
-def after_classify(policy: RoutePolicy):
-    """The route policy as the router: record, rescan, adjudicate or approve."""
-    def route_frame(state: AgentState) -> Literal["record", "rescan", "adjudicate", "approve"]:
-        current = state["current"]
-        return decide(policy, current.prediction, current.quality, len(current.rescans),
-                      state["budgets"], state["used"],
-                      ineffective=state.get("ineffective") or ())
-    return route_frame
+def follow_ruling(state: AgentState) -> Literal["record", "rescan", "adjudicate", "approve"]:
+    """After classify, adjudicate and approve: the step the policy's ruling names."""
+    return state["ruling"]["step"]
 
 
 def after_rescan(state: AgentState) -> Literal["acquire", "finish"]:
     return FINISH if _failed(state) else "acquire"
-
-
-def after_adjudicate(state: AgentState) -> Literal["record", "approve"]:
-    """A decided route is recorded; a proposal without one waits for a human."""
-    return "record" if state["current"].route is not None else "approve"
-
-
-def after_approve(state: AgentState) -> Literal["record", "rescan"]:
-    human = state["current"].human
-    return "rescan" if human is not None and human.decision == Decision.RESCAN else "record"

@@ -1,4 +1,4 @@
-"""A session: session file, checkpointer, runtime, compiled graph and event stream put
+"""A session: session file, checkpointer, context, compiled graph and event stream put
 together, run to its end (or resumed), with the file's closing status always written.
 
 Each `run` is one run of the event stream (`agent.event_stream`): a start document (`resumed`
@@ -18,21 +18,21 @@ from typing import Any
 
 import numpy as np
 
+from agent.acquirer import Acquirer, TileSource
 from agent.adjudication.cache import AnswerCache
 from agent.adjudication.demonstrations import DemonstrationBank
 from agent.adjudication.offline import OfflineKnnAdjudicator
 from agent.adjudication.openai_vlm import OpenAIAdjudicator, VlmConfig
 from agent.approval_broker import ApprovalBroker
 from agent.config import RunConfig, checkpoint_path, work_dir
+from agent.context import SessionContext
 from agent.driver import run_graph, thread_config
 from agent.envelope_counters import restore as restore_counters
 from agent.event_stream import EventStream
 from agent.graph import compile_graph, open_checkpointer
 from agent.nodes.finish import close_session, final_status
 from agent.objectives import parse_objective
-from agent.pipeline import Prefetcher
 from agent.recorder import Recorder
-from agent.runtime import Runtime, TileSource
 from agent.scratch import FrameScratch
 from agent.state import AgentState, new_state
 from agent.stream_subscribers import FileRecorder, SessionLog
@@ -119,18 +119,17 @@ class Session:
         scratch = FrameScratch(work / "frames")
         self.recorder = Recorder(self.writer, scratch)
         self.recovered = self.recorder.recover()     # frames a killed run recorded, unstored
-        self.runtime = Runtime(
-            microscope=parts.microscope, classifier=parts.classifier, writer=self.writer,
+        self.context = SessionContext(
+            acquirer=Acquirer(parts.microscope, parts.tiles, pipeline=config.pipeline),
+            classifier=parts.classifier, writer=self.writer,
             adjudicator=adjudicator, bank=parts.bank, scratch=scratch, recorder=self.recorder,
             thumbnails=work / "thumbnails", plan=SurveyPlan(work / "plan.json"),
             policy=self._policy(),
             thresholds=config.quality_thresholds(), imaging=config.imaging_settings(),
-            survey_positions=parts.survey_positions, region=parts.region, tiles=parts.tiles,
+            survey_positions=parts.survey_positions, region=parts.region,
             demo_k=config.demo_k, demo_strategy=config.demo_strategy,
             rng=np.random.default_rng(config.seed), stream=self.stream)
-        if config.pipeline and parts.tiles is None:
-            self.runtime.prefetch = Prefetcher(self.runtime)
-        self.graph = compile_graph(self.runtime, self.checkpointer)
+        self.graph = compile_graph(self.context, self.checkpointer)
 
     def _policy(self):
         """The configured policy; without rescans where the instrument cannot image again
@@ -207,7 +206,7 @@ class Session:
         """Close the file with the state's outcome unless `finish` already did (its stored
         writes were applied without running it again after a kill)."""
         if not self.writer.closed:
-            close_session(self.runtime, values, final_status(values),
+            close_session(self.context, values, final_status(values),
                           values.get("used", {}).get("wall_s", 0.0))
         self.stream.stop(final_status(values), values.get("reason", ""))
 
@@ -232,8 +231,7 @@ class Session:
 
     def close(self) -> None:
         self._settle()
-        if self.runtime.prefetch is not None:
-            self.runtime.prefetch.close()
+        self.context.acquirer.close()
         self.recorder.close()
         if not self.writer.closed:
             self.writer.close("interrupted", "session object closed before the end")

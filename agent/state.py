@@ -1,7 +1,7 @@
 """The graph's checkpointed state: small values only (ids, numbers, the typed record).
 
-Heavy objects (microscope, classifier, session writer, adjudicator, frame pixels) live in
-`agent.runtime.Runtime`, never here. Everything a node needs to continue after a restart is
+Heavy objects (the acquirer, classifier, session writer, adjudicator, frame pixels) live in
+`agent.context.SessionContext`, never here. Everything a node needs to continue after a restart is
 here: the decision being built (`current`, an
 `instruments.session_file.decision_record.DecisionRecord`),
 the classifier's embedding of the frame in flight (for demonstrations) and the id of the frame
@@ -15,9 +15,15 @@ log: the checkpoint does not grow with a long session's faults).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any, Literal, TypedDict
 
+from agent.policy import Ruling
 from instruments.session_file.decision_record import DecisionRecord
+
+Progress = Literal["planned", "plan_finished", "acquired", "abandoned"]
+"""Where the frame in flight stands: plan gave a position (`planned`) or none is left
+(`plan_finished`); acquire took its frame (`acquired`) or gave the position up (`abandoned`:
+a refused move, bad frames)."""
 
 
 def add_tallies(left: dict[str, Any] | None, right: dict[str, Any] | None) -> dict[str, Any]:
@@ -58,6 +64,8 @@ class AgentState(TypedDict, total=False):
     plan_index: int
     sequence: int
     current: DecisionRecord | None   # the decision being built for the frame in flight
+    progress: Progress               # what plan and acquire made of it (the routers read it)
+    ruling: Ruling | None            # the policy's decision on it (agent.policy)
     embedding: list[float] | None    # the classifier's embedding of that frame
     reference_id: str | None         # drift reference: the attempt a rescan replaces
     previous_frame_id: str | None
@@ -78,7 +86,8 @@ def new_state(session_id: str, objective: dict[str, Any], max_frames: int,
     """The initial state of a fresh session."""
     return AgentState(
         session_id=session_id, objective=objective, max_frames=max_frames, plan=None,
-        plan_index=0, sequence=0, current=None, embedding=None, reference_id=None,
+        plan_index=0, sequence=0, current=None, ruling=None, embedding=None,
+        reference_id=None,
         previous_frame_id=None, budgets=dict(budgets),
         used={"rescans": 0, "adjudications": 0, "tokens": 0, "moves": 0, "wall_s": 0.0},
         counts={"recorded": 0, "hits": 0, "routes": {}, "labels": {}, "errors": 0,

@@ -103,19 +103,21 @@ def test_a_frame_taken_with_other_settings_than_planned_is_discarded_and_counted
     """The rule: a speculative frame stands only for its position and exact settings (here
     a focus found on the previous tile changed the defocus after it was taken)."""
     session, positions = survey(tmp_path, classifier, frames=2)
-    rt = session.runtime
+    ctx = session.context
     taken_with = ImagingSettings(**IMAGING)
-    rt.prefetch.start((positions[1]["x"], positions[1]["y"]), taken_with)
+    ctx.acquirer.prefetch((positions[1]["x"], positions[1]["y"]), taken_with)
     state = {"current": _planned(positions[1], replace(taken_with, defocus=3e-6)),
-             "session_id": "s", "sequence": 1, "plan_index": 2, "plan": rt.plan.fix(positions),
-             "objective": {"kind": "survey"}, "consecutive_errors": 0}
-    update = acquire.make(rt)(state)
+             "session_id": "s", "sequence": 1, "plan_index": 2,
+             "plan": ctx.plan.fix(positions), "objective": {"kind": "survey"},
+             "consecutive_errors": 0}
+    update = acquire.make(ctx)(state)
     session.close()
     assert update["counts"] == {"speculative_discarded": 1}
     assert [e["kind"] for e in update["events"]] == ["speculative_discarded"]
     assert "the plan asks" in update["events"][0]["message"]
     assert update["current"].frame_id and update["current"].settings.defocus == 3e-6
-    assert not rt.prefetch.pending
+    assert update["progress"] == "acquired"
+    assert ctx.acquirer.leftover() is None                  # nothing else was taken ahead
 
 
 @pytest.mark.parametrize("pipeline", [True, False])

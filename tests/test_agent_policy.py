@@ -115,13 +115,14 @@ def _route_once(pred: PredictionRecord, approve: str = "none", rescans: int = 0,
     from types import SimpleNamespace
 
     from agent.nodes.record import final_record
-    from agent.routes import after_classify
+    from agent.policy import rule_classified
+    from agent.routes import follow_ruling
 
     policy = RoutePolicy(approve=approve, reject_unknown=reject_unknown)
     state = _classified(pred, rescans)
-    step = after_classify(policy)(state)
-    rt = SimpleNamespace(policy=policy, tiles=None)
-    return step, final_record(rt, {**state, "objective": {"kind": "survey"}})
+    state["ruling"] = rule_classified(policy, state["current"], BUDGETS, FRESH)
+    ctx = SimpleNamespace(policy=policy, acquirer=SimpleNamespace(tiles=None))
+    return follow_ruling(state), final_record(ctx, {**state, "objective": {"kind": "survey"}})
 
 
 def test_an_unknown_frame_is_recorded_under_route_and_label_unknown():
@@ -234,7 +235,7 @@ def _adjudicate_once(before: str, after: str, answer: str, approve: str = "none"
 
     from agent.adjudication.base import Answer, Verdict
     from agent.nodes import adjudicate
-    from agent.routes import after_adjudicate
+    from agent.routes import follow_ruling
 
     def classified(label: str):
         return SimpleNamespace(label=label, as_record=lambda: {"label": label})
@@ -248,28 +249,29 @@ def _adjudicate_once(before: str, after: str, answer: str, approve: str = "none"
             return Verdict("stub", Answer(answer, 0.9, "looks like it"), [], "hash")
 
     frame = SimpleNamespace(frame_id="f1", image=np.zeros((8, 8)))
-    rt = SimpleNamespace(scratch=SimpleNamespace(get=lambda _: frame),
-                         classifier=Classifier(), adjudicator=Adjudicator(), bank=None,
-                         class_names=["Films", "Nanowires", "Tips"],
-                         policy=SimpleNamespace(approve=approve))
+    ctx = SimpleNamespace(scratch=SimpleNamespace(get=lambda _: frame),
+                          classifier=Classifier(), adjudicator=Adjudicator(), bank=None,
+                          class_names=["Films", "Nanowires", "Tips"],
+                          policy=SimpleNamespace(approve=approve))
     current = DecisionRecord(frame_id="f1", prediction=PredictionRecord(label=before))
-    out = adjudicate.make(rt)({"current": current, "embedding": [0.0, 1.0], "used": {}})
-    return {**out, "next": after_adjudicate(out)}
+    out = adjudicate.make(ctx)({"current": current, "embedding": [0.0, 1.0], "used": {}})
+    return {**out, "next": follow_ruling(out)}
 
 
 def test_an_answer_the_classifier_already_gave_is_not_overturned_by_the_reclassification():
     out = _adjudicate_once(before="Films", after="Nanowires", answer="Films")
-    assert (out["current"].route, out["current"].label) == ("adjudicated", "Films")
+    assert (out["ruling"]["route"], out["current"].label) == ("adjudicated", "Films")
     assert out["current"].adjudication.reclassified == PredictionRecord(label="Nanowires")
     assert out["next"] == "record"
     attended = _adjudicate_once("Films", "Nanowires", "Films", approve="uncertain")
     assert attended["next"] == "approve"
-    assert attended["current"].proposal == Proposal(label="Films", source="adjudicated")
+    assert (attended["ruling"]["label"], attended["ruling"]["source"]) == ("Films",
+                                                                          "adjudicated")
 
 
 def test_a_reclassification_following_the_answer_is_adjudicated_one_resisting_it_contested():
     follows = _adjudicate_once(before="Tips", after="Films", answer="Films")
-    assert (follows["current"].route, follows["current"].label) == ("adjudicated", "Films")
+    assert (follows["ruling"]["route"], follows["current"].label) == ("adjudicated", "Films")
     resists = _adjudicate_once(before="Tips", after="Tips", answer="Films")
-    assert (resists["current"].route, resists["current"].label) == ("contested", "Tips")
+    assert (resists["ruling"]["route"], resists["current"].label) == ("contested", "Tips")
     assert resists["used"]["adjudications"] == 1

@@ -285,20 +285,22 @@ def test_record_step_rerun_after_its_frame_was_stored_counts_it_once(tmp_path):
     from types import SimpleNamespace
 
     from agent.nodes import record as record_node
+    from agent.policy import RoutePolicy
     from agent.scratch import FrameScratch
     from instruments.session_file.writer import SessionWriter
 
     frame = TwinMicroscope(seed=0).acquire()
     writer = SessionWriter(tmp_path / "s.h5", {"session_id": "s"})
     writer.write_frame(frame, DecisionRecord(frame_id=frame.frame_id, label="Tips"))
-    runtime = SimpleNamespace(scratch=FrameScratch(tmp_path / "frames"), writer=writer,
-                              recorder=None, tiles=None, stream=None)
+    ctx = SimpleNamespace(scratch=FrameScratch(tmp_path / "frames"), writer=writer,
+                          recorder=None, acquirer=SimpleNamespace(tiles=None), stream=None,
+                          policy=RoutePolicy())
     current = DecisionRecord(frame_id=frame.frame_id, sequence=0, label="Tips",
                              route="confident", quality=QualityRecord(ok=True),
                              settings=frame.settings)
     state = {"current": current, "objective": {"kind": "survey", "classes": []},
              "counts": {}, "used": {}, "budgets": {}, "sequence": 0}
-    update = record_node.make(runtime)(state)
+    update = record_node.make(ctx)(state)
     assert update["counts"]["recorded"] == 1 and update["sequence"] == 1
     writer.close("completed")
     with SessionReader(tmp_path / "s.h5") as reader:

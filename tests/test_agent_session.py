@@ -156,7 +156,7 @@ def test_focus_sweep_keeps_the_sharpest_defocus(tmp_path, classifier):
                            thresholds={"min_sharpness": 1e9, "min_snr": 0.0,
                                        "max_drift_px": 1e9},
                            budgets={"rescans": 1, "adjudications": 0})
-    session.runtime.focus_step = 15e-6
+    session.context.focus_step = 15e-6
     session.run()
     _, records, truths, _ = read(tmp_path / "s.h5")
     sweep = records[0].rescans[0].adaptation["focus_sweep"]

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.adjudication.images import png_bytes
-from agent.runtime import Runtime
+from agent.context import SessionContext
 from agent.state import add_tallies
 from instruments.devices.frame import Frame
 
@@ -22,9 +22,9 @@ def fail(reason: str) -> dict[str, Any]:
     return {"status": "failed", "reason": reason, "events": event("failed", reason)}
 
 
-def thumbnail(rt: Runtime, frame: Frame) -> Path:
+def thumbnail(ctx: SessionContext, frame: Frame) -> Path:
     """A PNG of the frame for human front-ends, written once per frame id."""
-    path = rt.thumbnails / f"{frame.frame_id}.png"
+    path = ctx.thumbnails / f"{frame.frame_id}.png"
     if not path.exists():
         path.write_bytes(png_bytes(frame.image, max_side=256))
     return path

@@ -1,5 +1,7 @@
 """approve: a human decides, through `interrupt`; the graph resumes with the decision
-({"decision": approve|relabel|rescan|skip, "label", "operator", "note"})."""
+({"decision": approve|relabel|rescan|skip, "label", "operator", "note"}). The proposal is the
+policy's ruling on the frame; what the decision makes of it is the policy's too
+(`agent.policy.rule_human`)."""
 
 from __future__ import annotations
 
@@ -8,16 +10,15 @@ from typing import Any
 
 from langgraph.types import interrupt
 
+from agent.context import SessionContext
 from agent.nodes._common import thumbnail
-from agent.policy import UNKNOWN, verdict
-from agent.runtime import Runtime
+from agent.policy import UNKNOWN, rule_human, ruling_of
 from agent.state import AgentState
 from instruments.session_file.decision_record import (
     DECISIONS,
-    Decision,
     DecisionRecord,
     HumanRecord,
-    Route,
+    Proposal,
 )
 
 
@@ -49,44 +50,40 @@ def _reason(current: DecisionRecord, mode: str) -> str:
     return "the classifier was unsure and no adjudication was possible"
 
 
-def payload(rt: Runtime, state: AgentState, current: DecisionRecord) -> dict[str, Any]:
+def payload(ctx: SessionContext, state: AgentState, current: DecisionRecord) -> dict[str, Any]:
     """What a human sees: the frame (thumbnail path), the typed record as JSON (`record`,
     which the web page reads) and the keys the terminal prompt shows."""
-    frame = rt.scratch.get(current.frame_id)
+    frame = ctx.scratch.get(current.frame_id)
     adjudication = current.adjudication
     answer = adjudication.answer if adjudication else None
     return {"kind": "label", "session_id": state["session_id"], "frame_id": frame.frame_id,
-            "sequence": current.sequence, "thumbnail": str(thumbnail(rt, frame)),
+            "sequence": current.sequence, "thumbnail": str(thumbnail(ctx, frame)),
             "previous_thumbnail": current.rescans[-1].thumbnail if current.rescans else None,
             "record": current.model_dump(mode="json", exclude={"started"}),
             "top_k": [list(pair) for pair in current.prediction.top_k],
             "adjudicator": answer.model_dump() if answer else None,
             "adjudicator_name": adjudication.adjudicator if adjudication else None,
             "proposal": current.proposal.label, "proposal_source": current.proposal.source,
-            "reason": _reason(current, rt.policy.approve),
+            "reason": _reason(current, ctx.policy.approve),
             "on_approve": f"record this frame as {current.proposal.label}",
-            "choices": list(DECISIONS), "labels": human_labels(rt.class_names)}
+            "choices": list(DECISIONS), "labels": human_labels(ctx.class_names)}
 
 
-def make(rt: Runtime):
+def make(ctx: SessionContext):
     def approve(state: AgentState) -> dict[str, Any]:
         current: DecisionRecord = state["current"]
-        if current.proposal is None:
-            current = current.model_copy(update={"proposal": verdict(rt.policy,
-                                                                     current.prediction)})
-        request = payload(rt, state, current)
+        ruling = ruling_of(ctx.policy, state)
+        current = current.model_copy(update={"proposal": Proposal(label=ruling["label"],
+                                                                  source=ruling["source"])})
+        request = payload(ctx, state, current)
         decision = interrupt(request)
-        while (error := decision_error(decision, human_labels(rt.class_names))):
+        while (error := decision_error(decision, human_labels(ctx.class_names))):
             decision = interrupt({**request, "error": error})
         proposal = current.proposal.label
-        label = decision["label"] if decision["decision"] == "relabel" else proposal
-        if decision["decision"] == "skip":
-            label = None
+        ruling = rule_human(proposal, decision)
         human = HumanRecord(operator=decision.get("operator", "?"), time=time.time(),
-                            proposal=proposal, decision=decision["decision"], label=label,
-                            note=decision.get("note", ""), changed=label != proposal)
-        if human.decision == Decision.RESCAN:
-            return {"current": current.model_copy(update={"human": human})}
-        return {"current": current.model_copy(update={"human": human, "label": label,
-                                                      "route": Route.HUMAN})}
+                            proposal=proposal, decision=decision["decision"],
+                            label=ruling["label"], note=decision.get("note", ""),
+                            changed=ruling["label"] != proposal)
+        return {"current": current.model_copy(update={"human": human}), "ruling": ruling}
     return approve

@@ -7,24 +7,24 @@ from __future__ import annotations
 
 from typing import Any
 
+from agent.context import SessionContext
 from agent.nodes._common import event
 from agent.quality import assess
 from agent.rescan_effect import had_effect, kinds_tried
-from agent.runtime import Runtime
 from agent.state import AgentState
 from instruments.session_file.decision_record import DecisionRecord, QualityRecord, RescanRecord
 
 
-def make(rt: Runtime):
+def make(ctx: SessionContext):
     def assess_quality(state: AgentState) -> dict[str, Any]:
         current: DecisionRecord = state["current"]
-        frame = rt.scratch.get(current.frame_id)
+        frame = ctx.scratch.get(current.frame_id)
         reference = None
         if current.rescans and state.get("reference_id"):
-            reference = rt.scratch.get(state["reference_id"]).image
+            reference = ctx.scratch.get(state["reference_id"]).image
             if reference.shape != frame.image.shape:
                 reference = None
-        quality = QualityRecord(**assess(frame.image, rt.thresholds, reference))
+        quality = QualityRecord(**assess(frame.image, ctx.thresholds, reference))
         update: dict[str, Any] = {}
         rescans = current.rescans
         if rescans and "effect" not in (rescans[-1].model_extra or {}):

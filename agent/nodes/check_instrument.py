@@ -4,18 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from agent.context import SessionContext
 from agent.nodes._common import fail
-from agent.runtime import Runtime
 from agent.state import AgentState
 from instruments.devices.errors import InstrumentError
 
 
-def make(rt: Runtime):
+def make(ctx: SessionContext):
     def check_instrument(state: AgentState) -> dict[str, Any]:
-        if rt.prefetch is not None:
-            rt.prefetch.settle()               # the instrument finishes the frame in flight
         try:
-            status = rt.microscope.status()
+            status = ctx.acquirer.status()
         except InstrumentError as exc:
             return fail(f"instrument status: {exc}")
         if not status.connected:
@@ -24,6 +22,5 @@ def make(rt: Runtime):
             return fail(f"instrument {status.instrument_id}: vacuum not ready")
         if status.beam_on is False:
             return fail(f"instrument {status.instrument_id}: beam is off")
-        rt.stage = status.stage
         return {}
     return check_instrument

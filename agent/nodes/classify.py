@@ -1,26 +1,31 @@
-"""classify: calibrated probabilities, conformal set and embedding of the frame."""
+"""classify: calibrated probabilities, conformal set and embedding of the frame, and the
+policy's ruling on it (`agent.policy.rule_classified`): where it goes next, under which label
+and route."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
-from agent.runtime import Runtime
+from agent.context import SessionContext
+from agent.policy import rule_classified
 from agent.state import AgentState
 from instruments.session_file.decision_record import DecisionRecord, PredictionRecord
 
 
-def make(rt: Runtime):
+def make(ctx: SessionContext):
     def classify(state: AgentState) -> dict[str, Any]:
         current: DecisionRecord = state["current"]
-        frame = rt.scratch.get(current.frame_id)
+        frame = ctx.scratch.get(current.frame_id)
         t0 = time.perf_counter()
-        prediction = rt.classifier.classify([frame.image])[0]
+        prediction = ctx.classifier.classify([frame.image])[0]
         timings = current.timings.model_copy(update={
             "classify_s": (current.timings.classify_s or 0.0) + time.perf_counter() - t0})
         record = current.model_copy(update={
             "prediction": PredictionRecord.model_validate(prediction.as_record()),
             "timings": timings})
-        return {"current": record,
+        ruling = rule_classified(ctx.policy, record, state["budgets"], state["used"],
+                                 state.get("ineffective") or ())
+        return {"current": record, "ruling": ruling,
                 "embedding": [float(v) for v in prediction.embedding.ravel()]}
     return classify

@@ -5,20 +5,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from agent.context import SessionContext
 from agent.nodes._common import add_tallies_update, event
-from agent.runtime import Runtime
 from agent.state import AgentState, add_tallies
 
 
-def close_session(rt: Runtime, state: AgentState, status: str, wall_s: float) -> None:
+def close_session(ctx: SessionContext, state: AgentState, status: str, wall_s: float) -> None:
     """Every recorded frame in the file, the outcome stored, the file closed with `status`."""
-    if rt.recorder is not None:
-        rt.recorder.drain()
-    rt.writer.update_provenance(outcome={
+    if ctx.recorder is not None:
+        ctx.recorder.drain()
+    ctx.writer.update_provenance(outcome={
         "counts": state["counts"], "used": {**state["used"], "wall_s": wall_s},
         "budgets": state["budgets"], "events": state.get("events", [])[-200:],
         "objective": state["objective"]})
-    rt.writer.close(status, state.get("reason", ""))
+    ctx.writer.close(status, state.get("reason", ""))
 
 
 def final_status(state: AgentState) -> str:
@@ -26,26 +26,24 @@ def final_status(state: AgentState) -> str:
     return "completed" if status == "running" else status
 
 
-def left_over(rt: Runtime) -> dict[str, Any]:
+def left_over(ctx: SessionContext) -> dict[str, Any]:
     """The update that accounts for a speculative frame the session no longer needs."""
-    speculation = rt.prefetch.collect() if rt.prefetch is not None else None
-    if speculation is None:
+    shot = ctx.acquirer.leftover()
+    if shot is None:
         return {}
-    what = (f"speculative frame {speculation.frame.frame_id}" if speculation.frame is not None
-            else f"failed speculative acquisition ({speculation.error})")
-    return {"counts": {"speculative_discarded": 1}, "used": {"moves": int(speculation.moved)},
-            "events": event("speculative_discarded",
-                            f"{what} at {speculation.position} not needed: the session ended")}
+    return {"counts": {"speculative_discarded": 1}, "used": {"moves": int(shot.moved)},
+            "events": event("speculative_discarded", f"{shot.what} at {shot.position} not "
+                                                     "needed: the session ended")}
 
 
-def make(rt: Runtime):
+def make(ctx: SessionContext):
     def finish(state: AgentState) -> dict[str, Any]:
-        tick = rt.tick()
-        update = add_tallies_update(left_over(rt), {"status": final_status(state),
+        tick = ctx.tick()
+        update = add_tallies_update(left_over(ctx), {"status": final_status(state),
                                                     "used": {"wall_s": tick}})
         ended = {**state, "counts": add_tallies(state["counts"], update.get("counts")),
                  "used": add_tallies(state["used"], update["used"]),
                  "events": [*state.get("events", []), *update.get("events", [])]}
-        close_session(rt, ended, update["status"], ended["used"].get("wall_s", 0.0))
+        close_session(ctx, ended, update["status"], ended["used"].get("wall_s", 0.0))
         return update
     return finish

@@ -5,20 +5,20 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from agent.context import SessionContext
 from agent.objectives import grid_positions, spiral_position, spread
-from agent.runtime import Runtime
 from agent.state import AgentState
 from agent.survey_plan import planned_positions
 from instruments.session_file.decision_record import DecisionRecord, Position, Tile, Timings
 
 
-def _survey_positions(rt: Runtime, max_frames: int) -> list[dict[str, Any]]:
-    if rt.tiles is not None:
-        return spread(rt.tiles.positions(), max_frames)
-    if rt.survey_positions:
-        return spread(rt.survey_positions, max_frames)
-    region = rt.region or rt.microscope.capabilities().stage_range
-    return grid_positions(region, rt.imaging.fov, limit=max_frames)
+def _survey_positions(ctx: SessionContext, max_frames: int) -> list[dict[str, Any]]:
+    if ctx.acquirer.tiles is not None:
+        return spread(ctx.acquirer.tiles.positions(), max_frames)
+    if ctx.survey_positions:
+        return spread(ctx.survey_positions, max_frames)
+    region = ctx.region or ctx.acquirer.capabilities().stage_range
+    return grid_positions(region, ctx.imaging.fov, limit=max_frames)
 
 
 def _done(state: AgentState, used: dict[str, float]) -> str:
@@ -39,37 +39,38 @@ def _done(state: AgentState, used: dict[str, float]) -> str:
     return ""
 
 
-def position_at(rt: Runtime, state: AgentState, index: int) -> dict[str, Any] | None:
+def position_at(ctx: SessionContext, state: AgentState, index: int) -> dict[str, Any] | None:
     """The plan's index-th position (None past the end of a survey)."""
     if state["objective"]["kind"] == "hunt":
         start = state["objective"].get("start", (0.0, 0.0))
-        return spiral_position(index, tuple(start), rt.imaging.fov)
-    positions = planned_positions(rt.plan, state)
+        return spiral_position(index, tuple(start), ctx.imaging.fov)
+    positions = planned_positions(ctx.plan, state)
     return positions[index] if index < len(positions) else None
 
 
-def planned_record(rt: Runtime, state: AgentState, position: dict[str, Any]) -> DecisionRecord:
+def planned_record(ctx: SessionContext, state: AgentState,
+                   position: dict[str, Any]) -> DecisionRecord:
     """The record a planned position starts from: where, and with which settings (the
     defocus that last gave a good frame carries forward)."""
     return DecisionRecord(
         position=Position(x=position["x"], y=position["y"]),
         tile=Tile(row=position["row"], col=position["col"]) if "row" in position else None,
-        settings=replace(rt.imaging, defocus=state.get("defocus", rt.imaging.defocus)),
+        settings=replace(ctx.imaging, defocus=state.get("defocus", ctx.imaging.defocus)),
         timings=Timings(acquire_s=0.0, classify_s=0.0))
 
 
-def make(rt: Runtime):
+def make(ctx: SessionContext):
     def plan(state: AgentState) -> dict[str, Any]:
-        tick = rt.tick()
+        tick = ctx.tick()
         update: dict[str, Any] = {"used": {"wall_s": tick}}
         if state["objective"]["kind"] == "survey" and not state.get("plan"):
-            update["plan"] = rt.plan.fix(_survey_positions(rt, state["max_frames"]))
+            update["plan"] = ctx.plan.fix(_survey_positions(ctx, state["max_frames"]))
             state = {**state, **update}
         used = {**state["used"], "wall_s": state["used"].get("wall_s", 0.0) + tick}
         reason = _done(state, used)
         if reason:
-            return {**update, "current": None, "reason": reason}
+            return {**update, "current": None, "progress": "plan_finished", "reason": reason}
         index = state["plan_index"]
-        record = planned_record(rt, state, position_at(rt, state, index))
-        return {**update, "plan_index": index + 1, "current": record}
+        record = planned_record(ctx, state, position_at(ctx, state, index))
+        return {**update, "plan_index": index + 1, "current": record, "progress": "planned"}
     return plan

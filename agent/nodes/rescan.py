@@ -11,9 +11,9 @@ import time
 from dataclasses import replace
 from typing import Any
 
+from agent.context import SessionContext
 from agent.nodes._common import fail, thumbnail
 from agent.quality import sharpness
-from agent.runtime import Runtime
 from agent.state import AgentState
 from instruments.devices.errors import InstrumentError, SafetyRefused
 from instruments.devices.frame import ImagingSettings
@@ -29,28 +29,27 @@ def _clamp(value: float, *ranges: tuple[float, float]) -> float:
     return min(max(value, lo), hi)
 
 
-def focus_sweep(rt: Runtime, settings: ImagingSettings) -> tuple[float, list[list[float]]]:
+def focus_sweep(ctx: SessionContext, settings: ImagingSettings) -> tuple[float, list[list[float]]]:
     """Acquire at defocus offsets around the current value; the sharpest defocus and the
     (defocus, sharpness) pairs measured."""
-    caps = rt.microscope.capabilities()
+    caps = ctx.acquirer.capabilities()
     pixels = min(settings.pixels, SWEEP_PIXELS)
     pixels = pixels if pixels in caps.pixel_options else settings.pixels
     results = []
     for step in SWEEP_STEPS:
-        defocus = _clamp(settings.defocus + step * rt.focus_step, caps.defocus_range)
+        defocus = _clamp(settings.defocus + step * ctx.focus_step, caps.defocus_range)
         trial = replace(settings, defocus=defocus, pixels=pixels)
-        rt.applied = rt.microscope.set_imaging(trial)
-        results.append([defocus, sharpness(rt.microscope.acquire().image)])
+        results.append([defocus, sharpness(ctx.acquirer.snap(trial).image)])
     best = max(results, key=lambda r: r[1])[0]
     return best, results
 
 
-def adapt(rt: Runtime, settings: ImagingSettings, failures: list[str],
+def adapt(ctx: SessionContext, settings: ImagingSettings, failures: list[str],
           last_chance: bool, skip: frozenset[str] = frozenset()
           ) -> tuple[ImagingSettings, dict[str, Any]]:
     """New settings for the rescan and a note of what was changed; kinds of change in `skip`
     (dwell, focus, fov: see agent/rescan_effect) are not made."""
-    caps, env = rt.microscope.capabilities(), rt.microscope.envelope
+    caps, env = ctx.acquirer.capabilities(), ctx.acquirer.envelope
     note: dict[str, Any] = {}
     new = settings
     if "dwell" in skip:
@@ -64,7 +63,7 @@ def adapt(rt: Runtime, settings: ImagingSettings, failures: list[str],
         new = replace(new, dwell=_clamp(new.dwell / 2, caps.dwell_range, env.dwell))
         note["dwell"] = new.dwell
     if "blur" in failures and caps.defocus_range[0] < caps.defocus_range[1]:
-        best, sweep = focus_sweep(rt, new)
+        best, sweep = focus_sweep(ctx, new)
         new = replace(new, defocus=best)
         note["focus_sweep"] = sweep
     if (last_chance or not failures) and "fov" not in skip:
@@ -73,32 +72,31 @@ def adapt(rt: Runtime, settings: ImagingSettings, failures: list[str],
     return new, note
 
 
-def make(rt: Runtime):
+def make(ctx: SessionContext):
     def rescan(state: AgentState) -> dict[str, Any]:
-        if rt.prefetch is not None:
-            rt.prefetch.settle()               # the instrument finishes the frame in flight
+        ctx.acquirer.settle()             # the frame in flight first: adapt_s is adapting
         current: DecisionRecord = state["current"]
         settings = current.settings
         failures = list(current.quality.failures)
         last_chance = bool(current.rescans) and len(current.rescans) + 1 >= \
-            rt.policy.max_rescans
+            ctx.policy.max_rescans
         t0 = time.perf_counter()
         try:
-            new, note = adapt(rt, settings, failures, last_chance,
+            new, note = adapt(ctx, settings, failures, last_chance,
                               frozenset(state.get("ineffective") or ()))
         except SafetyRefused as exc:
             note, new = {"refused": str(exc)}, settings
         except InstrumentError as exc:
             return fail(f"rescan: {type(exc).__name__}: {exc}")
-        previous = rt.scratch.get(current.frame_id)
+        previous = ctx.scratch.get(current.frame_id)
         old_reference = state.get("reference_id")
         if old_reference and old_reference != current.frame_id:
-            rt.scratch.drop(old_reference)        # superseded: drift is measured to the last
+            ctx.scratch.drop(old_reference)        # superseded: drift is measured to the last
         reason = ", ".join(failures) or ("operator asked" if current.human else "unsure")
         attempt = RescanRecord(
             settings=settings, new_settings=new, reason=reason, quality=current.quality,
             prediction=current.prediction, adaptation=note,
-            adapt_s=time.perf_counter() - t0, thumbnail=str(thumbnail(rt, previous)),
+            adapt_s=time.perf_counter() - t0, thumbnail=str(thumbnail(ctx, previous)),
             frame_id=current.frame_id)
         record = current.model_copy(update={
             "rescans": [*current.rescans, attempt], "settings": new, "human": None,
