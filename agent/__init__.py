@@ -7,8 +7,8 @@ Where a frame is made, decided and stored:
 - nodes/           connect, check_instrument, plan, acquire, assess_quality, classify,
                    rescan, adjudicate, approve (interrupt), record, finish
 - policy.py        the one place that decides: rulings on calibrated probabilities, the OOD
-                   flag (label "unknown"), adjudications and human decisions; routes.py
-                   follows them; quality.py focus/SNR/drift
+                   flag (label "unknown"), adjudications and human decisions, and the
+                   graph's routers that follow them; quality.py focus/SNR/drift
 - objectives.py    survey grids and hunt spirals; overview.py windows of a stage-less overview
 - adjudication/    few-shot VLM (openai client), offline kNN stand-in, demonstrations, cache
 - recorder.py      session-file writes off the acquisition path; scratch.py frames in flight

@@ -1,5 +1,5 @@
 """The acquisition graph: nodes joined by conditional edges that are pure functions of the
-state (`agent.routes`; after a decision they follow the policy's ruling), compiled with a
+state (`agent.policy`: after a decision they follow its ruling), compiled with a
 checkpointer (SQLite for sessions) so a killed session resumes where it stopped."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 from langgraph.graph import END, START, StateGraph
 
-from agent import routes
+from agent import policy
 from agent.checkpoint_serde import RedactingSerializer
 from agent.checkpoint_store import BoundedSqliteSaver
 from agent.context import SessionContext
@@ -52,19 +52,19 @@ def build_graph(ctx: SessionContext) -> StateGraph:
     for name, module in NODES.items():
         graph.add_node(name, snapshotting(module.make(ctx), ctx.acquirer))
     graph.add_edge(START, "connect")
-    graph.add_conditional_edges("connect", routes.after_setup("check_instrument"),
+    graph.add_conditional_edges("connect", policy.after_setup("check_instrument"),
                                 ["check_instrument", "finish"])
-    graph.add_conditional_edges("check_instrument", routes.after_setup("plan"),
+    graph.add_conditional_edges("check_instrument", policy.after_setup("plan"),
                                 ["plan", "finish"])
-    graph.add_conditional_edges("plan", routes.after_plan, ["acquire", "finish"])
-    graph.add_conditional_edges("acquire", routes.after_acquire,
+    graph.add_conditional_edges("plan", policy.after_plan, ["acquire", "finish"])
+    graph.add_conditional_edges("acquire", policy.after_acquire,
                                 ["assess_quality", "plan", "finish"])
     graph.add_edge("assess_quality", "classify")
-    graph.add_conditional_edges("classify", routes.follow_ruling,
+    graph.add_conditional_edges("classify", policy.follow_ruling,
                                 ["record", "rescan", "adjudicate", "approve"])
-    graph.add_conditional_edges("rescan", routes.after_rescan, ["acquire", "finish"])
-    graph.add_conditional_edges("adjudicate", routes.follow_ruling, ["record", "approve"])
-    graph.add_conditional_edges("approve", routes.follow_ruling, ["record", "rescan"])
+    graph.add_conditional_edges("rescan", policy.after_rescan, ["acquire", "finish"])
+    graph.add_conditional_edges("adjudicate", policy.follow_ruling, ["record", "approve"])
+    graph.add_conditional_edges("approve", policy.follow_ruling, ["record", "rescan"])
     graph.add_edge("record", "plan")
     graph.add_edge("finish", END)
     return graph

@@ -1,7 +1,8 @@
 """The route policy, the one place that decides: what to do with a classified frame (on
 calibrated probabilities), what an adjudicator's answer or a human's decision makes of it, and
 under which label and route the frame is recorded. Each decision is a `Ruling` kept in the
-checkpointed state; the routers follow its step and the nodes carry it out."""
+checkpointed state; the graph's routers (at the end of this module) follow its step and the
+nodes carry it out."""
 
 from __future__ import annotations
 
@@ -193,3 +194,44 @@ def ruling_of(policy: RoutePolicy, state: Mapping[str, Any]) -> Ruling:
                       source=current.proposal.source, route=None)
     return rule_classified(policy, current, state.get("budgets") or {},
                            state.get("used") or {}, state.get("ineffective") or ())
+
+
+# --- the graph's routers: where the graph goes after a node, pure functions of the state
+# (LangGraph conditional edges). Nodes write what happened (a planned position or the end of
+# the plan, a frame or an abandoned position, a failure); after a decision the ruling above
+# names the next step and the router follows it.
+
+FINISH = "finish"
+
+
+def _failed(state: Mapping[str, Any]) -> bool:
+    return state.get("status", "running") == "failed"
+
+
+def after_setup(target: str):
+    """connect and check_instrument: on to `target`, or finish when the node failed."""
+    def route(state: Mapping[str, Any]) -> str:
+        return FINISH if _failed(state) else target
+    route.__name__ = f"to_{target}"
+    return route
+
+
+def after_plan(state: Mapping[str, Any]) -> Literal["acquire", "finish"]:
+    """A planned position is acquired; at the end of the plan the session finishes."""
+    return "acquire" if state.get("progress") == "planned" else FINISH
+
+
+def after_acquire(state: Mapping[str, Any]) -> Literal["assess_quality", "plan", "finish"]:
+    """A frame is assessed; an abandoned position (refused, bad frames) goes back to plan."""
+    if _failed(state):
+        return FINISH
+    return "assess_quality" if state.get("progress") == "acquired" else "plan"
+
+
+def follow_ruling(state: Mapping[str, Any]) -> Step:
+    """After classify, adjudicate and approve: the step the policy's ruling names."""
+    return state["ruling"]["step"]
+
+
+def after_rescan(state: Mapping[str, Any]) -> Literal["acquire", "finish"]:
+    return FINISH if _failed(state) else "acquire"

@@ -37,6 +37,17 @@ def add_tallies(left: dict[str, Any] | None, right: dict[str, Any] | None) -> di
     return out
 
 
+def add_tallies_update(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """Two node updates as one: tallies added, events joined, other keys from `second`."""
+    out = {**first, **second}
+    for key in ("used", "counts"):
+        if key in first and key in second:
+            out[key] = add_tallies(first[key], second[key])
+    if "events" in first and "events" in second:
+        out["events"] = [*first["events"], *second["events"]]
+    return out
+
+
 EVENTS_KEPT = 100
 DROPPED = "events_dropped"
 
@@ -66,6 +77,7 @@ class AgentState(TypedDict, total=False):
     current: DecisionRecord | None   # the decision being built for the frame in flight
     progress: Progress               # what plan and acquire made of it (the routers read it)
     ruling: Ruling | None            # the policy's decision on it (agent.policy)
+    ahead: dict[str, Any] | None     # a survey's next planned position (taken ahead)
     embedding: list[float] | None    # the classifier's embedding of that frame
     reference_id: str | None         # drift reference: the attempt a rescan replaces
     previous_frame_id: str | None

@@ -115,8 +115,7 @@ def _route_once(pred: PredictionRecord, approve: str = "none", rescans: int = 0,
     from types import SimpleNamespace
 
     from agent.nodes.record import final_record
-    from agent.policy import rule_classified
-    from agent.routes import follow_ruling
+    from agent.policy import follow_ruling, rule_classified
 
     policy = RoutePolicy(approve=approve, reject_unknown=reject_unknown)
     state = _classified(pred, rescans)
@@ -235,7 +234,7 @@ def _adjudicate_once(before: str, after: str, answer: str, approve: str = "none"
 
     from agent.adjudication.base import Answer, Verdict
     from agent.nodes import adjudicate
-    from agent.routes import follow_ruling
+    from agent.policy import follow_ruling
 
     def classified(label: str):
         return SimpleNamespace(label=label, as_record=lambda: {"label": label})

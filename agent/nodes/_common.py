@@ -8,7 +8,6 @@ from typing import Any
 
 from agent.adjudication.images import png_bytes
 from agent.context import SessionContext
-from agent.state import add_tallies
 from instruments.devices.frame import Frame
 
 
@@ -28,14 +27,3 @@ def thumbnail(ctx: SessionContext, frame: Frame) -> Path:
     if not path.exists():
         path.write_bytes(png_bytes(frame.image, max_side=256))
     return path
-
-
-def add_tallies_update(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
-    """Two node updates as one: tallies added, events joined, other keys from `second`."""
-    out = {**first, **second}
-    for key in ("used", "counts"):
-        if key in first and key in second:
-            out[key] = add_tallies(first[key], second[key])
-    if "events" in first and "events" in second:
-        out["events"] = [*first["events"], *second["events"]]
-    return out

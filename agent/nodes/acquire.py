@@ -13,9 +13,8 @@ from langgraph.types import interrupt
 
 from agent.acquirer import Shot
 from agent.context import SessionContext
-from agent.nodes._common import add_tallies_update, event, fail
-from agent.state import AgentState
-from agent.survey_plan import planned_positions
+from agent.nodes._common import event, fail
+from agent.state import AgentState, add_tallies_update
 from instruments.devices.errors import ApprovalRequired, BadFrame, SafetyRefused
 from instruments.devices.frame import StagePosition
 from instruments.devices.safety import Approval
@@ -87,20 +86,6 @@ def _failed(state: AgentState, shot: Shot, where: dict[str, Any]) -> dict[str, A
     return {"used": moves, **fail(f"acquire: {type(exc).__name__}: {exc}")}
 
 
-def _prefetch_next(ctx: SessionContext, state: AgentState) -> None:
-    """Start acquiring the plan's next survey position ahead (pipelining)."""
-    if state["objective"]["kind"] != "survey":
-        return
-    index = state["plan_index"]              # plan has already moved past the current one
-    positions = planned_positions(ctx.plan, state)
-    if index >= len(positions):
-        return
-    nxt = positions[index]
-    ctx.acquirer.prefetch((nxt["x"], nxt["y"]),
-                          replace(ctx.imaging, defocus=state.get("defocus",
-                                                                 ctx.imaging.defocus)))
-
-
 def make(ctx: SessionContext):
     def acquire(state: AgentState) -> dict[str, Any]:
         current: DecisionRecord = state["current"]
@@ -111,7 +96,9 @@ def make(ctx: SessionContext):
             shot, current = _with_approval(ctx, state, current, shot)
         if shot.frame is None:
             return add_tallies_update(discarded, _failed(state, shot, where))
-        _prefetch_next(ctx, state)            # the instrument is free: on to the next tile
+        if state.get("ahead"):                # the instrument is free: on to the next tile
+            ctx.acquirer.prefetch((state["ahead"]["x"], state["ahead"]["y"]), replace(
+                ctx.imaging, defocus=state.get("defocus", ctx.imaging.defocus)))
         frame = shot.frame
         frame.sequence = state["sequence"]
         ctx.scratch.put(frame)

@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from agent.context import SessionContext
-from agent.nodes._common import add_tallies_update, event
-from agent.state import AgentState, add_tallies
+from agent.nodes._common import event
+from agent.state import AgentState, add_tallies, add_tallies_update
 
 
 def close_session(ctx: SessionContext, state: AgentState, status: str, wall_s: float) -> None:

@@ -1,4 +1,5 @@
-"""plan: the next position to image, or the end of the session (objective met, budget used)."""
+"""plan: the next position to image, or the end of the session (objective met, budget used);
+on a survey also the position after it (`ahead`: acquired ahead when pipelining)."""
 
 from __future__ import annotations
 
@@ -72,5 +73,8 @@ def make(ctx: SessionContext):
             return {**update, "current": None, "progress": "plan_finished", "reason": reason}
         index = state["plan_index"]
         record = planned_record(ctx, state, position_at(ctx, state, index))
-        return {**update, "plan_index": index + 1, "current": record, "progress": "planned"}
+        ahead = (position_at(ctx, state, index + 1)
+                 if state["objective"]["kind"] == "survey" else None)
+        return {**update, "plan_index": index + 1, "current": record, "progress": "planned",
+                "ahead": ahead}
     return plan
