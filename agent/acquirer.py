@@ -24,7 +24,9 @@ one is assessed, classified and recorded. Rules:
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -121,9 +123,29 @@ class Acquirer:
     def envelope(self) -> SafetyEnvelope:
         return self._microscope.envelope
 
+    # --- the envelope's counters as checkpointed state ---------------------------------
+    # The guard below the agent counts stage moves, frames scanned and the dose each area
+    # has received, in its process. Every node's update carries a snapshot of them
+    # (`envelope` in the state, see `snapshotting`), so the checkpoint holds them after each
+    # step, and a resumed session restores them into its new guard before its first step: a
+    # kill and `--resume` renews no budget.
     def counters(self) -> dict[str, Any]:
         """The guard's envelope counters (moves, frames, dose per area) as they stand."""
         return self._microscope.counters()
+
+    def restore(self, values: dict[str, Any]) -> None:
+        """Continue the guard's counters from a checkpointed state (a fresh one: nothing)."""
+        self._microscope.restore(values.get("envelope"))
+
+    def snapshotting(self, node: Callable[[Any], dict[str, Any]]
+                     ) -> Callable[[Any], dict[str, Any]]:
+        """`node`, its update extended with the guard's counters as they stand after it."""
+
+        @functools.wraps(node)
+        def run(state: Any) -> dict[str, Any]:
+            return {**(node(state) or {}), "envelope": self.counters()}
+
+        return run
 
     def capabilities(self) -> Capabilities:
         self.settle()

@@ -14,7 +14,6 @@ from agent import policy
 from agent.checkpoint_serde import RedactingSerializer
 from agent.checkpoint_store import BoundedSqliteSaver
 from agent.context import SessionContext
-from agent.envelope_counters import snapshotting
 from agent.nodes import (
     acquire,
     adjudicate,
@@ -50,7 +49,7 @@ CHECKPOINT_TYPES = [(module, name)
 def build_graph(ctx: SessionContext) -> StateGraph:
     graph = StateGraph(AgentState)
     for name, module in NODES.items():
-        graph.add_node(name, snapshotting(module.make(ctx), ctx.acquirer))
+        graph.add_node(name, ctx.acquirer.snapshotting(module.make(ctx)))
     graph.add_edge(START, "connect")
     graph.add_conditional_edges("connect", policy.after_setup("check_instrument"),
                                 ["check_instrument", "finish"])

@@ -27,7 +27,6 @@ from agent.approval_broker import ApprovalBroker
 from agent.config import RunConfig, checkpoint_path, work_dir
 from agent.context import SessionContext
 from agent.driver import run_graph, thread_config
-from agent.envelope_counters import restore as restore_counters
 from agent.event_stream import EventStream
 from agent.graph import compile_graph, open_checkpointer
 from agent.nodes.finish import close_session, final_status
@@ -163,7 +162,7 @@ class Session:
         were, the position in flight retried). Ctrl-C closes the file as interrupted, any
         other failure as failed, then re-raises."""
         values, pending = self.saved_state()
-        restore_counters(self.parts.microscope, values)
+        self.context.acquirer.restore(values)
         self.stream.start(self._start_metadata(values))
         if not values:
             payload: Any = self.initial_state()

@@ -88,7 +88,7 @@ class AgentState(TypedDict, total=False):
     consecutive_errors: int          # bad frames in a row (reset by a good one)
     ineffective: list[str]           # kinds of rescan change that changed nothing here
     events: Annotated[list[dict[str, Any]], keep_recent]  # latest incidents
-    envelope: dict[str, Any]         # the guard's counters (agent.envelope_counters)
+    envelope: dict[str, Any]         # the guard's counters (Acquirer.snapshotting)
     status: str                      # running | completed | interrupted | failed
     reason: str
 

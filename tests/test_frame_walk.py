@@ -38,7 +38,8 @@ torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
 PRODUCT = ("agent/", "instruments/", "models/", "workflows/", "twins/")
 CHECKPOINTER = {"agent/checkpoint_store.py", "agent/checkpoint_serde.py"}
-MICROSCOPE_CALLS = {"acquire", "move_stage", "set_imaging", "status", "capabilities", "grant"}
+MICROSCOPE_CALLS = {"acquire", "move_stage", "set_imaging", "status", "capabilities", "grant",
+                    "counters"}
 GUARD = "instruments/devices/safety.py"
 
 
