@@ -75,8 +75,8 @@ def test_run_prints_the_session_id_it_stores_and_a_summary_then_replay_diffs(
     assert diff["frames"] == 3
     assert diff["accuracy"]["old"] is not None and diff["accuracy"]["new"] is not None
     rows = diff["rows"]
-    assert diff["changed"] == sum((r["old_label"], r["old_route"]) != (r["new_label"],
-                                                                       r["new_route"])
+    assert diff["changed"] == sum((r["stored_label"], r["stored_route"]) != (r["new_label"],
+                                                                             r["new_route"])
                                   for r in rows)
     with SessionReader(out) as reader:
         images = [frame.image for frame, _ in reader.frames()]

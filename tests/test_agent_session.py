@@ -94,7 +94,7 @@ def test_confident_survey_records_every_tile_with_its_decision(tmp_path, classif
     assert all(r.route == "confident" for r in records)
     for record, truth in zip(records, truths, strict=True):
         stored = record.model_dump()
-        assert RECORD_KEYS <= set(stored) and record.version == 2
+        assert RECORD_KEYS <= set(stored) and record.version == 3
         assert record.frame_id and record.timings.acquire_s > 0 and record.position.x is not None
         assert record.label == record.prediction.label
         assert None not in (record.quality.sharpness, record.quality.snr,
@@ -139,7 +139,7 @@ def test_poor_frames_are_rescanned_with_adapted_settings_at_most_r_times(tmp_pat
     assert final["used"]["rescans"] == 5
     assert [len(r.rescans) for r in records] == [2, 2, 1]
     # each rescan raised the SNR (the twin's noise falls with dwell), so rescanning went on
-    assert all(a.model_extra["effect"] == "improved" for r in records for a in r.rescans)
+    assert all(a.effect == "improved" for r in records for a in r.rescans)
     first = records[0].rescans[0]
     assert first.reason == "noise" and first.new_settings.dwell == pytest.approx(1.2e-6)
     # the attempt a rescan replaced stays viewable (the approval page shows it beside the new one)

@@ -161,3 +161,26 @@ def test_the_cli_says_in_one_line_why_a_session_cannot_go_on(tmp_path):
     assert "Traceback" not in resumed.stdout + resumed.stderr
     with SessionReader(out) as reader:
         assert reader.summary()["frames"] >= 1 and reader.provenance["status"] == "failed"
+
+
+def test_a_record_checkpointed_by_version_2_resumes_as_a_version_3_record(tmp_path: Path):
+    """A checkpoint written before the record was closed holds the record as version 2 with
+    the working-only `started` and an undeclared rescan `effect`: the deserialiser rebuilds
+    it as a typed version-3 record (not a partly built one)."""
+    import ormsgpack
+    from langgraph.checkpoint.serde.jsonplus import EXT_PYDANTIC_V2
+
+    from agent.graph import LEGACY_RECORD_MODULE
+    from instruments.session_file.decision_record import DecisionRecord, RescanRecord
+
+    serde = open_checkpointer(tmp_path / "c.sqlite").serde
+    old = {"version": 2, "frame_id": "f-1", "sequence": 4, "started": 1795464000.0,
+           "timings": {"acquire_s": 0.2, "classify_s": None, "total_s": None},
+           "rescans": [{"reason": "noise", "effect": "none", "settings": None}]}
+    for module in ("instruments.session_file.decision_record", LEGACY_RECORD_MODULE):
+        blob = ormsgpack.packb({"current": ormsgpack.Ext(EXT_PYDANTIC_V2, ormsgpack.packb(
+            (module, "DecisionRecord", old, "model_validate_json")))})
+        record = serde.loads_typed(("msgpack", blob))["current"]
+        assert isinstance(record, DecisionRecord) and record.version == 3
+        assert isinstance(record.rescans[0], RescanRecord) and record.rescans[0].effect == "none"
+        assert record.sequence == 4 and "started" not in record.model_dump()

@@ -229,7 +229,7 @@ def test_rescans_that_change_nothing_are_recorded_and_not_repeated(tmp_path, cla
         records = reader.records()
     attempts = [a for r in records for a in r.rescans]
     tried = [a for a in attempts if note in a.adaptation]
-    assert len(tried) == 1 and tried[0].model_extra["effect"] == "none"
+    assert len(tried) == 1 and tried[0].effect == "none"
     assert all(note not in a.adaptation for r in records[1:] for a in r.rescans)
     events = [e for e in final["events"] if e["kind"] == "rescan_no_effect"]
     assert events and events[0]["kinds"] == [kind]

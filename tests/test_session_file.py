@@ -268,7 +268,7 @@ V1_RECORD = {
 
 def test_records_written_before_records_were_typed_are_read_migrated(tmp_path: Path) -> None:
     """A file whose record attribute holds the old untyped layout (written here explicitly, as
-    the earlier agent did) reads back as typed version-2 records; resuming appends typed ones."""
+    the earlier agent did) reads back as typed version-3 records; resuming appends typed ones."""
     import h5py
 
     from instruments.session_file.layout import to_json
@@ -283,7 +283,7 @@ def test_records_written_before_records_were_typed_are_read_migrated(tmp_path: P
     with SessionReader(path) as reader:
         (record,) = reader.records()
         summary = reader.summary()
-    assert record.version == 2 and record.frame_id == frame.frame_id
+    assert record.version == 3 and record.frame_id == frame.frame_id
     assert record.route is Route.HUMAN and record.human.decision == "relabel"
     assert record.prediction.ood.score == 2.5 and record.prediction.top_k[0] == ("Powder", 0.62)
     assert record.rescans[0].prediction is None                  # "{}" meant: not there
@@ -297,7 +297,21 @@ def test_records_written_before_records_were_typed_are_read_migrated(tmp_path: P
         writer.write_frame(extra, make_record(extra, "Tips"))
     with h5py.File(path, "r") as f:
         stored = f["Measurement_000/Channel_000001"].attrs["record"]
-    assert '"version":2' in stored
+    assert '"version":3' in stored
+
+
+def test_a_version_2_record_reads_as_version_3_with_its_rescan_effect_typed() -> None:
+    """Version 2 kept undeclared keys: the rescan's `effect` (now a field), and in checkpoints
+    the working-only `started` (now not part of the record at all)."""
+    from instruments.session_file.decision_record import DecisionRecord
+
+    stored = {"version": 2, "frame_id": "f-2", "label": "Tips", "route": "rescan",
+              "started": 1795464000.0,
+              "rescans": [{"reason": "noise", "effect": "improved", "adapt_s": 0.01}]}
+    for record in (DecisionRecord.from_stored(stored), DecisionRecord(**stored)):
+        assert record.version == 3 and record.rescans[0].effect == "improved"
+        assert "started" not in record.model_dump()
+        assert DecisionRecord.from_json(record.to_json()) == record
 
 
 def test_a_record_of_an_unknown_version_or_shape_is_a_corrupt_file(tmp_path: Path) -> None:
@@ -310,8 +324,38 @@ def test_a_record_of_an_unknown_version_or_shape_is_a_corrupt_file(tmp_path: Pat
     with SessionWriter(path, PROVENANCE) as writer:
         writer.write_frame(frame, make_record(frame, "Fibres"))
     for bad, message in (({"version": 99}, "version 99"), ([1, 2], "JSON object"),
-                         ({"version": 2, "route": "sideways"}, "schema")):
+                         ({"version": 2, "route": "sideways"}, "schema"),
+                         ({"version": 3, "colour": "red"}, "schema"),
+                         ({"version": 3, "rescans": [{"effect": "maybe"}]}, "schema")):
         with h5py.File(path, "r+") as f:
             f["Measurement_000/Channel_000000"].attrs["record"] = to_json(bad, "record")
         with SessionReader(path) as reader, pytest.raises(SessionFileCorrupt, match=message):
             reader.records()
+
+
+def test_each_frame_reads_as_one_flat_row_and_inspect_counts_those_rows(session) -> None:
+    """The row is what inspect, the report and replay read of a record: final label and
+    route, the classifier's own top-1, escalations, truth; the stored frame's stage and field
+    of view where the record has no position."""
+    import h5py
+
+    from instruments.session_file.layout import to_json
+
+    path, frames, records = session
+    bare = DecisionRecord(frame_id=frames[0].frame_id, label="Fibres", route=Route.CONFIDENT,
+                          prediction={"label": "Fibres", "confidence": float("nan")})
+    with h5py.File(path, "r+") as f:
+        f["Measurement_000/Channel_000000"].attrs["record"] = to_json(
+            bare.model_dump(mode="json"), "record")
+    with SessionReader(path) as reader:
+        rows, summary = reader.rows(), reader.summary()
+    first, human, rescanned = rows
+    assert (first.x, first.y, first.fov) == (frames[0].stage.x, frames[0].stage.y,
+                                              frames[0].settings.fov)
+    assert first.confidence is None and first.predicted == "Fibres" and not first.escalated
+    assert human.human.operator == "ana" and human.label == "Powder"
+    assert human.predicted == "Powder" and human.truth == "Fibres"
+    assert rescanned.rescans == 1 and rescanned.route == "rescan" and rescanned.index == 2
+    assert rescanned.top_k == (("Fibres", 0.93), ("Powder", 0.07))
+    assert summary["labels"] == [r.label for r in rows]
+    assert summary["escalations"] == 2 and summary["accuracy"] == pytest.approx(2 / 3)

@@ -109,8 +109,10 @@ def make(ctx: SessionContext):
             update={"acquire_s": (current.timings.acquire_s or 0.0) + shot.acquire_s})
         record = current.model_copy(update={
             "frame_id": frame.frame_id, "sequence": frame.sequence, "settings": frame.settings,
-            "timings": timings, "started": current.started or time.time()})
+            "timings": timings})
+        started = state.get("frame_started") if current.frame_id else None  # a rescan's
         return add_tallies_update(discarded, {"current": record, "progress": "acquired",
                                               "used": {"moves": int(shot.moved)},
-                                              "consecutive_errors": 0})
+                                              "consecutive_errors": 0,
+                                              "frame_started": started or time.time()})
     return acquire

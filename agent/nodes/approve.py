@@ -59,7 +59,7 @@ def payload(ctx: SessionContext, state: AgentState, current: DecisionRecord) -> 
     return {"kind": "label", "session_id": state["session_id"], "frame_id": frame.frame_id,
             "sequence": current.sequence, "thumbnail": str(thumbnail(ctx, frame)),
             "previous_thumbnail": current.rescans[-1].thumbnail if current.rescans else None,
-            "record": current.model_dump(mode="json", exclude={"started"}),
+            "record": current.model_dump(mode="json"),
             "top_k": [list(pair) for pair in current.prediction.top_k],
             "adjudicator": answer.model_dump() if answer else None,
             "adjudicator_name": adjudication.adjudicator if adjudication else None,

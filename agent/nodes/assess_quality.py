@@ -12,7 +12,7 @@ from agent.nodes._common import event
 from agent.quality import assess
 from agent.rescan_effect import had_effect, kinds_tried
 from agent.state import AgentState
-from instruments.session_file.decision_record import DecisionRecord, QualityRecord, RescanRecord
+from instruments.session_file.decision_record import DecisionRecord, QualityRecord
 
 
 def make(ctx: SessionContext):
@@ -27,12 +27,12 @@ def make(ctx: SessionContext):
         quality = QualityRecord(**assess(frame.image, ctx.thresholds, reference))
         update: dict[str, Any] = {}
         rescans = current.rescans
-        if rescans and "effect" not in (rescans[-1].model_extra or {}):
+        if rescans and rescans[-1].effect is None:
             last = rescans[-1]
             changed = had_effect(last.quality.model_dump(), quality.model_dump(),
                                  frame.image.shape)
-            rescans = [*rescans[:-1], RescanRecord(**last.model_dump(),
-                                                   effect="improved" if changed else "none")]
+            rescans = [*rescans[:-1], last.model_copy(
+                update={"effect": "improved" if changed else "none"})]
             kinds = kinds_tried(last.adaptation)
             if not changed and kinds:
                 update["ineffective"] = sorted(set(state.get("ineffective") or []) | kinds)

@@ -21,7 +21,7 @@ def final_record(ctx: SessionContext, state: AgentState) -> DecisionRecord:
     ruling = ruling_of(ctx.policy, state)
     update: dict[str, Any] = {"label": ruling["label"], "route": Route(ruling["route"])}
     update["timings"] = current.timings.model_copy(
-        update={"total_s": time.time() - (current.started or time.time())})
+        update={"total_s": time.time() - (state.get("frame_started") or time.time())})
     objective = state["objective"]
     if ctx.acquirer.tiles is not None and current.tile and (
             objective["kind"] == "survey" or ruling["label"] in objective["classes"]):

@@ -7,7 +7,10 @@ instruments import neither agent nor models; the record is part of the file form
 frame is. It holds plain values only (ids, labels, numbers), never pixels or tensors.
 
 Versions: 1 = the untyped dict of files written before this module (no `version` key);
-2 = this schema. `DecisionRecord.from_stored` migrates version 1 on read.
+2 = the first typed schema (open: sub-records kept keys beyond their fields, the rescan's
+`effect` among them; checkpoints also carried the working-only `started`); 3 = this schema,
+closed (`extra="forbid"`). `DecisionRecord.from_stored` migrates older versions on read, and a
+record validated with an explicit older `version` (a checkpoint written before) is migrated too.
 """
 
 from __future__ import annotations
@@ -16,14 +19,14 @@ import datetime as _dt
 import json
 from collections.abc import Iterable
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticSerializationError
 
 from instruments.devices.frame import ImagingSettings
 
-RECORD_VERSION = 2
+RECORD_VERSION = 3
 
 
 class Route(StrEnum):
@@ -61,18 +64,28 @@ class RecordFormatError(ValueError):
 
 
 class _Part(BaseModel):
-    """Fields are typed; keys a writer added beyond them are kept as they were (extra)."""
+    """Closed: a key no field declares is a schema error, not a silent passenger."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid")
+
+
+class MoveApproval(_Part):
+    """The human approval a stage move outside the free zone needed: who, when, and why."""
+
+    decision: Decision
+    operator: str = "?"
+    note: str = ""
+    time: float | None = None               # epoch seconds
+    reason: str = ""
 
 
 class Position(_Part):
-    """Where the frame was planned; `approval`: the human approval the move there needed
-    (decision, operator, note, time, reason), when it needed one."""
+    """Where the frame was planned; `approval`: the human approval the move there needed,
+    when it needed one."""
 
     x: float | None = None
     y: float | None = None
-    approval: dict[str, Any] | None = None
+    approval: MoveApproval | None = None
 
 
 class Tile(_Part):
@@ -120,6 +133,9 @@ class RescanRecord(_Part):
     adapt_s: float | None = None
     thumbnail: str | None = None
     frame_id: str | None = None
+    # whether the frame this attempt led to was better: set when that frame is assessed
+    # (agent/rescan_effect.py); None until then
+    effect: Literal["improved", "none"] | None = None
 
 
 class AnswerRecord(_Part):
@@ -171,8 +187,8 @@ class DecisionRecord(_Part):
 
     `label` is the final label (None: skipped by a human), `route` how it was reached,
     `prediction` the classifier's verdict on the frame as stored, `rescans` the earlier
-    attempts, `adjudication` and `human` the escalations. `started` (wall-clock start of the
-    decision) is working state and is not stored.
+    attempts, `adjudication` and `human` the escalations. Stored values only: working state
+    (when the frame's decision started, ...) lives in the agent's state, not here.
     """
 
     version: int = RECORD_VERSION
@@ -191,12 +207,15 @@ class DecisionRecord(_Part):
     human: HumanRecord | None = None
     timings: Timings = Field(default_factory=Timings)
     point_data: dict[str, Any] | None = None
-    started: float | None = None
 
-    @property
-    def escalated(self) -> bool:
-        """Rescanned, adjudicated or decided by a human."""
-        return bool(self.rescans or self.adjudication or self.human)
+    @model_validator(mode="before")
+    @classmethod
+    def _migrate_older(cls, data: Any) -> Any:
+        """A record that names an older version (a checkpoint written before) is migrated."""
+        if isinstance(data, dict) and isinstance(data.get("version"), int) \
+                and data["version"] < RECORD_VERSION:
+            return migrate(data)
+        return data
 
     @property
     def classifier_label(self) -> str | None:
@@ -207,7 +226,7 @@ class DecisionRecord(_Part):
         """The record as one JSON document (NaN/inf as null); RecordFormatError when a value
         cannot be expressed (`fallback` converts values JSON lacks, e.g. numpy scalars)."""
         try:
-            return self.model_dump_json(exclude={"started"}, fallback=fallback)
+            return self.model_dump_json(fallback=fallback)
         except (PydanticSerializationError, TypeError, ValueError) as exc:
             raise RecordFormatError(f"record is not JSON-serialisable: {exc}") from exc
 
@@ -221,8 +240,7 @@ class DecisionRecord(_Part):
         if not isinstance(version, int) or not 1 <= version <= RECORD_VERSION:
             raise RecordFormatError(f"record version {version!r} is not one this software "
                                     f"reads (1..{RECORD_VERSION})")
-        if version == 1:
-            data = migrate_v1(data)
+        data = migrate(data)
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
@@ -257,6 +275,24 @@ def _epoch(value: Any) -> Any:
         return value
 
 
+def migrate(data: dict[str, Any]) -> dict[str, Any]:
+    """A stored record of any version in the current schema (version 1: no `version` key)."""
+    version = data.get("version", 1)
+    if version == 1:
+        data = migrate_v1(data)
+    if data.get("version") == 2:
+        data = migrate_v2(data)
+    return data
+
+
+def migrate_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """A version-2 record in schema 3: the working-only `started` (which checkpoints carried)
+    leaves the record; every other key of version 2 is a field of version 3."""
+    out = {key: value for key, value in data.items() if key != "started"}
+    out["version"] = 3
+    return out
+
+
 def migrate_v1(data: dict[str, Any]) -> dict[str, Any]:
     """A version-1 record (the untyped dict) in schema 2: `{}` for an absent sub-record becomes
     null, timings drop null values, human times become epoch seconds, `version` is set."""
@@ -285,7 +321,7 @@ def migrate_v1(data: dict[str, Any]) -> dict[str, Any]:
         out.pop("timings")
     if out.get("route") in ("", None):
         out["route"] = None
-    out["version"] = RECORD_VERSION
+    out["version"] = 2
     return out
 
 

@@ -9,6 +9,7 @@ Reader API for other tools (replay, reprocessing)::
         reader.records()        # [DecisionRecord] in write order (typed, migrated on read)
         reader.frames()         # (Frame, DecisionRecord) pairs, pixels included
         reader.evaluations()    # ground truth per frame ({} where none)
+        reader.rows()           # [DecisionRow]: each decision flat (inspect, report, replay)
         reader.summary()        # the `micagent inspect --json` object
     read_records(path)          # the records alone, file closed again
 """
@@ -25,7 +26,8 @@ import h5py
 import numpy as np
 
 from instruments.devices.frame import Frame
-from instruments.session_file.decision_record import DecisionRecord, RecordFormatError, accuracy
+from instruments.session_file.decision_record import DecisionRecord, RecordFormatError
+from instruments.session_file.decision_row import DecisionRow, tally
 from instruments.session_file.layout import (
     ATTR_COMPLETE,
     ATTR_FORMAT,
@@ -207,16 +209,16 @@ class SessionReader:
                 rows.append({"kind": "unreadable", "message": str(raw)[:200]})
         return rows
 
+    def rows(self) -> list[DecisionRow]:
+        """Each frame's decision as one flat row (instruments/session_file/decision_row.py),
+        in write order; no image data read."""
+        return [DecisionRow.of(index, self._record(group), self._evaluation(group),
+                               self._json(group, FRAME_JSON))
+                for index, group in enumerate(self._channels)]
+
     def summary(self) -> dict[str, Any]:
         """The `micagent inspect --json` object."""
-        records = self.records()
-        truths = [t.get("label") for t in self.evaluations()]
         prov = self.provenance
-        labels = [r.label for r in records]
-        routes = [r.route.value if r.route else None for r in records]
-        humans = [r.human for r in records if r.human]
-        final, scored = accuracy(labels, truths)
-        alone, _ = accuracy([r.classifier_label for r in records], truths)
         return {
             "path": self.path,
             "session_id": prov.get("session_id"),
@@ -228,24 +230,8 @@ class SessionReader:
             "ended": prov.get("ended"),
             "instrument": prov.get("instrument"),
             "model": prov.get("model"),
-            "frames": len(records),
             "frame_ids": self.frame_ids,
-            "labels": labels,
-            "routes": routes,
-            "label_counts": dict(Counter(lab for lab in labels if lab is not None)),
-            "route_counts": dict(Counter(r for r in routes if r is not None)),
-            "escalations": sum(r.escalated for r in records),
-            "escalation_counts": {
-                "rescan": sum(1 for r in records if r.rescans),
-                "adjudication": sum(1 for r in records if r.adjudication),
-                "human": len(humans),
-            },
-            "approvals": len(humans),
-            "approval_decisions": dict(Counter(h.decision.value for h in humans)),
-            "human_changed": sum(1 for h in humans if h.changed),
-            "scored_frames": scored,
-            "accuracy": final,
-            "accuracy_classifier": alone,
+            **tally(self.rows()),
         }
 
     def close(self) -> None:

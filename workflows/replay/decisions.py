@@ -1,42 +1,24 @@
-"""The decisions stored in a session file, as the replay compares them: the typed decision
-records (instruments/session_file/decision_record.py, older versions migrated by the reader)
-reduced to what
-a replay row holds, in one place."""
+"""The replay row: a frame's stored decision beside the one the replay made, both the
+session file's one flat row (instruments/session_file/decision_row.py). Single-file replay
+(its diff) and archive replay (its Parquet `frames` dataset) print and store this row."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-from instruments.session_file.decision_record import DecisionRecord
-from instruments.session_file.reader import SessionReader
+from instruments.session_file.decision_row import DecisionRow
 
 
-@dataclass(frozen=True)
-class StoredDecision:
-    """What a session recorded for one frame: the final label and route, the classifier's
-    top-1 confidence and top-k (label, probability) pairs, and the ground truth if stored."""
-
-    frame_id: str
-    label: str | None
-    route: str | None
-    confidence: float | None
-    top_k: tuple[tuple[str, float], ...]
-    truth: str | None
-
-
-def _decision(record: DecisionRecord, truth: dict[str, Any]) -> StoredDecision:
-    prediction = record.prediction
-    return StoredDecision(
-        frame_id=str(record.frame_id), label=record.label,
-        route=record.route.value if record.route else None,
-        confidence=prediction.confidence if prediction else None,
-        top_k=tuple((str(label), float(p)) for label, p in prediction.top_k)
-        if prediction else (),
-        truth=truth.get("label"))
-
-
-def stored_decisions(reader: SessionReader) -> list[StoredDecision]:
-    """The decision of every complete frame of the reader's file, in write order."""
-    return [_decision(record, truth)
-            for record, truth in zip(reader.records(), reader.evaluations(), strict=True)]
+def replay_row(stored: DecisionRow, new: DecisionRow | None) -> dict[str, Any]:
+    """Stored vs new decision of one frame (`new` None: the replay did not reach it); top-k
+    is the new classifier's. `changed`: the final label or the route differs."""
+    top_k = new.top_k if new else ()
+    return {"frame_id": stored.frame_id,
+            "stored_label": stored.label, "stored_route": stored.route,
+            "stored_confidence": stored.confidence,
+            "new_label": new.label if new else None, "new_route": new.route if new else None,
+            "new_confidence": new.confidence if new else None,
+            "top_k_labels": [label for label, _ in top_k],
+            "top_k_probs": [p for _, p in top_k],
+            "changed": new is None or (stored.label, stored.route) != (new.label, new.route),
+            "truth": stored.truth}

@@ -12,37 +12,26 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from instruments.session_file.decision_record import DecisionRecord, accuracy
+from instruments.session_file.decision_record import accuracy
+from instruments.session_file.decision_row import DecisionRow
 from instruments.session_file.hdf5_probe import check_metadata_finishes
 from instruments.session_file.reader import SessionReader
 from workflows.replay.config import replay_run_config
+from workflows.replay.decisions import replay_row
 from workflows.session_assembly import StartError, run_session
 from workflows.terminal import DAMAGED, fail, file_error
 
 
-def decision_diff(old: list[DecisionRecord], new: list[DecisionRecord],
-                  truths: list[dict[str, Any]]) -> dict[str, Any]:
-    """Old vs new decisions per frame (matched by frame id), with accuracy where known."""
-    new_by_id = {r.frame_id: r for r in new}
-    rows, changed = [], 0
-    for rec, truth in zip(old, truths, strict=True):
-        again = new_by_id.get(rec.frame_id)
-        row = {"frame_id": rec.frame_id, "old_label": rec.label, "old_route": _route(rec),
-               "new_label": again.label if again else None,
-               "new_route": _route(again), "truth": truth.get("label")}
-        row["changed"] = (row["old_label"], row["old_route"]) != (row["new_label"],
-                                                                  row["new_route"])
-        changed += row["changed"]
-        rows.append(row)
-    truth_labels = [r["truth"] for r in rows]
-    old_accuracy, scored = accuracy([r["old_label"] for r in rows], truth_labels)
-    new_accuracy, _ = accuracy([r["new_label"] for r in rows], truth_labels)
-    return {"frames": len(rows), "changed": changed, "rows": rows,
+def decision_diff(old: list[DecisionRow], new: list[DecisionRow]) -> dict[str, Any]:
+    """Stored vs new decisions per frame (matched by frame id; the archive's replay rows),
+    with accuracy where the file stored ground truth."""
+    new_by_id = {row.frame_id: row for row in new}
+    rows = [replay_row(row, new_by_id.get(row.frame_id)) for row in old]
+    truths = [row["truth"] for row in rows]
+    old_accuracy, scored = accuracy([row["stored_label"] for row in rows], truths)
+    new_accuracy, _ = accuracy([row["new_label"] for row in rows], truths)
+    return {"frames": len(rows), "changed": sum(row["changed"] for row in rows), "rows": rows,
             "accuracy": {"old": old_accuracy, "new": new_accuracy} if scored else None}
-
-
-def _route(record: DecisionRecord | None) -> str | None:
-    return record.route.value if record and record.route else None
 
 
 def replay_file(session_file: str, model: str | None, as_json: bool, state_dir: str) -> None:
@@ -52,7 +41,7 @@ def replay_file(session_file: str, model: str | None, as_json: bool, state_dir: 
     try:
         check_metadata_finishes(source)
         with SessionReader(source) as reader:
-            old, truths = reader.records(), reader.evaluations()
+            old = reader.rows()
             stored = reader.provenance.get("run_config") or {}
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's error
         raise fail(f"cannot read {session_file}: {exc}") from exc
@@ -71,8 +60,8 @@ def replay_file(session_file: str, model: str | None, as_json: bool, state_dir: 
     except DAMAGED as exc:                  # frames damaged inside a readable file
         raise file_error(exc, session_file) from exc
     with SessionReader(out) as reader:
-        new = reader.records()
-    diff = decision_diff(old, new, truths)
+        new = reader.rows()
+    diff = decision_diff(old, new)
     diff.update(source=str(source), replay_file=str(out))
     if as_json:
         sys.stdout.write(json.dumps(diff) + "\n")
@@ -83,7 +72,7 @@ def replay_file(session_file: str, model: str | None, as_json: bool, state_dir: 
         table.add_column(column)
     for row in diff["rows"]:
         if row["changed"]:
-            table.add_row(row["frame_id"][:8], f"{row['old_label']} ({row['old_route']})",
+            table.add_row(row["frame_id"][:8], f"{row['stored_label']} ({row['stored_route']})",
                           f"{row['new_label']} ({row['new_route']})", str(row["truth"]))
     console = Console()
     console.print(table)

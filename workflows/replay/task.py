@@ -20,7 +20,7 @@ from instruments.devices.replay import ReplayMicroscope
 from instruments.session_file.hdf5_probe import check_metadata_finishes
 from instruments.session_file.reader import SessionReader
 from workflows.replay.config import replay_run_config
-from workflows.replay.decisions import stored_decisions
+from workflows.replay.decisions import replay_row
 from workflows.session_assembly import open_parts
 
 
@@ -100,7 +100,7 @@ def replay_range(scan: SessionScan, start: int, stop: int, classifier: Any, bank
     ReplayRangeError unless every frame of the range was replayed."""
     with SessionReader(scan.source) as reader:
         stored_config = reader.provenance.get("run_config") or {}
-        old = stored_decisions(reader)[start:stop]
+        old = reader.rows()[start:stop]
     work = Path(scratch) / f"{short_key(scan.key)}-{start}-{stop}-{uuid.uuid4().hex[:8]}"
     work.mkdir(parents=True)
     try:
@@ -111,7 +111,7 @@ def replay_range(scan: SessionScan, start: int, stop: int, classifier: Any, bank
             raise ReplayRangeError(f"replay of frames {start}-{stop} ended "
                                    f"{final.get('status')}: {final.get('reason')}")
         with SessionReader(config.out) as reader:
-            new = {d.frame_id: d for d in stored_decisions(reader)}
+            new = {row.frame_id: row for row in reader.rows()}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     missing = [d.frame_id for d in old if d.frame_id not in new]
@@ -119,18 +119,7 @@ def replay_range(scan: SessionScan, start: int, stop: int, classifier: Any, bank
         raise ReplayRangeError(f"{len(missing)} of {len(old)} frames of {start}-{stop} were "
                                f"not replayed (first {missing[0]})")
     model_sha = getattr(classifier, "checkpoint_sha256", None) or ""
-    rows = []
-    for index, before in enumerate(old, start):
-        after = new[before.frame_id]
-        rows.append({
-            "session_key": scan.key, "session_id": scan.session_id, "source": scan.source,
-            "task_start": start, "task_stop": stop, "frame_index": index,
-            "frame_id": before.frame_id, "instrument": scan.instrument,
-            "stored_label": before.label, "stored_route": before.route,
-            "stored_confidence": before.confidence, "new_label": after.label,
-            "new_route": after.route, "new_confidence": after.confidence,
-            "top_k_labels": [label for label, _ in after.top_k],
-            "top_k_probs": [p for _, p in after.top_k],
-            "changed": (before.label, before.route) != (after.label, after.route),
-            "truth": before.truth, "model_sha256": model_sha})
-    return rows
+    return [{"session_key": scan.key, "session_id": scan.session_id, "source": scan.source,
+             "task_start": start, "task_stop": stop, "frame_index": before.index,
+             "instrument": scan.instrument, "model_sha256": model_sha,
+             **replay_row(before, new[before.frame_id])} for before in old]

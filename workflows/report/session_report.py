@@ -12,7 +12,7 @@ import html
 import json
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,13 +23,8 @@ from matplotlib.patches import Rectangle
 from scipy.spatial import cKDTree
 
 from agent.policy import UNKNOWN
-from instruments.devices.frame import Frame
-from instruments.session_file.decision_record import (
-    ESCALATED_ROUTES,
-    DecisionRecord,
-    Route,
-    accuracy,
-)
+from instruments.session_file.decision_record import ESCALATED_ROUTES, accuracy
+from instruments.session_file.decision_row import DecisionRow
 from instruments.session_file.reader import SessionReader
 from instruments.utils import atomic_file
 
@@ -38,28 +33,6 @@ FUNNEL_COLOURS = {"all frames": "grey", "confident": "C0", "rescanned": "C2",
                   "adjudicated": "C1", "human": "C3", UNKNOWN: "black"}
 UNKNOWN_COLOUR = (0.15, 0.15, 0.15, 1.0)
 THUMB_PX = 128
-
-
-@dataclass
-class FrameFacts:
-    """What the report needs of one frame (the image only as a small thumbnail, if kept)."""
-
-    index: int
-    frame_id: str
-    sequence: int
-    x: float | None
-    y: float | None
-    fov: float | None
-    tile: tuple[int, int] | None
-    label: str | None
-    route: str
-    confidence: float | None
-    predicted: str | None
-    truth: str | None
-    rescans: int
-    adjudicated: bool
-    human: dict[str, Any] | None
-    timings: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -78,31 +51,6 @@ def _number(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
-
-
-def _facts(index: int, frame: Frame, record: DecisionRecord) -> FrameFacts:
-    prediction = record.prediction
-    position = record.position
-    x = _number(position.x if position and position.x is not None else frame.stage.x)
-    y = _number(position.y if position and position.y is not None else frame.stage.y)
-    route = record.route.value if record.route else "no route"
-    timings = {k: v for k, v in ((k, _number(v)) for k, v in
-                                 record.timings.model_dump().items()) if v is not None}
-    truth = frame.evaluation.get("label") if isinstance(frame.evaluation, dict) else None
-    return FrameFacts(
-        index=index, frame_id=frame.frame_id,
-        sequence=record.sequence if record.sequence is not None else frame.sequence,
-        x=x, y=y, fov=_number(frame.settings.fov),
-        tile=(record.tile.row, record.tile.col) if record.tile else None,
-        label=record.label or record.classifier_label, route=route,
-        confidence=_number(prediction.confidence) if prediction else None,
-        predicted=record.classifier_label,
-        truth=truth if isinstance(truth, str) else None,
-        rescans=len(record.rescans) or int(record.route == Route.RESCAN),
-        adjudicated=bool(record.adjudication) or record.route in (Route.ADJUDICATED,
-                                                                   Route.CONTESTED),
-        human=record.human.model_dump(mode="json") if record.human else None,
-        timings=timings)
 
 
 def _thumbnail(image: np.ndarray) -> np.ndarray:
@@ -130,7 +78,7 @@ def _save(fig: Figure, out: Path, name: str) -> str:
     return name
 
 
-def stage_map(facts: list[FrameFacts], classes: list[str], out: Path) -> Section:
+def stage_map(facts: list[DecisionRow], classes: list[str], out: Path) -> Section:
     section = Section("Stage map")
     placed = [f for f in facts if f.x is not None and f.y is not None]
     if len({(f.x, f.y) for f in placed}) < 2:
@@ -179,22 +127,26 @@ def stage_map(facts: list[FrameFacts], classes: list[str], out: Path) -> Section
     return section
 
 
+def _route(row: DecisionRow) -> str:
+    return row.route or "no route"
+
+
 def _spacing(centres: np.ndarray) -> float:
     """Median distance from each tile centre to its nearest neighbour."""
     distances, _ = cKDTree(centres).query(centres, k=2)
     return float(np.median(distances[:, 1]))
 
 
-def confidence_histogram(facts: list[FrameFacts], out: Path) -> Section:
+def confidence_histogram(facts: list[DecisionRow], out: Path) -> Section:
     section = Section("Classifier confidence")
     scored = [f for f in facts if f.confidence is not None]
     if not scored:
         section.unavailable = "not available: no frame carries a classifier prediction"
         return section
-    routes = sorted({f.route for f in scored})
+    routes = sorted({_route(f) for f in scored})
     fig = Figure(figsize=(6.5, 3.8))
     ax = fig.add_subplot()
-    ax.hist([[f.confidence for f in scored if f.route == r] for r in routes],
+    ax.hist([[f.confidence for f in scored if _route(f) == r] for r in routes],
             bins=np.linspace(0, 1, 21), stacked=True, label=routes)
     ax.set_xlabel("top-class probability (calibrated)")
     ax.set_ylabel("frames")
@@ -203,7 +155,7 @@ def confidence_histogram(facts: list[FrameFacts], out: Path) -> Section:
     return section
 
 
-def reliability_diagram(facts: list[FrameFacts], out: Path, bins: int = 10) -> Section:
+def reliability_diagram(facts: list[DecisionRow], out: Path, bins: int = 10) -> Section:
     section = Section("Reliability (against ground truth)")
     scored = [f for f in facts if f.confidence is not None and f.truth and f.predicted]
     if not scored:
@@ -245,7 +197,7 @@ def reliability_diagram(facts: list[FrameFacts], out: Path, bins: int = 10) -> S
     return section
 
 
-def funnel_counts(facts: list[FrameFacts]) -> dict[str, int]:
+def funnel_counts(facts: list[DecisionRow]) -> dict[str, int]:
     """Frames at each stage of escalation (a frame may pass several stages)."""
     return {
         "all frames": len(facts),
@@ -257,7 +209,7 @@ def funnel_counts(facts: list[FrameFacts]) -> dict[str, int]:
     }
 
 
-def escalation_funnel(facts: list[FrameFacts], out: Path) -> Section:
+def escalation_funnel(facts: list[DecisionRow], out: Path) -> Section:
     section = Section("Escalation funnel")
     if not facts:
         section.unavailable = "not available: the session has no frames"
@@ -272,12 +224,12 @@ def escalation_funnel(facts: list[FrameFacts], out: Path) -> Section:
     ax.set_xlabel("frames")
     ax.set_xlim(0, max(1, len(facts)) * 1.15)
     section.image = _save(fig, out, "funnel.png")
-    routes = Counter(f.route for f in facts)
+    routes = Counter(_route(f) for f in facts)
     section.html = _table(["route", "frames"], sorted(routes.items()))
     return section
 
 
-def class_counts(facts: list[FrameFacts], classes: list[str], out: Path) -> Section:
+def class_counts(facts: list[DecisionRow], classes: list[str], out: Path) -> Section:
     section = Section("Per-class counts")
     labelled = [f for f in facts if f.label]
     if not labelled:
@@ -302,7 +254,7 @@ def class_counts(facts: list[FrameFacts], classes: list[str], out: Path) -> Sect
     return section
 
 
-def least_certain_grid(kept: list[tuple[FrameFacts, np.ndarray]], out: Path) -> Section:
+def least_certain_grid(kept: list[tuple[DecisionRow, np.ndarray]], out: Path) -> Section:
     section = Section(f"Least certain frames ({len(kept)})")
     if not kept:
         section.unavailable = "not available: no frame carries a classifier prediction"
@@ -315,10 +267,9 @@ def least_certain_grid(kept: list[tuple[FrameFacts, np.ndarray]], out: Path) -> 
         ax.imshow(thumb, cmap="gray", vmin=0, vmax=1)
         ax.set_xticks([])
         ax.set_yticks([])
-        decided = f.human.get("decision") if f.human else None
-        operator = f.human.get("operator") if f.human else None
         lines = [f"#{f.sequence} {f.label} ({f.confidence:.2f})",
-                 f"{f.route}" + (f": {decided} by {operator}" if decided else "")]
+                 _route(f) + (f": {f.human.decision.value} by {f.human.operator}"
+                              if f.human else "")]
         if f.truth:
             lines.append(f"truth: {f.truth}")
         ax.set_title("\n".join(lines), fontsize=8)
@@ -326,7 +277,7 @@ def least_certain_grid(kept: list[tuple[FrameFacts, np.ndarray]], out: Path) -> 
     return section
 
 
-def timings(facts: list[FrameFacts], out: Path) -> Section:
+def timings(facts: list[DecisionRow], out: Path) -> Section:
     section = Section("Timings")
     keys = sorted({k for f in facts for k in f.timings})
     if not keys:
@@ -357,7 +308,7 @@ def _table(header: list[str], rows: list[tuple[Any, ...]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def human_decisions(facts: list[FrameFacts]) -> Section:
+def human_decisions(facts: list[DecisionRow]) -> Section:
     section = Section("Human decisions")
     decided = [f for f in facts if f.human]
     if not decided:
@@ -365,9 +316,8 @@ def human_decisions(facts: list[FrameFacts]) -> Section:
         return section
     section.html = _table(
         ["frame", "operator", "time", "proposal", "decision", "label", "changed", "note"],
-        [(f"#{f.sequence}", h.get("operator", ""), _when(h.get("time")), h.get("proposal", ""),
-          h.get("decision", ""), h.get("label", ""), h.get("changed", ""), h.get("note", ""))
-         for f in decided for h in [f.human or {}]])
+        [(f"#{f.sequence}", h.operator, _when(h.time), h.proposal or "", h.decision.value,
+          h.label or "", h.changed, h.note) for f in decided if (h := f.human)])
     return section
 
 
@@ -442,22 +392,15 @@ def build_report(session_path: str | Path, out_dir: str | Path,
     """Write `index.html` and its PNGs for a session file into `out_dir`; returns the page."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    facts: list[FrameFacts] = []
-    heap: list[tuple[float, int, FrameFacts, np.ndarray]] = []
     with SessionReader(session_path) as reader:
         provenance = dict(reader.provenance or {})
         summary = reader.summary()
         happened = reader.incidents()
-        for index, (frame, record) in enumerate(reader.frames()):
-            f = _facts(index, frame, record)
-            facts.append(f)
-            if f.confidence is not None and least_certain > 0:
-                item = (-f.confidence, index, f, _thumbnail(frame.image))
-                if len(heap) < least_certain:
-                    heapq.heappush(heap, item)
-                else:
-                    heapq.heappushpop(heap, item)
-    kept = [(f, thumb) for _, _, f, thumb in sorted(heap, key=lambda t: (-t[0], t[1]))]
+        facts = reader.rows()
+        scored = [f for f in facts if f.confidence is not None]
+        least = heapq.nsmallest(max(least_certain, 0), scored,
+                                key=lambda f: (f.confidence, f.index))
+        kept = [(f, _thumbnail(reader.frame(f.index).image)) for f in least]
     classes = _class_order(provenance, facts)
     overview = Section("Session")
     overview.html = _table(["field", "value"], _provenance_rows(provenance, summary))
@@ -472,7 +415,7 @@ def build_report(session_path: str | Path, out_dir: str | Path,
     return page
 
 
-def _class_order(provenance: dict[str, Any], facts: list[FrameFacts]) -> list[str]:
+def _class_order(provenance: dict[str, Any], facts: list[DecisionRow]) -> list[str]:
     """Class names from the model provenance when stored, else the labels seen."""
     model = provenance.get("model") if isinstance(provenance.get("model"), dict) else {}
     known: list[str] = []
