@@ -13,5 +13,6 @@ Where a frame is made, decided and stored:
 - adjudication/    few-shot VLM (openai client), offline kNN stand-in, demonstrations, cache
 - recorder.py      session-file writes off the acquisition path; scratch.py frames in flight
 - session.py       a session put together and run/resumed; driver.py interrupt <-> broker
-- approval_broker.py, terminal_approval.py   human decisions
+- approval_request.py  typed requests to a human and their decisions; approval_broker.py,
+  terminal_approval.py  where front-ends meet them
 """

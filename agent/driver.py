@@ -1,7 +1,7 @@
 """Drives a compiled graph: streams until an interrupt, hands the payload to the
-ApprovalBroker, resumes with the human's decision via `Command(resume=...)`, until the end.
-What enters the state's `events` (the input's and each finished step's) and every human
-decision go to the session's event stream."""
+ApprovalBroker, resumes with the human's decision (a HumanDecision) via `Command(resume=...)`,
+until the end. What enters the state's `events` (the input's and each finished step's) and
+every human decision go to the session's event stream."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 from langgraph.types import Command
 
 from agent.approval_broker import ApprovalBroker
+from agent.approval_request import as_request
 from agent.event_stream import EventStream
 from agent.state import AgentState
 
@@ -48,10 +49,10 @@ def run_graph(graph, session_id: str, initial: AgentState | None,
         snapshot = graph.get_state(config)
         if not snapshot.interrupts:
             return dict(snapshot.values)
-        request = snapshot.interrupts[0].value
+        request = as_request(snapshot.interrupts[0].value)
         if broker is None:
             raise ApprovalUnavailable(f"session {session_id} waits for a human decision "
-                                      f"({request.get('kind')}) but has no front-end")
+                                      f"({request.kind}) but has no front-end")
         request_id = broker.submit(request)
         decision = broker.wait(request_id, timeout=approval_timeout)
         if decision is None:

@@ -22,6 +22,7 @@ from typing import Any
 
 import event_model
 
+from agent.approval_request import ApprovalRequest, HumanDecision, LabelRequest
 from instruments.session_file.decision_record import DecisionRecord
 
 Subscriber = Callable[[str, dict[str, Any]], Any]
@@ -124,14 +125,13 @@ class EventStream:
             self.incident(str(item.get("kind")), str(item.get("message", "")), "agent",
                           **details)
 
-    def decision(self, request: dict[str, Any], answer: dict[str, Any]) -> None:
+    def decision(self, request: ApprovalRequest, answer: HumanDecision) -> None:
         """A human's answer to an approval request."""
+        record = request.record if isinstance(request, LabelRequest) else None
         with self._lock:
-            self._event(DECISIONS, {"kind": request.get("kind"),
-                                    "decision": answer.get("decision"),
-                                    "operator": answer.get("operator"),
-                                    "label": answer.get("label"),
-                                    "frame_id": request.get("frame_id")})
+            self._event(DECISIONS, {"kind": request.kind, "decision": answer.decision.value,
+                                    "operator": answer.operator, "label": answer.label,
+                                    "frame_id": record.frame_id if record else None})
 
     def stop(self, status: str, reason: str = "") -> None:
         """Close the run: `status` completed / interrupted / failed (success / abort / fail)."""

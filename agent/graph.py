@@ -10,7 +10,7 @@ from pathlib import Path
 
 from langgraph.graph import END, START, StateGraph
 
-from agent import policy
+from agent import approval_request, policy
 from agent.checkpoint_serde import RedactingSerializer
 from agent.checkpoint_store import BoundedSqliteSaver
 from agent.context import SessionContext
@@ -43,7 +43,9 @@ sys.modules.setdefault(LEGACY_RECORD_MODULE, decision_record)
 # the only types besides plain values the checkpoint holds (read back, never others)
 CHECKPOINT_TYPES = [(module, name)
                     for module in (decision_record.__name__, LEGACY_RECORD_MODULE)
-                    for name in ("DecisionRecord", "Route", "Decision")]
+                    for name in ("DecisionRecord", "Route", "Decision")] + [
+    (approval_request.__name__, name)
+    for name in ("LabelRequest", "MoveRequest", "HumanDecision")]
 
 
 def build_graph(ctx: SessionContext) -> StateGraph:

@@ -10,6 +10,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, TypedDict
 
+from agent.approval_request import HumanDecision
 from agent.rescan_effect import kinds_planned
 from instruments.session_file.decision_record import (
     Decision,
@@ -167,14 +168,14 @@ def rule_adjudicated(policy: RoutePolicy, record: DecisionRecord, answer: str | 
     return Ruling(step="record", label=label, source=source, route=Route.CONTESTED.value)
 
 
-def rule_human(proposal: str | None, decision: Mapping[str, Any]) -> Ruling:
+def rule_human(proposal: str | None, decision: HumanDecision) -> Ruling:
     """The ruling a human's decision on `proposal` makes: recorded as proposed (approve),
     under another label (relabel) or with none (skip), or rescanned (rescan)."""
-    kind = decision["decision"]
-    label = decision["label"] if kind == "relabel" else proposal
-    if kind == "skip":
+    kind = decision.decision
+    label = decision.label if kind == Decision.RELABEL else proposal
+    if kind == Decision.SKIP:
         label = None
-    if kind == Decision.RESCAN.value:
+    if kind == Decision.RESCAN:
         return Ruling(step="rescan", label=label, source="human", route=None)
     return Ruling(step="record", label=label, source="human", route=Route.HUMAN.value)
 

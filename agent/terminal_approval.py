@@ -13,6 +13,13 @@ from rich.prompt import Prompt
 from rich.table import Table
 
 from agent.approval_broker import ApprovalBroker
+from agent.approval_request import (
+    ApprovalRequest,
+    DecisionRefused,
+    HumanDecision,
+    LabelRequest,
+    MoveRequest,
+)
 from instruments.utils.redaction import redact
 
 
@@ -21,40 +28,46 @@ def _plain(value: Any) -> str:
     return escape(redact(str(value)))
 
 
-def describe(console: Console, request: dict[str, Any]) -> None:
-    if request.get("kind") == "move":
-        console.print(f"[bold yellow]Approval needed:[/] {_plain(request['message'])}")
-        return
-    table = Table(title=f"Frame {request.get('sequence')} ({request.get('frame_id', '')[:8]})")
+def _describe_frame(console: Console, request: LabelRequest) -> None:
+    record = request.record
+    table = Table(title=f"Frame {record.sequence} ({(record.frame_id or '')[:8]})")
     table.add_column("class")
     table.add_column("p", justify="right")
-    for label, p in request.get("top_k", []):
+    for label, p in record.prediction.top_k if record.prediction else ():
         table.add_row(label, f"{p:.3f}")
     console.print(table)
-    console.print(f"thumbnail: {_plain(request.get('thumbnail'))}")
-    if request.get("adjudicator"):
-        answer = request["adjudicator"]
-        console.print(f"adjudicator ({_plain(request.get('adjudicator_name'))}): "
-                      f"{_plain(answer['label'])} ({answer['confidence']:.2f}) — "
-                      f"{_plain(answer.get('rationale', ''))}")
-    if request.get("error"):
-        console.print(f"[red]{_plain(request['error'])}[/]")
-    console.print(f"why: {_plain(request.get('reason', ''))}")
-    console.print(f"[bold]approve[/] will {request.get('on_approve')}")
+    console.print(f"thumbnail: {_plain(request.thumbnail)}")
+    adjudication = record.adjudication
+    if adjudication and adjudication.answer:
+        answer = adjudication.answer
+        confidence = "?" if answer.confidence is None else f"{answer.confidence:.2f}"
+        console.print(f"adjudicator ({_plain(adjudication.adjudicator)}): "
+                      f"{_plain(answer.label)} ({confidence}) — {_plain(answer.rationale)}")
 
 
-def ask(console: Console, request: dict[str, Any], operator: str,
-        stream: TextIO | None = None) -> dict[str, Any]:
+def describe(console: Console, request: ApprovalRequest) -> None:
+    if isinstance(request, MoveRequest):
+        console.print(f"[bold yellow]Approval needed:[/] {_plain(request.reason)}")
+    else:
+        _describe_frame(console, request)
+    if request.error:
+        console.print(f"[red]{_plain(request.error)}[/]")
+    console.print(f"why: {_plain(request.reason)}")
+    console.print(f"[bold]approve[/] will {_plain(request.on_approve)}")
+
+
+def ask(console: Console, request: ApprovalRequest, operator: str,
+        stream: TextIO | None = None) -> HumanDecision:
     """Prompt for one decision (answers read from `stream`, default the terminal)."""
     describe(console, request)
-    choice = Prompt.ask("decision", choices=list(request.get("choices", ["approve", "skip"])),
+    choice = Prompt.ask("decision", choices=[c.value for c in request.choices],
                         default="approve", console=console, stream=stream)
     label = None
     if choice == "relabel":
-        label = Prompt.ask("label", choices=list(request.get("labels", [])), console=console,
+        label = Prompt.ask("label", choices=list(request.labels), console=console,
                            stream=stream)
     note = Prompt.ask("note", default="", console=console, stream=stream)
-    return {"decision": choice, "label": label, "operator": operator, "note": note}
+    return HumanDecision(decision=choice, label=label, operator=operator, note=note)
 
 
 class TerminalApprover:
@@ -80,7 +93,9 @@ class TerminalApprover:
             for request in self.broker.pending():
                 decision = ask(self.console, request, self.operator, self.stream)
                 try:
-                    self.broker.decide(request["request_id"], decision)
+                    self.broker.decide(request.request_id, decision)
                 except KeyError:
                     continue                  # answered elsewhere (web page) meanwhile
+                except DecisionRefused as exc:
+                    self.console.print(f"[red]{_plain(exc)}[/]")
             self._stop.wait(0.1)

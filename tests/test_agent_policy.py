@@ -149,14 +149,20 @@ def test_an_unknown_frame_is_proposed_to_a_human_as_unknown_from_the_ood_test():
 
 
 def test_a_human_may_label_a_frame_unknown_or_one_of_the_classes():
-    from agent.nodes.approve import decision_error, human_labels
+    from agent.approval_request import DecisionRefused, LabelRequest, MoveRequest
+    from agent.nodes.approve import human_labels
 
     labels = human_labels(["Films", "Tips"])
     assert labels == ["Films", "Tips", "unknown"]
+    request = LabelRequest(record=DecisionRecord(), labels=tuple(labels))
     for label in labels:
-        assert decision_error({"decision": "relabel", "label": label}, labels) == ""
-    assert "relabel needs a label" in decision_error({"decision": "relabel",
-                                                      "label": "Dragons"}, labels)
+        assert request.accept({"decision": "relabel", "label": label}).label == label
+    with pytest.raises(DecisionRefused, match="relabel needs a label"):
+        request.accept({"decision": "relabel", "label": "Dragons"})
+    with pytest.raises(DecisionRefused, match="not a decision"):
+        request.accept({"decision": "bogus"})
+    with pytest.raises(DecisionRefused, match="one of"):   # a move is approved or skipped
+        MoveRequest(target={"x": 0.0}).accept({"decision": "rescan"})
 
 
 def test_zoom_unsure_takes_one_closer_look_before_adjudication():

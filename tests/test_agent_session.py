@@ -16,7 +16,9 @@ import torch
 
 from agent.adjudication.demonstrations import DemonstrationBank
 from agent.approval_broker import ApprovalBroker
+from agent.approval_request import DecisionRefused, LabelRequest
 from agent.config import RunConfig
+from agent.driver import ApprovalUnavailable
 from agent.session import Session, SessionParts
 from instruments.devices.frame import StagePosition
 from instruments.devices.safety import GuardedMicroscope, SafetyEnvelope
@@ -165,14 +167,19 @@ def test_focus_sweep_keeps_the_sharpest_defocus(tmp_path, classifier):
     assert abs(truths[0]["focus_error_m"]) < 30e-6       # closer to focus than it started
 
 
-def answer_with(broker: ApprovalBroker, decisions: list[dict], seen: list[dict],
-                stop: threading.Event) -> threading.Thread:
+def answer_with(broker: ApprovalBroker, decisions: list[dict], seen: list,
+                stop: threading.Event, refused: list[str] | None = None) -> threading.Thread:
+    """Answers each pending request with the next decision; a decision the broker refuses
+    goes to `refused` (the request stays pending and gets the next one)."""
     def loop():
         while not stop.is_set():
             for request in broker.pending():
                 seen.append(request)
-                broker.decide(request["request_id"], decisions[min(len(seen) - 1,
-                                                                   len(decisions) - 1)])
+                try:
+                    broker.decide(request.request_id, decisions[min(len(seen) - 1,
+                                                                    len(decisions) - 1)])
+                except DecisionRefused as exc:
+                    (refused if refused is not None else []).append(str(exc))
             stop.wait(0.02)
     thread = threading.Thread(target=loop, daemon=True)
     thread.start()
@@ -180,12 +187,12 @@ def answer_with(broker: ApprovalBroker, decisions: list[dict], seen: list[dict],
 
 
 def test_approve_all_interrupts_and_resumes_with_the_human_decision(tmp_path, classifier):
-    broker, seen, stop = ApprovalBroker(), [], threading.Event()
+    broker, seen, stop, refused = ApprovalBroker(), [], threading.Event(), []
     decisions = [{"decision": "relabel", "label": "Tips", "operator": "ana", "note": "tip"},
                  {"decision": "bogus"},
                  {"decision": "approve", "operator": "ana", "note": ""},
                  {"decision": "skip", "operator": "ben", "note": "out of focus"}]
-    answer_with(broker, decisions, seen, stop)
+    answer_with(broker, decisions, seen, stop, refused)
     session = make_session(tmp_path, classifier, frames=3, approve="all")
     final = session.run(broker=broker)
     stop.set()
@@ -195,10 +202,11 @@ def test_approve_all_interrupts_and_resumes_with_the_human_decision(tmp_path, cl
     first, second, third = (r.human for r in records)
     assert first.decision == "relabel" and records[0].label == "Tips"
     assert first.changed == (first.proposal != "Tips") and first.operator == "ana"
-    assert "error" in seen[2] and second.decision == "approve"   # bogus decision re-asked
+    assert len(refused) == 1 and "decision" in refused[0]          # bogus decision refused,
+    assert seen[1].request_id == seen[2].request_id and second.decision == "approve"  # re-asked
     assert records[1].label == second.proposal and not second.changed
     assert third.decision == "skip" and records[2].label is None
-    assert seen[0]["thumbnail"].endswith(".png") and seen[0]["top_k"]
+    assert seen[0].thumbnail.endswith(".png") and seen[0].record.prediction.top_k
     view = view_of(seen[0], list(SEM_CLASSES))       # the web page reads the same payload
     assert view["proposal"] == first.proposal and view["has_image"]
     assert view["top_k"] and view["reason"] and view["on_approve"]
@@ -219,8 +227,10 @@ def test_move_outside_the_free_zone_waits_for_approval(tmp_path, classifier):
     session.run(broker=broker)
     stop.set()
     summary, records, _, _ = read(tmp_path / "s.h5")
-    assert summary["frames"] == 2 and [s["kind"] for s in seen] == ["move"]
-    assert seen[0]["request"]["target"]["x"] == twin_positions_[1]["x"]
+    assert summary["frames"] == 2 and [s.kind for s in seen] == ["move"]
+    assert seen[0].target["x"] == twin_positions_[1]["x"]
+    approval = records[1].position.approval
+    assert approval.operator == "ana" and approval.decision == "approve" and approval.note == "ok"
     used = session.parts.microscope.approvals_used
     assert len(used) == 1 and used[0].operator == "ana"
     assert used[0].target == StagePosition(x=twin_positions_[1]["x"], y=twin_positions_[1]["y"])
@@ -386,10 +396,35 @@ def test_an_unknown_frame_is_proposed_as_unknown_and_a_human_accepts_or_relabels
     session.run(broker=broker)
     stop.set()
     _, records, _, _ = read(tmp_path / "s.h5")
-    assert [s["proposal"] for s in seen] == ["unknown"] * 2
-    assert seen[0]["proposal_source"] == "ood" and "out-of-distribution" in seen[0]["reason"]
+    assert [s.proposal for s in seen] == ["unknown"] * 2
+    assert seen[0].proposal_source == "ood" and "out-of-distribution" in seen[0].reason
     assert [(r.route, r.label) for r in records] == [("human", "unknown"),
                                                            ("human", "Tips")]
     assert records[0].human.proposal == "unknown" and not records[0].human.changed
     view = view_of(seen[0], list(SEM_CLASSES))       # the web page offers unknown and classes
     assert view["proposal"] == "unknown" and view["class_names"] == [*SEM_CLASSES, "unknown"]
+
+
+def test_a_session_stopped_while_a_human_was_asked_asks_again_when_resumed(tmp_path,
+                                                                           classifier):
+    """The pending request goes through the checkpoint typed; the decision that answers it
+    after the restart is the one recorded, once."""
+    first = make_session(tmp_path, classifier, frames=2, approve="all")
+    with pytest.raises(ApprovalUnavailable, match="waits for a human decision"):
+        first.run()                                       # nobody to ask: stops, asked
+    first.close()
+    broker, seen, stop = ApprovalBroker(), [], threading.Event()
+    answer_with(broker, [{"decision": "relabel", "label": "Tips", "operator": "ana"},
+                         {"decision": "skip", "operator": "ben"}], seen, stop)
+    again = Session(first.config, SessionParts(
+        GuardedMicroscope(TwinMicroscope(seed=0), SafetyEnvelope()), classifier,
+        survey_positions=first.parts.survey_positions))
+    final = again.run(broker=broker)
+    stop.set()
+    again.close()
+    summary, records, _, _ = read(tmp_path / "s.h5")
+    assert final["status"] == "completed" and summary["frames"] == 2
+    assert all(isinstance(request, LabelRequest) for request in seen) and len(seen) == 2
+    assert seen[0].record.frame_id == records[0].frame_id
+    assert [(r.human.decision, r.human.operator, r.label) for r in records] == [
+        ("relabel", "ana", "Tips"), ("skip", "ben", None)]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from agent.approval_broker import ApprovalBroker
+from agent.approval_request import DecisionRefused, HumanDecision, MoveRequest
 from models.prediction import Prediction
 from twins.faults import FaultSpec, FaultSpecError
 
@@ -28,14 +29,16 @@ def test_fault_spec_rejects_bad_items(bad):
 
 def test_broker_hands_a_decision_to_the_waiting_session():
     broker = ApprovalBroker()
-    request_id = broker.submit({"proposal": "Fibres"})
-    assert broker.pending()[0]["request_id"] == request_id
-    answer = {}
-    waiter = threading.Thread(target=lambda: answer.update(broker.wait(request_id, 5)))
+    request_id = broker.submit(MoveRequest(target={"x": 1e-3, "y": 0.0}))
+    assert broker.pending()[0].request_id == request_id
+    answer = []
+    waiter = threading.Thread(target=lambda: answer.append(broker.wait(request_id, 5)))
     waiter.start()
+    with pytest.raises(DecisionRefused):          # a move offers approve and skip only
+        broker.decide(request_id, {"decision": "relabel", "label": "Tips"})
     broker.decide(request_id, {"decision": "approve", "operator": "ana"})
     waiter.join(5)
-    assert answer == {"decision": "approve", "operator": "ana"}
+    assert answer == [HumanDecision(decision="approve", operator="ana")]
     assert broker.pending() == []
     with pytest.raises(KeyError):
         broker.decide(request_id, {"decision": "skip"})

@@ -130,9 +130,9 @@ def test_envelope_refusal_and_an_approved_move_outside_the_free_zone(tmp_path, c
             for request in broker.pending():
                 seen.append(request)
                 decision = ({"decision": "approve", "operator": "ana", "note": "edge"}
-                            if request.get("kind") == "move" else {"decision": "approve",
-                                                                   "operator": "ana"})
-                broker.decide(request["request_id"], decision)
+                            if request.kind == "move" else {"decision": "approve",
+                                                            "operator": "ana"})
+                broker.decide(request.request_id, decision)
             time.sleep(0.05)
 
     threading.Thread(target=answer, daemon=True).start()
@@ -147,8 +147,8 @@ def test_envelope_refusal_and_an_approved_move_outside_the_free_zone(tmp_path, c
     finally:
         session.close()
         parts.microscope.close()
-    moves = [r for r in seen if r.get("kind") == "move"]
-    assert len(moves) == 1 and moves[0]["target"]["x"] == pytest.approx(1.5e-7)
+    moves = [r for r in seen if r.kind == "move"]
+    assert len(moves) == 1 and moves[0].target["x"] == pytest.approx(1.5e-7)
     assert final["counts"]["refused"] == 1
     refusal = [e for e in final["events"] if e["kind"] == "refused"]
     assert "stage x=4.5e-07 outside envelope" in refusal[0]["message"]
@@ -156,8 +156,8 @@ def test_envelope_refusal_and_an_approved_move_outside_the_free_zone(tmp_path, c
         frames = list(reader.frames())
     assert [f.stage.x for f, _ in frames] == pytest.approx([-2.5e-7, 1.5e-7])
     approval = frames[1][1].position.approval
-    assert approval["operator"] == "ana" and approval["note"] == "edge"
-    assert frames[0][1].position.model_extra.get("approval") is None
+    assert approval.operator == "ana" and approval.note == "edge"
+    assert frames[0][1].position.approval is None
 
 
 def wait_for(lines: list[str], predicate, timeout: float) -> bool:

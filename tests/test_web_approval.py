@@ -3,7 +3,6 @@ decision posted (by HTTP or by a click in headless Chromium) reaching the waitin
 
 from __future__ import annotations
 
-import base64
 import io
 import threading
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from PIL import Image
 from web_browser import headless_chromium, require_chromium
 
 from agent.approval_broker import ApprovalBroker
+from agent.approval_request import ApprovalRequest, HumanDecision, LabelRequest, MoveRequest
 from instruments.session_file.decision_record import DecisionRecord
 from workflows.web.approval import TOKEN_HEADER, WebUIHandle, start_web_ui
 
@@ -30,10 +30,18 @@ def _png(seed: int, size: int = 48) -> bytes:
     return buf.getvalue()
 
 
-def _payload(**extra: Any) -> dict[str, Any]:
+@pytest.fixture
+def thumbs(tmp_path: Path) -> Path:
+    """Thumbnails as the session writes them: PNG files."""
+    for seed in (1, 2):
+        (tmp_path / f"thumb{seed}.png").write_bytes(_png(seed))
+    return tmp_path
+
+
+def _payload(thumbs: Path | None = None, **extra: Any) -> LabelRequest:
     probabilities = {"Fibres": 0.48, "Nanowires": 0.41, "Particles": 0.08, "Powder": 0.03}
     record = DecisionRecord.model_validate({
-        "frame_id": "0f3c2a9e-1111-2222-3333-444455556666", "sequence": 7,
+        "frame_id": "0f3c2a9e-1111-2222-3333-444455556666",
         "position": {"x": 12e-6, "y": -4e-6},
         "prediction": {"label": "Fibres", "confidence": 0.48, "probabilities": probabilities,
                        "top_k": [["Fibres", 0.48], ["Nanowires", 0.41]],
@@ -41,22 +49,23 @@ def _payload(**extra: Any) -> dict[str, Any]:
         "adjudication": {"adjudicator": "offline-knn",
                          "answer": {"label": "Nanowires", "confidence": 0.7,
                                     "rationale": "long thin bright strands on dark ground"}},
-        "rescans": extra.pop("rescans", [])})
-    return {
-        "kind": "label", "reason": "classifier unsure after adjudication",
-        "record": record.model_dump(mode="json"),
-        "proposal": "Fibres", "on_approve": "record the frame as Fibres",
-        "thumbnail_png": base64.b64encode(_png(1)).decode(),
-        **extra,
-    }
+        "sequence": extra.pop("sequence", 7), "rescans": extra.pop("rescans", [])})
+    return LabelRequest(
+        reason="classifier unsure after adjudication", record=record, proposal="Fibres",
+        on_approve="record the frame as Fibres", labels=tuple(CLASSES),
+        thumbnail=str(thumbs / "thumb1.png") if thumbs else None, **extra)
+
+
+MOVE = MoveRequest(reason="outside the free zone", target={"x": 3e-3, "y": 0.0},
+                   proposal="move the stage to (0.003, 0) m")
 
 
 class Session:
     """Stands in for the running graph: submits a payload and blocks on the broker."""
 
-    def __init__(self, broker: ApprovalBroker, payload: dict[str, Any]) -> None:
-        self.request_id = broker.submit(payload)
-        self.decision: dict[str, Any] | None = None
+    def __init__(self, broker: ApprovalBroker, request: ApprovalRequest) -> None:
+        self.request_id = broker.submit(request)
+        self.decision: HumanDecision | None = None
         self._thread = threading.Thread(target=self._wait, args=(broker,), daemon=True)
         self._thread.start()
 
@@ -65,7 +74,7 @@ class Session:
 
     def resumed_with(self, timeout: float = 30) -> dict[str, Any] | None:
         self._thread.join(timeout)
-        return self.decision
+        return self.decision.model_dump(mode="json") if self.decision else None
 
 
 @pytest.fixture
@@ -112,11 +121,11 @@ def test_every_endpoint_refuses_a_missing_or_wrong_token(broker, ui) -> None:
         wrong = httpx.request(method, base + path, json=body, params={"token": "guess"},
                               headers={TOKEN_HEADER: "guess"})
         assert wrong.status_code == 401, path
-    assert [p["request_id"] for p in broker.pending()] == [request_id]
+    assert [p.request_id for p in broker.pending()] == [request_id]
 
 
-def test_pending_view_carries_the_evidence_and_images_are_served(broker, ui) -> None:
-    request_id = broker.submit(_payload())
+def test_pending_view_carries_the_evidence_and_images_are_served(broker, ui, thumbs) -> None:
+    request_id = broker.submit(_payload(thumbs))
     headers = {TOKEN_HEADER: ui.token}
     [view] = httpx.get(_base(ui) + "/api/pending", headers=headers).json()
     assert view["request_id"] == request_id and view["sequence"] == 7
@@ -132,15 +141,18 @@ def test_pending_view_carries_the_evidence_and_images_are_served(broker, ui) -> 
     assert missing.status_code == 404
 
 
-def test_images_from_a_path_an_array_and_a_previous_attempt(broker, ui, tmp_path) -> None:
-    path = tmp_path / "thumb.png"
-    path.write_bytes(_png(2))
-    request_id = broker.submit(_payload(thumbnail_png=None, thumbnail=str(path),
-                                        previous_image=np.arange(64.0).reshape(8, 8)))
+def test_the_previous_image_is_the_last_earlier_attempt_still_there(broker, ui,
+                                                                     thumbs) -> None:
+    tiff = thumbs / "first.tif"
+    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(tiff)
+    rescans = [{"reason": "noise", "thumbnail": str(tiff)},
+               {"reason": "noise", "thumbnail": str(thumbs / "gone.png")}]
+    request_id = broker.submit(_payload(thumbs, rescans=rescans))
     headers = {TOKEN_HEADER: ui.token}
     frame = httpx.get(_base(ui) + f"/api/image/{request_id}/frame", headers=headers)
-    assert frame.content == Path(path).read_bytes()
+    assert frame.content == _png(1)
     previous = httpx.get(_base(ui) + f"/api/image/{request_id}/previous", headers=headers)
+    assert previous.headers["content-type"] == "image/png"
     assert Image.open(io.BytesIO(previous.content)).size == (8, 8)
 
 
@@ -153,6 +165,7 @@ def test_posted_decision_resumes_the_waiting_session(broker, ui) -> None:
     assert reply.status_code == 200
     assert session.resumed_with() == {"decision": "relabel", "label": "Nanowires",
                                       "operator": "Ada", "note": "strands, not fibres"}
+    assert reply.json()["label"] == "Nanowires"
     assert broker.pending() == []
     again = httpx.post(_base(ui) + f"/api/decide/{session.request_id}",
                        params={"token": ui.token}, json={"decision": "skip", "operator": "Ada"})
@@ -165,13 +178,15 @@ def test_posted_decision_resumes_the_waiting_session(broker, ui) -> None:
     {"decision": "relabel", "operator": "Ada"},
     {"decision": "approve", "operator": ""},
     {"decision": "approve"},
+    {"decision": "approve", "operator": "Ada", "role": "admin"},
+    ["approve"],
 ])
 def test_bad_decisions_are_refused_and_the_request_stays_pending(broker, ui, body) -> None:
     request_id = broker.submit(_payload())
     reply = httpx.post(_base(ui) + f"/api/decide/{request_id}",
                        headers={TOKEN_HEADER: ui.token}, json=body)
-    assert reply.status_code == 422
-    assert [p["request_id"] for p in broker.pending()] == [request_id]
+    assert reply.status_code == 422 and reply.json()["detail"]
+    assert [p.request_id for p in broker.pending()] == [request_id]
 
 
 def test_progress_is_served_as_the_session_reports_it(broker, ui) -> None:
@@ -182,15 +197,15 @@ def test_progress_is_served_as_the_session_reports_it(broker, ui) -> None:
                         "budgets_left": {"rescans": 4, "adjudications": 9}}
 
 
-def test_a_click_in_headless_chromium_reaches_the_session(broker, ui) -> None:
+def test_a_click_in_headless_chromium_reaches_the_session(broker, ui, thumbs) -> None:
     require_chromium()
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
     broker.update_progress(frames_done=2, routes={"confident": 2})
-    first = Session(broker, _payload())
-    second = Session(broker, _payload(sequence=8, thumbnail_png=None))
+    first = Session(broker, _payload(thumbs))
+    second = Session(broker, _payload(sequence=8))
     with headless_chromium() as driver:
         wait = WebDriverWait(driver, 20)
         driver.get(_base(ui) + "/")
@@ -211,11 +226,11 @@ def test_a_click_in_headless_chromium_reaches_the_session(broker, ui) -> None:
 
         card.find_element(By.CSS_SELECTOR, "button.btn-approve").click()
         wait.until(ec.text_to_be_present_in_element((By.ID, "notice"), "operator name"))
-        assert broker.pending()[0]["request_id"] == first.request_id
+        assert broker.pending()[0].request_id == first.request_id
 
         driver.find_element(By.ID, "operator").send_keys("Ada")
         card.find_element(By.CSS_SELECTOR, "button.btn-approve").click()
-        assert first.resumed_with() == {"decision": "approve", "label": "Fibres",
+        assert first.resumed_with() == {"decision": "approve", "label": None,
                                         "operator": "Ada", "note": ""}
 
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "section.approval")) == 1)
@@ -230,9 +245,7 @@ def test_a_click_in_headless_chromium_reaches_the_session(broker, ui) -> None:
                                          "operator": "Ada", "note": "granular"}
         wait.until(ec.text_to_be_present_in_element((By.ID, "queue"), "No pending approvals"))
 
-        move = Session(broker, {"kind": "move", "reason": "outside the free zone",
-                                "target": {"x": 3e-3, "y": 0.0}, "choices": ["approve", "skip"],
-                                "proposal": "move the stage to (0.003, 0) m"})
+        move = Session(broker, MOVE)
         card = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "section.approval")))
         assert "Stage move" in card.text and "x 3000.0 µm" in card.text
         shown = [b.text for b in card.find_elements(By.TAG_NAME, "button") if b.is_displayed()]
@@ -243,9 +256,7 @@ def test_a_click_in_headless_chromium_reaches_the_session(broker, ui) -> None:
 
 
 def test_a_stage_move_request_offers_only_its_choices(broker, ui) -> None:
-    session = Session(broker, {"kind": "move", "reason": "outside the free zone",
-                               "target": {"x": 3e-3, "y": 0.0}, "proposal": "move the stage",
-                               "choices": ["approve", "skip"]})
+    session = Session(broker, MOVE)
     url = _base(ui) + f"/api/decide/{session.request_id}"
     [view] = httpx.get(_base(ui) + "/api/pending", params={"token": ui.token}).json()
     assert view["choices"] == ["approve", "skip"] and view["target"]["x"] == 3e-3

@@ -12,13 +12,14 @@ from typing import Any
 from langgraph.types import interrupt
 
 from agent.acquirer import Shot
+from agent.approval_request import DecisionRefused, MoveRequest
 from agent.context import SessionContext
 from agent.nodes._common import event, fail
 from agent.state import AgentState, add_tallies_update
 from instruments.devices.errors import ApprovalRequired, BadFrame, SafetyRefused
 from instruments.devices.frame import StagePosition
 from instruments.devices.safety import Approval
-from instruments.session_file.decision_record import DecisionRecord
+from instruments.session_file.decision_record import Decision, DecisionRecord, MoveApproval
 
 MAX_CONSECUTIVE_ERRORS = 3
 
@@ -33,22 +34,25 @@ def _with_approval(ctx: SessionContext, state: AgentState, current: DecisionReco
     if ctx.policy.approve == "none":
         return replace(shot, error=SafetyRefused(
             f"{exc} (unattended session: position skipped)")), current
-    decision = interrupt({
-        "kind": "move", "session_id": state["session_id"], "request": exc.request,
-        "message": str(exc), "reason": str(exc), "target": target.as_dict(),
-        "proposal": f"move the stage to ({target.x:.6g}, {target.y:.6g}) m",
-        "on_approve": "move the stage to this target and acquire there",
-        "choices": ["approve", "skip"]})
-    if decision.get("decision") != "approve":
+    request = MoveRequest(
+        session_id=state["session_id"], reason=str(exc), target=target.as_dict(),
+        proposal=f"move the stage to ({target.x:.6g}, {target.y:.6g}) m",
+        on_approve="move the stage to this target and acquire there")
+    try:
+        decision = request.accept(interrupt(request))
+    except DecisionRefused as refused:
         return replace(shot, error=SafetyRefused(
-            f"operator {decision.get('operator', '?')} declined the move "
+            f"no usable decision on the move to ({target.x:.6g}, {target.y:.6g}): "
+            f"{refused}")), current
+    if decision.decision != Decision.APPROVE:
+        return replace(shot, error=SafetyRefused(
+            f"operator {decision.operator} declined the move "
             f"to ({target.x:.6g}, {target.y:.6g})")), current
-    approval = Approval(target=target, operator=decision.get("operator", "?"),
-                        note=decision.get("note", ""))
+    approval = Approval(target=target, operator=decision.operator, note=decision.note)
     ctx.acquirer.grant(approval)
     shot, _ = ctx.acquirer.take(_where(current), current.settings, state["sequence"])
-    stored = {"decision": "approve", "operator": approval.operator, "note": approval.note,
-              "time": approval.timestamp, "reason": str(exc)}
+    stored = MoveApproval(decision=decision.decision, operator=approval.operator,
+                          note=approval.note, time=approval.timestamp, reason=str(exc))
     return shot, current.model_copy(update={"position": current.position.model_copy(
         update={"approval": stored})})
 

@@ -45,14 +45,6 @@ class Section:
     html: str = ""
 
 
-def _number(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
 def _thumbnail(image: np.ndarray) -> np.ndarray:
     a = np.asarray(image, dtype=np.float32)
     step = max(1, max(a.shape) // THUMB_PX)
@@ -337,12 +329,11 @@ def incidents(rows: list[dict[str, Any]], shown: int = 200) -> Section:
     return section
 
 
-def _when(value: Any) -> str:
+def _when(value: float | str | None) -> str:
     """A timestamp as UTC ISO text (epoch seconds or already text)."""
-    seconds = _number(value)
-    if seconds is None:
-        return "" if value is None else str(value)
-    return datetime.fromtimestamp(seconds, tz=UTC).isoformat(timespec="seconds")
+    if isinstance(value, int | float) and math.isfinite(value):
+        return datetime.fromtimestamp(value, tz=UTC).isoformat(timespec="seconds")
+    return "" if value is None else str(value)
 
 
 def _provenance_rows(provenance: dict[str, Any], summary: dict[str, Any]) -> list[tuple]:
