@@ -20,9 +20,9 @@ class DecisionRefused(ValueError):
 
 
 class HumanDecision(BaseModel):
-    """A human's answer: the decision, the label of a relabel, who, and why."""
+    """A human's answer: the decision, the label of a relabel, who (not blank), and why."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
     decision: Decision
     label: str | None = None

@@ -177,15 +177,17 @@ def test_records_that_cannot_be_stored_are_refused_before_writing(tmp_path: Path
     frame = make_frame(0)
     with pytest.raises(SessionRecordError, match="DecisionRecord"):
         writer.write_frame(frame, {"label": "Fibres"})           # untyped dicts are refused
+    with pytest.raises(ValueError, match="blob"):               # the record is closed
+        DecisionRecord(label="Fibres", blob=1)
     with pytest.raises(SessionRecordError, match="not JSON-serialisable"):
-        writer.write_frame(frame, DecisionRecord(label="Fibres", blob=object()))
+        writer.write_frame(frame, DecisionRecord(label="Fibres", point_data={"blob": object()}))
     with pytest.raises(SessionRecordError, match="frame_id"):
         writer.write_frame(frame, DecisionRecord(frame_id="someone-else", label="Fibres"))
     assert writer.frame_ids() == []
     record = make_record(frame, "Fibres").model_copy(
         update={"quality": QualityRecord(snr=float("nan"), ok=False)})
     record.prediction.confidence = np.float32(0.5)
-    record.score = np.float32(0.5)
+    record.point_data = {"score": np.float32(0.5)}
     assert writer.write_frame(frame, record) is True           # numpy and NaN are fine
     with pytest.raises(ValueError):
         writer.close("exploded")
@@ -194,7 +196,7 @@ def test_records_that_cannot_be_stored_are_refused_before_writing(tmp_path: Path
         writer.write_frame(make_frame(1), DecisionRecord())
     with SessionReader(path) as reader:
         _, stored = next(reader.frames())
-        assert stored.score == 0.5 and stored.prediction.confidence == 0.5
+        assert stored.point_data == {"score": 0.5} and stored.prediction.confidence == 0.5
         assert stored.quality.snr is None
         assert (reader.provenance["status"], reader.provenance["reason"]) == (
             "failed", "adjudicator crashed")

@@ -177,6 +177,7 @@ def test_posted_decision_resumes_the_waiting_session(broker, ui) -> None:
     {"decision": "relabel", "label": "Unicorns", "operator": "Ada"},
     {"decision": "relabel", "operator": "Ada"},
     {"decision": "approve", "operator": ""},
+    {"decision": "approve", "operator": "   "},
     {"decision": "approve"},
     {"decision": "approve", "operator": "Ada", "role": "admin"},
     ["approve"],
