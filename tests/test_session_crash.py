@@ -28,7 +28,8 @@ def _write_forever(path: str, conn: Connection) -> None:
         frame = Frame(rng.random((128, 128), dtype=np.float32), "twin",
                       ImagingSettings(pixels=128), StagePosition(x=i * 1e-6), sequence=i)
         writer.write_frame(frame, DecisionRecord(frame_id=frame.frame_id, label="Powder",
-                                                 route=Route.CONFIDENT, note="x" * 2000))
+                                                 route=Route.CONFIDENT,
+                                                 point_data={"note": "x" * 2000}))
         if i % 3 == 1:
             writer.update_provenance(progress=i)
         conn.send(frame.frame_id)
