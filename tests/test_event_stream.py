@@ -210,8 +210,8 @@ def test_a_human_decision_is_an_event_of_its_own(tmp_path, classifier):
     def operator() -> None:
         while not stop.is_set():
             for request in broker.pending():
-                broker.decide(request["request_id"], {"decision": "approve", "label": None,
-                                                      "operator": "ada", "note": ""})
+                broker.decide(request.request_id, {"decision": "approve", "label": None,
+                                                   "operator": "ada", "note": ""})
             stop.wait(0.02)
     thread = threading.Thread(target=operator, daemon=True)
     thread.start()
@@ -227,7 +227,7 @@ def test_a_human_decision_is_an_event_of_its_own(tmp_path, classifier):
     events = [doc["data"] for name, doc in docs.docs
               if name == "event" and doc["descriptor"] == decisions[0]["uid"]]
     assert events and all(e["decision"] == "approve" and e["operator"] == "ada"
-                          for e in events)
+                          and e["kind"] == "label" and e["frame_id"] for e in events)
 
 
 def test_the_checkpoint_keeps_the_latest_events_and_counts_those_it_dropped():
