@@ -10,6 +10,12 @@ import numpy as np
 
 from instruments.devices.frame import Frame
 from instruments.utils import atomic_file
+from instruments.utils.disk_space import require_free
+
+# a frame takes its image's bytes in the scratch folder, the session file and a thumbnail,
+# plus its JSON documents
+_COPIES = 3
+_DOCUMENTS = 64 * 1024
 
 
 class FrameScratch:
@@ -39,6 +45,10 @@ class FrameScratch:
         return sorted(ids, key=lambda i: json.loads(self.get_record(i)).get("sequence") or 0)
 
     def put(self, frame: Frame) -> None:
+        """Keep the frame; DiskFull (nothing written) when the disk cannot hold it, its
+        copies and the margin."""
+        require_free(self.folder, _COPIES * frame.image.nbytes + _DOCUMENTS,
+                     f"frame {frame.sequence}")
         image_path, meta_path = self._paths(frame.frame_id)
         with atomic_file.atomic_path(image_path) as tmp:
             np.save(tmp, frame.image)

@@ -31,13 +31,14 @@ from agent.event_stream import EventStream
 from agent.graph import compile_graph, open_checkpointer
 from agent.nodes.finish import close_session, final_status
 from agent.objectives import parse_objective
-from agent.recorder import Recorder
+from agent.recorder import Recorder, RecordingError
 from agent.scratch import FrameScratch
 from agent.state import AgentState, new_state
 from agent.stream_subscribers import FileRecorder, SessionLog
 from agent.survey_plan import SurveyPlan
 from instruments.devices.safety import GuardedMicroscope
 from instruments.session_file.writer import SessionWriter
+from instruments.utils.disk_space import DiskFull, Reserve, is_disk_full
 
 
 @dataclass
@@ -109,6 +110,8 @@ class Session:
         work = work_dir(config.out)
         (work / "thumbnails").mkdir(parents=True, exist_ok=True)
         adjudicator = make_adjudicator(config, Path(config.state_dir) / "vlm-cache")
+        self.reserve = Reserve(work / "reserve")    # room to close the file on a full disk
+        self.reserve.restore()
         self.writer = SessionWriter(config.out, provenance(config, parts, adjudicator.name))
         self.stream = session_stream(config, self.writer)
         parts.microscope.on_incident = self.stream.incident       # every fault, in the stream
@@ -159,8 +162,9 @@ class Session:
         A checkpoint with a step pending resumes exactly there (`invoke(None)`: LangGraph runs
         that step, or applies the writes it stored before the process died). A session that
         ended failed starts a new run on its thread from `connect` (counts and budgets as they
-        were, the position in flight retried). Ctrl-C closes the file as interrupted, any
-        other failure as failed, then re-raises."""
+        were, the position in flight retried). Ctrl-C (and SIGTERM/SIGHUP, which the CLI
+        turns into KeyboardInterrupt) closes the file as interrupted, a full disk as
+        disk_full (DiskFull raised), any other failure as failed, then re-raises."""
         values, pending = self.saved_state()
         self.context.acquirer.restore(values)
         self.stream.start(self._start_metadata(values))
@@ -181,6 +185,8 @@ class Session:
                           f"`micagent run --resume {self.config.session_id}`")
             raise
         except Exception as exc:
+            if is_disk_full(exc):
+                raise self._stop_disk_full(exc) from exc
             self._abandon("failed", f"{type(exc).__name__}: {exc}")
             raise
         self._close_file(final)
@@ -200,6 +206,21 @@ class Session:
         self._settle()
         self.writer.close(status, reason)
         self.stream.stop(status, reason)
+
+    def _stop_disk_full(self, exc: BaseException) -> DiskFull:
+        """Close the file as disk_full, in the room the reserve gives back; the DiskFull to
+        raise. The checkpoint still holds the step that stopped: `--resume` runs it again."""
+        self._settle()
+        self.reserve.release()
+        first = " ".join(str(exc).split("\n")[0].split())[:300]
+        reason = (f"{first}; free space, then continue with "
+                  f"`micagent run --resume {self.config.session_id}`")
+        try:
+            self.writer.close("disk_full", reason)
+            self.stream.stop("disk_full", reason)
+        except Exception:  # noqa: BLE001 - the file keeps its last flushed state, readable
+            pass
+        return DiskFull(first)
 
     def _close_file(self, values: dict[str, Any]) -> None:
         """Close the file with the state's outcome unless `finish` already did (its stored
@@ -231,7 +252,10 @@ class Session:
     def close(self) -> None:
         self._settle()
         self.context.acquirer.close()
-        self.recorder.close()
+        try:
+            self.recorder.close()
+        except RecordingError:              # already the reason the session stopped
+            pass
         if not self.writer.closed:
             self.writer.close("interrupted", "session object closed before the end")
         self.stream.stop("interrupted", "session object closed before the end")

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from instruments.devices.errors import MicagentError
+from instruments.utils.disk_space import is_disk_full
 from instruments.utils.redaction import redact_value
 
 FORMAT_NAME = "micagent-session"
@@ -62,7 +63,8 @@ FRAME_JSON = "frame"
 RECORD_JSON = "record"
 EVALUATION_JSON = "evaluation"
 
-CLOSING_STATUSES = ("completed", "interrupted", "failed")
+# disk_full: stopped before a frame because space ran out; `--resume` continues once freed
+CLOSING_STATUSES = ("completed", "interrupted", "failed", "disk_full")
 
 
 def channel_name(index: int) -> str:
@@ -95,7 +97,10 @@ class SessionWriteError(SessionFileError):
 
 
 class SessionDiskFull(SessionWriteError):
-    """The disk filled up while writing a frame; that frame was rolled back."""
+    """The disk filled up (or too little space was left) while writing; what was being
+    written was rolled back or never started."""
+
+    errno = errno.ENOSPC        # what is_disk_full looks for
 
 
 class SessionRecordError(SessionFileError, ValueError):
@@ -104,11 +109,8 @@ class SessionRecordError(SessionFileError, ValueError):
 
 def write_error(exc: BaseException, what: str, path: str) -> SessionWriteError:
     """The typed error for an I/O failure: SessionDiskFull for ENOSPC anywhere in the chain."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
-            return SessionDiskFull(f"disk full while {what}: {exc}", path)
-        cause = cause.__cause__ or cause.__context__
+    if is_disk_full(exc):
+        return SessionDiskFull(f"disk full while {what}: {exc}", path)
     return SessionWriteError(f"{what} failed: {type(exc).__name__}: {exc}", path)
 
 

@@ -50,6 +50,7 @@ from instruments.session_file.layout import (
     PROVENANCE_BACKUP,
     RECORD_JSON,
     NotASessionFile,
+    SessionDiskFull,
     SessionFileCorrupt,
     SessionFileError,
     SessionRecordError,
@@ -72,10 +73,14 @@ from instruments.session_file.nsid_writer import (
     create_group,
     to_sidpy,
 )
+from instruments.utils.disk_space import free_bytes
 from instruments.utils.redaction import redact
 
 _SEM_DETECTORS = {"SE", "BSE", "ETD", "TLD", "INLENS", "ICD", "CBS"}
 _STEM_DETECTORS = {"HAADF", "MAADF", "ADF", "BF", "DF", "ABF"}
+# free space a write needs beyond its own bytes (HDF5 metadata, B-tree nodes, heap blocks):
+# HDF5 is never asked to write what the disk cannot hold, so no write fails half-way
+_WRITE_SLACK = 512 * 1024
 _PACKAGES = ("micagent", "numpy", "h5py", "sidpy", "pyNSID", "SciFiReaders", "torch",
              "langgraph", "openai")
 
@@ -199,10 +204,16 @@ class SessionWriter:
         if os.path.exists(self.path) and os.path.getsize(self.path) > 0:
             self._file = self._open_existing()
             self._provenance = self._resume(given)
+            self._store_provenance()
         else:
             self._file = self._create()
             self._provenance = self._start(given)
-        self._store_provenance()
+            try:
+                self._store_provenance()
+            except SessionWriteError:           # e.g. a full disk: no half-made file left
+                self._file.close()
+                os.unlink(self.path)
+                raise
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -348,6 +359,8 @@ class SessionWriter:
             self._require_open()
             if frame.frame_id in self._ids:
                 return False
+            self._require_space(dataset.data.nbytes + len(frame_json) + len(record_json)
+                                + len(evaluation_json), f"writing frame {frame.frame_id}")
             index = self._next_index
             self._write(frame.frame_id, index, dataset,
                         {FRAME_JSON: frame_json, RECORD_JSON: record_json,
@@ -406,9 +419,18 @@ class SessionWriter:
             self._provenance.update(plain)
             self._store_provenance()
 
+    def _require_space(self, need: int, what: str) -> None:
+        """SessionDiskFull, before anything is written, unless `need` bytes (and the slack)
+        are free."""
+        free = free_bytes(self.path)
+        if free < need + _WRITE_SLACK:
+            raise SessionDiskFull(f"disk full while {what}: {free} bytes free", self.path)
+
     def _store_provenance(self) -> None:
-        """Backup first, flushed, then the primary: a kill mid-write spoils one copy only."""
+        """Backup first, flushed, then the primary: a kill mid-write spoils one copy only;
+        refused before either is touched when the disk cannot hold both."""
         text = to_json(self._provenance, "provenance", self.path)
+        self._require_space(2 * len(text.encode()), "storing provenance")
         try:
             if PROVENANCE_BACKUP in self._file:
                 self._file[PROVENANCE_BACKUP][()] = text
@@ -430,6 +452,7 @@ class SessionWriter:
                 return
             try:
                 log = self._file.get(INCIDENTS)
+                self._require_space(len(row), "recording an incident")
                 if log is None:
                     log = self._file.create_dataset(INCIDENTS, shape=(0,), maxshape=(None,),
                                                     chunks=(64,), dtype=h5py.string_dtype())

@@ -3,8 +3,11 @@ workflows/session_assembly.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,6 +21,7 @@ from agent.objectives import ObjectiveError
 from agent.survey_plan import PlanError
 from instruments.session_file.hdf5_probe import ProbeRefused, check_metadata_finishes
 from instruments.session_file.reader import SessionReader
+from instruments.utils.disk_space import is_disk_full
 from workflows.cli.envelope_options import envelope_values
 from workflows.session_assembly import StartError, run_session
 from workflows.terminal import fail, notice
@@ -45,6 +49,28 @@ def _summary_table(path: str) -> Table:
                       f"classifier alone, {summary['scored_frames']} frames")
     table.add_row("file", Text(path))
     return table
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP: the session stops as on Ctrl-C (file closed interrupted)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise Terminated in the main thread while the session runs."""
+    def stop(signum: int, _frame: object) -> None:
+        raise Terminated(signum)
+    names = [s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None]
+    previous = {s: signal.signal(s, stop) for s in names}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _vlm_timeout(given: float | None) -> float:
@@ -158,17 +184,24 @@ def run(
         check_metadata_finishes(config.out)       # an existing file: this run appends to it
     except ProbeRefused as exc:
         raise fail(f"session failed to start: {exc}") from exc
+    resume_hint = f"micagent run --resume {config.session_id} --state-dir {config.state_dir}"
     try:
-        final = run_session(config, console, quiet, ui=ui, host=host, port=port,
-                            allow_hosts=tuple(allow_host or ()))
-    except (StartError, ObjectiveError) as exc:
-        raise fail(f"session failed to start: {exc}") from exc
-    except PlanError as exc:
-        raise fail(f"session {config.session_id} cannot go on: {exc}", code=1) from exc
+        with _stop_signals():
+            final = run_session(config, console, quiet, ui=ui, host=host, port=port,
+                                allow_hosts=tuple(allow_host or ()))
     except KeyboardInterrupt as exc:
-        notice(err, f"interrupted; continue with: micagent run --resume "
-                    f"{config.session_id} --state-dir {config.state_dir}", "yellow")
-        raise typer.Exit(130) from exc
+        notice(err, f"interrupted; continue with: {resume_hint}", "yellow")
+        raise typer.Exit(128 + getattr(exc, "signum", signal.SIGINT)) from exc
+    except Exception as exc:
+        if is_disk_full(exc):                     # stopped before a frame, file closed
+            first = str(exc).split("\n")[0]
+            raise fail(f"session {config.session_id} stopped, disk_full: {first}; free "
+                       f"space, then continue with: {resume_hint}", code=1) from exc
+        if isinstance(exc, (StartError, ObjectiveError)):
+            raise fail(f"session failed to start: {exc}") from exc
+        if isinstance(exc, PlanError):
+            raise fail(f"session {config.session_id} cannot go on: {exc}", code=1) from exc
+        raise
     console.print(_summary_table(config.out))
     if final.get("status") == "failed":
         raise fail(f"session failed: {final.get('reason')}", code=1)
