@@ -39,6 +39,7 @@ from agent.survey_plan import SurveyPlan
 from instruments.devices.safety import GuardedMicroscope
 from instruments.session_file.writer import SessionWriter
 from instruments.utils.disk_space import DiskFull, Reserve, is_disk_full
+from instruments.utils.redaction import strip_userinfo
 
 
 @dataclass
@@ -75,7 +76,7 @@ def provenance(config: RunConfig, parts: SessionParts, adjudicator_name: str) ->
             "envelope": parts.microscope.envelope.as_dict(),
             "objective": config.objective, "budgets": config.budgets,
             "adjudicator": adjudicator_name,
-            "vlm_base_url": os.environ.get("MICAGENT_VLM_BASE_URL")
+            "vlm_base_url": strip_userinfo(os.environ.get("MICAGENT_VLM_BASE_URL"))
             if config.adjudicator == "openai" else None,
             "demonstrations": {"k": config.demo_k, "strategy": config.demo_strategy,
                                "bank_size": len(parts.bank) if parts.bank else 0},

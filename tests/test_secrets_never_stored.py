@@ -1,13 +1,17 @@
 """No API key reaches a file or a log: a local OpenAI-compatible server (driven by the real
-openai client) answers with text that echoes the request headers, as answer, as rationale and
-as an error; the session file, the checkpoint database, every cache and the log stay clean.
+openai client) answers with text that echoes the request headers and the key JSON-escaped,
+URL-encoded and base64-encoded, as answer, as rationale and as an error; the password in the
+server's URL (`http://user:PASS@host/v1`) is never stored; the session file, the checkpoint
+database, every cache and the log stay clean.
 The adjudicator's timeout comes from --vlm-timeout, $MICAGENT_VLM_TIMEOUT or the run config."""
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import uuid
+from urllib.parse import quote, quote_plus
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +30,7 @@ class EchoingVlm(ChatHandler):
         self.read_json()
         echo = "\n".join(f"{k}: {v}" for k, v in self.headers.items())
         key = self.headers.get("Authorization", "").removeprefix("Bearer ")
+        echo += " " + " ".join(encoded_forms(key))
         mode = self.server.modes.pop(0) if self.server.modes else "echo-text"
         if mode == "echo-error":
             return self.send_json(500, {"error": {"message": f"bad key {key}; you sent {echo}"}})
@@ -34,6 +39,14 @@ class EchoingVlm(ChatHandler):
                    json.dumps({"label": "Particles", "confidence": 0.8,
                                "rationale": f"round; by the way {echo} {key}"}))
         self.send_chat(content)
+
+
+def encoded_forms(secret: str) -> list[str]:
+    """What an endpoint may echo: JSON-escaped (with `\\/`), URL-encoded, base64 (alone and
+    inside a longer base64 text)."""
+    return [json.dumps(secret).replace("/", "\\/"), quote(secret, safe=""),
+            quote_plus(secret), base64.b64encode(secret.encode()).decode(),
+            base64.b64encode(b"k=" + secret.encode()).decode()]
 
 
 @pytest.fixture()
@@ -72,8 +85,10 @@ def test_echoed_keys_reach_no_file_and_no_log(echo_server, tmp_path, monkeypatch
     from twins.classes import SEM_CLASSES
     from twins.microscope import TwinMicroscope
 
-    secret = "k" + uuid.uuid4().hex + uuid.uuid4().hex            # no sk- prefix: env only
-    monkeypatch.setenv("MICAGENT_VLM_BASE_URL", url(echo_server))
+    secret = f"k/{uuid.uuid4().hex}+{uuid.uuid4().hex}/"    # no sk- prefix: env only
+    password = "pw" + uuid.uuid4().hex
+    monkeypatch.setenv("MICAGENT_VLM_BASE_URL",
+                       url(echo_server).replace("://", f"://operator:{password}@"))
     monkeypatch.setenv("MICAGENT_VLM_MODEL", "echo-vlm")
     monkeypatch.setenv("OPENAI_API_KEY", secret)
     torch.manual_seed(0)
@@ -105,11 +120,15 @@ def test_echoed_keys_reach_no_file_and_no_log(echo_server, tmp_path, monkeypatch
     files = [Path(config.out), checkpoint_path(config.out), log_file,
              *Path(config.out).parent.glob("*-wal"), *Path(config.state_dir).rglob("*")]
     assert checkpoint_path(config.out).stat().st_size > 0
+    with SessionReader(config.out) as reader:
+        assert reader.provenance["vlm_base_url"] == url(echo_server)
+    forms = [secret, secret[:24], password, *encoded_forms(secret)]
+    forms.append(base64.b64encode(b"k=" + secret.encode()).decode()[4:40])  # mid-text
     for path in files:
         if path.is_file():
             data = path.read_bytes()
-            assert secret.encode() not in data, path
-            assert secret[:24].encode() not in data, path
+            for form in forms:
+                assert form.encode() not in data, (path, form)
 
 
 def test_the_filter_masks_keys_authorization_values_and_sk_tokens(monkeypatch) -> None:

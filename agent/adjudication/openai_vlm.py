@@ -18,7 +18,7 @@ from agent.adjudication.base import AnswerError, Demonstration, Verdict
 from agent.adjudication.cache import AnswerCache
 from agent.adjudication.offline import OfflineKnnAdjudicator
 from agent.adjudication.prompt import build_messages, parse_answer, prompt_hash
-from instruments.utils.redaction import redact, register_secret
+from instruments.utils.redaction import redact, register_secret, strip_userinfo
 
 
 class VlmConfigError(ValueError):
@@ -40,7 +40,9 @@ class VlmConfig:
             raise VlmConfigError("set MICAGENT_VLM_MODEL (and MICAGENT_VLM_BASE_URL for a "
                                  "compatible server, OPENAI_API_KEY for OpenAI) to use "
                                  "--adjudicator openai")
-        return cls(base_url=os.environ.get("MICAGENT_VLM_BASE_URL") or None, model=model,
+        base_url = os.environ.get("MICAGENT_VLM_BASE_URL") or None
+        strip_userinfo(base_url)        # its password, if any, is redacted from here on
+        return cls(base_url=base_url, model=model,
                    timeout_s=timeout_s)
 
 

@@ -1,7 +1,10 @@
 """The one redaction filter for every text that reaches a file or a log: secret values from the
 environment (OPENAI_API_KEY and every *_API_KEY / *_TOKEN / *_SECRET), keys registered by the
 code that uses them (the adjudicator's), `Authorization` header values and `sk-` style tokens
-are replaced by `[redacted]`.
+are replaced by `[redacted]`, in plain text and in the forms an endpoint may echo them back:
+JSON-escaped (`\\/`), URL-encoded (`%2F`, `%2B`, `+` for a blank) and base64 (standard and
+URL-safe, at any alignment inside a longer base64 text). The userinfo of every URL
+(`http://user:PASS@host`) is dropped, and its password counts as a secret from then on.
 
 `redact` works on text, `redact_value` on JSON-like values, `redact_bytes` on encoded data (known
 secret values only, length kept); `install_log_redaction` makes every log record (message and
@@ -10,16 +13,24 @@ traceback) pass through `redact`.
 
 from __future__ import annotations
 
+import base64
+import functools
+import json
 import logging
+import math
 import os
 import re
 import threading
 from typing import Any
+from urllib.parse import quote, quote_plus, unquote, urlsplit, urlunsplit
 
 MASK = "[redacted]"
 MIN_SECRET = 8                                   # shorter values are not treated as secrets
 _SECRET_ENV = re.compile(r"(API_KEY|APIKEY|TOKEN|SECRET|PASSWORD)$", re.IGNORECASE)
+# scheme://user[:password]@ -- the userinfo of a URL, wherever it appears in a text
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*:(?:\\?/){2})[^\s/@\"'<>]*(?=@)")
 _PATTERNS = (
+    _USERINFO,
     # Authorization: Bearer X / "authorization": "Basic X" / authorization=X
     re.compile(r"""(?i)(authorization["']?\s*[:=]\s*["']?)(?:(?:bearer|basic|token)\s+)?+"""
                r"""(?!(?:null|true|false|\d+)\b|\[redacted\])[^\s"',;}\]]+"""),
@@ -38,11 +49,46 @@ def register_secret(value: str | None) -> None:
             _registered.add(value)
 
 
+def strip_userinfo(url: str | None) -> str | None:
+    """`url` without `user:password@` (the password registered as a secret)."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.password:
+        register_secret(unquote(parts.password))
+        register_secret(parts.password)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def _base64_cores(raw: bytes) -> set[str]:
+    """The base64 characters that depend on `raw` alone, for each of the three alignments it
+    can have inside a longer encoded text (standard and URL-safe alphabets)."""
+    cores = set()
+    for offset in range(3):
+        text = base64.b64encode(bytes(offset) + raw + bytes(2)).decode()
+        core = text[math.ceil(8 * offset / 6):(8 * (offset + len(raw))) // 6]
+        cores |= {core, core.translate(str.maketrans("+/", "-_"))}
+    return cores
+
+
+@functools.lru_cache(maxsize=256)
+def encodings(secret: str) -> frozenset[str]:
+    """`secret` and the forms it takes JSON-escaped, URL-encoded and base64-encoded."""
+    escaped = json.dumps(secret)[1:-1]
+    forms = {secret, escaped, escaped.replace("/", "\\/"), quote(secret, safe=""),
+             quote(secret, safe="").lower(), quote_plus(secret, safe=""), quote(secret)}
+    forms |= _base64_cores(secret.encode())
+    return frozenset(f for f in forms if len(f) >= MIN_SECRET)
+
+
 def _secrets() -> list[str]:
     found = {v for k, v in os.environ.items() if _SECRET_ENV.search(k) and len(v) >= MIN_SECRET}
     with _lock:
         found |= _registered
-    return sorted(found, key=len, reverse=True)
+    forms = set().union(*(encodings(v) for v in found)) if found else set()
+    return sorted(forms, key=len, reverse=True)
 
 
 def redact(text: str) -> str:
