@@ -11,8 +11,8 @@ import base64
 import json
 import logging
 import uuid
-from urllib.parse import quote, quote_plus
 from pathlib import Path
+from urllib.parse import quote, quote_plus
 
 import numpy as np
 import pytest

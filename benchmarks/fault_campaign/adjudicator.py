@@ -15,7 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.fault_campaign.common import SECRET, Clock, Row, secret_hits, small_classifier
+from benchmarks.fault_campaign.common import (
+    PASSWORD,
+    SECRET,
+    Clock,
+    Row,
+    encoded_forms,
+    secret_hits,
+    small_classifier,
+)
 from tests.openai_stub import ChatHandler, serving, url  # the tests' local VLM server
 
 FAULTS = ("500", "hang", "malformed", "unknown", "echo")
@@ -31,6 +39,8 @@ class FaultyVlm(ChatHandler):
             mode = self.server.modes.pop(0) if self.server.modes else "good"
             self.server.served[mode] = self.server.served.get(mode, 0) + 1
         echo = "; ".join(f"{k}: {v}" for k, v in self.headers.items())
+        key = self.headers.get("Authorization", "").removeprefix("Bearer ")
+        echo += "; encoded: " + " ".join(encoded_forms(key))
         if mode == "500":
             return self.send_json(500, {"error": {"message": f"internal error ({echo})"}})
         if mode == "hang":
@@ -77,7 +87,8 @@ def run(work: Path, n_faults: int, seed: int) -> Row:
     with serving(FaultyVlm, modes=list(modes), served={}, lock=threading.Lock()) as server:
         saved = {k: os.environ.get(k) for k in ("MICAGENT_VLM_BASE_URL", "MICAGENT_VLM_MODEL",
                                                  "OPENAI_API_KEY")}
-        os.environ.update(MICAGENT_VLM_BASE_URL=url(server),
+        os.environ.update(MICAGENT_VLM_BASE_URL=url(server).replace(
+                              "://", f"://campaign:{PASSWORD}@"),
                           MICAGENT_VLM_MODEL="faulty-vlm", OPENAI_API_KEY=SECRET)
         try:
             classifier = small_classifier()

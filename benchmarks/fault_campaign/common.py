@@ -3,6 +3,8 @@ processes on loopback, a small classifier, and a scan of files for a secret."""
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import subprocess
 import threading
@@ -12,11 +14,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote, quote_plus
 
 from instruments.utils.child_python import module_command
 
 REPO = Path(__file__).resolve().parents[2]
-SECRET = "sk-campaign-" + uuid.uuid4().hex          # the key every row tries to leak
+# the key every row tries to leak ('/' and '+' make its JSON-escaped and URL-encoded forms
+# differ from it), and the password of the VLM server's URL
+SECRET = f"sk-campaign/{uuid.uuid4().hex}+{uuid.uuid4().hex}"
+PASSWORD = "pw-" + uuid.uuid4().hex
 
 
 @dataclass
@@ -59,9 +65,20 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def encoded_forms(secret: str) -> list[str]:
+    """What an endpoint may echo back: JSON-escaped (with `\\/`), URL-encoded, base64 (alone
+    and inside a longer base64 text)."""
+    return [json.dumps(secret).replace("/", "\\/"), quote(secret, safe=""),
+            quote_plus(secret), base64.b64encode(secret.encode()).decode(),
+            base64.b64encode(b"k=" + secret.encode()).decode()]
+
+
 def secret_hits(folder: Path, secret: str = SECRET) -> list[Path]:
-    """Files under `folder` holding `secret` (or its first 20 characters)."""
-    needles = (secret.encode(), secret[:20].encode())
+    """Files under `folder` holding `secret` (its first 20 characters, or any encoded form of
+    it: the middle of each base64 form) or the URL password."""
+    forms = [secret, secret[:20], PASSWORD, *encoded_forms(secret)[:3],
+             *(f[4:-4] for f in encoded_forms(secret)[3:])]
+    needles = [f.encode() for f in forms]
     return [p for p in folder.rglob("*") if p.is_file()
             and any(n in p.read_bytes() for n in needles)]
 

@@ -10,7 +10,8 @@ Sizes (full): 100 damaged files through every reading command, 1,000 instrument 
 long twin session, 200 adjudicator faults, 5 floods of 300 idle + 60 hostile connections on each
 server, 50 SIGKILLs with resume (benchmarks/kill_resume.py, where present), 500 control
 requests on each TEM-protocol server, 20 sessions under a beam current changed at the
-console."""
+console, 20 runs that fill a small tmpfs and resume once it is remounted larger
+(root only)."""
 
 from __future__ import annotations
 
@@ -22,11 +23,19 @@ import time
 import warnings
 from pathlib import Path
 
-from benchmarks.fault_campaign import adjudicator, envelope, files, instrument, resume, servers
+from benchmarks.fault_campaign import (
+    adjudicator,
+    disk_full,
+    envelope,
+    files,
+    instrument,
+    resume,
+    servers,
+)
 from benchmarks.fault_campaign.common import SECRET, Row, secret_hits, table
 
 ROWS = ("files", "web", "dtm", "tem", "instrument", "adjudicator", "resume", "controls",
-        "dose")
+        "dose", "disk_full")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         "resume": lambda w: resume.run(w, size(50), args.seed),
         "controls": lambda w: envelope.controls(w, size(500), args.seed),
         "dose": lambda w: envelope.dose(w, size(20), args.seed),
+        "disk_full": lambda w: disk_full.run(w, size(20), args.seed),
     }
     rows: list[Row] = []
     started = time.monotonic()
