@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +85,21 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: Path) -> RunConfig:
-        return cls(**json.loads(path.read_text()))
+        """The configuration saved at `path`; RunConfigError when it is not one (damaged
+        JSON, unknown or missing keys)."""
+        try:
+            values = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise RunConfigError(f"session registry {path} is unreadable: {exc}") from exc
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known) if isinstance(values, dict) else []
+        if not isinstance(values, dict) or unknown:
+            raise RunConfigError(f"session registry {path} is not a run configuration"
+                                 + (f" (unknown keys: {', '.join(unknown)})" if unknown else ""))
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise RunConfigError(f"session registry {path}: {exc}") from exc
 
 
 def default_budgets(frames: int) -> dict[str, float]:

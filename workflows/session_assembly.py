@@ -25,6 +25,7 @@ from instruments.devices.errors import InstrumentError
 from instruments.devices.microscope import Microscope
 from instruments.devices.safety import GuardedMicroscope, envelope_from_dict
 from instruments.devices.uri import open_instrument
+from instruments.session_file.layout import SessionFileError
 from instruments.utils.library_log import log_library_noise
 from workflows.terminal import notice
 
@@ -153,7 +154,10 @@ def run_session(config: RunConfig, console: Console, quiet: bool = False,
     try:
         parts = open_parts(config, classifier)
     except StartError as exc:
-        record_failed_start(config, str(exc))
+        try:
+            record_failed_start(config, str(exc))
+        except SessionFileError:          # --out is not ours (or unusable): left untouched
+            pass
         raise
     broker = ApprovalBroker() if config.approve != "none" else None
     frontend, web = None, None

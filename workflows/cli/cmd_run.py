@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from agent.config import RunConfig, registry_path
+from agent.config import RunConfig, checkpoint_path, registry_path, work_dir
 from agent.objectives import ObjectiveError
 from agent.survey_plan import PlanError
 from instruments.session_file.hdf5_probe import ProbeRefused, check_metadata_finishes
@@ -163,6 +163,10 @@ def run(
             if not path.exists():
                 raise fail(f"no session {resume} under {state_dir} (looked for {path})")
             config = RunConfig.load(path)
+            if not any(p.exists() for p in (Path(config.out), checkpoint_path(config.out),
+                                            work_dir(config.out))):
+                raise fail(f"session {resume} cannot resume: its file {config.out}, "
+                           "checkpoint and work folder are gone (start a new session)")
             if instrument != "twin":                 # e.g. the server came back elsewhere
                 config.instrument = instrument
             if vlm_timeout is not None:
