@@ -29,8 +29,10 @@ def _record(frame, label: str, route: str, rng: np.random.Generator) -> Decision
 
 
 def write_twin_session(path: str | Path, frames: int, seed: int = 0, pixels: int = 64,
-                       session_id: str | None = None, run_config: dict | None = None) -> Path:
-    """A closed session file of `frames` twin frames (seeded); returns its path."""
+                       session_id: str | None = None, run_config: dict | None = None,
+                       nan_frames: tuple[int, ...] = ()) -> Path:
+    """A closed session file of `frames` twin frames (seeded; those of `nan_frames` with a NaN
+    pixel); returns its path."""
     path = Path(path)
     twin = TwinMicroscope(seed=seed)
     fov = 20e-6
@@ -45,6 +47,8 @@ def write_twin_session(path: str | Path, frames: int, seed: int = 0, pixels: int
         for i in range(frames):
             twin.move_stage(positions[(seed * 7 + i) % len(positions)])
             frame = twin.acquire()
+            if i in nan_frames:
+                frame.image[0, 0] = np.nan
             truth = frame.evaluation["label"]
             wrong = rng.random() < 0.25
             label = str(rng.choice(SEM_CLASSES)) if wrong else truth

@@ -10,15 +10,16 @@ from instruments.session_file.decision_row import DecisionRow
 
 
 def replay_row(stored: DecisionRow, new: DecisionRow | None) -> dict[str, Any]:
-    """Stored vs new decision of one frame (`new` None: the replay did not reach it); top-k
-    is the new classifier's. `changed`: the final label or the route differs."""
+    """Stored vs new decision of one frame; top-k is the new classifier's. `new` None: the
+    replay refused the frame (NaN/Inf pixels, or turned down by the instrument layer): route
+    `refused`, never `changed`. `changed`: the final label or the route differs."""
     top_k = new.top_k if new else ()
     return {"frame_id": stored.frame_id,
             "stored_label": stored.label, "stored_route": stored.route,
             "stored_confidence": stored.confidence,
-            "new_label": new.label if new else None, "new_route": new.route if new else None,
+            "new_label": new.label if new else None, "new_route": new.route if new else "refused",
             "new_confidence": new.confidence if new else None,
             "top_k_labels": [label for label, _ in top_k],
             "top_k_probs": [p for _, p in top_k],
-            "changed": new is None or (stored.label, stored.route) != (new.label, new.route),
-            "truth": stored.truth}
+            "changed": new is not None and (stored.label, stored.route) != (new.label, new.route),
+            "refused": new is None, "truth": stored.truth}

@@ -24,13 +24,17 @@ from workflows.terminal import DAMAGED, fail, file_error
 
 def decision_diff(old: list[DecisionRow], new: list[DecisionRow]) -> dict[str, Any]:
     """Stored vs new decisions per frame (matched by frame id; the archive's replay rows),
-    with accuracy where the file stored ground truth."""
+    with accuracy where the file stored ground truth. A frame the replay did not record
+    (refused: NaN/Inf pixels, or any frame the instrument layer turned down) is `refused`,
+    never `changed`; accuracy counts the frames replayed."""
     new_by_id = {row.frame_id: row for row in new}
     rows = [replay_row(row, new_by_id.get(row.frame_id)) for row in old]
-    truths = [row["truth"] for row in rows]
-    old_accuracy, scored = accuracy([row["stored_label"] for row in rows], truths)
-    new_accuracy, _ = accuracy([row["new_label"] for row in rows], truths)
-    return {"frames": len(rows), "changed": sum(row["changed"] for row in rows), "rows": rows,
+    replayed = [row for row in rows if not row["refused"]]
+    truths = [row["truth"] for row in replayed]
+    old_accuracy, scored = accuracy([row["stored_label"] for row in replayed], truths)
+    new_accuracy, _ = accuracy([row["new_label"] for row in replayed], truths)
+    return {"frames": len(rows), "changed": sum(row["changed"] for row in rows),
+            "refused": len(rows) - len(replayed), "rows": rows,
             "accuracy": {"old": old_accuracy, "new": new_accuracy} if scored else None}
 
 
@@ -65,15 +69,24 @@ def replay_file(session_file: str, model: str | None, as_json: bool, state_dir: 
     diff.update(source=str(source), replay_file=str(out))
     if as_json:
         sys.stdout.write(json.dumps(diff) + "\n")
-        return
+    else:
+        _print_diff(source, diff)
+    if diff["refused"]:
+        raise fail(f"{diff['refused']} of {diff['frames']} frames of {session_file} were "
+                   "refused (could not be classified: NaN/Inf pixels or an unusable frame)",
+                   code=1)
+
+
+def _print_diff(source: Path, diff: dict[str, Any]) -> None:
     table = Table(title=f"replay of {source.name}: {diff['changed']} of {diff['frames']} "
-                        "decisions changed")
+                        f"decisions changed, {diff['refused']} refused")
     for column in ("frame", "old", "new", "truth"):
         table.add_column(column)
     for row in diff["rows"]:
-        if row["changed"]:
+        if row["changed"] or row["refused"]:
+            new = "refused" if row["refused"] else f"{row['new_label']} ({row['new_route']})"
             table.add_row(row["frame_id"][:8], f"{row['stored_label']} ({row['stored_route']})",
-                          f"{row['new_label']} ({row['new_route']})", str(row["truth"]))
+                          new, str(row["truth"]))
     console = Console()
     console.print(table)
     if diff["accuracy"]:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from agent.config import RunConfig
 from agent.session import Session
 from instruments.devices.replay import ReplayMicroscope
@@ -73,6 +75,18 @@ def short_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
+def _unclassifiable(source: str, start: int, frame_ids: list[str],
+                    replayed: set[str]) -> set[str]:
+    """Ids of the range's frames the replay did not record because their pixels are not all
+    finite (NaN/Inf): refused frames, which fail only themselves."""
+    refused = set()
+    with SessionReader(source) as reader:
+        for index, frame_id in enumerate(frame_ids, start):
+            if frame_id not in replayed and not np.isfinite(reader.frame(index).image).all():
+                refused.add(frame_id)
+    return refused
+
+
 BankFor = Callable[[RunConfig, Any], Any]
 """(config, classifier) -> the demonstration bank the session draws from (or None)."""
 
@@ -107,19 +121,19 @@ def replay_range(scan: SessionScan, start: int, stop: int, classifier: Any, bank
         config = replay_run_config(scan.source, stored_config, stop - start, model_path,
                                    state_dir, work / "replay.h5", str(uuid.uuid4()))
         final = _run_agent(config, scan.source, start, stop, classifier, bank_for)
-        if final.get("status") != "completed":
-            raise ReplayRangeError(f"replay of frames {start}-{stop} ended "
-                                   f"{final.get('status')}: {final.get('reason')}")
         with SessionReader(config.out) as reader:
             new = {row.frame_id: row for row in reader.rows()}
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    missing = [d.frame_id for d in old if d.frame_id not in new]
-    if missing:
-        raise ReplayRangeError(f"{len(missing)} of {len(old)} frames of {start}-{stop} were "
-                               f"not replayed (first {missing[0]})")
+    refused = _unclassifiable(scan.source, start, [d.frame_id for d in old], set(new))
+    missing = [d.frame_id for d in old if d.frame_id not in new and d.frame_id not in refused]
+    # a refused frame leaves the session a frame short: it ends asking for one more
+    if missing or (final.get("status") != "completed" and not refused):
+        raise ReplayRangeError(f"replay of frames {start}-{stop} ended {final.get('status')} "
+                               f"({final.get('reason')}); {len(missing)} of {len(old)} frames "
+                               "not replayed")
     model_sha = getattr(classifier, "checkpoint_sha256", None) or ""
     return [{"session_key": scan.key, "session_id": scan.session_id, "source": scan.source,
              "task_start": start, "task_stop": stop, "frame_index": before.index,
              "instrument": scan.instrument, "model_sha256": model_sha,
-             **replay_row(before, new[before.frame_id])} for before in old]
+             **replay_row(before, new.get(before.frame_id))} for before in old]

@@ -1,0 +1,54 @@
+"""Replay refuses clearly: a stored frame with a NaN pixel cannot be classified, so it is
+counted and reported as refused (never as a changed decision, never in the accuracy) and the
+exit status says so; in archive replay it fails only itself, and its session's other frames
+get their rows."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from replay_sessions import write_twin_session
+
+from instruments.session_file.reader import SessionReader
+from twins.classes import SEM_CLASSES
+from workflows.replay.task import replay_range, scan_session
+from workflows.session_assembly import BUNDLED_MODEL
+
+REPO = Path(__file__).resolve().parents[1]
+FRAMES, BAD = 4, 1
+
+
+def test_single_file_replay_counts_a_nan_frame_as_refused(tmp_path: Path):
+    source = write_twin_session(tmp_path / "nan.h5", FRAMES, nan_frames=(BAD,))
+    done = subprocess.run(
+        [sys.executable, "-m", "workflows", "replay", str(source), "--json", "--state-dir",
+         str(tmp_path / "state")], capture_output=True, text=True, cwd=REPO, timeout=600,
+        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}, check=False)
+    assert done.returncode == 1, done.stderr
+    diff = json.loads(done.stdout)
+    assert diff["refused"] == 1
+    refused = [row for row in diff["rows"] if row["refused"]]
+    assert len(refused) == 1 and not refused[0]["changed"]
+    assert all(row["new_label"] for row in diff["rows"] if not row["refused"])
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "1 of 4 frames" in errors[0] and "refused" in errors[0]
+
+
+def test_archive_replay_gives_the_good_frames_of_a_session_their_rows(tmp_path: Path):
+    from models.classifier import Classifier
+
+    source = write_twin_session(tmp_path / "nan.h5", FRAMES, nan_frames=(BAD,))
+    classifier = Classifier.load(BUNDLED_MODEL, class_names=list(SEM_CLASSES))
+    rows = replay_range(scan_session(source), 0, FRAMES, classifier, lambda *_: None,
+                        str(BUNDLED_MODEL), tmp_path / "state", tmp_path / "scratch")
+    with SessionReader(source) as reader:
+        ids = [record.frame_id for record in reader.records()]
+    assert [row["frame_id"] for row in rows] == ids
+    bad = rows[BAD]
+    assert (bad["new_route"], bad["new_label"], bad["changed"]) == ("refused", None, False)
+    assert all(row["new_label"] and row["new_route"] != "refused"
+               for i, row in enumerate(rows) if i != BAD)
