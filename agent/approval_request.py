@@ -10,9 +10,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from instruments.session_file.decision_record import Decision, DecisionRecord
+from instruments.session_file.text_fields import checked_text
 
 
 class DecisionRefused(ValueError):
@@ -27,7 +36,17 @@ class HumanDecision(BaseModel):
     decision: Decision
     label: str | None = None
     operator: str = Field(default="?", min_length=1, max_length=200)
-    note: str = Field(default="", max_length=2000)
+    note: str = ""
+
+    @field_validator("operator", "label")
+    @classmethod
+    def _printable_name(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else checked_text(value, info.field_name)
+
+    @field_validator("note")
+    @classmethod
+    def _printable_note(cls, value: str) -> str:
+        return checked_text(value, "note", required=False)
 
 
 class _Request(BaseModel):

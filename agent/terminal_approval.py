@@ -20,6 +20,7 @@ from agent.approval_request import (
     LabelRequest,
     MoveRequest,
 )
+from instruments.session_file.text_fields import checked_text
 from instruments.utils.redaction import redact
 
 
@@ -66,7 +67,13 @@ def ask(console: Console, request: ApprovalRequest, operator: str,
     if choice == "relabel":
         label = Prompt.ask("label", choices=list(request.labels), console=console,
                            stream=stream)
-    note = Prompt.ask("note", default="", console=console, stream=stream)
+    while True:
+        try:
+            note = checked_text(Prompt.ask("note", default="", console=console, stream=stream),
+                                "note", required=False)
+            break
+        except ValueError as exc:
+            console.print(_plain(str(exc)))
     return HumanDecision(decision=choice, label=label, operator=operator, note=note)
 
 

@@ -46,7 +46,8 @@ def _record(frame: Frame, i: int, rng: np.random.Generator) -> dict[str, Any]:
     }
 
 
-def _session(path: Path, frames: int = 12, with_positions: bool = True) -> Path:
+def _session(path: Path, frames: int = 12, with_positions: bool = True,
+             operator: str = "Ada") -> Path:
     rng = np.random.default_rng(0)
     writer = SessionWriter(path, {"instrument": "twin", "model": {"class_names": CLASSES}})
     for i in range(frames):
@@ -57,6 +58,8 @@ def _session(path: Path, frames: int = 12, with_positions: bool = True) -> Path:
                       sequence=i,
                       evaluation={"label": CLASSES[i % len(CLASSES)]} if with_positions else {})
         record = _record(frame, i, rng)
+        if record["human"]:
+            record["human"]["operator"] = operator
         if not with_positions:
             record.pop("timings")
             record["tile"] = None
@@ -96,6 +99,13 @@ def test_report_says_what_a_session_without_positions_truth_or_timings_lacks(
     images = _referenced_images(page)
     assert {"funnel.png", "classes.png", "confidence.png", "least_certain.png"} <= set(images)
     assert all((page.parent / name).is_file() for name in images)
+
+
+def test_an_operator_name_that_looks_like_tex_is_drawn_as_typed(tmp_path: Path) -> None:
+    session = _session(tmp_path / "s.h5", frames=12, operator="$\\foo{$")
+    result = CliRunner().invoke(app, ["report", str(session), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "$\\foo{$" in (tmp_path / "out" / "index.html").read_text(encoding="utf-8")
 
 
 def test_report_command_writes_the_page_and_refuses_non_sessions(

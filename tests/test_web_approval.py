@@ -177,11 +177,15 @@ def test_posted_decision_resumes_the_waiting_session(broker, ui) -> None:
     {"decision": "relabel", "label": "Unicorns", "operator": "Ada"},
     {"decision": "relabel", "operator": "Ada"},
     {"decision": "approve", "operator": ""},
-    {"decision": "approve", "operator": "   "},
+    {"decision": "approve", "operator": " \t "},
+    {"decision": "approve", "operator": "Ada\x1b[31m"},
+    {"decision": "approve", "operator": "A" * 201},
+    {"decision": "approve", "operator": "Ada", "note": "n" * 201},
     {"decision": "approve"},
     {"decision": "approve", "operator": "Ada", "role": "admin"},
     ["approve"],
-])
+], ids=["unknown", "label-outside", "no-label", "blank", "whitespace", "control", "long",
+        "long-note", "no-operator", "unknown-key", "not-an-object"])
 def test_bad_decisions_are_refused_and_the_request_stays_pending(broker, ui, body) -> None:
     request_id = broker.submit(_payload())
     reply = httpx.post(_base(ui) + f"/api/decide/{request_id}",

@@ -8,11 +8,12 @@ import html
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
 from workflows.replay.store import ResultsFolder
-from workflows.report.session_report import PAGE, Section, _render, _save, _table
+from workflows.report.session_report import PAGE, PLAIN_TEXT, Section, _render, _save, _table
 
 
 def changed_per_class(summary: dict[str, Any], frames: dict[str, list], out: Path) -> Section:
@@ -150,9 +151,10 @@ def build_archive_report(results: str | Path, out_dir: str | Path) -> Path:
     tasks = store.table("tasks", ["run_id", "started", "finished", "frames"]).to_pydict()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    sections = [_overview(summary, store.root), changed_per_class(summary, frames, out),
-                changed_matrix(summary, out), confidence_shift(frames, out),
-                throughput(summary, tasks, out), failures(summary)]
+    with matplotlib.rc_context(PLAIN_TEXT):
+        sections = [_overview(summary, store.root), changed_per_class(summary, frames, out),
+                    changed_matrix(summary, out), confidence_shift(frames, out),
+                    throughput(summary, tasks, out), failures(summary)]
     page = out / "index.html"
     page.write_text(PAGE.format(title=html.escape(f"micagent archive replay: {store.root.name}"),
                                 sections="\n".join(_render(s) for s in sections)),

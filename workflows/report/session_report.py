@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
@@ -62,6 +63,11 @@ def _colours(labels: list[str]) -> dict[str, Any]:
     cmap = colormaps["tab10" if len(classes) <= 10 else "tab20"]
     return {**{name: cmap(i % cmap.N) for i, name in enumerate(classes)},
             UNKNOWN: UNKNOWN_COLOUR}
+
+
+# text from the session (operator names, notes, labels) is drawn as typed: `$...$` is not
+# parsed as maths and nothing goes through TeX
+PLAIN_TEXT = {"text.parse_math": False, "text.usetex": False}
 
 
 def _save(fig: Figure, out: Path, name: str) -> str:
@@ -395,10 +401,11 @@ def build_report(session_path: str | Path, out_dir: str | Path,
     classes = _class_order(provenance, facts)
     overview = Section("Session")
     overview.html = _table(["field", "value"], _provenance_rows(provenance, summary))
-    sections = [overview, stage_map(facts, classes, out), escalation_funnel(facts, out),
-                class_counts(facts, classes, out), confidence_histogram(facts, out),
-                reliability_diagram(facts, out), least_certain_grid(kept, out),
-                human_decisions(facts), incidents(happened), timings(facts, out)]
+    with matplotlib.rc_context(PLAIN_TEXT):
+        sections = [overview, stage_map(facts, classes, out), escalation_funnel(facts, out),
+                    class_counts(facts, classes, out), confidence_histogram(facts, out),
+                    reliability_diagram(facts, out), least_certain_grid(kept, out),
+                    human_decisions(facts), incidents(happened), timings(facts, out)]
     title = f"micagent session report: {summary.get('session_id') or Path(session_path).name}"
     page = out / "index.html"
     atomic_file.write_text(page, PAGE.format(title=html.escape(str(title)),
