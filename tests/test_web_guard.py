@@ -57,7 +57,7 @@ def test_a_body_over_64_kib_is_413_with_a_good_token(ui: WebUIHandle) -> None:
 
 def test_a_body_under_the_cap_reaches_the_page(ui: WebUIHandle) -> None:
     reply = httpx.post(f"http://127.0.0.1:{ui.port}/api/decide/nope", params={"token": ui.token},
-                       json={"decision": "approve", "operator": "ann", "note": "n" * 1500})
+                       json={"decision": "approve", "operator": "ann", "padding": "n" * 1500})
     assert reply.status_code == 404                     # routed: no such pending request
 
 
