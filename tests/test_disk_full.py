@@ -77,3 +77,28 @@ def test_full_disk_stops_disk_full_and_resume_records_every_frame(tmp_path: Path
         assert status == "completed"
         assert sequences == list(range(FRAMES))
         assert list((disk / "session.h5.work" / "frames").iterdir()) == []
+
+
+def test_sqlite_and_hdf5_full_disk_errors_are_recognised(tmp_path: Path):
+    import sqlite3
+
+    import h5py
+    import numpy as np
+
+    from instruments.utils.disk_space import is_disk_full
+
+    with small_filesystem(tmp_path / "tiny", "1m") as disk:
+        conn = sqlite3.connect(disk / "db.sqlite")
+        conn.execute("CREATE TABLE t (b BLOB)")
+        with pytest.raises(sqlite3.Error) as sqlite_full:
+            for _ in range(64):
+                conn.execute("INSERT INTO t VALUES (?)", (bytes(64 * 1024),))
+                conn.commit()
+        conn.close()
+        assert is_disk_full(sqlite_full.value)
+        (disk / "db.sqlite").unlink()
+
+        with pytest.raises(Exception) as hdf5_full:  # noqa: PT011 - h5py's type varies
+            with h5py.File(disk / "f.h5", "w") as f:
+                f["x"] = np.ones(1_000_000)
+        assert is_disk_full(hdf5_full.value)
