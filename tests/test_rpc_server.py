@@ -148,6 +148,7 @@ def test_silent_connections_are_closed_after_the_idle_timeout(server):
     with socket.create_connection((host, int(port)), timeout=30) as sock:
         wait_until(lambda: len(server.peers) == 1, "the server took the connection")
         (served,) = server.peers
+        wait_until(lambda: served.gettimeout() is not None, "the connection's thread started")
         assert served.gettimeout() == server.idle_timeout == 1.0   # the timeout it serves with
         assert sock.recv(1) == b""          # the server, not our 30 s, hangs up on silence
     wait_until(lambda: not server.peers, "the connection's thread ended")
