@@ -31,9 +31,9 @@ def test_single_file_replay_counts_a_nan_frame_as_refused(tmp_path: Path):
     assert done.returncode == 1, done.stderr
     diff = json.loads(done.stdout)
     assert diff["refused"] == 1
-    refused = [row for row in diff["rows"] if row["refused"]]
+    refused = [row for row in diff["rows"] if row["new_route"] == "refused"]
     assert len(refused) == 1 and not refused[0]["changed"]
-    assert all(row["new_label"] for row in diff["rows"] if not row["refused"])
+    assert all(row["new_label"] for row in diff["rows"] if row["new_route"] != "refused")
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "1 of 4 frames" in errors[0] and "refused" in errors[0]
 

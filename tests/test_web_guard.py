@@ -3,6 +3,7 @@ are checked on the headers before any body byte is read, and bodies are capped a
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Iterator
 
@@ -56,8 +57,9 @@ def test_a_body_over_64_kib_is_413_with_a_good_token(ui: WebUIHandle) -> None:
 
 
 def test_a_body_under_the_cap_reaches_the_page(ui: WebUIHandle) -> None:
+    body = json.dumps({"decision": "approve", "operator": "ann"}) + " " * 1500  # JSON padding
     reply = httpx.post(f"http://127.0.0.1:{ui.port}/api/decide/nope", params={"token": ui.token},
-                       json={"decision": "approve", "operator": "ann", "padding": "n" * 1500})
+                       content=body, headers={"Content-Type": "application/json"})
     assert reply.status_code == 404                     # routed: no such pending request
 
 

@@ -22,4 +22,4 @@ def replay_row(stored: DecisionRow, new: DecisionRow | None) -> dict[str, Any]:
             "top_k_labels": [label for label, _ in top_k],
             "top_k_probs": [p for _, p in top_k],
             "changed": new is not None and (stored.label, stored.route) != (new.label, new.route),
-            "refused": new is None, "truth": stored.truth}
+            "truth": stored.truth}
