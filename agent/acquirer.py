@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Protocol
 
 from instruments.devices.errors import ApprovalRequired, BadFrame, InstrumentError
@@ -157,6 +158,11 @@ class Acquirer:
         if self._can_move is None:
             self._can_move = bool(self.capabilities().can_move_stage)
         return self._can_move
+
+    @cached_property
+    def replays_stored(self) -> bool:
+        """Whether the instrument serves the stored frames of a session (asked once)."""
+        return bool(self.capabilities().replays_stored)
 
     def connect(self, imaging: ImagingSettings) -> Capabilities:
         """The instrument's capabilities, the session's imaging applied (not to tiles)."""

@@ -73,8 +73,11 @@ def _discarded(shot: Shot | None, current: DecisionRecord) -> dict[str, Any]:
                             position=current.position.model_dump())}
 
 
-def _failed(state: AgentState, shot: Shot, where: dict[str, Any]) -> dict[str, Any]:
-    """The update for a shot with no frame: the position abandoned, or the session failed."""
+def _failed(state: AgentState, shot: Shot, where: dict[str, Any],
+            stored: bool) -> dict[str, Any]:
+    """The update for a shot with no frame: the position abandoned, or the session failed
+    (bad frames in a row mean a broken instrument, unless the frames are `stored` ones being
+    replayed: each of those is abandoned alone)."""
     exc = shot.error
     moves = {"moves": int(shot.moved)}
     if isinstance(exc, SafetyRefused):
@@ -83,7 +86,7 @@ def _failed(state: AgentState, shot: Shot, where: dict[str, Any]) -> dict[str, A
     if isinstance(exc, BadFrame):
         errors = state.get("consecutive_errors", 0) + 1
         update = {"used": moves, "counts": {"errors": 1}, "consecutive_errors": errors}
-        if errors >= MAX_CONSECUTIVE_ERRORS:
+        if errors >= MAX_CONSECUTIVE_ERRORS and not stored:
             return {**update, **fail(f"{errors} bad frames in a row, last: {exc}")}
         return {**update, "current": None, "progress": "abandoned",
                 "events": event("bad_frame", str(exc), position=where)}
@@ -99,7 +102,8 @@ def make(ctx: SessionContext):
         if isinstance(shot.error, ApprovalRequired):
             shot, current = _with_approval(ctx, state, current, shot)
         if shot.frame is None:
-            return add_tallies_update(discarded, _failed(state, shot, where))
+            failed = _failed(state, shot, where, ctx.acquirer.replays_stored)
+            return add_tallies_update(discarded, failed)
         if state.get("ahead"):                # the instrument is free: on to the next tile
             ctx.acquirer.prefetch((state["ahead"]["x"], state["ahead"]["y"]), replace(
                 ctx.imaging, defocus=state.get("defocus", ctx.imaging.defocus)))
