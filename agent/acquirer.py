@@ -29,7 +29,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any, Protocol
 
 from instruments.devices.errors import ApprovalRequired, BadFrame, InstrumentError
@@ -109,7 +108,6 @@ class Acquirer:
         self.tiles = tiles
         self._stage: StagePosition | None = None
         self._applied: ImagingSettings | None = None
-        self._can_move: bool | None = None
         self._pool = (ThreadPoolExecutor(max_workers=1, thread_name_prefix="micagent-prefetch")
                       if pipeline and tiles is None else None)
         self._ahead: Future[Shot] | None = None
@@ -152,14 +150,12 @@ class Acquirer:
         self.settle()
         return self._microscope.capabilities()
 
-    @property
+    @functools.cached_property
     def can_move(self) -> bool:
         """Whether the instrument has a stage to move (asked once)."""
-        if self._can_move is None:
-            self._can_move = bool(self.capabilities().can_move_stage)
-        return self._can_move
+        return bool(self.capabilities().can_move_stage)
 
-    @cached_property
+    @functools.cached_property
     def replays_stored(self) -> bool:
         """Whether the instrument serves the stored frames of a session (asked once)."""
         return bool(self.capabilities().replays_stored)

@@ -35,7 +35,7 @@ class HumanDecision(BaseModel):
 
     decision: Decision
     label: str | None = None
-    operator: str = Field(default="?", min_length=1, max_length=200)
+    operator: str = "?"
     note: str = ""
 
     @field_validator("operator", "label")

@@ -17,7 +17,7 @@ from instruments.session_file.decision_row import DecisionRow
 from instruments.session_file.hdf5_probe import check_metadata_finishes
 from instruments.session_file.reader import SessionReader
 from workflows.replay.config import replay_run_config
-from workflows.replay.decisions import replay_row
+from workflows.replay.decisions import REFUSED, replay_row
 from workflows.session_assembly import StartError, run_session
 from workflows.terminal import DAMAGED, fail, file_error
 
@@ -29,7 +29,7 @@ def decision_diff(old: list[DecisionRow], new: list[DecisionRow]) -> dict[str, A
     never `changed`; accuracy counts the frames replayed."""
     new_by_id = {row.frame_id: row for row in new}
     rows = [replay_row(row, new_by_id.get(row.frame_id)) for row in old]
-    replayed = [row for row in rows if row["new_route"] != "refused"]
+    replayed = [row for row in rows if row["new_route"] != REFUSED]
     truths = [row["truth"] for row in replayed]
     old_accuracy, scored = accuracy([row["stored_label"] for row in replayed], truths)
     new_accuracy, _ = accuracy([row["new_label"] for row in replayed], truths)
@@ -83,9 +83,9 @@ def _print_diff(source: Path, diff: dict[str, Any]) -> None:
     for column in ("frame", "old", "new", "truth"):
         table.add_column(column)
     for row in diff["rows"]:
-        refused = row["new_route"] == "refused"
+        refused = row["new_route"] == REFUSED
         if row["changed"] or refused:
-            new = "refused" if refused else f"{row['new_label']} ({row['new_route']})"
+            new = REFUSED if refused else f"{row['new_label']} ({row['new_route']})"
             table.add_row(row["frame_id"][:8], f"{row['stored_label']} ({row['stored_route']})",
                           new, str(row["truth"]))
     console = Console()

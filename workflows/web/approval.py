@@ -26,7 +26,6 @@ import uvicorn
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
-from pydantic import Field
 
 from agent.approval_broker import ApprovalBroker
 from agent.approval_request import (
@@ -51,7 +50,7 @@ IMAGE_KINDS = ("frame", "previous")
 class DecisionIn(HumanDecision):
     """What the page posts: a HumanDecision that names its operator."""
 
-    operator: str = Field(min_length=1, max_length=200)
+    operator: str                  # required here (checked by HumanDecision)
 
 
 def _json_safe(value: Any) -> Any:
