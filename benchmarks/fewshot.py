@@ -3,7 +3,7 @@
 Renders into WORK (once; reused on a second run): `pool/`, POOL images per class from the twin
 with seed 0 (`micagent twin dataset`), and `eval/`, TEST images per class from the twin with
 seed 1 (another specimen: other regions) plus FOREIGN images of each of the ten texture
-families of tests/foreign_textures.py (classes the model is never taught). For each k, the
+families of twins/foreign_textures.py (classes the model is never taught). For each k, the
 first k images per class of `pool/` are the support set of
 `micagent train SUPPORT --out MODEL --profile fewshot` (OMP_NUM_THREADS=1, one process), then
 `micagent evaluate MODEL eval/ --json` scores the twin images (top-1 over the ten known
@@ -22,16 +22,11 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from foreign_folder import micagent  # noqa: E402  (one CLI command, OMP_NUM_THREADS=1)
-from foreign_textures import write_foreign_dataset  # noqa: E402
+from benchmarks.foreign_folder import micagent  # one CLI command, OMP_NUM_THREADS=1
+from twins.foreign_textures import write_foreign_dataset
 
 POOL, TEST, FOREIGN = 10, 10, 3
 

@@ -1,6 +1,6 @@
 """Foreign folder dataset: training and held-out accuracy on textures the twin never draws.
 
-Renders tests/foreign_textures.py's ten procedural families (not SEM morphologies) into WORK:
+Renders twins/foreign_textures.py's ten procedural families (not SEM morphologies) into WORK:
 train/ (60 images per class, seed 0) and test/ (20 per class, seed 1). For each mode it runs
 `micagent train train/ --profile quick` (mode quick: from the ImageNet stem; mode init: also
 `--init models/bundled/sem_twin`), stem features cached in WORK/cache, then
@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from instruments.utils.child_python import module_command
-from tests.foreign_textures import CLASSES, write_foreign_dataset
+from twins.foreign_textures import CLASSES, write_foreign_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -34,7 +34,7 @@ from distributed import Client, LocalCluster  # noqa: E402
 
 from instruments.session_file.reader import SessionReader  # noqa: E402
 from instruments.utils.child_python import module_command  # noqa: E402
-from tests.replay_sessions import write_twin_session  # noqa: E402
+from twins.recorded_sessions import write_twin_session  # noqa: E402
 from workflows.replay.archive import WORKER_CONFIG, replay_archive  # noqa: E402
 from workflows.replay.store import ResultsFolder  # noqa: E402
 

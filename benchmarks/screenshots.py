@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from instruments.utils.child_python import module_command
-from tests.web_browser import headless_chromium
+from twins.operator_browser import headless_chromium
 from workflows.report.session_report import build_report
 
 URL = re.compile(r"approval page: (http://127\.0\.0\.1:\d+/\?token=[\w-]+)")

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from openai_stub import ChatHandler, serving, url
 
 from agent.adjudication.cache import AnswerCache
 from agent.adjudication.demonstrations import BankError, DemonstrationBank
 from agent.adjudication.offline import OfflineKnnAdjudicator
 from agent.adjudication.openai_vlm import OpenAIAdjudicator, VlmConfig, VlmConfigError
 from agent.adjudication.prompt import parse_answer
+from twins.vlm_server import ChatHandler, serving, url
 
 CLASSES = ["Fibres", "Particles", "Powder"]
 USAGE = {"prompt_tokens": 100, "completion_tokens": 20}

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from foreign_textures import render
 from PIL import Image
 from rich.console import Console
 from typer.testing import CliRunner
@@ -26,6 +25,7 @@ from models.classifier import Classifier
 from models.errors import StemMismatchError
 from twins.classes import SEM_CLASSES
 from twins.dataset import render_dataset
+from twins.foreign_textures import render
 from twins.microscope import TwinMicroscope
 from workflows.cli.app import app
 from workflows.session_assembly import run_session

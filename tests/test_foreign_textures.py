@@ -1,11 +1,12 @@
-"""The foreign texture dataset (tests/foreign_textures.py): layout, determinism, contrast, and
+"""The foreign texture dataset (twins/foreign_textures.py): layout, determinism, contrast, and
 classes that differ in their spectra."""
 
 from __future__ import annotations
 
 import numpy as np
-from foreign_textures import CLASSES, render, write_foreign_dataset
 from PIL import Image
+
+from twins.foreign_textures import CLASSES, render, write_foreign_dataset
 
 
 def _images(root, kind):

@@ -20,12 +20,12 @@ import numpy as np
 import pytest
 import torch
 from distributed import Client, LocalCluster
-from replay_sessions import write_twin_session
 from typer.testing import CliRunner
 
 from models.classifier import Classifier
 from models.config import FusionConfig
 from twins.classes import SEM_CLASSES
+from twins.recorded_sessions import write_twin_session
 from workflows.cli.app import app
 from workflows.replay.archive import ArchiveError, plan_ranges, replay_archive
 from workflows.replay.store import ResultsFolder

@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from replay_sessions import write_twin_session
 
 from instruments.session_file.reader import SessionReader
 from twins.classes import SEM_CLASSES
+from twins.recorded_sessions import write_twin_session
 from workflows.replay.task import replay_range, scan_session
 from workflows.session_assembly import BUNDLED_MODEL
 

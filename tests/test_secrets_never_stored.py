@@ -16,9 +16,9 @@ from urllib.parse import quote, quote_plus
 
 import numpy as np
 import pytest
-from openai_stub import ChatHandler, serving, url
 
 from instruments.utils.redaction import install_log_redaction, redact, redact_bytes, redact_value
+from twins.vlm_server import ChatHandler, serving, url
 
 MODES = ["echo-text", "echo-rationale", "echo-text", "echo-text", "echo-error"]
 

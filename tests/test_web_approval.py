@@ -13,11 +13,12 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from web_browser import headless_chromium, require_chromium
+from web_browser import require_chromium
 
 from agent.approval_broker import ApprovalBroker
 from agent.approval_request import ApprovalRequest, HumanDecision, LabelRequest, MoveRequest
 from instruments.session_file.decision_record import DecisionRecord
+from twins.operator_browser import headless_chromium
 from workflows.web.approval import TOKEN_HEADER, WebUIHandle, start_web_ui
 
 CLASSES = ["Fibres", "Nanowires", "Particles", "Powder"]

@@ -11,9 +11,10 @@ import time
 from pathlib import Path
 
 import httpx
-from web_browser import headless_chromium, require_chromium
+from web_browser import require_chromium
 
 from instruments.session_file.reader import SessionReader
+from twins.operator_browser import headless_chromium
 
 URL = re.compile(r"approval page: (http://127\.0\.0\.1:(\d+)/\?token=[\w-]{32,})")
 

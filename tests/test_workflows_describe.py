@@ -9,9 +9,9 @@ import threading
 from pathlib import Path
 
 import pytest
-from openai_stub import ChatHandler, serving, url
 from typer.testing import CliRunner
 
+from twins.vlm_server import ChatHandler, serving, url
 from workflows.cli.app import app
 from workflows.training.describe import DescribeError, describe, llm_settings
 from workflows.training.knowledge import load_knowledge

@@ -1,16 +1,10 @@
-"""Headless Chromium for the web tests (system chromium + chromedriver, nothing downloaded)."""
+"""Browser tests skip, saying why, where the Debian chromium packages are missing."""
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
-
 import pytest
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
+from twins.operator_browser import CHROMEDRIVER, CHROMIUM
 
 
 def require_chromium() -> None:
@@ -18,25 +12,3 @@ def require_chromium() -> None:
     if not CHROMIUM.exists() or not CHROMEDRIVER.exists():
         pytest.skip("browser test needs /usr/bin/chromium and /usr/bin/chromedriver "
                     "(apt-get install chromium chromium-driver)")
-
-
-@contextmanager
-def headless_chromium(width: int = 1400, height: int = 1000) -> Iterator:
-    """A Selenium 4 Chrome driver on the system binary with a fresh profile."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    with tempfile.TemporaryDirectory(prefix="micagent-chromium-") as profile:
-        options = webdriver.ChromeOptions()
-        options.binary_location = str(CHROMIUM)
-        for arg in ("--headless=new", "--no-sandbox", "--disable-gpu",
-                    "--disable-background-networking", "--disable-component-update",
-                    "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                    f"--user-data-dir={profile}", f"--window-size={width},{height}"):
-            options.add_argument(arg)
-        driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)),
-                                  options=options)
-        try:
-            yield driver
-        finally:
-            driver.quit()

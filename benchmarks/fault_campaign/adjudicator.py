@@ -24,7 +24,7 @@ from benchmarks.fault_campaign.common import (
     secret_hits,
     small_classifier,
 )
-from tests.openai_stub import ChatHandler, serving, url  # the tests' local VLM server
+from twins.vlm_server import ChatHandler, serving, url  # the tests' local VLM server
 
 FAULTS = ("500", "hang", "malformed", "unknown", "echo")
 TIMEOUT_S = 0.5

@@ -1,6 +1,6 @@
-"""Local OpenAI-compatible chat-completions servers for tests: the real openai client talks to
-them over loopback. A test subclasses `ChatHandler`, answers `do_POST` with `send_chat` or
-`send_json`, and serves it with `serving`."""
+"""A local OpenAI-compatible chat-completions server, the twin of a VLM endpoint: the real
+openai client talks to it over loopback (tests, the fault campaign). A caller subclasses
+`ChatHandler`, answers `do_POST` with `send_chat` or `send_json`, and serves it with `serving`."""
 
 from __future__ import annotations
 
