@@ -75,7 +75,7 @@ class AgentState(TypedDict, total=False):
     plan_index: int
     sequence: int
     current: DecisionRecord | None   # the decision being built for the frame in flight
-    frame_started: float | None      # when its first attempt was acquired (epoch seconds)
+    frame_started: float | None      # when its first acquisition began (epoch seconds)
     progress: Progress               # what plan and acquire made of it (the routers read it)
     ruling: Ruling | None            # the policy's decision on it (agent.policy)
     ahead: dict[str, Any] | None     # a survey's next planned position (taken ahead)
