@@ -380,7 +380,7 @@ def test_frames_flagged_unknown_are_recorded_as_unknown_and_reported(tmp_path, c
     assert "unknown: 2" in screen.getvalue()
     page = build_report(tmp_path / "s.h5", tmp_path / "report")
     assert "<td>unknown</td><td>2</td>" in page.read_text(encoding="utf-8")
-    assert (page.parent / "funnel.png").exists() and (page.parent / "stage_map.png").exists()
+    assert (page.parent / "funnel.png").exists() and 'class="mosaic"' in page.read_text()
 
 
 def test_an_unknown_frame_is_proposed_as_unknown_and_a_human_accepts_or_relabels_it(

@@ -141,7 +141,7 @@ def mosaic_html(rows: list[DecisionRow], images: dict[int, FrameImages],
             + ("" if where.unit == "m" else "The frames carry no stage positions: they are "
                "placed on their survey tile grid. ")
             + f'</p><div class="mosaic" data-unit="{where.unit}" '
-            f'data-scale="{scale!r}" style="width:{canvas_w:.1f}px;height:{canvas_h:.1f}px">'
+            f'style="width:{canvas_w:.1f}px;height:{canvas_h:.1f}px">'
             + "".join(tiles) + "</div>"
             + f'<div class="scalebar" style="width:{length * scale:.1f}px">{label}</div>'
             + _legend(rows, palette))
