@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from workflows.replay.archive import ArchiveError, dask_client, prepare_archive, run_archive
+from workflows.replay.decisions import changes_title
 from workflows.replay.single_file import replay_file
 from workflows.session_assembly import BUNDLED_MODEL
 from workflows.terminal import fail, one_line
@@ -27,8 +28,7 @@ err = Console(stderr=True)
 
 
 def _summary_table(summary: dict, out: Path) -> Table:
-    table = Table(title=f"archive replay: {summary['changed']} of {summary['frames']} "
-                        "decisions changed")
+    table = Table(title=f"archive replay: {changes_title(summary)}")
     table.add_column("item")
     table.add_column("value")
     table.add_row("sessions", ", ".join(f"{k}: {v}" for k, v in
