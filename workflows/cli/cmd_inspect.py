@@ -80,7 +80,8 @@ def export(
     fmt: Annotated[ExportFormat, typer.Option("--format", help="png: 8-bit scaled; "
                                               "tiff: float32 values.")] = ExportFormat.png,
 ) -> None:
-    """Export every frame as a PNG or TIFF image, named <index>_<frame uuid>."""
+    """Export every frame as a PNG or TIFF image, named <index>_<label>_<frame uuid>, the
+    label and route also in its metadata."""
     try:
         check_metadata_finishes(session)
         paths = export_frames(session, out_dir, fmt.value)
