@@ -3,7 +3,6 @@ this process, and the diff of old and new decisions."""
 
 from __future__ import annotations
 
-import json
 import sys
 import uuid
 from pathlib import Path
@@ -19,7 +18,7 @@ from instruments.session_file.reader import SessionReader
 from workflows.replay.config import replay_run_config
 from workflows.replay.decisions import REFUSED, changes_title, replay_row
 from workflows.session_assembly import StartError, run_session
-from workflows.terminal import DAMAGED, fail, file_error
+from workflows.terminal import DAMAGED, fail, file_error, json_text
 
 
 def decision_diff(old: list[DecisionRow], new: list[DecisionRow]) -> dict[str, Any]:
@@ -69,7 +68,7 @@ def replay_file(session_file: str, model: str | None, as_json: bool, state_dir: 
     diff = decision_diff(old, new)
     diff.update(source=str(source), replay_file=str(out))
     if as_json:
-        sys.stdout.write(json.dumps(diff) + "\n")
+        sys.stdout.write(json_text(diff) + "\n")
     else:
         _print_diff(source, diff)
     if diff["refused"]:
