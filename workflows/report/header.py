@@ -113,20 +113,26 @@ def _budgets(provenance: Mapping[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
+def _table_html(title: str, table: list[tuple[str, str]]) -> str:
+    body = "".join(f"<tr><th>{html.escape(name)}</th><td>{html.escape(text)}</td></tr>"
+                   for name, text in table)
+    return f'<h3>{html.escape(title)}</h3><table class="config">{body}</table>'
+
+
 def configuration_html(provenance: Mapping[str, Any]) -> str:
-    """The run configuration and the rest of the provenance, one sub-table per part, inside a
-    collapsed <details>."""
-    parts = []
+    """The run configuration and the rest of the provenance inside a collapsed <details>:
+    the single values in one table, then one table per group of settings."""
+    single, groups = [], []
     for key, item in provenance.items():
         if key in NOT_CONFIGURATION:
             continue
-        table = (_budgets(provenance) if key == "budgets"
-                 else list(rows(item)) if isinstance(item, Mapping)
-                 else [(key.replace("_", " "), value(key, item))])
-        body = "".join(f"<tr><th>{html.escape(name)}</th><td>{html.escape(text)}</td></tr>"
-                       for name, text in table)
-        parts.append(f"<h3>{html.escape(key.replace('_', ' '))}</h3>"
-                     f'<table class="config">{body}</table>')
-    return ("<details><summary>Run configuration</summary>" + "".join(parts)
+        title = key.replace("_", " ")
+        if key == "budgets":
+            groups.append(_table_html("budgets used", _budgets(provenance)))
+        elif isinstance(item, Mapping):
+            groups.append(_table_html(title, list(rows(item))))
+        else:
+            single.append((title, value(key, item)))
+    return ("<details><summary>Run configuration</summary>"
+            + (_table_html("session", single) if single else "") + "".join(groups)
             + "</details>")
-
