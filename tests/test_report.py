@@ -16,11 +16,14 @@ from web_browser import require_chromium
 
 from instruments.devices.frame import Frame, ImagingSettings, StagePosition
 from instruments.session_file.decision_record import DecisionRecord
+from instruments.session_file.decision_row import DecisionRow
 from instruments.session_file.reader import SessionReader
 from instruments.session_file.writer import SessionWriter
 from twins.operator_browser import headless_chromium
 from workflows.cli.app import app
+from workflows.report.format import duration, number, percent, rows, value, when, with_unit
 from workflows.report.mosaic import ROUTE_WORDS
+from workflows.report.risk_coverage import risk_coverage
 from workflows.report.session_report import build_report
 
 CLASSES = ["Fibres", "Particles", "Powder", "Tips"]
@@ -272,3 +275,31 @@ def test_report_of_frames_replayed_from_a_real_nsid_file(tmp_path: Path,
     for name in _referenced_images(page):
         with Image.open(page.parent / name) as img:
             img.verify()
+
+
+def test_values_are_formatted_for_people() -> None:
+    assert number(0.8888888888888888) == "0.889" and number(36.0) == "36"
+    assert number(500000) == "500 000"
+    assert with_unit(2e-5, "m") == "20 µm" and with_unit(1e-10, "A") == "100 pA"
+    assert value("dwell", 2e-6) == "2 µs" and value("zoom_unsure", False) == "no"
+    assert value("stage_x", [-0.001, 0.001]) == "-1 mm to 1 mm" and value("bank", None) == "–"
+    assert list(rows({"imaging": {"fov": 2e-5, "beam_energy": 5000.0}, "max_rescans": 2})) == [
+        ("imaging › fov", "20 µm"), ("imaging › beam energy", "5 keV"), ("max rescans", "2")]
+    assert percent(8 / 9) == "88.9 %" and duration(200) == "3 min 20 s"
+    assert when(1.8e9) == "2027-01-15 08:00:00 UTC"
+
+
+def test_risk_coverage_keeps_the_most_confident_frames_first() -> None:
+    def row(i: int, confidence: float, label: str, route: str = "confident") -> DecisionRow:
+        return DecisionRow(index=i, frame_id=str(i), confidence=confidence, label=label,
+                           route=route, truth="Tips")
+
+    curve = risk_coverage([row(0, 0.9, "Tips"), row(1, 0.5, "Fibres", "contested"),
+                           row(2, 0.8, "Tips"), row(3, 0.7, "Powder"),
+                           row(4, 0.6, "unknown", "unknown")])     # unknown: not a class
+    assert curve is not None and curve.frames == 4
+    np.testing.assert_allclose(curve.coverage, [0.25, 0.5, 0.75, 1.0])
+    np.testing.assert_allclose(curve.risk, [0, 0, 1 / 3, 0.5])
+    assert curve.area == pytest.approx((1 / 3 + 0.5) / 4)
+    assert curve.agent == (0.75, pytest.approx(1 / 3))      # the three confident frames
+    assert risk_coverage([row(0, 0.9, "Tips").model_copy(update={"truth": None})]) is None
