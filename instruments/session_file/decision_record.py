@@ -8,8 +8,11 @@ frame is. It holds plain values only (ids, labels, numbers), never pixels or ten
 
 Versions: 1 = the untyped dict of files written before this module (no `version` key);
 2 = the first typed schema (open: sub-records kept keys beyond their fields, the rescan's
-`effect` among them; checkpoints also carried the working-only `started`); 3 = this schema,
-closed (`extra="forbid"`). `DecisionRecord.from_stored` migrates older versions on read, and a
+`effect` among them; checkpoints also carried the working-only `started`); 3 = the closed
+schema (`extra="forbid"`); 4 = this schema: the audit trail of human acts (a rescan a human
+asked for keeps that act in its `RescanRecord.human`; each `HumanRecord` says what the act
+changed, `effect`, and for a rescan which change was asked, `rescan_change`).
+`DecisionRecord.from_stored` migrates older versions on read, and a
 record validated with an explicit older `version` (a checkpoint written before) is migrated too.
 """
 
@@ -26,7 +29,7 @@ from pydantic_core import PydanticSerializationError
 
 from instruments.devices.frame import ImagingSettings
 
-RECORD_VERSION = 3
+RECORD_VERSION = 4
 
 
 class Route(StrEnum):
@@ -57,6 +60,15 @@ class Decision(StrEnum):
 
 
 DECISIONS: tuple[str, ...] = tuple(d.value for d in Decision)
+
+
+class RescanChange(StrEnum):
+    """What a human's "reject and rescan" asks the rescan to change."""
+
+    AUTO = "auto"                      # the agent's choice (from the frame's quality failures)
+    DWELL = "dwell"                    # a longer dwell: less noise
+    FOCUS = "focus"                    # a focus sweep: sharper
+    ZOOM = "zoom"                      # a smaller field of view around the centre
 
 
 class RecordFormatError(ValueError):
@@ -121,6 +133,24 @@ class QualityRecord(_Part):
     failures: list[str] = Field(default_factory=list)
 
 
+class HumanRecord(_Part):
+    """One human act on a frame: who, when, the proposal answered, the decision (approve,
+    relabel, rescan, skip), the label it gives, the note, and what it changed (`changed`: the
+    label differs from the proposal; `effect`: the change in words, e.g. "label porous ->
+    dense" or "dwell 2e-06 s -> 8e-06 s"; `rescan_change`: the change a rescan was asked to
+    make)."""
+
+    operator: str = "?"
+    time: float | str | None = None       # epoch seconds (ISO text in some version-1 files)
+    proposal: str | None = None
+    decision: Decision
+    label: str | None = None
+    note: str = ""
+    changed: bool = False
+    rescan_change: RescanChange | None = None
+    effect: str = ""
+
+
 class RescanRecord(_Part):
     """One earlier attempt of the frame and what was changed for the next."""
 
@@ -136,6 +166,7 @@ class RescanRecord(_Part):
     # whether the frame this attempt led to was better: set when that frame is assessed
     # (agent/rescan_effect.py); None until then
     effect: Literal["improved", "none"] | None = None
+    human: HumanRecord | None = None          # the human act that asked for this rescan
 
 
 class AnswerRecord(_Part):
@@ -162,16 +193,6 @@ class Proposal(_Part):
 
     label: str
     source: str
-
-
-class HumanRecord(_Part):
-    operator: str = "?"
-    time: float | str | None = None       # epoch seconds (ISO text in some version-1 files)
-    proposal: str | None = None
-    decision: Decision
-    label: str | None = None
-    note: str = ""
-    changed: bool = False
 
 
 class Timings(_Part):
@@ -216,6 +237,13 @@ class DecisionRecord(_Part):
                 and data["version"] < RECORD_VERSION:
             return migrate(data)
         return data
+
+    @property
+    def human_acts(self) -> list[HumanRecord]:
+        """Every human act on the frame, in order: the rescans humans asked for, then the
+        final decision."""
+        acts = [attempt.human for attempt in self.rescans if attempt.human is not None]
+        return [*acts, self.human] if self.human is not None else acts
 
     @property
     def classifier_label(self) -> str | None:
@@ -282,6 +310,8 @@ def migrate(data: dict[str, Any]) -> dict[str, Any]:
         data = migrate_v1(data)
     if data.get("version") == 2:
         data = migrate_v2(data)
+    if data.get("version") == 3:
+        data = {**data, "version": 4}     # 4 only adds optional fields
     return data
 
 
