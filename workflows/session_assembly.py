@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from agent.adjudication.demonstrations import DemonstrationBank
 from agent.approval_broker import ApprovalBroker
 from agent.config import RunConfig, registry_path
-from agent.event_stream import LEFT, StreamReader
+from agent.event_stream import StreamReader
 from agent.overview import OverviewTiles
 from agent.session import Session, SessionParts, record_failed_start
 from agent.terminal_approval import TerminalApprover
@@ -26,6 +26,7 @@ from instruments.devices.microscope import Microscope
 from instruments.devices.safety import GuardedMicroscope, envelope_from_dict
 from instruments.devices.uri import open_instrument
 from instruments.session_file.layout import SessionFileError
+from instruments.session_file.reader import SessionReader
 from instruments.utils.library_log import log_library_noise
 from workflows.terminal import notice
 
@@ -135,12 +136,29 @@ class ProgressView(StreamReader):
         self.progress.update(self.task, completed=data["recorded"],
                              description=f"{data['label']} ({data['route']})")
         if self.broker is not None:
-            self.broker.update_progress(
-                recorded=data["recorded"], routes=dict(self.routes), total=self.total,
-                budgets_left={key.removeprefix(LEFT): value for key, value in data.items()
-                              if key.startswith(LEFT)})
+            self.broker.update_progress(recorded=data["recorded"], routes=dict(self.routes),
+                                        total=self.total)
             notice(self.console, f"recorded {data['frame_id'][:8]}: {data['label']} "
                                  f"({data['route']})")
+
+
+def final_summary(path: str, final: dict[str, Any] | None) -> dict[str, Any]:
+    """What the web page shows when the session has ended: its status and reason, frames,
+    labels, routes, human decisions, accuracy where the truth is known, and the file."""
+    status = (final or {}).get("status") or "interrupted"
+    summary: dict[str, Any] = {"status": status, "reason": (final or {}).get("reason") or "",
+                               "file": path}
+    try:
+        with SessionReader(path) as reader:
+            tally = reader.summary()
+    except (SessionFileError, OSError):
+        return summary
+    summary.update(session_id=tally["session_id"], frames=tally["frames"],
+                   labels=tally["label_counts"], routes=tally["route_counts"],
+                   human_decisions=tally["approval_decisions"])
+    if tally["scored_frames"]:
+        summary.update(accuracy=tally["accuracy"], scored_frames=tally["scored_frames"])
+    return summary
 
 
 def run_session(config: RunConfig, console: Console, quiet: bool = False,
@@ -183,6 +201,7 @@ def run_session(config: RunConfig, console: Console, quiet: bool = False,
         raise StartError(f"cannot open session {config.session_id} at {config.out}: "
                          f"{exc}") from exc
     session.stream.subscribe(ProgressView(progress, console, broker, config.frames))
+    final = None
     try:
         with progress:
             final = session.run(broker=broker)
@@ -192,7 +211,8 @@ def run_session(config: RunConfig, console: Console, quiet: bool = False,
         if frontend is not None:
             frontend.stop()
         if web is not None:
-            web.stop()
+            broker.finish(final_summary(config.out, final))
+            web.close()
     return final
 
 
