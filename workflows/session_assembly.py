@@ -7,6 +7,7 @@ read the session's event stream (`ProgressView`)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,13 @@ from agent.adjudication.demonstrations import DemonstrationBank
 from agent.approval_broker import ApprovalBroker
 from agent.config import RunConfig, registry_path
 from agent.event_stream import StreamReader
+from agent.objectives import parse_objective
 from agent.overview import OverviewTiles
 from agent.session import Session, SessionParts, record_failed_start
 from agent.terminal_approval import TerminalApprover
-from instruments.devices.errors import InstrumentError
+from instruments.devices.errors import InstrumentError, SafetyRefused
 from instruments.devices.microscope import Microscope
-from instruments.devices.safety import GuardedMicroscope, envelope_from_dict
+from instruments.devices.safety import GuardedMicroscope, check_settings, envelope_from_dict
 from instruments.devices.uri import open_instrument
 from instruments.session_file.layout import SessionFileError
 from instruments.session_file.reader import SessionReader
@@ -36,6 +38,34 @@ _err = Console(stderr=True)
 
 class StartError(RuntimeError):
     """The session cannot start (model, instrument, bank): recorded as failed."""
+
+
+# --- checked before anything loads or is written -------------------------------------------
+def declared_classes(config: RunConfig) -> list[str] | None:
+    """The classes the session's classifier will know, read without loading it: the twin's,
+    else those the checkpoint's config.json names (None where it cannot be read: loading the
+    model then says why)."""
+    if config.instrument == "twin":
+        from twins.classes import SEM_CLASSES
+        return list(SEM_CLASSES)
+    path = Path(config.model) if config.model else BUNDLED_MODEL
+    try:
+        names = json.loads((path / "config.json").read_text("utf-8")).get("class_names")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return list(names) if isinstance(names, list) else None
+
+
+def check_start(config: RunConfig) -> None:
+    """What a new session can be refused for before the model loads or a file is written:
+    its objective (and the classes it names) and its imaging settings inside the safety
+    envelope. ObjectiveError or StartError."""
+    parse_objective(config.objective, declared_classes(config))
+    try:
+        check_settings(envelope_from_dict(config.envelope), config.imaging_settings())
+    except SafetyRefused as exc:
+        raise StartError(f"imaging settings: {exc} (change --fov/--dwell or the "
+                         "envelope's limits)") from exc
 
 
 # --- opening the parts ---------------------------------------------------------------------
@@ -163,20 +193,22 @@ def final_summary(path: str, final: dict[str, Any] | None) -> dict[str, Any]:
 
 def run_session(config: RunConfig, console: Console, quiet: bool = False,
                 classifier: Any = None, ui: str = "terminal", host: str = "127.0.0.1",
-                port: int = 0, allow_hosts: tuple[str, ...] = ()) -> dict[str, Any]:
+                port: int = 0, allow_hosts: tuple[str, ...] = (),
+                operator: str | None = None) -> dict[str, Any]:
     """Open everything, run (or resume) the session to its end; approvals are answered in
-    the terminal or, with `ui="web"` (or `--approve web`), on the web page at host:port.
+    the terminal (by `operator`, else asked once) or, with `ui="web"` (or a saved
+    `approve="web"` of an older configuration), on the web page at host:port.
     Library warnings and prints go to STATE_DIR/logs/SESSION_ID.log, not the terminal."""
-    config.save(registry_path(config.state_dir, config.session_id))
     log_library_noise(Path(config.state_dir) / "logs" / f"{config.session_id}.log")
     try:
         parts = open_parts(config, classifier)
     except StartError as exc:
-        try:
+        try:                              # the file says why; nothing to resume is kept
             record_failed_start(config, str(exc))
         except SessionFileError:          # --out is not ours (or unusable): left untouched
             pass
         raise
+    config.save(registry_path(config.state_dir, config.session_id))
     broker = ApprovalBroker() if config.approve != "none" else None
     frontend, web = None, None
     if broker is not None and (config.approve == "web" or ui == "web"):
@@ -190,7 +222,7 @@ def run_session(config: RunConfig, console: Console, quiet: bool = False,
             raise StartError(str(exc)) from exc
         notice(_err, f"approval page: {web.url}")
     elif broker is not None:
-        frontend = TerminalApprover(broker, console).start()
+        frontend = TerminalApprover(broker, console, operator=operator).start()
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=console,
                         disable=quiet or broker is not None)

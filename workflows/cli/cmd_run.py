@@ -1,5 +1,7 @@
 """`micagent run`: an acquisition session driven by the agent (put together and run by
-workflows/session_assembly.py)."""
+workflows/session_assembly.py). The session's modules are imported when it runs, not when
+the command line is built, so `--help` answers at once; arguments, objective and envelope are
+checked before the model loads or a file is written (`session_assembly.check_start`)."""
 
 from __future__ import annotations
 
@@ -16,20 +18,13 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from agent.config import RunConfig, checkpoint_path, registry_path, work_dir
-from agent.objectives import ObjectiveError
-from agent.survey_plan import PlanError
-from instruments.session_file.hdf5_probe import ProbeRefused, check_metadata_finishes
-from instruments.session_file.reader import SessionReader
-from instruments.utils.disk_space import is_disk_full
-from workflows.cli.envelope_options import envelope_values
-from workflows.session_assembly import StartError, run_session
 from workflows.terminal import fail, notice
 
 err = Console(stderr=True)
 
 
 def _summary_table(path: str) -> Table:
+    from instruments.session_file.reader import SessionReader
     with SessionReader(path) as reader:
         summary = reader.summary()
     table = Table(title=f"session {summary['session_id']} — {summary['status']}")
@@ -49,6 +44,18 @@ def _summary_table(path: str) -> Table:
                       f"classifier alone, {summary['scored_frames']} frames")
     table.add_row("file", Text(path))
     return table
+
+
+def _check_approval_options(approve: str, ui: str, resume: str | None) -> None:
+    """One spelling: `--approve MODE [--ui terminal|web]`; `--ui web` alone is an error."""
+    if ui not in ("terminal", "web"):
+        raise fail(f"--ui must be terminal or web, got {ui!r}")
+    if approve == "web":
+        raise fail("--approve web is spelled --approve uncertain --ui web (or --approve all "
+                   "--ui web)")
+    if ui == "web" and approve == "none" and not resume:
+        raise fail("--ui web answers approvals, but --approve is none: add --approve "
+                   "uncertain (a human decides the unsure frames) or --approve all")
 
 
 class Terminated(KeyboardInterrupt):
@@ -85,7 +92,8 @@ def _vlm_timeout(given: float | None) -> float:
             from None
 
 
-def _config_from_args(**kw: Any) -> RunConfig:
+def _config_from_args(**kw: Any):
+    from agent.config import RunConfig
     session_id = str(uuid.uuid4())
     out = kw.pop("out") or f"micagent-{session_id}.h5"
     imaging = {"fov": kw.pop("fov"), "pixels": kw.pop("pixels"), "dwell": kw.pop("dwell"),
@@ -98,7 +106,8 @@ def run(
     instrument: str = typer.Option("twin", help="twin | dtm://H:P | tem://H:P | replay://F.h5"),
     objective: str = typer.Option("survey", help="survey | hunt:CLASS[,CLASS][:N]"),
     frames: int = typer.Option(36, help="survey: tiles to record; hunt: positions to visit"),
-    approve: str = typer.Option("none", help="none | uncertain | all | web"),
+    approve: str = typer.Option("none", help="which frames a human decides: none | uncertain "
+                                             "| all (answered where --ui says)"),
     adjudicator: str = typer.Option("offline", help="offline | openai (MICAGENT_VLM_*)"),
     model: str | None = typer.Option(None, help="checkpoint folder (default: bundled)"),
     out: str | None = typer.Option(None, help="session file (default micagent-<id>.h5)"),
@@ -128,7 +137,12 @@ def run(
     demo_strategy: str = typer.Option("similar", help="similar (cosine of embeddings) | "
                                                       "random"),
     quiet: bool = typer.Option(False, help="no progress bar"),
-    ui: str = typer.Option("terminal", help="where approvals are answered: terminal | web"),
+    ui: str = typer.Option("terminal", help="where approvals are answered: terminal | web "
+                                            "(the approval page); needs --approve uncertain "
+                                            "or all: --ui web alone is an error"),
+    operator: str | None = typer.Option(None, help="who answers the terminal's approvals, "
+                                                   "stored with each decision (default: "
+                                                   "asked once at the first approval)"),
     host: str = typer.Option("127.0.0.1", help="web approval page: address to bind"),
     port: int = typer.Option(0, help="web approval page: port (0: a free one)"),
     allow_host: Annotated[list[str] | None, typer.Option(
@@ -155,8 +169,14 @@ def run(
 ) -> None:
     """Run an acquisition session (no arguments: a survey on the embedded twin)."""
     console = Console()
-    if ui not in ("terminal", "web"):
-        raise fail(f"--ui must be terminal or web, got {ui!r}")
+    _check_approval_options(approve, ui, resume)
+    from agent.config import RunConfig, checkpoint_path, registry_path, work_dir
+    from agent.objectives import ObjectiveError
+    from agent.survey_plan import PlanError
+    from instruments.session_file.hdf5_probe import ProbeRefused, check_metadata_finishes
+    from instruments.utils.disk_space import is_disk_full
+    from workflows.cli.envelope_options import envelope_values
+    from workflows.session_assembly import StartError, check_start, run_session
     try:
         if resume:
             path = registry_path(state_dir, resume)
@@ -180,7 +200,8 @@ def run(
                 zoom_unsure=zoom_unsure, reject_unknown=ood, pipeline=pipeline, demo_k=demo_k,
                 demo_strategy=demo_strategy, vlm_timeout_s=_vlm_timeout(vlm_timeout),
                 envelope=envelope_values(envelope, limit or [], free_zone))
-    except ValueError as exc:
+            check_start(config)                  # before the model loads, nothing written
+    except (ValueError, StartError) as exc:
         raise fail(exc) from exc
     notice(console, f"session {config.session_id} -> {config.out}"
                     + (" (resumed)" if resume else ""))
@@ -192,7 +213,7 @@ def run(
     try:
         with _stop_signals():
             final = run_session(config, console, quiet, ui=ui, host=host, port=port,
-                                allow_hosts=tuple(allow_host or ()))
+                                allow_hosts=tuple(allow_host or ()), operator=operator)
     except KeyboardInterrupt as exc:
         notice(err, f"interrupted; continue with: {resume_hint}", "yellow")
         raise typer.Exit(128 + getattr(exc, "signum", signal.SIGINT)) from exc
