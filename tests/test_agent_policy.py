@@ -215,7 +215,7 @@ def test_objectives_parse():
     for bad in ("explore", "hunt:", "hunt:Tips:x", "hunt:Tips:0"):
         with pytest.raises(ObjectiveError):
             parse_objective(bad)
-    with pytest.raises(ObjectiveError, match="unknown classes"):
+    with pytest.raises(ObjectiveError, match="unknown class Dragons; the model knows Tips$"):
         parse_objective("hunt:Dragons", ["Tips"])
 
 

@@ -353,7 +353,9 @@ class GuardedMicroscope:
         s = frame.settings
         scan_s = s.pixels * s.pixels * s.dwell
         if took > 2 * scan_s + SLOW_FRAME_MARGIN_S:
-            self._incident("slow_frame", f"frame took {took:.3f} s for a {scan_s:.3f} s scan",
+            self._incident("slow_frame", f"frame took {took:.3f} s for a {scan_s:.3f} s scan "
+                           f"(over twice the scan time + {SLOW_FRAME_MARGIN_S} s: the "
+                           "instrument, its link or a twin's rendering was slow; frame kept)",
                            frame_id=frame.frame_id, seconds=round(took, 4))
         return frame
 

@@ -15,15 +15,26 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 from workflows.terminal import fail, notice
 
 err = Console(stderr=True)
 
 
-def _summary_table(path: str) -> Table:
+# what an incident kind means, for the summary (the session log has each one)
+INCIDENT_NOTES = {"slow_frame": "frames that took over twice their scan time to arrive (a "
+                                "busy instrument, its link or, on a twin, the rendering); "
+                                "each frame was kept"}
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{key}: {value}" for key, value in sorted(counts.items())) or "none"
+
+
+def _summary_table(path: str) -> Any:
+    from rich.table import Table
+    from rich.text import Text
+
     from instruments.session_file.reader import SessionReader
     with SessionReader(path) as reader:
         summary = reader.summary()
@@ -31,17 +42,21 @@ def _summary_table(path: str) -> Table:
     table.add_column("item")
     table.add_column("value")
     table.add_row("frames", str(summary["frames"]))
-    table.add_row("reason", summary.get("reason") or "")
-    table.add_row("labels", ", ".join(f"{k}: {v}" for k, v in
-                                      sorted(summary["label_counts"].items())))
-    table.add_row("routes", ", ".join(f"{k}: {v}" for k, v in
-                                      sorted(summary["route_counts"].items())))
+    if summary.get("reason"):
+        table.add_row("reason", Text(summary["reason"]))
+    table.add_row("labels", Text(_counts(summary["label_counts"])))
+    table.add_row("routes", _counts(summary["route_counts"]))
     table.add_row("escalated", f"{summary['escalations']} "
-                               f"({summary['escalation_counts']})")
+                               f"({_counts(summary['escalation_counts'])})")
+    if summary["approvals"]:
+        table.add_row("human decisions", _counts(summary["approval_decisions"]))
     if summary["scored_frames"]:
         table.add_row("accuracy (twin truth)",
                       f"{summary['accuracy']:.3f} final, {summary['accuracy_classifier']:.3f} "
                       f"classifier alone, {summary['scored_frames']} frames")
+    for kind, count in sorted(summary["incidents"].items()):
+        note = INCIDENT_NOTES.get(kind)
+        table.add_row(f"incidents: {kind}", f"{count}" + (f" ({note})" if note else ""))
     table.add_row("file", Text(path))
     return table
 
