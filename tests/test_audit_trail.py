@@ -67,6 +67,8 @@ def session_file(tmp_path_factory) -> str:
 def test_every_human_act_is_in_the_file_with_operator_time_note_and_change(session_file):
     with SessionReader(session_file) as reader:
         records = reader.records()
+        summary = reader.summary()
+    assert summary["human_acts"] == {"rescan": 3, "relabel": 1, "approve": 1, "skip": 1}
     acts = [act for record in records for act in record.human_acts]
     assert [(a.decision, a.operator, a.note) for a in acts] == [
         (answer["decision"], answer["operator"], answer["note"]) for answer in ANSWERS]

@@ -163,12 +163,13 @@ class ProgressView(StreamReader):
 
     def frame(self, data: dict[str, Any]) -> None:
         self.routes[data["route"]] = self.routes.get(data["route"], 0) + 1
+        label = data["label"] or "no label"           # a frame a human skipped
         self.progress.update(self.task, completed=data["recorded"],
-                             description=f"{data['label']} ({data['route']})")
+                             description=f"{label} ({data['route']})")
         if self.broker is not None:
             self.broker.update_progress(recorded=data["recorded"], routes=dict(self.routes),
                                         total=self.total)
-            notice(self.console, f"recorded {data['frame_id'][:8]}: {data['label']} "
+            notice(self.console, f"recorded {data['frame_id'][:8]}: {label} "
                                  f"({data['route']})")
 
 
@@ -185,7 +186,7 @@ def final_summary(path: str, final: dict[str, Any] | None) -> dict[str, Any]:
         return summary
     summary.update(session_id=tally["session_id"], frames=tally["frames"],
                    labels=tally["label_counts"], routes=tally["route_counts"],
-                   human_decisions=tally["approval_decisions"])
+                   human_decisions=tally["human_acts"])
     if tally["scored_frames"]:
         summary.update(accuracy=tally["accuracy"], scored_frames=tally["scored_frames"])
     return summary

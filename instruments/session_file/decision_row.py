@@ -56,6 +56,7 @@ class DecisionRow(BaseModel):
     rescans: int = 0
     adjudicated: bool = False
     human: HumanRecord | None = None
+    human_acts: tuple[HumanRecord, ...] = ()     # every human act, rescan requests included
     truth: str | None = None
     timings: dict[str, float] = {}
 
@@ -89,7 +90,7 @@ class DecisionRow(BaseModel):
             rescans=len(record.rescans) or int(record.route == Route.RESCAN),
             adjudicated=bool(record.adjudication) or record.route in (Route.ADJUDICATED,
                                                                        Route.CONTESTED),
-            human=record.human, truth=truth if isinstance(truth, str) else None,
+            human=record.human, human_acts=tuple(record.human_acts), truth=truth if isinstance(truth, str) else None,
             timings={key: number for key, value in record.timings.model_dump().items()
                      if (number := _finite(value)) is not None})
 
@@ -116,6 +117,7 @@ def tally(rows: Sequence[DecisionRow]) -> dict[str, Any]:
         },
         "approvals": len(humans),
         "approval_decisions": dict(Counter(h.decision.value for h in humans)),
+        "human_acts": dict(Counter(a.decision.value for r in rows for a in r.human_acts)),
         "human_changed": sum(1 for h in humans if h.changed),
         "scored_frames": scored,
         "accuracy": final,

@@ -48,8 +48,8 @@ def _summary_table(path: str) -> Any:
     table.add_row("routes", _counts(summary["route_counts"]))
     table.add_row("escalated", f"{summary['escalations']} "
                                f"({_counts(summary['escalation_counts'])})")
-    if summary["approvals"]:
-        table.add_row("human decisions", _counts(summary["approval_decisions"]))
+    if summary["human_acts"]:
+        table.add_row("human decisions", _counts(summary["human_acts"]))
     if summary["scored_frames"]:
         table.add_row("accuracy (twin truth)",
                       f"{summary['accuracy']:.3f} final, {summary['accuracy_classifier']:.3f} "
