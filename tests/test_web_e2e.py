@@ -42,7 +42,8 @@ def test_web_approval_of_a_twin_session(tmp_path: Path) -> None:
     out_log, err_log = tmp_path / "stdout.log", tmp_path / "stderr.log"
     # --confidence 1.0: no frame is confident, so every frame reaches the approval page
     command = [sys.executable, "-c", "from workflows.cli.app import app; app()", "run",
-               "--approve", "uncertain", "--ui", "web", "--frames", "2", "--confidence", "1.0", "--pixels", "128",
+               "--approve", "uncertain", "--ui", "web", "--frames", "2", "--confidence", "1.0",
+               "--pixels", "128",
                "--out", str(session_file), "--state-dir", str(tmp_path / "state"), "--quiet"]
     env = {**os.environ, "COLUMNS": "250", "OMP_NUM_THREADS": "1"}
     with open(out_log, "w") as out, open(err_log, "w") as err:

@@ -90,7 +90,8 @@ class DecisionRow(BaseModel):
             rescans=len(record.rescans) or int(record.route == Route.RESCAN),
             adjudicated=bool(record.adjudication) or record.route in (Route.ADJUDICATED,
                                                                        Route.CONTESTED),
-            human=record.human, human_acts=tuple(record.human_acts), truth=truth if isinstance(truth, str) else None,
+            human=record.human, human_acts=tuple(record.human_acts),
+            truth=truth if isinstance(truth, str) else None,
             timings={key: number for key, value in record.timings.model_dump().items()
                      if (number := _finite(value)) is not None})
 
