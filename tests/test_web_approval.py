@@ -232,11 +232,21 @@ def test_the_page_ends_on_the_session_summary_once_the_server_stops(broker, ui) 
     assert "budget" not in header and "tokens" not in header
 
 
+def _answer(card, choice: str, value: str, note: str, button: str) -> None:
+    """On a card: pick `value` in the `choice` list, type the note, click `button`."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    Select(card.find_element(By.CSS_SELECTOR, f"select.{choice}")).select_by_value(value)
+    card.find_element(By.CSS_SELECTOR, "input.note").send_keys(note)
+    card.find_element(By.CSS_SELECTOR, f"button.{button}").click()
+
+
 def test_a_click_in_headless_chromium_reaches_the_session(broker, ui, thumbs) -> None:
     require_chromium()
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import Select, WebDriverWait
+    from selenium.webdriver.support.ui import WebDriverWait
 
     broker.update_progress(recorded=2, total=5, routes={"confident": 2})
     first = Session(broker, _payload(thumbs))
@@ -271,20 +281,14 @@ def test_a_click_in_headless_chromium_reaches_the_session(broker, ui, thumbs) ->
         card = driver.find_element(By.CSS_SELECTOR, "section.approval")
         assert card.get_attribute("data-request-id") == second.request_id
         assert "no image in request" in card.text
-        Select(card.find_element(By.CSS_SELECTOR, "select.relabel-choice")) \
-            .select_by_visible_text("Powder")
-        card.find_element(By.CSS_SELECTOR, "input.note").send_keys("granular")
-        card.find_element(By.CSS_SELECTOR, "button.btn-relabel").click()
+        _answer(card, "relabel-choice", "Powder", "granular", "btn-relabel")
         assert second.resumed_with() == {"decision": "relabel", "label": "Powder",
                                          "operator": "Ada", "note": "granular"}
         wait.until(ec.text_to_be_present_in_element((By.ID, "queue"), "No pending approvals"))
 
         rejected = Session(broker, _payload(sequence=9))
         card = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "section.approval")))
-        Select(card.find_element(By.CSS_SELECTOR, "select.rescan-choice")) \
-            .select_by_value("dwell")
-        card.find_element(By.CSS_SELECTOR, "input.note").send_keys("too noisy")
-        card.find_element(By.CSS_SELECTOR, "button.btn-rescan").click()
+        _answer(card, "rescan-choice", "dwell", "too noisy", "btn-rescan")
         assert rejected.resumed_with() == {"decision": "rescan", "rescan_change": "dwell",
                                            "operator": "Ada", "note": "too noisy"}
         wait.until(ec.text_to_be_present_in_element((By.ID, "queue"), "No pending approvals"))
