@@ -34,6 +34,7 @@ from instruments.session_file.text_fields import checked_text
 from instruments.utils.redaction import redact
 
 PREVIEW_CELLS = 32                 # the frame's width on the terminal, in character cells
+# (its height is half as many rows: a cell is about twice as tall as wide, frames are square)
 RESCAN_CHANGES = {RescanChange.AUTO: "the agent's choice", RescanChange.DWELL: "longer dwell",
                   RescanChange.FOCUS: "refocus", RescanChange.ZOOM: "zoom in"}
 
@@ -84,7 +85,8 @@ def frame_preview(path: str | None, inline: bool = False) -> Any:
         return None
     from textual_image.renderable import HalfcellImage
     try:
-        return (_graphics() if inline else HalfcellImage)(path, width=PREVIEW_CELLS)
+        return (_graphics() if inline else HalfcellImage)(path, width=PREVIEW_CELLS,
+                                                          height=PREVIEW_CELLS // 2)
     except OSError:
         return None
 
@@ -135,7 +137,8 @@ def ask(console: Console, request: ApprovalRequest, operator: str,
                          stream)
     while True:
         try:
-            note = checked_text(Prompt.ask("note", default="", console=console, stream=stream),
+            note = checked_text(Prompt.ask("note (optional)", default="", show_default=False,
+                                           console=console, stream=stream),
                                 "note", required=False)
             break
         except ValueError as exc:
