@@ -22,6 +22,7 @@ from agent.overview import OverviewTiles
 from agent.session import Session, SessionParts, record_failed_start
 from agent.terminal_approval import TerminalApprover
 from instruments.devices.errors import InstrumentError
+from instruments.devices.instrument_defaults import ImagingError, describe, resolve
 from instruments.devices.microscope import Microscope
 from instruments.devices.safety import GuardedMicroscope, envelope_from_dict
 from instruments.devices.uri import open_instrument
@@ -93,6 +94,12 @@ def open_parts(config: RunConfig, classifier: Any = None, instrument: Microscope
                                               {"twin": _twin_factory(config.seed)})
     except InstrumentError as exc:
         raise StartError(f"cannot open instrument {config.instrument}: {exc}") from exc
+    try:   # settings and envelope ranges the user left open: the instrument's
+        config.imaging, config.envelope = resolve(inner.capabilities(), config.imaging,
+                                                  config.envelope)
+    except (InstrumentError, ImagingError) as exc:
+        inner.close()
+        raise StartError(f"instrument {config.instrument}: {exc}") from exc
     guarded = GuardedMicroscope(inner, envelope_from_dict(config.envelope))
     parts = SessionParts(microscope=guarded, classifier=classifier,
                          bank=(bank_for or _bank)(config, classifier),
@@ -100,8 +107,6 @@ def open_parts(config: RunConfig, classifier: Any = None, instrument: Microscope
                                      "sha256": getattr(classifier, "checkpoint_sha256", None)})
     try:
         caps = guarded.capabilities()
-        if config.imaging.get("detector") is None:      # not chosen: the instrument's first
-            config.imaging["detector"] = caps.detectors[0]
         status = guarded.status()
         if caps.replays_stored:
             parts.survey_positions = inner.stored_positions()
@@ -151,6 +156,7 @@ def run_session(config: RunConfig, console: Console, quiet: bool = False,
     Library warnings and prints go to STATE_DIR/logs/SESSION_ID.log, not the terminal."""
     config.save(registry_path(config.state_dir, config.session_id))
     log_library_noise(Path(config.state_dir) / "logs" / f"{config.session_id}.log")
+    given = dict(config.imaging), dict(config.envelope)
     try:
         parts = open_parts(config, classifier)
     except StartError as exc:
@@ -159,6 +165,8 @@ def run_session(config: RunConfig, console: Console, quiet: bool = False,
         except SessionFileError:          # --out is not ours (or unusable): left untouched
             pass
         raise
+    config.save(registry_path(config.state_dir, config.session_id))   # as resolved: --resume
+    notice(console, describe(config.imaging, config.envelope, *given))
     broker = ApprovalBroker() if config.approve != "none" else None
     frontend, web = None, None
     if broker is not None and (config.approve == "web" or ui == "web"):
