@@ -52,6 +52,7 @@ from foreign_textures import render  # noqa: E402
 
 from models.classifier import Classifier  # noqa: E402
 from models.config import FusionConfig  # noqa: E402
+from models.pooled import POOLED_DIM  # noqa: E402
 from models.preprocess import preprocess_batch  # noqa: E402
 from workflows.training import fewshot  # noqa: E402
 
@@ -83,6 +84,8 @@ class Features:
         self.seconds = 0.0
 
     def __call__(self, images: np.ndarray, views: int) -> np.ndarray:
+        if len(images) == 0:
+            return np.zeros((0, views, POOLED_DIM) if views > 1 else (0, POOLED_DIM))
         started = time.perf_counter()
         x = preprocess_batch(images, channels=self.clf.config.in_chans,
                              size=self.clf.config.img_size)
@@ -210,9 +213,26 @@ def curve(data: Data, foreign: np.ndarray, shots: tuple[int, ...]) -> list[dict]
         top1, known, never, seconds, least, on_seen, on_unseen, unseen = np.array(runs).T
         rows.append({"k": k, "top1": top1.mean(), "top1_sd": top1.std(), "known": known.mean(),
                      "never": never.mean(), "fit_s": seconds.mean(), "least": int(least.min()),
-                     "seen": np.nanmean(on_seen), "unseen": np.nanmean(on_unseen),
-                     "unseen_share": unseen.mean()})
+                     "seen": mean_of(on_seen), "unseen": mean_of(on_unseen),
+                     "unseen_share": unseen.mean(),
+                     "confused": confused(data, logits(data.test).argmax(1))})
     return rows
+
+
+def mean_of(values: np.ndarray) -> float:
+    """The mean of the values that are not NaN (NaN when none is)."""
+    kept = values[~np.isnan(values)]
+    return float(kept.mean()) if len(kept) else float("nan")
+
+
+def confused(data: Data, predicted: np.ndarray) -> str:
+    """The held-out images taken for another class (last seed): 'truth -> predicted: n'."""
+    pairs = {}
+    for truth, guess in zip(data.test_y, predicted, strict=True):
+        if truth != guess:
+            key = f"{data.names[truth]} -> {data.names[guess]}"
+            pairs[key] = pairs.get(key, 0) + 1
+    return ", ".join(f"{key}: {n}" for key, n in sorted(pairs.items(), key=lambda kv: -kv[1]))
 
 
 def main() -> None:
@@ -229,19 +249,22 @@ def main() -> None:
     features = Features()
     per, held = args.per_class, args.held_out
     started = time.perf_counter()
-    twin, labels, regions, looks = twin_images(2 * per)
-    in_pool = region_split(labels, regions)
-    twin_data = dataset(sorted(set(labels)), labels, in_pool, twin, features, per, held, looks)
     f_images, f_labels = foreign_images(per, 0)
     f_test, f_test_labels = foreign_images(held, 1)
     foreign_data = dataset(list(FOREIGN), f_labels + f_test_labels,
                            np.arange(len(f_labels) + len(f_test_labels)) < len(f_labels),
-                           np.concatenate([f_images, f_test]), features, per, held)
+                           np.concatenate([f_images, f_test]), features,
+                           per if "foreign" in chosen else 0, held)
     results = {}
-    if "twin" in chosen:
-        results["twin"] = (twin_data, foreign_data.test)
-    if "foreign" in chosen:
-        results["foreign"] = (foreign_data, twin_data.test)
+    if "twin" in chosen or "foreign" in chosen:
+        twin, labels, regions, looks = twin_images(2 * per)
+        in_pool = region_split(labels, regions)
+        twin_data = dataset(sorted(set(labels)), labels, in_pool, twin, features,
+                            per if "twin" in chosen else 0, held, looks)
+        if "twin" in chosen:
+            results["twin"] = (twin_data, foreign_data.test)
+        if "foreign" in chosen:
+            results["foreign"] = (foreign_data, twin_data.test)
     if "nion" in chosen:
         try:
             frames, n_labels, left = nion_frames(per, held)
@@ -263,6 +286,8 @@ def main() -> None:
                   f"{row['never']:.3f} of {len(never)} | {row['fit_s']:.1f} | "
                   + (f"{row['seen']:.3f} / {row['unseen']:.3f} ({row['unseen_share']:.2f})"
                      if data.test_look is not None else "") + " |", flush=True)
+        print(f"{name}, {row['k']} shots, held-out images taken for another class (seed "
+              f"{SEEDS[-1]}): {row['confused'] or 'none'}")
     print(f"load average (1, 5, 15 min): {os.getloadavg()}")
 
 
