@@ -2,7 +2,7 @@
 
 Renders PER_CLASS twin images per class of one specimen (seed 0; support pool from each class's
 even-ranked regions, held-out images from its odd-ranked ones, as benchmarks/teach.py does),
-the foreign textures (tests/foreign_textures.py, FOREIGN per class) as never-taught material,
+the foreign textures (twins/foreign_textures.py, FOREIGN per class) as never-taught material,
 and computes the frozen stem's three levels (strides 8/16/32) once per image under 12 views:
 the eight dihedral symmetries and the four quadrants enlarged 2x (a zoom-in). Then, for
 k = 1, 5, 10 shots and 3 support draws, top-1 on the held-out images for:

@@ -12,14 +12,15 @@ are scored by its OOD test. Three datasets:
   class the regions are ranked and the even ranks give the support pool, the odd ranks the
   held-out images (issue 23's target: "held-out images from other regions of the same
   specimens"). Never taught: the foreign textures.
-- foreign: the ten procedural texture families of tests/foreign_textures.py (the foreign
+- foreign: the ten procedural texture families of twins/foreign_textures.py (the foreign
   folder dataset), support pool from seed 0, held-out images from seed 1. Never taught: the
   twin's held-out images.
-- nion: Nion's simulator through the bridge (tests/nion_bridge.py, .venv-nion), its samples
+- nion: Nion's simulator through the bridge (.venv-nion, started as benchmarks/nion_overhead.py
+  starts it; without it the benchmark stops and says so), its samples
   flake, amorphous and combined as classes; HAADF frames (128 px, FOV log-uniform in
   50-200 nm, dwell 1 us) at random stage positions, the support pool from the left half of
   the stage (x < 0), the held-out frames from the right half. Never taught: the foreign
-  textures. Skipped, saying so, without .venv-nion.
+  textures.
 
 Printed: per dataset and k, top-1 (mean and standard deviation over the seeds), the share of
 held-out known images flagged unknown, the share of never-taught images flagged unknown, the
@@ -35,26 +36,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-
-from foreign_textures import CLASSES as FOREIGN  # noqa: E402
-from foreign_textures import render  # noqa: E402
-
-from models.classifier import Classifier  # noqa: E402
-from models.config import FusionConfig  # noqa: E402
-from models.pooled import POOLED_DIM  # noqa: E402
-from models.preprocess import preprocess_batch  # noqa: E402
-from workflows.training import fewshot  # noqa: E402
+from models.classifier import Classifier
+from models.config import FusionConfig
+from models.pooled import POOLED_DIM
+from models.preprocess import preprocess_batch
+from twins.foreign_textures import CLASSES as FOREIGN
+from twins.foreign_textures import render
+from workflows.training import fewshot
 
 SHOTS = (1, 3, 5, 10, 20)
 SEEDS = (0, 1, 2)
@@ -145,34 +140,34 @@ def region_split(labels: list[str], regions: list[int]) -> np.ndarray:
 
 def nion_frames(per_class: int, held_out: int) -> tuple[np.ndarray, list[str], np.ndarray]:
     """(frames, sample names, in support pool) from the bridge, one bridge per sample."""
-    from nion_bridge import NION_PYTHON, running_bridge
-
+    from benchmarks.nion_overhead import start_bridge
     from instruments.devices.frame import ImagingSettings, StagePosition
     from instruments.devices.tem_client import TemClient
-    if not NION_PYTHON.exists():
-        raise FileNotFoundError(NION_PYTHON)
     frames, labels, left = [], [], []
     for index, sample in enumerate(NION_SAMPLES):
         rng = np.random.default_rng([7, index])
-        with running_bridge("--sample", str(index)) as bridge:
-            client = TemClient(bridge.host, bridge.port)
-            try:
-                limit = client.capabilities().stage_range[0][1]
-                for j in range(per_class + held_out):
-                    fov = float(np.exp(rng.uniform(np.log(50e-9), np.log(200e-9))))
-                    side = -1.0 if j < per_class else 1.0
-                    x = side * rng.uniform(fov / 2, limit - fov / 2)
-                    y = rng.uniform(-limit + fov / 2, limit - fov / 2)
-                    client.move_stage(StagePosition(x=x, y=y))
-                    client.set_imaging(ImagingSettings(fov=fov, pixels=128, dwell=1e-6,
-                                                       detector="HAADF"))
-                    image = client.acquire().image.astype(np.float32)
-                    lo, hi = np.percentile(image, (0.5, 99.5))
-                    frames.append(np.clip((image - lo) / max(hi - lo, 1e-12), 0, 1))
-                    labels.append(sample)
-                    left.append(side < 0)
-            finally:
-                client.close()
+        process, uri = start_bridge(index)
+        host, port = uri.split("://")[1].rsplit(":", 1)
+        client = TemClient(host, int(port))
+        try:
+            limit = client.capabilities().stage_range[0][1]
+            for j in range(per_class + held_out):
+                fov = float(np.exp(rng.uniform(np.log(50e-9), np.log(200e-9))))
+                side = -1.0 if j < per_class else 1.0
+                x = side * rng.uniform(fov / 2, limit - fov / 2)
+                y = rng.uniform(-limit + fov / 2, limit - fov / 2)
+                client.move_stage(StagePosition(x=x, y=y))
+                client.set_imaging(ImagingSettings(fov=fov, pixels=128, dwell=1e-6,
+                                                   detector="HAADF"))
+                image = client.acquire().image.astype(np.float32)
+                lo, hi = np.percentile(image, (0.5, 99.5))
+                frames.append(np.clip((image - lo) / max(hi - lo, 1e-12), 0, 1))
+                labels.append(sample)
+                left.append(side < 0)
+        finally:
+            client.close()
+            process.kill()
+            process.wait(timeout=10)
     return np.stack(frames), labels, np.array(left)
 
 
@@ -266,12 +261,9 @@ def main() -> None:
         if "foreign" in chosen:
             results["foreign"] = (foreign_data, twin_data.test)
     if "nion" in chosen:
-        try:
-            frames, n_labels, left = nion_frames(per, held)
-            results["nion"] = (dataset(list(NION_SAMPLES), n_labels, left, frames, features,
-                                       per, held), foreign_data.test)
-        except FileNotFoundError as exc:
-            print(f"nion: skipped, no Nion environment ({exc})")
+        frames, n_labels, left = nion_frames(per, held)
+        results["nion"] = (dataset(list(NION_SAMPLES), n_labels, left, frames, features,
+                                   per, held), foreign_data.test)
     print(f"data and stem features: {time.perf_counter() - started:.0f} s, "
           f"{features.seconds / max(features.images, 1) * 1e3:.0f} ms per stem pass "
           f"({features.images} passes, one thread)")
