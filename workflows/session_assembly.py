@@ -24,6 +24,8 @@ from agent.overview import OverviewTiles
 from agent.session import Session, SessionParts, record_failed_start
 from agent.terminal_approval import TerminalApprover
 from instruments.devices.errors import InstrumentError, SafetyRefused
+from instruments.devices.frame import ImagingSettings
+from instruments.devices.instrument_defaults import ImagingError, describe, resolve
 from instruments.devices.microscope import Microscope
 from instruments.devices.safety import GuardedMicroscope, check_settings, envelope_from_dict
 from instruments.devices.uri import open_instrument
@@ -61,8 +63,11 @@ def check_start(config: RunConfig) -> None:
     its objective (and the classes it names) and its imaging settings inside the safety
     envelope. ObjectiveError or StartError."""
     parse_objective(config.objective, declared_classes(config))
-    try:
-        check_settings(envelope_from_dict(config.envelope), config.imaging_settings())
+    if config.instrument != "twin":
+        return   # settings and ranges left open come from the instrument; the guard checks them
+    given = {name: value for name, value in config.imaging.items() if value is not None}
+    try:         # the embedded twin's defaults are the envelope's and ImagingSettings', known now
+        check_settings(envelope_from_dict(config.envelope), ImagingSettings(**given))
     except SafetyRefused as exc:
         raise StartError(f"imaging settings: {exc} (change --fov/--dwell or the "
                          "envelope's limits)") from exc
@@ -124,6 +129,12 @@ def open_parts(config: RunConfig, classifier: Any = None, instrument: Microscope
                                               {"twin": _twin_factory(config.seed)})
     except InstrumentError as exc:
         raise StartError(f"cannot open instrument {config.instrument}: {exc}") from exc
+    try:   # settings and envelope ranges the user left open: the instrument's
+        config.imaging, config.envelope = resolve(inner.capabilities(), config.imaging,
+                                                  config.envelope)
+    except (InstrumentError, ImagingError) as exc:
+        inner.close()
+        raise StartError(f"instrument {config.instrument}: {exc}") from exc
     guarded = GuardedMicroscope(inner, envelope_from_dict(config.envelope))
     parts = SessionParts(microscope=guarded, classifier=classifier,
                          bank=(bank_for or _bank)(config, classifier),
@@ -131,8 +142,6 @@ def open_parts(config: RunConfig, classifier: Any = None, instrument: Microscope
                                      "sha256": getattr(classifier, "checkpoint_sha256", None)})
     try:
         caps = guarded.capabilities()
-        if config.imaging.get("detector") is None:      # not chosen: the instrument's first
-            config.imaging["detector"] = caps.detectors[0]
         status = guarded.status()
         if caps.replays_stored:
             parts.survey_positions = inner.stored_positions()
@@ -201,6 +210,7 @@ def run_session(config: RunConfig, console: Console, quiet: bool = False,
     `approve="web"` of an older configuration), on the web page at host:port.
     Library warnings and prints go to STATE_DIR/logs/SESSION_ID.log, not the terminal."""
     log_library_noise(Path(config.state_dir) / "logs" / f"{config.session_id}.log")
+    given = dict(config.imaging), dict(config.envelope)
     try:
         parts = open_parts(config, classifier)
     except StartError as exc:
@@ -209,7 +219,8 @@ def run_session(config: RunConfig, console: Console, quiet: bool = False,
         except SessionFileError:          # --out is not ours (or unusable): left untouched
             pass
         raise
-    config.save(registry_path(config.state_dir, config.session_id))
+    config.save(registry_path(config.state_dir, config.session_id))   # as resolved: --resume
+    notice(console, describe(config.imaging, config.envelope, *given))
     broker = ApprovalBroker() if config.approve != "none" else None
     frontend, web = None, None
     if broker is not None and (config.approve == "web" or ui == "web"):

@@ -131,9 +131,13 @@ def run(
     seed: int = typer.Option(0, help="twin seed and sampling seed"),
     state_dir: str = typer.Option(".micagent", help="run configs, caches, banks"),
     bank: str | None = typer.Option(None, help="demonstrations: twin | DATASET_DIR | none"),
-    pixels: int = typer.Option(256, help="pixels per frame side"),
-    fov: float = typer.Option(20e-6, help="field of view (m)"),
-    dwell: float = typer.Option(2e-6, help="dwell time per pixel (s)"),
+    pixels: int | None = typer.Option(None, help="pixels per frame side (default: 256, or "
+                                                 "the instrument's nearest size)"),
+    fov: float | None = typer.Option(None, help="field of view (m; default: 20e-6 where the "
+                                                "instrument's ranges hold 10 such tiles "
+                                                "across its stage, else the FOV that does)"),
+    dwell: float | None = typer.Option(None, help="dwell time per pixel (s; default: 2e-6 "
+                                                  "within the instrument's range)"),
     detector: str | None = typer.Option(None, help="detector (default: the instrument's "
                                                    "first, e.g. SE on the twin)"),
     confidence: float = typer.Option(0.9, help="confident: top probability >= this and a "
@@ -168,7 +172,9 @@ def run(
                                                   "(stage_x/y/z, tilt, fov, dwell: [min, "
                                                   "max]; max_dose_per_nm2 (one frame), "
                                                   "max_dose_per_nm2_total (any area, over "
-                                                  "the session), max_moves, free_zone)"),
+                                                  "the session), max_moves, free_zone); "
+                                                  "ranges default to the instrument's and "
+                                                  "can only narrow them"),
     limit: Annotated[list[str] | None, typer.Option(
         "--limit", help="one envelope limit, e.g. fov=10e-9:1e-6, max_moves=200 or "
                         "max_dose_per_nm2_total=1e7 (e/nm^2 any area may receive in the "
