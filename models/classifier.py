@@ -42,6 +42,7 @@ from models.config import FusionConfig
 from models.errors import ModelInputError
 from models.fusion import FusionClassifier
 from models.ood import DEFAULT_QUANTILE, MahalanobisOOD, OODScore
+from models.pooled import PooledStemEncoder
 from models.prediction import Prediction
 from models.preprocess import preprocess_batch
 
@@ -189,12 +190,18 @@ class Classifier:
         lmm = self.lmm_index(lmm_labels, n)
         was_training = self.model.training
         self.model.eval()
-        logits, embeds, matches = [], [], []
+        logits, embeds, matches, pooled = [], [], [], []
         try:
             with torch.no_grad():  # not inference_mode: the text cache must stay usable
                 for start in range(0, n, batch_size):
                     batch = self.preprocess_batch(frames[start:start + batch_size])
-                    h_cross, h_embed = self.model.encode(batch, lmm[start:start + batch_size])
+                    features = self.model.features(batch)
+                    lmm_batch = lmm[start:start + batch_size]
+                    if self.model.stem is None:
+                        h_cross, h_embed = self.model.encode(batch, lmm_batch)
+                    else:
+                        h_cross, h_embed = self.model.encode_features(features, lmm_batch)
+                        pooled.append(PooledStemEncoder.pool(features))
                     logits.append(self.model.head(h_cross))
                     embeds.append(h_embed)
                     matches.append({k: v.argmax(-1).tolist()
@@ -203,16 +210,33 @@ class Classifier:
             self.model.train(was_training)
         text_match = [{k: self._class_names[m[k][i]] for k in m}
                       for m in matches for i in range(len(next(iter(m.values()), [])))]
-        return torch.cat(logits).cpu(), torch.cat(embeds).cpu(), text_match
+        stem = torch.cat(pooled).cpu().numpy() if pooled else None
+        return torch.cat(logits).cpu(), torch.cat(embeds).cpu(), text_match, stem
+
+    def _ood_records(self, embeds: np.ndarray, pooled: np.ndarray | None,
+                     fields_of_view) -> list[dict]:
+        """The OOD verdict per frame, on what the fit reads: the LMM-free fused embedding, or
+        the stem's pooled features with each frame's field of view (m, None: unknown)."""
+        if getattr(self.ood, "space", "fused") != "stem":
+            return [self.ood.record(s) for s in self.ood.score(embeds)]
+        if pooled is None:
+            raise ModelInputError("this OOD fit reads stem features; the model has no stem")
+        fovs = list(fields_of_view) if fields_of_view is not None else [None] * len(embeds)
+        if len(fovs) != len(embeds):
+            raise ModelInputError(f"{len(fovs)} field(s) of view for {len(embeds)} image(s)")
+        return [self.ood.record(s, f) for s, f in zip(self.ood.score(pooled), fovs,
+                                                      strict=True)]
 
     def classify(self, images, lmm_labels: Sequence[str | None] | None = None,
-                 batch_size: int = 48) -> list[Prediction]:
-        """Calibrated predictions for frames in any intensity range."""
-        logits, embeds, text_match = self._run(images, lmm_labels, batch_size)
+                 batch_size: int = 48,
+                 fields_of_view: Sequence[float | None] | None = None) -> list[Prediction]:
+        """Calibrated predictions for frames in any intensity range; `fields_of_view` (m),
+        where known, let the OOD test flag frames of a scale the model was never taught."""
+        logits, embeds, text_match, pooled = self._run(images, lmm_labels, batch_size)
         probs = torch.softmax(logits.double() / self.temperature, dim=-1).numpy()
         ood = None
         if self.ood is not None:  # `embeds` are LMM-free, as fitted
-            ood = [self.ood.record(s) for s in self.ood.score(embeds.numpy())]
+            ood = self._ood_records(embeds.numpy(), pooled, fields_of_view)
         out = []
         for i in range(len(probs)):
             p = probs[i]

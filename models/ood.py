@@ -117,5 +117,98 @@ class NearestSupportOOD:
                    float(meta["quantile"]))
 
 
-OOD_METHODS = {METHOD: MahalanobisOOD, NEAREST: NearestSupportOOD}
-OODScore = MahalanobisOOD | NearestSupportOOD
+STEM_KNN = "stem_knn"
+
+
+@dataclass
+class StemKnnOOD:
+    """Deep nearest neighbours (Sun et al. 2022, "Out-of-distribution detection with deep
+    nearest neighbors") on the pretrained stem's multi-scale pooled features
+    (models/pooled.py), not on the fused embedding: the fused embedding is trained to separate
+    the known classes and maps foreign images (STEM lattices, Nion's simulator) close to
+    them, where the ImageNet stem still tells them apart (measured in
+    benchmarks/refusal.py). Each feature is standardised by the training images' mean and
+    scale, the vector L2-normalised; the score is 1 - cosine similarity to the k-th nearest of
+    the training images' vectors (`points`).
+
+    `fov_range` (m): the fields of view of the training images, where known. A frame whose
+    field of view lies outside it by more than `fov_margin` (a factor) shows a scale the
+    model was never taught (a 3 nm STEM lattice for a model of 1-100 um SEM fields): it is
+    flagged whatever its pixels look like (method "field_of_view", score = decades outside,
+    threshold 0). A frame without a known field of view is judged on its pixels alone.
+    """
+
+    points: np.ndarray
+    mean: np.ndarray
+    scale: np.ndarray
+    k: int
+    threshold: float
+    quantile: float
+    fov_range: tuple[float, float] | None = None
+    fov_margin: float = 2.0
+    space = "stem"                     # what `score` reads: pooled stem features
+
+    @classmethod
+    def fit(cls, train_pooled: np.ndarray, calibration_pooled: np.ndarray, k: int = 1,
+            quantile: float = 0.995, fov_range: tuple[float, float] | None = None
+            ) -> StemKnnOOD:
+        """Reference vectors from the training images, threshold from other in-distribution
+        images (the `quantile` of their scores)."""
+        x = np.asarray(train_pooled, dtype=np.float64)
+        if len(x) <= k or len(calibration_pooled) < 2:
+            raise ModelInputError("the stem kNN fit needs more than k training images and at "
+                                  "least 2 calibration images")
+        mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
+        model = cls(np.zeros((0, x.shape[1])), mean, scale, k, 0.0, quantile, fov_range)
+        model.points = model._unit(x)
+        model.threshold = float(np.quantile(model.score(calibration_pooled), quantile))
+        return model
+
+    def _unit(self, pooled: np.ndarray) -> np.ndarray:
+        z = (np.asarray(pooled, dtype=np.float64) - self.mean) / self.scale
+        return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+
+    def score(self, pooled: np.ndarray) -> np.ndarray:
+        """(N,) 1 - cosine similarity to the k-th nearest training vector."""
+        sims = self._unit(pooled) @ self.points.T
+        return 1.0 - np.sort(sims, axis=1)[:, -self.k]
+
+    def outside_scale(self, fov: float | None) -> float:
+        """Decades by which a field of view lies outside the taught range (0: inside or
+        unknown)."""
+        if self.fov_range is None or fov is None or not fov > 0:
+            return 0.0
+        lo, hi = self.fov_range[0] / self.fov_margin, self.fov_range[1] * self.fov_margin
+        return float(max(np.log10(lo / fov), np.log10(fov / hi), 0.0))
+
+    def record(self, score: float, fov: float | None = None) -> dict:
+        outside = self.outside_scale(fov)
+        if outside > 0:
+            return {"score": outside, "threshold": 0.0, "unknown": True,
+                    "method": "field_of_view"}
+        return {"score": float(score), "threshold": self.threshold,
+                "unknown": bool(score > self.threshold), "method": STEM_KNN}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"points": torch.from_numpy(self.points.astype(np.float16)),
+                "mean": torch.from_numpy(self.mean.copy()),
+                "scale": torch.from_numpy(self.scale.copy())}
+
+    def meta(self) -> dict:
+        return {"method": STEM_KNN, "threshold": self.threshold, "quantile": self.quantile,
+                "k": self.k, "fov_range": None if self.fov_range is None
+                else list(self.fov_range), "fov_margin": self.fov_margin}
+
+    @classmethod
+    def from_parts(cls, tensors: dict[str, torch.Tensor], meta: dict) -> StemKnnOOD:
+        fov = meta.get("fov_range")
+        return cls(tensors["points"].numpy().astype(np.float64),
+                   tensors["mean"].numpy().astype(np.float64),
+                   tensors["scale"].numpy().astype(np.float64), int(meta["k"]),
+                   float(meta["threshold"]), float(meta["quantile"]),
+                   None if fov is None else (float(fov[0]), float(fov[1])),
+                   float(meta.get("fov_margin", 2.0)))
+
+
+OOD_METHODS = {METHOD: MahalanobisOOD, NEAREST: NearestSupportOOD, STEM_KNN: StemKnnOOD}
+OODScore = MahalanobisOOD | NearestSupportOOD | StemKnnOOD

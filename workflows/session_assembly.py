@@ -16,6 +16,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from agent.adjudication.demonstrations import DemonstrationBank
+from agent.adjudication.reference import ReferenceFileError, TrainingReference
+from agent.adjudication.trust import AdjudicatorTrust, TrustError
 from agent.approval_broker import ApprovalBroker
 from agent.config import RunConfig, registry_path
 from agent.event_stream import StreamReader
@@ -98,6 +100,18 @@ def _bank(config: RunConfig, classifier) -> DemonstrationBank | None:
                          f"{config.bank or 'twin'}: {exc}") from exc
 
 
+def _adjudication(model_path: str) -> tuple[TrainingReference | None, AdjudicatorTrust | None]:
+    """The offline adjudicator's training reference and the measured adjudicator accuracy
+    stored beside the checkpoint (nothing trusted where it was never measured); neither for a
+    classifier handed over in memory."""
+    if not Path(model_path).is_dir():
+        return None, None
+    try:
+        return TrainingReference.load(model_path), AdjudicatorTrust.load(model_path)
+    except (ReferenceFileError, TrustError) as exc:
+        raise StartError(f"cannot use model {model_path}: {exc}") from exc
+
+
 def _twin_positions(inner: Microscope, fov: float) -> list[dict[str, Any]] | None:
     specimen = getattr(inner, "specimen", None)
     if specimen is None:
@@ -119,6 +133,7 @@ def open_parts(config: RunConfig, classifier: Any = None, instrument: Microscope
         classifier, model_path = _load_classifier(config, twin)
     else:
         model_path = config.model or "<in memory>"
+    reference, trust = _adjudication(model_path)
     try:
         inner = instrument or open_instrument(config.instrument,
                                               {"twin": _twin_factory(config.seed)})
@@ -128,7 +143,8 @@ def open_parts(config: RunConfig, classifier: Any = None, instrument: Microscope
     parts = SessionParts(microscope=guarded, classifier=classifier,
                          bank=(bank_for or _bank)(config, classifier),
                          model_info={"path": model_path,
-                                     "sha256": getattr(classifier, "checkpoint_sha256", None)})
+                                     "sha256": getattr(classifier, "checkpoint_sha256", None)},
+                         reference=reference, trust=trust)
     try:
         caps = guarded.capabilities()
         if config.imaging.get("detector") is None:      # not chosen: the instrument's first

@@ -6,6 +6,13 @@ before the score existed, or a new threshold quantile, without retraining: the c
 covariance come from the training split's embeddings, the threshold from the validation split
 (the splits recorded in the checkpoint's `training.json`; the selected fold for k-fold runs).
 The checkpoint folder is rewritten atomically: a complete copy is renamed into place.
+
+`fit_stem_knn` refits it as the stem kNN score (models/ood.py `StemKnnOOD`) without retraining
+the classifier: reference vectors from the training split (at most `per_class` per class), the
+threshold from in-distribution images the fit never saw, the validation split and the twin's
+survey tiles at the default run settings (seeds `survey_seeds`, apart from the seeds the
+benchmark scores), whichever needs the higher threshold; the fields of view the training images
+were taken at from the dataset's manifest, where it records them (a twin dataset).
 """
 
 from __future__ import annotations
@@ -19,9 +26,10 @@ from rich.console import Console
 
 from instruments.utils import atomic_file
 from models.classifier import Classifier
-from models.ood import DEFAULT_QUANTILE
+from models.ood import DEFAULT_QUANTILE, StemKnnOOD
 from models.preprocess import preprocess_batch
 from workflows.training.data import load_folder_dataset
+from workflows.training.held_out import Progress, dataset_splits, survey_tiles
 from workflows.training.train import TrainError, training_inputs
 from workflows.training.training_inputs import batched
 
@@ -68,3 +76,35 @@ def _rewrite(ckpt: Path, clf: Classifier) -> None:
             record = json.loads(fold_record.read_text())
             record["ood_threshold"] = clf.ood.threshold
             atomic_file.write_text(fold_record, json.dumps(record, indent=1))
+
+
+def fit_stem_knn(ckpt: str | Path, data_dir: str | Path, survey_seeds: list[int],
+                 per_class: int = 120, tiles: int = 48, k: int = 1, quantile: float = 0.995,
+                 cache: Path | None = None, progress: Progress = lambda _: None) -> dict:
+    """Refit the checkpoint's OOD test as the stem kNN score; returns what it was fitted on."""
+    ckpt, data_dir = Path(ckpt), Path(data_dir)
+    clf = Classifier.load(ckpt)
+    frames, _, info = dataset_splits(ckpt, data_dir, clf, per_class, cache, progress)
+    survey, _ = survey_tiles(clf, ckpt, survey_seeds, tiles, cache, progress)
+    fovs = training_fields_of_view(data_dir, json.loads((ckpt / "training.json").read_text()))
+    fov_range = (min(fovs), max(fovs)) if fovs else None
+    fits = [StemKnnOOD.fit(frames["train"].pooled, held.pooled, k, quantile, fov_range)
+            for held in (frames["val"], survey)]
+    clf.ood = max(fits, key=lambda fit: fit.threshold)
+    _rewrite(ckpt, clf)
+    return {"threshold": clf.ood.threshold, "quantile": quantile, "k": k,
+            "train": len(frames["train"]), "val": len(frames["val"]), "survey": len(survey),
+            "survey_seeds": survey_seeds, "fov_range": fov_range, **info}
+
+
+def training_fields_of_view(data_dir: Path, record: dict) -> list[float]:
+    """The fields of view (m) of the training split's images, from the dataset's manifest
+    (`micagent twin dataset` writes one); empty where it records none."""
+    manifest = data_dir / "manifest.json"
+    if not manifest.is_file():
+        return []
+    by_file = {item.get("file"): item.get("fov")
+               for item in json.loads(manifest.read_text()).get("images", [])}
+    split = record["splits"][record.get("selected_fold", 0)]
+    fovs = [by_file.get(record["sources"][i]) for i in split["train"]]
+    return [] if None in fovs else [float(f) for f in fovs]
