@@ -215,17 +215,18 @@ class Classifier:
 
     def _ood_records(self, embeds: np.ndarray, pooled: np.ndarray | None,
                      fields_of_view) -> list[dict]:
-        """The OOD verdict per frame, on what the fit reads: the LMM-free fused embedding, or
-        the stem's pooled features with each frame's field of view (m, None: unknown)."""
-        if getattr(self.ood, "space", "fused") != "stem":
+        """The OOD verdict per frame, on what the fit reads: the LMM-free fused embedding,
+        and for the agreed score also the stem's pooled features and each frame's field of
+        view (m, None: unknown)."""
+        if getattr(self.ood, "space", "fused") != "both":
             return [self.ood.record(s) for s in self.ood.score(embeds)]
         if pooled is None:
             raise ModelInputError("this OOD fit reads stem features; the model has no stem")
         fovs = list(fields_of_view) if fields_of_view is not None else [None] * len(embeds)
         if len(fovs) != len(embeds):
             raise ModelInputError(f"{len(fovs)} field(s) of view for {len(embeds)} image(s)")
-        return [self.ood.record(s, f) for s, f in zip(self.ood.score(pooled), fovs,
-                                                      strict=True)]
+        return [self.ood.record(s, f)
+                for s, f in zip(self.ood.score(embeds, pooled), fovs, strict=True)]
 
     def classify(self, images, lmm_labels: Sequence[str | None] | None = None,
                  batch_size: int = 48,

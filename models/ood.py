@@ -118,50 +118,30 @@ class NearestSupportOOD:
 
 
 STEM_KNN = "stem_knn"
+AGREED = "mahalanobis+stem_knn"
 
 
 @dataclass
 class StemKnnOOD:
     """Deep nearest neighbours (Sun et al. 2022, "Out-of-distribution detection with deep
     nearest neighbors") on the pretrained stem's multi-scale pooled features
-    (models/pooled.py), not on the fused embedding: the fused embedding is trained to separate
-    the known classes and maps foreign images (STEM lattices, Nion's simulator) close to
-    them, where the ImageNet stem still tells them apart (measured in
-    benchmarks/refusal.py). Each feature is standardised by the training images' mean and
-    scale, the vector L2-normalised; the score is 1 - cosine similarity to the k-th nearest of
-    the training images' vectors (`points`).
-
-    `fov_range` (m): the fields of view of the training images, where known. A frame whose
-    field of view lies outside it by more than `fov_margin` (a factor) shows a scale the
-    model was never taught (a 3 nm STEM lattice for a model of 1-100 um SEM fields): it is
-    flagged whatever its pixels look like (method "field_of_view", score = decades outside,
-    threshold 0). A frame without a known field of view is judged on its pixels alone.
-    """
+    (models/pooled.py). Each feature is standardised by the training images' mean and scale,
+    the vector L2-normalised; the score is 1 - cosine similarity to the k-th nearest of the
+    training images' vectors (`points`); the threshold a quantile of held-out scores."""
 
     points: np.ndarray
     mean: np.ndarray
     scale: np.ndarray
     k: int
     threshold: float
-    quantile: float
-    fov_range: tuple[float, float] | None = None
-    fov_margin: float = 2.0
-    space = "stem"                     # what `score` reads: pooled stem features
 
     @classmethod
-    def fit(cls, train_pooled: np.ndarray, calibration_pooled: np.ndarray, k: int = 1,
-            quantile: float = 0.995, fov_range: tuple[float, float] | None = None
-            ) -> StemKnnOOD:
-        """Reference vectors from the training images, threshold from other in-distribution
-        images (the `quantile` of their scores)."""
+    def fit(cls, train_pooled: np.ndarray, k: int = 1) -> StemKnnOOD:
         x = np.asarray(train_pooled, dtype=np.float64)
-        if len(x) <= k or len(calibration_pooled) < 2:
-            raise ModelInputError("the stem kNN fit needs more than k training images and at "
-                                  "least 2 calibration images")
-        mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
-        model = cls(np.zeros((0, x.shape[1])), mean, scale, k, 0.0, quantile, fov_range)
+        if len(x) <= k:
+            raise ModelInputError("the stem kNN fit needs more than k training images")
+        model = cls(np.zeros((0, x.shape[1])), x.mean(axis=0), x.std(axis=0) + 1e-6, k, 0.0)
         model.points = model._unit(x)
-        model.threshold = float(np.quantile(model.score(calibration_pooled), quantile))
         return model
 
     def _unit(self, pooled: np.ndarray) -> np.ndarray:
@@ -172,6 +152,41 @@ class StemKnnOOD:
         """(N,) 1 - cosine similarity to the k-th nearest training vector."""
         sims = self._unit(pooled) @ self.points.T
         return 1.0 - np.sort(sims, axis=1)[:, -self.k]
+
+
+@dataclass
+class AgreedOOD:
+    """Unknown where two views agree the frame is foreign, or where its scale was never
+    taught.
+
+    Measured on the bundled model (benchmarks/refusal.py), each score alone flags in-
+    distribution survey tiles the other finds ordinary: the fused-embedding Mahalanobis score
+    a fine-pitch Patterned_surface tile (the default run's false unknown), the stem kNN score
+    whole unfamiliar regions of other specimens. Requiring both (the score is the lesser of
+    the two scores, each divided by its threshold; flagged above 1) keeps the survey tiles
+    and still flags most foreign images, e.g. real AFM scans.
+
+    Neither score separates an atomic-resolution STEM lattice from a Patterned_surface, nor
+    Nion's simulated specimens from SEM textures, by pixels alone. What does is the scale:
+    `fov_range` (m) holds the fields of view of the training images, where known. A frame
+    whose field of view lies outside it by more than `fov_margin` (a factor) shows a scale
+    the model was never taught (a 3 nm lattice for a model of 1-100 um SEM fields): it is
+    flagged whatever its pixels (method "field_of_view", score = decades outside, threshold
+    0). A frame without a known field of view is judged on its pixels alone. This goes
+    beyond the papers, whose model sees pixels only.
+    """
+
+    fused: MahalanobisOOD
+    stem: StemKnnOOD
+    quantile: float
+    fov_range: tuple[float, float] | None = None
+    fov_margin: float = 2.0
+    threshold: float = 1.0
+    space = "both"                    # `score` reads the fused embedding and stem features
+
+    def score(self, embeddings: np.ndarray, pooled: np.ndarray) -> np.ndarray:
+        return np.minimum(self.fused.score(embeddings) / self.fused.threshold,
+                          self.stem.score(pooled) / self.stem.threshold)
 
     def outside_scale(self, fov: float | None) -> float:
         """Decades by which a field of view lies outside the taught range (0: inside or
@@ -187,28 +202,33 @@ class StemKnnOOD:
             return {"score": outside, "threshold": 0.0, "unknown": True,
                     "method": "field_of_view"}
         return {"score": float(score), "threshold": self.threshold,
-                "unknown": bool(score > self.threshold), "method": STEM_KNN}
+                "unknown": bool(score > self.threshold), "method": AGREED}
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {"points": torch.from_numpy(self.points.astype(np.float16)),
-                "mean": torch.from_numpy(self.mean.copy()),
-                "scale": torch.from_numpy(self.scale.copy())}
+        return {**{f"fused.{k}": v for k, v in self.fused.tensors().items()},
+                "stem.points": torch.from_numpy(self.stem.points.astype(np.float16)),
+                "stem.mean": torch.from_numpy(self.stem.mean.copy()),
+                "stem.scale": torch.from_numpy(self.stem.scale.copy())}
 
     def meta(self) -> dict:
-        return {"method": STEM_KNN, "threshold": self.threshold, "quantile": self.quantile,
-                "k": self.k, "fov_range": None if self.fov_range is None
-                else list(self.fov_range), "fov_margin": self.fov_margin}
+        return {"method": AGREED, "threshold": self.threshold, "quantile": self.quantile,
+                "fused_threshold": self.fused.threshold, "stem_threshold": self.stem.threshold,
+                "k": self.stem.k, "fov_margin": self.fov_margin,
+                "fov_range": None if self.fov_range is None else list(self.fov_range)}
 
     @classmethod
-    def from_parts(cls, tensors: dict[str, torch.Tensor], meta: dict) -> StemKnnOOD:
+    def from_parts(cls, tensors: dict[str, torch.Tensor], meta: dict) -> AgreedOOD:
+        fused = MahalanobisOOD.from_parts(
+            {k.removeprefix("fused."): v for k, v in tensors.items() if k.startswith("fused.")},
+            {"threshold": meta["fused_threshold"], "quantile": meta["quantile"]})
+        stem = StemKnnOOD(*(tensors[f"stem.{k}"].numpy().astype(np.float64)
+                            for k in ("points", "mean", "scale")),
+                          int(meta["k"]), float(meta["stem_threshold"]))
         fov = meta.get("fov_range")
-        return cls(tensors["points"].numpy().astype(np.float64),
-                   tensors["mean"].numpy().astype(np.float64),
-                   tensors["scale"].numpy().astype(np.float64), int(meta["k"]),
-                   float(meta["threshold"]), float(meta["quantile"]),
+        return cls(fused, stem, float(meta["quantile"]),
                    None if fov is None else (float(fov[0]), float(fov[1])),
                    float(meta.get("fov_margin", 2.0)))
 
 
-OOD_METHODS = {METHOD: MahalanobisOOD, NEAREST: NearestSupportOOD, STEM_KNN: StemKnnOOD}
-OODScore = MahalanobisOOD | NearestSupportOOD | StemKnnOOD
+OOD_METHODS = {METHOD: MahalanobisOOD, NEAREST: NearestSupportOOD, AGREED: AgreedOOD}
+OODScore = MahalanobisOOD | NearestSupportOOD | AgreedOOD

@@ -37,7 +37,7 @@ from instruments.session_file.decision_record import (
 from instruments.session_file.reader import SessionReader
 from models.classifier import Classifier
 from models.config import FusionConfig
-from models.ood import StemKnnOOD
+from models.ood import AgreedOOD, MahalanobisOOD, StemKnnOOD
 from twins.classes import SEM_CLASSES
 from twins.microscope import TwinMicroscope
 
@@ -191,8 +191,11 @@ def test_a_flagged_frame_never_reaches_the_vlm_and_stays_unknown(tmp_path, class
     monkeypatch.setenv("MICAGENT_VLM_MODEL", "test-vlm")
     rng = np.random.default_rng(0)
     flagging = Classifier(classifier.model, classifier.config, classifier.class_names, None)
-    flagging.ood = StemKnnOOD.fit(rng.normal(size=(8, 472)), rng.normal(size=(4, 472)),
-                                  fov_range=(1e-3, 1e-2))        # 20 um: outside, flagged
+    width = classifier.embed([np.zeros((32, 32))]).shape[1]
+    fused = MahalanobisOOD(rng.normal(size=(10, width)), np.eye(width), threshold=1e9)
+    stem = StemKnnOOD.fit(rng.normal(size=(8, 472)))
+    stem.threshold = 1e9              # by their pixels, every frame is in distribution ...
+    flagging.ood = AgreedOOD(fused, stem, 0.995, fov_range=(1e-3, 1e-2))  # ... not by scale
     trust = measured(tmp_path, 0.95, 0.50)
     trust.measured["openai:test-vlm"] = trust.measured["offline-knn"]
     final, records = survey(tmp_path, flagging, trust, adjudicator="openai")

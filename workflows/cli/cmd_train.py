@@ -282,34 +282,35 @@ def fit_ood_cmd(
                                                  "scored as known (sets the threshold).")
                         ] = 0.99,
     feature_cache: Annotated[Path | None, typer.Option(help=CACHE_HELP)] = None,
-    method: Annotated[str, typer.Option(help="mahalanobis (fused embedding) or stem_knn "
-                                             "(nearest training images on the stem's pooled "
-                                             "features).")] = "mahalanobis",
-    survey_seeds: Annotated[str, typer.Option(help="stem_knn: twin seeds whose survey tiles "
-                                                   "calibrate the threshold.")] = "1,2,3,4,5",
-    work: Annotated[Path | None, typer.Option(help="stem_knn: folder caching the model's "
+    method: Annotated[str, typer.Option(help="mahalanobis (fused embedding) or agreed (the "
+                                             "Mahalanobis and the stem kNN scores must "
+                                             "agree; field-of-view range).")
+                      ] = "mahalanobis",
+    survey_seeds: Annotated[str, typer.Option(help="agreed: twin seeds whose survey tiles "
+                                                   "calibrate the thresholds.")] = "1,2,3,4,5",
+    work: Annotated[Path | None, typer.Option(help="agreed: folder caching the model's "
                                                    "passes over the images.")] = None,
 ) -> None:
     """Fit a checkpoint's out-of-distribution score (on its training split, threshold on
     held-out in-distribution images) without retraining it."""
     from models.errors import ModelError
     from workflows.training.data import DatasetError
-    from workflows.training.fit_ood import fit_ood, fit_stem_knn
+    from workflows.training.fit_ood import fit_agreed, fit_ood
     from workflows.training.train import TrainError
 
     _threads()
     if not 0.5 <= quantile < 1:
         raise fail(f"--quantile must lie in [0.5, 1), got {quantile}")
-    if method not in ("mahalanobis", "stem_knn"):
-        raise fail(f"--method must be mahalanobis or stem_knn, got {method!r}")
+    if method not in ("mahalanobis", "agreed"):
+        raise fail(f"--method must be mahalanobis or agreed, got {method!r}")
     try:
         seeds = [int(s) for s in survey_seeds.split(",") if s.strip()]
     except ValueError as exc:
         raise fail(f"--survey-seeds must be comma-separated integers, got "
                    f"{survey_seeds!r}") from exc
     try:
-        if method == "stem_knn":
-            fit = fit_stem_knn(ckpt, data_dir, seeds, quantile=quantile, cache=work,
+        if method == "agreed":
+            fit = fit_agreed(ckpt, data_dir, seeds, quantile=quantile, cache=work,
                                progress=lambda line: _console().print(line))
         else:
             fit = fit_ood(ckpt, data_dir, quantile,

@@ -68,8 +68,11 @@ class Split:
         """Indices of the frames the policy would send an adjudicator: not confident, not
         flagged by the OOD test."""
         out = []
-        scores = clf.ood.score(self.frames.pooled if getattr(clf.ood, "space", "") == "stem"
-                               else self.frames.embeddings) if clf.ood is not None else None
+        scores = None
+        if clf.ood is not None:
+            scores = (clf.ood.score(self.frames.embeddings, self.frames.pooled)
+                      if getattr(clf.ood, "space", "fused") == "both"
+                      else clf.ood.score(self.frames.embeddings))
         for i, p in enumerate(self.frames.probs):
             members = ([int(np.argmax(p))] if clf.conformal_qhat is None
                        else prediction_set(p, clf.conformal_qhat))

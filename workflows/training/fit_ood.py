@@ -7,12 +7,15 @@ covariance come from the training split's embeddings, the threshold from the val
 (the splits recorded in the checkpoint's `training.json`; the selected fold for k-fold runs).
 The checkpoint folder is rewritten atomically: a complete copy is renamed into place.
 
-`fit_stem_knn` refits it as the stem kNN score (models/ood.py `StemKnnOOD`) without retraining
-the classifier: reference vectors from the training split (at most `per_class` per class), the
-threshold from in-distribution images the fit never saw, the validation split and the twin's
-survey tiles at the default run settings (seeds `survey_seeds`, apart from the seeds the
-benchmark scores), whichever needs the higher threshold; the fields of view the training images
-were taken at from the dataset's manifest, where it records them (a twin dataset).
+`fit_agreed` refits it as the agreed score (models/ood.py `AgreedOOD`: the fused Mahalanobis
+score and the stem kNN score must both flag a frame; a field of view outside the taught range
+flags it alone) without retraining the classifier: the Mahalanobis fit is kept (fitted anew on
+the training split where the checkpoint has none), the kNN reference vectors come from the
+training split (at most `per_class` per class); each threshold is the `quantile` of
+in-distribution images the fits never saw, the validation split and the twin's survey tiles at
+the default run settings (seeds `survey_seeds`, apart from the seeds the benchmark scores),
+whichever is higher; the fields of view the training images were taken at come from the
+dataset's manifest, where it records them (a twin dataset).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from rich.console import Console
 
 from instruments.utils import atomic_file
 from models.classifier import Classifier
-from models.ood import DEFAULT_QUANTILE, StemKnnOOD
+from models.ood import DEFAULT_QUANTILE, AgreedOOD, MahalanobisOOD, StemKnnOOD
 from models.preprocess import preprocess_batch
 from workflows.training.data import load_folder_dataset
 from workflows.training.held_out import Progress, dataset_splits, survey_tiles
@@ -78,23 +81,32 @@ def _rewrite(ckpt: Path, clf: Classifier) -> None:
             atomic_file.write_text(fold_record, json.dumps(record, indent=1))
 
 
-def fit_stem_knn(ckpt: str | Path, data_dir: str | Path, survey_seeds: list[int],
-                 per_class: int = 120, tiles: int = 48, k: int = 1, quantile: float = 0.995,
-                 cache: Path | None = None, progress: Progress = lambda _: None) -> dict:
-    """Refit the checkpoint's OOD test as the stem kNN score; returns what it was fitted on."""
+def fit_agreed(ckpt: str | Path, data_dir: str | Path, survey_seeds: list[int],
+               per_class: int = 120, tiles: int = 48, k: int = 1, quantile: float = 0.995,
+               cache: Path | None = None, progress: Progress = lambda _: None) -> dict:
+    """Refit the checkpoint's OOD test as the agreed score (models/ood.py `AgreedOOD`);
+    returns what it was fitted on."""
     ckpt, data_dir = Path(ckpt), Path(data_dir)
     clf = Classifier.load(ckpt)
     frames, _, info = dataset_splits(ckpt, data_dir, clf, per_class, cache, progress)
     survey, _ = survey_tiles(clf, ckpt, survey_seeds, tiles, cache, progress)
+    held = (frames["val"], survey)
+    current = clf.ood.fused if isinstance(clf.ood, AgreedOOD) else clf.ood
+    fused = current if isinstance(current, MahalanobisOOD) else MahalanobisOOD.fit(
+        frames["train"].embeddings, frames["train"].labels, len(clf.class_names),
+        frames["val"].embeddings, quantile)
+    fused.threshold = max(float(np.quantile(fused.score(h.embeddings), quantile))
+                          for h in held)
+    fused.quantile = quantile
+    stem = StemKnnOOD.fit(frames["train"].pooled, k)
+    stem.threshold = max(float(np.quantile(stem.score(h.pooled), quantile)) for h in held)
     fovs = training_fields_of_view(data_dir, json.loads((ckpt / "training.json").read_text()))
-    fov_range = (min(fovs), max(fovs)) if fovs else None
-    fits = [StemKnnOOD.fit(frames["train"].pooled, held.pooled, k, quantile, fov_range)
-            for held in (frames["val"], survey)]
-    clf.ood = max(fits, key=lambda fit: fit.threshold)
+    clf.ood = AgreedOOD(fused, stem, quantile, (min(fovs), max(fovs)) if fovs else None)
     _rewrite(ckpt, clf)
-    return {"threshold": clf.ood.threshold, "quantile": quantile, "k": k,
+    return {"threshold": clf.ood.threshold, "fused_threshold": fused.threshold,
+            "stem_threshold": stem.threshold, "quantile": quantile, "k": k,
             "train": len(frames["train"]), "val": len(frames["val"]), "survey": len(survey),
-            "survey_seeds": survey_seeds, "fov_range": fov_range, **info}
+            "survey_seeds": survey_seeds, "fov_range": clf.ood.fov_range, **info}
 
 
 def training_fields_of_view(data_dir: Path, record: dict) -> list[float]:
