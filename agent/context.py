@@ -26,7 +26,7 @@ class ClassifierLike(Protocol):
     class_names: list[str]
 
     def classify(self, images: Any, lmm_labels: list[str | None] | None = None,
-                 fields_of_view: list[float | None] | None = None) -> list: ...
+                 imaging: list[dict | None] | None = None) -> list: ...
 
 
 class WriterLike(Protocol):

@@ -86,9 +86,9 @@ def default_run(work: Path) -> None:
 
 def held_out_survey(clf: Classifier, tiles: int) -> None:
     frames, seed_of = survey_tiles(clf, BUNDLED_MODEL, HELD_OUT_SEEDS, tiles, None)
-    fov = ImagingSettings().fov
+    taken = {"fov": ImagingSettings().fov, "detector": ImagingSettings().detector}
     scores = clf.ood.score(frames.embeddings, frames.pooled)
-    flagged = np.array([clf.ood.record(s, fov)["unknown"] for s in scores])
+    flagged = np.array([clf.ood.record(s, taken)["unknown"] for s in scores])
     per_seed = {s: int(flagged[seed_of == s].sum()) for s in HELD_OUT_SEEDS}
     print(f"held-out survey tiles (twin seeds {HELD_OUT_SEEDS}, {tiles} each, default "
           f"settings): flagged unknown {flagged.sum()} of {len(flagged)} "

@@ -214,30 +214,31 @@ class Classifier:
         return torch.cat(logits).cpu(), torch.cat(embeds).cpu(), text_match, stem
 
     def _ood_records(self, embeds: np.ndarray, pooled: np.ndarray | None,
-                     fields_of_view) -> list[dict]:
+                     imaging) -> list[dict]:
         """The OOD verdict per frame, on what the fit reads: the LMM-free fused embedding,
-        and for the agreed score also the stem's pooled features and each frame's field of
-        view (m, None: unknown)."""
+        and for the agreed score also the stem's pooled features and how each frame was
+        taken ({"fov": m, "detector": name}, None: unknown)."""
         if getattr(self.ood, "space", "fused") != "both":
             return [self.ood.record(s) for s in self.ood.score(embeds)]
         if pooled is None:
             raise ModelInputError("this OOD fit reads stem features; the model has no stem")
-        fovs = list(fields_of_view) if fields_of_view is not None else [None] * len(embeds)
-        if len(fovs) != len(embeds):
-            raise ModelInputError(f"{len(fovs)} field(s) of view for {len(embeds)} image(s)")
-        return [self.ood.record(s, f)
-                for s, f in zip(self.ood.score(embeds, pooled), fovs, strict=True)]
+        taken = list(imaging) if imaging is not None else [None] * len(embeds)
+        if len(taken) != len(embeds):
+            raise ModelInputError(f"{len(taken)} imaging record(s) for {len(embeds)} image(s)")
+        return [self.ood.record(s, t)
+                for s, t in zip(self.ood.score(embeds, pooled), taken, strict=True)]
 
     def classify(self, images, lmm_labels: Sequence[str | None] | None = None,
                  batch_size: int = 48,
-                 fields_of_view: Sequence[float | None] | None = None) -> list[Prediction]:
-        """Calibrated predictions for frames in any intensity range; `fields_of_view` (m),
-        where known, let the OOD test flag frames of a scale the model was never taught."""
+                 imaging: Sequence[dict | None] | None = None) -> list[Prediction]:
+        """Calibrated predictions for frames in any intensity range; `imaging`, per frame
+        where known ({"fov": m, "detector": name}), lets the OOD test flag frames of a scale
+        or detector the model was never taught."""
         logits, embeds, text_match, pooled = self._run(images, lmm_labels, batch_size)
         probs = torch.softmax(logits.double() / self.temperature, dim=-1).numpy()
         ood = None
         if self.ood is not None:  # `embeds` are LMM-free, as fitted
-            ood = self._ood_records(embeds.numpy(), pooled, fields_of_view)
+            ood = self._ood_records(embeds.numpy(), pooled, imaging)
         out = []
         for i in range(len(probs)):
             p = probs[i]

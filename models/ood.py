@@ -18,7 +18,9 @@ the support set's own leave-one-image-out distances.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -167,19 +169,25 @@ class AgreedOOD:
     and still flags most foreign images, e.g. real AFM scans.
 
     Neither score separates an atomic-resolution STEM lattice from a Patterned_surface, nor
-    Nion's simulated specimens from SEM textures, by pixels alone. What does is the scale:
-    `fov_range` (m) holds the fields of view of the training images, where known. A frame
-    whose field of view lies outside it by more than `fov_margin` (a factor) shows a scale
-    the model was never taught (a 3 nm lattice for a model of 1-100 um SEM fields): it is
-    flagged whatever its pixels (method "field_of_view", score = decades outside, threshold
-    0). A frame without a known field of view is judged on its pixels alone. This goes
-    beyond the papers, whose model sees pixels only.
+    Nion's simulated specimens from SEM textures, by pixels alone. What does is how the frame
+    was taken, where the training data records it:
+    - `fov_range` (m), the fields of view of the training images. A frame whose field of view
+      lies outside it by more than `fov_margin` (a factor) shows a scale the model was never
+      taught (a 3 nm lattice for a model of 1-100 um SEM fields): method "field_of_view",
+      score = decades outside, threshold 0.
+    - `detectors`, the detectors of the training images. A frame from another detector (a
+      STEM HAADF image for a model of SE/BSE images) shows a contrast it was never taught:
+      method "detector", score 1, threshold 0. A model of the twin is refused on a real
+      SEM whose detectors have other names too: fine-tune it there first (README).
+    Such a frame is flagged whatever its pixels; a frame without the value is judged on its
+    pixels alone. This goes beyond the papers, whose model sees pixels only.
     """
 
     fused: MahalanobisOOD
     stem: StemKnnOOD
     quantile: float
     fov_range: tuple[float, float] | None = None
+    detectors: tuple[str, ...] | None = None
     fov_margin: float = 2.0
     threshold: float = 1.0
     space = "both"                    # `score` reads the fused embedding and stem features
@@ -196,11 +204,17 @@ class AgreedOOD:
         lo, hi = self.fov_range[0] / self.fov_margin, self.fov_range[1] * self.fov_margin
         return float(max(np.log10(lo / fov), np.log10(fov / hi), 0.0))
 
-    def record(self, score: float, fov: float | None = None) -> dict:
-        outside = self.outside_scale(fov)
+    def record(self, score: float, imaging: Mapping[str, Any] | None = None) -> dict:
+        """The verdict on a frame of this score taken with `imaging` ("fov" in m,
+        "detector"; None or absent: unknown)."""
+        imaging = imaging or {}
+        outside = self.outside_scale(imaging.get("fov"))
         if outside > 0:
             return {"score": outside, "threshold": 0.0, "unknown": True,
                     "method": "field_of_view"}
+        detector = imaging.get("detector")
+        if self.detectors is not None and detector and detector not in self.detectors:
+            return {"score": 1.0, "threshold": 0.0, "unknown": True, "method": "detector"}
         return {"score": float(score), "threshold": self.threshold,
                 "unknown": bool(score > self.threshold), "method": AGREED}
 
@@ -214,7 +228,8 @@ class AgreedOOD:
         return {"method": AGREED, "threshold": self.threshold, "quantile": self.quantile,
                 "fused_threshold": self.fused.threshold, "stem_threshold": self.stem.threshold,
                 "k": self.stem.k, "fov_margin": self.fov_margin,
-                "fov_range": None if self.fov_range is None else list(self.fov_range)}
+                "fov_range": None if self.fov_range is None else list(self.fov_range),
+                "detectors": None if self.detectors is None else list(self.detectors)}
 
     @classmethod
     def from_parts(cls, tensors: dict[str, torch.Tensor], meta: dict) -> AgreedOOD:
@@ -224,9 +239,10 @@ class AgreedOOD:
         stem = StemKnnOOD(*(tensors[f"stem.{k}"].numpy().astype(np.float64)
                             for k in ("points", "mean", "scale")),
                           int(meta["k"]), float(meta["stem_threshold"]))
-        fov = meta.get("fov_range")
+        fov, detectors = meta.get("fov_range"), meta.get("detectors")
         return cls(fused, stem, float(meta["quantile"]),
                    None if fov is None else (float(fov[0]), float(fov[1])),
+                   None if detectors is None else tuple(str(d) for d in detectors),
                    float(meta.get("fov_margin", 2.0)))
 
 

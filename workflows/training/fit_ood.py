@@ -100,23 +100,28 @@ def fit_agreed(ckpt: str | Path, data_dir: str | Path, survey_seeds: list[int],
     fused.quantile = quantile
     stem = StemKnnOOD.fit(frames["train"].pooled, k)
     stem.threshold = max(float(np.quantile(stem.score(h.pooled), quantile)) for h in held)
-    fovs = training_fields_of_view(data_dir, json.loads((ckpt / "training.json").read_text()))
-    clf.ood = AgreedOOD(fused, stem, quantile, (min(fovs), max(fovs)) if fovs else None)
+    taken = training_imaging(data_dir, json.loads((ckpt / "training.json").read_text()))
+    fovs = [t["fov"] for t in taken]
+    clf.ood = AgreedOOD(fused, stem, quantile, (min(fovs), max(fovs)) if taken else None,
+                        tuple(sorted({t["detector"] for t in taken})) if taken else None)
     _rewrite(ckpt, clf)
     return {"threshold": clf.ood.threshold, "fused_threshold": fused.threshold,
             "stem_threshold": stem.threshold, "quantile": quantile, "k": k,
             "train": len(frames["train"]), "val": len(frames["val"]), "survey": len(survey),
-            "survey_seeds": survey_seeds, "fov_range": clf.ood.fov_range, **info}
+            "survey_seeds": survey_seeds, "fov_range": clf.ood.fov_range,
+            "detectors": clf.ood.detectors, **info}
 
 
-def training_fields_of_view(data_dir: Path, record: dict) -> list[float]:
-    """The fields of view (m) of the training split's images, from the dataset's manifest
-    (`micagent twin dataset` writes one); empty where it records none."""
+def training_imaging(data_dir: Path, record: dict) -> list[dict]:
+    """The field of view (m) and detector of each training image, from the dataset's
+    manifest (`micagent twin dataset` writes one); empty where it does not record both."""
     manifest = data_dir / "manifest.json"
     if not manifest.is_file():
         return []
-    by_file = {item.get("file"): item.get("fov")
-               for item in json.loads(manifest.read_text()).get("images", [])}
+    by_file = {item.get("file"): item for item in
+               json.loads(manifest.read_text()).get("images", [])}
     split = record["splits"][record.get("selected_fold", 0)]
-    fovs = [by_file.get(record["sources"][i]) for i in split["train"]]
-    return [] if None in fovs else [float(f) for f in fovs]
+    items = [by_file.get(record["sources"][i]) or {} for i in split["train"]]
+    if any(item.get("fov") is None or not item.get("detector") for item in items):
+        return []
+    return [{"fov": float(item["fov"]), "detector": str(item["detector"])} for item in items]
