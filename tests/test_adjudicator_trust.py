@@ -202,3 +202,22 @@ def test_a_flagged_frame_never_reaches_the_vlm_and_stays_unknown(tmp_path, class
     assert unsure_vlm.requests == [] and final["used"]["adjudications"] == 0
     assert [(r.route, r.label) for r in records] == [("unknown", "unknown")] * 2
     assert all(r.prediction.ood.method == "field_of_view" for r in records)
+
+
+def test_a_frame_of_an_untaught_scale_or_detector_is_unknown_whatever_its_pixels():
+    rng = np.random.default_rng(1)
+    fused = MahalanobisOOD(rng.normal(size=(3, 4)), np.eye(4), threshold=1e9)
+    stem = StemKnnOOD.fit(rng.normal(size=(8, 472)))
+    stem.threshold = 1e9
+    ood = AgreedOOD(fused, stem, 0.995, fov_range=(1e-6, 1e-4), detectors=("BSE", "SE"))
+    score = float(ood.score(rng.normal(size=(1, 4)), rng.normal(size=(1, 472)))[0])
+    assert not ood.record(score, {"fov": 20e-6, "detector": "SE"})["unknown"]
+    assert not ood.record(score)["unknown"]                     # nothing known: pixels only
+    lattice = ood.record(score, {"fov": 2.6e-9, "detector": "SE"})
+    assert lattice["unknown"] and lattice["method"] == "field_of_view"
+    assert lattice["score"] == pytest.approx(np.log10(0.5e-6 / 2.6e-9))
+    haadf = ood.record(score, {"fov": 1e-6, "detector": "HAADF"})
+    assert haadf["unknown"] and haadf["method"] == "detector"
+    again = AgreedOOD.from_parts(ood.tensors(), ood.meta())
+    assert again.detectors == ood.detectors and again.fov_range == ood.fov_range
+    assert again.score(rng.normal(size=(2, 4)), rng.normal(size=(2, 472))).shape == (2,)
