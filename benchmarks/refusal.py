@@ -11,7 +11,7 @@ measurement and training reference, no demonstration bank):
    (0 flake, 1 amorphous, 2 combined) at two fields of view (100 nm, and 1 um, the simulator's
    largest, at the edge of the 1-100 um the model was taught): frames given an SEM class
    (target 0).
-4. Atomic-resolution STEM HAADF images (MoS2, graphene; tests/stem_nsid.py) written as NSID and
+4. Atomic-resolution STEM HAADF images (MoS2, graphene; twins/stem_nsid.py) written as NSID and
    served by DTMicroscope's own STEM server (`dtm://HOST:PORT?data=FILE.h5`, 64 px tiles):
    frames given an SEM class (target 0).
 5. The adjudicator measurement stored with the model (`adjudication.json`).
@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
+import subprocess
 import tempfile
 import time
 import uuid
@@ -37,16 +37,19 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-
 from agent.adjudication.trust import TRUST_FILE  # noqa: E402
 from agent.config import RunConfig  # noqa: E402
+from benchmarks.nion_overhead import start_bridge  # noqa: E402
 from instruments.devices.frame import ImagingSettings  # noqa: E402
 from instruments.session_file.reader import SessionReader  # noqa: E402
 from models.classifier import Classifier  # noqa: E402
+from twins.stem_nsid import MATERIALS, write_stem_nsid  # noqa: E402
 from workflows.session_assembly import BUNDLED_MODEL, run_session  # noqa: E402
 from workflows.training.held_out import survey_tiles  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DTM_SCRIPT = REPO.parent / "shared" / "peers" / "run_dtm_stem_server.py"
+PEERS_PYTHON = REPO / ".venv-peers" / "bin" / "python"
 
 HELD_OUT_SEEDS = [0, 6, 7, 8, 9]
 NION_ENVELOPE = {"fov": [1e-9, 1.1e-6], "stage_x": [-5e-7, 5e-7], "stage_y": [-5e-7, 5e-7]}
@@ -96,15 +99,12 @@ def held_out_survey(clf: Classifier, tiles: int) -> None:
 
 
 def nion(work: Path, frames: int, class_names: list[str]) -> None:
-    from nion_bridge import NION_PYTHON, running_bridge
-    if not NION_PYTHON.exists():
-        print("Nion: no .venv-nion (run .ci/peer_envs.sh): skipped")
-        return
     total = labelled = 0
     for sample, name in enumerate(("flake", "amorphous", "combined")):
-        with running_bridge("--sample", str(sample)) as bridge:
+        process, uri = start_bridge(sample)     # exits where .venv-nion is absent
+        try:
             for fov in (100e-9, 1e-6):
-                records, _ = session(work, f"nion-{sample}-{fov:g}", instrument=bridge.uri,
+                records, _ = session(work, f"nion-{sample}-{fov:g}", instrument=uri,
                                      frames=frames, envelope=NION_ENVELOPE,
                                      imaging={"fov": fov, "pixels": 256, "dwell": 1e-6,
                                               "detector": None})
@@ -113,27 +113,38 @@ def nion(work: Path, frames: int, class_names: list[str]) -> None:
                 print(f"Nion {name}, FOV {fov:g} m: {n} of {len(records)} frames given an SEM "
                       f"class; routes {[r.route.value for r in records]}, OOD "
                       f"{[r.prediction.ood.method for r in records]}")
+        finally:
+            process.terminate()
+            process.wait(30)
     print(f"Nion, all samples: {labelled} of {total} frames given an SEM class (target 0)")
 
 
 def dtm_stem(work: Path, frames: int, class_names: list[str]) -> None:
-    from peers import DTM_STEM_SCRIPT, PEERS_VENV, served_dtm_stem
-    from stem_nsid import MATERIALS, write_stem_nsid
-    if not DTM_STEM_SCRIPT.is_file() or not (PEERS_VENV / "bin" / "python").exists():
-        print("DTMicroscope: peer sources or .venv-peers absent: skipped")
+    if not DTM_SCRIPT.is_file() or not PEERS_PYTHON.exists():
+        print("DTMicroscope: peer sources (../shared/peers) or .venv-peers absent: skipped")
         return
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    server = subprocess.Popen([str(PEERS_PYTHON), str(DTM_SCRIPT), "--port", "0"], cwd=work,
+                              env=env, stdout=subprocess.PIPE, text=True)
     total = labelled = 0
-    with served_dtm_stem() as server:
+    try:
+        ready = server.stdout.readline()         # "READY PYRO:...@127.0.0.1:PORT"
+        if not ready.startswith("READY"):
+            raise SystemExit(f"DTMicroscope's server did not start: {ready!r}")
+        address = ready.split("@")[1].strip()
         for material in MATERIALS:
             path = work / f"{material}.h5"
             write_stem_nsid(path, material, side=256)
             records, _ = session(work, f"dtm-{material}", frames=frames,
-                                 instrument=f"dtm://{server.host}:{server.port}?data={path}")
+                                 instrument=f"dtm://{address}?data={path}")
             n = sem_labelled(records, class_names)
             total, labelled = total + len(records), labelled + n
             print(f"DTMicroscope STEM server, {material} HAADF (NSID, 0.4 A pixels): {n} of "
                   f"{len(records)} tiles given an SEM class; OOD "
                   f"{sorted({r.prediction.ood.method for r in records})}")
+    finally:
+        server.terminate()
+        server.wait(30)
     print(f"DTMicroscope STEM data: {labelled} of {total} tiles given an SEM class (target 0)")
 
 

@@ -2,7 +2,8 @@
 
 - The offline adjudicator votes among the model's training reference and abstains where the
   vote is split or the frame is far from every training image.
-- The VLM prompt offers "none of these / unsure"; the real openai client's abstention is kept.
+- The VLM prompt offers "none of these / unsure"; the real openai client's abstention is kept
+  (a local OpenAI-compatible server, twins/vlm_server.py).
 - An adjudicator whose measured accuracy on unsure frames is below the classifier's cannot
   overrule it: the frame goes to a human, or is recorded with no label.
 - A frame the OOD test flags is never sent to an adjudicator; with approvals it goes to the
@@ -17,7 +18,6 @@ import uuid
 import numpy as np
 import pytest
 import torch
-from openai_stub import ChatHandler, serving, url
 
 from agent.adjudication.base import ABSTAIN
 from agent.adjudication.cache import AnswerCache
@@ -40,6 +40,7 @@ from models.config import FusionConfig
 from models.ood import AgreedOOD, MahalanobisOOD, StemKnnOOD
 from twins.classes import SEM_CLASSES
 from twins.microscope import TwinMicroscope
+from twins.vlm_server import ChatHandler, serving, url
 
 CLASSES = ["Fibres", "Particles", "Powder"]
 BUDGETS = {"rescans": 10, "adjudications": 10, "tokens": 1000}
