@@ -65,8 +65,13 @@ def session(work: Path, name: str, **kw) -> tuple[list, list]:
         return reader.records(), reader.evaluations()
 
 
-def sem_labelled(records: list, class_names: list[str]) -> int:
-    return sum(r.label in class_names for r in records)
+def tally(records: list, class_names: list[str], totals: list[int], where: str) -> None:
+    """Print how many of a session's frames got an SEM class, and why the others did not;
+    add to `totals` [frames, with an SEM class]."""
+    n = sum(r.label in class_names for r in records)
+    totals[0], totals[1] = totals[0] + len(records), totals[1] + n
+    print(f"{where}: {n} of {len(records)} frames given an SEM class; routes "
+          f"{[r.route.value for r in records]}, OOD {[r.prediction.ood.method for r in records]}")
 
 
 def default_run(work: Path) -> None:
@@ -99,7 +104,7 @@ def held_out_survey(clf: Classifier, tiles: int) -> None:
 
 
 def nion(work: Path, frames: int, class_names: list[str]) -> None:
-    total = labelled = 0
+    totals = [0, 0]
     for sample, name in enumerate(("flake", "amorphous", "combined")):
         process, uri = start_bridge(sample)     # exits where .venv-nion is absent
         try:
@@ -108,15 +113,12 @@ def nion(work: Path, frames: int, class_names: list[str]) -> None:
                                      frames=frames, envelope=NION_ENVELOPE,
                                      imaging={"fov": fov, "pixels": 256, "dwell": 1e-6,
                                               "detector": None})
-                n = sem_labelled(records, class_names)
-                total, labelled = total + len(records), labelled + n
-                print(f"Nion {name}, FOV {fov:g} m: {n} of {len(records)} frames given an SEM "
-                      f"class; routes {[r.route.value for r in records]}, OOD "
-                      f"{[r.prediction.ood.method for r in records]}")
+                tally(records, class_names, totals, f"Nion {name}, FOV {fov:g} m")
         finally:
             process.terminate()
             process.wait(30)
-    print(f"Nion, all samples: {labelled} of {total} frames given an SEM class (target 0)")
+    print(f"Nion, all samples: {totals[1]} of {totals[0]} frames given an SEM class "
+          "(target 0)")
 
 
 def dtm_stem(work: Path, frames: int, class_names: list[str]) -> None:
@@ -126,7 +128,7 @@ def dtm_stem(work: Path, frames: int, class_names: list[str]) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     server = subprocess.Popen([str(PEERS_PYTHON), str(DTM_SCRIPT), "--port", "0"], cwd=work,
                               env=env, stdout=subprocess.PIPE, text=True)
-    total = labelled = 0
+    totals = [0, 0]
     try:
         ready = server.stdout.readline()         # "READY PYRO:...@127.0.0.1:PORT"
         if not ready.startswith("READY"):
@@ -137,15 +139,13 @@ def dtm_stem(work: Path, frames: int, class_names: list[str]) -> None:
             write_stem_nsid(path, material, side=256)
             records, _ = session(work, f"dtm-{material}", frames=frames,
                                  instrument=f"dtm://{address}?data={path}")
-            n = sem_labelled(records, class_names)
-            total, labelled = total + len(records), labelled + n
-            print(f"DTMicroscope STEM server, {material} HAADF (NSID, 0.4 A pixels): {n} of "
-                  f"{len(records)} tiles given an SEM class; OOD "
-                  f"{sorted({r.prediction.ood.method for r in records})}")
+            tally(records, class_names, totals,
+                  f"DTMicroscope STEM server, {material} HAADF (NSID, 0.4 A pixels)")
     finally:
         server.terminate()
         server.wait(30)
-    print(f"DTMicroscope STEM data: {labelled} of {total} tiles given an SEM class (target 0)")
+    print(f"DTMicroscope STEM data: {totals[1]} of {totals[0]} tiles given an SEM class "
+          "(target 0)")
 
 
 def adjudicators() -> None:

@@ -222,3 +222,19 @@ def test_a_frame_of_an_untaught_scale_or_detector_is_unknown_whatever_its_pixels
     again = AgreedOOD.from_parts(ood.tensors(), ood.meta())
     assert again.detectors == ood.detectors and again.fov_range == ood.fov_range
     assert again.score(rng.normal(size=(2, 4)), rng.normal(size=(2, 472))).shape == (2,)
+
+
+def test_a_measurement_of_another_state_of_the_checkpoint_trusts_nothing(tmp_path, reference):
+    """Retrained or refitted since it was measured: neither its trust nor its reference."""
+    from types import SimpleNamespace
+
+    from workflows.session_assembly import _adjudication
+
+    measured(tmp_path, accuracy=0.95, classifier_accuracy=0.50)
+    record = json.loads((tmp_path / TRUST_FILE).read_text())
+    (tmp_path / TRUST_FILE).write_text(json.dumps({**record, "checkpoint_sha256": "abc"}))
+    reference.save(tmp_path)
+    same, trust = _adjudication(str(tmp_path), SimpleNamespace(checkpoint_sha256="abc"))
+    assert same is not None and trust.trusted(["offline-knn"]) == ("offline-knn",)
+    stale, trust = _adjudication(str(tmp_path), SimpleNamespace(checkpoint_sha256="def"))
+    assert stale is None and trust.trusted(["offline-knn"]) == ()
