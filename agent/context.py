@@ -25,7 +25,8 @@ from instruments.session_file.decision_record import DecisionRecord
 class ClassifierLike(Protocol):
     class_names: list[str]
 
-    def classify(self, images: Any, lmm_labels: list[str | None] | None = None) -> list: ...
+    def classify(self, images: Any, lmm_labels: list[str | None] | None = None,
+                 imaging: list[dict | None] | None = None) -> list: ...
 
 
 class WriterLike(Protocol):

@@ -10,6 +10,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, TypedDict
 
+from agent.adjudication.base import ABSTAIN
 from agent.approval_request import HumanDecision
 from agent.rescan_effect import kinds_planned
 from instruments.session_file.decision_record import (
@@ -42,6 +43,14 @@ class RoutePolicy:
     is neither confident nor adjudicated as a class: it is recorded as unknown, or proposed as
     unknown to a human when the policy asks for approvals. A poor-quality unknown frame is
     still rescanned first (a better frame may show a known class); a good one is not zoomed.
+    Nothing overrides the flag: no adjudicator is asked, and only a human gives it a class.
+
+    trusted_adjudicators: the adjudicators that may overrule the classifier, those whose
+    measured accuracy on unsure held-out frames beats the classifier's on the same frames
+    (agent/adjudication/trust.py; the session sets it from the model's measurement). None:
+    no measurement applies (routing alone, as in the policy's own tests). An unsure frame with
+    no trusted adjudicator, or one the adjudicator abstains on, goes to the human (approvals
+    on) or is recorded with no label (unresolved).
     """
 
     confidence: float = 0.9
@@ -50,6 +59,15 @@ class RoutePolicy:
     approve: ApproveMode = "none"
     zoom_unsure: bool = False
     reject_unknown: bool = True
+    trusted_adjudicators: tuple[str, ...] | None = None
+
+    def may_adjudicate(self) -> bool:
+        """True when some adjudicator may overrule the classifier."""
+        return self.trusted_adjudicators is None or bool(self.trusted_adjudicators)
+
+    def may_overrule(self, adjudicator: str | None) -> bool:
+        """True when the adjudicator named `adjudicator` may overrule the classifier."""
+        return self.trusted_adjudicators is None or adjudicator in self.trusted_adjudicators
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,7 +121,7 @@ def decide(policy: RoutePolicy, prediction: PredictionRecord, quality: QualityRe
         return "approve" if policy.approve == "uncertain" else "record"
     if policy.zoom_unsure and quality.ok and can_rescan and rescans_done == 0:
         return "rescan"
-    if within_adjudication_budget(budgets, used):
+    if within_adjudication_budget(budgets, used) and policy.may_adjudicate():
         return "adjudicate"
     return "approve" if policy.approve == "uncertain" else "record"
 
@@ -137,26 +155,31 @@ def rule_classified(policy: RoutePolicy, record: DecisionRecord, budgets: dict[s
     step = decide(policy, record.prediction, record.quality, len(record.rescans), budgets,
                   used, ineffective)
     proposal = verdict(policy, record.prediction)
-    return Ruling(step=step, label=proposal.label, source=proposal.source,
-                  route=standing_route(policy, record).value)
+    route = standing_route(policy, record)
+    label = proposal.label
+    if step == "record" and route == Route.UNRESOLVED and not policy.may_adjudicate():
+        label = None            # unsure, and no adjudicator measured better than the classifier
+    return Ruling(step=step, label=label, source=proposal.source, route=route.value)
 
 
 def rule_adjudicated(policy: RoutePolicy, record: DecisionRecord, answer: str | None,
-                     reclassified: str | None) -> Ruling:
+                     reclassified: str | None, adjudicator: str | None = None) -> Ruling:
     """The ruling once the adjudicator answered (`answer`, None: no answer) and the frame was
     re-classified with that answer (`reclassified`).
 
     The answer stands (route adjudicated) when the re-classification agrees with it, or when
     the classifier had already said the same before it saw the answer: two independent
     sources that agree are not overturned by the fused re-classification. Otherwise they
-    disagree: a human decides, or the frame is recorded as contested. With no answer the
-    classifier's label goes to a human, or is recorded as unresolved."""
+    disagree: a human decides, or the frame is recorded as contested. With no answer, an
+    abstention ("none of these / unsure") or an answer from an adjudicator that may not
+    overrule the classifier (`adjudicator`, e.g. a failed VLM's offline fallback), the
+    classifier's label goes to a human, or the frame is recorded with no label (unresolved)."""
     first = record.prediction.label
     attended = policy.approve != "none"
-    if answer is None:
+    if answer is None or answer == ABSTAIN or not policy.may_overrule(adjudicator):
         if attended:
             return Ruling(step="approve", label=first, source="classifier", route=None)
-        return Ruling(step="record", label=first, source="classifier",
+        return Ruling(step="record", label=None, source="classifier",
                       route=Route.UNRESOLVED.value)
     agree = answer in (reclassified, first)
     label = answer if agree else reclassified

@@ -336,8 +336,8 @@ class OodFlaggingClassifier:
         self.inner, self.flagged, self.calls = inner, flagged, 0
         self.class_names = inner.class_names
 
-    def classify(self, images, lmm_labels=None):
-        predictions = self.inner.classify(images, lmm_labels=lmm_labels)
+    def classify(self, images, lmm_labels=None, imaging=None):
+        predictions = self.inner.classify(images, lmm_labels=lmm_labels, imaging=imaging)
         for prediction in predictions:
             prediction.ood = dict(OOD) if self.flagged(self.calls) else None
             self.calls += 1

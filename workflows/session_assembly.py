@@ -16,6 +16,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from agent.adjudication.demonstrations import DemonstrationBank
+from agent.adjudication.reference import ReferenceFileError, TrainingReference
+from agent.adjudication.trust import AdjudicatorTrust, TrustError
 from agent.approval_broker import ApprovalBroker
 from agent.config import RunConfig, registry_path
 from agent.event_stream import StreamReader
@@ -103,6 +105,24 @@ def _bank(config: RunConfig, classifier) -> DemonstrationBank | None:
                          f"{config.bank or 'twin'}: {exc}") from exc
 
 
+def _adjudication(model_path: str, classifier: Any
+                  ) -> tuple[TrainingReference | None, AdjudicatorTrust | None]:
+    """The offline adjudicator's training reference and the measured adjudicator accuracy
+    stored beside the checkpoint; neither for a classifier handed over in memory. Nothing is
+    trusted where it was never measured, or measured on another state of the checkpoint
+    (retrained, OOD refitted: rerun `micagent measure-adjudicators`)."""
+    if not Path(model_path).is_dir():
+        return None, None
+    try:
+        reference, trust = TrainingReference.load(model_path), AdjudicatorTrust.load(model_path)
+    except (ReferenceFileError, TrustError) as exc:
+        raise StartError(f"cannot use model {model_path}: {exc}") from exc
+    sha = getattr(classifier, "checkpoint_sha256", None)
+    if trust.record.get("checkpoint_sha256") != sha:
+        return None, AdjudicatorTrust()
+    return reference, trust
+
+
 def _twin_positions(inner: Microscope, fov: float) -> list[dict[str, Any]] | None:
     specimen = getattr(inner, "specimen", None)
     if specimen is None:
@@ -124,6 +144,7 @@ def open_parts(config: RunConfig, classifier: Any = None, instrument: Microscope
         classifier, model_path = _load_classifier(config, twin)
     else:
         model_path = config.model or "<in memory>"
+    reference, trust = _adjudication(model_path, classifier)
     try:
         inner = instrument or open_instrument(config.instrument,
                                               {"twin": _twin_factory(config.seed)})
@@ -139,7 +160,8 @@ def open_parts(config: RunConfig, classifier: Any = None, instrument: Microscope
     parts = SessionParts(microscope=guarded, classifier=classifier,
                          bank=(bank_for or _bank)(config, classifier),
                          model_info={"path": model_path,
-                                     "sha256": getattr(classifier, "checkpoint_sha256", None)})
+                                     "sha256": getattr(classifier, "checkpoint_sha256", None)},
+                         reference=reference, trust=trust)
     try:
         caps = guarded.capabilities()
         status = guarded.status()

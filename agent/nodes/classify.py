@@ -18,7 +18,9 @@ def make(ctx: SessionContext):
         current: DecisionRecord = state["current"]
         frame = ctx.scratch.get(current.frame_id)
         t0 = time.perf_counter()
-        prediction = ctx.classifier.classify([frame.image])[0]
+        taken = ({"fov": frame.settings.fov, "detector": frame.settings.detector}
+                 if frame.settings is not None else None)
+        prediction = ctx.classifier.classify([frame.image], imaging=[taken])[0]
         timings = current.timings.model_copy(update={
             "classify_s": (current.timings.classify_s or 0.0) + time.perf_counter() - t0})
         record = current.model_copy(update={

@@ -32,6 +32,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                                           "ablations and the baselines."),
     "fit-ood": ("cmd_train", "fit_ood_cmd", "Fit a checkpoint's out-of-distribution score "
                                             "without retraining it."),
+    "measure-adjudicators": ("cmd_train", "measure_adjudicators_cmd",
+                             "Measure each adjudicator on unsure held-out frames against "
+                             "the classifier; store it with the model."),
     "describe": ("cmd_train", "describe_cmd", "Class descriptions by zero-shot prompting of "
                                               "an LLM."),
     "select-confounding": ("cmd_train", "select_confounding_cmd",

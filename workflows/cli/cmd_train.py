@@ -278,28 +278,88 @@ def ablate_cmd(
 def fit_ood_cmd(
     ckpt: Annotated[Path, typer.Argument(help="Checkpoint folder (rewritten in place).")],
     data_dir: Annotated[Path, typer.Argument(help="The dataset it was trained on.")],
-    quantile: Annotated[float, typer.Option(help="Share of validation images scored as "
-                                                 "known (sets the threshold).")] = 0.99,
+    quantile: Annotated[float, typer.Option(help="Share of held-out in-distribution images "
+                                                 "scored as known (sets the threshold).")
+                        ] = 0.99,
     feature_cache: Annotated[Path | None, typer.Option(help=CACHE_HELP)] = None,
+    method: Annotated[str, typer.Option(help="mahalanobis (fused embedding) or agreed (the "
+                                             "Mahalanobis and the stem kNN scores must "
+                                             "agree; field-of-view range).")
+                      ] = "mahalanobis",
+    survey_seeds: Annotated[str, typer.Option(help="agreed: twin seeds whose survey tiles "
+                                                   "calibrate the thresholds.")] = "1,2,3,4,5",
+    work: Annotated[Path | None, typer.Option(help="agreed: folder caching the model's "
+                                                   "passes over the images.")] = None,
 ) -> None:
-    """Fit a checkpoint's out-of-distribution score (class means and covariance on its training
-    split, threshold on its validation split) without retraining it."""
+    """Fit a checkpoint's out-of-distribution score (on its training split, threshold on
+    held-out in-distribution images) without retraining it."""
     from models.errors import ModelError
     from workflows.training.data import DatasetError
-    from workflows.training.fit_ood import fit_ood
+    from workflows.training.fit_ood import fit_agreed, fit_ood
     from workflows.training.train import TrainError
 
     _threads()
     if not 0.5 <= quantile < 1:
         raise fail(f"--quantile must lie in [0.5, 1), got {quantile}")
+    if method not in ("mahalanobis", "agreed"):
+        raise fail(f"--method must be mahalanobis or agreed, got {method!r}")
     try:
-        fit = fit_ood(ckpt, data_dir, quantile, str(feature_cache) if feature_cache else None,
-                      _console())
+        seeds = [int(s) for s in survey_seeds.split(",") if s.strip()]
+    except ValueError as exc:
+        raise fail(f"--survey-seeds must be comma-separated integers, got "
+                   f"{survey_seeds!r}") from exc
+    try:
+        if method == "agreed":
+            fit = fit_agreed(ckpt, data_dir, seeds, quantile=quantile, cache=work,
+                               progress=lambda line: _console().print(line))
+        else:
+            fit = fit_ood(ckpt, data_dir, quantile,
+                          str(feature_cache) if feature_cache else None, _console())
     except (DatasetError, TrainError, ModelError, OSError) as exc:
         raise fail(exc) from exc
-    notice(_console(), f"{ckpt}: OOD threshold {fit['threshold']:.1f} (quantile "
-                       f"{fit['quantile']:g} of {fit['val']} validation images; means and "
-                       f"covariance from {fit['train']} training images)", "green")
+    notice(_console(), f"{ckpt}: OOD threshold {fit['threshold']:.4g} ({method}, quantile "
+                       f"{fit['quantile']:g} of {fit['val']} validation images"
+                       + (f" and {fit['survey']} survey tiles" if "survey" in fit else "")
+                       + f"; reference: {fit['train']} training images)", "green")
+
+
+def measure_adjudicators_cmd(
+    ckpt: Annotated[Path, typer.Argument(help="Checkpoint folder (the measurement is "
+                                              "written beside it).")],
+    data_dir: Annotated[Path, typer.Argument(help="The dataset it was trained on.")],
+    adjudicator: Annotated[str, typer.Option(help="offline, or openai (also measures the VLM "
+                                                  "of MICAGENT_VLM_MODEL).")] = "offline",
+    work: Annotated[Path | None, typer.Option(help="Folder caching the model's passes over "
+                                                   "the images.")] = None,
+) -> None:
+    """Measure each adjudicator on the unsure frames of the held-out test split against the
+    classifier on the same frames; store the result and the offline adjudicator's training
+    reference beside the checkpoint (the policy lets an adjudicator overrule the classifier
+    only where it measured better). Rerun after retraining or refitting the OOD score."""
+    from agent.adjudication.cache import AnswerCache
+    from agent.adjudication.openai_vlm import OpenAIAdjudicator, VlmConfig, VlmConfigError
+    from models.errors import ModelError
+    from workflows.training.adjudication import measure_adjudicators
+    from workflows.training.data import DatasetError
+    from workflows.training.train import TrainError
+
+    _threads()
+    if adjudicator not in ("offline", "openai"):
+        raise fail(f"--adjudicator must be offline or openai, got {adjudicator!r}")
+    try:
+        vlm = (OpenAIAdjudicator(VlmConfig.from_env(), AnswerCache(ckpt.parent / "vlm-cache"))
+               if adjudicator == "openai" else None)
+        result = measure_adjudicators(ckpt, data_dir, vlm=vlm, cache=work,
+                                      progress=lambda line: _console().print(line))
+    except (VlmConfigError, DatasetError, TrainError, ModelError, OSError) as exc:
+        raise fail(exc) from exc
+    for name, m in result["adjudicators"].items():
+        verdict = "trusted" if m["answered"] and m["accuracy"] > m["classifier_accuracy"] \
+            else "not trusted"
+        notice(_console(), f"{name}: {m['accuracy']:.3f} on the {m['answered']} of "
+                           f"{m['frames']} unsure test frames it answered (classifier "
+                           f"{m['classifier_accuracy']:.3f} on them): {verdict}",
+               "green" if verdict == "trusted" else "yellow")
 
 
 def describe_cmd(
