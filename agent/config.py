@@ -45,6 +45,7 @@ class RunConfig:
     vlm_timeout_s: float = 30.0
     pipeline: bool = True            # survey: acquire the next tile while deciding this one
     envelope: dict[str, Any] = field(default_factory=dict)   # SafetyEnvelope values
+    target_risk: float | None = None  # share of decided frames that may be wrong (risk_policy)
 
     def __post_init__(self) -> None:
         if self.approve not in APPROVE_MODES and self.approve != "web":
@@ -59,6 +60,8 @@ class RunConfig:
             raise RunConfigError(f"the VLM timeout must be positive, got {self.vlm_timeout_s}")
         if self.demo_strategy not in ("similar", "random"):
             raise RunConfigError("demonstration strategy must be similar or random")
+        if self.target_risk is not None and not 0.0 < self.target_risk < 1.0:
+            raise RunConfigError(f"--target-risk must lie in (0, 1), got {self.target_risk}")
         self.budgets = {**default_budgets(self.frames), **self.budgets}
 
     @property

@@ -42,6 +42,11 @@ class RoutePolicy:
     is neither confident nor adjudicated as a class: it is recorded as unknown, or proposed as
     unknown to a human when the policy asks for approvals. A poor-quality unknown frame is
     still rescanned first (a better frame may show a known class); a good one is not zoomed.
+
+    escalations_off: escalation kinds this policy does not use (rescan kinds dwell, focus,
+    fov; adjudication): under a target risk, those that measured no gain (agent/risk_policy).
+    A frame without signal (SNR failure) that no rescan can help any more is recorded with
+    no class (quality_failed, label None), never under the classifier's guess.
     """
 
     confidence: float = 0.9
@@ -50,6 +55,7 @@ class RoutePolicy:
     approve: ApproveMode = "none"
     zoom_unsure: bool = False
     reject_unknown: bool = True
+    escalations_off: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -94,16 +100,18 @@ def decide(policy: RoutePolicy, prediction: PredictionRecord, quality: QualityRe
     if policy.is_confident(prediction):
         return "record"
     last_chance = rescans_done > 0 and rescans_done + 1 >= policy.max_rescans
+    skip = set(ineffective) | set(policy.escalations_off)
     can_rescan = (rescans_done < policy.max_rescans
                   and used.get("rescans", 0) < budgets.get("rescans", 0)
-                  and bool(kinds_planned(quality.failures, last_chance) - set(ineffective)))
+                  and bool(kinds_planned(quality.failures, last_chance) - skip))
     if not quality.ok and can_rescan:
         return "rescan"
     if policy.is_unknown(prediction):
         return "approve" if policy.approve == "uncertain" else "record"
     if policy.zoom_unsure and quality.ok and can_rescan and rescans_done == 0:
         return "rescan"
-    if within_adjudication_budget(budgets, used):
+    if "adjudication" not in policy.escalations_off and within_adjudication_budget(budgets,
+                                                                                 used):
         return "adjudicate"
     return "approve" if policy.approve == "uncertain" else "record"
 
@@ -136,6 +144,10 @@ def rule_classified(policy: RoutePolicy, record: DecisionRecord, budgets: dict[s
     route that verdict is recorded under."""
     step = decide(policy, record.prediction, record.quality, len(record.rescans), budgets,
                   used, ineffective)
+    if (step != "rescan" and policy.approve != "all" and "noise" in record.quality.failures
+            and not policy.is_confident(record.prediction)):      # still no signal
+        return Ruling(step="record", label=None, source="quality",
+                      route=Route.QUALITY_FAILED.value)
     proposal = verdict(policy, record.prediction)
     return Ruling(step=step, label=proposal.label, source=proposal.source,
                   route=standing_route(policy, record).value)

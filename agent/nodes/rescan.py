@@ -113,7 +113,8 @@ def make(ctx: SessionContext):
             ctx.policy.max_rescans, frozenset(state.get("ineffective") or ()))
         t0 = time.perf_counter()
         try:
-            new, note = adapt(ctx, settings, failures, last_chance, skip)
+            new, note = adapt(ctx, settings, failures, last_chance,
+                              skip if asked else skip | frozenset(ctx.policy.escalations_off))
         except SafetyRefused as exc:
             note, new = {"refused": str(exc)}, settings
         except InstrumentError as exc:
