@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal, TypedDict
 
 from agent.approval_request import HumanDecision
+from agent.quality import no_signal
 from agent.rescan_effect import kinds_planned
 from instruments.session_file.decision_record import (
     Decision,
@@ -45,8 +46,9 @@ class RoutePolicy:
 
     escalations_off: escalation kinds this policy does not use (rescan kinds dwell, focus,
     fov; adjudication): under a target risk, those that measured no gain (agent/risk_policy).
-    A frame without signal (SNR failure) that no rescan can help any more is recorded with
-    no class (quality_failed, label None), never under the classifier's guess.
+    A frame without signal (agent/quality.no_signal) that no rescan (a longer dwell first)
+    can help any more is recorded with no class (quality_failed, label None), never under
+    the classifier's guess.
     """
 
     confidence: float = 0.9
@@ -134,7 +136,7 @@ def standing_route(policy: RoutePolicy, record: DecisionRecord) -> Route:
     if policy.is_unknown(record.prediction):
         return Route.UNKNOWN
     if policy.is_confident(record.prediction):
-        return Route.RESCAN if record.rescans else Route.CONFIDENT
+        return Route.RESCAN if record.escalations else Route.CONFIDENT
     return Route.QUALITY_FAILED if not record.quality.ok else Route.UNRESOLVED
 
 
@@ -142,9 +144,10 @@ def rule_classified(policy: RoutePolicy, record: DecisionRecord, budgets: dict[s
                     used: dict[str, float], ineffective: Collection[str] = ()) -> Ruling:
     """The ruling on a frame just classified: the next step, the classifier's verdict and the
     route that verdict is recorded under."""
-    step = decide(policy, record.prediction, record.quality, len(record.rescans), budgets,
-                  used, ineffective)
-    if (step != "rescan" and policy.approve != "all" and "noise" in record.quality.failures
+    step = decide(policy, record.prediction, record.quality, len(record.escalations),
+                  budgets, used, ineffective)
+    if (step != "rescan" and policy.approve != "all" and record.settings is not None
+            and no_signal(record.quality.snr, record.settings.pixels)
             and not policy.is_confident(record.prediction)):      # still no signal
         return Ruling(step="record", label=None, source="quality",
                       route=Route.QUALITY_FAILED.value)

@@ -137,6 +137,7 @@ class Session:
             thresholds=config.quality_thresholds(), imaging=config.imaging_settings(),
             survey_positions=parts.survey_positions, region=parts.region,
             demo_k=config.demo_k, demo_strategy=config.demo_strategy,
+            autofocus=config.autofocus_settings(),
             rng=np.random.default_rng(config.seed), stream=self.stream)
         self.graph = compile_graph(self.context, self.checkpointer)
 

@@ -93,7 +93,7 @@ class DecisionRow(BaseModel):
             confidence=_finite(prediction.confidence) if prediction else None,
             top_k=tuple((str(label), float(p)) for label, p in prediction.top_k)
             if prediction else (),
-            rescans=len(record.rescans) or int(record.route == Route.RESCAN),
+            rescans=len(record.escalations) or int(record.route == Route.RESCAN),
             adjudicated=bool(record.adjudication) or record.route in (Route.ADJUDICATED,
                                                                        Route.CONTESTED),
             human=record.human, human_acts=tuple(record.human_acts),

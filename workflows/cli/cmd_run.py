@@ -142,6 +142,11 @@ def run(
     confidence: float = typer.Option(0.9, help="confident: top probability >= this and a "
                                           "conformal set of one class"),
     max_rescans: int = typer.Option(2, help="rescans per frame at most"),
+    autofocus: bool = typer.Option(False, "--autofocus/--no-autofocus",
+                                   help="a focus search at a new position whose sharpness "
+                                        "falls below what its class showed so far"),
+    autofocus_every: int = typer.Option(0, min=0, help="with --autofocus: also every N stage "
+                                                       "moves (0: on sharpness only)"),
     target_risk: float | None = typer.Option(
         None, help="share of decided frames that may be wrong, e.g. 0.01: the confidence "
                    "threshold and the escalations used come from the model's risk "
@@ -219,7 +224,8 @@ def run(
                 adjudicator=adjudicator, model=model, out=out, seed=seed,
                 state_dir=str(Path(state_dir).resolve()), bank=bank, pixels=pixels, fov=fov,
                 dwell=dwell, detector=detector, confidence=confidence, max_rescans=max_rescans,
-                target_risk=target_risk,
+                target_risk=target_risk, autofocus=autofocus,
+                autofocus_every=autofocus_every,
                 zoom_unsure=zoom_unsure, reject_unknown=ood, pipeline=pipeline, demo_k=demo_k,
                 demo_strategy=demo_strategy, vlm_timeout_s=_vlm_timeout(vlm_timeout),
                 envelope=envelope_values(envelope, limit or [], free_zone))
