@@ -63,7 +63,9 @@ def build_graph(ctx: SessionContext) -> StateGraph:
     graph.add_conditional_edges("acquire", policy.after_acquire,
                                 ["assess_quality", "plan", "finish"])
     graph.add_edge("assess_quality", "classify")
-    graph.add_conditional_edges("classify", after_classify(ctx.autofocus),
+    after_classified = (policy.follow_ruling if ctx.autofocus is None
+                        else after_classify(ctx.autofocus))
+    graph.add_conditional_edges("classify", after_classified,
                                 ["record", "rescan", "adjudicate", "approve", "autofocus"])
     graph.add_conditional_edges("autofocus", after_autofocus,
                                 ["acquire", "record", "rescan", "adjudicate", "approve",

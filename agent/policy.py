@@ -46,7 +46,8 @@ class RoutePolicy:
 
     escalations_off: escalation kinds this policy does not use (rescan kinds dwell, focus,
     fov; adjudication): under a target risk, those that measured no gain (agent/risk_policy).
-    A frame without signal (agent/quality.no_signal) that no rescan (a longer dwell first)
+    A frame without signal (failing the SNR bar, with an SNR agent/quality.no_signal cannot
+    tell from none) that no rescan (a longer dwell first)
     can help any more is recorded with no class (quality_failed, label None), never under
     the classifier's guess.
     """
@@ -147,6 +148,7 @@ def rule_classified(policy: RoutePolicy, record: DecisionRecord, budgets: dict[s
     step = decide(policy, record.prediction, record.quality, len(record.escalations),
                   budgets, used, ineffective)
     if (step != "rescan" and policy.approve != "all" and record.settings is not None
+            and "noise" in record.quality.failures
             and no_signal(record.quality.snr, record.settings.pixels)
             and not policy.is_confident(record.prediction)):      # still no signal
         return Ruling(step="record", label=None, source="quality",

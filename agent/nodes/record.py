@@ -57,6 +57,7 @@ def make(ctx: SessionContext):
                   "sequence": state["sequence"] + 1, "reference_id": None, "embedding": None}
         if record.quality.ok:                 # a focus that worked carries to the next tile
             update["defocus"] = record.settings.defocus
-            update["focus"] = learned(state.get("focus"), record)
+            if ctx.autofocus is not None:
+                update["focus"] = learned(state.get("focus"), record)
         return update
     return record
