@@ -18,7 +18,8 @@ from models.classifier import Classifier
 from models.config import FusionConfig
 from models.risk import RiskControl, risk_coverage
 from twins.classes import SEM_CLASSES
-from workflows.report.risk_coverage import risk_rows, session_risk_coverage
+from workflows.report.risk_coverage import risk_coverage as session_curve
+from workflows.report.risk_summary import risk_rows
 from workflows.session_assembly import BUNDLED_MODEL, StartError, run_session
 
 torch.set_num_threads(1)
@@ -89,8 +90,8 @@ def test_target_risk_sets_coverage_in_the_expected_direction(tmp_path, bundled):
     lines = dict(risk_rows(tight["summary"]))
     assert lines["risk expected"].startswith("<= 0.01 ")
     assert "decided frames" in lines["risk observed"]
-    point = session_risk_coverage(tight["rows"])["operating_point"]
-    assert point["coverage"] == tight["summary"]["coverage"]
+    curve = session_curve(tight["rows"])          # the report's curve of this session
+    assert curve is not None and curve.frames == tight["summary"]["scored_frames"]
 
 
 def test_target_risk_needs_a_model_with_a_risk_calibration(tmp_path):
