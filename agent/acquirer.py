@@ -205,9 +205,15 @@ class Acquirer:
         """A human's approval of one stage target, used by the next move there."""
         self._microscope.grant(approval)
 
-    def snap(self, settings: ImagingSettings) -> Frame:
-        """One frame with `settings` where the stage stands (a focus sweep's trial)."""
+    def snap(self, settings: ImagingSettings,
+             position: tuple[float, float] | None = None) -> Frame:
+        """One frame with `settings` (a focus search's trial) at `position`: the stage is
+        moved there first when it is not known to stand there (a resumed session's fresh
+        acquirer knows nothing); None: where the stage stands."""
         self.settle()
+        if position is not None and self.can_move and (
+                self._stage is None or (self._stage.x, self._stage.y) != position):
+            self._stage = self._microscope.move_stage(StagePosition(*position))
         self._applied = self._microscope.set_imaging(settings)
         return self._microscope.acquire()
 

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from agent.autofocus import AutofocusSettings
 from agent.policy import APPROVE_MODES, RoutePolicy
 from agent.quality import QualityThresholds
 from instruments.devices.frame import ImagingSettings
@@ -45,6 +46,9 @@ class RunConfig:
     vlm_timeout_s: float = 30.0
     pipeline: bool = True            # survey: acquire the next tile while deciding this one
     envelope: dict[str, Any] = field(default_factory=dict)   # SafetyEnvelope values
+    target_risk: float | None = None  # share of decided frames that may be wrong (risk_policy)
+    autofocus: bool = False          # focus searches at new positions (agent/autofocus)
+    autofocus_every: int = 0         # ... also every N stage moves (0: on sharpness only)
 
     def __post_init__(self) -> None:
         if self.approve not in APPROVE_MODES and self.approve != "web":
@@ -59,6 +63,8 @@ class RunConfig:
             raise RunConfigError(f"the VLM timeout must be positive, got {self.vlm_timeout_s}")
         if self.demo_strategy not in ("similar", "random"):
             raise RunConfigError("demonstration strategy must be similar or random")
+        if self.target_risk is not None and not 0.0 < self.target_risk < 1.0:
+            raise RunConfigError(f"--target-risk must lie in (0, 1), got {self.target_risk}")
         self.budgets = {**default_budgets(self.frames), **self.budgets}
 
     @property
@@ -70,6 +76,9 @@ class RunConfig:
         return RoutePolicy(confidence=self.confidence, max_set_size=self.max_set_size,
                            max_rescans=self.max_rescans, approve=self.approve_mode,
                            zoom_unsure=self.zoom_unsure, reject_unknown=self.reject_unknown)
+
+    def autofocus_settings(self) -> AutofocusSettings | None:
+        return AutofocusSettings(every=self.autofocus_every) if self.autofocus else None
 
     def imaging_settings(self) -> ImagingSettings:
         return ImagingSettings(**self.imaging)

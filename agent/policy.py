@@ -12,6 +12,7 @@ from typing import Any, Literal, TypedDict
 
 from agent.adjudication.base import ABSTAIN
 from agent.approval_request import HumanDecision
+from agent.quality import no_signal
 from agent.rescan_effect import kinds_planned
 from instruments.session_file.decision_record import (
     Decision,
@@ -51,6 +52,13 @@ class RoutePolicy:
     no measurement applies (routing alone, as in the policy's own tests). An unsure frame with
     no trusted adjudicator, or one the adjudicator abstains on, goes to the human (approvals
     on) or is recorded with no label (unresolved).
+
+    escalations_off: escalation kinds this policy does not use (rescan kinds dwell, focus,
+    fov; adjudication): under a target risk, those that measured no gain (agent/risk_policy).
+    A frame without signal (failing the SNR bar, with an SNR agent/quality.no_signal cannot
+    tell from none) that no rescan (a longer dwell first)
+    can help any more is recorded with no class (quality_failed, label None), never under
+    the classifier's guess.
     """
 
     confidence: float = 0.9
@@ -60,6 +68,7 @@ class RoutePolicy:
     zoom_unsure: bool = False
     reject_unknown: bool = True
     trusted_adjudicators: tuple[str, ...] | None = None
+    escalations_off: tuple[str, ...] = ()
 
     def may_adjudicate(self) -> bool:
         """True when some adjudicator may overrule the classifier."""
@@ -112,16 +121,18 @@ def decide(policy: RoutePolicy, prediction: PredictionRecord, quality: QualityRe
     if policy.is_confident(prediction):
         return "record"
     last_chance = rescans_done > 0 and rescans_done + 1 >= policy.max_rescans
+    skip = set(ineffective) | set(policy.escalations_off)
     can_rescan = (rescans_done < policy.max_rescans
                   and used.get("rescans", 0) < budgets.get("rescans", 0)
-                  and bool(kinds_planned(quality.failures, last_chance) - set(ineffective)))
+                  and bool(kinds_planned(quality.failures, last_chance) - skip))
     if not quality.ok and can_rescan:
         return "rescan"
     if policy.is_unknown(prediction):
         return "approve" if policy.approve == "uncertain" else "record"
     if policy.zoom_unsure and quality.ok and can_rescan and rescans_done == 0:
         return "rescan"
-    if within_adjudication_budget(budgets, used) and policy.may_adjudicate():
+    if ("adjudication" not in policy.escalations_off and policy.may_adjudicate()
+            and within_adjudication_budget(budgets, used)):
         return "adjudicate"
     return "approve" if policy.approve == "uncertain" else "record"
 
@@ -144,7 +155,7 @@ def standing_route(policy: RoutePolicy, record: DecisionRecord) -> Route:
     if policy.is_unknown(record.prediction):
         return Route.UNKNOWN
     if policy.is_confident(record.prediction):
-        return Route.RESCAN if record.rescans else Route.CONFIDENT
+        return Route.RESCAN if record.escalations else Route.CONFIDENT
     return Route.QUALITY_FAILED if not record.quality.ok else Route.UNRESOLVED
 
 
@@ -152,8 +163,14 @@ def rule_classified(policy: RoutePolicy, record: DecisionRecord, budgets: dict[s
                     used: dict[str, float], ineffective: Collection[str] = ()) -> Ruling:
     """The ruling on a frame just classified: the next step, the classifier's verdict and the
     route that verdict is recorded under."""
-    step = decide(policy, record.prediction, record.quality, len(record.rescans), budgets,
-                  used, ineffective)
+    step = decide(policy, record.prediction, record.quality, len(record.escalations),
+                  budgets, used, ineffective)
+    if (step != "rescan" and policy.approve != "all" and record.settings is not None
+            and "noise" in record.quality.failures
+            and no_signal(record.quality.snr, record.settings.pixels)
+            and not policy.is_confident(record.prediction)):      # still no signal
+        return Ruling(step="record", label=None, source="quality",
+                      route=Route.QUALITY_FAILED.value)
     proposal = verdict(policy, record.prediction)
     route = standing_route(policy, record)
     label = proposal.label

@@ -33,7 +33,9 @@ from agent.event_stream import EventStream
 from agent.graph import compile_graph, open_checkpointer
 from agent.nodes.finish import close_session, final_status
 from agent.objectives import parse_objective
+from agent.policy import RoutePolicy
 from agent.recorder import Recorder, RecordingError
+from agent.risk_policy import risk_policy
 from agent.scratch import FrameScratch
 from agent.state import AgentState, new_state
 from agent.stream_subscribers import FileRecorder, SessionLog
@@ -124,7 +126,11 @@ class Session:
                                        parts.reference)
         self.reserve = Reserve(work / "reserve")    # room to close the file on a full disk
         self.reserve.restore()
-        self.writer = SessionWriter(config.out, provenance(config, parts, adjudicator.name))
+        policy, risk_note = self._policy(adjudicator.name)
+        recorded = provenance(config, parts, adjudicator.name)
+        if risk_note is not None:          # the policy in force, set by the target risk
+            recorded.update(policy=policy.as_dict(), risk_control=risk_note)
+        self.writer = SessionWriter(config.out, recorded)
         self.stream = session_stream(config, self.writer)
         parts.microscope.on_incident = self.stream.incident       # every fault, in the stream
         self.checkpointer = open_checkpointer(checkpoint_path(config.out))
@@ -138,24 +144,29 @@ class Session:
             classifier=parts.classifier, writer=self.writer,
             adjudicator=adjudicator, bank=parts.bank, scratch=scratch, recorder=self.recorder,
             thumbnails=work / "thumbnails", plan=SurveyPlan(work / "plan.json"),
-            policy=self._policy(adjudicator.name),
+            policy=policy,
             thresholds=config.quality_thresholds(), imaging=config.imaging_settings(),
             survey_positions=parts.survey_positions, region=parts.region,
             demo_k=config.demo_k, demo_strategy=config.demo_strategy,
+            autofocus=config.autofocus_settings(),
             rng=np.random.default_rng(config.seed), stream=self.stream)
         self.graph = compile_graph(self.context, self.checkpointer)
 
-    def _policy(self, adjudicator: str):
-        """The configured policy; without rescans where the instrument cannot image again
-        (stored frames of a replay, windows of a fixed overview); with the adjudicators the
-        model's measurement trusts to overrule the classifier."""
-        policy = self.config.policy()
+    def _policy(self, adjudicator: str) -> tuple[RoutePolicy, dict[str, Any] | None]:
+        """The configured policy, set by the target risk where there is one (with what was
+        set); with the adjudicators the model's measurement trusts to overrule the classifier;
+        without rescans where the instrument cannot image again (stored frames of a replay,
+        windows of a fixed overview)."""
+        policy, note = self.config.policy(), None
+        if self.config.target_risk is not None:
+            policy, note = risk_policy(policy, getattr(self.parts.classifier, "risk", None),
+                                       self.config.target_risk)
         if self.parts.trust is not None:
             policy = replace(policy, trusted_adjudicators=self.parts.trust.trusted(
                 list(dict.fromkeys([adjudicator, OfflineKnnAdjudicator.name]))))
         fixed = (self.parts.tiles is not None
                  or self.parts.microscope.capabilities().replays_stored)
-        return replace(policy, max_rescans=0, zoom_unsure=False) if fixed else policy
+        return (replace(policy, max_rescans=0, zoom_unsure=False) if fixed else policy), note
 
     def initial_state(self) -> AgentState:
         objective = parse_objective(self.config.objective, self.parts.classifier.class_names)

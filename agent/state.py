@@ -83,6 +83,7 @@ class AgentState(TypedDict, total=False):
     reference_id: str | None         # drift reference: the attempt a rescan replaces
     previous_frame_id: str | None
     defocus: float                   # last defocus that gave a good frame (carried forward)
+    focus: dict[str, Any]            # autofocus: at_moves, searches, frames, expected{label}
     budgets: dict[str, float]        # limits: rescans, adjudications, tokens, moves, wall_s
     used: Annotated[dict[str, float], add_tallies]   # spent so far (wall_s: seconds)
     counts: Annotated[dict[str, Any], add_tallies]   # recorded, hits, routes{}, labels{}, ...

@@ -45,6 +45,7 @@ from models.ood import DEFAULT_QUANTILE, MahalanobisOOD, OODScore
 from models.pooled import PooledStemEncoder
 from models.prediction import Prediction
 from models.preprocess import preprocess_batch
+from models.risk import RiskControl
 
 CONFORMAL_SCORE = "LAC"
 
@@ -79,6 +80,7 @@ class Classifier:
         self.alpha = alpha
         self.ood = ood
         self.head = head  # how a head fitted outside training was made (the few-shot fit)
+        self.risk: RiskControl | None = None   # decisions' risk control (models/risk.py)
         self.checkpoint_sha256: str | None = None
 
     @property
@@ -109,6 +111,7 @@ class Classifier:
         clf = cls(model, model.config, meta["class_names"], meta.get("descriptions"),
                   meta["temperature"], conformal.get("qhat"), conformal.get("alpha"),
                   load_ood(Path(path), meta), meta.get("head"))
+        clf.risk = RiskControl.load(path)
         clf.checkpoint_sha256 = checkpoint_sha256(path)
         return clf
 

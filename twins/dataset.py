@@ -78,8 +78,11 @@ def _find_field(spec: Specimen, region: Region, fov: float, size: int, detector:
 
 def iter_labelled(per_class: int, size: int = 224, seed: int = 0,
                   settings: DatasetSettings | None = None,
-                  microscope: TwinMicroscope | None = None) -> Iterator[LabelledImage]:
-    """Yield `per_class` images of every SEM class, class by class."""
+                  microscope: TwinMicroscope | None = None,
+                  first: int = 0) -> Iterator[LabelledImage]:
+    """Yield `per_class` images of every SEM class, class by class; image indices start at
+    `first` (a dataset of N per class drew 0..N-1: later indices are fresh draws from the
+    same distribution, held out from it)."""
     if per_class < 1 or size < 16:
         raise ValueError(f"per_class must be >= 1 and size >= 16 (got {per_class}, {size})")
     cfg = settings or DatasetSettings()
@@ -90,7 +93,7 @@ def iter_labelled(per_class: int, size: int = 224, seed: int = 0,
         regions = [i for i, r in enumerate(spec.regions) if r.label == label and r.image is None]
         if not regions:
             raise ValueError(f"specimen has no region of class {label}")
-        for k in range(per_class):
+        for k in range(first, first + per_class):
             rng = np.random.default_rng([seed, c, k, 97])
             index = regions[int(rng.integers(len(regions)))]
             region = spec.regions[index]

@@ -144,6 +144,10 @@ def open_parts(config: RunConfig, classifier: Any = None, instrument: Microscope
         classifier, model_path = _load_classifier(config, twin)
     else:
         model_path = config.model or "<in memory>"
+    if config.target_risk is not None and getattr(classifier, "risk", None) is None:
+        raise StartError(f"--target-risk needs a model with a stored risk control; "
+                         f"{model_path} has none (python -m "
+                         "workflows.training.risk_calibration CHECKPOINT writes one)")
     reference, trust = _adjudication(model_path, classifier)
     try:
         inner = instrument or open_instrument(config.instrument,

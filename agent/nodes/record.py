@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from agent.autofocus import learned
 from agent.context import SessionContext
 from agent.policy import ruling_of
 from agent.state import AgentState
@@ -56,5 +57,7 @@ def make(ctx: SessionContext):
                   "sequence": state["sequence"] + 1, "reference_id": None, "embedding": None}
         if record.quality.ok:                 # a focus that worked carries to the next tile
             update["defocus"] = record.settings.defocus
+            if ctx.autofocus is not None:
+                update["focus"] = learned(state.get("focus"), record)
         return update
     return record

@@ -102,6 +102,29 @@ def _plan(current: DecisionRecord, asked: HumanRecord | None, last_chance: bool,
     return list(current.quality.failures), last_chance, ineffective
 
 
+def replaced(ctx: SessionContext, state: AgentState, new: ImagingSettings, reason: str,
+             note: dict[str, Any], adapt_s: float, effect: str | None = None,
+             human: HumanRecord | None = None) -> dict[str, Any]:
+    """The update that sends the frame in flight back to acquire with `new` settings: the
+    attempt it replaces is recorded (its thumbnail, quality, prediction and `note` of what
+    was changed, and the `human` act that asked for it) and kept as the reference the next
+    frame's drift is measured against."""
+    current: DecisionRecord = state["current"]
+    previous = ctx.scratch.get(current.frame_id)
+    old_reference = state.get("reference_id")
+    if old_reference and old_reference != current.frame_id:
+        ctx.scratch.drop(old_reference)        # superseded: drift is measured to the last
+    attempt = RescanRecord(
+        settings=current.settings, new_settings=new, reason=reason, quality=current.quality,
+        prediction=current.prediction, adaptation=note, adapt_s=adapt_s,
+        thumbnail=str(thumbnail(ctx, previous)), frame_id=current.frame_id, effect=effect,
+        human=human)
+    record = current.model_copy(update={
+        "rescans": [*current.rescans, attempt], "settings": new, "human": None,
+        "proposal": None, "route": None, "label": None})
+    return {"current": record, "reference_id": current.frame_id, "embedding": None}
+
+
 def make(ctx: SessionContext):
     def rescan(state: AgentState) -> dict[str, Any]:
         ctx.acquirer.settle()             # the frame in flight first: adapt_s is adapting
@@ -109,32 +132,22 @@ def make(ctx: SessionContext):
         settings = current.settings
         asked = current.human                  # a human's "reject and rescan", if any
         failures, last_chance, skip = _plan(
-            current, asked, bool(current.rescans) and len(current.rescans) + 1 >=
+            current, asked, bool(current.escalations) and len(current.escalations) + 1 >=
             ctx.policy.max_rescans, frozenset(state.get("ineffective") or ()))
         t0 = time.perf_counter()
         try:
-            new, note = adapt(ctx, settings, failures, last_chance, skip)
+            new, note = adapt(ctx, settings, failures, last_chance,
+                              skip if asked else skip | frozenset(ctx.policy.escalations_off))
         except SafetyRefused as exc:
             note, new = {"refused": str(exc)}, settings
         except InstrumentError as exc:
             return fail(f"rescan: {type(exc).__name__}: {exc}")
-        previous = ctx.scratch.get(current.frame_id)
-        old_reference = state.get("reference_id")
-        if old_reference and old_reference != current.frame_id:
-            ctx.scratch.drop(old_reference)        # superseded: drift is measured to the last
         if asked is not None:
             reason = f"operator {asked.operator} asked ({asked.rescan_change or 'auto'})"
             asked = asked.model_copy(update={"effect": settings_change(settings, new, note)})
         else:
             reason = ", ".join(failures) or "unsure"
-        attempt = RescanRecord(
-            settings=settings, new_settings=new, reason=reason, quality=current.quality,
-            prediction=current.prediction, adaptation=note,
-            adapt_s=time.perf_counter() - t0, thumbnail=str(thumbnail(ctx, previous)),
-            frame_id=current.frame_id, human=asked)
-        record = current.model_copy(update={
-            "rescans": [*current.rescans, attempt], "settings": new, "human": None,
-            "proposal": None, "route": None, "label": None})
-        return {"current": record, "reference_id": current.frame_id, "embedding": None,
+        return {**replaced(ctx, state, new, reason, note, time.perf_counter() - t0,
+                           human=asked),
                 "used": {"rescans": 1}}
     return rescan

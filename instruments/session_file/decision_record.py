@@ -151,6 +151,10 @@ class HumanRecord(_Part):
     effect: str = ""
 
 
+AUTOFOCUS = "autofocus"
+"""The reason of an attempt replaced by a focus search (agent/autofocus): not an escalation."""
+
+
 class RescanRecord(_Part):
     """One earlier attempt of the frame and what was changed for the next."""
 
@@ -244,6 +248,11 @@ class DecisionRecord(_Part):
         final decision."""
         acts = [attempt.human for attempt in self.rescans if attempt.human is not None]
         return [*acts, self.human] if self.human is not None else acts
+
+    @property
+    def escalations(self) -> list[RescanRecord]:
+        """The rescans made to decide the frame (a focus search's attempt is not one)."""
+        return [r for r in self.rescans if r.reason != AUTOFOCUS]
 
     @property
     def classifier_label(self) -> str | None:

@@ -57,6 +57,9 @@ def _summary_table(path: str) -> Any:
     for kind, count in sorted(summary["incidents"].items()):
         note = INCIDENT_NOTES.get(kind)
         table.add_row(f"incidents: {kind}", f"{count}" + (f" ({note})" if note else ""))
+    from workflows.report.risk_summary import risk_rows
+    for item, value in risk_rows(summary):
+        table.add_row(item, value)
     table.add_row("file", Text(path))
     return table
 
@@ -143,6 +146,15 @@ def run(
     confidence: float = typer.Option(0.9, help="confident: top probability >= this and a "
                                           "conformal set of one class"),
     max_rescans: int = typer.Option(2, help="rescans per frame at most"),
+    autofocus: bool = typer.Option(False, "--autofocus/--no-autofocus",
+                                   help="a focus search at a new position whose sharpness "
+                                        "falls below what its class showed so far"),
+    autofocus_every: int = typer.Option(0, min=0, help="with --autofocus: also every N stage "
+                                                       "moves (0: on sharpness only)"),
+    target_risk: float | None = typer.Option(
+        None, help="share of decided frames that may be wrong, e.g. 0.01: the confidence "
+                   "threshold and the escalations used come from the model's risk "
+                   "calibration (overrides --confidence)"),
     zoom_unsure: bool = typer.Option(False, help="rescan unsure frames once with a smaller "
                                                  "FOV before adjudicating them"),
     ood: bool = typer.Option(True, "--ood/--no-ood",
@@ -218,6 +230,8 @@ def run(
                 adjudicator=adjudicator, model=model, out=out, seed=seed,
                 state_dir=str(Path(state_dir).resolve()), bank=bank, pixels=pixels, fov=fov,
                 dwell=dwell, detector=detector, confidence=confidence, max_rescans=max_rescans,
+                target_risk=target_risk, autofocus=autofocus,
+                autofocus_every=autofocus_every,
                 zoom_unsure=zoom_unsure, reject_unknown=ood, pipeline=pipeline, demo_k=demo_k,
                 demo_strategy=demo_strategy, vlm_timeout_s=_vlm_timeout(vlm_timeout),
                 envelope=envelope_values(envelope, limit or [], free_zone))
