@@ -15,13 +15,14 @@ from typer.testing import CliRunner
 from web_browser import require_chromium
 
 from instruments.devices.frame import Frame, ImagingSettings, StagePosition
-from instruments.session_file.decision_record import DecisionRecord
+from instruments.session_file.decision_record import DecisionRecord, RescanRecord
 from instruments.session_file.decision_row import DecisionRow
 from instruments.session_file.reader import SessionReader
 from instruments.session_file.writer import SessionWriter
 from twins.operator_browser import headless_chromium
 from workflows.cli.app import app
 from workflows.report.format import duration, number, percent, rows, value, when, with_unit
+from workflows.report.human_acts import Act, rescan_act
 from workflows.report.mosaic import ROUTE_WORDS
 from workflows.report.risk_coverage import risk_coverage
 from workflows.report.session_report import build_report
@@ -142,8 +143,10 @@ def _with_human_acts(path: Path) -> Path:
         if i == 0:
             record["position"]["approval"] = {"decision": "approve", "operator": "Bea",
                                               "note": "edge of the stub", "time": 1.8e9}
+            asked = {"operator": "Bea", "time": 1.8e9 + 30, "proposal": "Fibres",
+                     "decision": "rescan", "note": "too noisy", "rescan_change": "dwell"}
             record["rescans"] = [{"settings": {"dwell": 2e-6}, "new_settings": {"dwell": 8e-6},
-                                  "reason": "operator asked"}]
+                                  "reason": "operator Bea asked (dwell)", "human": asked}]
             record["human"] = {"operator": "Bea", "time": 1.8e9 + 60, "proposal": "Fibres",
                                "decision": "relabel", "label": "Tips", "note": "needle tips",
                                "changed": True}
@@ -166,7 +169,8 @@ def test_every_human_act_in_the_file_is_in_the_report(tmp_path: Path) -> None:
     assert lines == [
         ["#0", "approve move", "Bea", "2027-01-15 08:00:00 UTC", "edge of the stub",
          "stage moved outside the free zone"],
-        ["#0", "reject and rescan", "not recorded", "–", "", "rescanned: dwell 2 µs → 8 µs"],
+        ["#0", "reject and rescan", "Bea", "2027-01-15 08:00:30 UTC", "too noisy",
+         "rescanned: dwell 2 µs → 8 µs (dwell asked)"],
         ["#0", "relabel", "Bea", "2027-01-15 08:01:00 UTC", "needle tips",
          "label Fibres → Tips"],
         ["#1", "skip", "Cy", "2027-01-15 08:02:00 UTC", "charging",
@@ -303,3 +307,13 @@ def test_risk_coverage_keeps_the_most_confident_frames_first() -> None:
     assert curve.area == pytest.approx((1 / 3 + 0.5) / 4)
     assert curve.agent == (0.75, pytest.approx(1 / 3))      # the three confident frames
     assert risk_coverage([row(0, 0.9, "Tips").model_copy(update={"truth": None})]) is None
+
+
+def test_a_rescan_asked_in_a_file_before_the_audit_trail_is_still_a_human_act() -> None:
+    attempt = RescanRecord.model_validate({"settings": {"dwell": 2e-6},
+                                           "new_settings": {"dwell": 8e-6},
+                                           "reason": "operator asked"})
+    assert rescan_act(3, attempt) == Act(3, "reject and rescan", "not recorded", "–", "",
+                                          "rescanned: dwell 2 µs → 8 µs")
+    agents_own = RescanRecord.model_validate({"reason": "low snr"})
+    assert rescan_act(3, agents_own) is None

@@ -37,12 +37,18 @@ def settings_change(before: ImagingSettings | None, after: ImagingSettings | Non
     return "; ".join(parts) or "the same settings again"
 
 
-def _rescan_act(frame: int, attempt: RescanRecord) -> Act | None:
-    """A rescan a human asked for; None for one the agent chose."""
+def rescan_act(frame: int, attempt: RescanRecord) -> Act | None:
+    """A rescan a human asked for (its act stored with the attempt; in files before record
+    version 4, only the reason says so); None for one the agent chose."""
+    changed = "rescanned: " + settings_change(attempt.settings, attempt.new_settings)
+    asked = attempt.human
+    if asked is not None:
+        picked = f" ({asked.rescan_change.value} asked)" if asked.rescan_change else ""
+        return Act(frame, "reject and rescan", asked.operator, when(asked.time), asked.note,
+                   changed + picked)
     if attempt.reason != OPERATOR_ASKED:
         return None
-    return Act(frame, "reject and rescan", NOT_RECORDED, MISSING, "",
-               "rescanned: " + settings_change(attempt.settings, attempt.new_settings))
+    return Act(frame, "reject and rescan", NOT_RECORDED, MISSING, "", changed)
 
 
 def _final_act(frame: int, record: DecisionRecord) -> Act | None:
@@ -72,6 +78,6 @@ def acts(frame: int, record: DecisionRecord) -> list[Act]:
                          approval.operator, when(approval.time), approval.note,
                          "stage moved outside the free zone" if moved
                          else "position not visited"))
-    found.extend(_rescan_act(frame, attempt) for attempt in record.rescans)
+    found.extend(rescan_act(frame, attempt) for attempt in record.rescans)
     found.append(_final_act(frame, record))
     return [act for act in found if act is not None]
