@@ -23,6 +23,7 @@ from agent.config import RunConfig, registry_path
 from agent.event_stream import StreamReader
 from agent.objectives import parse_objective
 from agent.overview import OverviewTiles
+from agent.risk_policy import RiskPolicyError, risk_policy
 from agent.session import Session, SessionParts, record_failed_start
 from agent.terminal_approval import TerminalApprover
 from instruments.devices.errors import InstrumentError, SafetyRefused
@@ -144,10 +145,11 @@ def open_parts(config: RunConfig, classifier: Any = None, instrument: Microscope
         classifier, model_path = _load_classifier(config, twin)
     else:
         model_path = config.model or "<in memory>"
-    if config.target_risk is not None and getattr(classifier, "risk", None) is None:
-        raise StartError(f"--target-risk needs a model with a stored risk control; "
-                         f"{model_path} has none (python -m "
-                         "workflows.training.risk_calibration CHECKPOINT writes one)")
+    if config.target_risk is not None:      # the session's own check, before any file
+        try:
+            risk_policy(config.policy(), getattr(classifier, "risk", None), config.target_risk)
+        except RiskPolicyError as exc:
+            raise StartError(f"model {model_path}: {exc}") from exc
     reference, trust = _adjudication(model_path, classifier)
     try:
         inner = instrument or open_instrument(config.instrument,
