@@ -149,7 +149,7 @@ def _pct(x: float) -> str:
 def markdown(results: dict[str, dict[int, dict[str, Any]]], args: argparse.Namespace,
              model: str, sha: str) -> str:
     configs = list(results)
-    seeds = sorted(next(iter(results.values())))
+    seeds = sorted({s for r in results.values() for s in r})
     lines = ["# Survey quality on the twin (issue 24)", "",
              f"`python -m benchmarks.survey_quality --seeds {args.seeds} --tiles {args.tiles} "
              f"--configs {args.configs}`; model `{model}` (sha256 {sha[:12]}); "
@@ -159,14 +159,15 @@ def markdown(results: dict[str, dict[int, dict[str, Any]]], args: argparse.Names
              "| seed | " + " | ".join(configs) + " |", "|---|" + "---|" * len(configs)]
     for seed in seeds:
         cells = [f"{results[c][seed]['final']:.3f} ({results[c][seed]['alone']:.3f})"
-                 for c in configs]
+                 if seed in results[c] else "-" for c in configs]
         lines.append(f"| {seed} | " + " | ".join(cells) + " |")
-    lines += ["", "## Over all seeds", "",
-              "| config | final | alone | seeds final >= alone | coverage | escalated (any) | "
+    lines += ["", "## Over the seeds each configuration ran", "",
+              "| config | seeds | final | alone | seeds final >= alone | coverage | "
+              "escalated (any) | "
               "rescan | zoom-out | neighbourhood | adjudication | sure & right changed | "
-              "dose peak e/nm^2 | s/frame |", "|---|" + "---|" * 12]
+              "dose peak e/nm^2 | s/frame |", "|---|" + "---|" * 13]
     for c in configs:
-        rows = [results[c][s] for s in seeds]
+        rows = [results[c][s] for s in seeds if s in results[c]]
         frames = sum(r["frames"] for r in rows)
 
         def mean(key: str, rows=rows, frames=frames) -> float:
@@ -176,7 +177,7 @@ def markdown(results: dict[str, dict[int, dict[str, Any]]], args: argparse.Names
             return _pct(sum(r["escalated"][kind] * r["frames"] for r in rows) / frames)
 
         lines.append(
-            f"| {c} | {mean('final'):.4f} | {mean('alone'):.4f} | "
+            f"| {c} | {len(rows)} | {mean('final'):.4f} | {mean('alone'):.4f} | "
             f"{sum(r['final'] >= r['alone'] for r in rows)}/{len(rows)} | "
             f"{_pct(mean('coverage'))} | {esc('any')} | {esc('rescan')} | {esc('zoom_out')} | "
             f"{esc('neighbourhood')} | {esc('adjudication')} | "
@@ -187,7 +188,7 @@ def markdown(results: dict[str, dict[int, dict[str, Any]]], args: argparse.Names
               "|---|---|---|---|---|"]
     for c in configs:
         for route in CONTEXT_ROUTES:
-            total = {k: sum(results[c][s]["context"][route][k] for s in seeds)
+            total = {k: sum(r["context"][route][k] for r in results[c].values())
                      for k in ("frames", "fixed", "broke")}
             if total["frames"]:
                 lines.append(f"| {c} | {route} | {total['frames']} | {total['fixed']} | "
@@ -195,15 +196,16 @@ def markdown(results: dict[str, dict[int, dict[str, Any]]], args: argparse.Names
     lines += ["", "## Adjudicator on the frames it received", "",
               "| config | frames | adjudicator right | classifier right |", "|---|---|---|---|"]
     for c in configs:
-        adj = {k: sum(results[c][s]["adjudicator"][k] for s in seeds)
+        adj = {k: sum(r["adjudicator"][k] for r in results[c].values())
                for k in ("frames", "adjudicator_right", "classifier_right")}
         lines.append(f"| {c} | {adj['frames']} | {adj['adjudicator_right']} | "
                      f"{adj['classifier_right']} |")
-    lines += ["", f"## Errors per region ({configs[-1]}; region index in the seed's specimen)",
+    last = configs[1] if len(configs) > 1 else configs[0]
+    lines += ["", f"## Errors per region ({last}; region index in the seed's specimen)",
               "", "| seed | region | truth | classifier -> final (p, route) |", "|---|---|---|---|"]
-    for seed in seeds:
+    for seed in sorted(results[last]):
         grouped: dict[tuple[int, str], list[str]] = {}
-        for e in results[configs[-1]][seed]["errors"]:
+        for e in results[last][seed]["errors"]:
             grouped.setdefault((e["region"], e["truth"]), []).append(
                 f"{e['classifier']} -> {e['label']} ({e['p']}, {e['route']})")
         for (region, truth), items in sorted(grouped.items()):
@@ -223,34 +225,41 @@ def main() -> None:
     if args.merge:
         merged: dict[str, Any] = {}
         for path in args.merge:
-            for config, seeds in json.loads(Path(path).read_text()).items():
+            runs = json.loads(Path(path).read_text())
+            meta = runs.pop("_run")
+            for config, seeds in runs.items():
                 merged.setdefault(config, {}).update({int(s): r for s, r in seeds.items()})
-        meta = merged.pop("_run")
+        args.tiles = meta.get("tiles", args.tiles)
         args.seeds = ",".join(map(str, sorted(next(iter(merged.values())))))
         write(merged, args, meta["model"], meta["sha256"])
         return
     classifier = Classifier.load(args.model, class_names=list(SEM_CLASSES))
     work = Path(tempfile.mkdtemp(prefix="micagent-survey-quality-"))
-    results: dict[str, dict[int, dict[str, Any]]] = {c: {} for c in args.configs.split(",")}
-    for seed in _seeds(args.seeds):
-        for name in results:
-            result = figures(run_survey(classifier, seed, args.tiles, CONFIGS[name], work))
-            results[name][seed] = result
-            print(f"seed {seed} {name}: final {result['final']:.3f} alone "
-                  f"{result['alone']:.3f} escalated {result['escalated']} context "
-                  f"{result['context']} {result['s_per_frame']:.2f} s/frame", flush=True)
+    configs = args.configs.split(",")
+    results: dict[str, dict[int, dict[str, Any]]] = {c: {} for c in configs}
+    # the first two configurations on every seed first, then the others: a run cut short
+    # still compares them seed by seed (the figures are written after every survey)
+    for seed, name in [(s, c) for group in (configs[:2], configs[2:])
+                       for s in _seeds(args.seeds) for c in group]:
+        result = figures(run_survey(classifier, seed, args.tiles, CONFIGS[name], work))
+        results[name][seed] = result
+        print(f"seed {seed} {name}: final {result['final']:.3f} alone {result['alone']:.3f} "
+              f"escalated {result['escalated']} context {result['context']} "
+              f"{result['s_per_frame']:.2f} s/frame", flush=True)
+        write(results, args, args.model, classifier.checkpoint_sha256 or "", quiet=True)
     write(results, args, args.model, classifier.checkpoint_sha256 or "")
 
 
 def write(results: dict[str, dict[int, dict[str, Any]]], args: argparse.Namespace, model: str,
-          sha: str) -> None:
+          sha: str, quiet: bool = False) -> None:
     """The table (`args.out`) and the figures beside it as JSON."""
-    text = markdown(results, args, model, sha)
+    text = markdown({c: r for c, r in results.items() if r}, args, model, sha)
     Path(args.out).write_text(text)
     Path(args.out).with_suffix(".json").write_text(json.dumps(
-        {"_run": {"model": model, "sha256": sha},
+        {"_run": {"model": model, "sha256": sha, "tiles": args.tiles},
          **{c: {str(s): r for s, r in v.items()} for c, v in results.items()}}, indent=1))
-    print(text)
+    if not quiet:
+        print(text)
 
 
 if __name__ == "__main__":
