@@ -72,7 +72,7 @@ class ScriptedClassifier:
     def __init__(self, twin: RenderingTwin, script: Script) -> None:
         self.twin, self.script = twin, script
 
-    def classify(self, images, lmm_labels=None) -> list[Prediction]:
+    def classify(self, images, lmm_labels=None, imaging=None) -> list[Prediction]:
         out = []
         for image in images:
             shown = self.twin.shown[_digest(image)]

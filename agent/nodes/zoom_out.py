@@ -44,7 +44,8 @@ def _look(ctx: SessionContext, current: DecisionRecord) -> tuple[ZoomOutRecord, 
     if shot.frame is None:
         return ZoomOutRecord(settings=settings, error=f"{type(shot.error).__name__}: "
                                                       f"{shot.error}"), shot
-    prediction = ctx.classifier.classify([shot.frame.image])[0]
+    taken = {"fov": shot.frame.settings.fov, "detector": shot.frame.settings.detector}
+    prediction = ctx.classifier.classify([shot.frame.image], imaging=[taken])[0]
     return ZoomOutRecord(
         settings=settings, frame_id=shot.frame.frame_id,
         thumbnail=str(thumbnail(ctx, shot.frame)), acquire_s=shot.acquire_s,
