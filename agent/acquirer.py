@@ -201,6 +201,13 @@ class Acquirer:
             return Shot(position, settings, None, 0.0, False, exc)
         return Shot(position, settings, frame, time.perf_counter() - t0)
 
+    def look(self, where: dict[str, Any], settings: ImagingSettings) -> Shot:
+        """A frame at `where` with `settings`, now (a zoom-out at a frame's centre); a shot
+        taken ahead stays ahead, and the stage goes back to `where` if it left."""
+        self.settle()
+        return self._adopt(_shoot(self._microscope, (where["x"], where["y"]), settings,
+                                  self._stage, self._applied, self.can_move))
+
     def grant(self, approval: Approval) -> None:
         """A human's approval of one stage target, used by the next move there."""
         self._microscope.grant(approval)

@@ -38,6 +38,8 @@ class RunConfig:
     max_rescans: int = 2
     zoom_unsure: bool = False
     reject_unknown: bool = True
+    zoom_out: bool = False
+    neighbourhood: bool = False
     demo_k: int = 8
     demo_strategy: str = "similar"
     bank: str | None = None
@@ -75,7 +77,8 @@ class RunConfig:
     def policy(self) -> RoutePolicy:
         return RoutePolicy(confidence=self.confidence, max_set_size=self.max_set_size,
                            max_rescans=self.max_rescans, approve=self.approve_mode,
-                           zoom_unsure=self.zoom_unsure, reject_unknown=self.reject_unknown)
+                           zoom_unsure=self.zoom_unsure, reject_unknown=self.reject_unknown,
+                           zoom_out=self.zoom_out, neighbourhood=self.neighbourhood)
 
     def autofocus_settings(self) -> AutofocusSettings | None:
         return AutofocusSettings(every=self.autofocus_every) if self.autofocus else None
@@ -112,9 +115,10 @@ class RunConfig:
 
 
 def default_budgets(frames: int) -> dict[str, float]:
-    """Budgets that scale with the session: rescans and adjudications for a fifth of the
-    frames each, tokens for paid endpoints, 20 stage moves per frame, one hour."""
+    """Budgets that scale with the session: rescans, zoom-outs and adjudications for a fifth
+    of the frames each, tokens for paid endpoints, 20 stage moves per frame, one hour."""
     return {"rescans": max(4, math.ceil(0.2 * frames)),
+            "zoom_outs": max(4, math.ceil(0.2 * frames)),
             "adjudications": max(4, math.ceil(0.2 * frames)),
             "tokens": 500_000, "moves": 20 * frames, "wall_s": 3600.0}
 

@@ -28,6 +28,7 @@ from agent.nodes import (
     plan,
     record,
     rescan,
+    zoom_out,
 )
 from agent.state import AgentState
 from instruments.session_file import decision_record
@@ -35,7 +36,7 @@ from instruments.session_file import decision_record
 NODES = {"connect": connect, "check_instrument": check_instrument, "plan": plan,
          "acquire": acquire, "assess_quality": assess_quality, "classify": classify,
          "rescan": rescan, "autofocus": autofocus, "adjudicate": adjudicate,
-         "approve": approve, "record": record, "finish": finish}
+         "approve": approve, "record": record, "zoom_out": zoom_out, "finish": finish}
 
 # Checkpoints written before the record moved to instruments/session_file (session format 2)
 # name its module by the old path: that name stays importable as the moved module.
@@ -66,10 +67,13 @@ def build_graph(ctx: SessionContext) -> StateGraph:
     after_classified = (policy.follow_ruling if ctx.autofocus is None
                         else after_classify(ctx.autofocus))
     graph.add_conditional_edges("classify", after_classified,
-                                ["record", "rescan", "adjudicate", "approve", "autofocus"])
+                                ["record", "rescan", "adjudicate", "approve", "autofocus",
+                                 "zoom_out"])
     graph.add_conditional_edges("autofocus", after_autofocus,
                                 ["acquire", "record", "rescan", "adjudicate", "approve",
-                                 "finish"])
+                                 "zoom_out", "finish"])
+    graph.add_conditional_edges("zoom_out", policy.after_zoom_out,
+                                ["record", "rescan", "adjudicate", "approve", "finish"])
     graph.add_conditional_edges("rescan", policy.after_rescan, ["acquire", "finish"])
     graph.add_conditional_edges("adjudicate", policy.follow_ruling, ["record", "approve"])
     graph.add_conditional_edges("approve", policy.follow_ruling, ["record", "rescan"])

@@ -59,6 +59,11 @@ class RoutePolicy:
     tell from none) that no rescan (a longer dwell first)
     can help any more is recorded with no class (quality_failed, label None), never under
     the classifier's guess.
+
+    Context (`rule_in_context`): with `neighbourhood` an unsure frame of good quality is
+    pooled with the decided frames of its region; with `zoom_out` one still unsure is imaged
+    once more at the same centre with a wider field, classified on its own and pooled too
+    (agent/context_evidence.py). Sure once pooled, it is recorded under the pooled label.
     """
 
     confidence: float = 0.9
@@ -77,6 +82,8 @@ class RoutePolicy:
     def may_overrule(self, adjudicator: str | None) -> bool:
         """True when the adjudicator named `adjudicator` may overrule the classifier."""
         return self.trusted_adjudicators is None or adjudicator in self.trusted_adjudicators
+    zoom_out: bool = False
+    neighbourhood: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,7 +98,7 @@ class RoutePolicy:
                 and len(prediction.conformal_set) <= self.max_set_size)
 
 
-Step = Literal["record", "rescan", "adjudicate", "approve"]
+Step = Literal["record", "rescan", "adjudicate", "approve", "zoom_out"]
 
 
 class Ruling(TypedDict):
@@ -177,6 +184,35 @@ def rule_classified(policy: RoutePolicy, record: DecisionRecord, budgets: dict[s
     if step == "record" and route == Route.UNRESOLVED and not policy.may_adjudicate():
         label = None            # unsure, and no adjudicator measured better than the classifier
     return Ruling(step=step, label=label, source=proposal.source, route=route.value)
+
+
+def rule_in_context(policy: RoutePolicy, record: DecisionRecord, ruling: Ruling,
+                    budgets: dict[str, float], used: dict[str, float]) -> Ruling:
+    """The classifier's `ruling` once the frame's context is weighed (`record.context`).
+
+    Only an unsure frame of good quality that is not unknown, ruled for neither a rescan nor
+    approval of every frame, is concerned: when its pooled prediction is sure it is recorded
+    under the pooled label (route zoomed_out when a zoom-out was pooled, else neighbourhood);
+    otherwise it is zoomed out once, where the policy and the budget allow;
+    otherwise the ruling's next step stands, with the pooled label where there is one."""
+    prediction = record.prediction
+    if (ruling["step"] == "rescan" or policy.approve == "all" or not record.quality.ok
+            or policy.is_confident(prediction) or policy.is_unknown(prediction)):
+        return ruling
+    context = record.context
+    pooled = context.fused if context is not None else None
+    zoomed = context is not None and context.zoom_out is not None
+    if pooled is not None and (pooled.confidence or 0.0) >= policy.confidence:
+        route = Route.ZOOMED_OUT if zoomed else Route.NEIGHBOURHOOD
+        return Ruling(step="record", label=pooled.label, source="context", route=route.value)
+    if (policy.zoom_out and not zoomed
+            and used.get("zoom_outs", 0) < budgets.get("zoom_outs", 0)):
+        return Ruling(step="zoom_out", label=ruling["label"], source=ruling["source"],
+                      route=None)
+    if pooled is None:
+        return ruling
+    return Ruling(step=ruling["step"], label=pooled.label, source="context",
+                  route=ruling["route"])
 
 
 def rule_adjudicated(policy: RoutePolicy, record: DecisionRecord, answer: str | None,
@@ -272,6 +308,11 @@ def after_acquire(state: Mapping[str, Any]) -> Literal["assess_quality", "plan",
 def follow_ruling(state: Mapping[str, Any]) -> Step:
     """After classify, adjudicate and approve: the step the policy's ruling names."""
     return state["ruling"]["step"]
+
+
+def after_zoom_out(state: Mapping[str, Any]) -> Step | Literal["finish"]:
+    """After a zoom-out: the ruling's step, or finish when the instrument failed."""
+    return FINISH if _failed(state) else state["ruling"]["step"]
 
 
 def after_rescan(state: Mapping[str, Any]) -> Literal["acquire", "finish"]:

@@ -166,7 +166,8 @@ class Session:
                 list(dict.fromkeys([adjudicator, OfflineKnnAdjudicator.name]))))
         fixed = (self.parts.tiles is not None
                  or self.parts.microscope.capabilities().replays_stored)
-        return (replace(policy, max_rescans=0, zoom_unsure=False) if fixed else policy), note
+        return (replace(policy, max_rescans=0, zoom_unsure=False, zoom_out=False) if fixed
+                else policy), note
 
     def initial_state(self) -> AgentState:
         objective = parse_objective(self.config.objective, self.parts.classifier.class_names)

@@ -89,6 +89,7 @@ class AgentState(TypedDict, total=False):
     counts: Annotated[dict[str, Any], add_tallies]   # recorded, hits, routes{}, labels{}, ...
     consecutive_errors: int          # bad frames in a row (reset by a good one)
     ineffective: list[str]           # kinds of rescan change that changed nothing here
+    neighbourhood: list[dict[str, Any]]  # frames the classifier was sure of (context_evidence)
     events: Annotated[list[dict[str, Any]], keep_recent]  # latest incidents
     envelope: dict[str, Any]         # the guard's counters (Acquirer.snapshotting)
     status: str                      # running | completed | interrupted | failed

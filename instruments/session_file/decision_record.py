@@ -9,9 +9,10 @@ frame is. It holds plain values only (ids, labels, numbers), never pixels or ten
 Versions: 1 = the untyped dict of files written before this module (no `version` key);
 2 = the first typed schema (open: sub-records kept keys beyond their fields, the rescan's
 `effect` among them; checkpoints also carried the working-only `started`); 3 = the closed
-schema (`extra="forbid"`); 4 = this schema: the audit trail of human acts (a rescan a human
+schema (`extra="forbid"`); 4 = the audit trail of human acts (a rescan a human
 asked for keeps that act in its `RescanRecord.human`; each `HumanRecord` says what the act
-changed, `effect`, and for a rescan which change was asked, `rescan_change`).
+changed, `effect`, and for a rescan which change was asked, `rescan_change`); 5 = this schema,
+which adds the context the decision used (`context`: a zoom-out, the neighbourhood).
 `DecisionRecord.from_stored` migrates older versions on read, and a
 record validated with an explicit older `version` (a checkpoint written before) is migrated too.
 """
@@ -29,7 +30,7 @@ from pydantic_core import PydanticSerializationError
 
 from instruments.devices.frame import ImagingSettings
 
-RECORD_VERSION = 4
+RECORD_VERSION = 5
 
 
 class Route(StrEnum):
@@ -43,11 +44,15 @@ class Route(StrEnum):
     QUALITY_FAILED = "quality_failed"  # unsure on a frame that stayed poor
     HUMAN = "human"                    # a human decided
     UNKNOWN = "unknown"                # out-of-distribution: unlike every class
+    ZOOMED_OUT = "zoomed_out"          # sure once a wider field at the same centre was fused
+    NEIGHBOURHOOD = "neighbourhood"    # sure once the same region's decided tiles were fused
 
 
 # routes whose label stands on the evidence (a hunt counts only these frames as found)
-DECIDED_ROUTES = (Route.CONFIDENT, Route.RESCAN, Route.ADJUDICATED, Route.HUMAN)
-ESCALATED_ROUTES = (Route.RESCAN, Route.ADJUDICATED, Route.HUMAN, Route.CONTESTED)
+DECIDED_ROUTES = (Route.CONFIDENT, Route.RESCAN, Route.ADJUDICATED, Route.HUMAN,
+                  Route.ZOOMED_OUT, Route.NEIGHBOURHOOD)
+ESCALATED_ROUTES = (Route.RESCAN, Route.ADJUDICATED, Route.HUMAN, Route.CONTESTED,
+                    Route.ZOOMED_OUT)
 
 
 class Decision(StrEnum):
@@ -191,6 +196,36 @@ class AdjudicationRecord(_Part):
     reclassified: PredictionRecord | None = None
 
 
+class ZoomOutRecord(_Part):
+    """A wider field at the same centre: its settings, its frame (not stored: its id and
+    thumbnail), its own prediction, or why it could not be taken (`error`)."""
+
+    settings: ImagingSettings | None = None
+    frame_id: str | None = None
+    thumbnail: str | None = None
+    prediction: PredictionRecord | None = None
+    acquire_s: float | None = None
+    error: str | None = None
+
+
+class NeighbourRecord(_Part):
+    """A decided frame taken for the same region: by stage distance and embedding similarity."""
+
+    frame_id: str | None = None
+    label: str
+    distance_m: float
+    similarity: float
+
+
+class ContextRecord(_Part):
+    """What the frame's decision saw beyond the frame: a zoom-out, the neighbourhood, and
+    the prediction fused from the frame's and theirs (agent/context_evidence.py)."""
+
+    zoom_out: ZoomOutRecord | None = None
+    neighbours: list[NeighbourRecord] = Field(default_factory=list)
+    fused: PredictionRecord | None = None
+
+
 class Proposal(_Part):
     """What the agent proposes to a human: a label and where it came from
     (classifier | ood | adjudicated | contested)."""
@@ -232,6 +267,7 @@ class DecisionRecord(_Part):
     human: HumanRecord | None = None
     timings: Timings = Field(default_factory=Timings)
     point_data: dict[str, Any] | None = None
+    context: ContextRecord | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -321,12 +357,14 @@ def migrate(data: dict[str, Any]) -> dict[str, Any]:
         data = migrate_v2(data)
     if data.get("version") == 3:
         data = {**data, "version": 4}     # 4 only adds optional fields
+    if data.get("version") == 4:
+        data = {**data, "version": 5}     # 5 only adds `context` (absent: none was used)
     return data
 
 
 def migrate_v2(data: dict[str, Any]) -> dict[str, Any]:
     """A version-2 record in schema 3: the working-only `started` (which checkpoints carried)
-    leaves the record; every other key of version 2 is a field of version 3."""
+    leaves the record; every other key of version 2 is a field of version 3 (then 4)."""
     out = {key: value for key, value in data.items() if key != "started"}
     out["version"] = 3
     return out

@@ -157,6 +157,12 @@ def run(
                    "calibration (overrides --confidence)"),
     zoom_unsure: bool = typer.Option(False, help="rescan unsure frames once with a smaller "
                                                  "FOV before adjudicating them"),
+    zoom_out: bool = typer.Option(False, "--zoom-out/--no-zoom-out",
+                                  help="image an unsure frame once more with a twice wider "
+                                       "field at the same centre and pool both predictions"),
+    neighbourhood: bool = typer.Option(False, "--neighbourhood/--no-neighbourhood",
+                                       help="pool an unsure frame's prediction with the sure "
+                                            "frames of its region (stage distance, embedding)"),
     ood: bool = typer.Option(True, "--ood/--no-ood",
                              help="record frames the model's out-of-distribution test flags "
                                   "as unknown, never as a class (checkpoints without an OOD "
@@ -232,7 +238,8 @@ def run(
                 dwell=dwell, detector=detector, confidence=confidence, max_rescans=max_rescans,
                 target_risk=target_risk, autofocus=autofocus,
                 autofocus_every=autofocus_every,
-                zoom_unsure=zoom_unsure, reject_unknown=ood, pipeline=pipeline, demo_k=demo_k,
+                zoom_unsure=zoom_unsure, zoom_out=zoom_out, neighbourhood=neighbourhood,
+                reject_unknown=ood, pipeline=pipeline, demo_k=demo_k,
                 demo_strategy=demo_strategy, vlm_timeout_s=_vlm_timeout(vlm_timeout),
                 envelope=envelope_values(envelope, limit or [], free_zone))
             check_start(config)                  # before the model loads, nothing written
