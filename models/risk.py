@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import beta, binom
 
+from models.checkpoint_sidecar import read_sidecar
 from models.errors import ModelInputError
 
 RISK_FILE = "risk_control.json"
@@ -157,13 +158,9 @@ class RiskControl:
     @classmethod
     def load(cls, folder: str | Path) -> RiskControl | None:
         """The risk control stored in a checkpoint folder; None when it has none."""
-        path = Path(folder) / RISK_FILE
-        if not path.is_file():
-            return None
-        try:
-            return cls.from_dict(json.loads(path.read_text()))
-        except (ValueError, KeyError, TypeError, IndexError) as exc:
-            raise ModelInputError(f"{path} is not a risk control file: {exc}") from exc
+        return read_sidecar(folder, RISK_FILE,
+                            lambda path: cls.from_dict(json.loads(path.read_text())),
+                            ModelInputError, (ValueError, KeyError, TypeError, IndexError))
 
 
 def risk_coverage(confidence, correct) -> list[dict[str, float]]:

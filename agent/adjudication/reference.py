@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from instruments.utils import atomic_file
+from models.checkpoint_sidecar import read_sidecar
 
 REFERENCE_FILE = "adjudication_reference.npz"
 
@@ -81,14 +82,13 @@ class TrainingReference:
     @classmethod
     def load(cls, folder: str | Path) -> TrainingReference | None:
         """The reference beside a checkpoint; None where the checkpoint has none."""
-        path = Path(folder) / REFERENCE_FILE
-        if not path.is_file():
-            return None
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                meta = json.loads(str(data["meta"]))
-                return cls(data["embeddings"].astype(np.float32), data["labels"],
-                           list(meta["class_names"]), VoteRule(**meta["rule"]))
-        except (OSError, KeyError, ValueError, TypeError, EOFError,
-                zipfile.BadZipFile) as exc:
-            raise ReferenceFileError(f"cannot read {path}: {exc}") from exc
+        return read_sidecar(folder, REFERENCE_FILE, cls._read, ReferenceFileError,
+                            (OSError, KeyError, ValueError, TypeError, EOFError,
+                             zipfile.BadZipFile))
+
+    @classmethod
+    def _read(cls, path: Path) -> TrainingReference:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            return cls(data["embeddings"].astype(np.float32), data["labels"],
+                       list(meta["class_names"]), VoteRule(**meta["rule"]))
