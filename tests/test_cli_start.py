@@ -1,17 +1,22 @@
 """How `micagent` starts: `--help` and `--version` import none of the heavy libraries; bad
 arguments, objectives and envelopes are refused before the model loads or a file is written;
-a start that fails later leaves only the session file with its reason."""
+a start that fails later (model, instrument, approval page, full disk) leaves only the
+session file with its reason, or nothing where the disk has no room for it."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_disk_full import small_filesystem
 from typer.testing import CliRunner
 
 import workflows.session_assembly as assembly
+from agent.config import RunConfig, registry_path
 from instruments.session_file.reader import SessionReader
 from instruments.utils.child_python import ROOT
 from workflows.cli.app import COMMANDS, app
@@ -73,15 +78,131 @@ def test_bad_input_is_refused_before_the_model_loads_and_writes_nothing(
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+def listing(folder: Path) -> list[str]:
+    """Every file and folder under `folder`, relative to it."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def beyond_banks(state: Path, before: list[str]) -> list[str]:
+    """What a start added to a state folder besides the demonstration banks' cache."""
+    return [name for name in listing(state) if name not in before and name != "banks"
+            and not name.startswith("banks/")]
+
+
+def failed_start(out: Path, state: Path, *args: str) -> str:
+    """Run a start that fails; its one error line."""
+    result = CliRunner().invoke(app, ["run", "--frames", "2", "--pixels", "64", *args,
+                                      "--out", str(out), "--state-dir", str(state)])
+    assert result.exit_code == 2, result.output
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: session failed to start: ")
+    return line
+
+
+def assert_reason_recorded(out: Path, words: str) -> None:
+    with SessionReader(out) as reader:
+        summary = reader.summary()
+    assert summary["status"] == "failed" and words in summary["reason"]
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A port bound but not listening: connecting to it is refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def shared_state(tmp_path_factory) -> Path:
+    """A state folder that outlives one start (its demonstration bank cached once)."""
+    return tmp_path_factory.mktemp("state")
+
+
 def test_a_start_that_fails_leaves_only_the_session_file_with_its_reason(
         tmp_path: Path, events: list[str]) -> None:
     out, state = tmp_path / "s.h5", tmp_path / "state"
-    result = CliRunner().invoke(app, ["run", "--model", str(tmp_path / "no-model"),
-                                      "--out", str(out), "--state-dir", str(state)])
-    assert result.exit_code == 2 and "session failed to start" in result.stderr
+    line = failed_start(out, state, "--model", str(tmp_path / "no-model"))
+    assert "no-model" in line
     assert events == ["open_parts"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.h5", "state"]
-    assert not (state / "sessions").exists()           # nothing to resume
+    assert listing(tmp_path) == ["s.h5"]          # no log, no registry entry, no state folder
+    assert_reason_recorded(out, "no-model")
+
+
+def test_a_model_that_fails_to_load_leaves_only_the_session_file(tmp_path: Path) -> None:
+    model = tmp_path / "broken"
+    model.mkdir()
+    (model / "config.json").write_text('{"class_names": ["a", "b"]}')
+    (model / "model.safetensors").write_bytes(b"not a tensor file")
+    failed_start(tmp_path / "s.h5", tmp_path / "state", "--model", str(model))
+    assert listing(tmp_path) == ["broken", "broken/config.json", "broken/model.safetensors",
+                                 "s.h5"]
+    assert_reason_recorded(tmp_path / "s.h5", "cannot use model")
+
+
+def test_an_unreachable_instrument_leaves_only_the_session_file(
+        tmp_path: Path, closed_port: int) -> None:
+    line = failed_start(tmp_path / "s.h5", tmp_path / "state",
+                        "--instrument", f"dtm://127.0.0.1:{closed_port}")
+    assert "cannot open instrument" in line
+    assert listing(tmp_path) == ["s.h5"]
+    assert_reason_recorded(tmp_path / "s.h5", "cannot open instrument")
+
+
+def test_a_busy_approval_port_leaves_only_the_session_file(
+        tmp_path: Path, shared_state: Path) -> None:
+    before = listing(shared_state)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        failed_start(tmp_path / "s.h5", shared_state, "--approve", "uncertain", "--ui", "web",
+                     "--port", str(port))
+    assert listing(tmp_path) == ["s.h5"]            # no checkpoint, no work folder
+    assert beyond_banks(shared_state, before) == []  # no log, nothing to resume
+
+
+def test_a_full_disk_at_start_leaves_nothing(tmp_path: Path, shared_state: Path) -> None:
+    before = listing(shared_state)
+    with small_filesystem(tmp_path / "tiny", "64k") as disk:
+        line = failed_start(disk / "s.h5", shared_state)
+        assert "disk full" in line and line.endswith("free space, then start again")
+        assert listing(disk) == []                  # no partial file, reserve or work folder
+    assert beyond_banks(shared_state, before) == []
+
+
+@pytest.fixture(scope="module")
+def unattended_session(tmp_path_factory, shared_state: Path) -> tuple[str, Path]:
+    """A two-frame session run with --approve none: its id and file."""
+    out = tmp_path_factory.mktemp("unattended") / "s.h5"
+    result = CliRunner().invoke(app, ["run", "--frames", "2", "--pixels", "64", "--quiet",
+                                      "--out", str(out), "--state-dir", str(shared_state)])
+    assert result.exit_code == 0, result.output
     with SessionReader(out) as reader:
-        summary = reader.summary()
-    assert summary["status"] == "failed" and "no-model" in summary["reason"]
+        return reader.summary()["session_id"], out
+
+
+def test_resuming_an_unattended_session_on_the_web_page_needs_an_approval_mode(
+        unattended_session: tuple[str, Path], shared_state: Path, events: list[str]) -> None:
+    session_id, out = unattended_session
+    before = listing(out.parent)
+    result = CliRunner().invoke(app, ["run", "--resume", session_id, "--ui", "web",
+                                      "--state-dir", str(shared_state)])
+    assert result.exit_code == 2
+    [line] = result.stderr.splitlines()
+    assert line == (f"error: --ui web answers approvals, but session {session_id} was saved "
+                    "with --approve none: add --approve uncertain (a human decides the unsure "
+                    "frames) or --approve all")
+    assert events == [] and listing(out.parent) == before
+
+
+def test_resume_with_an_approval_mode_opens_the_approval_page_and_keeps_the_mode(
+        unattended_session: tuple[str, Path], shared_state: Path) -> None:
+    session_id, _ = unattended_session
+    result = CliRunner().invoke(app, ["run", "--resume", session_id, "--approve", "uncertain",
+                                      "--ui", "web", "--quiet", "--state-dir",
+                                      str(shared_state)])
+    assert result.exit_code == 0, result.output
+    assert "approval page: http://127.0.0.1:" in result.stderr
+    saved = RunConfig.load(registry_path(shared_state, session_id))
+    assert saved.approve == "uncertain"

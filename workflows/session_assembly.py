@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -21,10 +21,11 @@ from agent.adjudication.trust import AdjudicatorTrust, TrustError
 from agent.approval_broker import ApprovalBroker
 from agent.config import RunConfig, registry_path
 from agent.event_stream import StreamReader
-from agent.objectives import parse_objective
+from agent.objectives import ObjectiveError, parse_objective
 from agent.overview import OverviewTiles
 from agent.risk_policy import RiskPolicyError, risk_policy
 from agent.session import Session, SessionParts, record_failed_start
+from agent.start_footprint import StartFootprint
 from agent.terminal_approval import TerminalApprover
 from instruments.devices.errors import InstrumentError, SafetyRefused
 from instruments.devices.frame import ImagingSettings
@@ -229,6 +230,20 @@ def final_summary(path: str, final: dict[str, Any] | None) -> dict[str, Any]:
     return summary
 
 
+def _failed_start(config: RunConfig, footprint: StartFootprint, error: StartError,
+                  cause: BaseException | None = None) -> NoReturn:
+    """End a start that failed: the session file says why (where it can be written: not a
+    file another session holds, nor on a full disk), and whatever else the start created is
+    removed (nothing to resume is kept); raise `error`."""
+    try:
+        record_failed_start(config, str(error))
+        recorded = True
+    except Exception:  # noqa: BLE001 - held by another session, not ours, or no room
+        recorded = False
+    footprint.clear(keep_out=recorded)
+    raise error from (cause or error.__cause__)
+
+
 def run_session(config: RunConfig, console: Console, quiet: bool = False,
                 classifier: Any = None, ui: str = "terminal", host: str = "127.0.0.1",
                 port: int = 0, allow_hosts: tuple[str, ...] = (),
@@ -237,16 +252,18 @@ def run_session(config: RunConfig, console: Console, quiet: bool = False,
     the terminal (by `operator`, else asked once) or, with `ui="web"` (or a saved
     `approve="web"` of an older configuration), on the web page at host:port.
     Library warnings and prints go to STATE_DIR/logs/SESSION_ID.log, not the terminal."""
+    footprint = StartFootprint(config)
     log_library_noise(Path(config.state_dir) / "logs" / f"{config.session_id}.log")
     given = dict(config.imaging), dict(config.envelope)
     try:
         parts = open_parts(config, classifier)
     except StartError as exc:
-        try:                              # the file says why; nothing to resume is kept
-            record_failed_start(config, str(exc))
-        except SessionFileError:          # --out is not ours (or unusable): left untouched
-            pass
-        raise
+        _failed_start(config, footprint, exc)
+    try:                                  # classes a checkpoint's config.json did not name
+        parse_objective(config.objective, parts.classifier.class_names)
+    except ObjectiveError as exc:
+        parts.microscope.close()
+        _failed_start(config, footprint, StartError(str(exc)))
     config.save(registry_path(config.state_dir, config.session_id))   # as resolved: --resume
     notice(console, describe(config.imaging, config.envelope, *given))
     broker = ApprovalBroker() if config.approve != "none" else None
@@ -259,7 +276,7 @@ def run_session(config: RunConfig, console: Console, quiet: bool = False,
                                allow_hosts=allow_hosts)
         except OSError as exc:
             parts.microscope.close()
-            raise StartError(str(exc)) from exc
+            _failed_start(config, footprint, StartError(str(exc)), exc)
         notice(_err, f"approval page: {web.url}")
     elif broker is not None:
         frontend = TerminalApprover(broker, console, operator=operator).start()
@@ -270,8 +287,12 @@ def run_session(config: RunConfig, console: Console, quiet: bool = False,
         session = Session(config, parts)
     except Exception as exc:  # noqa: BLE001 - e.g. the file is held by a running session
         parts.microscope.close()
-        raise StartError(f"cannot open session {config.session_id} at {config.out}: "
-                         f"{exc}") from exc
+        if frontend is not None:
+            frontend.stop()
+        if web is not None:
+            web.close()
+        _failed_start(config, footprint, StartError(f"cannot open session {config.session_id}"
+                                                    f" at {config.out}: {exc}"), exc)
     session.stream.subscribe(ProgressView(progress, console, broker, config.frames))
     final = None
     try:

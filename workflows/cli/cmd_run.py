@@ -6,6 +6,7 @@ checked before the model loads or a file is written (`session_assembly.check_sta
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import uuid
@@ -64,16 +65,23 @@ def _summary_table(path: str) -> Any:
     return table
 
 
-def _check_approval_options(approve: str, ui: str, resume: str | None) -> None:
-    """One spelling: `--approve MODE [--ui terminal|web]`; `--ui web` alone is an error."""
+def _check_approval_spelling(approve: str, ui: str) -> None:
+    """One spelling: `--approve MODE [--ui terminal|web]`."""
     if ui not in ("terminal", "web"):
         raise fail(f"--ui must be terminal or web, got {ui!r}")
     if approve == "web":
         raise fail("--approve web is spelled --approve uncertain --ui web (or --approve all "
                    "--ui web)")
-    if ui == "web" and approve == "none" and not resume:
-        raise fail("--ui web answers approvals, but --approve is none: add --approve "
-                   "uncertain (a human decides the unsure frames) or --approve all")
+
+
+def _check_web_has_approvals(mode: str, ui: str, resume: str | None) -> None:
+    """`--ui web` without approvals is an error, on a new session as on a resumed one (whose
+    mode is the saved one, unless `--approve` names another)."""
+    if ui == "web" and mode == "none":
+        saved = f"session {resume} was saved with --approve none" if resume else \
+            "--approve is none"
+        raise fail(f"--ui web answers approvals, but {saved}: add --approve uncertain (a human "
+                   "decides the unsure frames) or --approve all")
 
 
 class Terminated(KeyboardInterrupt):
@@ -125,7 +133,8 @@ def run(
     objective: str = typer.Option("survey", help="survey | hunt:CLASS[,CLASS][:N]"),
     frames: int = typer.Option(36, help="survey: tiles to record; hunt: positions to visit"),
     approve: str = typer.Option("none", help="which frames a human decides: none | uncertain "
-                                             "| all (answered where --ui says)"),
+                                             "| all (answered where --ui says; with "
+                                             "--resume: instead of the saved mode)"),
     adjudicator: str = typer.Option("offline", help="offline | openai (MICAGENT_VLM_*)"),
     model: str | None = typer.Option(None, help="checkpoint folder (default: bundled)"),
     out: str | None = typer.Option(None, help="session file (default micagent-<id>.h5)"),
@@ -176,7 +185,8 @@ def run(
     quiet: bool = typer.Option(False, help="no progress bar"),
     ui: str = typer.Option("terminal", help="where approvals are answered: terminal | web "
                                             "(the approval page); needs --approve uncertain "
-                                            "or all: --ui web alone is an error"),
+                                            "or all, given or saved: --ui web alone is an "
+                                            "error"),
     operator: str | None = typer.Option(None, help="who answers the terminal's approvals, "
                                                    "stored with each decision (default: "
                                                    "asked once at the first approval)"),
@@ -208,7 +218,9 @@ def run(
 ) -> None:
     """Run an acquisition session (no arguments: a survey on the embedded twin)."""
     console = Console()
-    _check_approval_options(approve, ui, resume)
+    _check_approval_spelling(approve, ui)
+    if not resume:
+        _check_web_has_approvals(approve, ui, None)
     from agent.config import RunConfig, checkpoint_path, registry_path, work_dir
     from agent.objectives import ObjectiveError
     from agent.survey_plan import PlanError
@@ -228,6 +240,9 @@ def run(
                            "checkpoint and work folder are gone (start a new session)")
             if instrument != "twin":                 # e.g. the server came back elsewhere
                 config.instrument = instrument
+            if approve != "none":                    # e.g. resumed with the approval page
+                config = dataclasses.replace(config, approve=approve)
+            _check_web_has_approvals(config.approve_mode, ui, resume)
             if vlm_timeout is not None:
                 config.vlm_timeout_s = vlm_timeout
         else:
@@ -260,12 +275,14 @@ def run(
         notice(err, f"interrupted; continue with: {resume_hint}", "yellow")
         raise typer.Exit(128 + getattr(exc, "signum", signal.SIGINT)) from exc
     except Exception as exc:
+        if isinstance(exc, (StartError, ObjectiveError)):   # nothing kept but the file
+            again = f"continue with: {resume_hint}" if resume else "start again"
+            room = f"; free space, then {again}" if is_disk_full(exc) else ""
+            raise fail(f"session failed to start: {exc}{room}") from exc
         if is_disk_full(exc):                     # stopped before a frame, file closed
             first = str(exc).split("\n")[0]
             raise fail(f"session {config.session_id} stopped, disk_full: {first}; free "
                        f"space, then continue with: {resume_hint}", code=1) from exc
-        if isinstance(exc, (StartError, ObjectiveError)):
-            raise fail(f"session failed to start: {exc}") from exc
         if isinstance(exc, PlanError):
             raise fail(f"session {config.session_id} cannot go on: {exc}", code=1) from exc
         raise
