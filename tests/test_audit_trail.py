@@ -1,9 +1,11 @@
 """Every human act on a frame is stored in the session file: approve, relabel, "reject and
 rescan" (with the change the operator picked) and skip, each with its operator, time, note
-and what it changed; a rescan a human asked for makes the change they picked."""
+and what it changed, and each is a line of the report's human acts; a rescan a human asked
+for makes the change they picked."""
 
 from __future__ import annotations
 
+import re
 import threading
 import uuid
 
@@ -20,6 +22,7 @@ from models.classifier import Classifier
 from models.config import FusionConfig
 from twins.classes import SEM_CLASSES
 from twins.microscope import TwinMicroscope
+from workflows.report.session_report import build_report
 
 torch.set_num_threads(1)
 
@@ -87,6 +90,19 @@ def test_every_human_act_is_in_the_file_with_operator_time_note_and_change(sessi
     again, skip = third.human_acts
     assert again.rescan_change == "auto" and third.rescans[0].human == again
     assert skip.effect == "frame left without a label" and third.label is None
+
+
+def test_every_human_act_in_the_file_is_a_line_of_the_report(session_file, tmp_path):
+    page = build_report(session_file, tmp_path / "report").read_text(encoding="utf-8")
+    table = page.split("<h2>Human acts</h2>")[1].split("</table>")[0]
+    lines = [re.findall(r"<td>([^<]*)</td>", line) for line in table.split("<tr>")[2:]]
+    acts = {"rescan": "reject and rescan", "relabel": "relabel", "approve": "approve",
+            "skip": "skip"}
+    assert [(act, operator, note) for _, act, operator, _, note, _ in lines] == [
+        (acts[answer["decision"]], answer["operator"], answer["note"]) for answer in ANSWERS]
+    assert [changed for *_, changed in lines][:2] == [
+        "rescanned: dwell 2 µs → 8 µs (dwell asked)",
+        "rescanned: fov 20 µm → 14 µm (zoom asked)"]
 
 
 def test_a_rescan_change_is_only_for_a_rescan() -> None:
