@@ -22,7 +22,8 @@ runner = CliRunner()
 def session(tmp_path: Path):
     path = tmp_path / "session.h5"
     frames = [make_frame(i, size=32) for i in range(3)]
-    with SessionWriter(path, {"session_id": "cli"}) as writer:
+    with SessionWriter(path, {"session_id": "cli", "instrument": {
+            "uri": "dtm://127.0.0.1:9091", "id": "stem-1", "server": None}}) as writer:
         writer.write_frame(frames[0], make_record(frames[0], "Fibres"))
         writer.write_frame(frames[1], make_record(
             frames[1], "Powder", route="adjudicated",
@@ -51,8 +52,10 @@ def test_inspect_prints_a_readable_summary(session) -> None:
     path, _ = session
     result = runner.invoke(app, ["inspect", str(path)])
     assert result.exit_code == 0, result.output
-    for text in ("session cli", "completed", "Fibres: 2", "adjudicated: 1", "0.667"):
+    for text in ("session cli", "completed", "Fibres: 2", "adjudicated: 1", "0.667",
+                 "dtm://127.0.0.1:9091 (id stem-1)", "approvals   │ none"):
         assert text in result.stdout
+    assert not any(word in result.stdout for word in ("{", "None", "null", "True"))
 
 
 def test_inspect_of_a_foreign_nsid_file_fails_clearly(shared_nsid_file: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -27,6 +26,19 @@ def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "-"
 
 
+def _instrument(info: Any) -> str:
+    """Where the frames came from, as `dtm://host:port (id X; server name 1.2)`."""
+    if not isinstance(info, dict):
+        return str(info) if info else "-"
+    said = [f"id {info['id']}"] if info.get("id") not in (None, info.get("uri")) else []
+    server = info.get("server")
+    if isinstance(server, dict) and server:
+        said.append("server " + ", ".join(f"{k} {v}" for k, v in server.items()))
+    elif server:
+        said.append(f"server {server}")
+    return str(info.get("uri") or "-") + (f" ({'; '.join(said)})" if said else "")
+
+
 def _print_summary(summary: dict[str, Any]) -> None:
     console = Console()
     table = Table(title=f"session {summary['session_id']}", show_header=False)
@@ -39,14 +51,15 @@ def _print_summary(summary: dict[str, Any]) -> None:
     rows = [
         ("file", summary["path"]), ("status", status),
         ("started", str(summary["started"])), ("ended", str(summary["ended"])),
-        ("instrument", json.dumps(summary["instrument"])),
+        ("instrument", _instrument(summary["instrument"])),
         ("frames", str(summary["frames"])),
         ("incidents", _counts(summary.get("incidents", {}))),
         ("labels", _counts(summary["label_counts"])),
         ("routes", _counts(summary["route_counts"])),
         ("escalations", f"{summary['escalations']} ({_counts(summary['escalation_counts'])})"),
         ("approvals", f"{summary['approvals']} ({_counts(summary['approval_decisions'])}; "
-                      f"{summary['human_changed']} changed the label)"),
+                      f"{summary['human_changed']} changed the label)"
+         if summary["approvals"] else "none"),
         ("accuracy", "no ground truth" if accuracy is None
          else f"{accuracy:.3f} over {summary['scored_frames']} frames with ground truth"),
     ]
