@@ -102,12 +102,16 @@ def test_evaluate_json_has_the_agreed_keys_and_scores_the_held_out_split(ckpt, d
     assert report["n_images"] == test_size and report["subset"].startswith("held-out")
 
 
-def test_evaluate_writes_only_into_out(ckpt, data, tmp_path):
+def test_evaluate_writes_only_into_out(ckpt, data, tmp_path, monkeypatch):
+    def everything() -> list[str]:
+        return sorted(str(p) for folder in (ckpt, data, tmp_path) for p in folder.rglob("*"))
+    monkeypatch.chdir(tmp_path)
     before = sorted(p.name for p in ckpt.iterdir())
+    untouched = everything()
     result = runner.invoke(app, ["evaluate", str(ckpt), str(data)])
     assert result.exit_code == 0, result.output
     assert "macro_f1" in result.stdout
-    assert sorted(p.name for p in ckpt.iterdir()) == before           # nothing written
+    assert everything() == untouched       # nothing written: checkpoint, data, working folder
     result = runner.invoke(app, ["evaluate", str(ckpt), str(data), "--out",
                                  str(tmp_path / "eval")])
     assert result.exit_code == 0, result.output
