@@ -48,14 +48,15 @@ def test_the_command_list_names_every_command_with_its_summary() -> None:
 
 @pytest.fixture
 def events(monkeypatch) -> list[str]:
-    """What the start did, in order: the parts (model, instrument) opened or not."""
+    """What the start did, in order: the parts opened or not, the model loaded or not."""
     seen: list[str] = []
-    real = assembly.open_parts
+    for name in ("open_parts", "_load_classifier"):
+        real = getattr(assembly, name)
 
-    def open_parts(*args, **kw):
-        seen.append("open_parts")
-        return real(*args, **kw)
-    monkeypatch.setattr(assembly, "open_parts", open_parts)
+        def step(*args, _name=name, _real=real, **kw):
+            seen.append(_name)
+            return _real(*args, **kw)
+        monkeypatch.setattr(assembly, name, step)
     return seen
 
 
@@ -124,7 +125,7 @@ def test_a_start_that_fails_leaves_only_the_session_file_with_its_reason(
     out, state = tmp_path / "s.h5", tmp_path / "state"
     line = failed_start(out, state, "--model", str(tmp_path / "no-model"))
     assert "no-model" in line
-    assert events == ["open_parts"]
+    assert events == ["open_parts", "_load_classifier"]
     assert listing(tmp_path) == ["s.h5"]          # no log, no registry entry, no state folder
     assert_reason_recorded(out, "no-model")
 
@@ -140,11 +141,12 @@ def test_a_model_that_fails_to_load_leaves_only_the_session_file(tmp_path: Path)
     assert_reason_recorded(tmp_path / "s.h5", "cannot use model")
 
 
-def test_an_unreachable_instrument_leaves_only_the_session_file(
-        tmp_path: Path, closed_port: int) -> None:
+def test_an_unreachable_instrument_is_said_before_the_model_loads_and_leaves_only_the_file(
+        tmp_path: Path, closed_port: int, events: list[str]) -> None:
     line = failed_start(tmp_path / "s.h5", tmp_path / "state",
                         "--instrument", f"dtm://127.0.0.1:{closed_port}")
     assert "cannot open instrument" in line
+    assert events == ["open_parts"]
     assert listing(tmp_path) == ["s.h5"]
     assert_reason_recorded(tmp_path / "s.h5", "cannot open instrument")
 

@@ -135,13 +135,10 @@ def _twin_positions(inner: Microscope, fov: float) -> list[dict[str, Any]] | Non
             for p in specimen.survey_centres(fov)]
 
 
-def open_parts(config: RunConfig, classifier: Any = None, instrument: Microscope | None = None,
-               bank_for: Callable[[RunConfig, Any], DemonstrationBank | None] | None = None
-               ) -> SessionParts:
-    """Instrument (guarded; opened from config.instrument unless given), classifier (loaded
-    from config.model unless given), demonstration bank (`bank_for(config, classifier)` when
-    given, else from the cache under config.state_dir) and plan inputs for a session."""
-    twin = config.instrument == "twin"
+def _model(config: RunConfig, classifier: Any, twin: bool
+           ) -> tuple[Any, str, TrainingReference | None, AdjudicatorTrust | None]:
+    """The classifier (loaded unless given), where it came from, and its adjudication
+    reference and trust; StartError where it cannot serve the session."""
     if classifier is None:
         classifier, model_path = _load_classifier(config, twin)
     else:
@@ -151,8 +148,17 @@ def open_parts(config: RunConfig, classifier: Any = None, instrument: Microscope
             risk_policy(config.policy(), getattr(classifier, "risk", None), config.target_risk)
         except RiskPolicyError as exc:
             raise StartError(f"model {model_path}: {exc}") from exc
-    reference, trust = _adjudication(model_path, classifier)
-    try:
+    return (classifier, model_path, *_adjudication(model_path, classifier))
+
+
+def open_parts(config: RunConfig, classifier: Any = None, instrument: Microscope | None = None,
+               bank_for: Callable[[RunConfig, Any], DemonstrationBank | None] | None = None
+               ) -> SessionParts:
+    """Instrument (guarded; opened from config.instrument unless given), classifier (loaded
+    from config.model unless given), demonstration bank (`bank_for(config, classifier)` when
+    given, else from the cache under config.state_dir) and plan inputs for a session."""
+    twin = config.instrument == "twin"
+    try:   # first: an address that answers nothing is said in seconds, before the model loads
         inner = instrument or open_instrument(config.instrument,
                                               {"twin": _twin_factory(config.seed)})
     except InstrumentError as exc:
@@ -163,6 +169,11 @@ def open_parts(config: RunConfig, classifier: Any = None, instrument: Microscope
     except (InstrumentError, ImagingError) as exc:
         inner.close()
         raise StartError(f"instrument {config.instrument}: {exc}") from exc
+    try:
+        classifier, model_path, reference, trust = _model(config, classifier, twin)
+    except StartError:
+        inner.close()
+        raise
     guarded = GuardedMicroscope(inner, envelope_from_dict(config.envelope))
     parts = SessionParts(microscope=guarded, classifier=classifier,
                          bank=(bank_for or _bank)(config, classifier),
