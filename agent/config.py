@@ -45,6 +45,8 @@ class RunConfig:
     vlm_timeout_s: float = 30.0
     pipeline: bool = True            # survey: acquire the next tile while deciding this one
     envelope: dict[str, Any] = field(default_factory=dict)   # SafetyEnvelope values
+    learn: bool = False              # learn from every human answer (agent/learning.py)
+    learn_min: int = 3               # --learn: examples per class before it decides alone
 
     def __post_init__(self) -> None:
         if self.approve not in APPROVE_MODES and self.approve != "web":
@@ -57,6 +59,11 @@ class RunConfig:
             raise RunConfigError("--frames must be at least 1")
         if not self.vlm_timeout_s > 0:
             raise RunConfigError(f"the VLM timeout must be positive, got {self.vlm_timeout_s}")
+        if self.learn and self.approve == "none":
+            raise RunConfigError("--learn learns from a human's answers: add --approve "
+                                 "uncertain (terminal), --approve web or --approve all")
+        if self.learn_min < 1:
+            raise RunConfigError(f"--learn-min must be at least 1, got {self.learn_min}")
         if self.demo_strategy not in ("similar", "random"):
             raise RunConfigError("demonstration strategy must be similar or random")
         self.budgets = {**default_budgets(self.frames), **self.budgets}
@@ -69,7 +76,8 @@ class RunConfig:
     def policy(self) -> RoutePolicy:
         return RoutePolicy(confidence=self.confidence, max_set_size=self.max_set_size,
                            max_rescans=self.max_rescans, approve=self.approve_mode,
-                           zoom_unsure=self.zoom_unsure, reject_unknown=self.reject_unknown)
+                           zoom_unsure=self.zoom_unsure, reject_unknown=self.reject_unknown,
+                           learn_min=self.learn_min if self.learn else 0)
 
     def imaging_settings(self) -> ImagingSettings:
         return ImagingSettings(**self.imaging)

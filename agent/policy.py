@@ -42,6 +42,12 @@ class RoutePolicy:
     is neither confident nor adjudicated as a class: it is recorded as unknown, or proposed as
     unknown to a human when the policy asks for approvals. A poor-quality unknown frame is
     still rescanned first (a better frame may show a known class); a good one is not zoomed.
+
+    learning (`learn_min` > 0, `micagent run --learn`): until every class the session was
+    taught has `learn_min` examples (two classes at least), every frame goes to the human
+    (`rule_classified`, `taught`); then a frame whose conformal set is a single class (and not
+    unknown) is recorded, whatever its top probability, and every other frame goes to the
+    human, without adjudication: the human's answer is what the session learns from.
     """
 
     confidence: float = 0.9
@@ -50,6 +56,7 @@ class RoutePolicy:
     approve: ApproveMode = "none"
     zoom_unsure: bool = False
     reject_unknown: bool = True
+    learn_min: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -60,7 +67,7 @@ class RoutePolicy:
 
     def is_confident(self, prediction: PredictionRecord) -> bool:
         return (not self.is_unknown(prediction)
-                and (prediction.confidence or 0.0) >= self.confidence
+                and (self.learn_min > 0 or (prediction.confidence or 0.0) >= self.confidence)
                 and len(prediction.conformal_set) <= self.max_set_size)
 
 
@@ -101,6 +108,8 @@ def decide(policy: RoutePolicy, prediction: PredictionRecord, quality: QualityRe
         return "rescan"
     if policy.is_unknown(prediction):
         return "approve" if policy.approve == "uncertain" else "record"
+    if policy.learn_min > 0:
+        return "approve"
     if policy.zoom_unsure and quality.ok and can_rescan and rescans_done == 0:
         return "rescan"
     if within_adjudication_budget(budgets, used):
@@ -130,10 +139,22 @@ def standing_route(policy: RoutePolicy, record: DecisionRecord) -> Route:
     return Route.QUALITY_FAILED if not record.quality.ok else Route.UNRESOLVED
 
 
+def learned_enough(taught: Mapping[str, int], learn_min: int) -> bool:
+    """Whether a learning session's head may decide alone: two classes or more, each with
+    `learn_min` examples."""
+    return len(taught) >= 2 and min(taught.values()) >= learn_min
+
+
 def rule_classified(policy: RoutePolicy, record: DecisionRecord, budgets: dict[str, float],
-                    used: dict[str, float], ineffective: Collection[str] = ()) -> Ruling:
+                    used: dict[str, float], ineffective: Collection[str] = (),
+                    taught: Mapping[str, int] | None = None) -> Ruling:
     """The ruling on a frame just classified: the next step, the classifier's verdict and the
-    route that verdict is recorded under."""
+    route that verdict is recorded under. `taught`: in a learning session, the examples per
+    class learned so far; too few send the frame to the human (source `learning`)."""
+    if policy.learn_min > 0 and not learned_enough(taught or {}, policy.learn_min):
+        label = record.prediction.label if record.prediction.label in (taught or {}) \
+            else UNKNOWN
+        return Ruling(step="approve", label=label, source="learning", route=None)
     step = decide(policy, record.prediction, record.quality, len(record.rescans), budgets,
                   used, ineffective)
     proposal = verdict(policy, record.prediction)

@@ -131,7 +131,8 @@ class Session:
             thresholds=config.quality_thresholds(), imaging=config.imaging_settings(),
             survey_positions=parts.survey_positions, region=parts.region,
             demo_k=config.demo_k, demo_strategy=config.demo_strategy,
-            rng=np.random.default_rng(config.seed), stream=self.stream)
+            rng=np.random.default_rng(config.seed), stream=self.stream,
+            learner=parts.classifier if config.learn else None)
         self.graph = compile_graph(self.context, self.checkpointer)
 
     def _policy(self):

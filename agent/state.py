@@ -90,6 +90,7 @@ class AgentState(TypedDict, total=False):
     ineffective: list[str]           # kinds of rescan change that changed nothing here
     events: Annotated[list[dict[str, Any]], keep_recent]  # latest incidents
     envelope: dict[str, Any]         # the guard's counters (Acquirer.snapshotting)
+    learning: dict[str, Any] | None  # --learn: support set, head, version (agent.learning)
     status: str                      # running | completed | interrupted | failed
     reason: str
 

@@ -64,7 +64,10 @@ def ask(console: Console, request: ApprovalRequest, operator: str,
     choice = Prompt.ask("decision", choices=[c.value for c in request.choices],
                         default="approve", console=console, stream=stream)
     label = None
-    if choice == "relabel":
+    if choice == "relabel" and request.new_labels:     # --learn: any name teaches a class
+        console.print(f"known: {_plain(', '.join(request.labels))}")
+        label = Prompt.ask("label (known or a new class name)", console=console, stream=stream)
+    elif choice == "relabel":
         label = Prompt.ask("label", choices=list(request.labels), console=console,
                            stream=stream)
     while True:

@@ -96,7 +96,7 @@ def test_confident_survey_records_every_tile_with_its_decision(tmp_path, classif
     assert all(r.route == "confident" for r in records)
     for record, truth in zip(records, truths, strict=True):
         stored = record.model_dump()
-        assert RECORD_KEYS <= set(stored) and record.version == 3
+        assert RECORD_KEYS <= set(stored) and record.version == 4
         assert record.frame_id and record.timings.acquire_s > 0 and record.position.x is not None
         assert record.label == record.prediction.label
         assert None not in (record.quality.sharpness, record.quality.snr,

@@ -181,6 +181,6 @@ def test_a_record_checkpointed_by_version_2_resumes_as_a_version_3_record(tmp_pa
         blob = ormsgpack.packb({"current": ormsgpack.Ext(EXT_PYDANTIC_V2, ormsgpack.packb(
             (module, "DecisionRecord", old, "model_validate_json")))})
         record = serde.loads_typed(("msgpack", blob))["current"]
-        assert isinstance(record, DecisionRecord) and record.version == 3
+        assert isinstance(record, DecisionRecord) and record.version == 4
         assert isinstance(record.rescans[0], RescanRecord) and record.rescans[0].effect == "none"
         assert record.sequence == 4 and "started" not in record.model_dump()

@@ -283,7 +283,7 @@ def test_records_written_before_records_were_typed_are_read_migrated(tmp_path: P
     with SessionReader(path) as reader:
         (record,) = reader.records()
         summary = reader.summary()
-    assert record.version == 3 and record.frame_id == frame.frame_id
+    assert record.version == 4 and record.frame_id == frame.frame_id
     assert record.route is Route.HUMAN and record.human.decision == "relabel"
     assert record.prediction.ood.score == 2.5 and record.prediction.top_k[0] == ("Powder", 0.62)
     assert record.rescans[0].prediction is None                  # "{}" meant: not there
@@ -309,7 +309,7 @@ def test_a_version_2_record_reads_as_version_3_with_its_rescan_effect_typed() ->
               "started": 1795464000.0,
               "rescans": [{"reason": "noise", "effect": "improved", "adapt_s": 0.01}]}
     for record in (DecisionRecord.from_stored(stored), DecisionRecord(**stored)):
-        assert record.version == 3 and record.rescans[0].effect == "improved"
+        assert record.version == 4 and record.rescans[0].effect == "improved"
         assert "started" not in record.model_dump()
         assert DecisionRecord.from_json(record.to_json()) == record
 

@@ -8,9 +8,11 @@ frame is. It holds plain values only (ids, labels, numbers), never pixels or ten
 
 Versions: 1 = the untyped dict of files written before this module (no `version` key);
 2 = the first typed schema (open: sub-records kept keys beyond their fields, the rescan's
-`effect` among them; checkpoints also carried the working-only `started`); 3 = this schema,
-closed (`extra="forbid"`). `DecisionRecord.from_stored` migrates older versions on read, and a
-record validated with an explicit older `version` (a checkpoint written before) is migrated too.
+`effect` among them; checkpoints also carried the working-only `started`); 3 = closed
+(`extra="forbid"`); 4 = this schema, which adds `head_version` (the version of the head a
+learning session classified the frame with; None elsewhere). `DecisionRecord.from_stored`
+migrates older versions on read, and a record validated with an explicit older `version` (a
+checkpoint written before) is migrated too.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pydantic_core import PydanticSerializationError
 
 from instruments.devices.frame import ImagingSettings
 
-RECORD_VERSION = 3
+RECORD_VERSION = 4
 
 
 class Route(StrEnum):
@@ -207,6 +209,7 @@ class DecisionRecord(_Part):
     human: HumanRecord | None = None
     timings: Timings = Field(default_factory=Timings)
     point_data: dict[str, Any] | None = None
+    head_version: int | None = None    # --learn: the answers the deciding head had learned
 
     @model_validator(mode="before")
     @classmethod
@@ -282,6 +285,8 @@ def migrate(data: dict[str, Any]) -> dict[str, Any]:
         data = migrate_v1(data)
     if data.get("version") == 2:
         data = migrate_v2(data)
+    if data.get("version") == 3:
+        data = {**data, "version": 4}      # version 4 only adds head_version (None)
     return data
 
 

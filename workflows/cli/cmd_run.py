@@ -100,7 +100,12 @@ def run(
     frames: int = typer.Option(36, help="survey: tiles to record; hunt: positions to visit"),
     approve: str = typer.Option("none", help="none | uncertain | all | web"),
     adjudicator: str = typer.Option("offline", help="offline | openai (MICAGENT_VLM_*)"),
-    model: str | None = typer.Option(None, help="checkpoint folder (default: bundled)"),
+    model: str | None = typer.Option(None, help="checkpoint folder (default: bundled); none: "
+                                                "start from nothing (with --learn)"),
+    learn: bool = typer.Option(False, help="learn from every human answer (needs --approve): "
+                                           "each refits the head; saved as OUT.model/"),
+    learn_min: int = typer.Option(3, help="--learn: examples per class before the agent "
+                                          "decides alone"),
     out: str | None = typer.Option(None, help="session file (default micagent-<id>.h5)"),
     resume: str | None = typer.Option(None, help="continue a killed or failed session (with "
                                                  "--instrument: at a new address)"),
@@ -179,7 +184,8 @@ def run(
                 dwell=dwell, detector=detector, confidence=confidence, max_rescans=max_rescans,
                 zoom_unsure=zoom_unsure, reject_unknown=ood, pipeline=pipeline, demo_k=demo_k,
                 demo_strategy=demo_strategy, vlm_timeout_s=_vlm_timeout(vlm_timeout),
-                envelope=envelope_values(envelope, limit or [], free_zone))
+                envelope=envelope_values(envelope, limit or [], free_zone), learn=learn,
+                learn_min=learn_min)
     except ValueError as exc:
         raise fail(exc) from exc
     notice(console, f"session {config.session_id} -> {config.out}"
