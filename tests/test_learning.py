@@ -202,7 +202,6 @@ def test_a_sigkilled_learning_session_resumes_with_what_it_learned_and_saves_its
                        "8", "--pixels", "64", "--learn-min", "2", "--out", str(out),
                        "--state-dir", str(state), "--quiet"], log, tmp_path)
     session_id: str | None = None
-    learned: dict = {}
 
     def three_answers() -> bool:
         nonlocal session_id
@@ -210,7 +209,6 @@ def test_a_sigkilled_learning_session_resumes_with_what_it_learned_and_saves_its
             found = list(state.glob("sessions/*.json"))
             session_id = found[0].stem if found else None
         value = _checkpointed_learning(out, session_id) if session_id else None
-        learned.update(value or {})
         return bool(value) and value["version"] >= 3
 
     operator = _operate(proc, log, three_answers)

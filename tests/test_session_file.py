@@ -283,7 +283,7 @@ def test_records_written_before_records_were_typed_are_read_migrated(tmp_path: P
     with SessionReader(path) as reader:
         (record,) = reader.records()
         summary = reader.summary()
-    assert record.version == 4 and record.frame_id == frame.frame_id
+    assert record.version == 4 and record.head_version is None and record.frame_id == frame.frame_id
     assert record.route is Route.HUMAN and record.human.decision == "relabel"
     assert record.prediction.ood.score == 2.5 and record.prediction.top_k[0] == ("Powder", 0.62)
     assert record.rescans[0].prediction is None                  # "{}" meant: not there
@@ -297,7 +297,7 @@ def test_records_written_before_records_were_typed_are_read_migrated(tmp_path: P
         writer.write_frame(extra, make_record(extra, "Tips"))
     with h5py.File(path, "r") as f:
         stored = f["Measurement_000/Channel_000001"].attrs["record"]
-    assert '"version":3' in stored
+    assert '"version":4' in stored
 
 
 def test_a_version_2_record_reads_as_version_3_with_its_rescan_effect_typed() -> None:
