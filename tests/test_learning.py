@@ -237,4 +237,6 @@ def test_a_sigkilled_learning_session_resumes_with_what_it_learned_and_saves_its
     assert model.class_names == support.class_names
     assert model.head["version"] == len(support) == sum(r.human is not None for r in records)
     frame = TwinMicroscope(seed=0).acquire()
-    assert model.classify([frame.image])[0].label in support.class_names
+    probabilities = model.classify([frame.image])[0].probabilities
+    head = support.fit()                     # the session's last refit, made again
+    assert np.allclose(probabilities, head.predict(features([frame.image]))[0], atol=1e-4)
