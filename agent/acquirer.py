@@ -201,13 +201,26 @@ class Acquirer:
             return Shot(position, settings, None, 0.0, False, exc)
         return Shot(position, settings, frame, time.perf_counter() - t0)
 
+    def look(self, where: dict[str, Any], settings: ImagingSettings) -> Shot:
+        """A frame at `where` with `settings`, now (a zoom-out at a frame's centre); a shot
+        taken ahead stays ahead, and the stage goes back to `where` if it left."""
+        self.settle()
+        return self._adopt(_shoot(self._microscope, (where["x"], where["y"]), settings,
+                                  self._stage, self._applied, self.can_move))
+
     def grant(self, approval: Approval) -> None:
         """A human's approval of one stage target, used by the next move there."""
         self._microscope.grant(approval)
 
-    def snap(self, settings: ImagingSettings) -> Frame:
-        """One frame with `settings` where the stage stands (a focus sweep's trial)."""
+    def snap(self, settings: ImagingSettings,
+             position: tuple[float, float] | None = None) -> Frame:
+        """One frame with `settings` (a focus search's trial) at `position`: the stage is
+        moved there first when it is not known to stand there (a resumed session's fresh
+        acquirer knows nothing); None: where the stage stands."""
         self.settle()
+        if position is not None and self.can_move and (
+                self._stage is None or (self._stage.x, self._stage.y) != position):
+            self._stage = self._microscope.move_stage(StagePosition(*position))
         self._applied = self._microscope.set_imaging(settings)
         return self._microscope.acquire()
 

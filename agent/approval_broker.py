@@ -58,3 +58,8 @@ class ApprovalBroker:
     def update_progress(self, **fields: Any) -> None:
         with self._lock:
             self.progress.update(fields)
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """The session has ended: its summary (status, frames, labels...) joins the progress
+        as `final`, for the front-ends' last view."""
+        self.update_progress(final=summary)

@@ -19,9 +19,10 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
-from instruments.session_file.decision_record import Decision, DecisionRecord
+from instruments.session_file.decision_record import Decision, DecisionRecord, RescanChange
 from instruments.session_file.text_fields import checked_text
 
 
@@ -30,14 +31,22 @@ class DecisionRefused(ValueError):
 
 
 class HumanDecision(BaseModel):
-    """A human's answer: the decision, the label of a relabel, who (not blank), and why."""
+    """A human's answer: the decision, the label of a relabel, what a rescan should change
+    (default: the agent's choice), who (not blank), and why."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
     decision: Decision
     label: str | None = None
+    rescan_change: RescanChange | None = None
     operator: str = "?"
     note: str = ""
+
+    @model_validator(mode="after")
+    def _change_only_for_a_rescan(self) -> HumanDecision:
+        if self.rescan_change is not None and self.decision != Decision.RESCAN:
+            raise ValueError("rescan_change is only for a rescan decision")
+        return self
 
     @field_validator("operator", "label")
     @classmethod

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from agent.autofocus import AutofocusSettings
 from agent.policy import APPROVE_MODES, RoutePolicy
 from agent.quality import QualityThresholds
 from instruments.devices.frame import ImagingSettings
@@ -37,6 +38,8 @@ class RunConfig:
     max_rescans: int = 2
     zoom_unsure: bool = False
     reject_unknown: bool = True
+    zoom_out: bool = False
+    neighbourhood: bool = False
     demo_k: int = 8
     demo_strategy: str = "similar"
     bank: str | None = None
@@ -47,6 +50,9 @@ class RunConfig:
     envelope: dict[str, Any] = field(default_factory=dict)   # SafetyEnvelope values
     learn: bool = False              # learn from every human answer (agent/learning.py)
     learn_min: int = 3               # --learn: examples per class before it decides alone
+    target_risk: float | None = None  # share of decided frames that may be wrong (risk_policy)
+    autofocus: bool = False          # focus searches at new positions (agent/autofocus)
+    autofocus_every: int = 0         # ... also every N stage moves (0: on sharpness only)
 
     def __post_init__(self) -> None:
         if self.approve not in APPROVE_MODES and self.approve != "web":
@@ -61,11 +67,13 @@ class RunConfig:
             raise RunConfigError(f"the VLM timeout must be positive, got {self.vlm_timeout_s}")
         if self.learn and self.approve == "none":
             raise RunConfigError("--learn learns from a human's answers: add --approve "
-                                 "uncertain (terminal), --approve web or --approve all")
+                                 "uncertain or --approve all (--ui terminal or web)")
         if self.learn_min < 1:
             raise RunConfigError(f"--learn-min must be at least 1, got {self.learn_min}")
         if self.demo_strategy not in ("similar", "random"):
             raise RunConfigError("demonstration strategy must be similar or random")
+        if self.target_risk is not None and not 0.0 < self.target_risk < 1.0:
+            raise RunConfigError(f"--target-risk must lie in (0, 1), got {self.target_risk}")
         self.budgets = {**default_budgets(self.frames), **self.budgets}
 
     @property
@@ -77,7 +85,11 @@ class RunConfig:
         return RoutePolicy(confidence=self.confidence, max_set_size=self.max_set_size,
                            max_rescans=self.max_rescans, approve=self.approve_mode,
                            zoom_unsure=self.zoom_unsure, reject_unknown=self.reject_unknown,
+                           zoom_out=self.zoom_out, neighbourhood=self.neighbourhood,
                            learn_min=self.learn_min if self.learn else 0)
+
+    def autofocus_settings(self) -> AutofocusSettings | None:
+        return AutofocusSettings(every=self.autofocus_every) if self.autofocus else None
 
     def imaging_settings(self) -> ImagingSettings:
         return ImagingSettings(**self.imaging)
@@ -111,9 +123,10 @@ class RunConfig:
 
 
 def default_budgets(frames: int) -> dict[str, float]:
-    """Budgets that scale with the session: rescans and adjudications for a fifth of the
-    frames each, tokens for paid endpoints, 20 stage moves per frame, one hour."""
+    """Budgets that scale with the session: rescans, zoom-outs and adjudications for a fifth
+    of the frames each, tokens for paid endpoints, 20 stage moves per frame, one hour."""
     return {"rescans": max(4, math.ceil(0.2 * frames)),
+            "zoom_outs": max(4, math.ceil(0.2 * frames)),
             "adjudications": max(4, math.ceil(0.2 * frames)),
             "tokens": 500_000, "moves": 20 * frames, "wall_s": 3600.0}
 

@@ -14,6 +14,7 @@ import numpy as np
 from agent.acquirer import Acquirer
 from agent.adjudication.base import Adjudicator
 from agent.adjudication.demonstrations import DemonstrationBank
+from agent.autofocus import AutofocusSettings
 from agent.policy import RoutePolicy
 from agent.quality import QualityThresholds
 from agent.scratch import FrameScratch
@@ -25,7 +26,8 @@ from instruments.session_file.decision_record import DecisionRecord
 class ClassifierLike(Protocol):
     class_names: list[str]
 
-    def classify(self, images: Any, lmm_labels: list[str | None] | None = None) -> list: ...
+    def classify(self, images: Any, lmm_labels: list[str | None] | None = None,
+                 imaging: list[dict | None] | None = None) -> list: ...
 
 
 class WriterLike(Protocol):
@@ -57,6 +59,7 @@ class SessionContext:
     demo_k: int = 8
     demo_strategy: str = "similar"
     focus_step: float = 2e-6
+    autofocus: AutofocusSettings | None = None   # None: no focus search at new positions
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
     stream: Any = None              # agent.event_stream.EventStream: what happens, for all
     recorder: Any = None            # agent.recorder.Recorder: session writes off the main path

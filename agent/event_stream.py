@@ -35,7 +35,8 @@ DATA_KEYS: dict[str, dict[str, str]] = {
     INCIDENTS: {"kind": "string", "message": "string", "source": "string",
                 "details": "string"},
     DECISIONS: {"kind": "string", "decision": "string", "operator": "string",
-                "label": "string", "frame_id": "string"},
+                "label": "string", "frame_id": "string", "rescan_change": "string",
+                "note": "string"},
 }
 LEFT = "left_"                      # frame data key prefix of a budget's remainder
 EXIT_STATUS = {"completed": "success", "interrupted": "abort", "failed": "fail"}
@@ -131,7 +132,9 @@ class EventStream:
         with self._lock:
             self._event(DECISIONS, {"kind": request.kind, "decision": answer.decision.value,
                                     "operator": answer.operator, "label": answer.label,
-                                    "frame_id": record.frame_id if record else None})
+                                    "frame_id": record.frame_id if record else None,
+                                    "rescan_change": answer.rescan_change.value
+                                    if answer.rescan_change else "", "note": answer.note})
 
     def stop(self, status: str, reason: str = "") -> None:
         """Close the run: `status` completed / interrupted / failed (success / abort / fail)."""

@@ -11,6 +11,7 @@ from pathlib import Path
 from langgraph.graph import END, START, StateGraph
 
 from agent import approval_request, policy
+from agent.autofocus import after_autofocus, after_classify
 from agent.checkpoint_serde import RedactingSerializer
 from agent.checkpoint_store import BoundedSqliteSaver
 from agent.context import SessionContext
@@ -19,6 +20,7 @@ from agent.nodes import (
     adjudicate,
     approve,
     assess_quality,
+    autofocus,
     check_instrument,
     classify,
     connect,
@@ -26,14 +28,15 @@ from agent.nodes import (
     plan,
     record,
     rescan,
+    zoom_out,
 )
 from agent.state import AgentState
 from instruments.session_file import decision_record
 
 NODES = {"connect": connect, "check_instrument": check_instrument, "plan": plan,
          "acquire": acquire, "assess_quality": assess_quality, "classify": classify,
-         "rescan": rescan, "adjudicate": adjudicate, "approve": approve, "record": record,
-         "finish": finish}
+         "rescan": rescan, "autofocus": autofocus, "adjudicate": adjudicate,
+         "approve": approve, "record": record, "zoom_out": zoom_out, "finish": finish}
 
 # Checkpoints written before the record moved to instruments/session_file (session format 2)
 # name its module by the old path: that name stays importable as the moved module.
@@ -61,8 +64,16 @@ def build_graph(ctx: SessionContext) -> StateGraph:
     graph.add_conditional_edges("acquire", policy.after_acquire,
                                 ["assess_quality", "plan", "finish"])
     graph.add_edge("assess_quality", "classify")
-    graph.add_conditional_edges("classify", policy.follow_ruling,
-                                ["record", "rescan", "adjudicate", "approve"])
+    after_classified = (policy.follow_ruling if ctx.autofocus is None
+                        else after_classify(ctx.autofocus))
+    graph.add_conditional_edges("classify", after_classified,
+                                ["record", "rescan", "adjudicate", "approve", "autofocus",
+                                 "zoom_out"])
+    graph.add_conditional_edges("autofocus", after_autofocus,
+                                ["acquire", "record", "rescan", "adjudicate", "approve",
+                                 "zoom_out", "finish"])
+    graph.add_conditional_edges("zoom_out", policy.after_zoom_out,
+                                ["record", "rescan", "adjudicate", "approve", "finish"])
     graph.add_conditional_edges("rescan", policy.after_rescan, ["acquire", "finish"])
     graph.add_conditional_edges("adjudicate", policy.follow_ruling, ["record", "approve"])
     graph.add_conditional_edges("approve", policy.follow_ruling, ["record", "rescan"])

@@ -63,9 +63,11 @@ class SessionLearner:
         """Support examples per class."""
         return self.support.counts()
 
-    def classify(self, images, lmm_labels=None) -> list[Prediction]:
+    def classify(self, images, lmm_labels=None, imaging=None) -> list[Prediction]:
         """Predictions of the current head; the embedding is the raw stem features (what a
-        human's answer adds to the support set)."""
+        human's answer adds to the support set). `lmm_labels` and `imaging` are taken as
+        `Classifier.classify` takes them and unused: the head has no text branch, and its OOD
+        test is the support set's distances alone (no imaging range was taught)."""
         raw = self.features(images)
         return [self._prediction(row) for row in raw]
 

@@ -29,8 +29,9 @@ def parse_objective(text: str, class_names: list[str] | None = None) -> dict[str
     if class_names is not None:
         unknown = [c for c in classes if c not in class_names]
         if unknown:
-            raise ObjectiveError(f"objective {text!r}: unknown classes {unknown}; "
-                                 f"the model knows {list(class_names)}")
+            raise ObjectiveError(f"objective {text!r}: unknown class "
+                                 f"{', '.join(unknown)}; the model knows "
+                                 f"{', '.join(class_names)}")
     return {"kind": "hunt", "classes": classes, "target": target}
 
 

@@ -10,7 +10,9 @@ from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, TypedDict
 
+from agent.adjudication.base import ABSTAIN
 from agent.approval_request import HumanDecision
+from agent.quality import no_signal
 from agent.rescan_effect import kinds_planned
 from instruments.session_file.decision_record import (
     Decision,
@@ -42,6 +44,26 @@ class RoutePolicy:
     is neither confident nor adjudicated as a class: it is recorded as unknown, or proposed as
     unknown to a human when the policy asks for approvals. A poor-quality unknown frame is
     still rescanned first (a better frame may show a known class); a good one is not zoomed.
+    Nothing overrides the flag: no adjudicator is asked, and only a human gives it a class.
+
+    trusted_adjudicators: the adjudicators that may overrule the classifier, those whose
+    measured accuracy on unsure held-out frames beats the classifier's on the same frames
+    (agent/adjudication/trust.py; the session sets it from the model's measurement). None:
+    no measurement applies (routing alone, as in the policy's own tests). An unsure frame with
+    no trusted adjudicator, or one the adjudicator abstains on, goes to the human (approvals
+    on) or is recorded with no label (unresolved).
+
+    escalations_off: escalation kinds this policy does not use (rescan kinds dwell, focus,
+    fov; adjudication): under a target risk, those that measured no gain (agent/risk_policy).
+    A frame without signal (failing the SNR bar, with an SNR agent/quality.no_signal cannot
+    tell from none) that no rescan (a longer dwell first)
+    can help any more is recorded with no class (quality_failed, label None), never under
+    the classifier's guess.
+
+    Context (`rule_in_context`): with `neighbourhood` an unsure frame of good quality is
+    pooled with the decided frames of its region; with `zoom_out` one still unsure is imaged
+    once more at the same centre with a wider field, classified on its own and pooled too
+    (agent/context_evidence.py). Sure once pooled, it is recorded under the pooled label.
 
     learning (`learn_min` > 0, `micagent run --learn`): until every class the session was
     taught has `learn_min` examples (two classes at least), every frame goes to the human
@@ -56,6 +78,18 @@ class RoutePolicy:
     approve: ApproveMode = "none"
     zoom_unsure: bool = False
     reject_unknown: bool = True
+    trusted_adjudicators: tuple[str, ...] | None = None
+    escalations_off: tuple[str, ...] = ()
+
+    def may_adjudicate(self) -> bool:
+        """True when some adjudicator may overrule the classifier."""
+        return self.trusted_adjudicators is None or bool(self.trusted_adjudicators)
+
+    def may_overrule(self, adjudicator: str | None) -> bool:
+        """True when the adjudicator named `adjudicator` may overrule the classifier."""
+        return self.trusted_adjudicators is None or adjudicator in self.trusted_adjudicators
+    zoom_out: bool = False
+    neighbourhood: bool = False
     learn_min: int = 0
 
     def as_dict(self) -> dict[str, Any]:
@@ -71,7 +105,7 @@ class RoutePolicy:
                 and len(prediction.conformal_set) <= self.max_set_size)
 
 
-Step = Literal["record", "rescan", "adjudicate", "approve"]
+Step = Literal["record", "rescan", "adjudicate", "approve", "zoom_out"]
 
 
 class Ruling(TypedDict):
@@ -101,9 +135,10 @@ def decide(policy: RoutePolicy, prediction: PredictionRecord, quality: QualityRe
     if policy.is_confident(prediction):
         return "record"
     last_chance = rescans_done > 0 and rescans_done + 1 >= policy.max_rescans
+    skip = set(ineffective) | set(policy.escalations_off)
     can_rescan = (rescans_done < policy.max_rescans
                   and used.get("rescans", 0) < budgets.get("rescans", 0)
-                  and bool(kinds_planned(quality.failures, last_chance) - set(ineffective)))
+                  and bool(kinds_planned(quality.failures, last_chance) - skip))
     if not quality.ok and can_rescan:
         return "rescan"
     if policy.is_unknown(prediction):
@@ -112,7 +147,8 @@ def decide(policy: RoutePolicy, prediction: PredictionRecord, quality: QualityRe
         return "approve"
     if policy.zoom_unsure and quality.ok and can_rescan and rescans_done == 0:
         return "rescan"
-    if within_adjudication_budget(budgets, used):
+    if ("adjudication" not in policy.escalations_off and policy.may_adjudicate()
+            and within_adjudication_budget(budgets, used)):
         return "adjudicate"
     return "approve" if policy.approve == "uncertain" else "record"
 
@@ -135,7 +171,7 @@ def standing_route(policy: RoutePolicy, record: DecisionRecord) -> Route:
     if policy.is_unknown(record.prediction):
         return Route.UNKNOWN
     if policy.is_confident(record.prediction):
-        return Route.RESCAN if record.rescans else Route.CONFIDENT
+        return Route.RESCAN if record.escalations else Route.CONFIDENT
     return Route.QUALITY_FAILED if not record.quality.ok else Route.UNRESOLVED
 
 
@@ -155,29 +191,71 @@ def rule_classified(policy: RoutePolicy, record: DecisionRecord, budgets: dict[s
         label = record.prediction.label if record.prediction.label in (taught or {}) \
             else UNKNOWN
         return Ruling(step="approve", label=label, source="learning", route=None)
-    step = decide(policy, record.prediction, record.quality, len(record.rescans), budgets,
-                  used, ineffective)
+    step = decide(policy, record.prediction, record.quality, len(record.escalations),
+                  budgets, used, ineffective)
+    if (step != "rescan" and policy.approve != "all" and record.settings is not None
+            and "noise" in record.quality.failures
+            and no_signal(record.quality.snr, record.settings.pixels)
+            and not policy.is_confident(record.prediction)):      # still no signal
+        return Ruling(step="record", label=None, source="quality",
+                      route=Route.QUALITY_FAILED.value)
     proposal = verdict(policy, record.prediction)
-    return Ruling(step=step, label=proposal.label, source=proposal.source,
-                  route=standing_route(policy, record).value)
+    route = standing_route(policy, record)
+    label = proposal.label
+    if step == "record" and route == Route.UNRESOLVED and not policy.may_adjudicate():
+        label = None            # unsure, and no adjudicator measured better than the classifier
+    return Ruling(step=step, label=label, source=proposal.source, route=route.value)
+
+
+def rule_in_context(policy: RoutePolicy, record: DecisionRecord, ruling: Ruling,
+                    budgets: dict[str, float], used: dict[str, float]) -> Ruling:
+    """The classifier's `ruling` once the frame's context is weighed (`record.context`).
+
+    Only an unsure frame of good quality that is not unknown, ruled for neither a rescan nor
+    approval of every frame nor a learning session's question, is concerned: when its pooled
+    prediction is sure it is recorded under the pooled label (route zoomed_out when a zoom-out
+    was pooled, else neighbourhood); otherwise it is zoomed out once, where the policy and the
+    budget allow; otherwise the ruling's next step stands, with the pooled label where there
+    is one."""
+    prediction = record.prediction
+    if (ruling["step"] == "rescan" or policy.approve == "all" or not record.quality.ok
+            or ruling["source"] == "learning"
+            or policy.is_confident(prediction) or policy.is_unknown(prediction)):
+        return ruling
+    context = record.context
+    pooled = context.fused if context is not None else None
+    zoomed = context is not None and context.zoom_out is not None
+    if pooled is not None and (pooled.confidence or 0.0) >= policy.confidence:
+        route = Route.ZOOMED_OUT if zoomed else Route.NEIGHBOURHOOD
+        return Ruling(step="record", label=pooled.label, source="context", route=route.value)
+    if (policy.zoom_out and not zoomed
+            and used.get("zoom_outs", 0) < budgets.get("zoom_outs", 0)):
+        return Ruling(step="zoom_out", label=ruling["label"], source=ruling["source"],
+                      route=None)
+    if pooled is None:
+        return ruling
+    return Ruling(step=ruling["step"], label=pooled.label, source="context",
+                  route=ruling["route"])
 
 
 def rule_adjudicated(policy: RoutePolicy, record: DecisionRecord, answer: str | None,
-                     reclassified: str | None) -> Ruling:
+                     reclassified: str | None, adjudicator: str | None = None) -> Ruling:
     """The ruling once the adjudicator answered (`answer`, None: no answer) and the frame was
     re-classified with that answer (`reclassified`).
 
     The answer stands (route adjudicated) when the re-classification agrees with it, or when
     the classifier had already said the same before it saw the answer: two independent
     sources that agree are not overturned by the fused re-classification. Otherwise they
-    disagree: a human decides, or the frame is recorded as contested. With no answer the
-    classifier's label goes to a human, or is recorded as unresolved."""
+    disagree: a human decides, or the frame is recorded as contested. With no answer, an
+    abstention ("none of these / unsure") or an answer from an adjudicator that may not
+    overrule the classifier (`adjudicator`, e.g. a failed VLM's offline fallback), the
+    classifier's label goes to a human, or the frame is recorded with no label (unresolved)."""
     first = record.prediction.label
     attended = policy.approve != "none"
-    if answer is None:
+    if answer is None or answer == ABSTAIN or not policy.may_overrule(adjudicator):
         if attended:
             return Ruling(step="approve", label=first, source="classifier", route=None)
-        return Ruling(step="record", label=first, source="classifier",
+        return Ruling(step="record", label=None, source="classifier",
                       route=Route.UNRESOLVED.value)
     agree = answer in (reclassified, first)
     label = answer if agree else reclassified
@@ -253,6 +331,11 @@ def after_acquire(state: Mapping[str, Any]) -> Literal["assess_quality", "plan",
 def follow_ruling(state: Mapping[str, Any]) -> Step:
     """After classify, adjudicate and approve: the step the policy's ruling names."""
     return state["ruling"]["step"]
+
+
+def after_zoom_out(state: Mapping[str, Any]) -> Step | Literal["finish"]:
+    """After a zoom-out: the ruling's step, or finish when the instrument failed."""
+    return FINISH if _failed(state) else state["ruling"]["step"]
 
 
 def after_rescan(state: Mapping[str, Any]) -> Literal["acquire", "finish"]:

@@ -74,6 +74,17 @@ def snr_ratio_scatter(shape: tuple[int, ...]) -> float:
     return float(np.sqrt(5.0 / max(rows * (cols - 2), 1)))
 
 
+NO_SIGNAL_Z = 3.0
+
+
+def no_signal(snr_value: float | None, pixels: int) -> bool:
+    """True when a frame's SNR (`snr`) is indistinguishable from none: the variance ratio it
+    estimates lies within NO_SIGNAL_Z standard errors (`snr_ratio_scatter`) of zero."""
+    if snr_value is None:
+        return False
+    return snr_value * snr_value <= NO_SIGNAL_Z * snr_ratio_scatter((pixels, pixels))
+
+
 def drift_px(reference: np.ndarray, moving: np.ndarray) -> float:
     """Shift in pixels between two frames of the same place (phase correlation)."""
     a, b = centre_crop(reference), centre_crop(moving)

@@ -23,6 +23,8 @@ from agent.adjudication.cache import AnswerCache
 from agent.adjudication.demonstrations import DemonstrationBank
 from agent.adjudication.offline import OfflineKnnAdjudicator
 from agent.adjudication.openai_vlm import OpenAIAdjudicator, VlmConfig
+from agent.adjudication.reference import TrainingReference
+from agent.adjudication.trust import AdjudicatorTrust
 from agent.approval_broker import ApprovalBroker
 from agent.config import RunConfig, checkpoint_path, work_dir
 from agent.context import SessionContext
@@ -31,7 +33,9 @@ from agent.event_stream import EventStream
 from agent.graph import compile_graph, open_checkpointer
 from agent.nodes.finish import close_session, final_status
 from agent.objectives import parse_objective
+from agent.policy import RoutePolicy
 from agent.recorder import Recorder, RecordingError
+from agent.risk_policy import risk_policy
 from agent.scratch import FrameScratch
 from agent.state import AgentState, new_state
 from agent.stream_subscribers import FileRecorder, SessionLog
@@ -54,14 +58,21 @@ class SessionParts:
     tiles: TileSource | None = None
     hunt_start: tuple[float, float] = (0.0, 0.0)
     model_info: dict[str, Any] = field(default_factory=dict)
+    # the model's training reference (offline adjudicator) and measured adjudicator accuracy;
+    # trust None: no measurement applies (a classifier handed over in memory)
+    reference: TrainingReference | None = None
+    trust: AdjudicatorTrust | None = None
 
 
-def make_adjudicator(config: RunConfig, cache_dir: Path):
-    """The offline stand-in, or the OpenAI-compatible VLM (config from the environment)."""
+def make_adjudicator(config: RunConfig, cache_dir: Path,
+                     reference: TrainingReference | None = None):
+    """The offline adjudicator (on the model's training reference when it has one), or the
+    OpenAI-compatible VLM (config from the environment) with it as fallback."""
+    offline = OfflineKnnAdjudicator(reference)
     if config.adjudicator == "openai":
         vlm = VlmConfig.from_env(timeout_s=config.vlm_timeout_s)
-        return OpenAIAdjudicator(vlm, AnswerCache(cache_dir))
-    return OfflineKnnAdjudicator()
+        return OpenAIAdjudicator(vlm, AnswerCache(cache_dir), fallback=offline)
+    return offline
 
 
 def provenance(config: RunConfig, parts: SessionParts, adjudicator_name: str) -> dict[str, Any]:
@@ -76,6 +87,7 @@ def provenance(config: RunConfig, parts: SessionParts, adjudicator_name: str) ->
             "envelope": parts.microscope.envelope.as_dict(),
             "objective": config.objective, "budgets": config.budgets,
             "adjudicator": adjudicator_name,
+            "adjudicator_trust": parts.trust.record if parts.trust is not None else None,
             "vlm_base_url": strip_userinfo(os.environ.get("MICAGENT_VLM_BASE_URL"))
             if config.adjudicator == "openai" else None,
             "demonstrations": {"k": config.demo_k, "strategy": config.demo_strategy,
@@ -110,10 +122,15 @@ class Session:
         self.config, self.parts = config, parts
         work = work_dir(config.out)
         (work / "thumbnails").mkdir(parents=True, exist_ok=True)
-        adjudicator = make_adjudicator(config, Path(config.state_dir) / "vlm-cache")
+        adjudicator = make_adjudicator(config, Path(config.state_dir) / "vlm-cache",
+                                       parts.reference)
         self.reserve = Reserve(work / "reserve")    # room to close the file on a full disk
         self.reserve.restore()
-        self.writer = SessionWriter(config.out, provenance(config, parts, adjudicator.name))
+        policy, risk_note = self._policy(adjudicator.name)
+        recorded = provenance(config, parts, adjudicator.name)
+        if risk_note is not None:          # the policy in force, set by the target risk
+            recorded.update(policy=policy.as_dict(), risk_control=risk_note)
+        self.writer = SessionWriter(config.out, recorded)
         self.stream = session_stream(config, self.writer)
         parts.microscope.on_incident = self.stream.incident       # every fault, in the stream
         self.checkpointer = open_checkpointer(checkpoint_path(config.out))
@@ -127,21 +144,31 @@ class Session:
             classifier=parts.classifier, writer=self.writer,
             adjudicator=adjudicator, bank=parts.bank, scratch=scratch, recorder=self.recorder,
             thumbnails=work / "thumbnails", plan=SurveyPlan(work / "plan.json"),
-            policy=self._policy(),
+            policy=policy,
             thresholds=config.quality_thresholds(), imaging=config.imaging_settings(),
             survey_positions=parts.survey_positions, region=parts.region,
             demo_k=config.demo_k, demo_strategy=config.demo_strategy,
+            autofocus=config.autofocus_settings(),
             rng=np.random.default_rng(config.seed), stream=self.stream,
             learner=parts.classifier if config.learn else None)
         self.graph = compile_graph(self.context, self.checkpointer)
 
-    def _policy(self):
-        """The configured policy; without rescans where the instrument cannot image again
-        (stored frames of a replay, windows of a fixed overview)."""
-        policy = self.config.policy()
+    def _policy(self, adjudicator: str) -> tuple[RoutePolicy, dict[str, Any] | None]:
+        """The configured policy, set by the target risk where there is one (with what was
+        set); with the adjudicators the model's measurement trusts to overrule the classifier;
+        without rescans where the instrument cannot image again (stored frames of a replay,
+        windows of a fixed overview)."""
+        policy, note = self.config.policy(), None
+        if self.config.target_risk is not None:
+            policy, note = risk_policy(policy, getattr(self.parts.classifier, "risk", None),
+                                       self.config.target_risk)
+        if self.parts.trust is not None:
+            policy = replace(policy, trusted_adjudicators=self.parts.trust.trusted(
+                list(dict.fromkeys([adjudicator, OfflineKnnAdjudicator.name]))))
         fixed = (self.parts.tiles is not None
                  or self.parts.microscope.capabilities().replays_stored)
-        return replace(policy, max_rescans=0, zoom_unsure=False) if fixed else policy
+        return (replace(policy, max_rescans=0, zoom_unsure=False, zoom_out=False) if fixed
+                else policy), note
 
     def initial_state(self) -> AgentState:
         objective = parse_objective(self.config.objective, self.parts.classifier.class_names)

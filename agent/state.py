@@ -75,7 +75,7 @@ class AgentState(TypedDict, total=False):
     plan_index: int
     sequence: int
     current: DecisionRecord | None   # the decision being built for the frame in flight
-    frame_started: float | None      # when its first attempt was acquired (epoch seconds)
+    frame_started: float | None      # when its first acquisition began (epoch seconds)
     progress: Progress               # what plan and acquire made of it (the routers read it)
     ruling: Ruling | None            # the policy's decision on it (agent.policy)
     ahead: dict[str, Any] | None     # a survey's next planned position (taken ahead)
@@ -83,11 +83,13 @@ class AgentState(TypedDict, total=False):
     reference_id: str | None         # drift reference: the attempt a rescan replaces
     previous_frame_id: str | None
     defocus: float                   # last defocus that gave a good frame (carried forward)
+    focus: dict[str, Any]            # autofocus: at_moves, searches, frames, expected{label}
     budgets: dict[str, float]        # limits: rescans, adjudications, tokens, moves, wall_s
     used: Annotated[dict[str, float], add_tallies]   # spent so far (wall_s: seconds)
     counts: Annotated[dict[str, Any], add_tallies]   # recorded, hits, routes{}, labels{}, ...
     consecutive_errors: int          # bad frames in a row (reset by a good one)
     ineffective: list[str]           # kinds of rescan change that changed nothing here
+    neighbourhood: list[dict[str, Any]]  # frames the classifier was sure of (context_evidence)
     events: Annotated[list[dict[str, Any]], keep_recent]  # latest incidents
     envelope: dict[str, Any]         # the guard's counters (Acquirer.snapshotting)
     learning: dict[str, Any] | None  # --learn: support set, head, version (agent.learning)

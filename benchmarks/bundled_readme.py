@@ -46,11 +46,19 @@ def render(ckpt: Path, data: Path) -> str:
                               if stem["trained_blocks"] else
                               f"frozen, features cached for {opts.get('stem_views')} "
                               "dihedral views per image"))
+    settings = manifest["settings"]
+    seeds = manifest["specimen"].get("seeds", [manifest["seed"]])
+    dataset = (f"--specimens {len(seeds)} --survey-fraction {settings['survey_fraction']:g} "
+               f"--survey-fov-max {settings['survey_fov'][1] * 1e6:g}")
+    init = training.get("init")
     setup = table(("", "value"), [
         stem_row,
         ("twin benchmark", f"`micagent twin dataset DATA --per-class {manifest['per_class']} "
-                           f"--size {manifest['size']} --seed {manifest['seed']}` ({n} images, "
-                           f"{len(manifest['classes'])} classes)"),
+                           f"--size {manifest['size']} --seed {manifest['seed']} {dataset}` "
+                           f"({n} images, {len(manifest['classes'])} classes, specimens "
+                           f"{', '.join(map(str, seeds))})"),
+        ("initial weights", "none (trained from the stem up)" if not init else
+         f"the checkpoint before this one (`--init`, sha256 {init['sha256'][:12]}...)"),
         ("split", f"stratified train/val/test, near-duplicates grouped (seed {opts['seed']}): "
                   f"{len(split['train'])} / {len(split['val'])} / {len(split['test'])}"),
         ("model", f"`{opts['ablation']}` preset, architecture as stored in `config.json`"),
@@ -93,7 +101,10 @@ def render(ckpt: Path, data: Path) -> str:
     ])
     env = (f"PER_CLASS={manifest['per_class']} SEED={manifest['seed']} "
            f"EPOCHS={opts['epochs']} BUDGET={opts['time_budget_min']:g} "
-           f"ABLATION={opts['ablation']}")
+           f"ABLATION={opts['ablation']} SPECIMENS={len(seeds)} "
+           f"SURVEY_FRACTION={settings['survey_fraction']:g} "
+           f"SURVEY_FOV_MAX={settings['survey_fov'][1] * 1e6:g}"
+           + (" INIT=PREVIOUS_CHECKPOINT" if init else ""))
     return f"""# Bundled checkpoint: `sem_twin`
 
 The fusion classifier that `micagent run` loads by default (no network needed). Ten classes of

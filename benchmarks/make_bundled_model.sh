@@ -6,6 +6,9 @@
 # minutes, evaluated on its held-out test split. The README of the
 # committed checkpoint names the values used.
 #   benchmarks/make_bundled_model.sh            (from the repository root, venv active)
+# SPECIMENS twin specimens (seed SEED, then seeds 1000 apart) share the images, SURVEY_FRACTION of
+# them at survey FOVs of 10 um to SURVEY_FOV_MAX um; INIT (a checkpoint folder, e.g. the
+# committed one: copy it out first, this script replaces it) starts the weights (a fine-tune).
 # WORK (default /tmp/micagent_bundled) keeps the dataset and the runs; the run lives in
 # WORK/ablation/ABLATION, where benchmarks/ablation_twin.sh finds it as that row of the table
 # (and this script reuses a finished run there: delete it to retrain). Run the script again
@@ -18,12 +21,18 @@ PER_CLASS="${PER_CLASS:-500}"
 EPOCHS="${EPOCHS:-40}"
 BUDGET="${BUDGET:-30}"  # minutes of training in this session
 ABLATION="${ABLATION:-full}"
+SPECIMENS="${SPECIMENS:-1}"
+SURVEY_FRACTION="${SURVEY_FRACTION:-0.25}"
+SURVEY_FOV_MAX="${SURVEY_FOV_MAX:-40}"
+INIT="${INIT:-}"
 RUN="$WORK/ablation/$ABLATION"
 DEST="models/bundled/sem_twin"
 
 mkdir -p "$WORK/ablation"
 if [ ! -f "$WORK/data/manifest.json" ]; then
-    micagent twin dataset "$WORK/data" --per-class "$PER_CLASS" --size 224 --seed "$SEED"
+    micagent twin dataset "$WORK/data" --per-class "$PER_CLASS" --size 224 --seed "$SEED" \
+        --specimens "$SPECIMENS" --survey-fraction "$SURVEY_FRACTION" \
+        --survey-fov-max "$SURVEY_FOV_MAX"
 fi
 if [ -f "$RUN/training.json" ]; then
     echo "reusing the finished run in $RUN"
@@ -31,7 +40,7 @@ else
     start=$(date +%s)
     micagent train "$WORK/data" --out "$RUN" --profile quick --seed "$SEED" \
         --ablation "$ABLATION" --epochs "$EPOCHS" --time-budget "$BUDGET" \
-        --feature-cache "$WORK/cache"
+        --feature-cache "$WORK/cache" ${INIT:+--init "$INIT"}
     echo "train wall time: $(( $(date +%s) - start )) s (OMP_NUM_THREADS=$OMP_NUM_THREADS)"
 fi
 micagent evaluate "$RUN" "$WORK/data"   # table + PNGs + evaluation.{md,json}

@@ -1,6 +1,6 @@
 """Screenshots of the web approval page and of the session report, from a real twin session.
 
-Runs `micagent run --approve web` on the embedded twin, screenshots the page with the first
+Runs `micagent run --approve all --ui web` on the embedded twin, screenshots the page with the first
 pending approval in headless Chromium, approves every request from the page (as an operator
 would), writes `micagent report` for the finished session and screenshots it (full page).
 
@@ -28,7 +28,8 @@ URL = re.compile(r"approval page: (http://127\.0\.0\.1:\d+/\?token=[\w-]+)")
 def start_session(out: Path, frames: int) -> tuple[subprocess.Popen, str]:
     """Start the web-approved run; return the process and the page's URL."""
     log = out / "run.log"
-    command = module_command("workflows", "run", "--approve", "web", "--frames", str(frames),
+    command = module_command("workflows", "run", "--approve", "all", "--ui", "web",
+                             "--frames", str(frames),
                              "--out", str(out / "session.h5"), "--state-dir",
                              str(out / "state"), "--quiet")
     with open(log, "w") as sink:

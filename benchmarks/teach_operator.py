@@ -1,6 +1,6 @@
-"""Scripted operator on the twin: `micagent run --learn --model none --approve web`, every
-question answered from the twin's truth (twins/scripted_operator.py) through the web page's
-API, until the survey ends.
+"""Scripted operator on the twin: `micagent run --learn --model none --approve uncertain
+--ui web`, every question answered from the twin's truth (twins/scripted_operator.py) through
+the web page's API, until the survey ends.
 
 Printed from the session file (truth stored per frame by the twin):
 - per block of 50 frames: the share of frames the human was asked about, and the unattended
@@ -41,7 +41,8 @@ def run_session(work: Path, frames: int, seed: int, learn_min: int) -> tuple[Pat
     """The learning session's file and its wall seconds (the operator answering)."""
     out, log = work / "teach.h5", work / "stderr.log"
     command = module_command("workflows", "run", "--learn", "--model", "none", "--approve",
-                             "web", "--frames", str(frames), "--seed", str(seed),
+                             "uncertain", "--ui", "web", "--frames", str(frames),
+                             "--seed", str(seed),
                              "--learn-min", str(learn_min), "--out", str(out),
                              "--state-dir", str(work / "state"), "--quiet")
     t0 = time.perf_counter()

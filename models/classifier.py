@@ -42,8 +42,10 @@ from models.config import FusionConfig
 from models.errors import ModelInputError
 from models.fusion import FusionClassifier
 from models.ood import DEFAULT_QUANTILE, MahalanobisOOD, OODScore
+from models.pooled import PooledStemEncoder
 from models.prediction import Prediction
 from models.preprocess import preprocess_batch
+from models.risk import RiskControl
 
 CONFORMAL_SCORE = "LAC"
 
@@ -78,6 +80,7 @@ class Classifier:
         self.alpha = alpha
         self.ood = ood
         self.head = head  # how a head fitted outside training was made (the few-shot fit)
+        self.risk: RiskControl | None = None   # decisions' risk control (models/risk.py)
         self.checkpoint_sha256: str | None = None
 
     @property
@@ -108,6 +111,7 @@ class Classifier:
         clf = cls(model, model.config, meta["class_names"], meta.get("descriptions"),
                   meta["temperature"], conformal.get("qhat"), conformal.get("alpha"),
                   load_ood(Path(path), meta), meta.get("head"))
+        clf.risk = RiskControl.load(path)
         clf.checkpoint_sha256 = checkpoint_sha256(path)
         return clf
 
@@ -189,12 +193,18 @@ class Classifier:
         lmm = self.lmm_index(lmm_labels, n)
         was_training = self.model.training
         self.model.eval()
-        logits, embeds, matches = [], [], []
+        logits, embeds, matches, pooled = [], [], [], []
         try:
             with torch.no_grad():  # not inference_mode: the text cache must stay usable
                 for start in range(0, n, batch_size):
                     batch = self.preprocess_batch(frames[start:start + batch_size])
-                    h_cross, h_embed = self.model.encode(batch, lmm[start:start + batch_size])
+                    features = self.model.features(batch)
+                    lmm_batch = lmm[start:start + batch_size]
+                    if self.model.stem is None:
+                        h_cross, h_embed = self.model.encode(batch, lmm_batch)
+                    else:
+                        h_cross, h_embed = self.model.encode_features(features, lmm_batch)
+                        pooled.append(PooledStemEncoder.pool(features))
                     logits.append(self.model.head(h_cross))
                     embeds.append(h_embed)
                     matches.append({k: v.argmax(-1).tolist()
@@ -203,16 +213,35 @@ class Classifier:
             self.model.train(was_training)
         text_match = [{k: self._class_names[m[k][i]] for k in m}
                       for m in matches for i in range(len(next(iter(m.values()), [])))]
-        return torch.cat(logits).cpu(), torch.cat(embeds).cpu(), text_match
+        stem = torch.cat(pooled).cpu().numpy() if pooled else None
+        return torch.cat(logits).cpu(), torch.cat(embeds).cpu(), text_match, stem
+
+    def _ood_records(self, embeds: np.ndarray, pooled: np.ndarray | None,
+                     imaging) -> list[dict]:
+        """The OOD verdict per frame, on what the fit reads: the LMM-free fused embedding,
+        and for the agreed score also the stem's pooled features and how each frame was
+        taken ({"fov": m, "detector": name}, None: unknown)."""
+        if getattr(self.ood, "space", "fused") != "both":
+            return [self.ood.record(s) for s in self.ood.score(embeds)]
+        if pooled is None:
+            raise ModelInputError("this OOD fit reads stem features; the model has no stem")
+        taken = list(imaging) if imaging is not None else [None] * len(embeds)
+        if len(taken) != len(embeds):
+            raise ModelInputError(f"{len(taken)} imaging record(s) for {len(embeds)} image(s)")
+        return [self.ood.record(s, t)
+                for s, t in zip(self.ood.score(embeds, pooled), taken, strict=True)]
 
     def classify(self, images, lmm_labels: Sequence[str | None] | None = None,
-                 batch_size: int = 48) -> list[Prediction]:
-        """Calibrated predictions for frames in any intensity range."""
-        logits, embeds, text_match = self._run(images, lmm_labels, batch_size)
+                 batch_size: int = 48,
+                 imaging: Sequence[dict | None] | None = None) -> list[Prediction]:
+        """Calibrated predictions for frames in any intensity range; `imaging`, per frame
+        where known ({"fov": m, "detector": name}), lets the OOD test flag frames of a scale
+        or detector the model was never taught."""
+        logits, embeds, text_match, pooled = self._run(images, lmm_labels, batch_size)
         probs = torch.softmax(logits.double() / self.temperature, dim=-1).numpy()
         ood = None
         if self.ood is not None:  # `embeds` are LMM-free, as fitted
-            ood = [self.ood.record(s) for s in self.ood.score(embeds.numpy())]
+            ood = self._ood_records(embeds.numpy(), pooled, imaging)
         out = []
         for i in range(len(probs)):
             p = probs[i]

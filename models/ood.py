@@ -18,7 +18,9 @@ the support set's own leave-one-image-out distances.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -117,5 +119,132 @@ class NearestSupportOOD:
                    float(meta["quantile"]))
 
 
-OOD_METHODS = {METHOD: MahalanobisOOD, NEAREST: NearestSupportOOD}
-OODScore = MahalanobisOOD | NearestSupportOOD
+STEM_KNN = "stem_knn"
+AGREED = "mahalanobis+stem_knn"
+
+
+@dataclass
+class StemKnnOOD:
+    """Deep nearest neighbours (Sun et al. 2022, "Out-of-distribution detection with deep
+    nearest neighbors") on the pretrained stem's multi-scale pooled features
+    (models/pooled.py). Each feature is standardised by the training images' mean and scale,
+    the vector L2-normalised; the score is 1 - cosine similarity to the k-th nearest of the
+    training images' vectors (`points`); the threshold a quantile of held-out scores."""
+
+    points: np.ndarray
+    mean: np.ndarray
+    scale: np.ndarray
+    k: int
+    threshold: float
+
+    @classmethod
+    def fit(cls, train_pooled: np.ndarray, k: int = 1) -> StemKnnOOD:
+        x = np.asarray(train_pooled, dtype=np.float64)
+        if len(x) <= k:
+            raise ModelInputError("the stem kNN fit needs more than k training images")
+        model = cls(np.zeros((0, x.shape[1])), x.mean(axis=0), x.std(axis=0) + 1e-6, k, 0.0)
+        model.points = model._unit(x)
+        return model
+
+    def _unit(self, pooled: np.ndarray) -> np.ndarray:
+        z = (np.asarray(pooled, dtype=np.float64) - self.mean) / self.scale
+        return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+
+    def score(self, pooled: np.ndarray) -> np.ndarray:
+        """(N,) 1 - cosine similarity to the k-th nearest training vector."""
+        sims = self._unit(pooled) @ self.points.T
+        return 1.0 - np.sort(sims, axis=1)[:, -self.k]
+
+
+@dataclass
+class AgreedOOD:
+    """Unknown where two views agree the frame is foreign, or where its scale was never
+    taught.
+
+    Measured on the bundled model (benchmarks/refusal.py), each score alone flags in-
+    distribution survey tiles the other finds ordinary: the fused-embedding Mahalanobis score
+    a fine-pitch Patterned_surface tile (the default run's false unknown), the stem kNN score
+    whole unfamiliar regions of other specimens. Requiring both (the score is the lesser of
+    the two scores, each divided by its threshold; flagged above 1) keeps the survey tiles
+    and still flags most foreign images, e.g. real AFM scans.
+
+    Neither score separates an atomic-resolution STEM lattice from a Patterned_surface, nor
+    Nion's simulated specimens from SEM textures, by pixels alone. What does is how the frame
+    was taken, where the training data records it:
+    - `fov_range` (m), the fields of view of the training images. A frame whose field of view
+      lies outside it by more than `fov_margin` (a factor) shows a scale the model was never
+      taught (a 3 nm lattice for a model of 1-100 um SEM fields): method "field_of_view",
+      score = decades outside, threshold 0.
+    - `detectors`, the detectors of the training images. A frame from another detector (a
+      STEM HAADF image for a model of SE/BSE images) shows a contrast it was never taught:
+      method "detector", score 1, threshold 0. A model of the twin is refused on a real
+      SEM whose detectors have other names too: fine-tune it there first (README).
+    Such a frame is flagged whatever its pixels; a frame without the value is judged on its
+    pixels alone. This goes beyond the papers, whose model sees pixels only.
+    """
+
+    fused: MahalanobisOOD
+    stem: StemKnnOOD
+    quantile: float
+    fov_range: tuple[float, float] | None = None
+    detectors: tuple[str, ...] | None = None
+    fov_margin: float = 2.0
+    threshold: float = 1.0
+    space = "both"                    # `score` reads the fused embedding and stem features
+
+    def score(self, embeddings: np.ndarray, pooled: np.ndarray) -> np.ndarray:
+        return np.minimum(self.fused.score(embeddings) / self.fused.threshold,
+                          self.stem.score(pooled) / self.stem.threshold)
+
+    def outside_scale(self, fov: float | None) -> float:
+        """Decades by which a field of view lies outside the taught range (0: inside or
+        unknown)."""
+        if self.fov_range is None or fov is None or not fov > 0:
+            return 0.0
+        lo, hi = self.fov_range[0] / self.fov_margin, self.fov_range[1] * self.fov_margin
+        return float(max(np.log10(lo / fov), np.log10(fov / hi), 0.0))
+
+    def record(self, score: float, imaging: Mapping[str, Any] | None = None) -> dict:
+        """The verdict on a frame of this score taken with `imaging` ("fov" in m,
+        "detector"; None or absent: unknown)."""
+        imaging = imaging or {}
+        outside = self.outside_scale(imaging.get("fov"))
+        if outside > 0:
+            return {"score": outside, "threshold": 0.0, "unknown": True,
+                    "method": "field_of_view"}
+        detector = imaging.get("detector")
+        if self.detectors is not None and detector and detector not in self.detectors:
+            return {"score": 1.0, "threshold": 0.0, "unknown": True, "method": "detector"}
+        return {"score": float(score), "threshold": self.threshold,
+                "unknown": bool(score > self.threshold), "method": AGREED}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {**{f"fused.{k}": v for k, v in self.fused.tensors().items()},
+                "stem.points": torch.from_numpy(self.stem.points.astype(np.float16)),
+                "stem.mean": torch.from_numpy(self.stem.mean.copy()),
+                "stem.scale": torch.from_numpy(self.stem.scale.copy())}
+
+    def meta(self) -> dict:
+        return {"method": AGREED, "threshold": self.threshold, "quantile": self.quantile,
+                "fused_threshold": self.fused.threshold, "stem_threshold": self.stem.threshold,
+                "k": self.stem.k, "fov_margin": self.fov_margin,
+                "fov_range": None if self.fov_range is None else list(self.fov_range),
+                "detectors": None if self.detectors is None else list(self.detectors)}
+
+    @classmethod
+    def from_parts(cls, tensors: dict[str, torch.Tensor], meta: dict) -> AgreedOOD:
+        fused = MahalanobisOOD.from_parts(
+            {k.removeprefix("fused."): v for k, v in tensors.items() if k.startswith("fused.")},
+            {"threshold": meta["fused_threshold"], "quantile": meta["quantile"]})
+        stem = StemKnnOOD(*(tensors[f"stem.{k}"].numpy().astype(np.float64)
+                            for k in ("points", "mean", "scale")),
+                          int(meta["k"]), float(meta["stem_threshold"]))
+        fov, detectors = meta.get("fov_range"), meta.get("detectors")
+        return cls(fused, stem, float(meta["quantile"]),
+                   None if fov is None else (float(fov[0]), float(fov[1])),
+                   None if detectors is None else tuple(str(d) for d in detectors),
+                   float(meta.get("fov_margin", 2.0)))
+
+
+OOD_METHODS = {METHOD: MahalanobisOOD, NEAREST: NearestSupportOOD, AGREED: AgreedOOD}
+OODScore = MahalanobisOOD | NearestSupportOOD | AgreedOOD

@@ -129,15 +129,15 @@ def test_run_over_a_foreign_nsid_file_replays_its_frames_without_touching_it(
 def test_no_ood_switches_the_unknown_route_off_and_an_old_run_config_keeps_it_on(
         tmp_path, monkeypatch):
     from agent.config import RunConfig
-    from workflows.cli import cmd_run
+    from workflows import session_assembly
 
     started = []
 
     def start(config, *args, **kw):
         started.append(config)
-        raise cmd_run.StartError("not this time")
+        raise session_assembly.StartError("not this time")
 
-    monkeypatch.setattr(cmd_run, "run_session", start)
+    monkeypatch.setattr(session_assembly, "run_session", start)   # run imports it when run
     for flag in ("--ood", "--no-ood"):
         result, output = run_cli("run", flag, "--state-dir", str(tmp_path), "--quiet")
         assert result.exit_code == 2 and "not this time" in output

@@ -79,6 +79,8 @@ def test_the_next_tile_is_scanned_while_the_current_one_is_decided(tmp_path, cla
     assert len(scans) == len(positions)                             # no scan wasted
     assert all(scan < done for scan, done in zip(scans[1:], recorded, strict=False))
     assert all(r.timings.acquire_s >= 0.2 for r in records)        # the instrument's time
+    # a frame's whole time begins with its acquisition, also one taken ahead
+    assert all(r.timings.total_s >= r.timings.acquire_s for r in records)
     assert outcome["counts"].get("speculative_discarded", 0) == 0
 
 

@@ -215,7 +215,7 @@ def test_objectives_parse():
     for bad in ("explore", "hunt:", "hunt:Tips:x", "hunt:Tips:0"):
         with pytest.raises(ObjectiveError):
             parse_objective(bad)
-    with pytest.raises(ObjectiveError, match="unknown classes"):
+    with pytest.raises(ObjectiveError, match="unknown class Dragons; the model knows Tips$"):
         parse_objective("hunt:Dragons", ["Tips"])
 
 
@@ -257,7 +257,7 @@ def _adjudicate_once(before: str, after: str, answer: str, approve: str = "none"
     ctx = SimpleNamespace(scratch=SimpleNamespace(get=lambda _: frame),
                           classifier=Classifier(), adjudicator=Adjudicator(), bank=None,
                           class_names=["Films", "Nanowires", "Tips"],
-                          policy=SimpleNamespace(approve=approve))
+                          policy=RoutePolicy(approve=approve))
     current = DecisionRecord(frame_id="f1", prediction=PredictionRecord(label=before))
     out = adjudicate.make(ctx)({"current": current, "embedding": [0.0, 1.0], "used": {}})
     return {**out, "next": follow_ruling(out)}

@@ -294,7 +294,7 @@ def test_record_step_rerun_after_its_frame_was_stored_counts_it_once(tmp_path):
     writer.write_frame(frame, DecisionRecord(frame_id=frame.frame_id, label="Tips"))
     ctx = SimpleNamespace(scratch=FrameScratch(tmp_path / "frames"), writer=writer,
                           recorder=None, acquirer=SimpleNamespace(tiles=None), stream=None,
-                          policy=RoutePolicy())
+                          autofocus=None, policy=RoutePolicy())
     current = DecisionRecord(frame_id=frame.frame_id, sequence=0, label="Tips",
                              route="confident", quality=QualityRecord(ok=True),
                              settings=frame.settings)

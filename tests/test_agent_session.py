@@ -22,6 +22,7 @@ from agent.driver import ApprovalUnavailable
 from agent.session import Session, SessionParts
 from instruments.devices.frame import StagePosition
 from instruments.devices.safety import GuardedMicroscope, SafetyEnvelope
+from instruments.session_file.decision_record import RECORD_VERSION
 from instruments.session_file.reader import SessionReader
 from models.classifier import Classifier
 from models.config import FusionConfig
@@ -96,7 +97,7 @@ def test_confident_survey_records_every_tile_with_its_decision(tmp_path, classif
     assert all(r.route == "confident" for r in records)
     for record, truth in zip(records, truths, strict=True):
         stored = record.model_dump()
-        assert RECORD_KEYS <= set(stored) and record.version == 4
+        assert RECORD_KEYS <= set(stored) and record.version == RECORD_VERSION
         assert record.frame_id and record.timings.acquire_s > 0 and record.position.x is not None
         assert record.label == record.prediction.label
         assert None not in (record.quality.sharpness, record.quality.snr,
@@ -336,8 +337,8 @@ class OodFlaggingClassifier:
         self.inner, self.flagged, self.calls = inner, flagged, 0
         self.class_names = inner.class_names
 
-    def classify(self, images, lmm_labels=None):
-        predictions = self.inner.classify(images, lmm_labels=lmm_labels)
+    def classify(self, images, lmm_labels=None, imaging=None):
+        predictions = self.inner.classify(images, lmm_labels=lmm_labels, imaging=imaging)
         for prediction in predictions:
             prediction.ood = dict(OOD) if self.flagged(self.calls) else None
             self.calls += 1
@@ -380,7 +381,7 @@ def test_frames_flagged_unknown_are_recorded_as_unknown_and_reported(tmp_path, c
     assert "unknown: 2" in screen.getvalue()
     page = build_report(tmp_path / "s.h5", tmp_path / "report")
     assert "<td>unknown</td><td>2</td>" in page.read_text(encoding="utf-8")
-    assert (page.parent / "funnel.png").exists() and (page.parent / "stage_map.png").exists()
+    assert (page.parent / "funnel.png").exists() and 'class="mosaic"' in page.read_text()
 
 
 def test_an_unknown_frame_is_proposed_as_unknown_and_a_human_accepts_or_relabels_it(

@@ -163,15 +163,19 @@ def test_the_cli_says_in_one_line_why_a_session_cannot_go_on(tmp_path):
         assert reader.summary()["frames"] >= 1 and reader.provenance["status"] == "failed"
 
 
-def test_a_record_checkpointed_by_version_2_resumes_as_a_version_3_record(tmp_path: Path):
+def test_a_record_checkpointed_by_version_2_resumes_as_a_current_record(tmp_path: Path):
     """A checkpoint written before the record was closed holds the record as version 2 with
     the working-only `started` and an undeclared rescan `effect`: the deserialiser rebuilds
-    it as a typed version-3 record (not a partly built one)."""
+    it as a typed record of the current version (not a partly built one)."""
     import ormsgpack
     from langgraph.checkpoint.serde.jsonplus import EXT_PYDANTIC_V2
 
     from agent.graph import LEGACY_RECORD_MODULE
-    from instruments.session_file.decision_record import DecisionRecord, RescanRecord
+    from instruments.session_file.decision_record import (
+        RECORD_VERSION,
+        DecisionRecord,
+        RescanRecord,
+    )
 
     serde = open_checkpointer(tmp_path / "c.sqlite").serde
     old = {"version": 2, "frame_id": "f-1", "sequence": 4, "started": 1795464000.0,
@@ -181,6 +185,6 @@ def test_a_record_checkpointed_by_version_2_resumes_as_a_version_3_record(tmp_pa
         blob = ormsgpack.packb({"current": ormsgpack.Ext(EXT_PYDANTIC_V2, ormsgpack.packb(
             (module, "DecisionRecord", old, "model_validate_json")))})
         record = serde.loads_typed(("msgpack", blob))["current"]
-        assert isinstance(record, DecisionRecord) and record.version == 4
+        assert isinstance(record, DecisionRecord) and record.version == RECORD_VERSION
         assert isinstance(record.rescans[0], RescanRecord) and record.rescans[0].effect == "none"
         assert record.sequence == 4 and "started" not in record.model_dump()

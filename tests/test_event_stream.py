@@ -188,9 +188,7 @@ def test_progress_bar_web_progress_and_terminal_read_the_frames(faulty_session):
     assert view.progress.tasks[0].completed == final["counts"]["recorded"] == 3
     assert broker.progress["recorded"] == 3 and broker.progress["total"] == 4
     assert broker.progress["routes"] == final["counts"]["routes"]
-    used = final["used"]
-    assert broker.progress["budgets_left"]["adjudications"] == pytest.approx(
-        final["budgets"]["adjudications"] - used["adjudications"])
+    assert set(broker.progress) == {"recorded", "total", "routes"}    # no internal budget
     for frame in faulty_session["docs"].frames:
         assert f"recorded {frame['frame_id'][:8]}: {frame['label']}" in \
             faulty_session["console"]

@@ -198,8 +198,9 @@ def test_a_sigkilled_learning_session_resumes_with_what_it_learned_and_saves_its
         tmp_path, features):
     out, state = tmp_path / "learn.h5", tmp_path / "state"
     log = tmp_path / "err.log"
-    proc = _start_cli(["run", "--learn", "--model", "none", "--approve", "web", "--frames",
-                       "8", "--pixels", "64", "--learn-min", "2", "--out", str(out),
+    proc = _start_cli(["run", "--learn", "--model", "none", "--approve", "uncertain", "--ui",
+                       "web", "--frames", "8", "--pixels", "64", "--learn-min", "2",
+                       "--out", str(out),
                        "--state-dir", str(state), "--quiet"], log, tmp_path)
     session_id: str | None = None
 
@@ -219,8 +220,8 @@ def test_a_sigkilled_learning_session_resumes_with_what_it_learned_and_saves_its
     assert killed["version"] >= 3
 
     log2 = tmp_path / "err2.log"
-    resumed = _start_cli(["run", "--resume", session_id, "--state-dir", str(state), "--quiet"],
-                         log2, tmp_path)
+    resumed = _start_cli(["run", "--resume", session_id, "--ui", "web", "--state-dir",
+                          str(state), "--quiet"], log2, tmp_path)
     operator = _operate(resumed, log2, lambda: False)
     assert resumed.wait(300) == 0, log2.read_text()
     operator.stop()

@@ -234,3 +234,25 @@ def test_rescans_that_change_nothing_are_recorded_and_not_repeated(tmp_path, cla
     events = [e for e in final["events"] if e["kind"] == "rescan_no_effect"]
     assert events and events[0]["kinds"] == [kind]
     assert final["used"]["rescans"] == len(attempts) < 6
+
+
+def test_autofocus_finds_that_defocus_changes_nothing_and_stops(tmp_path, classifier, bridge):
+    """On Nion's simulator defocus does not change the HAADF image: the first focus search
+    stops after its first trial frames, recorded as having no effect, and no later position
+    is focused again."""
+    from agent.autofocus import EARLY_PROBES
+    from instruments.session_file.decision_record import AUTOFOCUS
+
+    config = config_for(tmp_path, bridge.uri, frames=3, autofocus=True, autofocus_every=1,
+                        thresholds={"min_sharpness": 0.0, "min_snr": 0.0,
+                                    "max_drift_px": 1e9})
+    final = run(config, classifier)
+    assert final["status"] == "completed" and "focus" in final["ineffective"]
+    with SessionReader(config.out) as reader:
+        records = reader.records()
+    searches = [a for r in records for a in r.rescans if a.reason == AUTOFOCUS]
+    assert len(searches) == 1 and searches[0].effect == "none"
+    assert len(searches[0].adaptation["focus_search"]) == EARLY_PROBES
+    assert searches[0].new_settings.defocus == searches[0].settings.defocus
+    assert [e["kinds"] for e in final["events"] if e["kind"] == "autofocus_no_effect"] == [
+        ["focus"]]

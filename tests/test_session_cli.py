@@ -66,10 +66,14 @@ def test_export_png_and_tiff(session, tmp_path: Path) -> None:
     result = runner.invoke(app, ["export", str(path), str(tmp_path / "png")])
     assert result.exit_code == 0, result.output
     pngs = sorted((tmp_path / "png").glob("*.png"))
-    assert [p.name for p in pngs] == [f"{i:06d}_{f.frame_id}.png" for i, f in enumerate(frames)]
+    labels = ["Fibres", "Powder", "Fibres"]
+    assert [p.name for p in pngs] == [f"{i:06d}_{label}_{f.frame_id}.png" for i, (f, label)
+                                      in enumerate(zip(frames, labels, strict=True))]
     with Image.open(pngs[0]) as img:
         assert (img.mode, img.size) == ("L", (32, 32))
         assert json.loads(img.text["frame_id"]) == frames[0].frame_id
+        assert json.loads(img.text["label"]) == "Fibres"
+        assert json.loads(img.text["route"]) == "confident"
         pixels = np.asarray(img)
     assert pixels.min() == 0 and pixels.max() == 255
 
@@ -80,7 +84,10 @@ def test_export_png_and_tiff(session, tmp_path: Path) -> None:
     with tifffile.TiffFile(tifs[1]) as tif:
         np.testing.assert_array_equal(tif.asarray(), frames[1].image)
         assert tif.pages[0].dtype == np.float32
-        assert json.loads(tif.pages[0].description)["frame_id"] == frames[1].frame_id
+        described = json.loads(tif.pages[0].description)
+        assert (described["frame_id"], described["label"], described["route"]) == (
+            frames[1].frame_id, "Powder", "adjudicated")
+        assert tifs[1].name == f"000001_Powder_{frames[1].frame_id}.tif"
 
 
 def test_png_scaling_handles_constant_and_non_finite_pixels() -> None:
@@ -97,7 +104,8 @@ def test_export_of_a_real_nsid_file_and_to_an_unwritable_folder(shared_nsid_file
                                                                 tmp_path: Path) -> None:
     result = runner.invoke(app, ["export", str(shared_nsid_file), str(tmp_path / "pto")])
     assert result.exit_code == 0, result.output
-    assert len(list((tmp_path / "pto").glob("*.png"))) == 4
+    exported = sorted((tmp_path / "pto").glob("*.png"))
+    assert len(exported) == 4 and all("_unlabelled_" in p.name for p in exported)
 
     blocker = tmp_path / "file"
     blocker.write_text("x")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from instruments.devices.frame import Frame, ImagingSettings, StagePosition
-from instruments.session_file.decision_record import DecisionRecord, Route
+from instruments.session_file.decision_record import RECORD_VERSION, DecisionRecord, Route
 from instruments.session_file.reader import SessionReader
 from instruments.session_file.writer import SessionWriter
 
@@ -268,7 +268,8 @@ V1_RECORD = {
 
 def test_records_written_before_records_were_typed_are_read_migrated(tmp_path: Path) -> None:
     """A file whose record attribute holds the old untyped layout (written here explicitly, as
-    the earlier agent did) reads back as typed version-3 records; resuming appends typed ones."""
+    the earlier agent did) reads back as typed records of the current version; resuming
+    appends typed ones."""
     import h5py
 
     from instruments.session_file.layout import to_json
@@ -283,7 +284,8 @@ def test_records_written_before_records_were_typed_are_read_migrated(tmp_path: P
     with SessionReader(path) as reader:
         (record,) = reader.records()
         summary = reader.summary()
-    assert record.version == 4 and record.head_version is None and record.frame_id == frame.frame_id
+    assert record.version == RECORD_VERSION and record.head_version is None
+    assert record.frame_id == frame.frame_id
     assert record.route is Route.HUMAN and record.human.decision == "relabel"
     assert record.prediction.ood.score == 2.5 and record.prediction.top_k[0] == ("Powder", 0.62)
     assert record.rescans[0].prediction is None                  # "{}" meant: not there
@@ -297,10 +299,10 @@ def test_records_written_before_records_were_typed_are_read_migrated(tmp_path: P
         writer.write_frame(extra, make_record(extra, "Tips"))
     with h5py.File(path, "r") as f:
         stored = f["Measurement_000/Channel_000001"].attrs["record"]
-    assert '"version":4' in stored
+    assert f'"version":{RECORD_VERSION}' in stored
 
 
-def test_a_version_2_record_reads_as_version_3_with_its_rescan_effect_typed() -> None:
+def test_a_version_2_record_reads_as_the_current_version_with_its_rescan_effect_typed() -> None:
     """Version 2 kept undeclared keys: the rescan's `effect` (now a field), and in checkpoints
     the working-only `started` (now not part of the record at all)."""
     from instruments.session_file.decision_record import DecisionRecord
@@ -309,7 +311,7 @@ def test_a_version_2_record_reads_as_version_3_with_its_rescan_effect_typed() ->
               "started": 1795464000.0,
               "rescans": [{"reason": "noise", "effect": "improved", "adapt_s": 0.01}]}
     for record in (DecisionRecord.from_stored(stored), DecisionRecord(**stored)):
-        assert record.version == 4 and record.rescans[0].effect == "improved"
+        assert record.version == RECORD_VERSION and record.rescans[0].effect == "improved"
         assert "started" not in record.model_dump()
         assert DecisionRecord.from_json(record.to_json()) == record
 

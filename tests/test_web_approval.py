@@ -75,7 +75,8 @@ class Session:
 
     def resumed_with(self, timeout: float = 30) -> dict[str, Any] | None:
         self._thread.join(timeout)
-        return self.decision.model_dump(mode="json") if self.decision else None
+        return self.decision.model_dump(mode="json", exclude_none=True) \
+            if self.decision else None
 
 
 @pytest.fixture
@@ -196,20 +197,58 @@ def test_bad_decisions_are_refused_and_the_request_stays_pending(broker, ui, bod
 
 
 def test_progress_is_served_as_the_session_reports_it(broker, ui) -> None:
-    broker.update_progress(frames_done=3, routes={"confident": 2, "human": 1},
-                           budgets_left={"rescans": 4, "adjudications": 9})
+    broker.update_progress(recorded=3, total=5, routes={"confident": 2, "human": 1})
     progress = httpx.get(_base(ui) + "/api/progress", params={"token": ui.token}).json()
-    assert progress == {"frames_done": 3, "routes": {"confident": 2, "human": 1},
-                        "budgets_left": {"rescans": 4, "adjudications": 9}}
+    assert progress == {"recorded": 3, "total": 5, "routes": {"confident": 2, "human": 1}}
+
+
+def test_the_page_ends_on_the_session_summary_once_the_server_stops(broker, ui) -> None:
+    """The page reads the final state before the server goes: it shows the result, not an
+    unreachable server, and no internal budget."""
+    require_chromium()
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    broker.update_progress(recorded=1, total=2, routes={"human": 1})
+    with headless_chromium() as driver:
+        driver.get(ui.url)
+        WebDriverWait(driver, 20).until(lambda d: "1 of 2" in d.find_element(
+            By.ID, "progress").text)
+        broker.finish({"status": "completed", "reason": "", "file": "/data/s.h5",
+                       "session_id": "s-1", "frames": 2, "labels": {"Tips": 2},
+                       "routes": {"human": 2}, "human_decisions": {"approve": 2},
+                       "accuracy": 0.5, "scored_frames": 2})
+        ui.close()                       # returns once the page has read the final state
+        assert ui.watch.final_served.is_set()
+        final = WebDriverWait(driver, 20).until(
+            lambda d: d.find_elements(By.ID, "final"))[0].text
+        status = driver.find_element(By.ID, "status").text
+        header = driver.find_element(By.TAG_NAME, "header").text
+    assert final.startswith("Session complete")
+    for shown in ("frames recorded 2", "labels Tips 2", "human decisions approve 2",
+                  "accuracy 50.0% of 2 frames", "session file /data/s.h5"):
+        assert shown in final
+    assert status.startswith("Session complete") and "unreachable" not in status
+    assert "budget" not in header and "tokens" not in header
+
+
+def _answer(card, choice: str, value: str, note: str, button: str) -> None:
+    """On a card: pick `value` in the `choice` list, type the note, click `button`."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    Select(card.find_element(By.CSS_SELECTOR, f"select.{choice}")).select_by_value(value)
+    card.find_element(By.CSS_SELECTOR, "input.note").send_keys(note)
+    card.find_element(By.CSS_SELECTOR, f"button.{button}").click()
 
 
 def test_a_click_in_headless_chromium_reaches_the_session(broker, ui, thumbs) -> None:
     require_chromium()
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import Select, WebDriverWait
+    from selenium.webdriver.support.ui import WebDriverWait
 
-    broker.update_progress(frames_done=2, routes={"confident": 2})
+    broker.update_progress(recorded=2, total=5, routes={"confident": 2})
     first = Session(broker, _payload(thumbs))
     second = Session(broker, _payload(sequence=8))
     with headless_chromium() as driver:
@@ -228,7 +267,7 @@ def test_a_click_in_headless_chromium_reaches_the_session(broker, ui, thumbs) ->
         img = card.find_element(By.CSS_SELECTOR, ".frames img")
         wait.until(lambda d: d.execute_script(
             "return arguments[0].complete && arguments[0].naturalWidth", img) == 48)
-        wait.until(ec.text_to_be_present_in_element((By.ID, "progress"), "frames done"))
+        wait.until(ec.text_to_be_present_in_element((By.ID, "progress"), "frames: 2 of 5"))
 
         card.find_element(By.CSS_SELECTOR, "button.btn-approve").click()
         wait.until(ec.text_to_be_present_in_element((By.ID, "notice"), "operator name"))
@@ -236,19 +275,22 @@ def test_a_click_in_headless_chromium_reaches_the_session(broker, ui, thumbs) ->
 
         driver.find_element(By.ID, "operator").send_keys("Ada")
         card.find_element(By.CSS_SELECTOR, "button.btn-approve").click()
-        assert first.resumed_with() == {"decision": "approve", "label": None,
-                                        "operator": "Ada", "note": ""}
+        assert first.resumed_with() == {"decision": "approve", "operator": "Ada", "note": ""}
 
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "section.approval")) == 1)
         card = driver.find_element(By.CSS_SELECTOR, "section.approval")
         assert card.get_attribute("data-request-id") == second.request_id
         assert "no image in request" in card.text
-        Select(card.find_element(By.CSS_SELECTOR, "select.relabel-choice")) \
-            .select_by_visible_text("Powder")
-        card.find_element(By.CSS_SELECTOR, "input.note").send_keys("granular")
-        card.find_element(By.CSS_SELECTOR, "button.btn-relabel").click()
+        _answer(card, "relabel-choice", "Powder", "granular", "btn-relabel")
         assert second.resumed_with() == {"decision": "relabel", "label": "Powder",
                                          "operator": "Ada", "note": "granular"}
+        wait.until(ec.text_to_be_present_in_element((By.ID, "queue"), "No pending approvals"))
+
+        rejected = Session(broker, _payload(sequence=9))
+        card = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "section.approval")))
+        _answer(card, "rescan-choice", "dwell", "too noisy", "btn-rescan")
+        assert rejected.resumed_with() == {"decision": "rescan", "rescan_change": "dwell",
+                                           "operator": "Ada", "note": "too noisy"}
         wait.until(ec.text_to_be_present_in_element((By.ID, "queue"), "No pending approvals"))
 
         move = Session(broker, MOVE)
@@ -257,8 +299,7 @@ def test_a_click_in_headless_chromium_reaches_the_session(broker, ui, thumbs) ->
         shown = [b.text for b in card.find_elements(By.TAG_NAME, "button") if b.is_displayed()]
         assert shown == ["Approve", "Skip"]
         card.find_element(By.CSS_SELECTOR, "button.btn-skip").click()
-        assert move.resumed_with() == {"decision": "skip", "label": None, "operator": "Ada",
-                                       "note": ""}
+        assert move.resumed_with() == {"decision": "skip", "operator": "Ada", "note": ""}
 
 
 def test_a_stage_move_request_offers_only_its_choices(broker, ui) -> None:
@@ -270,8 +311,7 @@ def test_a_stage_move_request_offers_only_its_choices(broker, ui) -> None:
                          json={"decision": "rescan", "operator": "Ada"})
     assert refused.status_code == 422
     httpx.post(url, params={"token": ui.token}, json={"decision": "approve", "operator": "Ada"})
-    assert session.resumed_with() == {"decision": "approve", "label": None, "operator": "Ada",
-                                      "note": ""}
+    assert session.resumed_with() == {"decision": "approve", "operator": "Ada", "note": ""}
 
 
 def test_a_rescanned_frame_shows_its_previous_attempt(broker, ui) -> None:

@@ -1,5 +1,6 @@
-"""End to end: `micagent run --approve web` on the twin, approved from headless Chromium; the
-session continues and the session file records who decided what."""
+"""End to end: `micagent run --approve uncertain --ui web` on the twin, approved from headless
+Chromium; the session continues, the session file records who decided what, and the page ends
+on the session's summary (not an unreachable server)."""
 
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ def test_web_approval_of_a_twin_session(tmp_path: Path) -> None:
     out_log, err_log = tmp_path / "stdout.log", tmp_path / "stderr.log"
     # --confidence 1.0: no frame is confident, so every frame reaches the approval page
     command = [sys.executable, "-c", "from workflows.cli.app import app; app()", "run",
-               "--approve", "web", "--frames", "2", "--confidence", "1.0", "--pixels", "128",
+               "--approve", "uncertain", "--ui", "web", "--frames", "2", "--confidence", "1.0",
+               "--pixels", "128",
                "--out", str(session_file), "--state-dir", str(tmp_path / "state"), "--quiet"]
     env = {**os.environ, "COLUMNS": "250", "OMP_NUM_THREADS": "1"}
     with open(out_log, "w") as out, open(err_log, "w") as err:
@@ -77,18 +79,24 @@ def test_web_approval_of_a_twin_session(tmp_path: Path) -> None:
                 approved.append(request_id)
                 if len(approved) == 1:  # frame 1 recorded, frame 2 pending: live progress
                     progress = wait.until(lambda d: d.find_elements(
-                        By.CSS_SELECTOR, '#progress [data-key="budgets_left"]'))
-                    assert "adjudications" in progress[0].text
+                        By.CSS_SELECTOR, '#progress [data-key="frames"]'))
+                    assert "of 2" in progress[0].text
                 wait.until(lambda d, rid=request_id: proc.poll() is not None or all(
                     c.get_attribute("data-request-id") != rid
                     for c in d.find_elements(By.CSS_SELECTOR, "section.approval")))
-        assert proc.wait(timeout=240) == 0, err_log.read_text()
+            assert proc.wait(timeout=240) == 0, err_log.read_text()
+            final = wait.until(lambda d: d.find_elements(By.ID, "final"))[0].text
+            status = driver.find_element(By.ID, "status").text
+            header = driver.find_element(By.TAG_NAME, "header").text
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
 
     assert len(approved) == 2, out_log.read_text()
+    assert final.startswith("Session complete") and "frames recorded 2" in final
+    assert "human decisions approve 2" in final and session_file.name in final
+    assert "unreachable" not in status and "budget" not in header and "wall" not in header
     with SessionReader(session_file) as reader:
         records = reader.records()
         assert reader.provenance["status"] == "completed"

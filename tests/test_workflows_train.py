@@ -3,7 +3,9 @@ the evaluate --json schema, resume after an interruption, and bad input."""
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,15 @@ from models.config import FusionConfig
 from models.errors import CheckpointError
 from models.fusion import FusionClassifier
 from workflows.cli.app import app
-from workflows.training.train import TrainError, TrainOptions, init_from_checkpoint, train
+from workflows.session_assembly import BUNDLED_MODEL
+from workflows.terminal import json_text
+from workflows.training.train import (
+    TrainError,
+    TrainOptions,
+    eta_text,
+    init_from_checkpoint,
+    train,
+)
 
 SMALL = {"img_size": 64, "vit_depth": 1, "hnf_patch_sizes": [16, 32], "hnf_knn": [4, 2],
          "gnn_patch": 16}
@@ -36,12 +46,31 @@ def data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ckpt(data, tmp_path_factory) -> Path:
+def trained(data, tmp_path_factory) -> tuple[Path, str]:
+    """A checkpoint trained by the CLI, and what the command printed."""
     out = tmp_path_factory.mktemp("ckpt") / "model"
     result = runner.invoke(app, ["train", str(data), "--out", str(out), "--epochs", "2",
                                  "--batch-size", "16", "--config", SMALL_JSON])
     assert result.exit_code == 0, result.output
-    return out
+    return out, result.output
+
+
+@pytest.fixture(scope="module")
+def ckpt(trained) -> Path:
+    return trained[0]
+
+
+def test_training_says_the_time_left_and_ends_with_the_held_out_score(trained):
+    ckpt, output = trained
+    first, last = output.split("fold 1 epoch 2")
+    assert "ETA ≤" in first.split("fold 1 epoch 1")[1] and "ETA" not in last  # none at the end
+    fold = json.loads((ckpt / "training_fold.json").read_text())
+    test = json.loads((ckpt / "training.json").read_text())["splits"][0]["test"]
+    assert fold["held_out"]["images"] == len(test) and 0 <= fold["held_out"]["top1"] <= 1
+    assert (f"held-out test split: top-1 {fold['held_out']['top1']:.3f} on {len(test)} images"
+            in output)
+    assert eta_text([{"seconds": 30.0}], 5, None) == "  ETA ≤ 2 min 30 s"
+    assert eta_text([{"seconds": 30.0}], 5, 20.0) == "  ETA ≤ 50 s"      # budget, one epoch
 
 
 def test_train_writes_a_calibrated_checkpoint_with_its_training_record(ckpt):
@@ -73,12 +102,30 @@ def test_evaluate_json_has_the_agreed_keys_and_scores_the_held_out_split(ckpt, d
     assert report["n_images"] == test_size and report["subset"].startswith("held-out")
 
 
-def test_evaluate_table_writes_plots(ckpt, data, tmp_path):
-    result = runner.invoke(app, ["evaluate", str(ckpt), str(data), "--plots", str(tmp_path)])
+def test_evaluate_writes_only_into_out(ckpt, data, tmp_path):
+    before = sorted(p.name for p in ckpt.iterdir())
+    result = runner.invoke(app, ["evaluate", str(ckpt), str(data)])
     assert result.exit_code == 0, result.output
     assert "macro_f1" in result.stdout
-    assert (tmp_path / "reliability.png").stat().st_size > 1000
-    assert (tmp_path / "confusion_matrix.png").stat().st_size > 1000
+    assert sorted(p.name for p in ckpt.iterdir()) == before           # nothing written
+    result = runner.invoke(app, ["evaluate", str(ckpt), str(data), "--out",
+                                 str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "eval" / "reliability.png").stat().st_size > 1000
+    assert (tmp_path / "eval" / "confusion_matrix.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "eval" / "evaluation.json").read_text())["top1"] >= 0
+    assert sorted(p.name for p in ckpt.iterdir()) == before
+
+
+def test_json_is_indented_on_a_terminal_and_one_line_in_a_pipe(monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stdout", Terminal())
+    assert json_text({"top1": 0.5}) == '{\n  "top1": 0.5\n}'
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    assert json_text({"top1": 0.5}) == '{"top1": 0.5}'
 
 
 def test_evaluate_scores_a_class_the_model_does_not_know_as_foreign(ckpt, tmp_path):
@@ -268,6 +315,15 @@ def test_a_run_started_from_a_checkpoint_records_it_and_bad_init_paths_fail(ckpt
     with pytest.raises(TrainError, match="none of its weights fit"):
         wider = FusionConfig.ablation("gnn_only", n_classes=4, **{**SMALL, "d": 32, "heads": 2})
         init_from_checkpoint(Classifier.create(wider, "wxyz").model, str(ckpt), list("wxyz"))
+
+
+def test_init_bundled_names_the_bundled_model_from_any_directory(data, tmp_path,
+                                                               monkeypatch):
+    monkeypatch.chdir(tmp_path)                      # not the repository root
+    result = runner.invoke(app, ["train", str(data), "--out", str(tmp_path / "m"), "--epochs",
+                                 "1", "--batch-size", "16", "--config", SMALL_JSON,
+                                 "--init", "bundled"])
+    assert str(BUNDLED_MODEL) in result.output, result.output
 
 
 def test_fit_ood_sets_a_new_threshold_without_touching_the_weights(ckpt, data, tmp_path):

@@ -33,7 +33,8 @@ class DatasetSettings:
     `zoom` is image pixel size / region texture pixel size; a `survey_fraction` of the images
     instead take a FOV from `survey_fov`, the fields an unattended survey scans, where fine
     textures are only a few pixels across; `max_blur_px` bounds the defocus blur sigma; FOVs
-    are clipped to `fov_limits` and to 80 % of the region's size. A field
+    are clipped to `fov_limits` and to 80 % of the region's size; `specimens` twins
+    (`specimen_seeds`) share the images of each class. A field
     whose noise-free contrast (std / mean) is below `min_contrast` shows nothing of its class
     (e.g. the background between two tips) and is redrawn, up to `tries` times, as a
     microscopist would move on.
@@ -48,6 +49,16 @@ class DatasetSettings:
     bse_fraction: float = 0.15
     max_blur_px: float = 1.2
     fov_limits: tuple[float, float] = (1e-6, 100e-6)
+    specimens: int = 1
+
+
+SPECIMEN_STRIDE = 1000
+
+
+def specimen_seeds(seed: int, specimens: int) -> list[int]:
+    """The specimen seeds a dataset of `seed` draws from: `seed` itself, then seeds
+    SPECIMEN_STRIDE apart (1000, 2000, ... for seed 0: none of the survey seeds 0-999)."""
+    return [seed + SPECIMEN_STRIDE * i for i in range(specimens)]
 
 
 @dataclass
@@ -78,19 +89,26 @@ def _find_field(spec: Specimen, region: Region, fov: float, size: int, detector:
 
 def iter_labelled(per_class: int, size: int = 224, seed: int = 0,
                   settings: DatasetSettings | None = None,
-                  microscope: TwinMicroscope | None = None) -> Iterator[LabelledImage]:
-    """Yield `per_class` images of every SEM class, class by class."""
+                  microscope: TwinMicroscope | None = None,
+                  first: int = 0) -> Iterator[LabelledImage]:
+    """Yield `per_class` images of every SEM class, class by class; image indices start at
+    `first` (a dataset of N per class drew 0..N-1: later indices are fresh draws from the
+    same distribution, held out from it)."""
     if per_class < 1 or size < 16:
         raise ValueError(f"per_class must be >= 1 and size >= 16 (got {per_class}, {size})")
     cfg = settings or DatasetSettings()
-    scope = microscope or TwinMicroscope(seed=seed, instrument_id="twin-dataset")
-    spec = scope.specimen
-    alpha = scope.params.convergence
+    scopes = [microscope or TwinMicroscope(seed=seed, instrument_id="twin-dataset")]
+    scopes += [TwinMicroscope(seed=s, instrument_id="twin-dataset")
+               for s in specimen_seeds(seed, cfg.specimens)[1:]]
     for c, label in enumerate(SEM_CLASSES):
-        regions = [i for i, r in enumerate(spec.regions) if r.label == label and r.image is None]
-        if not regions:
-            raise ValueError(f"specimen has no region of class {label}")
-        for k in range(per_class):
+        for k in range(first, first + per_class):
+            scope = scopes[k % len(scopes)]
+            spec = scope.specimen
+            alpha = scope.params.convergence
+            regions = [i for i, r in enumerate(spec.regions)
+                       if r.label == label and r.image is None]
+            if not regions:
+                raise ValueError(f"specimen has no region of class {label}")
             rng = np.random.default_rng([seed, c, k, 97])
             index = regions[int(rng.integers(len(regions)))]
             region = spec.regions[index]
@@ -116,7 +134,8 @@ def iter_labelled(per_class: int, size: int = 224, seed: int = 0,
             scope.move_stage(StagePosition(x=float(x), y=float(y)))
             scope.set_imaging(imaging)
             frame = scope.acquire()
-            record = {"label": label, "region": index, "look": spec.look(index),
+            record = {"label": label, "specimen": spec.seed, "region": index,
+                      "look": spec.look(index),
                       "stage": {"x": float(x), "y": float(y)}, "fov": fov, "pixels": size,
                       "dwell": imaging.dwell, "defocus": imaging.defocus,
                       "focus_error": float(focus_error), "detector": imaging.detector,
@@ -159,7 +178,8 @@ def render_dataset(out_dir: str | Path, per_class: int, size: int = 224, seed: i
         "seed": seed, "per_class": per_class, "size": size, "classes": list(SEM_CLASSES),
         "settings": asdict(cfg), "physics": asdict(scope.params),
         "specimen": {"seed": scope.specimen.seed, "extent": scope.specimen.extent,
-                     "grid": scope.specimen.grid},
+                     "grid": scope.specimen.grid,
+                     "seeds": specimen_seeds(seed, cfg.specimens)},
         "images": images,
     }
     atomic_file.write_text(out / "manifest.json", json.dumps(manifest, indent=1))

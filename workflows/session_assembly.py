@@ -7,6 +7,7 @@ read the session's event stream (`ProgressView`)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,17 +16,24 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from agent.adjudication.demonstrations import DemonstrationBank
+from agent.adjudication.reference import ReferenceFileError, TrainingReference
+from agent.adjudication.trust import AdjudicatorTrust, TrustError
 from agent.approval_broker import ApprovalBroker
 from agent.config import RunConfig, registry_path
-from agent.event_stream import LEFT, StreamReader
+from agent.event_stream import StreamReader
+from agent.objectives import parse_objective
 from agent.overview import OverviewTiles
+from agent.risk_policy import RiskPolicyError, risk_policy
 from agent.session import Session, SessionParts, record_failed_start
 from agent.terminal_approval import TerminalApprover
-from instruments.devices.errors import InstrumentError
+from instruments.devices.errors import InstrumentError, SafetyRefused
+from instruments.devices.frame import ImagingSettings
+from instruments.devices.instrument_defaults import ImagingError, describe, resolve
 from instruments.devices.microscope import Microscope
-from instruments.devices.safety import GuardedMicroscope, envelope_from_dict
+from instruments.devices.safety import GuardedMicroscope, check_settings, envelope_from_dict
 from instruments.devices.uri import open_instrument
 from instruments.session_file.layout import SessionFileError
+from instruments.session_file.reader import SessionReader
 from instruments.utils.library_log import log_library_noise
 from workflows.terminal import notice
 
@@ -35,6 +43,37 @@ _err = Console(stderr=True)
 
 class StartError(RuntimeError):
     """The session cannot start (model, instrument, bank): recorded as failed."""
+
+
+# --- checked before anything loads or is written -------------------------------------------
+def declared_classes(config: RunConfig) -> list[str] | None:
+    """The classes the session's classifier will know, read without loading it: the twin's,
+    else those the checkpoint's config.json names (None where it cannot be read: loading the
+    model then says why)."""
+    if config.instrument == "twin":
+        from twins.classes import SEM_CLASSES
+        return list(SEM_CLASSES)
+    path = Path(config.model) if config.model else BUNDLED_MODEL
+    try:
+        names = json.loads((path / "config.json").read_text("utf-8")).get("class_names")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return list(names) if isinstance(names, list) else None
+
+
+def check_start(config: RunConfig) -> None:
+    """What a new session can be refused for before the model loads or a file is written:
+    its objective (and the classes it names) and its imaging settings inside the safety
+    envelope. ObjectiveError or StartError."""
+    parse_objective(config.objective, declared_classes(config))
+    if config.instrument != "twin":
+        return   # settings and ranges left open come from the instrument; the guard checks them
+    given = {name: value for name, value in config.imaging.items() if value is not None}
+    try:         # the embedded twin's defaults are the envelope's and ImagingSettings', known now
+        check_settings(envelope_from_dict(config.envelope), ImagingSettings(**given))
+    except SafetyRefused as exc:
+        raise StartError(f"imaging settings: {exc} (change --fov/--dwell or the "
+                         "envelope's limits)") from exc
 
 
 # --- opening the parts ---------------------------------------------------------------------
@@ -88,6 +127,24 @@ def _bank(config: RunConfig, classifier) -> DemonstrationBank | None:
                          f"{config.bank or 'twin'}: {exc}") from exc
 
 
+def _adjudication(model_path: str, classifier: Any
+                  ) -> tuple[TrainingReference | None, AdjudicatorTrust | None]:
+    """The offline adjudicator's training reference and the measured adjudicator accuracy
+    stored beside the checkpoint; neither for a classifier handed over in memory. Nothing is
+    trusted where it was never measured, or measured on another state of the checkpoint
+    (retrained, OOD refitted: rerun `micagent measure-adjudicators`)."""
+    if not Path(model_path).is_dir():
+        return None, None
+    try:
+        reference, trust = TrainingReference.load(model_path), AdjudicatorTrust.load(model_path)
+    except (ReferenceFileError, TrustError) as exc:
+        raise StartError(f"cannot use model {model_path}: {exc}") from exc
+    sha = getattr(classifier, "checkpoint_sha256", None)
+    if trust.record.get("checkpoint_sha256") != sha:
+        return None, AdjudicatorTrust()
+    return reference, trust
+
+
 def _twin_positions(inner: Microscope, fov: float) -> list[dict[str, Any]] | None:
     specimen = getattr(inner, "specimen", None)
     if specimen is None:
@@ -109,20 +166,31 @@ def open_parts(config: RunConfig, classifier: Any = None, instrument: Microscope
         classifier, model_path = _load_classifier(config, twin)
     else:
         model_path = config.model or "<in memory>"
+    if config.target_risk is not None:      # the session's own check, before any file
+        try:
+            risk_policy(config.policy(), getattr(classifier, "risk", None), config.target_risk)
+        except RiskPolicyError as exc:
+            raise StartError(f"model {model_path}: {exc}") from exc
+    reference, trust = _adjudication(model_path, classifier)
     try:
         inner = instrument or open_instrument(config.instrument,
                                               {"twin": _twin_factory(config.seed)})
     except InstrumentError as exc:
         raise StartError(f"cannot open instrument {config.instrument}: {exc}") from exc
+    try:   # settings and envelope ranges the user left open: the instrument's
+        config.imaging, config.envelope = resolve(inner.capabilities(), config.imaging,
+                                                  config.envelope)
+    except (InstrumentError, ImagingError) as exc:
+        inner.close()
+        raise StartError(f"instrument {config.instrument}: {exc}") from exc
     guarded = GuardedMicroscope(inner, envelope_from_dict(config.envelope))
     parts = SessionParts(microscope=guarded, classifier=classifier,
                          bank=None if config.learn else (bank_for or _bank)(config, classifier),
                          model_info={"path": model_path,
-                                     "sha256": getattr(classifier, "checkpoint_sha256", None)})
+                                     "sha256": getattr(classifier, "checkpoint_sha256", None)},
+                         reference=reference, trust=trust)
     try:
         caps = guarded.capabilities()
-        if config.imaging.get("detector") is None:      # not chosen: the instrument's first
-            config.imaging["detector"] = caps.detectors[0]
         status = guarded.status()
         if caps.replays_stored:
             parts.survey_positions = inner.stored_positions()
@@ -153,14 +221,13 @@ class ProgressView(StreamReader):
 
     def frame(self, data: dict[str, Any]) -> None:
         self.routes[data["route"]] = self.routes.get(data["route"], 0) + 1
+        label = data["label"] or "no label"           # a frame a human skipped
         self.progress.update(self.task, completed=data["recorded"],
-                             description=f"{data['label']} ({data['route']})")
+                             description=f"{label} ({data['route']})")
         if self.broker is not None:
-            self.broker.update_progress(
-                recorded=data["recorded"], routes=dict(self.routes), total=self.total,
-                budgets_left={key.removeprefix(LEFT): value for key, value in data.items()
-                              if key.startswith(LEFT)})
-            notice(self.console, f"recorded {data['frame_id'][:8]}: {data['label']} "
+            self.broker.update_progress(recorded=data["recorded"], routes=dict(self.routes),
+                                        total=self.total)
+            notice(self.console, f"recorded {data['frame_id'][:8]}: {label} "
                                  f"({data['route']})")
 
 
@@ -175,22 +242,45 @@ def _save_learned(config: RunConfig, learner, final: dict[str, Any]) -> None:
                      f"{saved}; use it with --model {saved}")
 
 
+def final_summary(path: str, final: dict[str, Any] | None) -> dict[str, Any]:
+    """What the web page shows when the session has ended: its status and reason, frames,
+    labels, routes, human decisions, accuracy where the truth is known, and the file."""
+    status = (final or {}).get("status") or "interrupted"
+    summary: dict[str, Any] = {"status": status, "reason": (final or {}).get("reason") or "",
+                               "file": path}
+    try:
+        with SessionReader(path) as reader:
+            tally = reader.summary()
+    except (SessionFileError, OSError):
+        return summary
+    summary.update(session_id=tally["session_id"], frames=tally["frames"],
+                   labels=tally["label_counts"], routes=tally["route_counts"],
+                   human_decisions=tally["human_acts"])
+    if tally["scored_frames"]:
+        summary.update(accuracy=tally["accuracy"], scored_frames=tally["scored_frames"])
+    return summary
+
+
 def run_session(config: RunConfig, console: Console, quiet: bool = False,
                 classifier: Any = None, ui: str = "terminal", host: str = "127.0.0.1",
-                port: int = 0, allow_hosts: tuple[str, ...] = ()) -> dict[str, Any]:
+                port: int = 0, allow_hosts: tuple[str, ...] = (),
+                operator: str | None = None) -> dict[str, Any]:
     """Open everything, run (or resume) the session to its end; approvals are answered in
-    the terminal or, with `ui="web"` (or `--approve web`), on the web page at host:port.
+    the terminal (by `operator`, else asked once) or, with `ui="web"` (or a saved
+    `approve="web"` of an older configuration), on the web page at host:port.
     Library warnings and prints go to STATE_DIR/logs/SESSION_ID.log, not the terminal."""
-    config.save(registry_path(config.state_dir, config.session_id))
     log_library_noise(Path(config.state_dir) / "logs" / f"{config.session_id}.log")
+    given = dict(config.imaging), dict(config.envelope)
     try:
         parts = open_parts(config, classifier)
     except StartError as exc:
-        try:
+        try:                              # the file says why; nothing to resume is kept
             record_failed_start(config, str(exc))
         except SessionFileError:          # --out is not ours (or unusable): left untouched
             pass
         raise
+    config.save(registry_path(config.state_dir, config.session_id))   # as resolved: --resume
+    notice(console, describe(config.imaging, config.envelope, *given))
     broker = ApprovalBroker() if config.approve != "none" else None
     frontend, web = None, None
     if broker is not None and (config.approve == "web" or ui == "web"):
@@ -204,7 +294,7 @@ def run_session(config: RunConfig, console: Console, quiet: bool = False,
             raise StartError(str(exc)) from exc
         notice(_err, f"approval page: {web.url}")
     elif broker is not None:
-        frontend = TerminalApprover(broker, console).start()
+        frontend = TerminalApprover(broker, console, operator=operator).start()
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=console,
                         disable=quiet or broker is not None)
@@ -215,6 +305,7 @@ def run_session(config: RunConfig, console: Console, quiet: bool = False,
         raise StartError(f"cannot open session {config.session_id} at {config.out}: "
                          f"{exc}") from exc
     session.stream.subscribe(ProgressView(progress, console, broker, config.frames))
+    final = None
     try:
         with progress:
             final = session.run(broker=broker)
@@ -226,7 +317,8 @@ def run_session(config: RunConfig, console: Console, quiet: bool = False,
         if frontend is not None:
             frontend.stop()
         if web is not None:
-            web.stop()
+            broker.finish(final_summary(config.out, final))
+            web.close()
     return final
 
 

@@ -4,6 +4,7 @@ keys and tokens redacted."""
 
 from __future__ import annotations
 
+import json
 import sys
 
 import typer
@@ -41,3 +42,9 @@ def file_error(exc: BaseException, reading: object, writing: object = None) -> t
 def notice(console: Console, message: object, style: str = "") -> None:
     """Print text that may hold user data (paths, labels, answers) as plain text in a style."""
     console.print(Text(redact(str(message)), style=style), soft_wrap=True)
+
+
+def json_text(value: object) -> str:
+    """A `--json` answer: indented for a person where stdout is a terminal, one line for a
+    pipe or a file (what scripts read line by line)."""
+    return json.dumps(value, indent=2 if sys.stdout.isatty() else None)

@@ -7,6 +7,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+ABSTAIN = "none"
+"""The label of an adjudicator's "none of these / unsure": it gives the frame no class."""
+
 
 class AnswerError(ValueError):
     """An adjudicator's answer that cannot be used (malformed, refused, label not allowed)."""
@@ -14,9 +17,13 @@ class AnswerError(ValueError):
 
 @dataclass(frozen=True)
 class Answer:
-    label: str
+    label: str          # a class name, or ABSTAIN
     confidence: float
     rationale: str
+
+    @property
+    def abstained(self) -> bool:
+        return self.label == ABSTAIN
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

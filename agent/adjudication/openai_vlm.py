@@ -64,7 +64,7 @@ class OpenAIAdjudicator:
         ids = [d.id for d in demonstrations]
         key = prompt_hash(image, demonstrations, self.config.model, class_names)
         cached = self.cache.get(key)
-        if cached is not None and cached.label in class_names:
+        if cached is not None and (cached.label in class_names or cached.abstained):
             return Verdict(self.name, cached, ids, key, cached=True)
         messages = build_messages(image, demonstrations, class_names)
         attempts: list[str] = []

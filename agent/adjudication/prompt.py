@@ -1,5 +1,6 @@
 """The few-shot prompt (instruction, K labelled demonstrations, the frame) and the strict
-parsing of the JSON answer."""
+parsing of the JSON answer. The prompt offers "none of these / unsure" (label "none"): a frame
+unlike every class, or one the model cannot tell, gets no class from it (`ABSTAIN`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.adjudication.base import Answer, AnswerError, Demonstration
+from agent.adjudication.base import ABSTAIN, Answer, AnswerError, Demonstration
 from agent.adjudication.images import png_bytes, png_data_url
 
 SYSTEM = ("You are an expert electron microscopist classifying scanning electron microscope "
@@ -20,8 +21,10 @@ SYSTEM = ("You are an expert electron microscopist classifying scanning electron
 def instruction(class_names: list[str]) -> str:
     labels = ", ".join(f'"{c}"' for c in class_names)
     return (f"Classify the last image into exactly one of these labels: {labels}. "
-            "The labelled images before it are examples. Reply with strict JSON only, no "
-            'prose: {"label": <one of the labels>, "confidence": <number 0..1>, '
+            "The labelled images before it are examples. If the image shows none of these "
+            f'(another kind of specimen or instrument), or you are unsure, answer "{ABSTAIN}". '
+            'Reply with strict JSON only, no prose: {"label": <one of the labels, or '
+            f'"{ABSTAIN}" for none of these / unsure>, "confidence": <number 0..1>, '
             '"rationale": <one short sentence>}.')
 
 
@@ -50,10 +53,12 @@ def prompt_hash(image: np.ndarray, demonstrations: list[Demonstration], model: s
 
 
 _JSON = re.compile(r"\{.*\}", re.DOTALL)
+_ABSTENTIONS = {ABSTAIN, "none of these", "none of the above", "unsure", "unknown"}
 
 
 def parse_answer(text: str | None, class_names: list[str]) -> Answer:
-    """Strict JSON {label, confidence, rationale} with a label from `class_names`."""
+    """Strict JSON {label, confidence, rationale} with a label from `class_names`, or an
+    abstention ("none", "none of these", "unsure", "unknown": the label `ABSTAIN`)."""
     if not text or not text.strip():
         raise AnswerError("empty answer (refusal?)")
     match = _JSON.search(text)
@@ -66,7 +71,8 @@ def parse_answer(text: str | None, class_names: list[str]) -> Answer:
     if not isinstance(data, dict) or not isinstance(data.get("label"), str):
         raise AnswerError(f"answer has no string 'label': {match.group(0)[:80]!r}")
     canonical = {c.lower(): c for c in class_names}
-    label = canonical.get(data["label"].strip().lower())
+    said = data["label"].strip().lower()
+    label = canonical.get(said) or (ABSTAIN if said in _ABSTENTIONS else None)
     if label is None:
         raise AnswerError(f"label {data['label']!r} is not one of the allowed labels")
     try:

@@ -118,9 +118,12 @@ def make(ctx: SessionContext):
         record = current.model_copy(update={
             "frame_id": frame.frame_id, "sequence": frame.sequence, "settings": frame.settings,
             "timings": timings})
-        started = state.get("frame_started") if current.frame_id else None  # a rescan's
+        # the frame's time starts with its first acquisition (a rescan's keeps it), so the
+        # recorded total_s is never shorter than acquire_s
+        started = state.get("frame_started") if current.frame_id else None
         return add_tallies_update(discarded, {"current": record, "progress": "acquired",
                                               "used": {"moves": int(shot.moved)},
                                               "consecutive_errors": 0,
-                                              "frame_started": started or time.time()})
+                                              "frame_started": started
+                                              or time.time() - shot.acquire_s})
     return acquire

@@ -1,7 +1,7 @@
 """adjudicate: K demonstrations (similar or random), the adjudicator's answer, and the frame
-re-classified with that answer as the LMM prediction embedding. What the answer makes of the
-frame is the policy's ruling (`agent.policy.rule_adjudicated`); this node records the
-adjudication and the label the ruling gives."""
+re-classified with that answer as the LMM prediction embedding (not after an abstention).
+What the answer makes of the frame is the policy's ruling (`agent.policy.rule_adjudicated`);
+this node records the adjudication and the label the ruling gives."""
 
 from __future__ import annotations
 
@@ -31,11 +31,12 @@ def make(ctx: SessionContext):
         record = AdjudicationRecord.model_validate(verdict.as_record())
         answer = verdict.answer.label if verdict.answer is not None else None
         again = None
-        if answer is not None:
+        if answer is not None and not verdict.answer.abstained:
             again = ctx.classifier.classify([frame.image], lmm_labels=[answer])[0]
             record.reclassified = PredictionRecord.model_validate(again.as_record())
         ruling = rule_adjudicated(ctx.policy, current, answer,
-                                  again.label if again is not None else None)
+                                  again.label if again is not None else None,
+                                  verdict.adjudicator)
         return {"current": current.model_copy(update={"adjudication": record,
                                                       "label": ruling["label"]}),
                 "ruling": ruling, "used": {"adjudications": 1, "tokens": verdict.tokens}}

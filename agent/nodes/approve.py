@@ -12,15 +12,17 @@ from typing import Any
 
 from langgraph.types import interrupt
 
-from agent.approval_request import DecisionRefused, LabelRequest
+from agent.approval_request import DecisionRefused, HumanDecision, LabelRequest
 from agent.context import SessionContext
 from agent.nodes._common import thumbnail
 from agent.policy import UNKNOWN, rule_human, ruling_of
 from agent.state import AgentState
 from instruments.session_file.decision_record import (
+    Decision,
     DecisionRecord,
     HumanRecord,
     Proposal,
+    RescanChange,
 )
 
 
@@ -61,6 +63,30 @@ def request_for(ctx: SessionContext, state: AgentState,
         labels=tuple(human_labels(ctx.class_names)), new_labels=ctx.learner is not None)
 
 
+def _effect(proposal: str | None, label: str | None, decision: HumanDecision) -> str:
+    """What the act changes, in words (a rescan's actual change is written when it is made,
+    by the rescan node)."""
+    if decision.decision == Decision.RESCAN:
+        return f"rescan asked ({decision.rescan_change or RescanChange.AUTO})"
+    if decision.decision == Decision.SKIP:
+        return "frame left without a label"
+    if label != proposal:
+        return f"label {proposal} -> {label}"
+    return f"recorded as proposed ({proposal})"
+
+
+def human_record(proposal: str | None, label: str | None,
+                 decision: HumanDecision) -> HumanRecord:
+    """The stored act: who, when, what was proposed, the answer and what it changed."""
+    rescan = decision.decision == Decision.RESCAN
+    return HumanRecord(operator=decision.operator, time=time.time(), proposal=proposal,
+                       decision=decision.decision, label=label, note=decision.note,
+                       changed=label != proposal,
+                       rescan_change=(decision.rescan_change or RescanChange.AUTO)
+                       if rescan else None,
+                       effect=_effect(proposal, label, decision))
+
+
 def make(ctx: SessionContext):
     def approve(state: AgentState) -> dict[str, Any]:
         current: DecisionRecord = state["current"]
@@ -79,9 +105,7 @@ def make(ctx: SessionContext):
                 answer = interrupt(request.model_copy(update={"error": str(exc)}))
         proposal = current.proposal.label
         ruling = rule_human(proposal, decision)
-        human = HumanRecord(operator=decision.operator, time=time.time(), proposal=proposal,
-                            decision=decision.decision, label=ruling["label"],
-                            note=decision.note, changed=ruling["label"] != proposal)
+        human = human_record(proposal, ruling["label"], decision)
         update = {"current": current.model_copy(update={"human": human}), "ruling": ruling}
         if ctx.learner is not None and ruling["step"] == "record" \
                 and ruling["label"] not in (None, UNKNOWN):

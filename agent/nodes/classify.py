@@ -1,17 +1,40 @@
-"""classify: calibrated probabilities, conformal set and embedding of the frame, and the
-policy's ruling on it (`agent.policy.rule_classified`): where it goes next, under which label
-and route. In a learning session the learner first takes up the checkpointed state (what was
-learned so far), and the record keeps the head version that classified the frame."""
+"""classify: calibrated probabilities, conformal set and embedding of the frame, its context
+(the neighbourhood, and a zoom-out already taken: agent/context_evidence.py), and the policy's
+ruling on it (`agent.policy.rule_classified`, then `rule_in_context`): where it goes next,
+under which label and route. In a learning session the learner first takes up the
+checkpointed state (what was learned so far), and the record keeps the head version that
+classified the frame."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
+from agent import context_evidence
 from agent.context import SessionContext
-from agent.policy import rule_classified
+from agent.policy import rule_classified, rule_in_context
 from agent.state import AgentState
-from instruments.session_file.decision_record import DecisionRecord, PredictionRecord
+from instruments.session_file.decision_record import (
+    ContextRecord,
+    DecisionRecord,
+    PredictionRecord,
+)
+
+
+def with_context(ctx: SessionContext, state: AgentState, record: DecisionRecord,
+                 embedding: list[float]) -> DecisionRecord:
+    """The record with its context: the neighbours (with the policy's `neighbourhood`), the
+    zoom-out already taken (a frame rescanned after one keeps it) and their pooled
+    prediction; unchanged when there is no context."""
+    near = (context_evidence.neighbours(state.get("neighbourhood") or (), record, embedding)
+            if ctx.policy.neighbourhood else [])
+    zoom = record.context.zoom_out if record.context else None
+    if not near and zoom is None:
+        return record.model_copy(update={"context": None})
+    context = ContextRecord(zoom_out=zoom, neighbours=[kept for _, kept in near])
+    record = record.model_copy(update={"context": context})
+    pooled = context_evidence.fused(record, [entry for entry, _ in near])
+    return record.model_copy(update={"context": context.model_copy(update={"fused": pooled})})
 
 
 def make(ctx: SessionContext):
@@ -23,14 +46,17 @@ def make(ctx: SessionContext):
             ctx.learner.sync(state.get("learning"))
             taught, version = ctx.learner.counts(), ctx.learner.version
         t0 = time.perf_counter()
-        prediction = ctx.classifier.classify([frame.image])[0]
+        taken = ({"fov": frame.settings.fov, "detector": frame.settings.detector}
+                 if frame.settings is not None else None)
+        prediction = ctx.classifier.classify([frame.image], imaging=[taken])[0]
         timings = current.timings.model_copy(update={
             "classify_s": (current.timings.classify_s or 0.0) + time.perf_counter() - t0})
-        record = current.model_copy(update={
+        embedding = [float(v) for v in prediction.embedding.ravel()]
+        record = with_context(ctx, state, current.model_copy(update={
             "prediction": PredictionRecord.model_validate(prediction.as_record()),
-            "timings": timings, "head_version": version})
+            "timings": timings, "head_version": version}), embedding)
         ruling = rule_classified(ctx.policy, record, state["budgets"], state["used"],
                                  state.get("ineffective") or (), taught)
-        return {"current": record, "ruling": ruling,
-                "embedding": [float(v) for v in prediction.embedding.ravel()]}
+        ruling = rule_in_context(ctx.policy, record, ruling, state["budgets"], state["used"])
+        return {"current": record, "ruling": ruling, "embedding": embedding}
     return classify

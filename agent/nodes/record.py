@@ -8,6 +8,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from agent import context_evidence
+from agent.autofocus import learned
 from agent.context import SessionContext
 from agent.policy import ruling_of
 from agent.state import AgentState
@@ -56,5 +58,11 @@ def make(ctx: SessionContext):
                   "sequence": state["sequence"] + 1, "reference_id": None, "embedding": None}
         if record.quality.ok:                 # a focus that worked carries to the next tile
             update["defocus"] = record.settings.defocus
+            if ctx.autofocus is not None:
+                update["focus"] = learned(state.get("focus"), record)
+        if ctx.policy.neighbourhood:          # frames the classifier was sure of inform later
+            update["neighbourhood"] = context_evidence.remembered(
+                state.get("neighbourhood") or (), record, state.get("embedding"),
+                record.route in (Route.CONFIDENT, Route.RESCAN))
         return update
     return record

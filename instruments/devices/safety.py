@@ -105,6 +105,24 @@ def _inside(value: float, bounds: tuple[float, float], tolerance: float = 0.0) -
             <= bounds[1] + tolerance * abs(bounds[1]))
 
 
+def check_settings(env: SafetyEnvelope, settings: ImagingSettings, where: str = "",
+                   tolerance: float = 0.0) -> None:
+    """FOV, dwell and the dose of one frame within `env` (`tolerance`: relative slack for
+    values read back from an instrument), else SafetyRefused naming `where`. A session's
+    settings are checked so before it starts, and every scan's by the guard."""
+    if not _inside(settings.fov, env.fov, tolerance):
+        raise SafetyRefused(f"FOV {settings.fov:.3g} m outside envelope {env.fov}", where)
+    if not _inside(settings.dwell, env.dwell, tolerance):
+        raise SafetyRefused(f"dwell {settings.dwell:.3g} s outside envelope {env.dwell}",
+                            where)
+    dose = dose_per_nm2(settings)
+    if not dose <= env.max_dose_per_nm2 * (1 + tolerance):
+        raise SafetyRefused(
+            f"dose {dose:.3g} e/nm^2 per frame (beam current {settings.beam_current:.3g} A, "
+            f"dwell {settings.dwell:.3g} s) exceeds envelope {env.max_dose_per_nm2:.3g}",
+            where)
+
+
 @dataclass(frozen=True)
 class Approval:
     """A human approval of one stage target: who, when, and why."""
@@ -173,18 +191,7 @@ class GuardedMicroscope:
     def check_settings(self, settings: ImagingSettings, tolerance: float = 0.0) -> None:
         """FOV, dwell and the dose of one frame within the envelope (`tolerance`: relative
         slack for values read back from an instrument), else SafetyRefused."""
-        env, where = self.envelope, self.instrument_id
-        if not _inside(settings.fov, env.fov, tolerance):
-            raise SafetyRefused(f"FOV {settings.fov:.3g} m outside envelope {env.fov}", where)
-        if not _inside(settings.dwell, env.dwell, tolerance):
-            raise SafetyRefused(f"dwell {settings.dwell:.3g} s outside envelope {env.dwell}",
-                                where)
-        dose = dose_per_nm2(settings)
-        if not dose <= env.max_dose_per_nm2 * (1 + tolerance):
-            raise SafetyRefused(
-                f"dose {dose:.3g} e/nm^2 per frame (beam current {settings.beam_current:.3g} A, "
-                f"dwell {settings.dwell:.3g} s) exceeds envelope {env.max_dose_per_nm2:.3g}",
-                where)
+        check_settings(self.envelope, settings, self.instrument_id, tolerance)
 
     def check_dose_budget(self, stage: StagePosition, settings: ImagingSettings) -> None:
         """The dose already given to the frame's footprint plus this frame's within the
@@ -346,7 +353,9 @@ class GuardedMicroscope:
         s = frame.settings
         scan_s = s.pixels * s.pixels * s.dwell
         if took > 2 * scan_s + SLOW_FRAME_MARGIN_S:
-            self._incident("slow_frame", f"frame took {took:.3f} s for a {scan_s:.3f} s scan",
+            self._incident("slow_frame", f"frame took {took:.3f} s for a {scan_s:.3f} s scan "
+                           f"(over twice the scan time + {SLOW_FRAME_MARGIN_S} s: the "
+                           "instrument, its link or a twin's rendering was slow; frame kept)",
                            frame_id=frame.frame_id, seconds=round(took, 4))
         return frame
 

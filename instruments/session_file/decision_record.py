@@ -8,11 +8,14 @@ frame is. It holds plain values only (ids, labels, numbers), never pixels or ten
 
 Versions: 1 = the untyped dict of files written before this module (no `version` key);
 2 = the first typed schema (open: sub-records kept keys beyond their fields, the rescan's
-`effect` among them; checkpoints also carried the working-only `started`); 3 = closed
-(`extra="forbid"`); 4 = this schema, which adds `head_version` (the version of the head a
-learning session classified the frame with; None elsewhere). `DecisionRecord.from_stored`
-migrates older versions on read, and a record validated with an explicit older `version` (a
-checkpoint written before) is migrated too.
+`effect` among them; checkpoints also carried the working-only `started`); 3 = the closed
+schema (`extra="forbid"`); 4 = the audit trail of human acts (a rescan a human
+asked for keeps that act in its `RescanRecord.human`; each `HumanRecord` says what the act
+changed, `effect`, and for a rescan which change was asked, `rescan_change`); 5 = this schema,
+which adds the context the decision used (`context`: a zoom-out, the neighbourhood) and
+`head_version` (the version of the head a learning session classified the frame with; None
+elsewhere). `DecisionRecord.from_stored` migrates older versions on read, and a
+record validated with an explicit older `version` (a checkpoint written before) is migrated too.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from pydantic_core import PydanticSerializationError
 
 from instruments.devices.frame import ImagingSettings
 
-RECORD_VERSION = 4
+RECORD_VERSION = 5
 
 
 class Route(StrEnum):
@@ -42,11 +45,15 @@ class Route(StrEnum):
     QUALITY_FAILED = "quality_failed"  # unsure on a frame that stayed poor
     HUMAN = "human"                    # a human decided
     UNKNOWN = "unknown"                # out-of-distribution: unlike every class
+    ZOOMED_OUT = "zoomed_out"          # sure once a wider field at the same centre was fused
+    NEIGHBOURHOOD = "neighbourhood"    # sure once the same region's decided tiles were fused
 
 
 # routes whose label stands on the evidence (a hunt counts only these frames as found)
-DECIDED_ROUTES = (Route.CONFIDENT, Route.RESCAN, Route.ADJUDICATED, Route.HUMAN)
-ESCALATED_ROUTES = (Route.RESCAN, Route.ADJUDICATED, Route.HUMAN, Route.CONTESTED)
+DECIDED_ROUTES = (Route.CONFIDENT, Route.RESCAN, Route.ADJUDICATED, Route.HUMAN,
+                  Route.ZOOMED_OUT, Route.NEIGHBOURHOOD)
+ESCALATED_ROUTES = (Route.RESCAN, Route.ADJUDICATED, Route.HUMAN, Route.CONTESTED,
+                    Route.ZOOMED_OUT)
 
 
 class Decision(StrEnum):
@@ -59,6 +66,15 @@ class Decision(StrEnum):
 
 
 DECISIONS: tuple[str, ...] = tuple(d.value for d in Decision)
+
+
+class RescanChange(StrEnum):
+    """What a human's "reject and rescan" asks the rescan to change."""
+
+    AUTO = "auto"                      # the agent's choice (from the frame's quality failures)
+    DWELL = "dwell"                    # a longer dwell: less noise
+    FOCUS = "focus"                    # a focus sweep: sharper
+    ZOOM = "zoom"                      # a smaller field of view around the centre
 
 
 class RecordFormatError(ValueError):
@@ -123,6 +139,28 @@ class QualityRecord(_Part):
     failures: list[str] = Field(default_factory=list)
 
 
+class HumanRecord(_Part):
+    """One human act on a frame: who, when, the proposal answered, the decision (approve,
+    relabel, rescan, skip), the label it gives, the note, and what it changed (`changed`: the
+    label differs from the proposal; `effect`: the change in words, e.g. "label porous ->
+    dense" or "dwell 2e-06 s -> 8e-06 s"; `rescan_change`: the change a rescan was asked to
+    make)."""
+
+    operator: str = "?"
+    time: float | str | None = None       # epoch seconds (ISO text in some version-1 files)
+    proposal: str | None = None
+    decision: Decision
+    label: str | None = None
+    note: str = ""
+    changed: bool = False
+    rescan_change: RescanChange | None = None
+    effect: str = ""
+
+
+AUTOFOCUS = "autofocus"
+"""The reason of an attempt replaced by a focus search (agent/autofocus): not an escalation."""
+
+
 class RescanRecord(_Part):
     """One earlier attempt of the frame and what was changed for the next."""
 
@@ -138,6 +176,7 @@ class RescanRecord(_Part):
     # whether the frame this attempt led to was better: set when that frame is assessed
     # (agent/rescan_effect.py); None until then
     effect: Literal["improved", "none"] | None = None
+    human: HumanRecord | None = None          # the human act that asked for this rescan
 
 
 class AnswerRecord(_Part):
@@ -158,22 +197,42 @@ class AdjudicationRecord(_Part):
     reclassified: PredictionRecord | None = None
 
 
+class ZoomOutRecord(_Part):
+    """A wider field at the same centre: its settings, its frame (not stored: its id and
+    thumbnail), its own prediction, or why it could not be taken (`error`)."""
+
+    settings: ImagingSettings | None = None
+    frame_id: str | None = None
+    thumbnail: str | None = None
+    prediction: PredictionRecord | None = None
+    acquire_s: float | None = None
+    error: str | None = None
+
+
+class NeighbourRecord(_Part):
+    """A decided frame taken for the same region: by stage distance and embedding similarity."""
+
+    frame_id: str | None = None
+    label: str
+    distance_m: float
+    similarity: float
+
+
+class ContextRecord(_Part):
+    """What the frame's decision saw beyond the frame: a zoom-out, the neighbourhood, and
+    the prediction fused from the frame's and theirs (agent/context_evidence.py)."""
+
+    zoom_out: ZoomOutRecord | None = None
+    neighbours: list[NeighbourRecord] = Field(default_factory=list)
+    fused: PredictionRecord | None = None
+
+
 class Proposal(_Part):
     """What the agent proposes to a human: a label and where it came from
     (classifier | ood | adjudicated | contested)."""
 
     label: str
     source: str
-
-
-class HumanRecord(_Part):
-    operator: str = "?"
-    time: float | str | None = None       # epoch seconds (ISO text in some version-1 files)
-    proposal: str | None = None
-    decision: Decision
-    label: str | None = None
-    note: str = ""
-    changed: bool = False
 
 
 class Timings(_Part):
@@ -209,6 +268,7 @@ class DecisionRecord(_Part):
     human: HumanRecord | None = None
     timings: Timings = Field(default_factory=Timings)
     point_data: dict[str, Any] | None = None
+    context: ContextRecord | None = None
     head_version: int | None = None    # --learn: the answers the deciding head had learned
 
     @model_validator(mode="before")
@@ -219,6 +279,18 @@ class DecisionRecord(_Part):
                 and data["version"] < RECORD_VERSION:
             return migrate(data)
         return data
+
+    @property
+    def human_acts(self) -> list[HumanRecord]:
+        """Every human act on the frame, in order: the rescans humans asked for, then the
+        final decision."""
+        acts = [attempt.human for attempt in self.rescans if attempt.human is not None]
+        return [*acts, self.human] if self.human is not None else acts
+
+    @property
+    def escalations(self) -> list[RescanRecord]:
+        """The rescans made to decide the frame (a focus search's attempt is not one)."""
+        return [r for r in self.rescans if r.reason != AUTOFOCUS]
 
     @property
     def classifier_label(self) -> str | None:
@@ -286,13 +358,15 @@ def migrate(data: dict[str, Any]) -> dict[str, Any]:
     if data.get("version") == 2:
         data = migrate_v2(data)
     if data.get("version") == 3:
-        data = {**data, "version": 4}      # version 4 only adds head_version (None)
+        data = {**data, "version": 4}     # 4 only adds optional fields
+    if data.get("version") == 4:
+        data = {**data, "version": 5}     # 5 adds `context`, `head_version` (absent: None)
     return data
 
 
 def migrate_v2(data: dict[str, Any]) -> dict[str, Any]:
     """A version-2 record in schema 3: the working-only `started` (which checkpoints carried)
-    leaves the record; every other key of version 2 is a field of version 3."""
+    leaves the record; every other key of version 2 is a field of version 3 (then 4)."""
     out = {key: value for key, value in data.items() if key != "started"}
     out["version"] = 3
     return out

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from instruments.session_file.decision_record import (
+    DECIDED_ROUTES,
     DecisionRecord,
     HumanRecord,
     Route,
@@ -56,8 +57,14 @@ class DecisionRow(BaseModel):
     rescans: int = 0
     adjudicated: bool = False
     human: HumanRecord | None = None
+    human_acts: tuple[HumanRecord, ...] = ()     # every human act, rescan requests included
     truth: str | None = None
     timings: dict[str, float] = {}
+
+    @property
+    def decided(self) -> bool:
+        """Recorded under a class on the evidence (a decided route with a label)."""
+        return self.label is not None and self.route in {r.value for r in DECIDED_ROUTES}
 
     @property
     def escalated(self) -> bool:
@@ -86,10 +93,11 @@ class DecisionRow(BaseModel):
             confidence=_finite(prediction.confidence) if prediction else None,
             top_k=tuple((str(label), float(p)) for label, p in prediction.top_k)
             if prediction else (),
-            rescans=len(record.rescans) or int(record.route == Route.RESCAN),
+            rescans=len(record.escalations) or int(record.route == Route.RESCAN),
             adjudicated=bool(record.adjudication) or record.route in (Route.ADJUDICATED,
                                                                        Route.CONTESTED),
-            human=record.human, truth=truth if isinstance(truth, str) else None,
+            human=record.human, human_acts=tuple(record.human_acts),
+            truth=truth if isinstance(truth, str) else None,
             timings={key: number for key, value in record.timings.model_dump().items()
                      if (number := _finite(value)) is not None})
 
@@ -102,6 +110,9 @@ def tally(rows: Sequence[DecisionRow]) -> dict[str, Any]:
     truths = [r.truth for r in rows]
     final, scored = accuracy(labels, truths)
     alone, _ = accuracy([r.predicted for r in rows], truths)
+    decided = [r for r in rows if r.decided]
+    on_decided, scored_decided = accuracy([r.label for r in decided],
+                                          [r.truth for r in decided])
     return {
         "frames": len(rows),
         "labels": labels,
@@ -116,8 +127,13 @@ def tally(rows: Sequence[DecisionRow]) -> dict[str, Any]:
         },
         "approvals": len(humans),
         "approval_decisions": dict(Counter(h.decision.value for h in humans)),
+        "human_acts": dict(Counter(a.decision.value for r in rows for a in r.human_acts)),
         "human_changed": sum(1 for h in humans if h.changed),
         "scored_frames": scored,
         "accuracy": final,
         "accuracy_classifier": alone,
+        "decided": len(decided),
+        "coverage": len(decided) / len(rows) if rows else None,
+        "scored_decided": scored_decided,
+        "accuracy_decided": on_decided,
     }

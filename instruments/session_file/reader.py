@@ -230,6 +230,7 @@ class SessionReader:
             "ended": prov.get("ended"),
             "instrument": prov.get("instrument"),
             "model": prov.get("model"),
+            "risk_control": prov.get("risk_control"),   # a target risk's policy, if set
             "frame_ids": self.frame_ids,
             **tally(self.rows()),
         }

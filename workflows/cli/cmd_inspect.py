@@ -15,7 +15,7 @@ from instruments.session_file.export import export_frames
 from instruments.session_file.hdf5_probe import check_metadata_finishes
 from instruments.session_file.layout import SessionFileError
 from instruments.session_file.reader import SessionReader
-from workflows.terminal import DAMAGED, fail, file_error
+from workflows.terminal import DAMAGED, fail, file_error, json_text
 
 
 class ExportFormat(StrEnum):
@@ -69,7 +69,7 @@ def inspect(
     except DAMAGED as exc:
         raise file_error(exc, session) from exc
     if as_json:
-        typer.echo(json.dumps(summary))
+        typer.echo(json_text(summary))
     else:
         _print_summary(summary)
 
@@ -80,7 +80,8 @@ def export(
     fmt: Annotated[ExportFormat, typer.Option("--format", help="png: 8-bit scaled; "
                                               "tiff: float32 values.")] = ExportFormat.png,
 ) -> None:
-    """Export every frame as a PNG or TIFF image, named <index>_<frame uuid>."""
+    """Export every frame as a PNG or TIFF image, named <index>_<label>_<frame uuid>, the
+    label and route also in its metadata."""
     try:
         check_metadata_finishes(session)
         paths = export_frames(session, out_dir, fmt.value)

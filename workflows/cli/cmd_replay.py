@@ -8,7 +8,6 @@ LocalCluster unless --scheduler names a running one.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -19,16 +18,16 @@ from rich.table import Table
 from rich.text import Text
 
 from workflows.replay.archive import ArchiveError, dask_client, prepare_archive, run_archive
+from workflows.replay.decisions import changes_title
 from workflows.replay.single_file import replay_file
 from workflows.session_assembly import BUNDLED_MODEL
-from workflows.terminal import fail, one_line
+from workflows.terminal import fail, json_text, one_line
 
 err = Console(stderr=True)
 
 
 def _summary_table(summary: dict, out: Path) -> Table:
-    table = Table(title=f"archive replay: {summary['changed']} of {summary['frames']} "
-                        "decisions changed")
+    table = Table(title=f"archive replay: {changes_title(summary)}")
     table.add_column("item")
     table.add_column("value")
     table.add_row("sessions", ", ".join(f"{k}: {v}" for k, v in
@@ -94,7 +93,7 @@ def replay(
         raise fail(f"interrupted; what finished is in {results}: run the same command "
                    "again to resume", code=130) from exc
     if as_json:
-        sys.stdout.write(json.dumps(summary) + "\n")
+        sys.stdout.write(json_text(summary) + "\n")
     else:
         Console().print(_summary_table(summary, results))
     if summary["sessions"].get("failed"):

@@ -24,8 +24,10 @@ def report(
     least_certain: Annotated[int, typer.Option(min=0, help="Frames in the least-certain grid.")]
     = 12,
 ) -> None:
-    """Write a session report (stage map, escalation funnel, confidence, timings), or an
-    archive replay report (changed decisions per class, confidence shift, throughput)."""
+    """Write a session report (a one-screen summary, the frames at their stage positions to
+    scale, one line per frame, human acts, risk against coverage, escalations, timings) as
+    index.html with its PNGs, or an archive replay report (changed labels per class,
+    confidence shift, throughput)."""
     if session.is_dir():
         _archive_report(session, out)
         return

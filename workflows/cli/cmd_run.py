@@ -1,5 +1,7 @@
 """`micagent run`: an acquisition session driven by the agent (put together and run by
-workflows/session_assembly.py)."""
+workflows/session_assembly.py). The session's modules are imported when it runs, not when
+the command line is built, so `--help` answers at once; arguments, objective and envelope are
+checked before the model loads or a file is written (`session_assembly.check_start`)."""
 
 from __future__ import annotations
 
@@ -13,42 +15,65 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
-from agent.config import RunConfig, checkpoint_path, registry_path, work_dir
-from agent.objectives import ObjectiveError
-from agent.survey_plan import PlanError
-from instruments.session_file.hdf5_probe import ProbeRefused, check_metadata_finishes
-from instruments.session_file.reader import SessionReader
-from instruments.utils.disk_space import is_disk_full
-from workflows.cli.envelope_options import envelope_values
-from workflows.session_assembly import StartError, run_session
 from workflows.terminal import fail, notice
 
 err = Console(stderr=True)
 
 
-def _summary_table(path: str) -> Table:
+# what an incident kind means, for the summary (the session log has each one)
+INCIDENT_NOTES = {"slow_frame": "frames that took over twice their scan time to arrive (a "
+                                "busy instrument, its link or, on a twin, the rendering); "
+                                "each frame was kept"}
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{key}: {value}" for key, value in sorted(counts.items())) or "none"
+
+
+def _summary_table(path: str) -> Any:
+    from rich.table import Table
+    from rich.text import Text
+
+    from instruments.session_file.reader import SessionReader
     with SessionReader(path) as reader:
         summary = reader.summary()
     table = Table(title=f"session {summary['session_id']} — {summary['status']}")
     table.add_column("item")
     table.add_column("value")
     table.add_row("frames", str(summary["frames"]))
-    table.add_row("reason", summary.get("reason") or "")
-    table.add_row("labels", ", ".join(f"{k}: {v}" for k, v in
-                                      sorted(summary["label_counts"].items())))
-    table.add_row("routes", ", ".join(f"{k}: {v}" for k, v in
-                                      sorted(summary["route_counts"].items())))
+    if summary.get("reason"):
+        table.add_row("reason", Text(summary["reason"]))
+    table.add_row("labels", Text(_counts(summary["label_counts"])))
+    table.add_row("routes", _counts(summary["route_counts"]))
     table.add_row("escalated", f"{summary['escalations']} "
-                               f"({summary['escalation_counts']})")
+                               f"({_counts(summary['escalation_counts'])})")
+    if summary["human_acts"]:
+        table.add_row("human decisions", _counts(summary["human_acts"]))
     if summary["scored_frames"]:
         table.add_row("accuracy (twin truth)",
                       f"{summary['accuracy']:.3f} final, {summary['accuracy_classifier']:.3f} "
                       f"classifier alone, {summary['scored_frames']} frames")
+    for kind, count in sorted(summary["incidents"].items()):
+        note = INCIDENT_NOTES.get(kind)
+        table.add_row(f"incidents: {kind}", f"{count}" + (f" ({note})" if note else ""))
+    from workflows.report.risk_summary import risk_rows
+    for item, value in risk_rows(summary):
+        table.add_row(item, value)
     table.add_row("file", Text(path))
     return table
+
+
+def _check_approval_options(approve: str, ui: str, resume: str | None) -> None:
+    """One spelling: `--approve MODE [--ui terminal|web]`; `--ui web` alone is an error."""
+    if ui not in ("terminal", "web"):
+        raise fail(f"--ui must be terminal or web, got {ui!r}")
+    if approve == "web":
+        raise fail("--approve web is spelled --approve uncertain --ui web (or --approve all "
+                   "--ui web)")
+    if ui == "web" and approve == "none" and not resume:
+        raise fail("--ui web answers approvals, but --approve is none: add --approve "
+                   "uncertain (a human decides the unsure frames) or --approve all")
 
 
 class Terminated(KeyboardInterrupt):
@@ -85,7 +110,8 @@ def _vlm_timeout(given: float | None) -> float:
             from None
 
 
-def _config_from_args(**kw: Any) -> RunConfig:
+def _config_from_args(**kw: Any):
+    from agent.config import RunConfig
     session_id = str(uuid.uuid4())
     out = kw.pop("out") or f"micagent-{session_id}.h5"
     imaging = {"fov": kw.pop("fov"), "pixels": kw.pop("pixels"), "dwell": kw.pop("dwell"),
@@ -98,7 +124,8 @@ def run(
     instrument: str = typer.Option("twin", help="twin | dtm://H:P | tem://H:P | replay://F.h5"),
     objective: str = typer.Option("survey", help="survey | hunt:CLASS[,CLASS][:N]"),
     frames: int = typer.Option(36, help="survey: tiles to record; hunt: positions to visit"),
-    approve: str = typer.Option("none", help="none | uncertain | all | web"),
+    approve: str = typer.Option("none", help="which frames a human decides: none | uncertain "
+                                             "| all (answered where --ui says)"),
     adjudicator: str = typer.Option("offline", help="offline | openai (MICAGENT_VLM_*)"),
     model: str | None = typer.Option(None, help="checkpoint folder (default: bundled); none: "
                                                 "start from nothing (with --learn)"),
@@ -112,16 +139,35 @@ def run(
     seed: int = typer.Option(0, help="twin seed and sampling seed"),
     state_dir: str = typer.Option(".micagent", help="run configs, caches, banks"),
     bank: str | None = typer.Option(None, help="demonstrations: twin | DATASET_DIR | none"),
-    pixels: int = typer.Option(256, help="pixels per frame side"),
-    fov: float = typer.Option(20e-6, help="field of view (m)"),
-    dwell: float = typer.Option(2e-6, help="dwell time per pixel (s)"),
+    pixels: int | None = typer.Option(None, help="pixels per frame side (default: 256, or "
+                                                 "the instrument's nearest size)"),
+    fov: float | None = typer.Option(None, help="field of view (m; default: 20e-6 where the "
+                                                "instrument's ranges hold 10 such tiles "
+                                                "across its stage, else the FOV that does)"),
+    dwell: float | None = typer.Option(None, help="dwell time per pixel (s; default: 2e-6 "
+                                                  "within the instrument's range)"),
     detector: str | None = typer.Option(None, help="detector (default: the instrument's "
                                                    "first, e.g. SE on the twin)"),
     confidence: float = typer.Option(0.9, help="confident: top probability >= this and a "
                                           "conformal set of one class"),
     max_rescans: int = typer.Option(2, help="rescans per frame at most"),
+    autofocus: bool = typer.Option(False, "--autofocus/--no-autofocus",
+                                   help="a focus search at a new position whose sharpness "
+                                        "falls below what its class showed so far"),
+    autofocus_every: int = typer.Option(0, min=0, help="with --autofocus: also every N stage "
+                                                       "moves (0: on sharpness only)"),
+    target_risk: float | None = typer.Option(
+        None, help="share of decided frames that may be wrong, e.g. 0.01: the confidence "
+                   "threshold and the escalations used come from the model's risk "
+                   "calibration (overrides --confidence)"),
     zoom_unsure: bool = typer.Option(False, help="rescan unsure frames once with a smaller "
                                                  "FOV before adjudicating them"),
+    zoom_out: bool = typer.Option(False, "--zoom-out/--no-zoom-out",
+                                  help="image an unsure frame once more with a twice wider "
+                                       "field at the same centre and pool both predictions"),
+    neighbourhood: bool = typer.Option(False, "--neighbourhood/--no-neighbourhood",
+                                       help="pool an unsure frame's prediction with the sure "
+                                            "frames of its region (stage distance, embedding)"),
     ood: bool = typer.Option(True, "--ood/--no-ood",
                              help="record frames the model's out-of-distribution test flags "
                                   "as unknown, never as a class (checkpoints without an OOD "
@@ -133,7 +179,12 @@ def run(
     demo_strategy: str = typer.Option("similar", help="similar (cosine of embeddings) | "
                                                       "random"),
     quiet: bool = typer.Option(False, help="no progress bar"),
-    ui: str = typer.Option("terminal", help="where approvals are answered: terminal | web"),
+    ui: str = typer.Option("terminal", help="where approvals are answered: terminal | web "
+                                            "(the approval page); needs --approve uncertain "
+                                            "or all: --ui web alone is an error"),
+    operator: str | None = typer.Option(None, help="who answers the terminal's approvals, "
+                                                   "stored with each decision (default: "
+                                                   "asked once at the first approval)"),
     host: str = typer.Option("127.0.0.1", help="web approval page: address to bind"),
     port: int = typer.Option(0, help="web approval page: port (0: a free one)"),
     allow_host: Annotated[list[str] | None, typer.Option(
@@ -144,7 +195,9 @@ def run(
                                                   "(stage_x/y/z, tilt, fov, dwell: [min, "
                                                   "max]; max_dose_per_nm2 (one frame), "
                                                   "max_dose_per_nm2_total (any area, over "
-                                                  "the session), max_moves, free_zone)"),
+                                                  "the session), max_moves, free_zone); "
+                                                  "ranges default to the instrument's and "
+                                                  "can only narrow them"),
     limit: Annotated[list[str] | None, typer.Option(
         "--limit", help="one envelope limit, e.g. fov=10e-9:1e-6, max_moves=200 or "
                         "max_dose_per_nm2_total=1e7 (e/nm^2 any area may receive in the "
@@ -160,8 +213,14 @@ def run(
 ) -> None:
     """Run an acquisition session (no arguments: a survey on the embedded twin)."""
     console = Console()
-    if ui not in ("terminal", "web"):
-        raise fail(f"--ui must be terminal or web, got {ui!r}")
+    _check_approval_options(approve, ui, resume)
+    from agent.config import RunConfig, checkpoint_path, registry_path, work_dir
+    from agent.objectives import ObjectiveError
+    from agent.survey_plan import PlanError
+    from instruments.session_file.hdf5_probe import ProbeRefused, check_metadata_finishes
+    from instruments.utils.disk_space import is_disk_full
+    from workflows.cli.envelope_options import envelope_values
+    from workflows.session_assembly import StartError, check_start, run_session
     try:
         if resume:
             path = registry_path(state_dir, resume)
@@ -182,11 +241,15 @@ def run(
                 adjudicator=adjudicator, model=model, out=out, seed=seed,
                 state_dir=str(Path(state_dir).resolve()), bank=bank, pixels=pixels, fov=fov,
                 dwell=dwell, detector=detector, confidence=confidence, max_rescans=max_rescans,
-                zoom_unsure=zoom_unsure, reject_unknown=ood, pipeline=pipeline, demo_k=demo_k,
+                target_risk=target_risk, autofocus=autofocus,
+                autofocus_every=autofocus_every,
+                zoom_unsure=zoom_unsure, zoom_out=zoom_out, neighbourhood=neighbourhood,
+                reject_unknown=ood, pipeline=pipeline, demo_k=demo_k,
                 demo_strategy=demo_strategy, vlm_timeout_s=_vlm_timeout(vlm_timeout),
                 envelope=envelope_values(envelope, limit or [], free_zone), learn=learn,
                 learn_min=learn_min)
-    except ValueError as exc:
+            check_start(config)                  # before the model loads, nothing written
+    except (ValueError, StartError) as exc:
         raise fail(exc) from exc
     notice(console, f"session {config.session_id} -> {config.out}"
                     + (" (resumed)" if resume else ""))
@@ -198,7 +261,7 @@ def run(
     try:
         with _stop_signals():
             final = run_session(config, console, quiet, ui=ui, host=host, port=port,
-                                allow_hosts=tuple(allow_host or ()))
+                                allow_hosts=tuple(allow_host or ()), operator=operator)
     except KeyboardInterrupt as exc:
         notice(err, f"interrupted; continue with: {resume_hint}", "yellow")
         raise typer.Exit(128 + getattr(exc, "signum", signal.SIGINT)) from exc

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from instruments.utils import atomic_file
-from workflows.terminal import fail, notice
+from workflows.terminal import fail, json_text, notice
 
 CROP_HELP = "Crop the SEM info bar off the bottom: pixels (>= 1) or a fraction of the height."
 ABLATION_HELP = ("full, no_text, no_lmm, no_mha, no_hnf, no_stem, vit_only, gnn_only, cm_emrl, "
@@ -27,7 +27,8 @@ AUGMENT_HELP = ("Random flips and quarter turns of training images (default: on 
                 "off for paper).")
 CLIP_HELP = "Clip the gradient norm at this value (default: 1 for quick, off for paper; 0 = off)."
 INIT_HELP = ("Checkpoint folder whose weights start training (fine-tune or continue a model; "
-             "with another class set the per-class weights start new).")
+             "with another class set the per-class weights start new); `bundled`: the bundled "
+             "SEM twin model, from any directory.")
 BUDGET_HELP = "Minutes: stop after the first epoch that ends past this, then calibrate + save."
 STEM_HELP = ("Pretrained image stem under the image branches: efficientnet_lite0 (ImageNet "
              "weights of the installed package) or none (the papers' raw-pixel form).")
@@ -38,6 +39,7 @@ VIEWS_HELP = "Cached augmentation views per image with a frozen stem (default 4,
     "augmentation)."
 DESCRIPTIONS_HELP = ("Few-shot profile: JSON object {class name: description}; stored in the "
                      "checkpoint (the few-shot head does not use them).")
+BUNDLED = "bundled"             # --init's name for the bundled model
 CACHE_HELP = ("Folder of cached stem features (default $MICAGENT_FEATURE_CACHE or "
               "~/.cache/micagent/stem_features).")
 
@@ -125,6 +127,10 @@ def train_cmd(
     if descriptions is not None:
         raise fail("--descriptions is for --profile fewshot; the fusion model's profiles read "
                    "class descriptions from --knowledge")
+    if init is not None and str(init) == BUNDLED:
+        from workflows.session_assembly import BUNDLED_MODEL
+
+        init = BUNDLED_MODEL
     try:
         opts = _options(profile, folds, epochs, seed, ablation, knowledge, crop_bottom,
                         no_dedup, batch_size, config, time_budget, confounding, shots,
@@ -160,20 +166,18 @@ def _fewshot(data_dir: Path, out: Path, seed: int, descriptions: Path | None) ->
 def evaluate_cmd(
     ckpt: Annotated[Path, typer.Argument(help="Checkpoint folder.")],
     data_dir: Annotated[Path, typer.Argument(help="Folder-per-class dataset.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (indented "
+                                                         "on a terminal).")] = False,
     crop_bottom: Annotated[str | None, typer.Option("--crop-bottom", help=CROP_HELP)] = None,
-    plots: Annotated[Path | None, typer.Option(help="PNG plot folder (default: CKPT).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "--plots", help=(
+        "Folder for the plots and evaluation.json/.md; without it nothing is written."))]
+    = None,
 ) -> None:
-    """Top-k accuracy, per-class P/R/F1, confusion matrix, calibration and conformal sets."""
+    """Top-k accuracy, per-class P/R/F1, confusion matrix, calibration and conformal sets:
+    printed, and written only into --out."""
     from models.errors import ModelError
     from workflows.training.data import DatasetError, parse_crop
-    from workflows.training.evaluate import (
-        EvaluateError,
-        evaluate,
-        markdown_report,
-        ood_line,
-        write_plots,
-    )
+    from workflows.training.evaluate import EvaluateError, evaluate
 
     _threads()
     try:
@@ -181,8 +185,16 @@ def evaluate_cmd(
     except (DatasetError, EvaluateError, ModelError) as exc:
         raise fail(exc) from exc
     if as_json:
-        typer.echo(json.dumps(report))
-        return
+        typer.echo(json_text(report))
+    else:
+        _print_evaluation(ckpt, data_dir, report)
+    if out is not None:
+        _write_evaluation(report, out)
+
+
+def _print_evaluation(ckpt: Path, data_dir: Path, report: dict) -> None:
+    from workflows.training.evaluate import ood_line
+
     console = Console()
     table = Table(title=f"{ckpt} on {data_dir} ({report['subset']}, {report['n_images']} images)")
     for col in ("class", "precision", "recall", "F1", "support"):
@@ -200,12 +212,22 @@ def evaluate_cmd(
             console.print(f"{key:>24}: {report[key]:.4f}" + (f" ± {std:.4f}" if std else ""))
     if "ood" in report:
         console.print(ood_line(report["ood"]))
-    folder = plots or ckpt
-    for path in write_plots(report, folder):
-        console.print(f"plot: {path}")
-    atomic_file.write_text(folder / "evaluation.json", json.dumps(report, indent=1))
-    atomic_file.write_text(folder / "evaluation.md", markdown_report(report))
-    console.print(f"report: {folder / 'evaluation.md'}, {folder / 'evaluation.json'}")
+
+
+def _write_evaluation(report: dict, folder: Path) -> None:
+    """The plots and the report files, into `folder` (created), listed on stderr."""
+    from workflows.training.evaluate import markdown_report, write_plots
+
+    console = _console()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for path in write_plots(report, folder):
+            notice(console, f"plot: {path}")
+        atomic_file.write_text(folder / "evaluation.json", json.dumps(report, indent=1))
+        atomic_file.write_text(folder / "evaluation.md", markdown_report(report))
+    except OSError as exc:
+        raise fail(f"cannot write to {folder}: {exc}") from exc
+    notice(console, f"report: {folder / 'evaluation.md'}, {folder / 'evaluation.json'}")
 
 
 def ablate_cmd(
@@ -256,28 +278,88 @@ def ablate_cmd(
 def fit_ood_cmd(
     ckpt: Annotated[Path, typer.Argument(help="Checkpoint folder (rewritten in place).")],
     data_dir: Annotated[Path, typer.Argument(help="The dataset it was trained on.")],
-    quantile: Annotated[float, typer.Option(help="Share of validation images scored as "
-                                                 "known (sets the threshold).")] = 0.99,
+    quantile: Annotated[float, typer.Option(help="Share of held-out in-distribution images "
+                                                 "scored as known (sets the threshold).")
+                        ] = 0.99,
     feature_cache: Annotated[Path | None, typer.Option(help=CACHE_HELP)] = None,
+    method: Annotated[str, typer.Option(help="mahalanobis (fused embedding) or agreed (the "
+                                             "Mahalanobis and the stem kNN scores must "
+                                             "agree; field-of-view range).")
+                      ] = "mahalanobis",
+    survey_seeds: Annotated[str, typer.Option(help="agreed: twin seeds whose survey tiles "
+                                                   "calibrate the thresholds.")] = "1,2,3,4,5",
+    work: Annotated[Path | None, typer.Option(help="agreed: folder caching the model's "
+                                                   "passes over the images.")] = None,
 ) -> None:
-    """Fit a checkpoint's out-of-distribution score (class means and covariance on its training
-    split, threshold on its validation split) without retraining it."""
+    """Fit a checkpoint's out-of-distribution score (on its training split, threshold on
+    held-out in-distribution images) without retraining it."""
     from models.errors import ModelError
     from workflows.training.data import DatasetError
-    from workflows.training.fit_ood import fit_ood
+    from workflows.training.fit_ood import fit_agreed, fit_ood
     from workflows.training.train import TrainError
 
     _threads()
     if not 0.5 <= quantile < 1:
         raise fail(f"--quantile must lie in [0.5, 1), got {quantile}")
+    if method not in ("mahalanobis", "agreed"):
+        raise fail(f"--method must be mahalanobis or agreed, got {method!r}")
     try:
-        fit = fit_ood(ckpt, data_dir, quantile, str(feature_cache) if feature_cache else None,
-                      _console())
+        seeds = [int(s) for s in survey_seeds.split(",") if s.strip()]
+    except ValueError as exc:
+        raise fail(f"--survey-seeds must be comma-separated integers, got "
+                   f"{survey_seeds!r}") from exc
+    try:
+        if method == "agreed":
+            fit = fit_agreed(ckpt, data_dir, seeds, quantile=quantile, cache=work,
+                               progress=lambda line: _console().print(line))
+        else:
+            fit = fit_ood(ckpt, data_dir, quantile,
+                          str(feature_cache) if feature_cache else None, _console())
     except (DatasetError, TrainError, ModelError, OSError) as exc:
         raise fail(exc) from exc
-    notice(_console(), f"{ckpt}: OOD threshold {fit['threshold']:.1f} (quantile "
-                       f"{fit['quantile']:g} of {fit['val']} validation images; means and "
-                       f"covariance from {fit['train']} training images)", "green")
+    notice(_console(), f"{ckpt}: OOD threshold {fit['threshold']:.4g} ({method}, quantile "
+                       f"{fit['quantile']:g} of {fit['val']} validation images"
+                       + (f" and {fit['survey']} survey tiles" if "survey" in fit else "")
+                       + f"; reference: {fit['train']} training images)", "green")
+
+
+def measure_adjudicators_cmd(
+    ckpt: Annotated[Path, typer.Argument(help="Checkpoint folder (the measurement is "
+                                              "written beside it).")],
+    data_dir: Annotated[Path, typer.Argument(help="The dataset it was trained on.")],
+    adjudicator: Annotated[str, typer.Option(help="offline, or openai (also measures the VLM "
+                                                  "of MICAGENT_VLM_MODEL).")] = "offline",
+    work: Annotated[Path | None, typer.Option(help="Folder caching the model's passes over "
+                                                   "the images.")] = None,
+) -> None:
+    """Measure each adjudicator on the unsure frames of the held-out test split against the
+    classifier on the same frames; store the result and the offline adjudicator's training
+    reference beside the checkpoint (the policy lets an adjudicator overrule the classifier
+    only where it measured better). Rerun after retraining or refitting the OOD score."""
+    from agent.adjudication.cache import AnswerCache
+    from agent.adjudication.openai_vlm import OpenAIAdjudicator, VlmConfig, VlmConfigError
+    from models.errors import ModelError
+    from workflows.training.adjudication import measure_adjudicators
+    from workflows.training.data import DatasetError
+    from workflows.training.train import TrainError
+
+    _threads()
+    if adjudicator not in ("offline", "openai"):
+        raise fail(f"--adjudicator must be offline or openai, got {adjudicator!r}")
+    try:
+        vlm = (OpenAIAdjudicator(VlmConfig.from_env(), AnswerCache(ckpt.parent / "vlm-cache"))
+               if adjudicator == "openai" else None)
+        result = measure_adjudicators(ckpt, data_dir, vlm=vlm, cache=work,
+                                      progress=lambda line: _console().print(line))
+    except (VlmConfigError, DatasetError, TrainError, ModelError, OSError) as exc:
+        raise fail(exc) from exc
+    for name, m in result["adjudicators"].items():
+        verdict = "trusted" if m["answered"] and m["accuracy"] > m["classifier_accuracy"] \
+            else "not trusted"
+        notice(_console(), f"{name}: {m['accuracy']:.3f} on the {m['answered']} of "
+                           f"{m['frames']} unsure test frames it answered (classifier "
+                           f"{m['classifier_accuracy']:.3f} on them): {verdict}",
+               "green" if verdict == "trusted" else "yellow")
 
 
 def describe_cmd(

@@ -3,7 +3,6 @@ this process, and the diff of old and new decisions."""
 
 from __future__ import annotations
 
-import json
 import sys
 import uuid
 from pathlib import Path
@@ -17,9 +16,9 @@ from instruments.session_file.decision_row import DecisionRow
 from instruments.session_file.hdf5_probe import check_metadata_finishes
 from instruments.session_file.reader import SessionReader
 from workflows.replay.config import replay_run_config
-from workflows.replay.decisions import REFUSED, replay_row
+from workflows.replay.decisions import REFUSED, changes_title, replay_row
 from workflows.session_assembly import StartError, run_session
-from workflows.terminal import DAMAGED, fail, file_error
+from workflows.terminal import DAMAGED, fail, file_error, json_text
 
 
 def decision_diff(old: list[DecisionRow], new: list[DecisionRow]) -> dict[str, Any]:
@@ -34,6 +33,7 @@ def decision_diff(old: list[DecisionRow], new: list[DecisionRow]) -> dict[str, A
     old_accuracy, scored = accuracy([row["stored_label"] for row in replayed], truths)
     new_accuracy, _ = accuracy([row["new_label"] for row in replayed], truths)
     return {"frames": len(rows), "changed": sum(row["changed"] for row in rows),
+            "route_changed": sum(row["route_changed"] for row in rows),
             "refused": len(rows) - len(replayed), "rows": rows,
             "accuracy": {"old": old_accuracy, "new": new_accuracy} if scored else None}
 
@@ -68,7 +68,7 @@ def replay_file(session_file: str, model: str | None, as_json: bool, state_dir: 
     diff = decision_diff(old, new)
     diff.update(source=str(source), replay_file=str(out))
     if as_json:
-        sys.stdout.write(json.dumps(diff) + "\n")
+        sys.stdout.write(json_text(diff) + "\n")
     else:
         _print_diff(source, diff)
     if diff["refused"]:
@@ -78,13 +78,13 @@ def replay_file(session_file: str, model: str | None, as_json: bool, state_dir: 
 
 
 def _print_diff(source: Path, diff: dict[str, Any]) -> None:
-    table = Table(title=f"replay of {source.name}: {diff['changed']} of {diff['frames']} "
-                        f"decisions changed, {diff['refused']} refused")
+    table = Table(title=f"replay of {source.name}: {changes_title(diff)}, "
+                        f"{diff['refused']} refused")
     for column in ("frame", "old", "new", "truth"):
         table.add_column(column)
     for row in diff["rows"]:
         refused = row["new_route"] == REFUSED
-        if row["changed"] or refused:
+        if row["changed"] or row["route_changed"] or refused:
             new = REFUSED if refused else f"{row['new_label']} ({row['new_route']})"
             table.add_row(row["frame_id"][:8], f"{row['stored_label']} ({row['stored_route']})",
                           new, str(row["truth"]))

@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from instruments.session_file.decision_record import accuracy
 from instruments.utils import atomic_file
+from workflows.replay.decisions import change
 
 FORMAT = "micagent-replay-results"
 FORMAT_VERSION = 1
@@ -42,7 +43,9 @@ FRAME_SCHEMA = pa.schema([
     ("stored_confidence", pa.float64()), ("new_label", pa.string()),
     ("new_route", pa.string()), ("new_confidence", pa.float64()),
     ("top_k_labels", pa.list_(pa.string())), ("top_k_probs", pa.list_(pa.float64())),
-    ("changed", pa.bool_()), ("truth", pa.string()), ("model_sha256", pa.string())])
+    ("changed", pa.bool_()), ("truth", pa.string()), ("model_sha256", pa.string()),
+    # added later: parts written before hold nulls here (the summary reads labels and routes)
+    ("route_changed", pa.bool_())])
 TASK_SCHEMA = pa.schema([
     ("run_id", pa.string()), ("session_key", pa.string()), ("session_id", pa.string()),
     ("source", pa.string()), ("start", pa.int64()), ("stop", pa.int64()),
@@ -160,7 +163,7 @@ def _session_status(sessions: list[dict], tasks: list[dict],
         else:
             latest[row["session_key"]] = row
     replayed = Counter(r["session_key"] for r in frames)
-    changed = Counter(r["session_key"] for r in frames if r["changed"])
+    changed = Counter(r["session_key"] for r in frames if change(r) == "label")
     errors: dict[str, str] = {}
     for task in sorted(tasks, key=lambda t: t["finished"]):
         if task["status"] == "failed":
@@ -219,7 +222,8 @@ def build_summary(manifest: dict[str, Any], frames: list[dict], tasks: list[dict
     status, duplicates = _session_status(sessions, tasks, frames)
     return {
         "model": {k: manifest.get(k) for k in ("model_sha256", "model_path", "class_names")},
-        "frames": len(frames), "changed": sum(1 for r in frames if r["changed"]),
+        "frames": len(frames), "changed": sum(1 for r in frames if change(r) == "label"),
+        "route_changed": sum(1 for r in frames if change(r) == "route"),
         "sessions": dict(Counter(s["status"] for s in status)),
         "class_counts": {label: {"old": old[label], "new": new[label]} for label in labels},
         "route_counts": {"old": dict(Counter(r["stored_route"] for r in frames)),

@@ -1,6 +1,7 @@
 """`micagent report RESULTS`: an HTML page with PNG figures of an archive replay's results
-folder (workflows/replay/store.py): changed decisions per class, the stored-vs-new label
-matrix, the confidence shift, throughput per worker, and the sessions that failed."""
+folder (workflows/replay/store.py): changed labels per class (route-only changes apart), the
+stored-vs-new label matrix, the confidence shift, throughput per worker, and the sessions that
+failed."""
 
 from __future__ import annotations
 
@@ -12,33 +13,40 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
+from workflows.replay.decisions import change
 from workflows.replay.store import ResultsFolder
 from workflows.report.session_report import PAGE, PLAIN_TEXT, Section, _render, _save, _table
 
 
 def changed_per_class(summary: dict[str, Any], frames: dict[str, list], out: Path) -> Section:
-    section = Section("Decisions per class: stored, new, changed")
+    section = Section("Labels per class: stored, new, changed")
     labels = summary["changed_matrix"]["labels"]
     if not labels:
         section.unavailable = "no frames replayed"
         return section
     changed = {label: 0 for label in labels}
-    for old, flag in zip(frames["stored_label"], frames["changed"], strict=True):
-        if flag:
-            changed[old or "none"] += 1
+    route_only = {label: 0 for label in labels}
+    for row in (dict(zip(frames, values, strict=True)) for values in zip(*frames.values(),
+                                                                        strict=True)):
+        kind = change(row)
+        if kind is not None:
+            (changed if kind == "label" else route_only)[row["stored_label"] or "none"] += 1
     counts = summary["class_counts"]
     x = np.arange(len(labels))
     fig = Figure(figsize=(max(6.0, 0.7 * len(labels) + 2), 3.8))
     ax = fig.add_subplot()
     ax.bar(x - 0.27, [counts[c]["old"] for c in labels], 0.27, label="stored")
     ax.bar(x, [counts[c]["new"] for c in labels], 0.27, label="new")
-    ax.bar(x + 0.27, [changed[c] for c in labels], 0.27, label="changed (by stored class)")
+    ax.bar(x + 0.27, [changed[c] for c in labels], 0.27, label="label changed (by stored class)")
     ax.set_xticks(x, labels, rotation=35, ha="right", fontsize=8)
     ax.set_ylabel("frames")
     ax.legend(fontsize=8)
     section.image = _save(fig, out, "changed_per_class.png")
-    section.html = _table(["class", "stored", "new", "changed"],
-                          [(c, counts[c]["old"], counts[c]["new"], changed[c]) for c in labels])
+    section.html = _table(
+        ["stored class", "stored", "new", "label changed", "route only changed"],
+        [(c, counts[c]["old"], counts[c]["new"], changed[c], route_only[c]) for c in labels]
+        + [("all", summary["frames"], summary["frames"], summary["changed"],
+            summary.get("route_changed", 0))])
     return section
 
 
@@ -85,19 +93,25 @@ def confidence_shift(frames: dict[str, list], out: Path) -> Section:
     return section
 
 
+def throughput_steps(tasks: dict[str, list], run_id: str) -> tuple[list[float], list[int]]:
+    """Frames replayed against seconds since the run's first task started, from (0, 0) so
+    that a run of one task is a step, not a lone point."""
+    mine = [i for i, run in enumerate(tasks["run_id"]) if run == run_id]
+    t0 = min(tasks["started"][i] for i in mine)
+    order = sorted(mine, key=lambda i: tasks["finished"][i])
+    return ([0.0] + [tasks["finished"][i] - t0 for i in order],
+            [int(n) for n in np.cumsum([0] + [tasks["frames"][i] for i in order])])
+
+
 def throughput(summary: dict[str, Any], tasks: dict[str, list], out: Path) -> Section:
     section = Section("Throughput of the latest run")
     info = summary["throughput"]
     if not info:
         section.unavailable = "no task has run"
         return section
-    mine = [i for i, run in enumerate(tasks["run_id"]) if run == info["run_id"]]
-    t0 = min(tasks["started"][i] for i in mine)
-    order = sorted(mine, key=lambda i: tasks["finished"][i])
     fig = Figure(figsize=(6, 3.2))
     ax = fig.add_subplot()
-    ax.step([tasks["finished"][i] - t0 for i in order],
-            np.cumsum([tasks["frames"][i] for i in order]), where="post")
+    ax.step(*throughput_steps(tasks, info["run_id"]), where="post", marker="o")
     ax.set_xlabel("seconds since the first task started")
     ax.set_ylabel("frames replayed")
     section.image = _save(fig, out, "throughput.png")
@@ -130,7 +144,8 @@ def _overview(summary: dict[str, Any], root: Path) -> Section:
     acc = summary["accuracy"]
     rows = [("results", str(root)), ("model", summary["model"]["model_path"]),
             ("model sha256", summary["model"]["model_sha256"]),
-            ("frames replayed", summary["frames"]), ("decisions changed", summary["changed"]),
+            ("frames replayed", summary["frames"]), ("labels changed", summary["changed"]),
+            ("route only changed (same label)", summary.get("route_changed", 0)),
             ("sessions", ", ".join(f"{k}: {v}" for k, v in sorted(summary["sessions"].items()))),
             ("duplicate inputs (replayed once)", len(summary["duplicates"]))]
     if acc:
@@ -146,8 +161,8 @@ def build_archive_report(results: str | Path, out_dir: str | Path) -> Path:
     if store.manifest() is None:
         raise FileNotFoundError(f"{results} holds no archive replay results")
     summary = store.summary()
-    frames = store.table("frames", ["stored_label", "changed", "stored_confidence",
-                                    "new_confidence"]).to_pydict()
+    frames = store.table("frames", ["stored_label", "new_label", "stored_route", "new_route",
+                                    "stored_confidence", "new_confidence"]).to_pydict()
     tasks = store.table("tasks", ["run_id", "started", "finished", "frames"]).to_pydict()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

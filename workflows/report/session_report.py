@@ -1,4 +1,7 @@
-"""A session report: one HTML page and its PNG figures, from a session file alone.
+"""A session report: one HTML page, its PNG figures and the frames as PNGs, from a session
+file alone. The page opens with a one-screen header (header.py) and the run configuration
+folded away; the frames are placed at their stage positions to scale (mosaic.py), listed one
+per line, and every human act is shown (human_acts.py).
 
 Every section is drawn from what the file holds; where a session lacks the facts a section
 needs (no stage positions, no ground truth, no timings), the page says "not available" and why,
@@ -9,31 +12,43 @@ from __future__ import annotations
 
 import heapq
 import html
-import json
 import math
 from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
-from scipy.spatial import cKDTree
 
 from agent.policy import UNKNOWN
-from instruments.session_file.decision_record import ESCALATED_ROUTES, accuracy
+from instruments.session_file.decision_record import DecisionRecord, accuracy
 from instruments.session_file.decision_row import DecisionRow
 from instruments.session_file.reader import SessionReader
 from instruments.utils import atomic_file
+from instruments.utils.image8 import to_uint8
+from workflows.report.format import number, percent, when
+from workflows.report.header import configuration_html, header_html
+from workflows.report.human_acts import acts
+from workflows.report.mosaic import (
+    FrameImages,
+    colours,
+    frame_table,
+    mosaic_html,
+    write_frame_images,
+)
+from workflows.report.risk_coverage import figure as risk_figure
+from workflows.report.risk_coverage import risk_coverage
+from workflows.report.risk_coverage import summary as risk_summary
 
 FUNNEL = ("all frames", "confident", "rescanned", "adjudicated", "human", UNKNOWN)
 FUNNEL_COLOURS = {"all frames": "grey", "confident": "C0", "rescanned": "C2",
                   "adjudicated": "C1", "human": "C3", UNKNOWN: "black"}
-UNKNOWN_COLOUR = (0.15, 0.15, 0.15, 1.0)
 THUMB_PX = 128
+# the timings a record holds, in the order they happen, named for people
+TIMINGS = {"acquire_s": "acquire (instrument)", "classify_s": "classify",
+           "total_s": "whole frame (first acquisition to record)"}
 
 
 @dataclass
@@ -44,25 +59,6 @@ class Section:
     image: str | None = None
     unavailable: str | None = None
     html: str = ""
-
-
-def _thumbnail(image: np.ndarray) -> np.ndarray:
-    a = np.asarray(image, dtype=np.float32)
-    step = max(1, max(a.shape) // THUMB_PX)
-    a = a[::step, ::step]
-    finite = a[np.isfinite(a)]
-    lo, hi = (np.percentile(finite, [1, 99]) if finite.size else (0.0, 1.0))
-    return np.clip((np.nan_to_num(a, nan=lo) - lo) / (hi - lo if hi > lo else 1.0), 0, 1)
-
-
-def _colours(labels: list[str]) -> dict[str, Any]:
-    """A palette colour per class; unknown (no class) always near-black."""
-    from matplotlib import colormaps
-
-    classes = [name for name in labels if name != UNKNOWN]
-    cmap = colormaps["tab10" if len(classes) <= 10 else "tab20"]
-    return {**{name: cmap(i % cmap.N) for i, name in enumerate(classes)},
-            UNKNOWN: UNKNOWN_COLOUR}
 
 
 # text from the session (operator names, notes, labels) is drawn as typed: `$...$` is not
@@ -76,63 +72,8 @@ def _save(fig: Figure, out: Path, name: str) -> str:
     return name
 
 
-def stage_map(facts: list[DecisionRow], classes: list[str], out: Path) -> Section:
-    section = Section("Stage map")
-    placed = [f for f in facts if f.x is not None and f.y is not None]
-    if len({(f.x, f.y) for f in placed}) < 2:
-        with_tiles = [f for f in facts if f.tile is not None]
-        if len({f.tile for f in with_tiles}) < 2:
-            section.unavailable = "not available: the frames carry no distinct stage positions"
-            return section
-        placed = with_tiles
-    colours = _colours(classes)
-    fig = Figure(figsize=(7.5, 6.5))
-    ax = fig.add_subplot()
-    use_tiles = placed[0].x is None or len({(f.x, f.y) for f in placed}) < 2
-    scale, unit = (1.0, "tile") if use_tiles else (1e6, "µm")
-    centres = np.array([(f.tile[1], f.tile[0]) if use_tiles else (f.x * scale, f.y * scale)
-                        for f in placed], dtype=float)
-    sizes = [1.0 if use_tiles else (f.fov or 0.0) * scale for f in placed]
-    # tiles drawn to scale when they are visible at the survey's spacing, else as markers
-    to_scale = np.median(sizes) >= 0.3 * _spacing(centres)
-    for f, (cx, cy), size in zip(placed, centres, sizes, strict=True):
-        colour = colours.get(f.label or "", (0.7, 0.7, 0.7, 1.0))
-        if to_scale and size > 0:
-            ax.add_patch(Rectangle((cx - size / 2, cy - size / 2), size, size,
-                                   facecolor=colour, edgecolor="white", linewidth=0.6))
-        else:
-            ax.plot(cx, cy, "s", color=colour, markersize=13)
-        if f.route == "contested":
-            ax.plot(cx, cy, "x", color="red", markersize=9, markeredgewidth=2.2)
-        elif f.human is not None:
-            ax.plot(cx, cy, "*", color="black", markeredgecolor="white", markersize=9)
-        elif f.route in ESCALATED_ROUTES or f.rescans or f.adjudicated:
-            ax.plot(cx, cy, "o", markerfacecolor="none", markeredgecolor="black",
-                    markersize=6, markeredgewidth=1.5)
-    ax.autoscale_view()
-    ax.set_aspect("equal")
-    ax.set_xlabel(f"stage x ({unit})")
-    ax.set_ylabel(f"stage y ({unit})")
-    shown = [c for c in classes if any(f.label == c for f in placed)]
-    handles = [Rectangle((0, 0), 1, 1, color=colours[c]) for c in shown]
-    markers = [ax.plot([], [], "o", markerfacecolor="none", markeredgecolor="black")[0],
-               ax.plot([], [], "*", color="black")[0], ax.plot([], [], "x", color="red")[0]]
-    ax.legend(handles + markers, shown + ["escalated", "human decision", "contested"],
-              loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    ax.set_title(f"{len(placed)} frames by final label"
-                 + ("" if to_scale else " (markers, not to scale)"))
-    section.image = _save(fig, out, "stage_map.png")
-    return section
-
-
 def _route(row: DecisionRow) -> str:
     return row.route or "no route"
-
-
-def _spacing(centres: np.ndarray) -> float:
-    """Median distance from each tile centre to its nearest neighbour."""
-    distances, _ = cKDTree(centres).query(centres, k=2)
-    return float(np.median(distances[:, 1]))
 
 
 def confidence_histogram(facts: list[DecisionRow], out: Path) -> Section:
@@ -190,7 +131,7 @@ def reliability_diagram(facts: list[DecisionRow], out: Path, bins: int = 10) -> 
     alone, _ = accuracy([f.predicted for f in facts], truths)
     final, scored_frames = accuracy([f.label for f in facts], truths)
     section.html = (
-        f"<p>Classifier accuracy {alone:.3f}; final-label accuracy {final:.3f} "
+        f"<p>Classifier accuracy {percent(alone)}; final-label accuracy {percent(final)} "
         f"({scored_frames} frames with ground truth).</p>")
     return section
 
@@ -262,7 +203,7 @@ def least_certain_grid(kept: list[tuple[DecisionRow, np.ndarray]], out: Path) ->
     fig = Figure(figsize=(3.0 * cols, 3.6 * rows), layout="constrained")
     for i, (f, thumb) in enumerate(kept):
         ax = fig.add_subplot(rows, cols, i + 1)
-        ax.imshow(thumb, cmap="gray", vmin=0, vmax=1)
+        ax.imshow(thumb, cmap="gray", vmin=0, vmax=255)
         ax.set_xticks([])
         ax.set_yticks([])
         lines = [f"#{f.sequence} {f.label} ({f.confidence:.2f})",
@@ -277,7 +218,8 @@ def least_certain_grid(kept: list[tuple[DecisionRow, np.ndarray]], out: Path) ->
 
 def timings(facts: list[DecisionRow], out: Path) -> Section:
     section = Section("Timings")
-    keys = sorted({k for f in facts for k in f.timings})
+    keys = [k for k in TIMINGS if any(k in f.timings for f in facts)] + sorted(
+        {k for f in facts for k in f.timings} - set(TIMINGS))
     if not keys:
         section.unavailable = "not available: the records carry no timings"
         return section
@@ -285,7 +227,8 @@ def timings(facts: list[DecisionRow], out: Path) -> Section:
     ax = fig.add_subplot()
     for key in keys:
         points = [(f.sequence, f.timings[key]) for f in facts if key in f.timings]
-        ax.plot([p[0] for p in points], [p[1] for p in points], ".-", label=key)
+        ax.plot([p[0] for p in points], [p[1] for p in points], ".-",
+                label=TIMINGS.get(key, key))
     ax.set_xlabel("frame sequence")
     ax.set_ylabel("seconds")
     ax.legend(fontsize=8)
@@ -293,9 +236,13 @@ def timings(facts: list[DecisionRow], out: Path) -> Section:
     rows = []
     for key in keys:
         values = np.array([f.timings[key] for f in facts if key in f.timings])
-        rows.append((key, len(values), f"{np.median(values):.4f}", f"{values.mean():.4f}",
-                     f"{values.max():.4f}", f"{values.sum():.2f}"))
-    section.html = _table(["timing", "frames", "median s", "mean s", "max s", "total s"], rows)
+        rows.append((TIMINGS.get(key, key), len(values), *(
+            f"{number(float(v), 3)} s" for v in (np.median(values), values.mean(),
+                                                values.max(), values.sum()))))
+    section.html = _table(["timing", "frames", "median", "mean", "max", "total"], rows) + (
+        "<p>A frame taken ahead (pipelined) is acquired while the frame before it is decided, "
+        "so the whole-frame times of a session overlap. Sessions written before whole-frame "
+        "times counted the first acquisition show them shorter than the acquisition.</p>")
     return section
 
 
@@ -306,16 +253,17 @@ def _table(header: list[str], rows: list[tuple[Any, ...]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def human_decisions(facts: list[DecisionRow]) -> Section:
-    section = Section("Human decisions")
-    decided = [f for f in facts if f.human]
-    if not decided:
-        section.unavailable = "no human decisions in this session"
+def human_acts(rows: list[DecisionRow], records: list[DecisionRecord]) -> Section:
+    """Every human act the file holds (workflows/report/human_acts.py)."""
+    section = Section("Human acts")
+    found = [act for row, record in zip(rows, records, strict=True)
+             for act in acts(row.sequence if row.sequence is not None else row.index, record)]
+    if not found:
+        section.unavailable = "no human acts in this session"
         return section
-    section.html = _table(
-        ["frame", "operator", "time", "proposal", "decision", "label", "changed", "note"],
-        [(f"#{f.sequence}", h.operator, _when(h.time), h.proposal or "", h.decision.value,
-          h.label or "", h.changed, h.note) for f in decided if (h := f.human)])
+    section.html = _table(["frame", "act", "operator", "time", "note", "what it changed"],
+                          [(f"#{a.frame}", a.act, a.operator, a.time, a.note, a.changed)
+                           for a in found])
     return section
 
 
@@ -328,30 +276,11 @@ def incidents(rows: list[dict[str, Any]], shown: int = 200) -> Section:
     counts = Counter(str(r.get("kind")) for r in rows)
     section.html = _table(["kind", "count"], sorted(counts.items())) + _table(
         ["time", "kind", "source", "message"],
-        [(_when(r.get("time")), r.get("kind", ""), r.get("source", "instrument"),
+        [(when(r.get("time")), r.get("kind", ""), r.get("source", "instrument"),
           r.get("message", "")) for r in rows[:shown]])
     if len(rows) > shown:
         section.html += f"<p>the first {shown} of {len(rows)} shown</p>"
     return section
-
-
-def _when(value: float | str | None) -> str:
-    """A timestamp as UTC ISO text (epoch seconds or already text)."""
-    if isinstance(value, int | float) and math.isfinite(value):
-        return datetime.fromtimestamp(value, tz=UTC).isoformat(timespec="seconds")
-    return "" if value is None else str(value)
-
-
-def _provenance_rows(provenance: dict[str, Any], summary: dict[str, Any]) -> list[tuple]:
-    rows = [(key, summary[key]) for key in ("session_id", "status", "frames", "accuracy")
-            if summary.get(key) is not None]
-    for key, value in provenance.items():
-        if key in ("session_id", "status", "frames", "accuracy"):
-            continue
-        text = value if isinstance(value, str | int | float) else json.dumps(value,
-                                                                             default=str)
-        rows.append((key, text if len(str(text)) <= 300 else str(text)[:300] + "…"))
-    return rows
 
 
 PAGE = """<!doctype html>
@@ -366,6 +295,25 @@ td, th {{ border: 1px solid #d9dee4; padding: 3px 8px; text-align: left; vertica
          font-size: 13px; }}
 th {{ background: #f0f3f6; }} img {{ max-width: 100%; }}
 .na {{ color: #8a5a00; font-style: italic; }}
+dl.facts {{ display: grid; grid-template-columns: max-content 1fr; gap: 2px 16px;
+           margin: 8px 0 12px; font-size: 15px; }}
+dl.facts dt {{ font-weight: 600; color: #52606d; }} dl.facts dd {{ margin: 0; }}
+details {{ margin: 8px 0; }} summary {{ cursor: pointer; font-weight: 600; }}
+h3 {{ font-size: 14px; margin: 12px 0 2px; }} table.config th {{ font-weight: normal; }}
+.mosaic {{ position: relative; background: #eef1f4; border: 1px solid #c9d1d9; }}
+.mosaic .tile {{ position: absolute; box-sizing: border-box; border-style: solid;
+                background: #fff; }}
+.mosaic .tile img {{ display: block; width: 100%; height: 100%; }}
+.mosaic .tile .mark {{ position: absolute; top: -7px; right: -7px; }}
+.mark {{ display: inline-block; min-width: 13px; height: 13px; line-height: 13px;
+        font: bold 10px/13px system-ui, sans-serif; text-align: center; color: #fff;
+        background: #1d232b; border-radius: 7px; margin-right: 4px; }}
+.scalebar {{ border-bottom: 3px solid #1d232b; margin: 6px 0; font-size: 12px; }}
+.legend {{ margin: 4px 0; font-size: 13px; }} .chip {{ margin-right: 14px; white-space: nowrap; }}
+.chip i, .swatch {{ display: inline-block; width: 11px; height: 11px; margin-right: 4px;
+                   vertical-align: middle; }}
+img.thumb {{ width: 64px; height: 64px; display: block; }}
+.ok {{ color: #1a7f37; }} .bad {{ color: #b42318; }}
 </style></head><body>
 <h1>{title}</h1>
 {sections}
@@ -386,31 +334,71 @@ def _render(section: Section) -> str:
 
 def build_report(session_path: str | Path, out_dir: str | Path,
                  least_certain: int = 12) -> Path:
-    """Write `index.html` and its PNGs for a session file into `out_dir`; returns the page."""
+    """Write `index.html`, its figures and the frames as PNGs into `out_dir`; the page."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with SessionReader(session_path) as reader:
         provenance = dict(reader.provenance or {})
-        summary = reader.summary()
         happened = reader.incidents()
         facts = reader.rows()
-        scored = [f for f in facts if f.confidence is not None]
-        least = heapq.nsmallest(max(least_certain, 0), scored,
+        records = reader.records()
+        least = heapq.nsmallest(max(least_certain, 0),
+                                [f for f in facts if f.confidence is not None],
                                 key=lambda f: (f.confidence, f.index))
-        kept = [(f, _thumbnail(reader.frame(f.index).image)) for f in least]
+        images, kept = {}, {}
+        for row in facts:
+            image = reader.frame(row.index).image
+            images[row.index] = write_frame_images(row.index, image, out)
+            step = max(1, max(image.shape) // THUMB_PX)
+            kept[row.index] = to_uint8(image[::step, ::step]) if row in least else None
     classes = _class_order(provenance, facts)
-    overview = Section("Session")
-    overview.html = _table(["field", "value"], _provenance_rows(provenance, summary))
+    palette = colours(classes)
     with matplotlib.rc_context(PLAIN_TEXT):
-        sections = [overview, stage_map(facts, classes, out), escalation_funnel(facts, out),
+        sections = [stage_mosaic(facts, images, palette), risk_coverage_section(facts, out),
+                    human_acts(facts, records), escalation_funnel(facts, out),
                     class_counts(facts, classes, out), confidence_histogram(facts, out),
-                    reliability_diagram(facts, out), least_certain_grid(kept, out),
-                    human_decisions(facts), incidents(happened), timings(facts, out)]
-    title = f"micagent session report: {summary.get('session_id') or Path(session_path).name}"
+                    reliability_diagram(facts, out),
+                    least_certain_grid([(f, kept[f.index]) for f in least], out),
+                    frames_section(facts, records, images, palette),
+                    incidents(happened), timings(facts, out)]
+    title = f"Session {provenance.get('session_id') or Path(session_path).name}"
     page = out / "index.html"
-    atomic_file.write_text(page, PAGE.format(title=html.escape(str(title)),
-                                             sections="\n".join(_render(s) for s in sections)))
+    body = (header_html(provenance, facts) + configuration_html(provenance)
+            + "\n".join(_render(s) for s in sections))
+    atomic_file.write_text(page, PAGE.format(title=html.escape(str(title)), sections=body))
     return page
+
+
+def stage_mosaic(facts: list[DecisionRow], images: dict[int, FrameImages],
+                 palette: dict[str, str]) -> Section:
+    section = Section("Frames at their stage positions")
+    drawn = mosaic_html(facts, images, palette)
+    if drawn is None:
+        section.unavailable = "not available: the frames carry no distinct stage positions"
+    else:
+        section.html = drawn
+    return section
+
+
+def risk_coverage_section(facts: list[DecisionRow], out: Path) -> Section:
+    section = Section("Risk against coverage (against ground truth)")
+    curve = risk_coverage(facts)
+    if curve is None:
+        section.unavailable = "not available: the frames carry no ground truth"
+        return section
+    section.image = _save(risk_figure(curve), out, "risk_coverage.png")
+    section.html = f"<p>{html.escape(risk_summary(curve))}</p>"
+    return section
+
+
+def frames_section(facts: list[DecisionRow], records: list[DecisionRecord],
+                   images: dict[int, FrameImages], palette: dict[str, str]) -> Section:
+    section = Section(f"Frames ({len(facts)})")
+    if not facts:
+        section.unavailable = "not available: the session has no frames"
+    else:
+        section.html = frame_table(facts, records, images, palette)
+    return section
 
 
 def _class_order(provenance: dict[str, Any], facts: list[DecisionRow]) -> list[str]:

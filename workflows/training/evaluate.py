@@ -23,6 +23,7 @@ import torch
 from instruments.utils import atomic_file
 from models.checkpoint import read_meta
 from models.classifier import Classifier
+from models.pooled import PooledStemEncoder
 from workflows.training.calibrate import softmax
 from workflows.training.data import LabelledDataset, class_folders, load_folder_dataset
 from workflows.training.metrics import aggregate, classification_metrics
@@ -69,22 +70,36 @@ def split_classes(data_dir: str | Path, class_names: list[str]) -> tuple[list[st
 
 
 def encode(clf: Classifier, x: torch.Tensor, lmm: torch.Tensor | None,
-           batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(logits, LMM-free embeddings) of a batch, in chunks, model in eval mode."""
+           batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(logits, LMM-free embeddings, pooled stem features or None without a stem) of a
+    batch, in chunks, model in eval mode."""
     clf.model.eval()
-    logits, embeds = [], []
+    logits, embeds, pooled = [], [], []
     with torch.no_grad():
         for start in range(0, len(x), batch_size):
             part = slice(start, start + batch_size)
-            h, e = clf.model.encode(x[part], None if lmm is None else lmm[part])
+            features = clf.model.features(x[part])
+            lmm_part = None if lmm is None else lmm[part]
+            if clf.model.stem is None:
+                h, e = clf.model.encode(x[part], lmm_part)
+            else:
+                h, e = clf.model.encode_features(features, lmm_part)
+                pooled.append(PooledStemEncoder.pool(features).double().numpy())
             logits.append(clf.model.head(h).double().numpy())
             embeds.append(e.double().numpy())
-    return np.concatenate(logits), np.concatenate(embeds)
+    return (np.concatenate(logits), np.concatenate(embeds),
+            np.concatenate(pooled) if pooled else None)
 
 
-def flagged(clf: Classifier, embeddings: np.ndarray) -> np.ndarray | None:
-    """Per image: flagged unknown by the checkpoint's OOD test (None without an OOD fit)."""
-    return None if clf.ood is None else clf.ood.score(embeddings) > clf.ood.threshold
+def flagged(clf: Classifier, embeddings: np.ndarray,
+            pooled: np.ndarray | None) -> np.ndarray | None:
+    """Per image: flagged unknown by the checkpoint's OOD test on its pixels (None without an
+    OOD fit); the agreed score reads the pooled stem features too."""
+    if clf.ood is None:
+        return None
+    if getattr(clf.ood, "space", "fused") == "both":
+        return clf.ood.score(embeddings, pooled) > clf.ood.threshold
+    return clf.ood.score(embeddings) > clf.ood.threshold
 
 
 def foreign_ood(clf: Classifier, data_dir: str | Path, foreign: list[str], size: int,
@@ -93,7 +108,7 @@ def foreign_ood(clf: Classifier, data_dir: str | Path, foreign: list[str], size:
     """report["ood"]: how many images of the foreign classes the OOD test flags unknown."""
     ds = load_folder_dataset(data_dir, size=size, crop=crop, class_names=foreign,
                              include=foreign, group_duplicates=False)
-    flags = flagged(clf, encode(clf, clf.preprocess_batch(ds.images), None, batch_size)[1])
+    flags = flagged(clf, *encode(clf, clf.preprocess_batch(ds.images), None, batch_size)[1:])
     out: dict = {"foreign_classes": foreign, "images": len(ds), "flagged": None,
                  "per_class": None, "known_flagged": None,
                  "method": None if clf.ood is None else clf.ood.meta()["method"]}
@@ -127,8 +142,8 @@ def evaluate(ckpt: str | Path, data_dir: str | Path, crop: float | int | None = 
         x = clf.preprocess_batch(ds.images[idx])
         lmm_t = torch.as_tensor(lmm[idx]) if clf.config.lmm_on else None
         lmm_answered += int((lmm[idx] >= 0).sum()) if clf.config.lmm_on else 0
-        logits, embeddings = encode(clf, x, lmm_t, batch_size)
-        known_flags.append(flagged(clf, embeddings))
+        logits, embeddings, pooled = encode(clf, x, lmm_t, batch_size)
+        known_flags.append(flagged(clf, embeddings, pooled))
         y = ds.labels[idx]
         folds.append(classification_metrics(softmax(logits), softmax(logits, clf.temperature),
                                             y, class_names, clf.conformal_qhat))

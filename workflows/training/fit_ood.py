@@ -6,6 +6,16 @@ before the score existed, or a new threshold quantile, without retraining: the c
 covariance come from the training split's embeddings, the threshold from the validation split
 (the splits recorded in the checkpoint's `training.json`; the selected fold for k-fold runs).
 The checkpoint folder is rewritten atomically: a complete copy is renamed into place.
+
+`fit_agreed` refits it as the agreed score (models/ood.py `AgreedOOD`: the fused Mahalanobis
+score and the stem kNN score must both flag a frame; a field of view outside the taught range
+flags it alone) without retraining the classifier: the Mahalanobis fit is kept (fitted anew on
+the training split where the checkpoint has none), the kNN reference vectors come from the
+training split (at most `per_class` per class); each threshold is the `quantile` of
+in-distribution images the fits never saw, the validation split and the twin's survey tiles at
+the default run settings (seeds `survey_seeds`, apart from the seeds the benchmark scores),
+whichever is higher; the fields of view the training images were taken at come from the
+dataset's manifest, where it records them (a twin dataset).
 """
 
 from __future__ import annotations
@@ -19,9 +29,10 @@ from rich.console import Console
 
 from instruments.utils import atomic_file
 from models.classifier import Classifier
-from models.ood import DEFAULT_QUANTILE
+from models.ood import DEFAULT_QUANTILE, AgreedOOD, MahalanobisOOD, StemKnnOOD
 from models.preprocess import preprocess_batch
 from workflows.training.data import load_folder_dataset
+from workflows.training.held_out import Progress, dataset_splits, survey_tiles
 from workflows.training.train import TrainError, training_inputs
 from workflows.training.training_inputs import batched
 
@@ -68,3 +79,49 @@ def _rewrite(ckpt: Path, clf: Classifier) -> None:
             record = json.loads(fold_record.read_text())
             record["ood_threshold"] = clf.ood.threshold
             atomic_file.write_text(fold_record, json.dumps(record, indent=1))
+
+
+def fit_agreed(ckpt: str | Path, data_dir: str | Path, survey_seeds: list[int],
+               per_class: int = 120, tiles: int = 48, k: int = 1, quantile: float = 0.995,
+               cache: Path | None = None, progress: Progress = lambda _: None) -> dict:
+    """Refit the checkpoint's OOD test as the agreed score (models/ood.py `AgreedOOD`);
+    returns what it was fitted on."""
+    ckpt, data_dir = Path(ckpt), Path(data_dir)
+    clf = Classifier.load(ckpt)
+    frames, _, info = dataset_splits(ckpt, data_dir, clf, per_class, cache, progress)
+    survey, _ = survey_tiles(clf, ckpt, survey_seeds, tiles, cache, progress)
+    held = (frames["val"], survey)
+    current = clf.ood.fused if isinstance(clf.ood, AgreedOOD) else clf.ood
+    fused = current if isinstance(current, MahalanobisOOD) else MahalanobisOOD.fit(
+        frames["train"].embeddings, frames["train"].labels, len(clf.class_names),
+        frames["val"].embeddings, quantile)
+    fused.threshold = max(float(np.quantile(fused.score(h.embeddings), quantile))
+                          for h in held)
+    fused.quantile = quantile
+    stem = StemKnnOOD.fit(frames["train"].pooled, k)
+    stem.threshold = max(float(np.quantile(stem.score(h.pooled), quantile)) for h in held)
+    taken = training_imaging(data_dir, json.loads((ckpt / "training.json").read_text()))
+    fovs = [t["fov"] for t in taken]
+    clf.ood = AgreedOOD(fused, stem, quantile, (min(fovs), max(fovs)) if taken else None,
+                        tuple(sorted({t["detector"] for t in taken})) if taken else None)
+    _rewrite(ckpt, clf)
+    return {"threshold": clf.ood.threshold, "fused_threshold": fused.threshold,
+            "stem_threshold": stem.threshold, "quantile": quantile, "k": k,
+            "train": len(frames["train"]), "val": len(frames["val"]), "survey": len(survey),
+            "survey_seeds": survey_seeds, "fov_range": clf.ood.fov_range,
+            "detectors": clf.ood.detectors, **info}
+
+
+def training_imaging(data_dir: Path, record: dict) -> list[dict]:
+    """The field of view (m) and detector of each training image, from the dataset's
+    manifest (`micagent twin dataset` writes one); empty where it does not record both."""
+    manifest = data_dir / "manifest.json"
+    if not manifest.is_file():
+        return []
+    by_file = {item.get("file"): item for item in
+               json.loads(manifest.read_text()).get("images", [])}
+    split = record["splits"][record.get("selected_fold", 0)]
+    items = [by_file.get(record["sources"][i]) or {} for i in split["train"]]
+    if any(item.get("fov") is None or not item.get("detector") for item in items):
+        return []
+    return [{"fov": float(item["fov"]), "detector": str(item["detector"])} for item in items]

@@ -36,7 +36,14 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from instruments.utils import atomic_file
 from models.checkpoint import checkpoint_sha256, load_checkpoint
@@ -379,15 +386,19 @@ def train(data_dir: str | Path, out: str | Path, options: TrainOptions | None = 
             console.print(f"fold {fold + 1}: {summary}")
         with Progress(TextColumn(f"fold {fold + 1}/{len(run['splits'])}"),
                       TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=console) as progress:
+                      TimeElapsedColumn(), TextColumn("epoch left"), TimeRemainingColumn(),
+                      console=console) as progress:
             task = progress.add_task("", total=1)
             while not trainer.finished:
                 row = trainer.run_epoch(progress, task)
                 trainer.save()
+                epochs_left = (opts["epochs"] - trainer.epoch
+                               + (len(run["splits"]) - fold - 1) * opts["epochs"])
                 progress.console.print(
                     f"fold {fold + 1} epoch {row['epoch']}: train loss {row['train_loss']:.4f}"
                     f"  val loss {row['val_loss']:.4f}  val acc {row['val_acc']:.4f}"
-                    f"  lr {row['lr']:.2e}  {row['seconds']:.0f}s")
+                    f"  lr {row['lr']:.2e}  {row['seconds']:.0f}s"
+                    + eta_text(trainer.history, epochs_left, _budget_left(started, opts)))
                 if on_epoch_end is not None:
                     on_epoch_end(fold, row)
                 if _over_budget(started, opts):
@@ -397,8 +408,50 @@ def train(data_dir: str | Path, out: str | Path, options: TrainOptions | None = 
         stop = ("epoch limit" if trainer.epoch >= opts["epochs"] else "early stopping"
                 if trainer.finished else "time budget")
         save_calibrated(clf, inputs, y, lmm, split, fold_dir,
-                        extra={"fold": fold, "history": trainer.history, "stopped_by": stop})
+                        extra={"fold": fold, "history": trainer.history, "stopped_by": stop,
+                               "held_out": held_out(trainer, split)})
+    scores = [json.loads((d / "training_fold.json").read_text()).get("held_out")
+              for d in fold_dirs]
+    line = held_out_line(scores)
+    if line:
+        console.print(line)
     return _assemble(out, partial, run, fold_dirs, time.time() - started)
+
+
+def held_out(trainer: FoldTrainer, split: Split) -> dict | None:
+    """Top-1 accuracy of the fold's best model on its test split (never seen in training or
+    calibration); None for a split without test images."""
+    if not len(split.test):
+        return None
+    loss, top1 = trainer.evaluate(split.test)
+    return {"images": int(len(split.test)), "top1": top1, "loss": loss}
+
+
+def held_out_line(scores: list[dict | None]) -> str:
+    """The held-out score said at the end of training: one split's top-1, or the mean and
+    spread over the folds ("" where no fold has a test split scored)."""
+    known = [s for s in scores if s]
+    if not known:
+        return ""
+    images = sum(s["images"] for s in known)
+    if len(known) == 1:
+        return f"held-out test split: top-1 {known[0]['top1']:.3f} on {images} images"
+    top1 = np.array([s["top1"] for s in known])
+    return (f"held-out test folds: top-1 {top1.mean():.3f} ± {top1.std():.3f} over "
+            f"{len(known)} folds ({images} images)")
+
+
+def eta_text(history: list[dict], epochs_left: int, budget_left: float | None) -> str:
+    """`  ETA ≤ 4 min 10 s`: the epochs left at most (early stopping may end sooner) at the
+    mean epoch time so far, or the time budget left (and one epoch) where that is sooner."""
+    if epochs_left <= 0 or not history:
+        return ""
+    per_epoch = float(np.mean([h["seconds"] for h in history]))
+    seconds = epochs_left * per_epoch
+    if budget_left is not None:           # the epoch that crosses the budget still ends
+        seconds = min(seconds, max(budget_left, 0.0) + per_epoch)
+    minutes, rest = divmod(round(seconds), 60)
+    return f"  ETA ≤ {minutes} min {rest:02d} s" if minutes else f"  ETA ≤ {rest} s"
 
 
 def training_inputs(config: FusionConfig, x: torch.Tensor, opts: dict,
@@ -459,10 +512,16 @@ def init_from_checkpoint(model: FusionClassifier, ckpt: str, class_names: list[s
             + (f"; new: {', '.join(new[:4])}{' ...' if len(new) > 4 else ''}" if new else ""))
 
 
+def _budget_left(started: float, opts: dict) -> float | None:
+    """Seconds of this session's time budget left (None: no budget)."""
+    budget = opts.get("time_budget_min")
+    return None if budget is None else 60 * budget - (time.time() - started)
+
+
 def _over_budget(started: float, opts: dict) -> bool:
     """True once this session has trained for longer than the time budget (if any)."""
-    budget = opts.get("time_budget_min")
-    return budget is not None and time.time() - started > 60 * budget
+    left = _budget_left(started, opts)
+    return left is not None and left < 0
 
 
 def _assemble(out: Path, partial: Path, run: dict, fold_dirs: list[Path],

@@ -5,7 +5,9 @@ A running session submits each `ApprovalRequest` (agent/approval_request.py) to 
 this app lists the pending ones, serves their thumbnails, and turns a click into a
 `HumanDecision` for `broker.decide(...)` (a body that is not one, or does not fit its request,
 is a 422), which the session resumes with through `Command(resume=decision)`. `start_web_ui`
-runs it with uvicorn in a background thread.
+runs it with uvicorn in a background thread. When the session ends its summary joins the
+progress (`broker.finish`), and `WebUIHandle.close` lets a page that follows the session read
+it before the server stops, so the page ends on the session's result.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -160,14 +162,24 @@ def view_of(request: ApprovalRequest, known_classes: list[str]) -> dict[str, Any
     })
 
 
+@dataclass
+class PageWatch:
+    """Whether a page follows the session (it asked for the progress) and has been served
+    the session's final state."""
+
+    polled: threading.Event = field(default_factory=threading.Event)
+    final_served: threading.Event = field(default_factory=threading.Event)
+
+
 def create_app(broker: ApprovalBroker, token: str, class_names: list[str] | None = None,
-               hosts: Iterable[str] = ()) -> GuardedApp:
+               hosts: Iterable[str] = (), watch: PageWatch | None = None) -> GuardedApp:
     """The approval app behind its guard: every request needs an allowed Host and `token`
     (query `?token=` or header), checked before any body byte is read; bodies are capped."""
-    return GuardedApp(_routes(broker, class_names), token, hosts)
+    return GuardedApp(_routes(broker, class_names, watch or PageWatch()), token, hosts)
 
 
-def _routes(broker: ApprovalBroker, class_names: list[str] | None) -> FastAPI:
+def _routes(broker: ApprovalBroker, class_names: list[str] | None,
+            watch: PageWatch) -> FastAPI:
     known = list(class_names or [])
     app = FastAPI(title="micagent approvals", docs_url=None, redoc_url=None,
                   openapi_url=None)
@@ -189,7 +201,11 @@ def _routes(broker: ApprovalBroker, class_names: list[str] | None) -> FastAPI:
 
     @app.get("/api/progress")
     def progress() -> JSONResponse:
-        return JSONResponse(_json_safe(dict(broker.progress)))
+        served = dict(broker.progress)
+        watch.polled.set()
+        if "final" in served:
+            watch.final_served.set()
+        return JSONResponse(_json_safe(served))
 
     @app.get("/api/image/{request_id}/{kind}")
     def image(request_id: str, kind: str) -> Response:
@@ -223,6 +239,7 @@ class WebUIHandle:
     token: str
     server: uvicorn.Server
     thread: threading.Thread
+    watch: PageWatch
 
     @property
     def url(self) -> str:
@@ -232,6 +249,13 @@ class WebUIHandle:
     def stop(self, timeout: float = 10.0) -> None:
         self.server.should_exit = True
         self.thread.join(timeout)
+
+    def close(self, grace: float = 5.0) -> None:
+        """Stop once a page that follows the session has read its final state (waiting at
+        most `grace` seconds: pages poll every second); at once when no page is open."""
+        if self.watch.polled.is_set():
+            self.watch.final_served.wait(grace)
+        self.stop()
 
 
 def start_web_ui(broker: ApprovalBroker, host: str = "127.0.0.1", port: int = 0,
@@ -250,14 +274,15 @@ def start_web_ui(broker: ApprovalBroker, host: str = "127.0.0.1", port: int = 0,
         sock.close()
         raise OSError(f"cannot serve the approval page on {host}:{port}: {exc}") from exc
     bound_port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(broker, token, class_names, (host, *allow_hosts)),
+    watch = PageWatch()
+    config = uvicorn.Config(create_app(broker, token, class_names, (host, *allow_hosts), watch),
                             log_level="warning", access_log=False, lifespan="off",
                             limit_concurrency=64, timeout_keep_alive=5)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
                               name="micagent-web-ui", daemon=True)
     thread.start()
-    handle = WebUIHandle(host, bound_port, token, server, thread)
+    handle = WebUIHandle(host, bound_port, token, server, thread, watch)
     deadline = time.monotonic() + startup_timeout
     while not server.started and thread.is_alive() and time.monotonic() < deadline:
         time.sleep(0.02)

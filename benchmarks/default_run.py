@@ -1,0 +1,71 @@
+"""The README's figures for `micagent run` with no arguments (36 tiles on the embedded twin,
+bundled model, offline adjudicator): run it as a user would, in an empty working folder, then
+read its session file: final-label accuracy, the classifier's own accuracy, routes,
+escalations and wall time. Prints them and writes results/default_run.md with the commit
+they were measured on.
+
+    python -m benchmarks.default_run
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from instruments.session_file.reader import SessionReader
+from instruments.utils.child_python import ROOT, module_command
+
+RESULTS = Path(__file__).resolve().parent / "results" / "default_run.md"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+def commit() -> str:
+    """The commit measured, `+ changes` where the working tree differs from it."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                          capture_output=True, check=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                           text=True, capture_output=True, check=True).stdout.strip()
+    return head + (" + uncommitted changes" if dirty else "")
+
+
+def default_run(work: Path) -> tuple[Path, float]:
+    """`micagent run` in `work`; its session file and the command's wall seconds."""
+    t0 = time.perf_counter()
+    done = subprocess.run(module_command("workflows", "run"), cwd=work, env=ENV, text=True,
+                          capture_output=True, check=True)
+    wall = time.perf_counter() - t0
+    sessions = sorted(work.rglob("*.h5"))
+    if len(sessions) != 1:
+        raise RuntimeError(f"expected one session file in {work}, found {sessions}:\n"
+                           f"{done.stdout}")
+    return sessions[0], wall
+
+
+def main() -> None:
+    measured_on = commit()
+    with tempfile.TemporaryDirectory(prefix="micagent-default-run-") as folder:
+        session, wall = default_run(Path(folder))
+        with SessionReader(session) as reader:
+            summary = reader.summary()
+    routes = Counter(summary["routes"])
+    lines = [
+        f"`micagent run` with no arguments, on commit {measured_on}, one thread:",
+        f"- frames: {summary['frames']}; final-label accuracy {summary['accuracy']:.3f}, "
+        f"classifier alone {summary['accuracy_classifier']:.3f} "
+        f"({summary['scored_frames']} frames with twin ground truth)",
+        "- routes: " + ", ".join(f"{route} {n}" for route, n in routes.most_common()),
+        f"- escalated: {summary['escalations']} ({summary['escalation_counts']['rescan']} "
+        f"rescanned, {summary['escalation_counts']['adjudication']} adjudicated)",
+        f"- wall time of the command: {wall:.0f} s (start, model load, 36 tiles, close)",
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
+    RESULTS.write_text("# Default run\n\n" + text, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

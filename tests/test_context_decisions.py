@@ -1,0 +1,242 @@
+"""Decisions with context: the zoom-out (a wider field at the same centre) and the
+neighbourhood (the sure frames of the same region) fix a region the classifier reads as
+another class at the survey's scale, and never change a region it reads right and surely.
+
+The classifier here is scripted as the bundled model fails on twin surveys: a Films region read
+as Porous_Sponge at the survey's 20 um field, and read right in a wider one. It knows which
+region and field a frame shows from the twin's record of what it rendered (by the frame's
+pixels), and gives one embedding per region (so frames of a region are alike)."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from agent import context_evidence
+from agent.config import RunConfig
+from agent.policy import RoutePolicy, Ruling, rule_in_context
+from agent.session import Session, SessionParts
+from instruments.devices.frame import Frame
+from instruments.devices.safety import GuardedMicroscope, SafetyEnvelope
+from instruments.session_file.decision_record import (
+    ContextRecord,
+    DecisionRecord,
+    PredictionRecord,
+    QualityRecord,
+    ZoomOutRecord,
+)
+from instruments.session_file.reader import SessionReader
+from models.prediction import Prediction
+from twins.classes import SEM_CLASSES
+from twins.microscope import TwinMicroscope
+
+FILMS, POROUS = "Films_Coated_Surface", "Porous_Sponge"
+TILE_FOV = 20e-6
+
+
+class RenderingTwin(TwinMicroscope):
+    """The twin, remembering which region and field each frame it acquired shows."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.shown: dict[str, dict[str, Any]] = {}
+
+    def acquire(self) -> Frame:
+        frame = super().acquire()
+        stage, settings = self.status().stage, frame.settings
+        region = self.specimen.region_at(stage.x, stage.y)
+        self.shown[_digest(frame.image)] = {"region": self.specimen.regions.index(region),
+                                            "label": region.label, "fov": settings.fov,
+                                            "x": stage.x, "y": stage.y}
+        return frame
+
+
+def _digest(image: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(image, dtype=np.float32).tobytes()).hexdigest()
+
+
+Script = Callable[[dict[str, Any]], tuple[str, float]]
+
+
+class ScriptedClassifier:
+    """`script(shown)` -> (label, probability) for a frame; the rest of the probability goes
+    to the true class when the label is another, else is spread over the other classes."""
+
+    class_names = list(SEM_CLASSES)
+
+    def __init__(self, twin: RenderingTwin, script: Script) -> None:
+        self.twin, self.script = twin, script
+
+    def classify(self, images, lmm_labels=None, imaging=None) -> list[Prediction]:
+        out = []
+        for image in images:
+            shown = self.twin.shown[_digest(image)]
+            label, p = self.script(shown)
+            probabilities = np.full(len(SEM_CLASSES), 0.0)
+            if label != shown["label"]:
+                probabilities[SEM_CLASSES.index(shown["label"])] = 1.0 - p - 0.01
+                probabilities += 0.01 / len(SEM_CLASSES)
+            else:
+                probabilities += (1.0 - p) / (len(SEM_CLASSES) - 1)
+            probabilities[SEM_CLASSES.index(label)] = p
+            region_rng = np.random.default_rng(shown["region"])
+            out.append(Prediction(
+                class_names=self.class_names, probabilities=probabilities,
+                conformal_set=[label] if p >= 0.9 else [label, shown["label"]],
+                embedding=region_rng.normal(size=32).astype(np.float32)))
+        return out
+
+
+def region_tiles(twin: TwinMicroscope, label: str, count: int) -> list[dict[str, Any]]:
+    """`count` survey tiles two fields apart in the first region of `label` that has them."""
+    spec = twin.specimen
+    by_region: dict[int, list[dict[str, Any]]] = {}
+    for p in spec.survey_centres(TILE_FOV):
+        region = spec.region_at(p.x, p.y)
+        if region.label == label:
+            by_region.setdefault(spec.regions.index(region), []).append({"x": p.x, "y": p.y})
+    tiles = next(t for t in by_region.values() if len(t) >= 2 * count)
+    return tiles[::2][:count]
+
+
+def run(tmp_path, script: Script, positions: list[dict[str, Any]], **config: Any
+        ) -> tuple[list[DecisionRecord], dict[str, Any], RenderingTwin]:
+    twin = RenderingTwin(seed=0)
+    cfg = RunConfig(session_id=str(uuid.uuid4()), out=str(tmp_path / "s.h5"),
+                    state_dir=str(tmp_path / "state"), frames=len(positions),
+                    imaging={"fov": TILE_FOV, "pixels": 64, "dwell": 2e-6}, max_rescans=0,
+                    budgets={"adjudications": 0}, **config)
+    guarded = GuardedMicroscope(twin, SafetyEnvelope())
+    session = Session(cfg, SessionParts(guarded, ScriptedClassifier(twin, script),
+                                        survey_positions=positions))
+    final = session.run()
+    session.close()
+    with SessionReader(cfg.out) as reader:
+        records = reader.records()
+    return records, {**final, "guard": guarded.counters()}, twin
+
+
+def swapped_at_survey_scale(p: float) -> Script:
+    """Films read as Porous (probability `p`) at the survey's field, right when wider;
+    every other region read right and surely."""
+    def script(shown: dict[str, Any]) -> tuple[str, float]:
+        if shown["label"] == FILMS and shown["fov"] <= TILE_FOV:
+            return POROUS, p
+        return shown["label"], 0.97
+    return script
+
+
+@pytest.fixture(scope="module")
+def films_tiles() -> list[dict[str, Any]]:
+    return region_tiles(TwinMicroscope(seed=0), FILMS, 3)
+
+
+def test_a_zoom_out_fixes_a_region_read_as_another_class_at_the_survey_scale(
+        tmp_path, films_tiles):
+    records, final, twin = run(tmp_path, swapped_at_survey_scale(0.6), films_tiles,
+                               zoom_out=True, pipeline=False)
+    assert [r.classifier_label for r in records] == [POROUS] * 3
+    assert [(r.label, r.route) for r in records] == [(FILMS, "zoomed_out")] * 3
+    for record in records:
+        zoom = record.context.zoom_out
+        assert zoom.settings.fov == pytest.approx(2 * TILE_FOV)   # a wider field, same centre
+        assert zoom.prediction.label == FILMS and zoom.error is None
+        assert record.context.fused.confidence >= 0.9
+    assert final["used"]["zoom_outs"] == 3
+    assert final["guard"]["frames"] == 6                           # the guard booked them
+    wide = [s for s in twin.shown.values() if s["fov"] > TILE_FOV]
+    assert len(wide) == 3 and {s["label"] for s in wide} == {FILMS}
+
+
+def test_without_the_zoom_out_the_swapped_region_stays_wrong(tmp_path, films_tiles):
+    records, final, _ = run(tmp_path, swapped_at_survey_scale(0.6), films_tiles)
+    assert [(r.label, r.route) for r in records] == [(POROUS, "unresolved")] * 3
+    assert all(r.context is None for r in records) and "zoom_outs" not in final["used"]
+
+
+def test_the_neighbourhood_fixes_the_tiles_of_a_region_read_surely_once(tmp_path, films_tiles):
+    first = films_tiles[0]
+
+    def script(shown: dict[str, Any]) -> tuple[str, float]:   # the first tile is read right
+        if (shown["x"], shown["y"]) == (first["x"], first["y"]):
+            return FILMS, 0.97
+        return swapped_at_survey_scale(0.6)(shown)
+
+    records, _, _ = run(tmp_path, script, films_tiles, neighbourhood=True)
+    assert [r.classifier_label for r in records] == [FILMS, POROUS, POROUS]
+    assert [(r.label, r.route) for r in records] == [
+        (FILMS, "confident"), (FILMS, "neighbourhood"), (FILMS, "neighbourhood")]
+    assert [n.frame_id for n in records[1].context.neighbours] == [records[0].frame_id]
+    assert all(r.context.zoom_out is None for r in records[1:])
+
+
+def test_context_never_changes_a_region_read_right_and_surely(tmp_path, films_tiles):
+    """Films read right and surely at the survey's field, as Porous in a wider one, next to
+    a Porous region read surely: no zoom-out is taken, no neighbour of the other region is
+    pooled, every tile keeps its label."""
+    porous = region_tiles(TwinMicroscope(seed=0), POROUS, 2)
+
+    def script(shown: dict[str, Any]) -> tuple[str, float]:
+        if shown["label"] == FILMS and shown["fov"] > TILE_FOV:
+            return POROUS, 0.99
+        return shown["label"], 0.97
+
+    records, final, twin = run(tmp_path, script, [*porous, *films_tiles], zoom_out=True,
+                               neighbourhood=True)
+    assert [(r.label, r.route) for r in records] == [(POROUS, "confident")] * 2 + [
+        (FILMS, "confident")] * 3
+    assert final["used"].get("zoom_outs", 0) == 0
+    assert all(s["fov"] == TILE_FOV for s in twin.shown.values())
+    assert all(r.context is None or all(n.label == FILMS for n in r.context.neighbours)
+               for r in records[2:])
+
+
+UNSURE = PredictionRecord(label=POROUS, confidence=0.6, conformal_set=[POROUS, FILMS],
+                          probabilities={POROUS: 0.6, FILMS: 0.4})
+SURE = UNSURE.model_copy(update={"label": FILMS, "confidence": 0.97, "conformal_set": [FILMS],
+                                 "probabilities": {POROUS: 0.03, FILMS: 0.97}})
+GOOD = QualityRecord(ok=True)
+STANDING = Ruling(step="adjudicate", label=POROUS, source="classifier", route="unresolved")
+
+
+def _record(prediction: PredictionRecord, zoom: PredictionRecord | None = None,
+            quality: QualityRecord = GOOD) -> DecisionRecord:
+    record = DecisionRecord(prediction=prediction, quality=quality)
+    if zoom is None:
+        return record
+    record = record.model_copy(update={"context": ContextRecord(
+        zoom_out=ZoomOutRecord(prediction=zoom))})
+    return record.model_copy(update={"context": record.context.model_copy(
+        update={"fused": context_evidence.fused(record, [])})})
+
+
+@pytest.mark.parametrize("policy,record,used,step,label,route", [
+    (RoutePolicy(zoom_out=True), _record(UNSURE), {}, "zoom_out", POROUS, None),
+    (RoutePolicy(zoom_out=True), _record(UNSURE), {"zoom_outs": 5}, "adjudicate", POROUS,
+     "unresolved"),                                               # no budget left
+    (RoutePolicy(), _record(UNSURE), {}, "adjudicate", POROUS, "unresolved"),   # off
+    (RoutePolicy(zoom_out=True), _record(UNSURE, quality=QualityRecord(ok=False)), {},
+     "adjudicate", POROUS, "unresolved"),                         # poor frames rescan first
+    (RoutePolicy(zoom_out=True), _record(UNSURE, zoom=SURE), {}, "record", FILMS,
+     "zoomed_out"),
+    (RoutePolicy(zoom_out=True), _record(UNSURE, zoom=UNSURE.model_copy(update={
+        "probabilities": {POROUS: 0.3, FILMS: 0.7}})), {}, "adjudicate", FILMS, "unresolved"),
+    (RoutePolicy(zoom_out=True, approve="all"), _record(UNSURE), {}, "adjudicate", POROUS,
+     "unresolved"),
+])
+def test_the_policy_rules_on_the_pooled_context(policy, record, used, step, label, route):
+    ruling = rule_in_context(policy, record, STANDING, {"zoom_outs": 5}, used)
+    assert (ruling["step"], ruling["label"], ruling["route"]) == (step, label, route)
+
+
+def test_a_sure_frame_is_never_ruled_on_its_context():
+    record = _record(SURE, zoom=UNSURE.model_copy(update={"probabilities": {POROUS: 0.999,
+                                                                             FILMS: 0.001}}))
+    standing = Ruling(step="record", label=FILMS, source="classifier", route="confident")
+    assert rule_in_context(RoutePolicy(zoom_out=True, neighbourhood=True), record, standing,
+                           {"zoom_outs": 5}, {}) == standing
