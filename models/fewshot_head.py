@@ -11,7 +11,8 @@ its softmax over the standardised, normalised features is exactly what a checkpo
 `baseline = "fewshot"` computes (`head.apply(classifier)`).
 
 Calibration comes from the support set alone:
-- temperature and the split-conformal threshold (LAC, alpha = ALPHA) from out-of-fold logits
+- temperature and the split-conformal threshold (LAC, alpha = ALPHA by default; a learning
+  session asks for agent/learning.LEARN_ALPHA) from out-of-fold logits
   of a stratified cross-validation over the support images (as many folds as the smallest class
   has images, at most CV_FOLDS; an image's views stay in its fold). The out-of-fold heads see
   fewer images than the final one, so the temperature errs on the soft side; both are fitted on
@@ -175,7 +176,8 @@ def _ood_fit(z: np.ndarray, y: np.ndarray) -> tuple[NearestSupportOOD, bool]:
     return NearestSupportOOD(points, threshold, OOD_QUANTILE), bool(np.bincount(y).min() > 1)
 
 
-def _calibrate(head: FewShotHead, z: np.ndarray, y: np.ndarray, seed: int) -> None:
+def _calibrate(head: FewShotHead, z: np.ndarray, y: np.ndarray, seed: int,
+               alpha: float) -> None:
     """Temperature, conformal threshold and OOD fit of `head` from the support set."""
     folds = min(int(np.bincount(y).min()), CV_FOLDS)
     record: dict = {"alpha": None, "folds": None}
@@ -184,9 +186,9 @@ def _calibrate(head: FewShotHead, z: np.ndarray, y: np.ndarray, seed: int) -> No
         logits = _out_of_fold_logits(z, y, folds, seed)
         head.temperature = fit_temperature(logits, y)
         head.conformal_qhat = conformal_threshold(softmax(logits / head.temperature, axis=-1),
-                                                  y, ALPHA)
-        head.alpha = ALPHA
-        record.update(alpha=ALPHA, folds=folds,
+                                                  y, alpha)
+        head.alpha = alpha
+        record.update(alpha=alpha, folds=folds,
                       out_of_fold_top1=float((logits.argmax(1) == y).mean()))
     else:
         missing += ["temperature (kept at 1)", "conformal sets (top-1 class only)"]
@@ -204,9 +206,11 @@ def _calibrate(head: FewShotHead, z: np.ndarray, y: np.ndarray, seed: int) -> No
 
 
 def fit_head(features: np.ndarray, labels: Sequence[str],
-             class_names: Sequence[str] | None = None, seed: int = 0) -> FewShotHead:
+             class_names: Sequence[str] | None = None, seed: int = 0,
+             alpha: float = ALPHA) -> FewShotHead:
     """The calibrated head on raw pooled features (n, 472) or (n, views, 472) labelled by
-    class name; classes in `class_names` order (default: sorted), at least two of them."""
+    class name; classes in `class_names` order (default: sorted), at least two of them;
+    conformal sets at miscoverage `alpha`."""
     raw = np.asarray(features, dtype=np.float64)
     raw = raw[:, None, :] if raw.ndim == 2 else raw
     names = list(class_names) if class_names is not None else sorted(set(labels))
@@ -224,7 +228,7 @@ def fit_head(features: np.ndarray, labels: Sequence[str],
     z = head.normalise(raw)
     head.weight, head.bias = _weights(_logistic(z.reshape(-1, z.shape[-1]),
                                                 np.repeat(y, views)), len(names))
-    _calibrate(head, z, y, seed)
+    _calibrate(head, z, y, seed, alpha)
     return head
 
 
@@ -265,8 +269,8 @@ class SupportSet:
         row = np.asarray(feature, dtype=np.float32).reshape(1, POOLED_DIM)
         return SupportSet(np.concatenate([self.features, row]), (*self.labels, label))
 
-    def fit(self, seed: int = 0) -> FewShotHead:
-        return fit_head(self.features, self.labels, self.class_names, seed)
+    def fit(self, seed: int = 0, alpha: float = ALPHA) -> FewShotHead:
+        return fit_head(self.features, self.labels, self.class_names, seed, alpha)
 
     def to_state(self) -> dict:
         return {"labels": list(self.labels),
