@@ -33,8 +33,8 @@ LEARN_ALPHA = 0.05
 """Conformal miscoverage of a learning session's head: a frame is decided alone only where its
 set at this level is a single class. Measured with the scripted operator on the twin
 (benchmarks/teach_operator.py, benchmarks/results/teach.md): against 0.1 (what
-`train --profile fewshot` calibrates at) the frames decided alone go from 0.84 to 0.92
-correct, for more questions (109 answers instead of 77 in 300 frames)."""
+`train --profile fewshot` calibrates at) the frames decided alone go from 0.839 to 0.894
+correct, for more questions (112 answers instead of 77 in 300 frames)."""
 
 UNTAUGHT = "unknown"
 """The only class a learner that was taught nothing can name (the policy's unknown label)."""
