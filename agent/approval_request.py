@@ -3,7 +3,8 @@
 The graph's `interrupt` carries an `ApprovalRequest` (a `LabelRequest` for a frame's label, a
 `MoveRequest` for a stage move outside the free zone); every front-end (terminal, web page)
 answers with a `HumanDecision`, and `request.accept(decision)` is the one check that the answer
-fits the question (a choice it offered; a relabel names one of its labels).
+fits the question (a choice it offered; a relabel names one of its labels, or in a learning
+session any new class name).
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class _Request(BaseModel):
     on_approve: str = ""              # what "approve" will do
     choices: tuple[Decision, ...] = tuple(Decision)
     labels: tuple[str, ...] = ()      # the labels a relabel may give
+    new_labels: bool = False          # a relabel may also name a new class (--learn)
     error: str = ""                   # why the previous answer was refused
     request_id: str | None = None     # set by the broker
 
@@ -81,7 +83,10 @@ class _Request(BaseModel):
         if answer.decision not in self.choices:
             raise DecisionRefused(f"decision must be one of "
                                   f"{[choice.value for choice in self.choices]}")
-        if answer.decision == Decision.RELABEL and answer.label not in self.labels:
+        if answer.decision == Decision.RELABEL and not answer.label:
+            raise DecisionRefused("relabel needs a label")
+        if answer.decision == Decision.RELABEL and answer.label not in self.labels \
+                and not self.new_labels:
             raise DecisionRefused(f"relabel needs a label from {list(self.labels)}")
         return answer
 

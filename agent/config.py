@@ -48,6 +48,8 @@ class RunConfig:
     vlm_timeout_s: float = 30.0
     pipeline: bool = True            # survey: acquire the next tile while deciding this one
     envelope: dict[str, Any] = field(default_factory=dict)   # SafetyEnvelope values
+    learn: bool = False              # learn from every human answer (agent/learning.py)
+    learn_min: int = 3               # --learn: examples per class before it decides alone
     target_risk: float | None = None  # share of decided frames that may be wrong (risk_policy)
     autofocus: bool = False          # focus searches at new positions (agent/autofocus)
     autofocus_every: int = 0         # ... also every N stage moves (0: on sharpness only)
@@ -63,6 +65,11 @@ class RunConfig:
             raise RunConfigError("--frames must be at least 1")
         if not self.vlm_timeout_s > 0:
             raise RunConfigError(f"the VLM timeout must be positive, got {self.vlm_timeout_s}")
+        if self.learn and self.approve == "none":
+            raise RunConfigError("--learn learns from a human's answers: add --approve "
+                                 "uncertain or --approve all (--ui terminal or web)")
+        if self.learn_min < 1:
+            raise RunConfigError(f"--learn-min must be at least 1, got {self.learn_min}")
         if self.demo_strategy not in ("similar", "random"):
             raise RunConfigError("demonstration strategy must be similar or random")
         if self.target_risk is not None and not 0.0 < self.target_risk < 1.0:
@@ -78,7 +85,8 @@ class RunConfig:
         return RoutePolicy(confidence=self.confidence, max_set_size=self.max_set_size,
                            max_rescans=self.max_rescans, approve=self.approve_mode,
                            zoom_unsure=self.zoom_unsure, reject_unknown=self.reject_unknown,
-                           zoom_out=self.zoom_out, neighbourhood=self.neighbourhood)
+                           zoom_out=self.zoom_out, neighbourhood=self.neighbourhood,
+                           learn_min=self.learn_min if self.learn else 0)
 
     def autofocus_settings(self) -> AutofocusSettings | None:
         return AutofocusSettings(every=self.autofocus_every) if self.autofocus else None

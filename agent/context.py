@@ -63,6 +63,7 @@ class SessionContext:
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
     stream: Any = None              # agent.event_stream.EventStream: what happens, for all
     recorder: Any = None            # agent.recorder.Recorder: session writes off the main path
+    learner: Any = None             # agent.learning.SessionLearner under --learn (the classifier)
     last_tick: float = field(default_factory=time.monotonic)
 
     def tick(self) -> float:

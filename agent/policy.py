@@ -64,6 +64,12 @@ class RoutePolicy:
     pooled with the decided frames of its region; with `zoom_out` one still unsure is imaged
     once more at the same centre with a wider field, classified on its own and pooled too
     (agent/context_evidence.py). Sure once pooled, it is recorded under the pooled label.
+
+    learning (`learn_min` > 0, `micagent run --learn`): until every class the session was
+    taught has `learn_min` examples (two classes at least), every frame goes to the human
+    (`rule_classified`, `taught`); then a frame whose conformal set is a single class (and not
+    unknown) is recorded, whatever its top probability, and every other frame goes to the
+    human, without adjudication: the human's answer is what the session learns from.
     """
 
     confidence: float = 0.9
@@ -84,6 +90,7 @@ class RoutePolicy:
         return self.trusted_adjudicators is None or adjudicator in self.trusted_adjudicators
     zoom_out: bool = False
     neighbourhood: bool = False
+    learn_min: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -94,7 +101,7 @@ class RoutePolicy:
 
     def is_confident(self, prediction: PredictionRecord) -> bool:
         return (not self.is_unknown(prediction)
-                and (prediction.confidence or 0.0) >= self.confidence
+                and (self.learn_min > 0 or (prediction.confidence or 0.0) >= self.confidence)
                 and len(prediction.conformal_set) <= self.max_set_size)
 
 
@@ -136,6 +143,8 @@ def decide(policy: RoutePolicy, prediction: PredictionRecord, quality: QualityRe
         return "rescan"
     if policy.is_unknown(prediction):
         return "approve" if policy.approve == "uncertain" else "record"
+    if policy.learn_min > 0:
+        return "approve"
     if policy.zoom_unsure and quality.ok and can_rescan and rescans_done == 0:
         return "rescan"
     if ("adjudication" not in policy.escalations_off and policy.may_adjudicate()
@@ -166,10 +175,22 @@ def standing_route(policy: RoutePolicy, record: DecisionRecord) -> Route:
     return Route.QUALITY_FAILED if not record.quality.ok else Route.UNRESOLVED
 
 
+def learned_enough(taught: Mapping[str, int], learn_min: int) -> bool:
+    """Whether a learning session's head may decide alone: two classes or more, each with
+    `learn_min` examples."""
+    return len(taught) >= 2 and min(taught.values()) >= learn_min
+
+
 def rule_classified(policy: RoutePolicy, record: DecisionRecord, budgets: dict[str, float],
-                    used: dict[str, float], ineffective: Collection[str] = ()) -> Ruling:
+                    used: dict[str, float], ineffective: Collection[str] = (),
+                    taught: Mapping[str, int] | None = None) -> Ruling:
     """The ruling on a frame just classified: the next step, the classifier's verdict and the
-    route that verdict is recorded under."""
+    route that verdict is recorded under. `taught`: in a learning session, the examples per
+    class learned so far; too few send the frame to the human (source `learning`)."""
+    if policy.learn_min > 0 and not learned_enough(taught or {}, policy.learn_min):
+        label = record.prediction.label if record.prediction.label in (taught or {}) \
+            else UNKNOWN
+        return Ruling(step="approve", label=label, source="learning", route=None)
     step = decide(policy, record.prediction, record.quality, len(record.escalations),
                   budgets, used, ineffective)
     if (step != "rescan" and policy.approve != "all" and record.settings is not None
@@ -191,12 +212,14 @@ def rule_in_context(policy: RoutePolicy, record: DecisionRecord, ruling: Ruling,
     """The classifier's `ruling` once the frame's context is weighed (`record.context`).
 
     Only an unsure frame of good quality that is not unknown, ruled for neither a rescan nor
-    approval of every frame, is concerned: when its pooled prediction is sure it is recorded
-    under the pooled label (route zoomed_out when a zoom-out was pooled, else neighbourhood);
-    otherwise it is zoomed out once, where the policy and the budget allow;
-    otherwise the ruling's next step stands, with the pooled label where there is one."""
+    approval of every frame nor a learning session's question, is concerned: when its pooled
+    prediction is sure it is recorded under the pooled label (route zoomed_out when a zoom-out
+    was pooled, else neighbourhood); otherwise it is zoomed out once, where the policy and the
+    budget allow; otherwise the ruling's next step stands, with the pooled label where there
+    is one."""
     prediction = record.prediction
     if (ruling["step"] == "rescan" or policy.approve == "all" or not record.quality.ok
+            or ruling["source"] == "learning"
             or policy.is_confident(prediction) or policy.is_unknown(prediction)):
         return ruling
     context = record.context

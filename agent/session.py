@@ -149,7 +149,8 @@ class Session:
             survey_positions=parts.survey_positions, region=parts.region,
             demo_k=config.demo_k, demo_strategy=config.demo_strategy,
             autofocus=config.autofocus_settings(),
-            rng=np.random.default_rng(config.seed), stream=self.stream)
+            rng=np.random.default_rng(config.seed), stream=self.stream,
+            learner=parts.classifier if config.learn else None)
         self.graph = compile_graph(self.context, self.checkpointer)
 
     def _policy(self, adjudicator: str) -> tuple[RoutePolicy, dict[str, Any] | None]:

@@ -92,6 +92,7 @@ class AgentState(TypedDict, total=False):
     neighbourhood: list[dict[str, Any]]  # frames the classifier was sure of (context_evidence)
     events: Annotated[list[dict[str, Any]], keep_recent]  # latest incidents
     envelope: dict[str, Any]         # the guard's counters (Acquirer.snapshotting)
+    learning: dict[str, Any] | None  # --learn: support set, head, version (agent.learning)
     status: str                      # running | completed | interrupted | failed
     reason: str
 

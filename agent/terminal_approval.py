@@ -128,7 +128,10 @@ def ask(console: Console, request: ApprovalRequest, operator: str,
     choice = _choose(console, "decision", [c.value for c in request.choices], "approve",
                      stream)
     label, change = None, None
-    if choice == "relabel":
+    if choice == "relabel" and request.new_labels:     # --learn: any name teaches a class
+        console.print(f"known: {_plain(', '.join(request.labels))}")
+        label = Prompt.ask("label (known or a new class name)", console=console, stream=stream)
+    elif choice == "relabel":
         label = _choose(console, "label", list(request.labels), None, stream)
     if choice == "rescan":
         console.print("rescan changes: " + ", ".join(f"{key} = {text}"

@@ -38,13 +38,13 @@ import argparse
 import os
 import time
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import numpy as np
 import torch
 
 from models.classifier import Classifier
 from models.config import FusionConfig
+from models.fewshot_head import fit_head
 from models.pooled import POOLED_DIM
 from models.preprocess import preprocess_batch
 from twins.foreign_textures import CLASSES as FOREIGN
@@ -92,24 +92,10 @@ class Features:
 
 
 def fit(pool: np.ndarray, y: np.ndarray, names: list[str], seed: int):
-    """The few-shot head as `train_fewshot` fits it, on precomputed views: (logits of raw
-    features, unknown flags of raw features)."""
-    flat = pool.reshape(-1, pool.shape[-1])
-    mean, scale = flat.mean(axis=0), flat.std(axis=0)
-    scale[scale < 1e-8] = 1.0
-
-    def normalise(raw: np.ndarray) -> np.ndarray:
-        z = (raw - mean) / scale
-        return z / np.maximum(np.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
-
-    z = normalise(pool)
-    w, b = fewshot.head_weights(fewshot.logistic(z.reshape(-1, z.shape[-1]),
-                                                 np.repeat(y, z.shape[1])), len(names))
-    holder = SimpleNamespace(class_names=names, temperature=1.0, conformal_qhat=None,
-                             alpha=None, ood=None)
-    fewshot.calibrate(holder, z, y, seed)
-    return (lambda raw: normalise(raw) @ w.T + b,
-            lambda raw: holder.ood.score(normalise(raw)) > holder.ood.threshold)
+    """The few-shot head as `train_fewshot` fits it (models/fewshot_head.fit_head), on
+    precomputed views: (logits of raw features, unknown flags of raw features)."""
+    head = fit_head(pool, [names[i] for i in y], names, seed)
+    return head.logits, lambda raw: head.ood.score(head.normalise(raw)) > head.ood.threshold
 
 
 def twin_images(per_class: int) -> tuple[np.ndarray, list[str], list[int], list[str]]:

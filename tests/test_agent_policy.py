@@ -280,3 +280,36 @@ def test_a_reclassification_following_the_answer_is_adjudicated_one_resisting_it
     resists = _adjudicate_once(before="Tips", after="Tips", answer="Films")
     assert (resists["ruling"]["route"], resists["current"].label) == ("contested", "Tips")
     assert resists["used"]["adjudications"] == 1
+
+
+def test_a_learning_session_asks_every_frame_until_each_class_has_enough_examples():
+    from agent.policy import rule_classified
+
+    policy = RoutePolicy(approve="uncertain", learn_min=3)
+    record = DecisionRecord(prediction=prediction(0.99), quality=GOOD)
+    for taught in ({}, {"A": 5}, {"A": 5, "B": 2}):
+        ruling = rule_classified(policy, record, BUDGETS, FRESH, taught=taught)
+        assert ruling["step"] == "approve" and ruling["source"] == "learning"
+        assert ruling["label"] == ("A" if "A" in taught else "unknown")
+    ready = rule_classified(policy, record, BUDGETS, FRESH, taught={"A": 3, "B": 3})
+    assert (ready["step"], ready["route"]) == ("record", "confident")
+
+
+def test_a_taught_head_decides_alone_a_single_class_set_whatever_its_probability():
+    policy = RoutePolicy(approve="uncertain", learn_min=3, confidence=0.9)
+    assert decide(policy, prediction(0.4), GOOD, 0, BUDGETS, FRESH) == "record"
+    assert decide(policy, prediction(0.99, 2), GOOD, 0, BUDGETS, FRESH) == "approve"
+    assert decide(policy, unknown(0.99), GOOD, 0, BUDGETS, FRESH) == "approve"
+
+
+def test_a_learning_request_takes_a_new_class_name_others_refuse_it():
+    from agent.approval_request import DecisionRefused, LabelRequest
+
+    request = LabelRequest(record=DecisionRecord(), labels=("A", "unknown"), new_labels=True)
+    answer = request.accept({"decision": "relabel", "label": "Graphene"})
+    assert answer.label == "Graphene"
+    with pytest.raises(DecisionRefused, match="relabel needs a label"):
+        request.accept({"decision": "relabel"})
+    with pytest.raises(DecisionRefused, match="relabel needs a label from"):
+        request.model_copy(update={"new_labels": False}).accept(
+            {"decision": "relabel", "label": "Graphene"})

@@ -23,6 +23,7 @@ from instruments.session_file.writer import SessionWriter
 from models.checkpoint import read_meta
 from models.classifier import Classifier
 from models.errors import StemMismatchError
+from models.fewshot_head import SupportSet
 from twins.classes import SEM_CLASSES
 from twins.dataset import render_dataset
 from twins.foreign_textures import render
@@ -85,6 +86,8 @@ def test_fewshot_writes_a_calibrated_checkpoint_that_loads_and_classifies(ckpt, 
     assert all(p.extra["conformal"] == "LAC" for p in preds)
     assert all(p.ood["method"] == "nearest_support" for p in preds)
     assert clf.embed(frames).shape == (len(frames), 472)
+    stored = SupportSet.load(ckpt)          # what a learning session can go on from
+    assert stored.counts() == {c: 3 for c in KINDS}
 
 
 def test_evaluate_scores_known_classes_and_flags_foreign_ones(ckpt, tmp_path):

@@ -284,7 +284,8 @@ def test_records_written_before_records_were_typed_are_read_migrated(tmp_path: P
     with SessionReader(path) as reader:
         (record,) = reader.records()
         summary = reader.summary()
-    assert record.version == RECORD_VERSION and record.frame_id == frame.frame_id
+    assert record.version == RECORD_VERSION and record.head_version is None
+    assert record.frame_id == frame.frame_id
     assert record.route is Route.HUMAN and record.human.decision == "relabel"
     assert record.prediction.ood.score == 2.5 and record.prediction.top_k[0] == ("Powder", 0.62)
     assert record.rescans[0].prediction is None                  # "{}" meant: not there

@@ -85,8 +85,29 @@ def _twin_factory(seed: int):
     return make
 
 
+def _load_learner(config: RunConfig):
+    """--learn: a learner from nothing (`--model none`) or from a checkpoint's support set."""
+    from agent.learning import SessionLearner
+    try:
+        if config.model == "none":
+            return SessionLearner(seed=config.seed), "none"
+        if not config.model:
+            raise StartError("--learn starts from --model none or from a checkpoint written "
+                             "by a learning session (OUT.model/) or by `micagent train "
+                             "--profile fewshot`; the bundled model has no support set")
+        return SessionLearner.from_checkpoint(config.model, config.seed), config.model
+    except StartError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every load failure ends the start, recorded
+        raise StartError(f"cannot learn from model {config.model}: {exc}") from exc
+
+
 def _load_classifier(config: RunConfig, twin: bool):
     from models.classifier import Classifier
+    if config.learn:
+        return _load_learner(config)
+    if config.model == "none":
+        raise StartError("--model none starts from nothing: it needs --learn")
     path = Path(config.model) if config.model else BUNDLED_MODEL
     class_names = None
     if twin:
@@ -176,7 +197,7 @@ def open_parts(config: RunConfig, classifier: Any = None, instrument: Microscope
         raise
     guarded = GuardedMicroscope(inner, envelope_from_dict(config.envelope))
     parts = SessionParts(microscope=guarded, classifier=classifier,
-                         bank=(bank_for or _bank)(config, classifier),
+                         bank=None if config.learn else (bank_for or _bank)(config, classifier),
                          model_info={"path": model_path,
                                      "sha256": getattr(classifier, "checkpoint_sha256", None)},
                          reference=reference, trust=trust)
@@ -220,6 +241,17 @@ class ProgressView(StreamReader):
                                         total=self.total)
             notice(self.console, f"recorded {data['frame_id'][:8]}: {label} "
                                  f"({data['route']})")
+
+
+def _save_learned(config: RunConfig, learner, final: dict[str, Any]) -> None:
+    """The learned head beside the session file (OUT.model/), usable with --model."""
+    learner.sync(final.get("learning"))
+    saved = learner.save(f"{config.out}.model", config.session_id)
+    if saved is None:
+        notice(_err, "no head to save: fewer than two classes were taught", "yellow")
+    else:
+        notice(_err, f"learned head ({learner.version} answers, {learner.counts()}) saved: "
+                     f"{saved}; use it with --model {saved}")
 
 
 def final_summary(path: str, final: dict[str, Any] | None) -> dict[str, Any]:
@@ -309,6 +341,8 @@ def run_session(config: RunConfig, console: Console, quiet: bool = False,
     try:
         with progress:
             final = session.run(broker=broker)
+        if config.learn:
+            _save_learned(config, session.context.learner, final)
     finally:
         session.close()
         parts.microscope.close()

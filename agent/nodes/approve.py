@@ -1,7 +1,9 @@
 """approve: a human decides, through `interrupt` with a LabelRequest; the graph resumes with
 a HumanDecision (agent/approval_request.py), and one that does not fit is asked again. The
 proposal is the policy's ruling on the frame; what the decision makes of it is the policy's
-too (`agent.policy.rule_human`)."""
+too (`agent.policy.rule_human`). In a learning session the request accepts a new class name,
+and an answer that gives the frame a class (approved or relabelled) teaches the learner
+(agent/learning.py): the new support set and head go into the state."""
 
 from __future__ import annotations
 
@@ -29,7 +31,10 @@ def human_labels(class_names: list[str]) -> list[str]:
     return [*class_names, UNKNOWN]
 
 
-def _reason(current: DecisionRecord, mode: str) -> str:
+def _reason(current: DecisionRecord, mode: str, taught: dict[str, int] | None) -> str:
+    if current.proposal.source == "learning":
+        return (f"the session is learning: it decides alone once every class has enough "
+                f"examples (so far {taught or 'none'}); name the class, a new one if need be")
     if current.proposal.source == "ood":
         ood = current.prediction.ood
         return (f"the frame is unlike every class the classifier knows (out-of-distribution "
@@ -52,9 +57,10 @@ def request_for(ctx: SessionContext, state: AgentState,
         session_id=state["session_id"], record=current, thumbnail=str(thumbnail(ctx, frame)),
         previous_thumbnail=current.rescans[-1].thumbnail if current.rescans else None,
         proposal=current.proposal.label, proposal_source=current.proposal.source,
-        reason=_reason(current, ctx.policy.approve),
+        reason=_reason(current, ctx.policy.approve,
+                       ctx.learner.counts() if ctx.learner is not None else None),
         on_approve=f"record this frame as {current.proposal.label}",
-        labels=tuple(human_labels(ctx.class_names)))
+        labels=tuple(human_labels(ctx.class_names)), new_labels=ctx.learner is not None)
 
 
 def _effect(proposal: str | None, label: str | None, decision: HumanDecision) -> str:
@@ -84,6 +90,8 @@ def human_record(proposal: str | None, label: str | None,
 def make(ctx: SessionContext):
     def approve(state: AgentState) -> dict[str, Any]:
         current: DecisionRecord = state["current"]
+        if ctx.learner is not None:
+            ctx.learner.sync(state.get("learning"))
         ruling = ruling_of(ctx.policy, state)
         current = current.model_copy(update={"proposal": Proposal(label=ruling["label"],
                                                                   source=ruling["source"])})
@@ -98,5 +106,9 @@ def make(ctx: SessionContext):
         proposal = current.proposal.label
         ruling = rule_human(proposal, decision)
         human = human_record(proposal, ruling["label"], decision)
-        return {"current": current.model_copy(update={"human": human}), "ruling": ruling}
+        update = {"current": current.model_copy(update={"human": human}), "ruling": ruling}
+        if ctx.learner is not None and ruling["step"] == "record" \
+                and ruling["label"] not in (None, UNKNOWN):
+            update["learning"] = ctx.learner.teach(state["embedding"], ruling["label"])
+        return update
     return approve

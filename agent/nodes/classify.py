@@ -1,7 +1,9 @@
 """classify: calibrated probabilities, conformal set and embedding of the frame, its context
 (the neighbourhood, and a zoom-out already taken: agent/context_evidence.py), and the policy's
 ruling on it (`agent.policy.rule_classified`, then `rule_in_context`): where it goes next,
-under which label and route."""
+under which label and route. In a learning session the learner first takes up the
+checkpointed state (what was learned so far), and the record keeps the head version that
+classified the frame."""
 
 from __future__ import annotations
 
@@ -39,6 +41,10 @@ def make(ctx: SessionContext):
     def classify(state: AgentState) -> dict[str, Any]:
         current: DecisionRecord = state["current"]
         frame = ctx.scratch.get(current.frame_id)
+        taught, version = None, None
+        if ctx.learner is not None:
+            ctx.learner.sync(state.get("learning"))
+            taught, version = ctx.learner.counts(), ctx.learner.version
         t0 = time.perf_counter()
         taken = ({"fov": frame.settings.fov, "detector": frame.settings.detector}
                  if frame.settings is not None else None)
@@ -48,9 +54,9 @@ def make(ctx: SessionContext):
         embedding = [float(v) for v in prediction.embedding.ravel()]
         record = with_context(ctx, state, current.model_copy(update={
             "prediction": PredictionRecord.model_validate(prediction.as_record()),
-            "timings": timings}), embedding)
+            "timings": timings, "head_version": version}), embedding)
         ruling = rule_classified(ctx.policy, record, state["budgets"], state["used"],
-                                 state.get("ineffective") or ())
+                                 state.get("ineffective") or (), taught)
         ruling = rule_in_context(ctx.policy, record, ruling, state["budgets"], state["used"])
         return {"current": record, "ruling": ruling, "embedding": embedding}
     return classify

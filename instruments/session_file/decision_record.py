@@ -12,8 +12,9 @@ Versions: 1 = the untyped dict of files written before this module (no `version`
 schema (`extra="forbid"`); 4 = the audit trail of human acts (a rescan a human
 asked for keeps that act in its `RescanRecord.human`; each `HumanRecord` says what the act
 changed, `effect`, and for a rescan which change was asked, `rescan_change`); 5 = this schema,
-which adds the context the decision used (`context`: a zoom-out, the neighbourhood).
-`DecisionRecord.from_stored` migrates older versions on read, and a
+which adds the context the decision used (`context`: a zoom-out, the neighbourhood) and
+`head_version` (the version of the head a learning session classified the frame with; None
+elsewhere). `DecisionRecord.from_stored` migrates older versions on read, and a
 record validated with an explicit older `version` (a checkpoint written before) is migrated too.
 """
 
@@ -268,6 +269,7 @@ class DecisionRecord(_Part):
     timings: Timings = Field(default_factory=Timings)
     point_data: dict[str, Any] | None = None
     context: ContextRecord | None = None
+    head_version: int | None = None    # --learn: the answers the deciding head had learned
 
     @model_validator(mode="before")
     @classmethod
@@ -358,7 +360,7 @@ def migrate(data: dict[str, Any]) -> dict[str, Any]:
     if data.get("version") == 3:
         data = {**data, "version": 4}     # 4 only adds optional fields
     if data.get("version") == 4:
-        data = {**data, "version": 5}     # 5 only adds `context` (absent: none was used)
+        data = {**data, "version": 5}     # 5 adds `context`, `head_version` (absent: None)
     return data
 
 

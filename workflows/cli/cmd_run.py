@@ -136,7 +136,12 @@ def run(
                                              "| all (answered where --ui says; with "
                                              "--resume: instead of the saved mode)"),
     adjudicator: str = typer.Option("offline", help="offline | openai (MICAGENT_VLM_*)"),
-    model: str | None = typer.Option(None, help="checkpoint folder (default: bundled)"),
+    model: str | None = typer.Option(None, help="checkpoint folder (default: bundled); none: "
+                                                "start from nothing (with --learn)"),
+    learn: bool = typer.Option(False, help="learn from every human answer (needs --approve): "
+                                           "each refits the head; saved as OUT.model/"),
+    learn_min: int = typer.Option(3, help="--learn: examples per class before the agent "
+                                          "decides alone"),
     out: str | None = typer.Option(None, help="session file (default micagent-<id>.h5)"),
     resume: str | None = typer.Option(None, help="continue a killed or failed session (with "
                                                  "--instrument: at a new address)"),
@@ -256,7 +261,8 @@ def run(
                 zoom_unsure=zoom_unsure, zoom_out=zoom_out, neighbourhood=neighbourhood,
                 reject_unknown=ood, pipeline=pipeline, demo_k=demo_k,
                 demo_strategy=demo_strategy, vlm_timeout_s=_vlm_timeout(vlm_timeout),
-                envelope=envelope_values(envelope, limit or [], free_zone))
+                envelope=envelope_values(envelope, limit or [], free_zone), learn=learn,
+                learn_min=learn_min)
             check_start(config)                  # before the model loads, nothing written
     except (ValueError, StartError) as exc:
         raise fail(exc) from exc

@@ -4,31 +4,22 @@ folder per class, or a session file: its frames whose label a human gave (approv
 relabelled) are the support set, their labels the classes.
 
 Each support image is seen under the eight dihedral symmetries (workflows/training/augment.py;
-fewer for large support sets, see VIEW_BUDGET);
-the stem's multi-scale pooled features of every view (models/pooled.py) are standardised on the
-support set and L2-normalised, and a multinomial logistic regression (scikit-learn, C =
-LOGISTIC_C) on all views becomes the checkpoint's linear head (`baseline = "fewshot"`). At
-inference a frame is seen once. Chosen by measurement on the twin's ten classes
-(benchmarks/results/fewshot.md): logistic regression beat class prototypes (cosine to the class
-mean) and shrinkage LDA, the eight views as extra support examples beat single views, and
-averaging the views' features at inference too (8x the classification time) gained nothing
-over that.
+fewer for large support sets, see VIEW_BUDGET); the stem's multi-scale pooled features of every
+view (models/pooled.py) are the support set of the head (models/fewshot_head.py: standardised,
+L2-normalised, multinomial logistic regression, calibrated from the support set alone), which
+becomes the checkpoint's linear head (`baseline = "fewshot"`). At inference a frame is seen
+once. Chosen by measurement on the twin's ten classes (benchmarks/results/fewshot.md):
+logistic regression beat class prototypes (cosine to the class mean) and shrinkage LDA, the
+eight views as extra support examples beat single views, and averaging the views' features at
+inference too (8x the classification time) gained nothing over that. Measured OOD threshold
+rules (quantiles 0.9, 0.95, max; distances to the same class only): 0.9 flagged the most
+foreign frames for a tolerable share of known ones. The identity view's raw features are
+stored beside the checkpoint (`support.safetensors`) so a learning session
+(`micagent run --learn --model CKPT`) can go on from them.
 
-Calibration comes from the support set alone:
-- temperature and the split-conformal threshold (LAC, alpha = ALPHA) from out-of-fold logits
-  of a stratified cross-validation over the support images (as many folds as the smallest class
-  has images, at most CV_FOLDS; an image's views stay in its fold). The out-of-fold heads see
-  fewer images than the final one, so the temperature errs on the soft side; both are fitted on
-  the same out-of-fold scores (too few images to split them).
-- the out-of-distribution threshold (models/ood.py, `NearestSupportOOD`): the OOD_QUANTILE
-  quantile of each support image's squared distance to the nearest view of any other support
-  image (leave one image out: what a new frame of a known class meets). Measured (quantiles
-  0.9, 0.95, max; distances to the same class only): 0.9 flagged the most foreign frames for
-  a tolerable share of known ones.
-With one image in some class the temperature and conformal threshold cannot be estimated (the
-temperature stays 1, the conformal set is the top-1 class, "uncalibrated"), and that image's
-nearest neighbour is of another class, which loosens the OOD threshold. The checkpoint's
-config.json says so under "head" ("not_calibrated"), and so does the terminal.
+With one image in some class the temperature and conformal threshold cannot be estimated, and
+the OOD threshold is loose: the checkpoint's config.json says so under "head"
+("not_calibrated"), and so does the terminal.
 
 Class descriptions (`--descriptions FILE.json`, {class: text}) are stored in the checkpoint
 (names and texts hashed, as for every model); this head has no text branch and does not use
@@ -45,17 +36,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold
 
 from instruments.utils import atomic_file
-from models.calibration import conformal_threshold, fit_temperature
 from models.classifier import Classifier
 from models.config import FusionConfig
-from models.ood import NearestSupportOOD
+from models.fewshot_head import LOGISTIC_C, SupportSet, fit_head
 from models.preprocess import preprocess_batch
 from workflows.training.augment import dihedral
-from workflows.training.calibrate import softmax
 from workflows.training.data import (
     NSID_SUFFIXES,
     DatasetError,
@@ -73,10 +60,6 @@ MAX_SHOTS = 20
 # keep the fit within a minute
 SYMMETRIES = (0, 1, 4, 5, 2, 3, 6, 7)
 VIEW_BUDGET = 480
-LOGISTIC_C = 10.0
-CV_FOLDS = 5
-ALPHA = 0.1
-OOD_QUANTILE = 0.9
 NO_TEXT = ("recorded in the checkpoint, not used: the few-shot head has no text branch")
 
 
@@ -180,74 +163,6 @@ def pooled_views(clf: Classifier, x: torch.Tensor, views: int) -> np.ndarray:
                          for k in SYMMETRIES[:views]], axis=1).astype(np.float64)
 
 
-def logistic(z: np.ndarray, y: np.ndarray) -> LogisticRegression:
-    return LogisticRegression(C=LOGISTIC_C, max_iter=3000).fit(z, y)
-
-
-def head_weights(fit: LogisticRegression, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """(C, e) weights and (C,) bias whose softmax equals the fit's probabilities (a binary
-    fit stores one row: the other class gets zero)."""
-    w, b = fit.coef_, fit.intercept_
-    if n_classes == 2 and w.shape[0] == 1:
-        w, b = np.vstack([np.zeros_like(w), w]), np.concatenate([[0.0], b])
-    return w, b
-
-
-def out_of_fold_logits(z: np.ndarray, y: np.ndarray, folds: int, seed: int) -> np.ndarray:
-    """(N, C) logits of each image's identity view from a head fitted without that image."""
-    n, views, _ = z.shape
-    n_classes = int(y.max()) + 1
-    out = np.zeros((n, n_classes))
-    split = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for train, test in split.split(np.zeros(n), y):
-        w, b = head_weights(logistic(z[train].reshape(-1, z.shape[-1]),
-                                     np.repeat(y[train], views)), n_classes)
-        out[test] = z[test, 0] @ w.T + b
-    return out
-
-
-def ood_fit(z: np.ndarray, y: np.ndarray) -> tuple[NearestSupportOOD, bool]:
-    """The nearest-support score on every view, its threshold the OOD_QUANTILE quantile of the
-    support images' leave-one-image-out scores; whether every class had a second image (else
-    a lone image's nearest neighbour is of another class and the threshold too loose)."""
-    n, views, dim = z.shape
-    points = z.reshape(-1, dim)
-    owner = np.repeat(np.arange(n), views)
-    d2 = np.maximum(2.0 - 2.0 * z[:, 0] @ points.T, 0.0)  # unit vectors
-    d2[owner[None, :] == np.arange(n)[:, None]] = np.inf   # leave the image itself out
-    threshold = float(np.quantile(d2.min(axis=1), OOD_QUANTILE))
-    return NearestSupportOOD(points, threshold, OOD_QUANTILE), bool(np.bincount(y).min() > 1)
-
-
-def calibrate(clf: Classifier, z: np.ndarray, y: np.ndarray, seed: int) -> tuple[dict, list[str]]:
-    """Temperature, conformal threshold and OOD fit from the support set; the calibration
-    record and the list of what could not be calibrated."""
-    smallest = int(np.bincount(y).min())
-    folds = min(smallest, CV_FOLDS)
-    record: dict = {"alpha": None, "folds": None}
-    missing = []
-    if folds >= 2:
-        logits = out_of_fold_logits(z, y, folds, seed)
-        clf.temperature = fit_temperature(logits, y)
-        clf.conformal_qhat = conformal_threshold(softmax(logits, clf.temperature), y, ALPHA)
-        clf.alpha = ALPHA
-        record.update(alpha=ALPHA, folds=folds,
-                      out_of_fold_top1=float((logits.argmax(1) == y).mean()))
-    else:
-        missing += ["temperature (kept at 1)", "conformal sets (top-1 class only)"]
-    clf.ood, ood_calibrated = ood_fit(z, y)
-    if not ood_calibrated:
-        missing.append("OOD threshold (a lone image's nearest neighbour is of another class: "
-                       "the threshold is loose and flags only frames far from every class)")
-    one_shot = [c for c, n in zip(clf.class_names, np.bincount(y), strict=True) if n == 1]
-    if one_shot:
-        missing.insert(0, f"{len(one_shot)} class(es) with one image: {one_shot}")
-    record.update(temperature=clf.temperature, conformal_qhat=clf.conformal_qhat,
-                  ood_threshold=clf.ood.threshold, ood_quantile=OOD_QUANTILE,
-                  ood_calibrated=ood_calibrated)
-    return record, missing
-
-
 def support_set(data: str | Path, descriptions: str | Path | None
                 ) -> tuple[LabelledDataset, list[str] | None]:
     """The support images (a session file's human-labelled frames, or a folder per class,
@@ -269,32 +184,22 @@ def train_fewshot(data_dir: str | Path, out: str | Path, seed: int = 0,
     x = preprocess_batch(ds.images, channels=clf.config.in_chans, size=clf.config.img_size)
     views = view_count(len(x))
     raw = pooled_views(clf, x, views)
-    flat = raw.reshape(-1, raw.shape[-1])
-    mean, scale = flat.mean(axis=0), flat.std(axis=0)
-    scale[scale < 1e-8] = 1.0
-    pooled = clf.model.pooled
-    pooled.set_standardisation(torch.as_tensor(mean, dtype=torch.float32),
-                               torch.as_tensor(scale, dtype=torch.float32))
-    z = pooled.normalise(torch.as_tensor(raw.reshape(-1, raw.shape[-1]), dtype=torch.float32)
-                         ).numpy().astype(np.float64).reshape(raw.shape)
-    y = ds.labels
-    w, b = head_weights(logistic(z.reshape(-1, z.shape[-1]), np.repeat(y, views)),
-                        len(ds.class_names))
-    with torch.no_grad():
-        clf.model.head.weight.copy_(torch.as_tensor(w))
-        clf.model.head.bias.copy_(torch.as_tensor(b))
-    record, missing = calibrate(clf, z, y, seed)
+    head = fit_head(raw, [ds.class_names[i] for i in ds.labels], ds.class_names, seed)
+    head.apply(clf)
+    support = SupportSet(raw[:, 0].astype(np.float32),
+                         tuple(ds.class_names[i] for i in ds.labels))
     seconds = time.perf_counter() - started
     clf.head = {
         "kind": "fewshot", "fitted_by": "micagent train --profile fewshot",
         "classifier": f"logistic regression (C={LOGISTIC_C:g}) on the stem's multi-scale "
                       f"pooled features, {views} dihedral view(s) per support image",
-        "support": dict(zip(ds.class_names, np.bincount(y).tolist(), strict=True)),
-        "sources": ds.sources, "digests": ds.digests, "calibration": record,
-        "not_calibrated": missing, "descriptions": NO_TEXT if texts else None,
+        "support": dict(zip(ds.class_names, np.bincount(ds.labels).tolist(), strict=True)),
+        "sources": ds.sources, "digests": ds.digests, "calibration": head.calibration,
+        "not_calibrated": head.not_calibrated, "descriptions": NO_TEXT if texts else None,
         "seed": seed, "fit_seconds": round(seconds, 2),
         "torch_threads": torch.get_num_threads()}
     with atomic_file.atomic_path(out) as tmp:
         clf.save(tmp)
-    return FewShotFit(Path(out), clf.head["support"], seconds, missing,
+        support.save(tmp)
+    return FewShotFit(Path(out), clf.head["support"], seconds, head.not_calibrated,
                       NO_TEXT if texts else None)

@@ -156,6 +156,7 @@ def view_of(request: ApprovalRequest, known_classes: list[str]) -> dict[str, Any
         "rescans": len(record.rescans),
         "previous": _previous_attempt(record.rescans),
         "class_names": _class_names(request, known_classes),
+        "new_labels": request.new_labels,
         "has_image": request_image(request, "frame") is not None,
         "has_previous": request_image(request, "previous") is not None,
     })
