@@ -122,7 +122,10 @@ def _config_from_args(**kw: Any):
 
 def run(
     instrument: str = typer.Option("twin", help="twin | dtm://H:P | tem://H:P | replay://F.h5"),
-    objective: str = typer.Option("survey", help="survey | hunt:CLASS[,CLASS][:N]"),
+    objective: str = typer.Option("survey", help="survey | explore | hunt:CLASS[,CLASS][:N]"),
+    strategy: str = typer.Option("", help="where to look next: grid | spiral | overview | "
+                                          "active (default: grid for a survey, overview for "
+                                          "a hunt, active for explore)"),
     frames: int = typer.Option(36, help="survey: tiles to record; hunt: positions to visit"),
     approve: str = typer.Option("none", help="which frames a human decides: none | uncertain "
                                              "| all (answered where --ui says)"),
@@ -232,7 +235,8 @@ def run(
                 config.vlm_timeout_s = vlm_timeout
         else:
             config = _config_from_args(
-                instrument=instrument, objective=objective, frames=frames, approve=approve,
+                instrument=instrument, objective=objective, strategy=strategy, frames=frames,
+                approve=approve,
                 adjudicator=adjudicator, model=model, out=out, seed=seed,
                 state_dir=str(Path(state_dir).resolve()), bank=bank, pixels=pixels, fov=fov,
                 dwell=dwell, detector=detector, confidence=confidence, max_rescans=max_rescans,
