@@ -31,6 +31,8 @@ from models.classifier import Classifier
 from models.config import FusionConfig
 from twins.classes import SEM_CLASSES
 from twins.microscope import TwinMicroscope
+from workflows.report.hunt_cost import hunt_rows
+from workflows.report.session_report import build_report
 
 torch.set_num_threads(1)
 FOV = 20e-6
@@ -144,6 +146,31 @@ def test_overview_hunt_stores_its_map_and_sciFiReaders_reads_it(tmp_path, classi
     assert scores.x.units == "m"
     assert np.diff(np.asarray(x_axis)) == pytest.approx([FOV] * 2)
     assert by_title["Overview"].shape == stored.image.shape
+
+
+def test_the_report_draws_the_overview_under_the_mosaic_and_the_search_map(tmp_path,
+                                                                          classifier):
+    make_session(tmp_path, classifier, str(uuid.uuid4()), "overview").run()
+    page = build_report(tmp_path / "s.h5", tmp_path / "report").read_text("utf-8")
+    assert 'class="underlay" src="overview.png"' in page
+    assert "Where the search looked" in page and "search_map.png" in page
+    assert (tmp_path / "report" / "search_map.png").stat().st_size > 0
+
+
+def test_the_summary_gives_frames_travel_and_dose_per_target_found(tmp_path, classifier):
+    session = make_session(tmp_path, classifier, str(uuid.uuid4()), "grid")
+    session.config.confidence = 0.0
+    final = session.run()
+    with SessionReader(tmp_path / "s.h5") as reader:
+        records = reader.records()
+    lines = dict(hunt_rows("hunt:Tips:3", records))
+    hits = final["counts"]["hits"]
+    if hits:
+        assert lines["targets found"] == f"{hits} of 3"
+        assert lines["per target found"].startswith(f"{len(records) / hits:.1f} frames, ")
+    else:
+        assert lines["targets found"].startswith(f"none in {len(records)} frames")
+    assert hunt_rows("survey", records) == []
 
 
 def _run_killed(tmp_path: Path, classifier, session_id: str, after_plans: int) -> int:

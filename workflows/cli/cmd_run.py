@@ -36,8 +36,10 @@ def _summary_table(path: str) -> Any:
     from rich.text import Text
 
     from instruments.session_file.reader import SessionReader
+    from workflows.report.hunt_cost import hunt_rows
     with SessionReader(path) as reader:
         summary = reader.summary()
+        hunt = hunt_rows(reader.provenance.get("objective", ""), reader.records())
     table = Table(title=f"session {summary['session_id']} — {summary['status']}")
     table.add_column("item")
     table.add_column("value")
@@ -59,6 +61,8 @@ def _summary_table(path: str) -> Any:
         table.add_row(f"incidents: {kind}", f"{count}" + (f" ({note})" if note else ""))
     from workflows.report.risk_summary import risk_rows
     for item, value in risk_rows(summary):
+        table.add_row(item, value)
+    for item, value in hunt:
         table.add_row(item, value)
     table.add_row("file", Text(path))
     return table
