@@ -147,19 +147,22 @@ def run(seeds: list[int], frames: int, n: int, model: str | None) -> dict[str, A
 def table(result: dict[str, Any], seeds: list[int], frames: int, n: int) -> str:
     rows = result["rows"]
     grid = statistics.median(r["frames"] for r in rows if r["strategy"] == "grid")
+    grid_mean = statistics.mean(r["frames"] for r in rows if r["strategy"] == "grid")
     lines = [
         "# Hunt efficiency on the twin", "",
         f"Scale (2 shared CPU cores): seeds {seeds[0]}-{seeds[-1]}, search area of {frames} "
         f"tiles ({FOV * 1e6:g} um) from (0, 0), N = {n}, every class with >= N tiles in the "
         f"area ({sum(r['strategy'] == 'grid' for r in rows)} hunts). Hits from the twin's "
         "ground truth; overview scores from the bundled classifier on overview crops.", "",
-        "| strategy | median frames to N | vs grid | median travel (um) | median dose "
-        "(1e9 e) | median wall (s) | misses |", "|---|---|---|---|---|---|---|"]
+        "| strategy | median frames to N | vs grid | mean frames to N | vs grid | median "
+        "travel (um) | median dose (1e9 e) | median wall (s) | misses |",
+        "|---|---|---|---|---|---|---|---|---|"]
     for strategy in STRATEGIES:
         mine = [r for r in rows if r["strategy"] == strategy]
         med = statistics.median(r["frames"] for r in mine)
+        mean = statistics.mean(r["frames"] for r in mine)
         lines.append(
-            f"| {strategy} | {med:g} | {med / grid:.2f} | "
+            f"| {strategy} | {med:g} | {med / grid:.2f} | {mean:.1f} | {mean / grid_mean:.2f} | "
             f"{statistics.median(r['travel'] for r in mine) * 1e6:.0f} | "
             f"{statistics.median(r['dose_e'] for r in mine) / 1e9:.2f} | "
             f"{statistics.median(r['wall_s'] for r in mine):.2f} | "
