@@ -181,7 +181,8 @@ def choose_next(candidates: list[dict[str, Any]], chosen: list[int], outcomes: l
     The GP's kernel is fixed (RBF of LENGTH_SCALE_TILES tile pitches plus white noise,
     `optimizer=None`): with a handful of binary outcomes, maximum-likelihood fitting of the
     length scale collapses it, and a fixed kernel is both deterministic and cheap per choice."""
-    left = [i for i in range(len(candidates)) if i not in set(chosen)]
+    taken = set(chosen)
+    left = [i for i in range(len(candidates)) if i not in taken]
     if not left:
         return None
     xy = np.array([[p["x"], p["y"]] for p in candidates]) / fov

@@ -167,6 +167,12 @@ def table(result: dict[str, Any], seeds: list[int], frames: int, n: int) -> str:
             f"{statistics.median(r['dose_e'] for r in mine) / 1e9:.2f} | "
             f"{statistics.median(r['wall_s'] for r in mine):.2f} | "
             f"{sum(r['miss'] for r in mine)} |")
+    best = min(STRATEGIES, key=lambda s: (
+        statistics.median(r["frames"] for r in rows if r["strategy"] == s),
+        statistics.mean(r["frames"] for r in rows if r["strategy"] == s)))
+    lines += ["", f"Best by median frames to N (then mean): {best}. The median ratio cannot "
+              f"fall below N / grid's median = {n / grid:.2f} at this scale (no strategy "
+              "finds N in fewer than N frames)."]
     choice = statistics.median(result["choice_costs"])
     score = statistics.median(result["overview_costs"])
     lines += [
