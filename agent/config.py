@@ -12,6 +12,7 @@ from typing import Any
 from agent.autofocus import AutofocusSettings
 from agent.policy import APPROVE_MODES, RoutePolicy
 from agent.quality import QualityThresholds
+from agent.targeting import STRATEGIES
 from instruments.devices.frame import ImagingSettings
 from instruments.utils import atomic_file
 
@@ -25,6 +26,7 @@ class RunConfig:
     session_id: str
     instrument: str = "twin"
     objective: str = "survey"
+    strategy: str = ""               # grid|spiral|overview|active; "": the objective's default
     frames: int = 36
     approve: str = "none"
     adjudicator: str = "offline"
@@ -70,6 +72,9 @@ class RunConfig:
                                  "uncertain or --approve all (--ui terminal or web)")
         if self.learn_min < 1:
             raise RunConfigError(f"--learn-min must be at least 1, got {self.learn_min}")
+        if self.strategy and self.strategy not in STRATEGIES:
+            raise RunConfigError(f"--strategy must be one of {', '.join(STRATEGIES)}, "
+                                 f"got {self.strategy!r}")
         if self.demo_strategy not in ("similar", "random"):
             raise RunConfigError("demonstration strategy must be similar or random")
         if self.target_risk is not None and not 0.0 < self.target_risk < 1.0:

@@ -21,6 +21,7 @@ from agent.scratch import FrameScratch
 from agent.survey_plan import SurveyPlan
 from instruments.devices.frame import Frame, ImagingSettings
 from instruments.session_file.decision_record import DecisionRecord
+from instruments.session_file.overview import StoredOverview
 
 
 class ClassifierLike(Protocol):
@@ -37,6 +38,8 @@ class WriterLike(Protocol):
     def has_frame(self, frame_id: str) -> bool: ...
 
     def update_provenance(self, **kw: Any) -> None: ...
+
+    def write_overview(self, stored: StoredOverview) -> None: ...
 
     def close(self, status: str, reason: str = "") -> None: ...
 

@@ -11,13 +11,14 @@ class ObjectiveError(ValueError):
 
 
 def parse_objective(text: str, class_names: list[str] | None = None) -> dict[str, Any]:
-    """`survey` or `hunt:CLASS[,CLASS][:N]` -> {"kind", "classes", "target"}."""
+    """`survey`, `explore` or `hunt:CLASS[,CLASS][:N]` -> {"kind", "classes", "target"}."""
     text = text.strip()
-    if text == "survey":
-        return {"kind": "survey", "classes": [], "target": 0}
+    if text in ("survey", "explore"):
+        return {"kind": text, "classes": [], "target": 0}
     kind, _, rest = text.partition(":")
     if kind != "hunt" or not rest:
-        raise ObjectiveError(f"objective {text!r}: expected 'survey' or 'hunt:CLASS[,CLASS][:N]'")
+        raise ObjectiveError(f"objective {text!r}: expected 'survey', 'explore' or "
+                             "'hunt:CLASS[,CLASS][:N]'")
     names, _, count = rest.partition(":")
     classes = [c.strip() for c in names.split(",") if c.strip()]
     try:

@@ -40,6 +40,7 @@ from agent.scratch import FrameScratch
 from agent.state import AgentState, new_state
 from agent.stream_subscribers import FileRecorder, SessionLog
 from agent.survey_plan import SurveyPlan
+from agent.targeting import resolve_strategy
 from instruments.devices.safety import GuardedMicroscope
 from instruments.session_file.writer import SessionWriter
 from instruments.utils.disk_space import DiskFull, Reserve, is_disk_full
@@ -173,6 +174,7 @@ class Session:
     def initial_state(self) -> AgentState:
         objective = parse_objective(self.config.objective, self.parts.classifier.class_names)
         objective["start"] = list(self.parts.hunt_start)
+        objective["strategy"] = resolve_strategy(self.config.strategy, objective["kind"])
         return new_state(self.config.session_id, objective, self.config.frames,
                          self.config.budgets)
 

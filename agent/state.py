@@ -69,10 +69,12 @@ def keep_recent(left: list[dict[str, Any]] | None,
 
 class AgentState(TypedDict, total=False):
     session_id: str
-    objective: dict[str, Any]      # {"kind": "survey"|"hunt", "classes": [...], "target": N}
+    objective: dict[str, Any]      # {"kind": "survey"|"hunt"|"explore", "classes": [...],
+    #                                 "target": N, "start", "strategy" (agent.targeting)}
     max_frames: int
     plan: dict[str, Any] | None      # survey plan {"size", "sha256"}: agent.survey_plan
     plan_index: int
+    targeting: dict[str, Any] | None  # active search: chosen, outcomes, marks (agent.search_plan)
     sequence: int
     current: DecisionRecord | None   # the decision being built for the frame in flight
     frame_started: float | None      # when its first acquisition began (epoch seconds)

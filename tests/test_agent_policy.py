@@ -212,7 +212,8 @@ def test_objectives_parse():
     hunt = parse_objective("hunt:Tips,Fibres:3", ["Tips", "Fibres", "Powder"])
     assert hunt == {"kind": "hunt", "classes": ["Tips", "Fibres"], "target": 3}
     assert parse_objective("hunt:Tips")["target"] == 5
-    for bad in ("explore", "hunt:", "hunt:Tips:x", "hunt:Tips:0"):
+    assert parse_objective("explore")["kind"] == "explore"
+    for bad in ("explorer", "hunt:", "hunt:Tips:x", "hunt:Tips:0"):
         with pytest.raises(ObjectiveError):
             parse_objective(bad)
     with pytest.raises(ObjectiveError, match="unknown class Dragons; the model knows Tips$"):

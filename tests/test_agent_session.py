@@ -249,7 +249,7 @@ def test_unattended_session_skips_moves_outside_the_free_zone(tmp_path, classifi
 
 def test_hunt_ends_when_the_move_budget_is_spent(tmp_path, classifier):
     session = make_session(tmp_path, classifier, objective="hunt:Tips:50", frames=100,
-                           confidence=0.0, max_set_size=10, budgets={"moves": 4})
+                           strategy="spiral", confidence=0.0, max_set_size=10, budgets={"moves": 4})
     final = session.run()
     summary, _, _, prov = read(tmp_path / "s.h5")
     assert final["used"]["moves"] == 4
@@ -291,6 +291,7 @@ def test_hunt_spirals_out_until_n_good_frames_of_the_target_are_recorded(tmp_pat
                  {"decision": "relabel", "label": "Tips", "operator": "ana", "note": ""}]
     answer_with(broker, decisions, seen, stop)
     session = make_session(tmp_path, classifier, objective="hunt:Tips:2", frames=20,
+                           strategy="spiral",
                            approve="all", thresholds={"min_sharpness": 0.0, "min_snr": 0.0,
                                                       "max_drift_px": 1e9})
     final = session.run(broker=broker)

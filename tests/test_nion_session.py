@@ -103,7 +103,8 @@ def test_survey_in_stage_coordinates_with_real_calibration(tmp_path, classifier,
 def test_hunt_spirals_outward_from_the_stage_position_it_found(tmp_path, classifier, bridge):
     TemClient(bridge.host, bridge.port).move_stage(StagePosition(x=1e-7, y=-1e-7))
     classes = ",".join(SEM_CLASSES)
-    config = config_for(tmp_path, bridge.uri, objective=f"hunt:{classes}:3", frames=5)
+    config = config_for(tmp_path, bridge.uri, objective=f"hunt:{classes}:3", frames=5,
+                        strategy="spiral")
     final = run(config, classifier)
     assert final["status"] == "completed" and final["counts"]["hits"] == 3
     with SessionReader(config.out) as reader:

@@ -26,6 +26,7 @@ from agent.overview import OverviewTiles
 from agent.risk_policy import RiskPolicyError, risk_policy
 from agent.session import Session, SessionParts, record_failed_start
 from agent.start_footprint import StartFootprint
+from agent.targeting import StrategyError, resolve_strategy
 from agent.terminal_approval import TerminalApprover
 from instruments.devices.errors import InstrumentError, SafetyRefused
 from instruments.devices.frame import ImagingSettings
@@ -66,7 +67,11 @@ def check_start(config: RunConfig) -> None:
     """What a new session can be refused for before the model loads or a file is written:
     its objective (and the classes it names) and its imaging settings inside the safety
     envelope. ObjectiveError or StartError."""
-    parse_objective(config.objective, declared_classes(config))
+    objective = parse_objective(config.objective, declared_classes(config))
+    strategy = resolve_strategy(config.strategy, objective["kind"])
+    if objective["kind"] == "survey" and strategy != "grid":
+        raise StrategyError(f"strategy {strategy!r}: a survey images its whole plan in grid "
+                            "order; search strategies are for hunt:CLASS or explore")
     if config.instrument != "twin":
         return   # settings and ranges left open come from the instrument; the guard checks them
     given = {name: value for name, value in config.imaging.items() if value is not None}

@@ -8,8 +8,10 @@ from typing import Any
 
 from agent.context import SessionContext
 from agent.objectives import grid_positions, spiral_position, spread
+from agent.search_plan import next_choice, search_position, start_search
 from agent.state import AgentState
 from agent.survey_plan import planned_positions
+from agent.targeting import searching
 from instruments.session_file.decision_record import DecisionRecord, Position, Tile, Timings
 
 
@@ -26,6 +28,10 @@ def _done(state: AgentState, used: dict[str, float]) -> str:
     budgets, counts, obj = state["budgets"], state["counts"], state["objective"]
     if used["wall_s"] >= budgets.get("wall_s", float("inf")):
         return f"budget exhausted: wall time {budgets['wall_s']:g} s"
+    covered = searching(obj) and state.get("plan") is not None \
+        and state["plan_index"] >= state["plan"]["size"]
+    if obj["kind"] == "explore" and (covered or state["plan_index"] >= state["max_frames"]):
+        return f"explore complete: {counts['recorded']} frames"
     if obj["kind"] == "hunt":
         if counts["hits"] >= obj["target"]:
             return f"hunt complete: {counts['hits']} frames of {', '.join(obj['classes'])}"
@@ -33,6 +39,9 @@ def _done(state: AgentState, used: dict[str, float]) -> str:
             return f"budget exhausted: {int(budgets['moves'])} stage moves"
         if state["plan_index"] >= state["max_frames"]:
             return (f"hunt ended after {state['plan_index']} positions with "
+                    f"{counts['hits']}/{obj['target']} found")
+        if covered:
+            return (f"hunt ended: search area of {state['plan']['size']} tiles covered, "
                     f"{counts['hits']}/{obj['target']} found")
         return ""
     if state["plan_index"] >= (state.get("plan") or {}).get("size", 0):
@@ -42,6 +51,8 @@ def _done(state: AgentState, used: dict[str, float]) -> str:
 
 def position_at(ctx: SessionContext, state: AgentState, index: int) -> dict[str, Any] | None:
     """The plan's index-th position (None past the end of a survey)."""
+    if searching(state["objective"]):
+        return search_position(ctx, state, index)
     if state["objective"]["kind"] == "hunt":
         start = state["objective"].get("start", (0.0, 0.0))
         return spiral_position(index, tuple(start), ctx.imaging.fov)
@@ -67,11 +78,22 @@ def make(ctx: SessionContext):
         if state["objective"]["kind"] == "survey" and not state.get("plan"):
             update["plan"] = ctx.plan.fix(_survey_positions(ctx, state["max_frames"]))
             state = {**state, **update}
+        elif searching(state["objective"]) and not state.get("plan"):
+            search = start_search(ctx, state)
+            update.update(search)
+            state = {**state, **{k: v for k, v in search.items() if k != "events"}}
         used = {**state["used"], "wall_s": state["used"].get("wall_s", 0.0) + tick}
         reason = _done(state, used)
         if reason:
             return {**update, "current": None, "progress": "plan_finished", "reason": reason}
         index = state["plan_index"]
+        if state.get("targeting") is not None and index >= len(state["targeting"]["chosen"]):
+            choice = next_choice(ctx, state)
+            if choice is None:
+                return {**update, "current": None, "progress": "plan_finished",
+                        "reason": f"{state['objective']['kind']} ended: every tile visited"}
+            update["targeting"] = choice
+            state = {**state, "targeting": choice}
         record = planned_record(ctx, state, position_at(ctx, state, index))
         ahead = (position_at(ctx, state, index + 1)
                  if state["objective"]["kind"] == "survey" else None)

@@ -48,6 +48,7 @@ from instruments.session_file.layout import (
     is_lock_error,
     read_provenance,
 )
+from instruments.session_file.overview import StoredOverview, read_overview
 
 
 def open_hdf5_readonly(path: str) -> h5py.File:
@@ -234,6 +235,10 @@ class SessionReader:
             "frame_ids": self.frame_ids,
             **tally(self.rows()),
         }
+
+    def overview(self) -> StoredOverview | None:
+        """The overview and candidate score map a targeting strategy stored (None: none)."""
+        return read_overview(self._file)
 
     def close(self) -> None:
         self._file.close()

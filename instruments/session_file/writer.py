@@ -73,6 +73,7 @@ from instruments.session_file.nsid_writer import (
     create_group,
     to_sidpy,
 )
+from instruments.session_file.overview import OVERVIEW_GROUP, StoredOverview, overview_datasets
 from instruments.utils.disk_space import free_bytes
 from instruments.utils.redaction import redact
 
@@ -410,6 +411,28 @@ class SessionWriter:
             self._leftover = None
         except Exception:  # noqa: BLE001 - the original error is the one to report
             pass
+
+    def write_overview(self, stored: StoredOverview) -> None:
+        """Store the session's overview and candidate score map (instruments/session_file/
+        overview.py) once; a resumed session that takes it again keeps the first."""
+        with self._lock:
+            self._require_open()
+            f = self._file
+            if OVERVIEW_GROUP in f:
+                return
+            datasets = overview_datasets(stored)
+            self._require_space(sum(d.data.nbytes for d in datasets.values()),
+                                "writing the overview")
+            try:
+                group = f.create_group(OVERVIEW_GROUP)
+                for name, dataset in datasets.items():
+                    self._nsid.write(dataset, group, main_data_name=name)
+                group.attrs["metadata"] = to_json(stored.metadata, "overview metadata")
+                f.flush()
+            except Exception as exc:
+                if OVERVIEW_GROUP in f:
+                    del f[OVERVIEW_GROUP]
+                raise write_error(exc, "writing the overview", self.path) from exc
 
     def update_provenance(self, **values: Any) -> None:
         """Merge `values` into the session provenance and flush."""

@@ -37,8 +37,10 @@ def _summary_table(path: str) -> Any:
     from rich.text import Text
 
     from instruments.session_file.reader import SessionReader
+    from workflows.report.hunt_cost import hunt_rows
     with SessionReader(path) as reader:
         summary = reader.summary()
+        hunt = hunt_rows(reader.provenance.get("objective", ""), reader.records())
     table = Table(title=f"session {summary['session_id']} — {summary['status']}")
     table.add_column("item")
     table.add_column("value")
@@ -60,6 +62,8 @@ def _summary_table(path: str) -> Any:
         table.add_row(f"incidents: {kind}", f"{count}" + (f" ({note})" if note else ""))
     from workflows.report.risk_summary import risk_rows
     for item, value in risk_rows(summary):
+        table.add_row(item, value)
+    for item, value in hunt:
         table.add_row(item, value)
     table.add_row("file", Text(path))
     return table
@@ -130,7 +134,10 @@ def _config_from_args(**kw: Any):
 
 def run(
     instrument: str = typer.Option("twin", help="twin | dtm://H:P | tem://H:P | replay://F.h5"),
-    objective: str = typer.Option("survey", help="survey | hunt:CLASS[,CLASS][:N]"),
+    objective: str = typer.Option("survey", help="survey | explore | hunt:CLASS[,CLASS][:N]"),
+    strategy: str = typer.Option("", help="where to look next: grid | spiral | overview | "
+                                          "active (default: grid for a survey, overview for "
+                                          "a hunt, active for explore)"),
     frames: int = typer.Option(36, help="survey: tiles to record; hunt: positions to visit"),
     approve: str = typer.Option("none", help="which frames a human decides: none | uncertain "
                                              "| all (answered where --ui says; with "
@@ -252,7 +259,8 @@ def run(
                 config.vlm_timeout_s = vlm_timeout
         else:
             config = _config_from_args(
-                instrument=instrument, objective=objective, frames=frames, approve=approve,
+                instrument=instrument, objective=objective, strategy=strategy, frames=frames,
+                approve=approve,
                 adjudicator=adjudicator, model=model, out=out, seed=seed,
                 state_dir=str(Path(state_dir).resolve()), bank=bank, pixels=pixels, fov=fov,
                 dwell=dwell, detector=detector, confidence=confidence, max_rescans=max_rescans,

@@ -20,6 +20,7 @@ from instruments.session_file.decision_row import DecisionRow
 from instruments.utils import atomic_file
 from instruments.utils.image8 import to_uint8
 from workflows.report.format import MISSING, number, with_unit
+from workflows.report.overview_map import Underlay
 
 THUMB_PX = 96
 FULL_PX = 1024                   # frames larger than this are stored downsampled
@@ -102,20 +103,28 @@ def _scale_bar(extent: float, unit: str) -> tuple[float, str]:
 
 
 def mosaic_html(rows: list[DecisionRow], images: dict[int, FrameImages],
-                palette: dict[str, str]) -> str | None:
-    """The frames at their positions, to scale, or None where they have no positions."""
+                palette: dict[str, str], underlay: Underlay | None = None) -> str | None:
+    """The frames at their positions, to scale, or None where they have no positions; with
+    an `underlay` (the session's overview, stage positions in m) drawn under them."""
     where = placement(rows)
     if where is None:
         return None
     boxes = {i: (cx - where.sides[i] / 2, cy - where.sides[i] / 2, where.sides[i])
              for i, (cx, cy) in where.centres.items()}
-    x0 = min(b[0] for b in boxes.values())
-    y0 = min(b[1] for b in boxes.values())
-    width = max(b[0] + b[2] for b in boxes.values()) - x0
-    height = max(b[1] + b[2] for b in boxes.values()) - y0
+    under = underlay if where.unit == "m" else None
+    lows = [(b[0], b[1]) for b in boxes.values()] + ([(under.x0, under.y0)] if under else [])
+    highs = [(b[0] + b[2], b[1] + b[2]) for b in boxes.values()] + (
+        [(under.x0 + under.width, under.y0 + under.height)] if under else [])
+    x0, y0 = min(p[0] for p in lows), min(p[1] for p in lows)
+    width = max(p[0] for p in highs) - x0
+    height = max(p[1] for p in highs) - y0
     scale = CANVAS_PX / max(width, height)           # pixels per unit, one for both axes
     canvas_w, canvas_h = width * scale, height * scale
-    tiles = []
+    tiles = [] if under is None else [
+        f'<img class="underlay" src="{under.src}" alt="overview" style="position:absolute;'
+        f'left:{(under.x0 - x0) * scale:.2f}px;'
+        f'top:{(y0 + height - under.y0 - under.height) * scale:.2f}px;'
+        f'width:{under.width * scale:.2f}px;height:{under.height * scale:.2f}px">']
     for row in rows:
         if row.index not in boxes:
             continue
@@ -137,7 +146,9 @@ def mosaic_html(rows: list[DecisionRow], images: dict[int, FrameImages],
     length, label = _scale_bar(width, where.unit)
     span = (f"{with_unit(width, 'm')} × {with_unit(height, 'm')}" if where.unit == "m"
             else f"{number(width)} × {number(height)} tiles")
-    return (f'<p>{len(tiles)} frames over {span}, drawn to scale; each frame opens on a click. '
+    drawn = len(tiles) - (under is not None)
+    return (f'<p>{drawn} frames over {span}, drawn to scale; each frame opens on a click. '
+            + ("The session's overview lies under them. " if under else "")
             + ("" if where.unit == "m" else "The frames carry no stage positions: they are "
                "placed on their survey tile grid. ")
             + f'</p><div class="mosaic" data-unit="{where.unit}" '

@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 from agent.policy import UNKNOWN
 from instruments.session_file.decision_record import DecisionRecord, accuracy
 from instruments.session_file.decision_row import DecisionRow
+from instruments.session_file.overview import StoredOverview
 from instruments.session_file.reader import SessionReader
 from instruments.utils import atomic_file
 from instruments.utils.image8 import to_uint8
@@ -38,6 +39,7 @@ from workflows.report.mosaic import (
     mosaic_html,
     write_frame_images,
 )
+from workflows.report.overview_map import Underlay, search_map, write_underlay
 from workflows.report.risk_coverage import figure as risk_figure
 from workflows.report.risk_coverage import risk_coverage
 from workflows.report.risk_coverage import summary as risk_summary
@@ -342,6 +344,7 @@ def build_report(session_path: str | Path, out_dir: str | Path,
         happened = reader.incidents()
         facts = reader.rows()
         records = reader.records()
+        overview = reader.overview()
         least = heapq.nsmallest(max(least_certain, 0),
                                 [f for f in facts if f.confidence is not None],
                                 key=lambda f: (f.confidence, f.index))
@@ -354,7 +357,11 @@ def build_report(session_path: str | Path, out_dir: str | Path,
     classes = _class_order(provenance, facts)
     palette = colours(classes)
     with matplotlib.rc_context(PLAIN_TEXT):
-        sections = [stage_mosaic(facts, images, palette), risk_coverage_section(facts, out),
+        underlay = write_underlay(overview, out) if overview is not None else None
+        searched = ([] if overview is None else
+                    [search_section(overview, facts, provenance, out)])
+        sections = [stage_mosaic(facts, images, palette, underlay), *searched,
+                    risk_coverage_section(facts, out),
                     human_acts(facts, records), escalation_funnel(facts, out),
                     class_counts(facts, classes, out), confidence_histogram(facts, out),
                     reliability_diagram(facts, out),
@@ -370,14 +377,21 @@ def build_report(session_path: str | Path, out_dir: str | Path,
 
 
 def stage_mosaic(facts: list[DecisionRow], images: dict[int, FrameImages],
-                 palette: dict[str, str]) -> Section:
+                 palette: dict[str, str], underlay: Underlay | None = None) -> Section:
     section = Section("Frames at their stage positions")
-    drawn = mosaic_html(facts, images, palette)
+    drawn = mosaic_html(facts, images, palette, underlay)
     if drawn is None:
         section.unavailable = "not available: the frames carry no distinct stage positions"
     else:
         section.html = drawn
     return section
+
+
+def search_section(overview: StoredOverview, facts: list[DecisionRow],
+                   provenance: dict[str, Any], out: Path) -> Section:
+    """The overview's candidate scores, the order the frames were taken in and the hits."""
+    return Section("Where the search looked", image=search_map(
+        overview, facts, str(provenance.get("objective", "")), out))
 
 
 def risk_coverage_section(facts: list[DecisionRow], out: Path) -> Section:

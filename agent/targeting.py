@@ -1,0 +1,228 @@
+"""Where to look next: the search area and the strategies that order it.
+
+A hunt or an exploration searches a square area centred where the stage stood at the start,
+`ceil(sqrt(frames))` tiles a side (the area an outward spiral of the frame budget covers).
+Strategies:
+- `grid`: row-major over the area (a survey's plan);
+- `spiral`: outward from the start;
+- `overview`: a low-magnification overview of the area first (SmartScope/Ptolemy's atlas ->
+  square order), each candidate tile's crop scored by the classifier (probability of the
+  target classes, zero where OOD flags it; for `explore`, the predictive entropy), best first;
+- `active`: a Gaussian-process surrogate over positions (scikit-learn) and an upper-confidence
+  bound less a travel cost picks the next tile from what the frames so far found.
+Every candidate lies inside the stage range and the envelope's stage limits; moves outside the
+free zone still ask for approval in the safety guard below the acquirer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from instruments.devices.frame import Frame, ImagingSettings
+
+STRATEGIES = ("grid", "spiral", "overview", "active")
+OBJECTIVE_KINDS = ("survey", "hunt", "explore")
+DEFAULT_STRATEGY = {"survey": "grid", "hunt": "overview", "explore": "active"}
+"""A hunt's default is the strategy that measured best (benchmarks/results/hunt_efficiency.md)."""
+
+OVERVIEW_PIXELS = 256        # pixels a side of each overview frame
+UCB_BETA = 1.0               # weight of the surrogate's standard deviation
+TRAVEL_COST = 0.05           # score units per tile pitch of stage travel
+LENGTH_SCALE_TILES = 2.0     # the GP's RBF length scale on the tile grid (fixed: see below)
+
+
+class StrategyError(ValueError):
+    """A strategy that does not exist, or does not fit the objective."""
+
+
+def resolve_strategy(strategy: str, kind: str) -> str:
+    """The strategy a session uses: the one named, or the objective's default."""
+    if not strategy:
+        return DEFAULT_STRATEGY[kind]
+    if strategy not in STRATEGIES:
+        raise StrategyError(f"strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
+    return strategy
+
+
+def search_area(start: tuple[float, float], fov: float, frames: int,
+                bounds: tuple[tuple[float, float], tuple[float, float]]
+                ) -> list[dict[str, Any]]:
+    """Tile centres (row-major, rows of increasing y) of the square search area centred on
+    `start`, keeping only tiles that lie wholly inside `bounds` ((x0, x1), (y0, y1))."""
+    side = max(1, math.ceil(math.sqrt(frames)))
+    (bx0, bx1), (by0, by1) = bounds
+    half = fov / 2
+    x0, y0 = start[0] - side * fov / 2, start[1] - side * fov / 2
+    out = []
+    for row in range(side):
+        for col in range(side):
+            x, y = x0 + (col + 0.5) * fov, y0 + (row + 0.5) * fov
+            if bx0 <= x - half and x + half <= bx1 and by0 <= y - half and y + half <= by1:
+                out.append({"x": x, "y": y, "row": row, "col": col})
+    return out
+
+
+def spiral_order(candidates: list[dict[str, Any]], start: tuple[float, float]
+                 ) -> list[dict[str, Any]]:
+    """The candidates nearest the start first (ties by angle: an outward spiral)."""
+    def key(p: dict[str, Any]) -> tuple[float, float]:
+        dx, dy = p["x"] - start[0], p["y"] - start[1]
+        return round(max(abs(dx), abs(dy)), 12), math.atan2(dy, dx)
+    return sorted(candidates, key=key)
+
+
+# --- overview -----------------------------------------------------------------------------
+@dataclass
+class Overview:
+    """A low-magnification mosaic of the search area: `image` rows of increasing y, pixel
+    (0, 0)'s corner at `origin` (m), `pixel` m a side; the frames it was made from."""
+    image: np.ndarray
+    origin: tuple[float, float]
+    pixel: float
+    frames: list[Frame]
+
+    def crop(self, x: float, y: float, fov: float) -> np.ndarray:
+        """The square of side `fov` centred at (x, y)."""
+        n = max(2, int(round(fov / self.pixel)))
+        c0 = int(round((x - fov / 2 - self.origin[0]) / self.pixel))
+        r0 = int(round((y - fov / 2 - self.origin[1]) / self.pixel))
+        rows, cols = self.image.shape
+        r0, c0 = min(max(r0, 0), rows - n), min(max(c0, 0), cols - n)
+        return self.image[r0:r0 + n, c0:c0 + n]
+
+
+def overview_plan(candidates: list[dict[str, Any]], fov: float, max_fov: float
+                  ) -> tuple[tuple[float, float], float, list[tuple[float, float]]]:
+    """Where the overview's frames go: (origin of the mosaic, overview FOV, frame centres)
+    covering the candidates' bounding box with as few frames of at most `max_fov` as fit."""
+    xs = [p["x"] for p in candidates]
+    ys = [p["y"] for p in candidates]
+    x0, x1 = min(xs) - fov / 2, max(xs) + fov / 2
+    y0, y1 = min(ys) - fov / 2, max(ys) + fov / 2
+    span = max(x1 - x0, y1 - y0)
+    count = max(1, math.ceil(span / max_fov - 1e-9))
+    ofov = span / count
+    centres = [(x0 + (c + 0.5) * ofov, y0 + (r + 0.5) * ofov)
+               for r in range(count) for c in range(count)]
+    return (x0, y0), ofov, centres
+
+
+def take_overview(acquirer: Any, imaging: ImagingSettings, candidates: list[dict[str, Any]]
+                  ) -> Overview:
+    """The overview of the candidates' area, taken through the acquirer (and so the safety
+    guard) at the widest FOV both the instrument and the envelope allow. InstrumentError
+    (from the guard or the instrument) where a frame cannot be taken."""
+    caps = acquirer.capabilities()
+    max_fov = min(caps.fov_range[1], acquirer.envelope.fov[1])
+    origin, ofov, centres = overview_plan(candidates, imaging.fov, max_fov)
+    count = int(round(math.sqrt(len(centres))))
+    settings = replace(imaging, fov=ofov, pixels=OVERVIEW_PIXELS)
+    mosaic = np.zeros((count * OVERVIEW_PIXELS, count * OVERVIEW_PIXELS), np.float32)
+    frames = []
+    for index, (x, y) in enumerate(centres):
+        shot = acquirer.look({"x": x, "y": y}, settings)
+        if shot.error is not None:
+            raise shot.error
+        r, c = divmod(index, count)
+        mosaic[r * OVERVIEW_PIXELS:(r + 1) * OVERVIEW_PIXELS,
+               c * OVERVIEW_PIXELS:(c + 1) * OVERVIEW_PIXELS] = shot.frame.image
+        frames.append(shot.frame)
+    return Overview(mosaic, origin, ofov / OVERVIEW_PIXELS, frames)
+
+
+def score_candidates(classifier: Any, overview: Overview, candidates: list[dict[str, Any]],
+                     fov: float, objective: dict[str, Any]) -> np.ndarray:
+    """Each candidate's score on its overview crop: for a hunt the probability of the target
+    classes (0 where the OOD test calls the crop unknown), for `explore` the entropy."""
+    crops = [overview.crop(p["x"], p["y"], fov) for p in candidates]
+    predictions = classifier.classify(crops)
+    names = list(classifier.class_names)
+    scores = []
+    for prediction in predictions:
+        if objective["kind"] != "hunt":
+            scores.append(prediction.entropy)
+            continue
+        unknown = bool(prediction.ood and prediction.ood.get("unknown"))
+        p = sum(float(prediction.probabilities[names.index(c)]) for c in objective["classes"])
+        scores.append(0.0 if unknown else p)
+    return np.asarray(scores, dtype=np.float64)
+
+
+def score_map(candidates: list[dict[str, Any]], scores: np.ndarray) -> np.ndarray:
+    """The scores on the search area's tile grid (rows, cols); NaN where no candidate."""
+    rows = 1 + max(p["row"] for p in candidates)
+    cols = 1 + max(p["col"] for p in candidates)
+    out = np.full((rows, cols), np.nan, np.float32)
+    for p, s in zip(candidates, scores, strict=True):
+        out[p["row"], p["col"]] = s
+    return out
+
+
+def rank(candidates: list[dict[str, Any]], scores: np.ndarray,
+         start: tuple[float, float]) -> list[dict[str, Any]]:
+    """Best score first; among equal scores the nearer to the start (stable, deterministic)."""
+    order = sorted(range(len(candidates)), key=lambda i: (
+        -round(float(scores[i]), 9),
+        math.hypot(candidates[i]["x"] - start[0], candidates[i]["y"] - start[1]), i))
+    return [{**candidates[i], "score": float(scores[i])} for i in order]
+
+
+# --- active -------------------------------------------------------------------------------
+def choose_next(candidates: list[dict[str, Any]], chosen: list[int], outcomes: list[float],
+                here: tuple[float, float], fov: float) -> int | None:
+    """The index of the next candidate: the highest upper confidence bound of a Gaussian
+    process fitted to the outcomes (1 target found, 0 not) at the chosen tiles, less the
+    travel from `here` in tile pitches; None when every candidate has been chosen.
+
+    The GP's kernel is fixed (RBF of LENGTH_SCALE_TILES tile pitches plus white noise,
+    `optimizer=None`): with a handful of binary outcomes, maximum-likelihood fitting of the
+    length scale collapses it, and a fixed kernel is both deterministic and cheap per choice."""
+    taken = set(chosen)
+    left = [i for i in range(len(candidates)) if i not in taken]
+    if not left:
+        return None
+    xy = np.array([[p["x"], p["y"]] for p in candidates]) / fov
+    travel = np.hypot(xy[left, 0] - here[0] / fov, xy[left, 1] - here[1] / fov)
+    if not chosen:
+        return left[int(np.argmin(travel))]
+    from sklearn.gaussian_process import GaussianProcessRegressor
+    from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
+
+    kernel = ConstantKernel(0.25, "fixed") * RBF(LENGTH_SCALE_TILES, "fixed") \
+        + WhiteKernel(0.01, "fixed")
+    gp = GaussianProcessRegressor(kernel, optimizer=None, normalize_y=False)
+    y = np.asarray(outcomes, dtype=np.float64)
+    prior = float(y.mean())
+    gp.fit(xy[chosen], y - prior)
+    mean, std = gp.predict(xy[left], return_std=True)
+    utility = mean + prior + UCB_BETA * std - TRAVEL_COST * travel
+    return left[int(np.argmax(utility))]
+
+
+# --- the plan node's side -------------------------------------------------------------------
+def searching(objective: dict[str, Any]) -> bool:
+    """Whether positions come from the search area (not a survey's plan or a hunt's
+    unbounded spiral, the behaviour of sessions started before strategies)."""
+    strategy = objective.get("strategy")
+    return objective["kind"] == "explore" or (
+        objective["kind"] == "hunt" and strategy not in (None, "spiral"))
+
+
+def stage_bounds(acquirer: Any) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Where tiles may lie: the instrument's stage range within the envelope's limits."""
+    (cx0, cx1), (cy0, cy1) = acquirer.capabilities().stage_range
+    env = acquirer.envelope
+    return ((max(cx0, env.stage_x[0]), min(cx1, env.stage_x[1])),
+            (max(cy0, env.stage_y[0]), min(cy1, env.stage_y[1])))
+
+
+def outcome_mark(state: dict[str, Any]) -> int:
+    """What the frames so far found: hits for a hunt, distinct labels for `explore`."""
+    counts = state["counts"]
+    if state["objective"]["kind"] == "hunt":
+        return int(counts.get("hits", 0))
+    return len([k for k, v in counts.get("labels", {}).items() if v])
