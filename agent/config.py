@@ -40,6 +40,7 @@ class RunConfig:
     reject_unknown: bool = True
     zoom_out: bool = False
     neighbourhood: bool = False
+    unsure_label: str = "classifier"  # an unresolved frame's label: classifier's or none
     demo_k: int = 8
     demo_strategy: str = "similar"
     bank: str | None = None
@@ -65,6 +66,9 @@ class RunConfig:
             raise RunConfigError(f"the VLM timeout must be positive, got {self.vlm_timeout_s}")
         if self.demo_strategy not in ("similar", "random"):
             raise RunConfigError("demonstration strategy must be similar or random")
+        if self.unsure_label not in ("classifier", "none"):
+            raise RunConfigError(f"--unsure-label must be classifier or none, "
+                                 f"got {self.unsure_label!r}")
         if self.target_risk is not None and not 0.0 < self.target_risk < 1.0:
             raise RunConfigError(f"--target-risk must lie in (0, 1), got {self.target_risk}")
         self.budgets = {**default_budgets(self.frames), **self.budgets}
@@ -78,7 +82,8 @@ class RunConfig:
         return RoutePolicy(confidence=self.confidence, max_set_size=self.max_set_size,
                            max_rescans=self.max_rescans, approve=self.approve_mode,
                            zoom_unsure=self.zoom_unsure, reject_unknown=self.reject_unknown,
-                           zoom_out=self.zoom_out, neighbourhood=self.neighbourhood)
+                           zoom_out=self.zoom_out, neighbourhood=self.neighbourhood,
+                           unsure_label=self.unsure_label)  # type: ignore[arg-type]
 
     def autofocus_settings(self) -> AutofocusSettings | None:
         return AutofocusSettings(every=self.autofocus_every) if self.autofocus else None
