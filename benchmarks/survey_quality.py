@@ -68,11 +68,13 @@ def _seeds(text: str) -> list[int]:
     return [int(s) for s in text.split(",")]
 
 
-def run_survey(classifier: Classifier, seed: int, tiles: int, levers: dict[str, bool],
-               work: Path) -> dict[str, Any]:
-    """One survey; its records, ground truth, guard counters, regions and wall time."""
+def run_survey(classifier: Classifier, model: str, seed: int, tiles: int,
+               levers: dict[str, bool], work: Path) -> dict[str, Any]:
+    """One survey; its records, ground truth, guard counters, regions and wall time. The
+    model's folder is named so that its adjudicator measurement applies, as in a run."""
     config = RunConfig(session_id=str(uuid.uuid4()), out=str(work / f"s{seed}-{uuid.uuid4()}.h5"),
-                       state_dir=str(work / "state"), frames=tiles, seed=seed, **levers)
+                       state_dir=str(work / "state"), frames=tiles, seed=seed, model=model,
+                       **levers)
     parts = open_parts(config, classifier, bank_for=lambda _c, clf: cached_bank(
         clf, work / "banks", "twin", per_class=8, seed=0))
     specimen = parts.microscope.inner.specimen
@@ -257,7 +259,8 @@ def main() -> None:
     # still compares them seed by seed (the figures are written after every survey)
     for seed, name in [(s, c) for group in (configs[:2], configs[2:])
                        for s in _seeds(args.seeds) for c in group]:
-        result = figures(run_survey(classifier, seed, args.tiles, CONFIGS[name], work))
+        result = figures(run_survey(classifier, str(Path(args.model).resolve()), seed,
+                                     args.tiles, CONFIGS[name], work))
         results[name][seed] = result
         print(f"seed {seed} {name}: final {result['final']:.3f} alone {result['alone']:.3f} "
               f"escalated {result['escalated']} context {result['context']} "
