@@ -42,6 +42,7 @@ class RunConfig:
     reject_unknown: bool = True
     zoom_out: bool = False
     neighbourhood: bool = False
+    unsure_label: str = "classifier"  # an unresolved frame's label: classifier's or none
     demo_k: int = 8
     demo_strategy: str = "similar"
     bank: str | None = None
@@ -77,6 +78,9 @@ class RunConfig:
                                  f"got {self.strategy!r}")
         if self.demo_strategy not in ("similar", "random"):
             raise RunConfigError("demonstration strategy must be similar or random")
+        if self.unsure_label not in ("classifier", "none"):
+            raise RunConfigError(f"--unsure-label must be classifier or none, "
+                                 f"got {self.unsure_label!r}")
         if self.target_risk is not None and not 0.0 < self.target_risk < 1.0:
             raise RunConfigError(f"--target-risk must lie in (0, 1), got {self.target_risk}")
         self.budgets = {**default_budgets(self.frames), **self.budgets}
@@ -91,7 +95,8 @@ class RunConfig:
                            max_rescans=self.max_rescans, approve=self.approve_mode,
                            zoom_unsure=self.zoom_unsure, reject_unknown=self.reject_unknown,
                            zoom_out=self.zoom_out, neighbourhood=self.neighbourhood,
-                           learn_min=self.learn_min if self.learn else 0)
+                           learn_min=self.learn_min if self.learn else 0,
+                           unsure_label=self.unsure_label)  # type: ignore[arg-type]
 
     def autofocus_settings(self) -> AutofocusSettings | None:
         return AutofocusSettings(every=self.autofocus_every) if self.autofocus else None

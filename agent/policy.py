@@ -51,7 +51,11 @@ class RoutePolicy:
     (agent/adjudication/trust.py; the session sets it from the model's measurement). None:
     no measurement applies (routing alone, as in the policy's own tests). An unsure frame with
     no trusted adjudicator, or one the adjudicator abstains on, goes to the human (approvals
-    on) or is recorded with no label (unresolved).
+    on) or is recorded unresolved: under the classifier's own label with `unsure_label`
+    "classifier" (route unresolved says it was never confirmed; it is not a decided frame),
+    with no label under "none". Measured (benchmarks/results/default_run.md,
+    survey_quality.md): with no label the final accuracy over all frames falls below the
+    classifier's own wherever the classifier was right on such a frame.
 
     escalations_off: escalation kinds this policy does not use (rescan kinds dwell, focus,
     fov; adjudication): under a target risk, those that measured no gain (agent/risk_policy).
@@ -80,6 +84,7 @@ class RoutePolicy:
     reject_unknown: bool = True
     trusted_adjudicators: tuple[str, ...] | None = None
     escalations_off: tuple[str, ...] = ()
+    unsure_label: Literal["classifier", "none"] = "classifier"
 
     def may_adjudicate(self) -> bool:
         """True when some adjudicator may overrule the classifier."""
@@ -202,7 +207,8 @@ def rule_classified(policy: RoutePolicy, record: DecisionRecord, budgets: dict[s
     proposal = verdict(policy, record.prediction)
     route = standing_route(policy, record)
     label = proposal.label
-    if step == "record" and route == Route.UNRESOLVED and not policy.may_adjudicate():
+    if (step == "record" and route == Route.UNRESOLVED and not policy.may_adjudicate()
+            and policy.unsure_label == "none"):
         label = None            # unsure, and no adjudicator measured better than the classifier
     return Ruling(step=step, label=label, source=proposal.source, route=route.value)
 
@@ -249,14 +255,15 @@ def rule_adjudicated(policy: RoutePolicy, record: DecisionRecord, answer: str | 
     disagree: a human decides, or the frame is recorded as contested. With no answer, an
     abstention ("none of these / unsure") or an answer from an adjudicator that may not
     overrule the classifier (`adjudicator`, e.g. a failed VLM's offline fallback), the
-    classifier's label goes to a human, or the frame is recorded with no label (unresolved)."""
+    classifier's label goes to a human, or the frame is recorded unresolved (under the
+    classifier's label or none, as `unsure_label` says)."""
     first = record.prediction.label
     attended = policy.approve != "none"
     if answer is None or answer == ABSTAIN or not policy.may_overrule(adjudicator):
         if attended:
             return Ruling(step="approve", label=first, source="classifier", route=None)
-        return Ruling(step="record", label=None, source="classifier",
-                      route=Route.UNRESOLVED.value)
+        return Ruling(step="record", label=first if policy.unsure_label == "classifier"
+                      else None, source="classifier", route=Route.UNRESOLVED.value)
     agree = answer in (reclassified, first)
     label = answer if agree else reclassified
     source = "adjudicated" if agree else "contested"

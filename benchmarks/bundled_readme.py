@@ -1,6 +1,7 @@
 """Write models/bundled/sem_twin/README.md from the files of the checkpoint it describes
-(training.json, training_fold.json, evaluation.json) and the twin benchmark's manifest.json, so
-the README always states the run that produced the committed checkpoint.
+(training.json, training_fold.json, evaluation.json, config.json's OOD fit, adjudication.json,
+risk_control.json) and the twin benchmark's manifest.json, so the README always states the run
+that produced the committed checkpoint.
 
     python benchmarks/bundled_readme.py CKPT_DIR DATA_DIR
 """
@@ -18,6 +19,54 @@ def table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     """A Markdown table."""
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def ood_row(ood: dict | None) -> str:
+    """The OOD fit stored in config.json, as the README's row."""
+    if not ood:
+        return "none"
+    if "stem_threshold" not in ood:
+        return (f"Mahalanobis distance of the LMM-free fused embedding to the class means "
+                f"(training split), threshold {ood['threshold']:.1f} = the {ood['quantile']:g} "
+                f"quantile of the validation split's scores")
+    fov = " - ".join(f"{v * 1e6:.3g}" for v in ood["fov_range"])
+    return (f"agreed (`micagent fit-ood --method agreed --quantile {ood['quantile']:g}`): "
+            f"unknown where the fused-embedding Mahalanobis score (threshold "
+            f"{ood['fused_threshold']:.1f}) and the stem kNN score (threshold "
+            f"{ood['stem_threshold']:.3f}) both exceed their thresholds (each the "
+            f"{ood['quantile']:g} quantile of the validation split or of survey tiles of twin "
+            f"seeds 1-5, the higher), or the field of view lies outside {fov} um by more "
+            f"than x{ood['fov_margin']:g}, or the detector is not one of "
+            f"{', '.join(ood['detectors'])}")
+
+
+def adjudication_row(ckpt: Path) -> str:
+    """adjudication.json (`micagent measure-adjudicators`), as the README's row."""
+    path = ckpt / "adjudication.json"
+    if not path.exists():
+        return "not measured (every adjudicator untrusted)"
+    parts = []
+    for name, m in json.loads(path.read_text())["adjudicators"].items():
+        trusted = m["answered"] and m["accuracy"] > m["classifier_accuracy"]
+        parts.append(f"{name}: {m['accuracy']:.3f} right on the {m['answered']} of "
+                     f"{m['frames']} unsure test frames it answered, classifier "
+                     f"{m['classifier_accuracy']:.3f} on them: "
+                     + ("trusted" if trusted else "not trusted"))
+    return "`micagent measure-adjudicators` (adjudication.json): " + "; ".join(parts)
+
+
+def risk_row(ckpt: Path) -> str:
+    """risk_control.json (workflows/training/risk_calibration.py), as the README's row."""
+    path = ckpt / "risk_control.json"
+    if not path.exists():
+        return "none (`--target-risk` refused)"
+    risk = json.loads(path.read_text())
+    gains = ", ".join(f"{kind} {g['fixed'] - g['broken']:+d}"
+                      for kind, g in risk["gains"].items())
+    return (f"Learn-then-Test thresholds for `--target-risk` from {risk['source']['frames']} "
+            f"fresh twin draws (`python -m workflows.training.risk_calibration CKPT "
+            f"--per-class {risk['source']['per_class']}`); rescan gains (fixed - broken) on "
+            f"{next(iter(risk['gains'].values()))['n']} escalated frames: {gains}")
 
 
 def render(ckpt: Path, data: Path) -> str:
@@ -81,11 +130,9 @@ def render(ckpt: Path, data: Path) -> str:
         ("calibration", f"temperature {fold['temperature']:.3f} on half of the validation "
                         f"split; LAC conformal threshold (alpha {report.get('conformal_alpha')})"
                         f" on the other half"),
-        ("out-of-distribution", "none" if not ood else
-         f"Mahalanobis distance of the LMM-free fused embedding (`FusionClassifier.embed`) "
-         f"to the class means (training split), "
-         f"threshold {ood['threshold']:.1f} = the {ood['quantile']:g} quantile of the "
-         f"validation split's scores (`benchmarks/ood_auroc.py` measures it)"),
+        ("out-of-distribution", ood_row(ood)),
+        ("adjudicators", adjudication_row(ckpt)),
+        ("risk control", risk_row(ckpt)),
     ])
     measured = table(("metric", "value", "target"), [
         ("top-1", f"{report['top1']:.4f}", f">= {TARGET_TOP1} — {met(top1_ok)}"),
@@ -121,7 +168,8 @@ files next to it.
 The script renders the twin benchmark (`micagent twin dataset`), trains the `{opts['ablation']}`
 variant (`micagent train --profile quick --ablation {opts['ablation']}`, the run that is also
 that row of the ablation table), evaluates it on its held-out test split (`micagent
-evaluate`), copies checkpoint + report here and regenerates this README.
+evaluate`), refits the OOD test, measures the adjudicators and calibrates the risk control
+(rows below), copies checkpoint + report here and regenerates this README.
 
 {setup}
 

@@ -2,15 +2,17 @@
 bundled model, offline adjudicator): run it as a user would, in an empty working folder, then
 read its session file: final-label accuracy, the classifier's own accuracy, routes,
 escalations and wall time. Prints them and writes results/default_run.md with the commit
-they were measured on.
+they were measured on. Options after `--` go to `micagent run` (a candidate checkpoint, a
+policy switch) and the figures are then printed only, not written.
 
-    python -m benchmarks.default_run
+    python -m benchmarks.default_run [-- --model CKPT --zoom-out]
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -32,11 +34,11 @@ def commit() -> str:
     return head + (" + uncommitted changes" if dirty else "")
 
 
-def default_run(work: Path) -> tuple[Path, float]:
-    """`micagent run` in `work`; its session file and the command's wall seconds."""
+def default_run(work: Path, options: list[str]) -> tuple[Path, float]:
+    """`micagent run OPTIONS` in `work`; its session file and the command's wall seconds."""
     t0 = time.perf_counter()
-    done = subprocess.run(module_command("workflows", "run"), cwd=work, env=ENV, text=True,
-                          capture_output=True, check=True)
+    done = subprocess.run(module_command("workflows", "run", *options), cwd=work, env=ENV,
+                          text=True, capture_output=True, check=True)
     wall = time.perf_counter() - t0
     sessions = sorted(work.rglob("*.h5"))
     if len(sessions) != 1:
@@ -46,17 +48,25 @@ def default_run(work: Path) -> tuple[Path, float]:
 
 
 def main() -> None:
+    options = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else []
     measured_on = commit()
     with tempfile.TemporaryDirectory(prefix="micagent-default-run-") as folder:
-        session, wall = default_run(Path(folder))
+        session, wall = default_run(Path(folder), options)
         with SessionReader(session) as reader:
-            summary = reader.summary()
+            summary, rows = reader.summary(), reader.rows()
     routes = Counter(summary["routes"])
     lines = [
-        f"`micagent run` with no arguments, on commit {measured_on}, one thread:",
+        (f"`micagent run {' '.join(options)}`" if options else
+         "`micagent run` with no arguments") + f", on commit {measured_on}, one thread:",
         f"- frames: {summary['frames']}; final-label accuracy {summary['accuracy']:.3f}, "
         f"classifier alone {summary['accuracy_classifier']:.3f} "
         f"({summary['scored_frames']} frames with twin ground truth)",
+        f"- decided frames (a route that names a class or unknown): {summary['decided']}, "
+        f"coverage {summary['coverage']:.3f}, accuracy over them "
+        f"{summary['accuracy_decided']:.3f}",
+        "- each frame not recorded under the final label's truth: " + "; ".join(
+            f"{r.route} {r.predicted} -> {r.label} (truth {r.truth}, p {r.confidence or 0:.2f})"
+            for r in rows if r.label != r.truth),
         "- routes: " + ", ".join(f"{route} {n}" for route, n in routes.most_common()),
         f"- escalated: {summary['escalations']} ({summary['escalation_counts']['rescan']} "
         f"rescanned, {summary['escalation_counts']['adjudication']} adjudicated)",
@@ -64,6 +74,8 @@ def main() -> None:
     ]
     text = "\n".join(lines) + "\n"
     print(text, end="")
+    if options:
+        return
     RESULTS.write_text("# Default run\n\n" + text, encoding="utf-8")
 
 

@@ -13,6 +13,12 @@
 # WORK/ablation/ABLATION, where benchmarks/ablation_twin.sh finds it as that row of the table
 # (and this script reuses a finished run there: delete it to retrain). Run the script again
 # after an interruption and training continues from its last epoch.
+# After evaluation the post-training artefacts are made on the run, as for every bundled model:
+# the agreed OOD refit (`micagent fit-ood --method agreed`, OOD_QUANTILE of the validation split
+# and of survey tiles of twin seeds 1-5), the adjudicator measurement and training reference
+# (`micagent measure-adjudicators`: adjudication.json, adjudication_reference.npz) and the risk
+# control (workflows/training/risk_calibration.py, RISK_PER_CLASS fresh draws per class:
+# risk_control.json), each in this order since each reads what the one before wrote.
 set -euo pipefail
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 WORK="${WORK:-/tmp/micagent_bundled}"
@@ -25,6 +31,8 @@ SPECIMENS="${SPECIMENS:-1}"
 SURVEY_FRACTION="${SURVEY_FRACTION:-0.25}"
 SURVEY_FOV_MAX="${SURVEY_FOV_MAX:-40}"
 INIT="${INIT:-}"
+OOD_QUANTILE="${OOD_QUANTILE:-0.995}"
+RISK_PER_CLASS="${RISK_PER_CLASS:-100}"
 RUN="$WORK/ablation/$ABLATION"
 DEST="models/bundled/sem_twin"
 
@@ -44,11 +52,16 @@ else
     echo "train wall time: $(( $(date +%s) - start )) s (OMP_NUM_THREADS=$OMP_NUM_THREADS)"
 fi
 micagent evaluate "$RUN" "$WORK/data"   # table + PNGs + evaluation.{md,json}
+micagent fit-ood "$RUN" "$WORK/data" --method agreed --quantile "$OOD_QUANTILE" \
+    --survey-seeds 1,2,3,4,5 --work "$WORK/passes"
+micagent measure-adjudicators "$RUN" "$WORK/data" --work "$WORK/passes"
+python -m workflows.training.risk_calibration "$RUN" --per-class "$RISK_PER_CLASS"
 
 rm -rf "$DEST.tmp" && mkdir -p "$DEST.tmp"
 cp "$RUN"/{config.json,model.safetensors,ood.safetensors,training.json,training_fold.json} \
     "$DEST.tmp/"
 cp "$RUN"/{evaluation.json,evaluation.md,reliability.png,confusion_matrix.png} "$DEST.tmp/"
+cp "$RUN"/{adjudication.json,adjudication_reference.npz,risk_control.json} "$DEST.tmp/"
 python benchmarks/bundled_readme.py "$DEST.tmp" "$WORK/data"   # README.md from the run's files
 rm -rf "$DEST" && mv "$DEST.tmp" "$DEST"
 echo "wrote $DEST"

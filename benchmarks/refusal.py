@@ -16,7 +16,7 @@ measurement and training reference, no demonstration bank):
    frames given an SEM class (target 0).
 5. The adjudicator measurement stored with the model (`adjudication.json`).
 
-    python -m benchmarks.refusal [--tiles 48] [--frames 4]
+    python -m benchmarks.refusal [--tiles 48] [--frames 4] [--model CKPT]
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from agent.adjudication.trust import TRUST_FILE  # noqa: E402
 from agent.config import RunConfig  # noqa: E402
 from benchmarks.nion_overhead import start_bridge  # noqa: E402
 from instruments.devices.frame import ImagingSettings  # noqa: E402
+from instruments.session_file.decision_record import DECIDED_ROUTES  # noqa: E402
 from instruments.session_file.reader import SessionReader  # noqa: E402
 from models.classifier import Classifier  # noqa: E402
 from twins.stem_nsid import MATERIALS, write_stem_nsid  # noqa: E402
@@ -56,10 +57,10 @@ NION_ENVELOPE = {"fov": [1e-9, 1.1e-6], "stage_x": [-5e-7, 5e-7], "stage_y": [-5
 torch.set_num_threads(1)
 
 
-def session(work: Path, name: str, **kw) -> tuple[list, list]:
-    """Run one session with the bundled model; its records and the twin's truths."""
+def session(work: Path, name: str, model: Path, **kw) -> tuple[list, list]:
+    """Run one session with `model`; its records and the twin's truths."""
     config = RunConfig(session_id=str(uuid.uuid4()), out=str(work / f"{name}.h5"),
-                       state_dir=str(work / "state"), bank="none", **kw)
+                       state_dir=str(work / "state"), bank="none", model=str(model), **kw)
     run_session(config, Console(quiet=True), quiet=True)
     with SessionReader(config.out) as reader:
         return reader.records(), reader.evaluations()
@@ -74,9 +75,9 @@ def tally(records: list, class_names: list[str], totals: list[int], where: str) 
           f"{[r.route.value for r in records]}, OOD {[r.prediction.ood.method for r in records]}")
 
 
-def default_run(work: Path) -> None:
+def default_run(work: Path, model: Path) -> None:
     t0 = time.perf_counter()
-    records, truths = session(work, "default")
+    records, truths = session(work, "default", model)
     truth = [t.get("label") for t in truths]
     final = np.mean([r.label == t for r, t in zip(records, truth, strict=True)])
     alone = np.mean([r.classifier_label == t for r, t in zip(records, truth, strict=True)])
@@ -84,16 +85,17 @@ def default_run(work: Path) -> None:
     for r in records:
         routes[str(r.route.value)] = routes.get(str(r.route.value), 0) + 1
     unknown = sum(r.route.value == "unknown" for r in records)
-    decided = [(r.label, t) for r, t in zip(records, truth, strict=True) if r.label]
+    decided = [(r.label, t) for r, t in zip(records, truth, strict=True)
+               if r.label and r.route in DECIDED_ROUTES]
     print(f"default run (twin seed 0, {len(records)} tiles, {time.perf_counter() - t0:.0f} s): "
           f"flagged unknown {unknown}; final accuracy {final:.3f} (no label counts as wrong), "
-          f"on the {len(decided)} labelled frames "
+          f"on the {len(decided)} decided frames "
           f"{np.mean([a == b for a, b in decided]):.3f}; classifier alone {alone:.3f}; "
           f"routes {routes}")
 
 
-def held_out_survey(clf: Classifier, tiles: int) -> None:
-    frames, seed_of = survey_tiles(clf, BUNDLED_MODEL, HELD_OUT_SEEDS, tiles, None)
+def held_out_survey(clf: Classifier, model: Path, tiles: int) -> None:
+    frames, seed_of = survey_tiles(clf, model, HELD_OUT_SEEDS, tiles, None)
     taken = {"fov": ImagingSettings().fov, "detector": ImagingSettings().detector}
     scores = clf.ood.score(frames.embeddings, frames.pooled)
     flagged = np.array([clf.ood.record(s, taken)["unknown"] for s in scores])
@@ -103,13 +105,13 @@ def held_out_survey(clf: Classifier, tiles: int) -> None:
           f"({flagged.mean():.2%}; target < 1 %), per seed {per_seed}")
 
 
-def nion(work: Path, frames: int, class_names: list[str]) -> None:
+def nion(work: Path, model: Path, frames: int, class_names: list[str]) -> None:
     totals = [0, 0]
     for sample, name in enumerate(("flake", "amorphous", "combined")):
         process, uri = start_bridge(sample)     # exits where .venv-nion is absent
         try:
             for fov in (100e-9, 1e-6):
-                records, _ = session(work, f"nion-{sample}-{fov:g}", instrument=uri,
+                records, _ = session(work, f"nion-{sample}-{fov:g}", model, instrument=uri,
                                      frames=frames, envelope=NION_ENVELOPE,
                                      imaging={"fov": fov, "pixels": 256, "dwell": 1e-6,
                                               "detector": None})
@@ -121,7 +123,7 @@ def nion(work: Path, frames: int, class_names: list[str]) -> None:
           "(target 0)")
 
 
-def dtm_stem(work: Path, frames: int, class_names: list[str]) -> None:
+def dtm_stem(work: Path, model: Path, frames: int, class_names: list[str]) -> None:
     if not DTM_SCRIPT.is_file() or not PEERS_PYTHON.exists():
         print("DTMicroscope: peer sources (../shared/peers) or .venv-peers absent: skipped")
         return
@@ -137,7 +139,7 @@ def dtm_stem(work: Path, frames: int, class_names: list[str]) -> None:
         for material in MATERIALS:
             path = work / f"{material}.h5"
             write_stem_nsid(path, material, side=256)
-            records, _ = session(work, f"dtm-{material}", frames=frames,
+            records, _ = session(work, f"dtm-{material}", model, frames=frames,
                                  instrument=f"dtm://{address}?data={path}")
             tally(records, class_names, totals,
                   f"DTMicroscope STEM server, {material} HAADF (NSID, 0.4 A pixels)")
@@ -148,8 +150,8 @@ def dtm_stem(work: Path, frames: int, class_names: list[str]) -> None:
           "(target 0)")
 
 
-def adjudicators() -> None:
-    record = json.loads((BUNDLED_MODEL / TRUST_FILE).read_text())
+def adjudicators(model: Path) -> None:
+    record = json.loads((model / TRUST_FILE).read_text())
     n, of = record["unsure_frames"]["test"]
     for name, m in record["adjudicators"].items():
         print(f"adjudicator {name} (stored with the model): on the {n} unsure frames of the "
@@ -164,17 +166,19 @@ def main() -> None:
     parser.add_argument("--tiles", type=int, default=48, help="survey tiles per seed")
     parser.add_argument("--frames", type=int, default=4, help="frames per foreign session")
     parser.add_argument("--dtm-frames", type=int, default=16)
+    parser.add_argument("--model", type=Path, default=BUNDLED_MODEL)
     args = parser.parse_args()
-    clf = Classifier.load(BUNDLED_MODEL)
-    print(f"bundled model {BUNDLED_MODEL.name} (sha256 {clf.checkpoint_sha256[:12]}), OOD "
+    model = args.model.resolve()
+    clf = Classifier.load(model)
+    print(f"model {model} (sha256 {clf.checkpoint_sha256[:12]}), OOD "
           f"{clf.ood.meta()['method']}: {json.dumps(clf.ood.meta())}")
     with tempfile.TemporaryDirectory(prefix="micagent-refusal-") as tmp:
         work = Path(tmp)
-        adjudicators()
-        default_run(work)
-        held_out_survey(clf, args.tiles)
-        nion(work, args.frames, clf.class_names)
-        dtm_stem(work, args.dtm_frames, clf.class_names)
+        adjudicators(model)
+        default_run(work, model)
+        held_out_survey(clf, model, args.tiles)
+        nion(work, model, args.frames, clf.class_names)
+        dtm_stem(work, model, args.dtm_frames, clf.class_names)
 
 
 if __name__ == "__main__":

@@ -68,11 +68,13 @@ def _seeds(text: str) -> list[int]:
     return [int(s) for s in text.split(",")]
 
 
-def run_survey(classifier: Classifier, seed: int, tiles: int, levers: dict[str, bool],
-               work: Path) -> dict[str, Any]:
-    """One survey; its records, ground truth, guard counters, regions and wall time."""
+def run_survey(classifier: Classifier, model: str, seed: int, tiles: int,
+               levers: dict[str, bool], work: Path) -> dict[str, Any]:
+    """One survey; its records, ground truth, guard counters, regions and wall time. The
+    model's folder is named so that its adjudicator measurement applies, as in a run."""
     config = RunConfig(session_id=str(uuid.uuid4()), out=str(work / f"s{seed}-{uuid.uuid4()}.h5"),
-                       state_dir=str(work / "state"), frames=tiles, seed=seed, **levers)
+                       state_dir=str(work / "state"), frames=tiles, seed=seed, model=model,
+                       **levers)
     parts = open_parts(config, classifier, bank_for=lambda _c, clf: cached_bank(
         clf, work / "banks", "twin", per_class=8, seed=0))
     specimen = parts.microscope.inner.specimen
@@ -103,6 +105,9 @@ def figures(run: dict[str, Any]) -> dict[str, Any]:
     n = len(records)
     right = [r.label == t for r, t in zip(records, truths, strict=True)]
     alone = [r.classifier_label == t for r, t in zip(records, truths, strict=True)]
+    decided = [ok for r, ok in zip(records, right, strict=True) if r.route in DECIDED_ROUTES]
+    fallback = [a if str(r.route) == "unresolved" else ok
+                for r, ok, a in zip(records, right, alone, strict=True)]
     by_route = Counter(str(r.route) for r in records)
     context = {route: {"frames": by_route.get(route, 0), "fixed": 0, "broke": 0}
                for route in CONTEXT_ROUTES}
@@ -122,7 +127,9 @@ def figures(run: dict[str, Any]) -> dict[str, Any]:
     return {
         "frames": n, "status": run["status"],
         "final": sum(right) / n, "alone": sum(alone) / n,
-        "coverage": sum(r.route in DECIDED_ROUTES for r in records) / n,
+        "final_fallback": sum(fallback) / n,
+        "decided_accuracy": sum(decided) / len(decided) if decided else 0.0,
+        "coverage": len(decided) / n,
         "escalated": {
             "rescan": sum(bool(r.rescans) for r in records) / n,
             "zoom_out": sum(bool(r.context and r.context.zoom_out) for r in records) / n,
@@ -140,6 +147,13 @@ def figures(run: dict[str, Any]) -> dict[str, Any]:
                                                       r.settings.fov) for r in records])),
         "s_per_frame": run["wall_s"] / n, "routes": dict(by_route), "errors": errors,
     }
+
+
+def decided_mean(rows: list[dict[str, Any]]) -> float:
+    """Accuracy over the decided frames of several surveys, pooled."""
+    decided = sum(r["coverage"] * r["frames"] for r in rows)
+    return sum(r["decided_accuracy"] * r["coverage"] * r["frames"] for r in rows) / decided \
+        if decided else 0.0
 
 
 def _pct(x: float) -> str:
@@ -162,10 +176,11 @@ def markdown(results: dict[str, dict[int, dict[str, Any]]], args: argparse.Names
                  if seed in results[c] else "-" for c in configs]
         lines.append(f"| {seed} | " + " | ".join(cells) + " |")
     lines += ["", "## Over the seeds each configuration ran", "",
-              "| config | seeds | final | alone | seeds final >= alone | coverage | "
-              "escalated (any) | "
+              "| config | seeds | final | alone | seeds final >= alone | final, unresolved "
+              "-> classifier's label | seeds >= alone so | coverage | accuracy over decided "
+              "| escalated (any) | "
               "rescan | zoom-out | neighbourhood | adjudication | sure & right changed | "
-              "dose peak e/nm^2 | s/frame |", "|---|" + "---|" * 13]
+              "dose peak e/nm^2 | s/frame |", "|---|" + "---|" * 16]
     for c in configs:
         rows = [results[c][s] for s in seeds if s in results[c]]
         frames = sum(r["frames"] for r in rows)
@@ -179,7 +194,10 @@ def markdown(results: dict[str, dict[int, dict[str, Any]]], args: argparse.Names
         lines.append(
             f"| {c} | {len(rows)} | {mean('final'):.4f} | {mean('alone'):.4f} | "
             f"{sum(r['final'] >= r['alone'] for r in rows)}/{len(rows)} | "
-            f"{_pct(mean('coverage'))} | {esc('any')} | {esc('rescan')} | {esc('zoom_out')} | "
+            f"{mean('final_fallback'):.4f} | "
+            f"{sum(r['final_fallback'] >= r['alone'] for r in rows)}/{len(rows)} | "
+            f"{_pct(mean('coverage'))} | {decided_mean(rows):.4f} | {esc('any')} | "
+            f"{esc('rescan')} | {esc('zoom_out')} | "
             f"{esc('neighbourhood')} | {esc('adjudication')} | "
             f"{sum(r['sure_right_changed'] for r in rows)} | {mean('dose_peak_e_nm2'):.1f} | "
             f"{mean('s_per_frame'):.2f} |")
@@ -241,7 +259,8 @@ def main() -> None:
     # still compares them seed by seed (the figures are written after every survey)
     for seed, name in [(s, c) for group in (configs[:2], configs[2:])
                        for s in _seeds(args.seeds) for c in group]:
-        result = figures(run_survey(classifier, seed, args.tiles, CONFIGS[name], work))
+        result = figures(run_survey(classifier, str(Path(args.model).resolve()), seed,
+                                     args.tiles, CONFIGS[name], work))
         results[name][seed] = result
         print(f"seed {seed} {name}: final {result['final']:.3f} alone {result['alone']:.3f} "
               f"escalated {result['escalated']} context {result['context']} "

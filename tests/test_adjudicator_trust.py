@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -122,10 +123,13 @@ def test_the_vlm_prompt_offers_none_of_these_and_its_abstention_is_kept(unsure_v
     assert again.cached and again.answer.abstained and len(unsure_vlm.requests) == 1
 
 
-def test_an_abstention_gives_the_frame_no_class():
+def test_an_abstention_leaves_the_frame_unresolved_under_the_classifiers_label_or_none():
     record = DecisionRecord(prediction=UNSURE, quality=QualityRecord(ok=True))
     alone = rule_adjudicated(RoutePolicy(), record, ABSTAIN, None, "openai:test-vlm")
-    assert (alone["step"], alone["label"], alone["route"]) == ("record", None, "unresolved")
+    assert (alone["step"], alone["label"], alone["source"], alone["route"]) == \
+        ("record", "Fibres", "classifier", "unresolved")
+    bare = rule_adjudicated(RoutePolicy(unsure_label="none"), record, ABSTAIN, None)
+    assert (bare["step"], bare["label"], bare["route"]) == ("record", None, "unresolved")
     attended = rule_adjudicated(RoutePolicy(approve="uncertain"), record, ABSTAIN, None)
     assert (attended["step"], attended["label"]) == ("approve", "Fibres")
 
@@ -137,12 +141,14 @@ def test_an_adjudicator_measured_below_the_classifier_cannot_overrule_it(tmp_pat
     record = DecisionRecord(prediction=UNSURE, quality=QualityRecord(ok=True))
     assert decide(policy, UNSURE, record.quality, 0, BUDGETS, FRESH) == "record"
     ruling = rule_classified(policy, record, BUDGETS, FRESH)
-    assert (ruling["label"], ruling["route"]) == (None, "unresolved")
+    assert (ruling["label"], ruling["route"]) == ("Fibres", "unresolved")  # its own, unconfirmed
+    bare = rule_classified(replace(policy, unsure_label="none"), record, BUDGETS, FRESH)
+    assert (bare["label"], bare["route"]) == (None, "unresolved")
     attended = RoutePolicy(approve="uncertain", trusted_adjudicators=policy.trusted_adjudicators)
     assert decide(attended, UNSURE, record.quality, 0, BUDGETS, FRESH) == "approve"
     # an answer from it (e.g. a failed VLM's fallback) does not overrule the classifier either
     overruled = rule_adjudicated(policy, record, "Powder", "Powder", "offline-knn")
-    assert (overruled["label"], overruled["route"]) == (None, "unresolved")
+    assert (overruled["label"], overruled["route"]) == ("Fibres", "unresolved")
 
 
 def test_an_adjudicator_measured_above_the_classifier_may_overrule_it(tmp_path):
@@ -179,7 +185,8 @@ def survey(tmp_path, classifier, trust, frames=2, **kw) -> tuple[dict, list[Deci
 
 def test_a_session_never_asks_an_adjudicator_measured_below_the_classifier(tmp_path,
                                                                            classifier):
-    final, records = survey(tmp_path, classifier, measured(tmp_path, 0.40, 0.60))
+    final, records = survey(tmp_path, classifier, measured(tmp_path, 0.40, 0.60),
+                            unsure_label="none")
     assert final["used"]["adjudications"] == 0
     assert [(r.route, r.label, r.adjudication) for r in records] == \
         [("unresolved", None, None)] * 2
