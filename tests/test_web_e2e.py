@@ -88,6 +88,7 @@ def test_web_approval_of_a_twin_session(tmp_path: Path) -> None:
             final = wait.until(lambda d: d.find_elements(By.ID, "final"))[0].text
             status = driver.find_element(By.ID, "status").text
             header = driver.find_element(By.TAG_NAME, "header").text
+            no_map = not driver.find_elements(By.ID, "search-map")   # a survey: no overview
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -97,6 +98,7 @@ def test_web_approval_of_a_twin_session(tmp_path: Path) -> None:
     assert final.startswith("Session complete") and "frames recorded 2" in final
     assert "human decisions approve 2" in final and session_file.name in final
     assert "unreachable" not in status and "budget" not in header and "wall" not in header
+    assert no_map
     with SessionReader(session_file) as reader:
         records = reader.records()
         assert reader.provenance["status"] == "completed"

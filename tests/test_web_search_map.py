@@ -18,16 +18,24 @@ import event_model
 import httpx
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from web_browser import require_chromium
 
 from agent.approval_broker import ApprovalBroker
-from agent.event_stream import EventStream
+from agent.config import RunConfig
+from agent.event_stream import EventStream, StreamReader
+from agent.session import Session, SessionParts
+from instruments.devices.safety import GuardedMicroscope, SafetyEnvelope
 from instruments.session_file.decision_record import DecisionRecord
 from instruments.session_file.overview import StoredOverview
 from instruments.session_file.reader import SessionReader
 from instruments.session_file.writer import SessionWriter
 from instruments.utils.image8 import to_uint8
+from models.classifier import Classifier
+from models.config import FusionConfig
+from twins.classes import SEM_CLASSES
+from twins.microscope import TwinMicroscope
 from twins.operator_browser import headless_chromium
 from workflows.web.approval import WebUIHandle, start_web_ui
 
@@ -109,6 +117,49 @@ def test_a_survey_adds_no_map(ui):
     stream.frame(_record(1, 0.0, 0.0, "Tips"), recorded=1, budgets_left={})
     stream.stop("completed")
     assert "search_map" not in _get(ui, "/api/progress").json()
+
+
+class Overviews(StreamReader):
+    """The overview events a run emits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[dict] = []
+
+    def overview(self, data: dict) -> None:
+        self.seen.append(data)
+
+
+def _run_hunt(tmp_path: Path, classifier, session_id: str) -> list[dict]:
+    """Run (or resume) a two-frame overview hunt on the twin; the overview events it emitted."""
+    config = RunConfig(session_id=session_id, out=str(tmp_path / "s.h5"), frames=2,
+                       objective="hunt:Tips:2", strategy="overview", confidence=0.0,
+                       state_dir=str(tmp_path / "state"), pipeline=False,
+                       imaging={"fov": TILE, "pixels": 64, "dwell": 2e-6})
+    session = Session(config, SessionParts(GuardedMicroscope(TwinMicroscope(seed=0),
+                                                             SafetyEnvelope()), classifier))
+    seen = Overviews()
+    session.stream.subscribe(seen)
+    try:
+        session.run()
+    finally:
+        session.close()
+    return seen.seen
+
+
+def test_the_overview_event_is_the_stored_one_and_a_resumed_run_sends_it_again(tmp_path):
+    torch.manual_seed(0)
+    classifier = Classifier.create(FusionConfig.ablation("vit_only"), SEM_CLASSES)
+    first = _run_hunt(tmp_path, classifier, "hunt-map")
+    again = _run_hunt(tmp_path, classifier, "hunt-map")     # the checkpoint says: done
+    with SessionReader(tmp_path / "s.h5") as reader:
+        stored = reader.overview()
+    assert len(first) == len(again) == 1
+    for data in (first[0], again[0]):
+        np.testing.assert_array_equal(data["image"], stored.image)
+        np.testing.assert_array_equal(data["scores"], stored.scores)
+        assert (data["origin_x"], data["origin_y"]) == pytest.approx(stored.origin)
+        assert data["tile"] == pytest.approx(stored.tile)
 
 
 def _wait_for_url(log: Path, proc: subprocess.Popen, timeout: float) -> re.Match:
