@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from web_browser import require_chromium
+from web_browser import require_chromium, wait_for_page_url
 
 from agent.approval_broker import ApprovalBroker
 from agent.config import RunConfig
@@ -40,9 +38,6 @@ from twins.operator_browser import headless_chromium
 from workflows.web.approval import WebUIHandle, start_web_ui
 
 TILE = 20e-6
-URL = re.compile(r"approval page: (http://127\.0\.0\.1:(\d+)/\?token=[\w-]{32,})")
-
-
 @pytest.fixture
 def ui() -> Iterator[WebUIHandle]:
     handle = start_web_ui(ApprovalBroker(), class_names=["Tips", "Powder"])
@@ -162,17 +157,6 @@ def test_the_overview_event_is_the_stored_one_and_a_resumed_run_sends_it_again(t
         assert data["tile"] == pytest.approx(stored.tile)
 
 
-def _wait_for_url(log: Path, proc: subprocess.Popen, timeout: float) -> re.Match:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = URL.search(log.read_text(errors="replace"))
-        if found:
-            return found
-        assert proc.poll() is None, f"run ended early:\n{log.read_text()}"
-        time.sleep(0.3)
-    raise AssertionError(f"no approval page within {timeout} s:\n{log.read_text()}")
-
-
 def _markers(driver) -> list[str]:
     from selenium.webdriver.common.by import By
     return [g.get_attribute("data-order")
@@ -231,7 +215,7 @@ def test_an_overview_hunt_shows_its_map_growing_in_headless_chromium(tmp_path: P
         proc = subprocess.Popen(command, stdout=out, stderr=err, env=env, cwd=tmp_path)
     answered: list[str] = []
     try:
-        url = _wait_for_url(err_log, proc, timeout=240).group(1)
+        url = wait_for_page_url(err_log, proc, timeout=240).group(1)
         with headless_chromium() as driver:
             wait = WebDriverWait(driver, 240,
                                  ignored_exceptions=[StaleElementReferenceException])
