@@ -3,8 +3,10 @@
 
 Streams: `primary` holds one event per recorded frame (its decision in brief), `incidents` one
 per fault or notable happening (instrument faults, bad frames, refusals, a resume), `decisions`
-one per human answer to an approval request. Consumers subscribe a callback `(name, doc)`, as
-to Bluesky's RunEngine; `StreamReader` turns the documents back into the three kinds.
+one per human answer to an approval request, `overview` the overview and candidate score map a
+targeting strategy stored (as arrays in the event, with their calibration), once per run.
+Consumers subscribe a callback `(name, doc)`, as to Bluesky's RunEngine; `StreamReader` turns
+the documents back into the four kinds.
 
 Each `Session.run` is one run: a resumed session emits a new start (`resumed: true`, the counts
 it resumes from), then only what happens from there, and its own stop. A frame whose record step
@@ -21,13 +23,15 @@ from collections.abc import Callable
 from typing import Any
 
 import event_model
+import numpy as np
 
 from agent.approval_request import ApprovalRequest, HumanDecision, LabelRequest
 from instruments.session_file.decision_record import DecisionRecord
+from instruments.session_file.overview import StoredOverview
 
 Subscriber = Callable[[str, dict[str, Any]], Any]
 
-FRAMES, INCIDENTS, DECISIONS = "primary", "incidents", "decisions"
+FRAMES, INCIDENTS, DECISIONS, OVERVIEW = "primary", "incidents", "decisions", "overview"
 DATA_KEYS: dict[str, dict[str, str]] = {
     FRAMES: {"frame_id": "string", "sequence": "integer", "label": "string",
              "route": "string", "confidence": "number", "quality_ok": "boolean",
@@ -37,6 +41,7 @@ DATA_KEYS: dict[str, dict[str, str]] = {
     DECISIONS: {"kind": "string", "decision": "string", "operator": "string",
                 "label": "string", "frame_id": "string", "rescan_change": "string",
                 "note": "string"},
+    OVERVIEW: {"image": "array", "scores": "array", "metadata": "string"},
 }
 LEFT = "left_"                      # frame data key prefix of a budget's remainder
 EXIT_STATUS = {"completed": "success", "interrupted": "abort", "failed": "fail"}
@@ -84,8 +89,10 @@ class EventStream:
 
     def _event(self, stream: str, data: dict[str, Any]) -> None:
         if stream not in self._streams:
-            keys = {key: {"dtype": DATA_KEYS[stream].get(key, "number"), "shape": [],
-                          "source": f"micagent:{stream}"} for key in data}
+            keys = {key: {"dtype": DATA_KEYS[stream].get(key, "number"),
+                          "shape": list(np.shape(value)) if isinstance(value, np.ndarray)
+                          else [], "source": f"micagent:{stream}"}
+                    for key, value in data.items()}
             bundle = self._run.compose_descriptor(name=stream, data_keys=keys)
             self._streams[stream] = bundle.compose_event
             self._emit("descriptor", bundle.descriptor_doc)
@@ -136,6 +143,17 @@ class EventStream:
                                     "rescan_change": answer.rescan_change.value
                                     if answer.rescan_change else "", "note": answer.note})
 
+    def overview(self, stored: StoredOverview) -> None:
+        """The stored overview (stage calibration in m: `origin_*` is pixel (0, 0)'s corner,
+        `area_*` the score map's corner, `tile` its cell side) and the strategy's metadata."""
+        with self._lock:
+            self._event(OVERVIEW, {
+                "image": stored.image, "scores": stored.scores,
+                "origin_x": stored.origin[0], "origin_y": stored.origin[1],
+                "pixel": stored.pixel, "area_x": stored.area_origin[0],
+                "area_y": stored.area_origin[1], "tile": stored.tile,
+                "metadata": json.dumps(stored.metadata, default=str, sort_keys=True)})
+
     def stop(self, status: str, reason: str = "") -> None:
         """Close the run: `status` completed / interrupted / failed (success / abort / fail)."""
         with self._lock:
@@ -148,8 +166,8 @@ class EventStream:
 
 
 class StreamReader(event_model.DocumentRouter):
-    """A subscriber that sees events by stream: override `frame`, `incident`, `decision`
-    (each gets the event's `data`), and `start` / `stop` as in event_model."""
+    """A subscriber that sees events by stream: override `frame`, `incident`, `decision`,
+    `overview` (each gets the event's `data`), and `start` / `stop` as in event_model."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -160,7 +178,8 @@ class StreamReader(event_model.DocumentRouter):
 
     def event(self, doc: dict[str, Any]) -> None:
         handler = {FRAMES: self.frame, INCIDENTS: self.incident,
-                   DECISIONS: self.decision}.get(self.streams.get(doc["descriptor"], ""))
+                   DECISIONS: self.decision, OVERVIEW: self.overview}.get(
+            self.streams.get(doc["descriptor"], ""))
         if handler is not None:
             handler(doc["data"])
 
@@ -172,3 +191,7 @@ class StreamReader(event_model.DocumentRouter):
 
     def decision(self, data: dict[str, Any]) -> None:
         """One human decision."""
+
+    def overview(self, data: dict[str, Any]) -> None:
+        """The stored overview (`image` and `scores` arrays, `metadata` a JSON object as
+        text)."""

@@ -38,6 +38,8 @@ def _store(ctx: SessionContext, state: dict[str, Any], overview: Overview,
         metadata={"strategy": "overview", "objective": state["objective"],
                   "overview_frames": [f.frame_id for f in overview.frames],
                   "ranked": [[p["row"], p["col"]] for p in ranked]}))
+    if ctx.stream is not None:               # as stored: the first, where a rerun took another
+        ctx.stream.overview(ctx.writer.overview())
 
 
 def start_search(ctx: SessionContext, state: dict[str, Any]) -> dict[str, Any]:

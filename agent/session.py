@@ -199,6 +199,8 @@ class Session:
         values, pending = self.saved_state()
         self.context.acquirer.restore(values)
         self.stream.start(self._start_metadata(values))
+        if values and (stored := self.writer.overview()) is not None:
+            self.stream.overview(stored)           # a resumed run's readers see it too
         if not values:
             payload: Any = self.initial_state()
         elif pending:

@@ -5,6 +5,7 @@ pending approval in headless Chromium, approves every request from the page (as 
 would), writes `micagent report` for the finished session and screenshots it (full page).
 
     python -m benchmarks.screenshots --out /tmp/micagent-shots [--frames 16]
+        [--objective hunt:Tips:3 --strategy overview]   # the page with its search map
 
 Prints the paths of approval_page.png and report.png and the seconds each stage took.
 """
@@ -25,11 +26,13 @@ from workflows.report.session_report import build_report
 URL = re.compile(r"approval page: (http://127\.0\.0\.1:\d+/\?token=[\w-]+)")
 
 
-def start_session(out: Path, frames: int) -> tuple[subprocess.Popen, str]:
+def start_session(out: Path, frames: int, objective: str = "survey",
+                  strategy: str | None = None) -> tuple[subprocess.Popen, str]:
     """Start the web-approved run; return the process and the page's URL."""
     log = out / "run.log"
+    chosen = ("--strategy", strategy) if strategy else ()
     command = module_command("workflows", "run", "--approve", "all", "--ui", "web",
-                             "--frames", str(frames),
+                             "--frames", str(frames), "--objective", objective, *chosen,
                              "--out", str(out / "session.h5"), "--state-dir",
                              str(out / "state"), "--quiet")
     with open(log, "w") as sink:
@@ -89,11 +92,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("/tmp/micagent-shots"))
     parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--objective", default="survey")
+    parser.add_argument("--strategy", default=None)
     args = parser.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    proc, url = start_session(out, args.frames)
+    proc, url = start_session(out, args.frames, args.objective, args.strategy)
     t_page = time.perf_counter()
     try:
         with headless_chromium(1400, 1000) as driver:

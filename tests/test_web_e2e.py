@@ -5,30 +5,15 @@ on the session's summary (not an unreachable server)."""
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
-from web_browser import require_chromium
+from web_browser import require_chromium, wait_for_page_url
 
 from instruments.session_file.reader import SessionReader
 from twins.operator_browser import headless_chromium
-
-URL = re.compile(r"approval page: (http://127\.0\.0\.1:(\d+)/\?token=[\w-]{32,})")
-
-
-def _wait_for_url(log: Path, proc: subprocess.Popen, timeout: float) -> re.Match:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = URL.search(log.read_text(errors="replace"))
-        if found:
-            return found
-        assert proc.poll() is None, f"run ended early:\n{log.read_text()}"
-        time.sleep(0.3)
-    raise AssertionError(f"no approval page within {timeout} s:\n{log.read_text()}")
 
 
 def test_web_approval_of_a_twin_session(tmp_path: Path) -> None:
@@ -49,7 +34,7 @@ def test_web_approval_of_a_twin_session(tmp_path: Path) -> None:
     with open(out_log, "w") as out, open(err_log, "w") as err:
         proc = subprocess.Popen(command, stdout=out, stderr=err, env=env, cwd=tmp_path)
     try:
-        found = _wait_for_url(err_log, proc, timeout=240)
+        found = wait_for_page_url(err_log, proc, timeout=240)
         url, port = found.group(1), found.group(2)
         base = f"http://127.0.0.1:{port}"
         assert httpx.get(base + "/api/pending").status_code == 401
@@ -88,6 +73,7 @@ def test_web_approval_of_a_twin_session(tmp_path: Path) -> None:
             final = wait.until(lambda d: d.find_elements(By.ID, "final"))[0].text
             status = driver.find_element(By.ID, "status").text
             header = driver.find_element(By.TAG_NAME, "header").text
+            no_map = not driver.find_elements(By.ID, "search-map")   # a survey: no overview
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -97,6 +83,7 @@ def test_web_approval_of_a_twin_session(tmp_path: Path) -> None:
     assert final.startswith("Session complete") and "frames recorded 2" in final
     assert "human decisions approve 2" in final and session_file.name in final
     assert "unreachable" not in status and "budget" not in header and "wall" not in header
+    assert no_map
     with SessionReader(session_file) as reader:
         records = reader.records()
         assert reader.provenance["status"] == "completed"

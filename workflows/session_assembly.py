@@ -342,6 +342,8 @@ def run_session(config: RunConfig, console: Console, quiet: bool = False,
         _failed_start(config, footprint, StartError(f"cannot open session {config.session_id}"
                                                     f" at {config.out}: {exc}"), exc)
     session.stream.subscribe(ProgressView(progress, console, broker, config.frames))
+    if web is not None:
+        session.stream.subscribe(web.search_map)
     final = None
     try:
         with progress:

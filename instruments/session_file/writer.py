@@ -73,7 +73,12 @@ from instruments.session_file.nsid_writer import (
     create_group,
     to_sidpy,
 )
-from instruments.session_file.overview import OVERVIEW_GROUP, StoredOverview, overview_datasets
+from instruments.session_file.overview import (
+    OVERVIEW_GROUP,
+    StoredOverview,
+    overview_datasets,
+    read_overview,
+)
 from instruments.utils.disk_space import free_bytes
 from instruments.utils.redaction import redact
 
@@ -433,6 +438,12 @@ class SessionWriter:
                 if OVERVIEW_GROUP in f:
                     del f[OVERVIEW_GROUP]
                 raise write_error(exc, "writing the overview", self.path) from exc
+
+    def overview(self) -> StoredOverview | None:
+        """The overview as the file holds it (None: none stored)."""
+        with self._lock:
+            self._require_open()
+            return read_overview(self._file)
 
     def update_provenance(self, **values: Any) -> None:
         """Merge `values` into the session provenance and flush."""

@@ -7,7 +7,9 @@ this app lists the pending ones, serves their thumbnails, and turns a click into
 is a 422), which the session resumes with through `Command(resume=decision)`. `start_web_ui`
 runs it with uvicorn in a background thread. When the session ends its summary joins the
 progress (`broker.finish`), and `WebUIHandle.close` lets a page that follows the session read
-it before the server stops, so the page ends on the session's result.
+it before the server stops, so the page ends on the session's result. A targeting session's
+search map (`workflows/web/search_map.py`, a reader of the session's event stream) joins the
+progress, its overview served as PNG.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from instruments.session_file.decision_record import (
     RescanRecord,
 )
 from workflows.web.guard import TOKEN_HEADER, GuardedApp
+from workflows.web.search_map import SearchMapView
 
 __all__ = ["TOKEN_HEADER", "WebUIHandle", "create_app", "start_web_ui"]
 
@@ -172,14 +175,16 @@ class PageWatch:
 
 
 def create_app(broker: ApprovalBroker, token: str, class_names: list[str] | None = None,
-               hosts: Iterable[str] = (), watch: PageWatch | None = None) -> GuardedApp:
+               hosts: Iterable[str] = (), watch: PageWatch | None = None,
+               search_map: SearchMapView | None = None) -> GuardedApp:
     """The approval app behind its guard: every request needs an allowed Host and `token`
     (query `?token=` or header), checked before any body byte is read; bodies are capped."""
-    return GuardedApp(_routes(broker, class_names, watch or PageWatch()), token, hosts)
+    return GuardedApp(_routes(broker, class_names, watch or PageWatch(),
+                              search_map or SearchMapView(broker)), token, hosts)
 
 
 def _routes(broker: ApprovalBroker, class_names: list[str] | None,
-            watch: PageWatch) -> FastAPI:
+            watch: PageWatch, search_map: SearchMapView) -> FastAPI:
     known = list(class_names or [])
     app = FastAPI(title="micagent approvals", docs_url=None, redoc_url=None,
                   openapi_url=None)
@@ -216,6 +221,13 @@ def _routes(broker: ApprovalBroker, class_names: list[str] | None,
             raise HTTPException(status_code=404, detail=f"approval {request_id} has no {kind}")
         return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
 
+    @app.get("/api/search_map.png")
+    def overview_image() -> Response:
+        png = search_map.png()
+        if png is None:
+            raise HTTPException(status_code=404, detail="this session has no overview")
+        return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
+
     @app.post("/api/decide/{request_id}")
     def decide(request_id: str, body: DecisionIn) -> dict[str, Any]:
         pending_request(request_id)
@@ -240,6 +252,7 @@ class WebUIHandle:
     server: uvicorn.Server
     thread: threading.Thread
     watch: PageWatch
+    search_map: SearchMapView      # subscribe it to the session's stream: the page's map
 
     @property
     def url(self) -> str:
@@ -274,15 +287,16 @@ def start_web_ui(broker: ApprovalBroker, host: str = "127.0.0.1", port: int = 0,
         sock.close()
         raise OSError(f"cannot serve the approval page on {host}:{port}: {exc}") from exc
     bound_port = sock.getsockname()[1]
-    watch = PageWatch()
-    config = uvicorn.Config(create_app(broker, token, class_names, (host, *allow_hosts), watch),
+    watch, search_map = PageWatch(), SearchMapView(broker)
+    config = uvicorn.Config(create_app(broker, token, class_names, (host, *allow_hosts), watch,
+                                       search_map),
                             log_level="warning", access_log=False, lifespan="off",
                             limit_concurrency=64, timeout_keep_alive=5)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
                               name="micagent-web-ui", daemon=True)
     thread.start()
-    handle = WebUIHandle(host, bound_port, token, server, thread, watch)
+    handle = WebUIHandle(host, bound_port, token, server, thread, watch, search_map)
     deadline = time.monotonic() + startup_timeout
     while not server.started and thread.is_alive() and time.monotonic() < deadline:
         time.sleep(0.02)
