@@ -247,9 +247,10 @@ class Classifier:
         OOD verdict stay those of the frame as taken. Deviation: the temperature and the
         conformal threshold were fitted on single views; applied to the averaged
         probabilities the conformal set is no longer exactly calibrated (averaging lowers the
-        top probability, so sets tend to grow, the conservative side). Measured on 600
-        survey tiles of 20 twin seeds (benchmarks/results/survey_quality.md): top-1 0.930 ->
-        0.943, on the frames the policy calls unsure 0.672 -> 0.741."""
+        top probability, so sets tend to grow, the conservative side); the agent therefore
+        never decides a frame alone on averaged views (agent/policy.py `is_confident`).
+        Measured on 600 survey tiles of 20 twin seeds (benchmarks/results/survey_views.md):
+        top-1 0.930 -> 0.943, on the frames the policy calls unsure 0.672 -> 0.741."""
         frames = list(images) if not isinstance(images, np.ndarray) else images
         n = len(frames)
         if views != 1:      # the frame as taken first, then its other views

@@ -11,9 +11,14 @@ import pytest
 import torch
 
 from agent.config import RunConfig, RunConfigError
+from agent.policy import RoutePolicy
 from agent.session import Session, SessionParts
 from instruments.devices.safety import GuardedMicroscope, SafetyEnvelope
-from instruments.session_file.decision_record import RECORD_VERSION, DecisionRecord
+from instruments.session_file.decision_record import (
+    RECORD_VERSION,
+    DecisionRecord,
+    PredictionRecord,
+)
 from instruments.session_file.reader import SessionReader
 from models.classifier import Classifier
 from models.config import FusionConfig
@@ -113,3 +118,10 @@ def test_a_version_5_record_reads_as_one_view(tmp_path, classifier):
     record = DecisionRecord.from_json(json.dumps(stored))
     assert record.version == RECORD_VERSION == 6
     assert record.prediction.views == 1 and record.prediction.as_taken is None
+
+
+def test_a_prediction_averaged_over_views_is_never_confident():
+    sure = {"label": "Tips", "confidence": 0.99, "conformal_set": ["Tips"]}
+    policy = RoutePolicy(confidence=0.9)
+    assert policy.is_confident(PredictionRecord(**sure))
+    assert not policy.is_confident(PredictionRecord(**sure, views=8, as_taken="Tips"))
