@@ -95,9 +95,9 @@ def run_survey(classifier: Classifier, model: str, seed: int, tiles: int,
 
 
 def _sure(record: DecisionRecord, confidence: float = 0.9) -> bool:
-    p = record.prediction
-    return (p.confidence or 0.0) >= confidence and len(p.conformal_set) <= 1 and not (
-        p.ood and p.ood.unknown)
+    p = record.prediction        # averaged over views: the frame as taken was unsure
+    return p.views == 1 and (p.confidence or 0.0) >= confidence \
+        and len(p.conformal_set) <= 1 and not (p.ood and p.ood.unknown)
 
 
 def figures(run: dict[str, Any]) -> dict[str, Any]:
