@@ -81,7 +81,7 @@ class RoutePolicy:
     move, ~0.1 s a view on one CPU thread. The averaged prediction gives the frame's label
     but never makes it confident (`is_confident`): it goes on to the escalations, or is
     recorded unresolved under that label. Measured (benchmarks/results/survey_views.md): on
-    600 survey tiles of 20 twin seeds, top-1 on the unsure frames 0.672 -> 0.741; in the
+    600 survey tiles of 20 twin seeds, top-1 on the 97 unsure frames 0.670 -> 0.753; in the
     agent, 20 seeds x 20 tiles, final 0.9225 -> 0.9325.
     """
 

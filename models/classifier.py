@@ -250,7 +250,7 @@ class Classifier:
         top probability, so sets tend to grow, the conservative side); the agent therefore
         never decides a frame alone on averaged views (agent/policy.py `is_confident`).
         Measured on 600 survey tiles of 20 twin seeds (benchmarks/results/survey_views.md):
-        top-1 0.930 -> 0.943, on the frames the policy calls unsure 0.672 -> 0.741."""
+        top-1 0.930 -> 0.945, on the 97 frames the policy calls unsure 0.670 -> 0.753."""
         frames = list(images) if not isinstance(images, np.ndarray) else images
         n = len(frames)
         if views != 1:      # the frame as taken first, then its other views
