@@ -43,6 +43,7 @@ class RunConfig:
     zoom_out: bool = False
     neighbourhood: bool = False
     unsure_label: str = "classifier"  # an unresolved frame's label: classifier's or none
+    unsure_views: int = 8            # dihedral views averaged for an unsure frame (1: off)
     demo_k: int = 8
     demo_strategy: str = "similar"
     bank: str | None = None
@@ -81,6 +82,8 @@ class RunConfig:
         if self.unsure_label not in ("classifier", "none"):
             raise RunConfigError(f"--unsure-label must be classifier or none, "
                                  f"got {self.unsure_label!r}")
+        if not 1 <= self.unsure_views <= 8:
+            raise RunConfigError(f"--unsure-views must lie in 1..8, got {self.unsure_views}")
         if self.target_risk is not None and not 0.0 < self.target_risk < 1.0:
             raise RunConfigError(f"--target-risk must lie in (0, 1), got {self.target_risk}")
         self.budgets = {**default_budgets(self.frames), **self.budgets}
@@ -96,7 +99,8 @@ class RunConfig:
                            zoom_unsure=self.zoom_unsure, reject_unknown=self.reject_unknown,
                            zoom_out=self.zoom_out, neighbourhood=self.neighbourhood,
                            learn_min=self.learn_min if self.learn else 0,
-                           unsure_label=self.unsure_label)  # type: ignore[arg-type]
+                           unsure_label=self.unsure_label,  # type: ignore[arg-type]
+                           unsure_views=1 if self.learn else self.unsure_views)
 
     def autofocus_settings(self) -> AutofocusSettings | None:
         return AutofocusSettings(every=self.autofocus_every) if self.autofocus else None

@@ -28,7 +28,7 @@ class ClassifierLike(Protocol):
     class_names: list[str]
 
     def classify(self, images: Any, lmm_labels: list[str | None] | None = None,
-                 imaging: list[dict | None] | None = None) -> list: ...
+                 imaging: list[dict | None] | None = None, views: int = 1) -> list: ...
 
 
 class WriterLike(Protocol):

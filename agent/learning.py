@@ -71,11 +71,16 @@ class SessionLearner:
         """Support examples per class."""
         return self.support.counts()
 
-    def classify(self, images, lmm_labels=None, imaging=None) -> list[Prediction]:
+    def classify(self, images, lmm_labels=None, imaging=None, views: int = 1
+                 ) -> list[Prediction]:
         """Predictions of the current head; the embedding is the raw stem features (what a
         human's answer adds to the support set). `lmm_labels` and `imaging` are taken as
         `Classifier.classify` takes them and unused: the head has no text branch, and its OOD
-        test is the support set's distances alone (no imaging range was taught)."""
+        test is the support set's distances alone (no imaging range was taught). The head
+        reads the frame as taken: `views` other than 1 is refused (a learning session's
+        policy asks for none, `RunConfig.policy`)."""
+        if views != 1:
+            raise ValueError(f"the learned head classifies the frame as taken, not {views} views")
         raw = self.features(images)
         return [self._prediction(row) for row in raw]
 

@@ -5,7 +5,8 @@ been trained on, except seed 0's), a survey of N tiles spread over the specimen 
 agent as `micagent run` runs it (default imaging, the offline adjudicator with one shared twin
 demonstration bank), once per configuration of the context levers:
 
-    off           rescans and adjudication only (the policy before context)
+    off           rescans, adjudication and the eight views of an unsure frame (the default)
+    one_view      off, an unsure frame classified as taken only (`--unsure-views 1`)
     neighbourhood + the sure frames of the same region pooled (agent/context_evidence.py)
     zoom_out      + a twice wider field at the same centre, classified and pooled
     both          + both
@@ -55,8 +56,8 @@ from workflows.session_assembly import BUNDLED_MODEL, open_parts  # noqa: E402
 from workflows.training.demonstration_bank import cached_bank  # noqa: E402
 
 torch.set_num_threads(1)
-CONFIGS = {"off": {}, "neighbourhood": {"neighbourhood": True}, "zoom_out": {"zoom_out": True},
-           "both": {"zoom_out": True, "neighbourhood": True}}
+CONFIGS = {"off": {}, "one_view": {"unsure_views": 1}, "neighbourhood": {"neighbourhood": True},
+           "zoom_out": {"zoom_out": True}, "both": {"zoom_out": True, "neighbourhood": True}}
 CONTEXT_ROUTES = ("zoomed_out", "neighbourhood")
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -94,9 +95,9 @@ def run_survey(classifier: Classifier, model: str, seed: int, tiles: int,
 
 
 def _sure(record: DecisionRecord, confidence: float = 0.9) -> bool:
-    p = record.prediction
-    return (p.confidence or 0.0) >= confidence and len(p.conformal_set) <= 1 and not (
-        p.ood and p.ood.unknown)
+    p = record.prediction        # averaged over views: the frame as taken was unsure
+    return p.views == 1 and (p.confidence or 0.0) >= confidence \
+        and len(p.conformal_set) <= 1 and not (p.ood and p.ood.unknown)
 
 
 def figures(run: dict[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,9 @@ class Prediction:
     `embedding`: the fused representation used to pick similar demonstrations.
     `ood`: the out-of-distribution verdict (models/ood.py) — {"score", "threshold", "unknown",
     "method"} — or None for a checkpoint without an OOD fit.
+    `views`: how many dihedral views of the frame were averaged (test-time augmentation,
+    `Classifier.classify(views=...)`); `as_taken`: with more than one, the label of the frame
+    as taken alone.
     """
 
     class_names: list[str]
@@ -24,6 +27,8 @@ class Prediction:
     lmm_label: str | None = None
     extra: dict = field(default_factory=dict)
     ood: dict | None = None
+    views: int = 1
+    as_taken: str | None = None
 
     @property
     def label(self) -> str:
@@ -54,4 +59,6 @@ class Prediction:
             "entropy": self.entropy,
             "lmm_label": self.lmm_label,
             "ood": None if self.ood is None else dict(self.ood),
+            "views": self.views,
+            "as_taken": self.as_taken,
         }

@@ -100,3 +100,16 @@ def preprocess_batch(images: np.ndarray | Sequence[np.ndarray], channels: int = 
     if not frames:
         raise ModelInputError("empty batch: no images given")
     return torch.stack([preprocess_image(f, channels, size, i) for i, f in enumerate(frames)])
+
+
+DIHEDRAL_VIEWS = 8
+
+
+def dihedral_views(image: np.ndarray, views: int) -> list[np.ndarray]:
+    """The first `views` of an image's eight dihedral transforms (rotations by 0/90/180/270
+    degrees, then the same of its mirror image), the frame as taken first."""
+    if not 1 <= views <= DIHEDRAL_VIEWS:
+        raise ModelInputError(f"views must lie in 1..{DIHEDRAL_VIEWS}, got {views}")
+    arr = np.asarray(image)
+    out = [np.rot90(arr, k) for k in range(4)] + [np.rot90(arr[:, ::-1], k) for k in range(4)]
+    return [np.ascontiguousarray(v) for v in out[:views]]

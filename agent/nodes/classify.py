@@ -1,9 +1,10 @@
 """classify: calibrated probabilities, conformal set and embedding of the frame, its context
 (the neighbourhood, and a zoom-out already taken: agent/context_evidence.py), and the policy's
 ruling on it (`agent.policy.rule_classified`, then `rule_in_context`): where it goes next,
-under which label and route. In a learning session the learner first takes up the
-checkpointed state (what was learned so far), and the record keeps the head version that
-classified the frame."""
+under which label and route. A frame the policy is unsure of is first classified again on
+dihedral views of itself (`RoutePolicy.unsure_views`). In a learning session the learner
+first takes up the checkpointed state (what was learned so far), and the record keeps the
+head version that classified the frame."""
 
 from __future__ import annotations
 
@@ -37,6 +38,12 @@ def with_context(ctx: SessionContext, state: AgentState, record: DecisionRecord,
     return record.model_copy(update={"context": context.model_copy(update={"fused": pooled})})
 
 
+def unsure(ctx: SessionContext, prediction: Any) -> bool:
+    """True when the policy would call this prediction neither confident nor unknown."""
+    record = PredictionRecord.model_validate(prediction.as_record())
+    return not (ctx.policy.is_confident(record) or ctx.policy.is_unknown(record))
+
+
 def make(ctx: SessionContext):
     def classify(state: AgentState) -> dict[str, Any]:
         current: DecisionRecord = state["current"]
@@ -49,6 +56,9 @@ def make(ctx: SessionContext):
         taken = ({"fov": frame.settings.fov, "detector": frame.settings.detector}
                  if frame.settings is not None else None)
         prediction = ctx.classifier.classify([frame.image], imaging=[taken])[0]
+        if ctx.policy.unsure_views > 1 and unsure(ctx, prediction):
+            prediction = ctx.classifier.classify([frame.image], imaging=[taken],
+                                                 views=ctx.policy.unsure_views)[0]
         timings = current.timings.model_copy(update={
             "classify_s": (current.timings.classify_s or 0.0) + time.perf_counter() - t0})
         embedding = [float(v) for v in prediction.embedding.ravel()]

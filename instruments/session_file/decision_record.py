@@ -11,10 +11,12 @@ Versions: 1 = the untyped dict of files written before this module (no `version`
 `effect` among them; checkpoints also carried the working-only `started`); 3 = the closed
 schema (`extra="forbid"`); 4 = the audit trail of human acts (a rescan a human
 asked for keeps that act in its `RescanRecord.human`; each `HumanRecord` says what the act
-changed, `effect`, and for a rescan which change was asked, `rescan_change`); 5 = this schema,
-which adds the context the decision used (`context`: a zoom-out, the neighbourhood) and
-`head_version` (the version of the head a learning session classified the frame with; None
-elsewhere). `DecisionRecord.from_stored` migrates older versions on read, and a
+changed, `effect`, and for a rescan which change was asked, `rescan_change`); 5 adds the
+context the decision used (`context`: a zoom-out, the neighbourhood) and `head_version` (the
+version of the head a learning session classified the frame with; None elsewhere); 6 = this
+schema, whose prediction says how many dihedral views of the frame it averages (`views`,
+test-time augmentation of an unsure frame) and, with more than one, the label of the frame as
+taken alone (`as_taken`). `DecisionRecord.from_stored` migrates older versions on read, and a
 record validated with an explicit older `version` (a checkpoint written before) is migrated too.
 """
 
@@ -31,7 +33,7 @@ from pydantic_core import PydanticSerializationError
 
 from instruments.devices.frame import ImagingSettings
 
-RECORD_VERSION = 5
+RECORD_VERSION = 6
 
 
 class Route(StrEnum):
@@ -129,6 +131,8 @@ class PredictionRecord(_Part):
     entropy: float | None = None
     lmm_label: str | None = None
     ood: OodVerdict | None = None
+    views: int = 1                     # dihedral views averaged (1: the frame as taken)
+    as_taken: str | None = None        # views > 1: the label of the frame as taken alone
 
 
 class QualityRecord(_Part):
@@ -294,8 +298,11 @@ class DecisionRecord(_Part):
 
     @property
     def classifier_label(self) -> str | None:
-        """The classifier's own label of the stored frame (before any escalation)."""
-        return self.prediction.label if self.prediction else None
+        """The classifier's own label of the stored frame as taken (one view, before any
+        escalation)."""
+        if self.prediction is None:
+            return None
+        return self.prediction.as_taken or self.prediction.label
 
     def to_json(self, fallback: Any = None) -> str:
         """The record as one JSON document (NaN/inf as null); RecordFormatError when a value
@@ -361,6 +368,8 @@ def migrate(data: dict[str, Any]) -> dict[str, Any]:
         data = {**data, "version": 4}     # 4 only adds optional fields
     if data.get("version") == 4:
         data = {**data, "version": 5}     # 5 adds `context`, `head_version` (absent: None)
+    if data.get("version") == 5:
+        data = {**data, "version": 6}     # 6 adds the prediction's `views`, `as_taken`
     return data
 
 

@@ -187,6 +187,9 @@ def run(
     unsure_label: str = typer.Option(
         "classifier", help="an unsure frame nothing settled (route unresolved, not decided): "
                            "recorded under the classifier's label, or none"),
+    unsure_views: int = typer.Option(
+        8, help="an unsure frame is classified again on this many rotations and mirror "
+                "images of itself, probabilities averaged (1: off; ignored with --learn)"),
     ood: bool = typer.Option(True, "--ood/--no-ood",
                              help="record frames the model's out-of-distribution test flags "
                                   "as unknown, never as a class (checkpoints without an OOD "
@@ -270,7 +273,8 @@ def run(
                 target_risk=target_risk, autofocus=autofocus,
                 autofocus_every=autofocus_every,
                 zoom_unsure=zoom_unsure, zoom_out=zoom_out, neighbourhood=neighbourhood,
-                unsure_label=unsure_label, reject_unknown=ood, pipeline=pipeline, demo_k=demo_k,
+                unsure_label=unsure_label, unsure_views=unsure_views, reject_unknown=ood,
+                pipeline=pipeline, demo_k=demo_k,
                 demo_strategy=demo_strategy, vlm_timeout_s=_vlm_timeout(vlm_timeout),
                 envelope=envelope_values(envelope, limit or [], free_zone), learn=learn,
                 learn_min=learn_min)
