@@ -48,11 +48,12 @@ def dtm(tmp_path_factory):
         yield f"dtm://{served.host}:{served.port}?data={path}", image
 
 
-def hunt(tmp_path: Path, uri: str, classifier, frames: int, **kw) -> tuple[dict, Path]:
+def hunt(tmp_path: Path, uri: str, classifier, frames: int, strategy: str = "overview",
+         **kw) -> tuple[dict, Path]:
     config = RunConfig(session_id=str(uuid.uuid4()), instrument=uri, out=str(tmp_path / "s.h5"),
                        state_dir=str(tmp_path / "state"), bank="none", confidence=0.0,
                        max_set_size=10, objective=f"hunt:{TARGET}:{frames + 5}",
-                       frames=frames, strategy="overview", **kw)
+                       frames=frames, strategy=strategy, **kw)
     return run_session(config, Console(quiet=True), quiet=True,
                        classifier=classifier), Path(config.out)
 
@@ -64,8 +65,9 @@ def read_map(scifi_read, path: Path) -> dict:
 
 def test_dtm_overview_hunt_scores_the_served_image_and_spends_windows_best_first(
         tmp_path, classifier, dtm, scifi_read):
+    """No --strategy: a hunt's default, the overview."""
     uri, served = dtm
-    final, out = hunt(tmp_path, uri, classifier, frames=4)
+    final, out = hunt(tmp_path, uri, classifier, frames=4, strategy="")
     assert final["status"] == "completed"
     low = served.reshape(SERVED_PX // BIN, BIN, SERVED_PX // BIN, BIN).mean(axis=(1, 3))
     side = TILE_PX // BIN
