@@ -45,6 +45,7 @@ from agent.targeting import (
     stage_bounds,
     take_overview,
 )
+from benchmarks import dtm_peer
 from instruments.devices.frame import ImagingSettings, StagePosition
 from instruments.devices.safety import GuardedMicroscope, SafetyEnvelope
 from twins.microscope import TwinMicroscope
@@ -220,8 +221,6 @@ def main() -> None:
 
 
 # --- DTMicroscope's own server (issue 26, benchmark point 5's DTM part) ------------------
-DTM_SCRIPT = Path(__file__).resolve().parents[2] / "shared" / "peers" / "run_dtm_stem_server.py"
-PEERS_PYTHON = Path(__file__).resolve().parents[1] / ".venv-peers" / "bin" / "python"
 DTM_MOSAIC = 4           # twin frames a side of the NSID image DTMicroscope serves
 DTM_FRAME_PX = 256       # pixels a side of each (4 x 64 px windows of FOV each)
 
@@ -284,24 +283,14 @@ def dtm_hunt(address: str, path: Path, classifier: Any, n: int) -> dict[str, Any
 def run_dtm(seeds: list[int], n: int, model: str | None, work: Path) -> list[dict[str, Any]]:
     """The DTM rows: per twin seed an NSID image (and the real PTO scan of ../shared where
     present), served by DTMicroscope's own server started from ../shared/peers."""
-    import os
-    import subprocess
-
     from models.classifier import Classifier
     from workflows.session_assembly import BUNDLED_MODEL
 
-    if not DTM_SCRIPT.is_file() or not PEERS_PYTHON.exists():
+    if not dtm_peer.available():
         raise SystemExit("DTMicroscope's sources (../shared/peers) or .venv-peers absent")
     classifier = Classifier.load(model or BUNDLED_MODEL)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    server = subprocess.Popen([str(PEERS_PYTHON), str(DTM_SCRIPT), "--port", "0"], cwd=work,
-                              env=env, stdout=subprocess.PIPE, text=True)
     rows = []
-    try:
-        ready = server.stdout.readline()          # "READY PYRO:...@127.0.0.1:PORT"
-        if not ready.startswith("READY"):
-            raise SystemExit(f"DTMicroscope's server did not start: {ready!r}")
-        address = ready.split("@")[1].strip()
+    with dtm_peer.served_dtm(work) as address:
         for seed in seeds:
             path = work / f"twin{seed}.h5"
             truth = twin_nsid(path, seed)
@@ -316,9 +305,6 @@ def run_dtm(seeds: list[int], n: int, model: str | None, work: Path) -> list[dic
             copy.write_bytes(shared.read_bytes())
             rows.append({**dtm_hunt(address, copy, classifier, n),
                          "dataset": "PTO scan (AFM, ../shared)", "agree": None})
-    finally:
-        server.kill()
-        server.wait(timeout=30)
     return rows
 
 

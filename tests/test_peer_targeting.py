@@ -35,6 +35,7 @@ SERVED_PX, PIXEL_M, TILE_PX, BIN = 512, 4e-11, 64, 2     # 512 px served: binned
 
 @pytest.fixture(scope="module")
 def classifier():
+    """An untrained model, seeded: scores that differ from window to window."""
     torch.manual_seed(0)
     return Classifier.create(FusionConfig.ablation("vit_only"), SEM_CLASSES)
 
