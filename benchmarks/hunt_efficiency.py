@@ -246,10 +246,12 @@ def twin_nsid(path: Path, seed: int) -> dict[tuple[int, int], str]:
             for r in range(tiles) for c in range(tiles)}
 
 
-def dtm_hunt(address: str, path: Path, classifier: Any, n: int) -> dict[str, Any]:
+def dtm_hunt(address: str, path: Path, classifier: Any, n: int
+             ) -> tuple[list[dict[str, Any]], dict[tuple[int, int], str | None]]:
     """One NSID file served by DTMicroscope's server: every window read by the classifier
-    (label = its top class, none where OOD flags it), the most frequent label hunted with the
-    overview strategy (the served image binned, crops scored) and with the grid."""
+    (label = its top class, none where OOD flags it); the most frequent label, and the rarest
+    with at least N windows, each hunted with the overview strategy (the served image binned,
+    crops scored) and with the grid. The rows, and the labels."""
     from agent.overview import OverviewTiles
     from instruments.devices.dtm_client import DTMicroscopeClient
 
@@ -263,21 +265,27 @@ def dtm_hunt(address: str, path: Path, classifier: Any, n: int) -> dict[str, Any
     labels = {(p["row"], p["col"]): None if (q.ood or {}).get("unknown")
               else classifier.class_names[int(np.argmax(q.probabilities))]
               for p, q in zip(candidates, predictions, strict=True)}
-    target, present = Counter(v for v in labels.values() if v).most_common(1)[0]
+    counts = Counter(v for v in labels.values() if v).most_common()
+    targets = {"most frequent": counts[0]}
+    rare = [c for c in counts if c[1] >= n and c[0] != counts[0][0]]
+    if rare:
+        targets["rarest with >= N"] = rare[-1]
+    overview = tiles.targeting_overview()
+    start = (tiles.overview.stage.x, tiles.overview.stage.y)
+    out = []
+    for which, (target, present) in targets.items():
+        def hit(p: dict[str, Any], target: str = target) -> bool:
+            return labels[(p["row"], p["col"])] == target
 
-    def hit(p: dict[str, Any]) -> bool:
-        return labels[(p["row"], p["col"])] == target
-
-    t0 = time.perf_counter()
-    objective = {"kind": "hunt", "classes": [target], "target": n}
-    scores = score_candidates(classifier, tiles.targeting_overview(), candidates,
-                              tiles.tile_fov, objective)
-    ranked = rank(candidates, scores, (tiles.overview.stage.x, tiles.overview.stage.y))
-    scoring = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        objective = {"kind": "hunt", "classes": [target], "target": n}
+        scores = score_candidates(classifier, overview, candidates, tiles.tile_fov, objective)
+        ranked = rank(candidates, scores, start)
+        out.append({"which": which, "tiles": len(candidates), "target": target,
+                    "present": present, "scoring_s": time.perf_counter() - t0,
+                    "grid": walk(candidates, hit, n), "overview": walk(ranked, hit, n)})
     client.close()
-    return {"tiles": len(candidates), "target": target, "present": present,
-            "labels": labels, "scoring_s": scoring,
-            "grid": walk(candidates, hit, n), "overview": walk(ranked, hit, n)}
+    return out, labels
 
 
 def run_dtm(seeds: list[int], n: int, model: str | None, work: Path) -> list[dict[str, Any]]:
@@ -294,17 +302,17 @@ def run_dtm(seeds: list[int], n: int, model: str | None, work: Path) -> list[dic
         for seed in seeds:
             path = work / f"twin{seed}.h5"
             truth = twin_nsid(path, seed)
-            row = dtm_hunt(address, path, classifier, n)
+            found, labels = dtm_hunt(address, path, classifier, n)
             named = {k: v for k, v in truth.items() if v in classifier.class_names}
-            agree = sum(row["labels"][k] == v for k, v in named.items()) / max(1, len(named))
-            rows.append({**row, "dataset": f"twin seed {seed}", "agree": agree})
+            agree = sum(labels[k] == v for k, v in named.items()) / max(1, len(named))
+            rows += [{**row, "dataset": f"twin seed {seed}", "agree": agree} for row in found]
         shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "nsid" / \
             "PTO_Funakubo0001.h5"
         if shared.is_file():
             copy = work / shared.name                 # the server opens files r+
             copy.write_bytes(shared.read_bytes())
-            rows.append({**dtm_hunt(address, copy, classifier, n),
-                         "dataset": "PTO scan (AFM, ../shared)", "agree": None})
+            rows += [{**row, "dataset": "PTO scan (AFM, ../shared)", "agree": None}
+                     for row in dtm_hunt(address, copy, classifier, n)[0]]
     return rows
 
 
@@ -324,16 +332,22 @@ def dtm_table(rows: list[dict[str, Any]], n: int, command: str, commit: str) -> 
         "specimen (16 x 16 windows of 20 um), with the share of windows whose label matches "
         "the twin's ground truth at the window's centre (among windows whose truth is one of "
         f"the model's classes, not bare substrate). N = {n}.", "",
-        "| dataset | windows | target | present | grid frames to N | overview frames to N "
-        "| overview / grid | label = truth | scoring (s) |", "|---" * 9 + "|"]
+        "| dataset | windows | label | target | present | grid frames to N | overview frames to N "
+        "| overview / grid | label = truth | scoring (s) |", "|---" * 10 + "|"]
     for r in rows:
         g, o = r["grid"]["frames"], r["overview"]["frames"]
         agree = "-" if r["agree"] is None else f"{r['agree']:.0%}"
-        lines.append(f"| {r['dataset']} | {r['tiles']} | {r['target']} | {r['present']} | {g} "
+        lines.append(f"| {r['dataset']} | {r['tiles']} | {r['which']} | {r['target']} | "
+                     f"{r['present']} | {g} "
                      f"| {o} | {o / g:.2f} | {agree} | {r['scoring_s']:.2f} |")
-    ratios = [r["overview"]["frames"] / r["grid"]["frames"] for r in rows]
-    lines += ["", f"Median overview / grid: {statistics.median(ratios):.2f} over {len(rows)} "
-              "files. Frames to N count only the high-magnification windows; the overview is "
+    lines.append("")
+    for which in ("most frequent", "rarest with >= N"):
+        ratios = [r["overview"]["frames"] / r["grid"]["frames"] for r in rows
+                  if r["which"] == which]
+        if ratios:
+            lines.append(f"Median overview / grid, {which} label: "
+                         f"{statistics.median(ratios):.2f} over {len(ratios)} files.")
+    lines += ["", "Frames to N count only the high-magnification windows; the overview is "
               "served once (no extra beam: the server serves a stored dataset)."]
     return "\n".join(lines) + "\n"
 
