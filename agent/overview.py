@@ -1,15 +1,18 @@
 """Tiles of a stored overview, for instruments that serve an overview instead of moving a
 stage (DTMicroscope's STEM server): the overview is windowed with pycroscopy's
 ImageWindowing, each window becomes a Frame, and where the dataset holds a spectrum image the
-spectrum at the tile centre is fetched with `get_point_data`."""
+spectrum at the tile centre is fetched with `get_point_data`. For a targeting strategy the
+served image is also the search's low-magnification overview (`targeting_overview`)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
+from agent.targeting import OVERVIEW_PIXELS, Overview
 from instruments.devices.frame import Frame
 from instruments.devices.frame_checks import check_image
 from instruments.devices.safety import GuardedMicroscope
@@ -51,13 +54,39 @@ class OverviewTiles:
         fov = self.overview.settings.fov
         self.pixel = fov / self.overview.image.shape[0]
 
+    @property
+    def tile_fov(self) -> float:
+        """A window's side, m."""
+        return self.tile_px * self.pixel
+
+    def _corner(self) -> tuple[float, float]:
+        """Stage coordinates (m) of the overview's pixel (0, 0) corner: the overview is
+        centred on the stage position it reports."""
+        half = self.overview.image.shape[0] * self.pixel / 2
+        return self.overview.stage.x - half, self.overview.stage.y - half
+
     def positions(self) -> list[dict[str, Any]]:
         rows, cols = self.windows.shape[:2]
-        origin = self.overview.stage
-        half = self.overview.image.shape[0] * self.pixel / 2
-        return [{"x": origin.x - half + (c + 0.5) * self.tile_px * self.pixel,
-                 "y": origin.y - half + (r + 0.5) * self.tile_px * self.pixel,
+        x0, y0 = self._corner()
+        return [{"x": x0 + (c + 0.5) * self.tile_fov, "y": y0 + (r + 0.5) * self.tile_fov,
                  "row": r, "col": c} for r in range(rows) for c in range(cols)]
+
+    def targeting_overview(self, max_pixels: int = OVERVIEW_PIXELS) -> Overview:
+        """The served image as a search's overview: block-averaged (scikit-image's
+        block_reduce) to at most `max_pixels` a side, so candidates are scored at low
+        magnification and each one's high-magnification frame is its full-resolution window.
+
+        Deviation from SmartScope/Ptolemy's atlas: a stage-less server has no magnification
+        to change, so the atlas is the one served image binned, not a separate acquisition;
+        an image of at most `max_pixels` a side is scored as served (crops = windows)."""
+        from skimage.measure import block_reduce
+
+        image = np.asarray(self.overview.image, dtype=np.float32)
+        factor = max(1, math.ceil(max(image.shape) / max_pixels))
+        rows, cols = image.shape[0] // factor * factor, image.shape[1] // factor * factor
+        binned = block_reduce(image[:rows, :cols], (factor, factor), np.mean)
+        return Overview(binned.astype(np.float32), self._corner(), self.pixel * factor,
+                        [self.overview])
 
     def frame(self, position: dict[str, Any], sequence: int) -> Frame:
         """The window at the position's row and column; BadFrame (as for any acquired frame)

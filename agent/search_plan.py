@@ -1,7 +1,11 @@
 """The search plan of a hunt or exploration (agent/targeting.py): the candidate tiles fixed
 in the session's plan file at the start (ordered by the strategy, or for `active` in
 row-major order with the choices made one by one in the checkpointed state), and the
-overview, where the strategy takes one, stored in the session file."""
+overview, where the strategy takes one, stored in the session file.
+
+On a stage-less instrument that serves an overview (DTMicroscope's STEM dataset, a tile
+source) the candidates are the served image's windows within the stage bounds, and the
+overview is that served image (agent/overview.py `targeting_overview`), not a mosaic taken."""
 
 from __future__ import annotations
 
@@ -25,10 +29,34 @@ from instruments.devices.errors import InstrumentError
 from instruments.session_file.overview import StoredOverview
 
 
+def search_fov(ctx: SessionContext) -> float:
+    """The side of one search tile: the session's FOV, or a served overview's window."""
+    return ctx.acquirer.tiles.tile_fov if ctx.acquirer.tiles is not None else ctx.imaging.fov
+
+
+def _candidates(ctx: SessionContext, state: dict[str, Any], start: tuple[float, float]
+                ) -> list[dict[str, Any]]:
+    """The search area's tiles that lie wholly inside the stage range and envelope."""
+    bounds, fov = stage_bounds(ctx.acquirer), search_fov(ctx)
+    if ctx.acquirer.tiles is None:
+        return search_area(start, fov, state["max_frames"], bounds)
+    (x0, x1), (y0, y1) = bounds
+    return [p for p in ctx.acquirer.tiles.positions()
+            if x0 <= p["x"] - fov / 2 and p["x"] + fov / 2 <= x1
+            and y0 <= p["y"] - fov / 2 and p["y"] + fov / 2 <= y1]
+
+
+def _overview(ctx: SessionContext, candidates: list[dict[str, Any]]) -> Overview:
+    """The served image where the instrument serves one, else a mosaic taken now."""
+    if ctx.acquirer.tiles is not None:
+        return ctx.acquirer.tiles.targeting_overview()
+    return take_overview(ctx.acquirer, ctx.imaging, candidates)
+
+
 def _store(ctx: SessionContext, state: dict[str, Any], overview: Overview,
            candidates: list[dict[str, Any]], scores: Any, ranked: list[dict[str, Any]]
            ) -> None:
-    fov = ctx.imaging.fov
+    fov = search_fov(ctx)
     first = min(candidates, key=lambda p: (p["row"], p["col"]))
     area_origin = (first["x"] - (first["col"] + 0.5) * fov,
                    first["y"] - (first["row"] + 0.5) * fov)
@@ -36,6 +64,7 @@ def _store(ctx: SessionContext, state: dict[str, Any], overview: Overview,
         image=overview.image, origin=overview.origin, pixel=overview.pixel,
         scores=score_map(candidates, scores), area_origin=area_origin, tile=fov,
         metadata={"strategy": "overview", "objective": state["objective"],
+                  "overview_source": "served" if ctx.acquirer.tiles is not None else "taken",
                   "overview_frames": [f.frame_id for f in overview.frames],
                   "ranked": [[p["row"], p["col"]] for p in ranked]}))
     if ctx.stream is not None:               # as stored: the first, where a rerun took another
@@ -44,16 +73,16 @@ def _store(ctx: SessionContext, state: dict[str, Any], overview: Overview,
 
 def start_search(ctx: SessionContext, state: dict[str, Any]) -> dict[str, Any]:
     """The update that fixes the search plan (and takes the overview where one is asked)."""
-    objective, fov = state["objective"], ctx.imaging.fov
+    objective, fov = state["objective"], search_fov(ctx)
     start = tuple(objective.get("start", (0.0, 0.0)))
-    candidates = search_area(start, fov, state["max_frames"], stage_bounds(ctx.acquirer))
+    candidates = _candidates(ctx, state, start)
     strategy, events = objective["strategy"], []
     ordered = candidates
     if strategy == "spiral":
         ordered = spiral_order(candidates, start)
     elif strategy == "overview" and candidates:
         try:
-            overview = take_overview(ctx.acquirer, ctx.imaging, candidates)
+            overview = _overview(ctx, candidates)
         except InstrumentError as exc:
             events.append({"kind": "overview_failed", "message": f"no overview ({exc}); "
                            "the search goes outward from the start instead"})
@@ -80,7 +109,7 @@ def next_choice(ctx: SessionContext, state: dict[str, Any]) -> dict[str, Any] | 
         outcomes.append(float(mark > done["marks"][-1]))
     last = positions[done["chosen"][-1]] if done["chosen"] else None
     here = (last["x"], last["y"]) if last else tuple(state["objective"].get("start", (0, 0)))
-    index = choose_next(positions, done["chosen"], outcomes, here, ctx.imaging.fov)
+    index = choose_next(positions, done["chosen"], outcomes, here, search_fov(ctx))
     if index is None:
         return None
     return {"chosen": [*done["chosen"], index], "outcomes": outcomes,

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import tempfile
 import time
 import uuid
@@ -39,6 +38,7 @@ from rich.console import Console  # noqa: E402
 
 from agent.adjudication.trust import TRUST_FILE  # noqa: E402
 from agent.config import RunConfig  # noqa: E402
+from benchmarks import dtm_peer  # noqa: E402
 from benchmarks.nion_overhead import start_bridge  # noqa: E402
 from instruments.devices.frame import ImagingSettings  # noqa: E402
 from instruments.session_file.decision_record import DECIDED_ROUTES  # noqa: E402
@@ -49,8 +49,6 @@ from workflows.session_assembly import BUNDLED_MODEL, run_session  # noqa: E402
 from workflows.training.held_out import survey_tiles  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-DTM_SCRIPT = REPO.parent / "shared" / "peers" / "run_dtm_stem_server.py"
-PEERS_PYTHON = REPO / ".venv-peers" / "bin" / "python"
 
 HELD_OUT_SEEDS = [0, 6, 7, 8, 9]
 NION_ENVELOPE = {"fov": [1e-9, 1.1e-6], "stage_x": [-5e-7, 5e-7], "stage_y": [-5e-7, 5e-7]}
@@ -124,18 +122,11 @@ def nion(work: Path, model: Path, frames: int, class_names: list[str]) -> None:
 
 
 def dtm_stem(work: Path, model: Path, frames: int, class_names: list[str]) -> None:
-    if not DTM_SCRIPT.is_file() or not PEERS_PYTHON.exists():
+    if not dtm_peer.available():
         print("DTMicroscope: peer sources (../shared/peers) or .venv-peers absent: skipped")
         return
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    server = subprocess.Popen([str(PEERS_PYTHON), str(DTM_SCRIPT), "--port", "0"], cwd=work,
-                              env=env, stdout=subprocess.PIPE, text=True)
     totals = [0, 0]
-    try:
-        ready = server.stdout.readline()         # "READY PYRO:...@127.0.0.1:PORT"
-        if not ready.startswith("READY"):
-            raise SystemExit(f"DTMicroscope's server did not start: {ready!r}")
-        address = ready.split("@")[1].strip()
+    with dtm_peer.served_dtm(work) as address:
         for material in MATERIALS:
             path = work / f"{material}.h5"
             write_stem_nsid(path, material, side=256)
@@ -143,9 +134,6 @@ def dtm_stem(work: Path, model: Path, frames: int, class_names: list[str]) -> No
                                  instrument=f"dtm://{address}?data={path}")
             tally(records, class_names, totals,
                   f"DTMicroscope STEM server, {material} HAADF (NSID, 0.4 A pixels)")
-    finally:
-        server.terminate()
-        server.wait(30)
     print(f"DTMicroscope STEM data: {totals[1]} of {totals[0]} tiles given an SEM class "
           "(target 0)")
 

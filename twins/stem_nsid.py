@@ -43,17 +43,24 @@ def haadf_image(material: str = "MoS2", side: int = 256, pixel_m: float = 4e-11,
 def write_stem_nsid(path: Path, material: str = "MoS2", side: int = 256,
                     pixel_m: float = 4e-11, seed: int = 0) -> np.ndarray:
     """Write the image as one NSID IMAGE channel (HAADF, counts, metres); returns it."""
+    image = haadf_image(material, side, pixel_m, seed=seed)
+    write_image_nsid(path, image, pixel_m, "HAADF", "counts")
+    return image
+
+
+def write_image_nsid(path: Path, image: np.ndarray, pixel_m: float, title: str,
+                     units: str) -> None:
+    """Write `image` (rows along x, as DTMicroscope indexes it) as the one NSID IMAGE channel
+    (Measurement_000/Channel_000) of a new file, its axes in metres, by pyNSID."""
     import sidpy
     from pyNSID.io.hdf_io import write_nsid_dataset
 
-    image = haadf_image(material, side, pixel_m, seed=seed)
-    data = sidpy.Dataset.from_array(image, title="HAADF")
-    data.data_type, data.quantity, data.units = "IMAGE", "intensity", "counts"
+    data = sidpy.Dataset.from_array(image, title=title)
+    data.data_type, data.quantity, data.units = "IMAGE", "intensity", units
     for axis, label in enumerate("xy"):
-        data.set_dimension(axis, sidpy.Dimension(np.arange(side) * pixel_m, label, units="m",
-                                                 quantity="distance",
+        data.set_dimension(axis, sidpy.Dimension(np.arange(image.shape[axis]) * pixel_m, label,
+                                                 units="m", quantity="distance",
                                                  dimension_type="spatial"))
     with h5py.File(path, "w") as f:
         write_nsid_dataset(data, f.create_group("Measurement_000").create_group("Channel_000"),
-                           main_data_name="HAADF")
-    return image
+                           main_data_name=title)
