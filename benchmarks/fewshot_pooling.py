@@ -36,8 +36,8 @@ import numpy as np
 import torch
 
 from benchmarks import fewshot_heads
-from benchmarks.fewshot_heads import draw, nearest, standardiser
-from benchmarks.teach import foreign_images, region_split, twin_images
+from benchmarks.fewshot_heads import draw, ood_shares, standardiser, twin_split
+from benchmarks.teach import foreign_images
 from benchmarks.teach_operator_sweep import FOV, PIXELS, session
 from models.fewshot_head import SupportSet
 from models.preprocess import preprocess_batch
@@ -182,15 +182,8 @@ def evaluate(feats: np.ndarray, y: np.ndarray, looks: np.ndarray, pool: np.ndarr
 def ood_flags(feats: np.ndarray, never: np.ndarray, y: np.ndarray, pool: np.ndarray,
               test: np.ndarray, k: int) -> tuple[float, float]:
     """Shares of held-out known / never-taught images flagged at k shots (product's rule)."""
-    flags = []
-    for seed in SEEDS:
-        chosen = draw(pool, y, k, seed)
-        norm = standardiser(feats[chosen])
-        loo, known = nearest(norm(feats[chosen]), norm(feats[test][:, 0]))
-        _, foreign = nearest(norm(feats[chosen]), norm(never))
-        t = np.quantile(loo, 0.9)
-        flags.append([(known > t).mean(), (foreign > t).mean()])
-    return tuple(np.mean(flags, 0))
+    return tuple(np.mean([ood_shares(feats[chosen], feats[test][:, 0], never)
+                          for chosen in (draw(pool, y, k, seed) for seed in SEEDS)], 0))
 
 
 def main() -> None:
@@ -201,11 +194,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     started = time.perf_counter()
-    images, labels, regions, looks = twin_images(args.per_class)
-    names = sorted(set(labels))
-    y = np.array([names.index(lab) for lab in labels])
-    in_pool = region_split(labels, regions)
-    pool, test = np.where(in_pool)[0], np.where(~in_pool)[0]
+    images, y, looks, pool, test = twin_split(args.per_class)
     stem = PretrainedStem().eval()
     feats = pooled(stem, images, 8)
     never = pooled(stem, foreign_images(args.foreign, 1)[0], 1)
@@ -220,7 +209,7 @@ def main() -> None:
     for name, f in feats.items():
         known, foreign = ood_flags(f, never[name][:, 0], y, pool, test, 5)
         for head_name, head in HEADS.items():
-            cells = [evaluate(f, y, np.array(looks), pool, test, head, k) for k in SHOTS]
+            cells = [evaluate(f, y, looks, pool, test, head, k) for k in SHOTS]
             k5 = cells[SHOTS.index(5)]
             print(f"| {name} | {f.shape[-1]} | {head_name} | "
                   + " | ".join(f"{c[0]:.3f}" for c in cells)

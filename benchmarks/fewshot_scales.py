@@ -29,8 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.fewshot_heads import draw, nearest, scorer, standardiser
-from benchmarks.teach import foreign_images, region_split, twin_images
+from benchmarks.fewshot_heads import draw, ood_shares, scorer, standardiser, twin_split
+from benchmarks.teach import foreign_images
 from models.pooled import PooledStemEncoder
 from models.preprocess import preprocess_batch
 from models.stem import PretrainedStem
@@ -81,15 +81,8 @@ def top1(support: np.ndarray, tests: np.ndarray, y: np.ndarray, pool: np.ndarray
 def flags(support: np.ndarray, tests: np.ndarray, never: np.ndarray, y: np.ndarray,
           pool: np.ndarray, test: np.ndarray) -> tuple[float, float]:
     """5-shot shares of held-out known / never-taught images flagged (first test view)."""
-    out = []
-    for seed in SEEDS:
-        chosen = draw(pool, y, 5, seed)
-        norm = standardiser(support[chosen])
-        loo, known = nearest(norm(support[chosen]), norm(tests[test][:, 0]))
-        _, foreign = nearest(norm(support[chosen]), norm(never[:, 0]))
-        t = np.quantile(loo, 0.9)
-        out.append([(known > t).mean(), (foreign > t).mean()])
-    return tuple(np.mean(out, 0))
+    return tuple(np.mean([ood_shares(support[chosen], tests[test][:, 0], never[:, 0])
+                          for chosen in (draw(pool, y, 5, seed) for seed in SEEDS)], 0))
 
 
 def main() -> None:
@@ -99,11 +92,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     started = time.perf_counter()
-    images, labels, regions, _ = twin_images(args.per_class)
-    names = sorted(set(labels))
-    y = np.array([names.index(lab) for lab in labels])
-    in_pool = region_split(labels, regions)
-    pool, test = np.where(in_pool)[0], np.where(~in_pool)[0]
+    images, y, _, pool, test = twin_split(args.per_class)
     stem = PretrainedStem().eval()
     twin = variants(sized(stem, images))
     foreign = variants(sized(stem, foreign_images(args.foreign, 1)[0]))
