@@ -118,6 +118,28 @@ def nearest(support: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.nd
     return loo.min(1), np.maximum(2 - 2 * queries @ points.T, 0).min(1)
 
 
+def twin_split(per_class: int) -> tuple[np.ndarray, ...]:
+    """(images, class indices, looks, support pool indices, held-out indices) of PER_CLASS
+    twin images per class of one specimen, split by region (benchmarks/teach.region_split)."""
+    images, labels, regions, looks = twin_images(per_class)
+    names = sorted(set(labels))
+    in_pool = region_split(labels, regions)
+    return (images, np.array([names.index(lab) for lab in labels]), np.array(looks),
+            np.where(in_pool)[0], np.where(~in_pool)[0])
+
+
+def ood_shares(support: np.ndarray, known: np.ndarray, never: np.ndarray,
+               quantile: float = 0.9) -> tuple[float, float]:
+    """Shares of known / never-taught queries flagged by the product's rule: nearest support
+    view in the support's standardisation, beyond `quantile` of its leave-one-image-out
+    distances."""
+    norm = standardiser(support)
+    loo, near_known = nearest(norm(support), norm(known))
+    _, near_never = nearest(norm(support), norm(never))
+    t = np.quantile(loo, quantile)
+    return float((near_known > t).mean()), float((near_never > t).mean())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-class", type=int, default=25)
@@ -125,11 +147,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     started = time.perf_counter()
-    images, labels, regions, looks = twin_images(args.per_class)
-    names = sorted(set(labels))
-    y = np.array([names.index(lab) for lab in labels])
-    in_pool = region_split(labels, regions)
-    pool, test = np.where(in_pool)[0], np.where(~in_pool)[0]
+    images, y, looks, pool, test = twin_split(args.per_class)
     stem = PretrainedStem().eval()
     feats = features(stem, images)
     foreign = features(stem, foreign_images(args.foreign, 0)[0])["mean"][:, 0]
@@ -150,7 +168,7 @@ def main() -> None:
                 accs.append((logits.argmax(1) == y[test]).mean())
             cells.append(f"{np.mean(accs):.3f}")
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
-    looks_arr = np.array(looks)
+    looks_arr = looks
     print("\n| k | top-1 look seen | top-1 look unseen | unseen share | "
           "OOD std q0.9 known/never | std q0.95 | raw q0.9 | raw q0.95 |")
     print("|---|---|---|---|---|---|---|---|")

@@ -78,8 +78,10 @@ def guess(head, support: SupportSet, raw: np.ndarray, knn: bool) -> tuple[str, b
     return label, flagged, single
 
 
-def session(features: np.ndarray, truths: list[str], alpha: float, knn: bool = False) -> dict:
-    support, head = SupportSet(), None
+def session(features: np.ndarray, truths: list[str], alpha: float, knn: bool = False,
+            support: SupportSet | None = None) -> dict:
+    """The session's loop from `support` (default: empty) on precomputed frame features."""
+    support, head = (SupportSet() if support is None else support), None
     asked, alone, top1 = [], [], []
     for raw, truth in zip(features, truths, strict=True):
         label, flagged, single = (guess(head, support, raw, knn) if head is not None
