@@ -110,7 +110,9 @@ def run(tmp_path, script: Script, positions: list[dict[str, Any]], **config: Any
     cfg = RunConfig(session_id=str(uuid.uuid4()), out=str(tmp_path / "s.h5"),
                     state_dir=str(tmp_path / "state"), frames=len(positions),
                     imaging={"fov": TILE_FOV, "pixels": 64, "dwell": 2e-6}, max_rescans=0,
-                    budgets={"adjudications": 0}, **config)
+                    budgets={"adjudications": 0},
+                    unsure_views=1,    # the script reads frames as taken (by their pixels)
+                    **config)
     guarded = GuardedMicroscope(twin, SafetyEnvelope())
     session = Session(cfg, SessionParts(guarded, ScriptedClassifier(twin, script),
                                         survey_positions=positions))
