@@ -140,15 +140,22 @@ def ood_shares(support: np.ndarray, known: np.ndarray, never: np.ndarray,
     return float((near_known > t).mean()), float((near_never > t).mean())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--per-class", type=int, default=25)
-    parser.add_argument("--foreign", type=int, default=10)
+def benchmark_start(description: str, *flags: tuple[str, int]
+                    ) -> tuple[argparse.Namespace, float, tuple[np.ndarray, ...], PretrainedStem]:
+    """What the few-shot benchmarks start with: `--per-class` and `--foreign` (and `flags`,
+    (name, default) integer options) parsed, one torch thread, the start time, the twin split
+    (`twin_split`) and the pretrained stem."""
+    parser = argparse.ArgumentParser(description=description.splitlines()[0])
+    for name, default in (("--per-class", 25), ("--foreign", 10), *flags):
+        parser.add_argument(name, type=int, default=default)
     args = parser.parse_args()
     torch.set_num_threads(1)
     started = time.perf_counter()
-    images, y, looks, pool, test = twin_split(args.per_class)
-    stem = PretrainedStem().eval()
+    return args, started, twin_split(args.per_class), PretrainedStem().eval()
+
+
+def main() -> None:
+    args, started, (images, y, looks, pool, test), stem = benchmark_start(__doc__)
     feats = features(stem, images)
     foreign = features(stem, foreign_images(args.foreign, 0)[0])["mean"][:, 0]
     print(f"{len(images)} twin images ({len(pool)} support pool, {len(test)} held out), "

@@ -27,7 +27,6 @@ loop at alpha 0.05) on the session's 300 survey frames with each pooling as the 
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ import numpy as np
 import torch
 
 from benchmarks import fewshot_heads
-from benchmarks.fewshot_heads import draw, ood_shares, standardiser, twin_split
+from benchmarks.fewshot_heads import benchmark_start, draw, ood_shares, standardiser
 from benchmarks.teach import foreign_images
 from benchmarks.teach_operator_sweep import FOV, PIXELS, session
 from models.fewshot_head import SupportSet
@@ -187,15 +186,8 @@ def ood_flags(feats: np.ndarray, never: np.ndarray, y: np.ndarray, pool: np.ndar
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--per-class", type=int, default=25)
-    parser.add_argument("--foreign", type=int, default=10)
-    parser.add_argument("--frames", type=int, default=300)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    started = time.perf_counter()
-    images, y, looks, pool, test = twin_split(args.per_class)
-    stem = PretrainedStem().eval()
+    args, started, (images, y, looks, pool, test), stem = benchmark_start(
+        __doc__, ("--frames", 300))
     feats = pooled(stem, images, 8)
     never = pooled(stem, foreign_images(args.foreign, 1)[0], 1)
     frames, truths = survey_images(args.frames)

@@ -22,14 +22,19 @@ these images is the first row of benchmarks/fewshot_pooling.py. Also the 5-shot 
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.fewshot_heads import draw, ood_shares, scorer, standardiser, twin_split
+from benchmarks.fewshot_heads import (
+    benchmark_start,
+    draw,
+    ood_shares,
+    scorer,
+    standardiser,
+)
 from benchmarks.teach import foreign_images
 from models.pooled import PooledStemEncoder
 from models.preprocess import preprocess_batch
@@ -86,14 +91,7 @@ def flags(support: np.ndarray, tests: np.ndarray, never: np.ndarray, y: np.ndarr
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--per-class", type=int, default=25)
-    parser.add_argument("--foreign", type=int, default=10)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    started = time.perf_counter()
-    images, y, _, pool, test = twin_split(args.per_class)
-    stem = PretrainedStem().eval()
+    args, started, (images, y, _, pool, test), stem = benchmark_start(__doc__)
     twin = variants(sized(stem, images))
     foreign = variants(sized(stem, foreign_images(args.foreign, 1)[0]))
     print(f"{len(images)} twin images ({len(pool)} support pool, {len(test)} held out); "
