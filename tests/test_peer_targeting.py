@@ -21,8 +21,6 @@ from agent.config import RunConfig
 from instruments.devices.frame import StagePosition
 from instruments.devices.tem_client import TemClient
 from instruments.session_file.reader import SessionReader
-from models.classifier import Classifier
-from models.config import FusionConfig
 from twins.classes import SEM_CLASSES
 from twins.stem_nsid import write_stem_nsid
 from workflows.report.session_report import build_report
@@ -34,10 +32,8 @@ SERVED_PX, PIXEL_M, TILE_PX, BIN = 512, 4e-11, 64, 2     # 512 px served: binned
 
 
 @pytest.fixture(scope="module")
-def classifier():
-    """An untrained model, seeded: scores that differ from window to window."""
-    torch.manual_seed(0)
-    return Classifier.create(FusionConfig.ablation("vit_only"), SEM_CLASSES)
+def classifier(untrained_classifier):
+    return untrained_classifier
 
 
 @pytest.fixture(scope="module")

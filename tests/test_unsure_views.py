@@ -20,20 +20,16 @@ from instruments.session_file.decision_record import (
     PredictionRecord,
 )
 from instruments.session_file.reader import SessionReader
-from models.classifier import Classifier
-from models.config import FusionConfig
 from models.errors import ModelInputError
 from models.preprocess import dihedral_views
-from twins.classes import SEM_CLASSES
 from twins.microscope import TwinMicroscope
 
 torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def classifier():
-    torch.manual_seed(0)
-    return Classifier.create(FusionConfig.ablation("vit_only"), SEM_CLASSES)
+def classifier(untrained_classifier):
+    return untrained_classifier
 
 
 @pytest.fixture(scope="module")
