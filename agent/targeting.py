@@ -32,13 +32,14 @@ from instruments.devices.frame import Frame, ImagingSettings
 
 STRATEGIES = ("grid", "spiral", "overview", "active")
 OBJECTIVE_KINDS = ("survey", "hunt", "explore")
-DEFAULT_STRATEGY = {"survey": "grid", "hunt": "overview", "explore": "active"}
+DEFAULT_STRATEGY = {"survey": "grid", "hunt": "active", "explore": "active"}
 """A hunt's default is the strategy that measured best (benchmarks/results/hunt_efficiency.md)."""
 
 OVERVIEW_PIXELS = 256        # pixels a side of each overview frame
 UCB_BETA = 1.0               # weight of the surrogate's standard deviation
 TRAVEL_COST = 0.005          # score units per tile pitch of stage travel
 LENGTH_SCALE_TILES = 2.0     # the GP's RBF length scale on the tile grid (fixed: see below)
+MAX_OBSERVATIONS = 128       # the most outcomes the GP is fitted to (see `training_set`)
 ACTIVE_INPUTS = {"hunt": (False, False), "explore": (False, True)}
 """What the `active` surrogate reads of an overview besides stage coordinates, per objective:
 (the overview's score as prior mean, the crops' embedding features). Chosen by measurement
@@ -238,6 +239,19 @@ def surrogate_inputs(candidates: list[dict[str, Any]], fov: float
     return np.hstack(parts), prior
 
 
+def training_set(chosen: list[int], outcomes: np.ndarray) -> np.ndarray:
+    """Positions (into `chosen`) of the outcomes the GP is fitted to: every hit, then the
+    latest misses, MAX_OBSERVATIONS in all. An exact GP's choice costs O(n^2) per candidate in
+    the outcomes it holds: on a 2,700-tile area a long search would reach seconds a choice. A
+    forgotten old miss lies far behind the search (its tile is taken in any case)."""
+    order = np.arange(len(chosen))
+    if len(order) <= MAX_OBSERVATIONS:
+        return order
+    hits, misses = order[outcomes > 0], order[outcomes <= 0]
+    keep = max(0, MAX_OBSERVATIONS - len(hits))
+    return np.sort(np.concatenate([hits[-MAX_OBSERVATIONS:], misses[len(misses) - keep:]]))
+
+
 def choose_next(candidates: list[dict[str, Any]], chosen: list[int], outcomes: list[float],
                 here: tuple[float, float], fov: float) -> int | None:
     """The index of the next candidate: the highest upper confidence bound of a Gaussian
@@ -272,7 +286,9 @@ def choose_next(candidates: list[dict[str, Any]], chosen: list[int], outcomes: l
 
         kernel = ConstantKernel(0.25, "fixed") * RBF(1.0, "fixed") + WhiteKernel(0.01, "fixed")
         gp = GaussianProcessRegressor(kernel, optimizer=None, normalize_y=False)
-        gp.fit(inputs[chosen], y - prior[chosen])
+        fit = training_set(chosen, y)
+        seen = np.asarray(chosen)[fit]
+        gp.fit(inputs[seen], y[fit] - prior[seen])
         mean, std = gp.predict(inputs[left], return_std=True)
         utility = utility + mean + UCB_BETA * std
     return left[int(np.argmax(utility))]

@@ -44,12 +44,14 @@ def botorch_choose(candidates: list[dict[str, Any]], chosen: list[int],
     y = np.asarray(outcomes, dtype=np.float64)
     if prior is None:
         prior = np.full(len(candidates), float(y.mean()))
-    train_x = torch.as_tensor(x[chosen], dtype=torch.float64)
-    train_y = torch.as_tensor(y - prior[chosen], dtype=torch.float64).unsqueeze(-1)
-    train_y = train_y + 1e-6 * torch.arange(len(chosen), dtype=torch.float64).unsqueeze(-1)
-    model = SingleTaskGP(train_x, train_y)
+    fit = targeting.training_set(chosen, y)
+    seen = np.asarray(chosen)[fit]
+    train_x = torch.as_tensor(x[seen], dtype=torch.float64)
+    train_y = torch.as_tensor(y[fit] - prior[seen], dtype=torch.float64).unsqueeze(-1)
+    train_y = train_y + 1e-6 * torch.arange(len(seen), dtype=torch.float64).unsqueeze(-1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        model = SingleTaskGP(train_x, train_y)
         fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
         with torch.no_grad():
             post = model.posterior(torch.as_tensor(x[left], dtype=torch.float64))
@@ -64,6 +66,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0-4")
     parser.add_argument("--n", type=int, default=5)
     parser.add_argument("--cache", default="runs/hunt_cache")
+    parser.add_argument("--cap", type=int, default=300, help="choices before giving up")
     parser.add_argument("--variants", default="active xy,active xy+prior+embedding")
     args = parser.parse_args()
     from models.classifier import Classifier
@@ -89,17 +92,19 @@ def main() -> None:
                 for library, choose in (("scikit-learn", targeting.choose_next),
                                         ("botorch", botorch_choose)):
                     res, spent, _ = active_walk(
-                        cands, lambda p, _c, t=target: truth[(p["row"], p["col"])] == t,
-                        lambda o: sum(o) >= args.n, choose)
+                        cands, lambda p, _c, t=target, g=truth: g[(p["row"], p["col"])] == t,
+                        lambda o: sum(o) >= args.n or len(o) >= args.cap, choose)
                     frames.setdefault((variant, library), []).append(int(res["frames"]))
                     costs.setdefault((variant, library), []).extend(spent)
         print(f"seed {seed} done", flush=True)
-    print("| inputs | library | median high-mag frames to N | mean | median ms per choice | "
-          "p95 ms |\n|---|---|---|---|---|---|")
+    print("| inputs | library | median high-mag frames to N | mean | given up | "
+          "median ms per choice | "
+          "p95 ms |\n|---|---|---|---|---|---|---|")
     for (variant, library), got in frames.items():
         spent = costs[(variant, library)]
         print(f"| {variant} ({ACTIVE[variant]}) | {library} | {statistics.median(got):g} | "
-              f"{statistics.mean(got):.1f} | {statistics.median(spent) * 1e3:.1f} | "
+              f"{statistics.mean(got):.1f} | {sum(g >= args.cap for g in got)} | "
+              f"{statistics.median(spent) * 1e3:.1f} | "
               f"{np.percentile(spent, 95) * 1e3:.1f} |")
 
 

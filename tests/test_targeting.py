@@ -22,11 +22,13 @@ from agent.session import Session, SessionParts
 from agent.targeting import (
     ACTIVE_INPUTS,
     FEATURE_COMPONENTS,
+    MAX_OBSERVATIONS,
     Overview,
     choose_next,
     crop_features,
     overview_plan,
     search_area,
+    training_set,
 )
 from instruments.devices.frame import StagePosition
 from instruments.devices.safety import GuardedMicroscope, SafetyEnvelope
@@ -108,6 +110,18 @@ def test_the_prior_leads_the_first_choice_and_embedding_features_carry_a_hit_ove
     assert first == best
     assert choose_next(candidates, [first], [1.0], (candidates[best]["x"],
                                                    candidates[best]["y"]), FOV) == far
+
+
+def test_a_long_search_fits_the_gp_to_every_hit_and_the_latest_misses():
+    """Past MAX_OBSERVATIONS outcomes the GP keeps each hit and forgets the oldest misses,
+    so a choice's cost stops growing with the search."""
+    n = MAX_OBSERVATIONS + 40
+    outcomes = np.zeros(n)
+    outcomes[[3, 50, n - 1]] = 1.0
+    kept = training_set(list(range(n)), outcomes)
+    assert len(kept) == MAX_OBSERVATIONS and set(kept) >= {3, 50, n - 1}
+    assert set(kept) - {3, 50} == set(range(n - MAX_OBSERVATIONS + 1, n)) - {50}
+    assert list(training_set(list(range(10)), np.zeros(10))) == list(range(10))
 
 
 def test_crop_features_are_whitened_components_of_the_embeddings():
