@@ -42,9 +42,12 @@ LENGTH_SCALE_TILES = 2.0     # the GP's RBF length scale on the tile grid (fixed
 MAX_OBSERVATIONS = 128       # the most outcomes the GP is fitted to (see `training_set`)
 ACTIVE_INPUTS = {"hunt": (False, False), "explore": (False, True)}
 """What the `active` surrogate reads of an overview besides stage coordinates, per objective:
-(the overview's score as prior mean, the crops' embedding features). Chosen by measurement
-(benchmarks/results/hunt_efficiency.md): a hunt reads none (the overview's frames cost more
-than its prior saves), `explore` reads the features (more classes seen per frame)."""
+(the overview's score as prior mean, the crops' embedding features). Measured on 20 twin
+seeds (benchmarks/results/hunt_efficiency.md): a hunt reads none, since the overview's 49-121
+frames cost more than its prior and features save (median frames to N 22.5 on coordinates
+alone, 127 with the overview); `explore` reads the features, which let it seek novelty in
+appearance, not only in space (9 classes by 50 frames against 8 on coordinates; 3 and 5
+against 4 and 6 by 10 and 25, so a mixed gain, bought with the overview's frames)."""
 FEATURE_COMPONENTS = 8       # PCA components of the crops' embeddings the GP reads
 FEATURE_LENGTH_SCALE = 4.0   # the RBF length scale on those (whitened) components
 
