@@ -14,11 +14,14 @@ from typing import Any
 from agent.context import SessionContext
 from agent.survey_plan import planned_positions
 from agent.targeting import (
+    ACTIVE_INPUTS,
     Overview,
     choose_next,
+    crop_features,
+    objective_scores,
     outcome_mark,
     rank,
-    score_candidates,
+    read_crops,
     score_map,
     search_area,
     spiral_order,
@@ -63,7 +66,7 @@ def _store(ctx: SessionContext, state: dict[str, Any], overview: Overview,
     ctx.writer.write_overview(StoredOverview(
         image=overview.image, origin=overview.origin, pixel=overview.pixel,
         scores=score_map(candidates, scores), area_origin=area_origin, tile=fov,
-        metadata={"strategy": "overview", "objective": state["objective"],
+        metadata={"strategy": state["objective"]["strategy"], "objective": state["objective"],
                   "overview_source": "served" if ctx.acquirer.tiles is not None else "taken",
                   "overview_frames": [f.frame_id for f in overview.frames],
                   "ranked": [[p["row"], p["col"]] for p in ranked]}))
@@ -71,26 +74,51 @@ def _store(ctx: SessionContext, state: dict[str, Any], overview: Overview,
         ctx.stream.overview(ctx.writer.overview())
 
 
+def with_surrogate_inputs(candidates: list[dict[str, Any]], scores: Any, embeddings: Any,
+                          kind: str) -> list[dict[str, Any]]:
+    """The candidates with what the active surrogate reads of the overview (ACTIVE_INPUTS):
+    the score as `prior`, the embedding features as `features`. They go into the plan file,
+    whose sha256 the checkpointed state keeps, so a resumed session's surrogate reads the
+    very inputs the killed one did."""
+    with_prior, with_features = ACTIVE_INPUTS[kind]
+    features = crop_features(embeddings) if with_features else None
+    out = []
+    for i, p in enumerate(candidates):
+        q = dict(p)
+        if with_prior:
+            q["prior"] = round(float(scores[i]), 6)
+        if features is not None:
+            q["features"] = features[i].tolist()
+        out.append(q)
+    return out
+
+
 def start_search(ctx: SessionContext, state: dict[str, Any]) -> dict[str, Any]:
-    """The update that fixes the search plan (and takes the overview where one is asked)."""
+    """The update that fixes the search plan (and takes the overview where one is asked:
+    `overview`, and `active` where its surrogate reads the overview)."""
     objective, fov = state["objective"], search_fov(ctx)
     start = tuple(objective.get("start", (0.0, 0.0)))
     candidates = _candidates(ctx, state, start)
     strategy, events = objective["strategy"], []
     ordered = candidates
+    reads = strategy == "overview" or (strategy == "active" and any(
+        ACTIVE_INPUTS[objective["kind"]]))
     if strategy == "spiral":
         ordered = spiral_order(candidates, start)
-    elif strategy == "overview" and candidates:
+    elif reads and candidates:
         try:
             overview = _overview(ctx, candidates)
         except InstrumentError as exc:
             events.append({"kind": "overview_failed", "message": f"no overview ({exc}); "
-                           "the search goes outward from the start instead"})
-            ordered = spiral_order(candidates, start)
+                           "the search goes on without it"})
+            ordered = spiral_order(candidates, start) if strategy == "overview" else candidates
         else:
-            scores = score_candidates(ctx.classifier, overview, candidates, fov, objective)
-            ordered = rank(candidates, scores, start)
-            _store(ctx, state, overview, candidates, scores, ordered)
+            readings = read_crops(ctx.classifier, overview, candidates, fov)
+            scores = objective_scores(readings, objective)
+            ranked = rank(candidates, scores, start)
+            ordered = ranked if strategy == "overview" else with_surrogate_inputs(
+                candidates, scores, readings.embeddings, objective["kind"])
+            _store(ctx, state, overview, candidates, scores, ranked)
     update: dict[str, Any] = {"plan": ctx.plan.fix(ordered)}
     if strategy == "active":
         update["targeting"] = {"chosen": [], "outcomes": [], "marks": []}

@@ -174,7 +174,8 @@ class Session:
     def initial_state(self) -> AgentState:
         objective = parse_objective(self.config.objective, self.parts.classifier.class_names)
         objective["start"] = list(self.parts.hunt_start)
-        objective["strategy"] = resolve_strategy(self.config.strategy, objective["kind"])
+        objective["strategy"] = resolve_strategy(self.config.strategy, objective["kind"],
+                                                 served_overview=self.parts.tiles is not None)
         return new_state(self.config.session_id, objective, self.config.frames,
                          self.config.budgets)
 

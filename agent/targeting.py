@@ -8,8 +8,14 @@ Strategies:
 - `overview`: a low-magnification overview of the area first (SmartScope/Ptolemy's atlas ->
   square order), each candidate tile's crop scored by the classifier (probability of the
   target classes, zero where OOD flags it; for `explore`, the predictive entropy), best first;
-- `active`: a Gaussian-process surrogate over positions (scikit-learn) and an upper-confidence
-  bound less a travel cost picks the next tile from what the frames so far found.
+- `active`: a Gaussian-process surrogate (scikit-learn) and an upper-confidence bound less a
+  travel cost picks the next tile from what the frames so far found. Its inputs are stage
+  coordinates plus, where ACTIVE_INPUTS asks for them, what an overview tells of each
+  candidate: the crop's embedding features (PCA of the classifier's fused embedding) and its
+  score as the prior mean. Deviation from the brief: a visited frame's own high-magnification
+  embedding is not an input; it lives at another scale than the candidates' overview crops,
+  so the kernel would compare unlike things. A visited tile is described by its overview crop,
+  as every unvisited one is.
 Every candidate lies inside the stage range and the envelope's stage limits; moves outside the
 free zone still ask for approval in the safety guard below the acquirer.
 """
@@ -26,23 +32,38 @@ from instruments.devices.frame import Frame, ImagingSettings
 
 STRATEGIES = ("grid", "spiral", "overview", "active")
 OBJECTIVE_KINDS = ("survey", "hunt", "explore")
-DEFAULT_STRATEGY = {"survey": "grid", "hunt": "overview", "explore": "active"}
-"""A hunt's default is the strategy that measured best (benchmarks/results/hunt_efficiency.md)."""
+DEFAULT_STRATEGY = {"survey": "grid", "hunt": "active", "explore": "active"}
+"""A hunt's default is the strategy that measured best (benchmarks/results/hunt_efficiency.md);
+`resolve_strategy` names the exception, an overview the instrument serves."""
 
 OVERVIEW_PIXELS = 256        # pixels a side of each overview frame
 UCB_BETA = 1.0               # weight of the surrogate's standard deviation
-TRAVEL_COST = 0.05           # score units per tile pitch of stage travel
+TRAVEL_COST = 0.005          # score units per tile pitch of stage travel
 LENGTH_SCALE_TILES = 2.0     # the GP's RBF length scale on the tile grid (fixed: see below)
+MAX_OBSERVATIONS = 128       # the most outcomes the GP is fitted to (see `training_set`)
+ACTIVE_INPUTS = {"hunt": (False, False), "explore": (False, True)}
+"""What the `active` surrogate reads of an overview besides stage coordinates, per objective:
+(the overview's score as prior mean, the crops' embedding features). Measured on 20 twin
+seeds (benchmarks/results/hunt_efficiency.md): a hunt reads none, since the overview's 49-121
+frames cost more than its prior and features save (median frames to N 22.5 on coordinates
+alone, 127 with the overview); `explore` reads the features, which let it seek novelty in
+appearance, not only in space (9 classes by 50 frames against 8 on coordinates; 3 and 5
+against 4 and 6 by 10 and 25, so a mixed gain, bought with the overview's frames)."""
+FEATURE_COMPONENTS = 8       # PCA components of the crops' embeddings the GP reads
+FEATURE_LENGTH_SCALE = 4.0   # the RBF length scale on those (whitened) components
 
 
 class StrategyError(ValueError):
     """A strategy that does not exist, or does not fit the objective."""
 
 
-def resolve_strategy(strategy: str, kind: str) -> str:
-    """The strategy a session uses: the one named, or the objective's default."""
+def resolve_strategy(strategy: str, kind: str, served_overview: bool = False) -> str:
+    """The strategy a session uses: the one named, or the objective's default. A hunt on an
+    instrument that serves its overview (DTMicroscope's dataset, a tile source) defaults to
+    `overview`: there the overview costs no frame, and with the overview free it needs the
+    fewest high-magnification frames (median 6 against active's 22.5 on the twin)."""
     if not strategy:
-        return DEFAULT_STRATEGY[kind]
+        return "overview" if served_overview and kind == "hunt" else DEFAULT_STRATEGY[kind]
     if strategy not in STRATEGIES:
         raise StrategyError(f"strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
     return strategy
@@ -134,22 +155,59 @@ def take_overview(acquirer: Any, imaging: ImagingSettings, candidates: list[dict
     return Overview(mosaic, origin, ofov / OVERVIEW_PIXELS, frames)
 
 
-def score_candidates(classifier: Any, overview: Overview, candidates: list[dict[str, Any]],
-                     fov: float, objective: dict[str, Any]) -> np.ndarray:
-    """Each candidate's score on its overview crop: for a hunt the probability of the target
-    classes (0 where the OOD test calls the crop unknown), for `explore` the entropy."""
+@dataclass
+class CropReadings:
+    """What the classifier read on each candidate's overview crop: calibrated
+    `probabilities` (n, classes), the OOD test's `unknown` flags (n,), the predictive
+    `entropy` (n,) and the fused `embeddings` (n, e)."""
+    class_names: list[str]
+    probabilities: np.ndarray
+    unknown: np.ndarray
+    entropy: np.ndarray
+    embeddings: np.ndarray
+
+
+def read_crops(classifier: Any, overview: Overview, candidates: list[dict[str, Any]],
+               fov: float) -> CropReadings:
+    """The classifier's reading of every candidate's crop of the overview."""
     crops = [overview.crop(p["x"], p["y"], fov) for p in candidates]
     predictions = classifier.classify(crops)
-    names = list(classifier.class_names)
-    scores = []
-    for prediction in predictions:
-        if objective["kind"] != "hunt":
-            scores.append(prediction.entropy)
-            continue
-        unknown = bool(prediction.ood and prediction.ood.get("unknown"))
-        p = sum(float(prediction.probabilities[names.index(c)]) for c in objective["classes"])
-        scores.append(0.0 if unknown else p)
-    return np.asarray(scores, dtype=np.float64)
+    return CropReadings(
+        class_names=list(classifier.class_names),
+        probabilities=np.stack([p.probabilities for p in predictions]),
+        unknown=np.array([bool(p.ood and p.ood.get("unknown")) for p in predictions]),
+        entropy=np.array([float(p.entropy) for p in predictions]),
+        embeddings=np.stack([p.embedding for p in predictions]))
+
+
+def objective_scores(readings: CropReadings, objective: dict[str, Any]) -> np.ndarray:
+    """Each candidate's score: for a hunt the probability of the target classes (0 where the
+    OOD test calls the crop unknown), for `explore` the entropy."""
+    if objective["kind"] != "hunt":
+        return readings.entropy.astype(np.float64)
+    columns = [readings.class_names.index(c) for c in objective["classes"]]
+    p = readings.probabilities[:, columns].sum(axis=1).astype(np.float64)
+    return np.where(readings.unknown, 0.0, p)
+
+
+def score_candidates(classifier: Any, overview: Overview, candidates: list[dict[str, Any]],
+                     fov: float, objective: dict[str, Any]) -> np.ndarray:
+    """Each candidate's score on its overview crop (`objective_scores`)."""
+    return objective_scores(read_crops(classifier, overview, candidates, fov), objective)
+
+
+def crop_features(embeddings: np.ndarray, components: int = FEATURE_COMPONENTS) -> np.ndarray:
+    """The surrogate's embedding features: the crops' fused embeddings reduced by PCA to
+    `components` whitened components (unit variance over the search area), rounded to 4
+    decimals so the plan file that keeps them stays small."""
+    from sklearn.decomposition import PCA
+
+    k = max(0, min(components, len(embeddings) - 1, embeddings.shape[1]))
+    if k == 0:
+        return np.zeros((len(embeddings), 0))
+    reduced = PCA(n_components=k, whiten=True, svd_solver="full").fit_transform(
+        embeddings.astype(np.float64))
+    return np.round(reduced, 4)
 
 
 def score_map(candidates: list[dict[str, Any]], scores: np.ndarray) -> np.ndarray:
@@ -172,34 +230,74 @@ def rank(candidates: list[dict[str, Any]], scores: np.ndarray,
 
 
 # --- active -------------------------------------------------------------------------------
+def surrogate_inputs(candidates: list[dict[str, Any]], fov: float
+                     ) -> tuple[np.ndarray, np.ndarray | None]:
+    """The GP's inputs per candidate, in kernel length-scale units: stage coordinates (tile
+    pitches / LENGTH_SCALE_TILES) and, where the plan holds them, the overview crop's
+    embedding features (/ FEATURE_LENGTH_SCALE); and the prior mean (the overview's score)
+    where the plan holds one, else None."""
+    xy = np.array([[p["x"], p["y"]] for p in candidates]) / fov / LENGTH_SCALE_TILES
+    parts = [xy]
+    if "features" in candidates[0]:
+        parts.append(np.array([p["features"] for p in candidates], np.float64)
+                     / FEATURE_LENGTH_SCALE)
+    prior = (np.array([p["prior"] for p in candidates], np.float64)
+             if "prior" in candidates[0] else None)
+    return np.hstack(parts), prior
+
+
+def training_set(chosen: list[int], outcomes: np.ndarray) -> np.ndarray:
+    """Positions (into `chosen`) of the outcomes the GP is fitted to: every hit, then the
+    latest misses, MAX_OBSERVATIONS in all. An exact GP's choice costs O(n^2) per candidate in
+    the outcomes it holds: on a 2,700-tile area a long search would reach seconds a choice. A
+    forgotten old miss lies far behind the search (its tile is taken in any case)."""
+    order = np.arange(len(chosen))
+    if len(order) <= MAX_OBSERVATIONS:
+        return order
+    hits, misses = order[outcomes > 0], order[outcomes <= 0]
+    keep = max(0, MAX_OBSERVATIONS - len(hits))
+    return np.sort(np.concatenate([hits[-MAX_OBSERVATIONS:], misses[len(misses) - keep:]]))
+
+
 def choose_next(candidates: list[dict[str, Any]], chosen: list[int], outcomes: list[float],
                 here: tuple[float, float], fov: float) -> int | None:
     """The index of the next candidate: the highest upper confidence bound of a Gaussian
     process fitted to the outcomes (1 target found, 0 not) at the chosen tiles, less the
     travel from `here` in tile pitches; None when every candidate has been chosen.
 
-    The GP's kernel is fixed (RBF of LENGTH_SCALE_TILES tile pitches plus white noise,
+    Inputs (`surrogate_inputs`): stage coordinates, plus the overview crop's embedding
+    features where the candidates carry `features`; the GP models the outcome less the
+    prior mean, the overview's score where they carry `prior` (else the outcomes' mean).
+    Without a prior the first choice is the nearest tile.
+
+    The GP's kernel is fixed (RBF of unit length scale on the scaled inputs plus white noise,
     `optimizer=None`): with a handful of binary outcomes, maximum-likelihood fitting of the
-    length scale collapses it, and a fixed kernel is both deterministic and cheap per choice."""
+    length scales collapses them, and a fixed kernel is both deterministic and cheap per
+    choice (benchmarks/results/hunt_efficiency.md compares a fitted BoTorch GP)."""
     taken = set(chosen)
     left = [i for i in range(len(candidates)) if i not in taken]
     if not left:
         return None
+    inputs, prior = surrogate_inputs(candidates, fov)
     xy = np.array([[p["x"], p["y"]] for p in candidates]) / fov
     travel = np.hypot(xy[left, 0] - here[0] / fov, xy[left, 1] - here[1] / fov)
-    if not chosen:
-        return left[int(np.argmin(travel))]
-    from sklearn.gaussian_process import GaussianProcessRegressor
-    from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
-
-    kernel = ConstantKernel(0.25, "fixed") * RBF(LENGTH_SCALE_TILES, "fixed") \
-        + WhiteKernel(0.01, "fixed")
-    gp = GaussianProcessRegressor(kernel, optimizer=None, normalize_y=False)
     y = np.asarray(outcomes, dtype=np.float64)
-    prior = float(y.mean())
-    gp.fit(xy[chosen], y - prior)
-    mean, std = gp.predict(xy[left], return_std=True)
-    utility = mean + prior + UCB_BETA * std - TRAVEL_COST * travel
+    if prior is None:
+        if not chosen:
+            return left[int(np.argmin(travel))]
+        prior = np.full(len(candidates), float(y.mean()))
+    utility = prior[left] - TRAVEL_COST * travel
+    if chosen:
+        from sklearn.gaussian_process import GaussianProcessRegressor
+        from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
+
+        kernel = ConstantKernel(0.25, "fixed") * RBF(1.0, "fixed") + WhiteKernel(0.01, "fixed")
+        gp = GaussianProcessRegressor(kernel, optimizer=None, normalize_y=False)
+        fit = training_set(chosen, y)
+        seen = np.asarray(chosen)[fit]
+        gp.fit(inputs[seen], y[fit] - prior[seen])
+        mean, std = gp.predict(inputs[left], return_std=True)
+        utility = utility + mean + UCB_BETA * std
     return left[int(np.argmax(utility))]
 
 

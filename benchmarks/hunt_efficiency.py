@@ -1,19 +1,20 @@
 """Hunt efficiency on the twin: frames, stage travel, dose and time to find N targets, per
-search strategy (agent/targeting.py).
+search strategy (agent/targeting.py), and the classes an exploration sees per frame.
 
-Per seed (a twin specimen of its own) the search area is the one a hunt of `--frames` frames
-searches from the stage's start (0, 0). Every class with at least N tiles in the area is
-hunted in turn, N = `--n`. A visited tile counts as a hit where the twin's ground truth at its
+Per seed (a twin specimen of its own) the search area is the smallest square from the start
+(0, 0) holding >= N tiles of every class (benchmarks/hunt_scene.py), and each class is the
+target in turn, N = `--n`. A visited tile counts as a hit where the twin's ground truth at its
 centre is the target class: a perfect high-magnification classifier, so the figures compare
-where the strategies look, not how well the model reads a frame. The `overview` strategy
-takes its overview through the acquirer and the safety guard and scores the crops with the
-real classifier (`--model`, default the bundled one); `active` fits scikit-learn's GP after
-every frame. Wall time = frames x a 512^2 frame's acquisition (its scan at 2 us dwell plus
-the twin's render, measured here) + overview frames + planning time. Misses: hunts that
-did not find N within the area although it holds N.
+where the strategies look, not how well the model reads a frame. `overview` and the `active`
+variants that read it take the overview through the acquirer and the safety guard (its
+frames count as frames, with their dose and time) and read the crops with the real
+classifier (`--model`, default the bundled one; cached under `--cache`). Wall time =
+high-magnification frames x a 512^2 frame's acquisition (scan at 2 us dwell plus the twin's
+render, measured here) + the overview's frames and crop reading + planning time. Misses:
+hunts that did not find N within the area although it holds N.
 
-    python -m benchmarks.hunt_efficiency [--seeds 0-3] [--frames 100] [--n 5]
-        [--out benchmarks/results/hunt_efficiency.md]
+    python -m benchmarks.hunt_efficiency [--seeds 0-19] [--classes A,B] [--n 5]
+        [--cache runs/hunt_cache] [--out benchmarks/results/hunt_efficiency.md]
 
 On DTMicroscope's own server (`--dtm`, the functions after `main`): NSID images it serves,
 frames to the first N windows of the most frequent label, overview against grid, written to
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
+import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -34,29 +36,27 @@ from typing import Any
 
 import numpy as np
 
-from agent.acquirer import Acquirer
 from agent.targeting import (
-    STRATEGIES,
     choose_next,
+    crop_features,
+    objective_scores,
     rank,
     score_candidates,
-    search_area,
     spiral_order,
-    stage_bounds,
-    take_overview,
 )
 from benchmarks import dtm_peer
+from benchmarks.hunt_scene import Scene, build, electrons
 from instruments.devices.frame import ImagingSettings, StagePosition
 from instruments.devices.safety import GuardedMicroscope, SafetyEnvelope
 from twins.microscope import TwinMicroscope
 
 FOV = 20e-6
-E = 1.602176634e-19
-
-
-def electrons(settings: ImagingSettings) -> float:
-    """Electrons one frame delivers."""
-    return settings.beam_current * settings.dwell * settings.pixels ** 2 / E
+ACTIVE = {"active xy": (False, False), "active xy+prior": (True, False),
+          "active xy+prior+embedding": (True, True)}
+"""The surrogate's inputs per active variant: (the overview's score as prior mean, the
+crops' embedding features); `active xy` takes no overview."""
+STRATEGIES = ("grid", "spiral", "overview", *ACTIVE)
+EXPLORE_FRAMES = (10, 25, 50)
 
 
 def frame_time(twin: TwinMicroscope, settings: ImagingSettings, repeats: int = 3) -> float:
@@ -82,117 +82,192 @@ def walk(order: list[dict[str, Any]], hit: Any, n: int) -> dict[str, float]:
     return {"frames": len(order), "travel": travel, "found": found}
 
 
-def active_walk(candidates: list[dict[str, Any]], hit: Any, n: int
-                ) -> tuple[dict[str, float], list[float]]:
-    chosen, outcomes, here, travel, costs = [], [], (0.0, 0.0), 0.0, []
-    while sum(outcomes) < n:
+def active_walk(candidates: list[dict[str, Any]], outcome: Any, stop: Any,
+                choose: Any = choose_next) -> tuple[dict[str, float], list[float], list[int]]:
+    """A surrogate's walk (`choose`, choose_next's signature): outcome(p, chosen) per visit,
+    until stop(outcomes) or no tile is left; (frames, travel, found), the seconds per choice
+    and the tiles chosen."""
+    chosen: list[int] = []
+    outcomes: list[float] = []
+    here, travel, costs = (0.0, 0.0), 0.0, []
+    while not stop(outcomes):
         t0 = time.perf_counter()
-        index = choose_next(candidates, chosen, outcomes, here, FOV)
+        index = choose(candidates, chosen, outcomes, here, FOV)
         costs.append(time.perf_counter() - t0)
         if index is None:
             break
         p = candidates[index]
         travel += math.hypot(p["x"] - here[0], p["y"] - here[1])
         here = (p["x"], p["y"])
+        outcomes.append(float(outcome(p, chosen)))
         chosen.append(index)
-        outcomes.append(float(hit(p)))
-    return {"frames": len(chosen), "travel": travel, "found": sum(outcomes)}, costs
+    return {"frames": len(chosen), "travel": travel, "found": sum(outcomes)}, costs, chosen
 
 
-def run(seeds: list[int], frames: int, n: int, model: str | None) -> dict[str, Any]:
+def inputs(scene: Scene, scores: np.ndarray, features: np.ndarray, variant: str
+           ) -> list[dict[str, Any]]:
+    """The candidates as the plan of `variant` holds them (agent/search_plan.py)."""
+    with_prior, with_features = ACTIVE[variant]
+    out = []
+    for i, p in enumerate(scene.candidates):
+        q = dict(p)
+        if with_prior:
+            q["prior"] = float(scores[i])
+        if with_features:
+            q["features"] = features[i].tolist()
+        out.append(q)
+    return out
+
+
+def hunt_scene(scene: Scene, classes: list[str], n: int, imaging: ImagingSettings,
+               t_frame: float, costs: dict[str, list[float]]) -> list[dict[str, Any]]:
+    """Every strategy's hunt for each class the scene holds N of."""
+    rows, features = [], crop_features(scene.readings.embeddings)
+    labels = {(p["row"], p["col"]): label for p, label in zip(scene.candidates, scene.labels,
+                                                               strict=True)}
+    for target in classes:
+        present = scene.labels.count(target)
+        if present < n:
+            continue
+
+        def hit(p: dict[str, Any], target: str = target) -> bool:
+            return labels[(p["row"], p["col"])] == target
+
+        t0 = time.perf_counter()
+        scores = objective_scores(scene.readings, {"kind": "hunt", "classes": [target]})
+        ranked = rank(scene.candidates, scores, (0.0, 0.0))
+        t_rank = time.perf_counter() - t0
+        over = (scene.overview_frames, scene.overview_e,
+                scene.overview_s + scene.reading_s + t_rank)
+        results = {"grid": (walk(scene.candidates, hit, n), (0, 0.0, 0.0)),
+                   "spiral": (walk(spiral_order(scene.candidates, (0.0, 0.0)), hit, n),
+                              (0, 0.0, 0.0)),
+                   "overview": (walk(ranked, hit, n), over)}
+        for variant, (with_prior, _) in ACTIVE.items():
+            res, spent, _ = active_walk(inputs(scene, scores, features, variant),
+                                        lambda p, _c: hit(p),
+                                        lambda o: sum(o) >= n)
+            costs.setdefault(variant, []).extend(spent)
+            extra = over if with_prior else (0, 0.0, 0.0)
+            results[variant] = (res, (extra[0], extra[1], extra[2] + sum(spent)))
+        for strategy, (res, (extra_frames, extra_e, extra_s)) in results.items():
+            rows.append({"seed": scene.seed, "target": target, "present": present,
+                         "strategy": strategy, "highmag": res["frames"],
+                         "frames": res["frames"] + extra_frames, "travel": res["travel"],
+                         "dose_e": res["frames"] * electrons(imaging) + extra_e,
+                         "wall_s": res["frames"] * t_frame + extra_s,
+                         "miss": res["found"] < n})
+    return rows
+
+
+def explore_scene(scene: Scene) -> list[dict[str, Any]]:
+    """Distinct classes (substrate excepted) seen in the first EXPLORE_FRAMES frames: the
+    grid against `explore`'s surrogate (outcome: the frame shows a class not seen yet),
+    on coordinates alone and with the crops' embedding features."""
+    limit = max(EXPLORE_FRAMES)
+    features = crop_features(scene.readings.embeddings)
+    labels = scene.labels
+    index = {(p["row"], p["col"]): i for i, p in enumerate(scene.candidates)}
+    orders = {"grid": list(range(min(limit, len(labels))))}
+    for variant, with_features in (("active xy", False), ("active xy+embedding", True)):
+        cands = [{**p, **({"features": features[i].tolist()} if with_features else {})}
+                 for i, p in enumerate(scene.candidates)]
+
+        def new_class(p: dict[str, Any], chosen: list[int]) -> bool:
+            label = labels[index[(p["row"], p["col"])]]
+            return label != "substrate" and label not in {labels[i] for i in chosen}
+
+        orders[variant] = active_walk(cands, new_class, lambda o: len(o) >= limit)[2]
+    rows = []
+    for variant, order in orders.items():
+        seen = {k: len({labels[i] for i in order[:k]} - {"substrate"}) for k in EXPLORE_FRAMES}
+        rows.append({"seed": scene.seed, "strategy": variant, **seen})
+    return rows
+
+
+def run(seeds: list[int], classes: list[str] | None, n: int, model: str | None,
+        cache: Path) -> dict[str, Any]:
     from models.classifier import Classifier
     from workflows.session_assembly import BUNDLED_MODEL
 
     classifier = Classifier.load(model or BUNDLED_MODEL)
+    classes = classes or list(classifier.class_names)
     imaging = ImagingSettings(fov=FOV, pixels=512, dwell=2e-6)
-    rows, choice_costs, overview_costs = [], [], []
     render = frame_time(TwinMicroscope(seed=seeds[0]), imaging)
     t_frame = render + imaging.pixels ** 2 * imaging.dwell
+    rows, explore, costs, scenes = [], [], {}, []
     for seed in seeds:
-        twin = TwinMicroscope(seed=seed)
-        acquirer = Acquirer(GuardedMicroscope(twin, SafetyEnvelope()))
-        acquirer.connect(imaging)
-        candidates = search_area((0.0, 0.0), FOV, frames, stage_bounds(acquirer))
-        labels = {(p["row"], p["col"]): twin.specimen.label_at(p["x"], p["y"])
-                  for p in candidates}
         t0 = time.perf_counter()
-        overview = take_overview(acquirer, imaging, candidates)
-        t_overview = time.perf_counter() - t0
-        overview_e = sum(electrons(f.settings) for f in overview.frames)
-        for target, present in Counter(labels.values()).items():
-            if present < n or target not in classifier.class_names:
-                continue
-
-            def hit(p: dict[str, Any], target: str = target,
-                    labels: dict[tuple[int, int], str] = labels) -> bool:
-                return labels[(p["row"], p["col"])] == target
-
-            objective = {"kind": "hunt", "classes": [target], "target": n}
-            t0 = time.perf_counter()
-            scores = score_candidates(classifier, overview, candidates, FOV, objective)
-            ranked = rank(candidates, scores, (0.0, 0.0))
-            t_score = time.perf_counter() - t0
-            overview_costs.append(t_score)
-            results = {"grid": (walk(candidates, hit, n), 0.0, 0.0, 0.0),
-                       "spiral": (walk(spiral_order(candidates, (0.0, 0.0)), hit, n), 0.0,
-                                  0.0, 0.0),
-                       "overview": (walk(ranked, hit, n), t_overview + t_score, overview_e,
-                                    len(overview.frames))}
-            active, costs = active_walk(candidates, hit, n)
-            choice_costs.extend(costs)
-            results["active"] = (active, sum(costs), 0.0, 0.0)
-            for strategy, (res, planning, extra_e, extra_frames) in results.items():
-                rows.append({"seed": seed, "target": target, "present": present,
-                             "strategy": strategy, **res,
-                             "dose_e": res["frames"] * electrons(imaging) + extra_e,
-                             "wall_s": (res["frames"] + extra_frames) * t_frame + planning,
-                             "miss": res["found"] < n})
-    return {"rows": rows, "t_frame": t_frame, "render_s": render,
-            "choice_costs": choice_costs, "overview_costs": overview_costs}
+        scene = build(seed, imaging, n, classifier, cache)
+        rows += hunt_scene(scene, classes, n, imaging, t_frame, costs)
+        explore += explore_scene(scene)
+        scenes.append(scene)
+        print(f"seed {seed}: area {scene.side}x{scene.side} tiles, "
+              f"{scene.overview_frames} overview frames, "
+              f"{time.perf_counter() - t0:.0f} s", flush=True)
+    return {"rows": rows, "explore": explore, "t_frame": t_frame, "render_s": render,
+            "costs": costs, "scenes": scenes}
 
 
-def table(result: dict[str, Any], seeds: list[int], frames: int, n: int) -> str:
-    rows = result["rows"]
-    grid = statistics.median(r["frames"] for r in rows if r["strategy"] == "grid")
-    grid_mean = statistics.mean(r["frames"] for r in rows if r["strategy"] == "grid")
+def _median(rows: list[dict[str, Any]], key: str) -> float:
+    return statistics.median(r[key] for r in rows)
+
+
+def table(result: dict[str, Any], command: str, n: int) -> str:
+    rows, scenes = result["rows"], result["scenes"]
+    grid = [r for r in rows if r["strategy"] == "grid"]
+    g_med, g_mean = _median(grid, "frames"), statistics.mean(r["frames"] for r in grid)
+    sides = sorted({s.side for s in scenes})
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, check=False).stdout.strip()
     lines = [
-        "# Hunt efficiency on the twin", "",
-        f"Scale (2 shared CPU cores): seeds {seeds[0]}-{seeds[-1]}, search area of {frames} "
-        f"tiles ({FOV * 1e6:g} um) from (0, 0), N = {n}, every class with >= N tiles in the "
-        f"area ({sum(r['strategy'] == 'grid' for r in rows)} hunts). Hits from the twin's "
-        "ground truth; overview scores from the bundled classifier on overview crops.", "",
-        "| strategy | median frames to N | vs grid | mean frames to N | vs grid | median "
-        "travel (um) | median dose (1e9 e) | median wall (s) | misses |",
-        "|---|---|---|---|---|---|---|---|---|"]
+        "# Hunt efficiency on the twin", "", f"`{command}` on commit {commit}.", "",
+        f"{len(scenes)} seeds, N = {n}, {len(grid)} hunts (every class, each seed). Search "
+        "area: the smallest square from the start (0, 0) holding >= N tiles of each of the "
+        f"10 classes ({', '.join(str(s) for s in sides)} tiles a side; the whole specimen "
+        "is 100, and a smaller area would leave classes unhuntable). Hits from the twin's "
+        "ground truth; overview scores from the bundled classifier on overview crops. "
+        "Frames to N count the overview's frames (256^2 px each, at the twin's widest FOV, "
+        "100 um); `high-mag` counts only the 512^2 frames.", "",
+        "| strategy | median frames to N | vs grid | mean | vs grid | median high-mag | "
+        "median travel (mm) | median dose (1e9 e) | median wall (s) | misses |",
+        "|---|---|---|---|---|---|---|---|---|---|"]
     for strategy in STRATEGIES:
         mine = [r for r in rows if r["strategy"] == strategy]
-        med = statistics.median(r["frames"] for r in mine)
-        mean = statistics.mean(r["frames"] for r in mine)
+        med, mean = _median(mine, "frames"), statistics.mean(r["frames"] for r in mine)
         lines.append(
-            f"| {strategy} | {med:g} | {med / grid:.2f} | {mean:.1f} | {mean / grid_mean:.2f} | "
-            f"{statistics.median(r['travel'] for r in mine) * 1e6:.0f} | "
-            f"{statistics.median(r['dose_e'] for r in mine) / 1e9:.2f} | "
-            f"{statistics.median(r['wall_s'] for r in mine):.2f} | "
+            f"| {strategy} | {med:g} | {med / g_med:.2f} | {mean:.1f} | {mean / g_mean:.2f} | "
+            f"{_median(mine, 'highmag'):g} | {_median(mine, 'travel') * 1e3:.2f} | "
+            f"{_median(mine, 'dose_e') / 1e9:.2f} | {_median(mine, 'wall_s'):.1f} | "
             f"{sum(r['miss'] for r in mine)} |")
     best = min(STRATEGIES, key=lambda s: (
-        statistics.median(r["frames"] for r in rows if r["strategy"] == s),
+        _median([r for r in rows if r["strategy"] == s], "frames"),
         statistics.mean(r["frames"] for r in rows if r["strategy"] == s)))
-    lines += ["", f"Best by median frames to N (then mean): {best}. The median ratio cannot "
-              f"fall below N / grid's median = {n / grid:.2f} at this scale (no strategy "
-              "finds N in fewer than N frames)."]
-    choice = statistics.median(result["choice_costs"])
-    score = statistics.median(result["overview_costs"])
-    lines += [
-        "", f"One 512^2 frame's acquisition: {result['t_frame'] * 1e3:.0f} ms (scan at 2 us "
-        f"dwell, plus {result['render_s'] * 1e3:.0f} ms of the twin's rendering).",
-        f"Planning per choice: active {choice * 1e3:.2f} ms (median over "
-        f"{len(result['choice_costs'])} choices, "
-        f"{choice / result['t_frame'] * 100:.2f} % of a 512^2 frame); overview "
-        f"scoring {score * 1e3:.0f} ms once per hunt "
-        f"({score / frames / result['t_frame'] * 100:.1f} % of a frame per tile of the area; "
-        "plus the overview's own frames).",
-        "", "Per hunt (frames to N):", "", "| seed | target | present | "
-        + " | ".join(STRATEGIES) + " |", "|---|---|---|" + "---|" * len(STRATEGIES)]
+    lines += ["", f"Best by median frames to N (then mean): {best}."]
+    t_frame = result["t_frame"]
+    lines += ["", f"One 512^2 frame's acquisition: {t_frame * 1e3:.0f} ms (scan at 2 us "
+              f"dwell, plus {result['render_s'] * 1e3:.0f} ms of the twin's rendering)."]
+    for variant, spent in result["costs"].items():
+        med = statistics.median(spent)
+        lines.append(f"Planning per choice, {variant}: median {med * 1e3:.2f} ms, p95 "
+                     f"{np.percentile(spent, 95) * 1e3:.2f} ms over {len(spent)} choices "
+                     f"({med / t_frame * 100:.2f} % of a 512^2 frame).")
+    reading = statistics.median(s.reading_s / len(s.candidates) for s in scenes)
+    lines.append(f"Reading the overview's crops (once per area, CPU, 1 thread): median "
+                 f"{reading * 1e3:.0f} ms a crop ({reading / t_frame * 100:.1f} % of a "
+                 "512^2 frame per tile of the area).")
+    lines += ["", f"Explore: distinct classes seen in the first {EXPLORE_FRAMES} high-mag "
+              "frames (median over seeds; the active variants' outcome is a frame showing "
+              "a class not seen yet).", "",
+              "| strategy | " + " | ".join(f"{k} frames" for k in EXPLORE_FRAMES) + " |",
+              "|---|" + "---|" * len(EXPLORE_FRAMES)]
+    for strategy in dict.fromkeys(r["strategy"] for r in result["explore"]):
+        mine = [r for r in result["explore"] if r["strategy"] == strategy]
+        lines.append(f"| {strategy} | " + " | ".join(
+            f"{statistics.median(r[k] for r in mine):g}" for k in EXPLORE_FRAMES) + " |")
+    lines += ["", "Per hunt (frames to N, overview frames included; * a miss):", "",
+              "| seed | target | present | " + " | ".join(STRATEGIES) + " |",
+              "|---|---|---|" + "---|" * len(STRATEGIES)]
     for i in range(0, len(rows), len(STRATEGIES)):
         group = rows[i:i + len(STRATEGIES)]
         lines.append(f"| {group[0]['seed']} | {group[0]['target']} | {group[0]['present']} | "
@@ -203,21 +278,24 @@ def table(result: dict[str, Any], seeds: list[int], frames: int, n: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", default="0-3")
-    parser.add_argument("--frames", type=int, default=100)
+    parser.add_argument("--seeds", default="0-19")
+    parser.add_argument("--classes", default="", help="comma-separated; default every class")
     parser.add_argument("--n", type=int, default=5)
     parser.add_argument("--model", default=None)
+    parser.add_argument("--cache", default="runs/hunt_cache")
     parser.add_argument("--out", default="benchmarks/results/hunt_efficiency.md")
     args = parser.parse_args()
     lo, _, hi = args.seeds.partition("-")
     seeds = list(range(int(lo), int(hi or lo) + 1))
+    classes = [c for c in args.classes.split(",") if c] or None
     np.seterr(all="ignore")
-    result = run(seeds, args.frames, args.n, args.model)
-    text = table(result, seeds, args.frames, args.n)
+    result = run(seeds, classes, args.n, args.model, Path(args.cache))
+    command = "python -m benchmarks.hunt_efficiency " + " ".join(
+        f"--{k} {v}" for k, v in (("seeds", args.seeds), ("classes", args.classes),
+                                  ("n", args.n)) if v)
+    text = table(result, command, args.n)
     Path(args.out).write_text(text, encoding="utf-8")
     print(text)
-
-
 
 
 # --- DTMicroscope's own server (issue 26, benchmark point 5's DTM part) ------------------

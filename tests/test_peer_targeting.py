@@ -62,7 +62,7 @@ def read_map(scifi_read, path: Path) -> dict:
 
 def test_dtm_overview_hunt_scores_the_served_image_and_spends_windows_best_first(
         tmp_path, classifier, dtm, scifi_read):
-    """No --strategy: a hunt's default, the overview."""
+    """No --strategy: a hunt's default where the overview is served, the overview."""
     uri, served = dtm
     final, out = hunt(tmp_path, uri, classifier, frames=4, strategy="")
     assert final["status"] == "completed"

@@ -4,6 +4,7 @@ line's refusals."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -19,10 +20,15 @@ import torch
 from agent.config import RunConfig
 from agent.session import Session, SessionParts
 from agent.targeting import (
+    ACTIVE_INPUTS,
+    FEATURE_COMPONENTS,
+    MAX_OBSERVATIONS,
     Overview,
     choose_next,
+    crop_features,
     overview_plan,
     search_area,
+    training_set,
 )
 from instruments.devices.frame import StagePosition
 from instruments.devices.safety import GuardedMicroscope, SafetyEnvelope
@@ -89,6 +95,44 @@ def test_surrogate_choices_stay_inside_the_stage_range_and_envelope():
         assert bounds[1][0] <= p["y"] - FOV / 2 and p["y"] + FOV / 2 <= bounds[1][1]
 
 
+def test_the_prior_leads_the_first_choice_and_embedding_features_carry_a_hit_over():
+    """With the overview's score as prior mean the surrogate starts at the best-scored tile,
+    not the nearest; after a hit there, a far tile whose crop looks like the hit's (close in
+    the embedding features) comes before near tiles that look unlike it."""
+    candidates = search_area((0.0, 0.0), FOV, 49, BOUNDS)
+    far = max(range(len(candidates)), key=lambda i: abs(candidates[i]["x"])
+              + abs(candidates[i]["y"]))
+    best = 24 if far != 24 else 0
+    for i, p in enumerate(candidates):
+        p["prior"] = 0.3 if i == best else 0.1
+        p["features"] = [0.0, 0.0] if i in (best, far) else [20.0, 20.0]
+    first = choose_next(candidates, [], [], (0.0, 0.0), FOV)
+    assert first == best
+    assert choose_next(candidates, [first], [1.0], (candidates[best]["x"],
+                                                   candidates[best]["y"]), FOV) == far
+
+
+def test_a_long_search_fits_the_gp_to_every_hit_and_the_latest_misses():
+    """Past MAX_OBSERVATIONS outcomes the GP keeps each hit and forgets the oldest misses,
+    so a choice's cost stops growing with the search."""
+    n = MAX_OBSERVATIONS + 40
+    outcomes = np.zeros(n)
+    outcomes[[3, 50, n - 1]] = 1.0
+    kept = training_set(list(range(n)), outcomes)
+    assert len(kept) == MAX_OBSERVATIONS and set(kept) >= {3, 50, n - 1}
+    assert set(kept) - {3, 50} == set(range(n - MAX_OBSERVATIONS + 1, n)) - {50}
+    assert list(training_set(list(range(10)), np.zeros(10))) == list(range(10))
+
+
+def test_crop_features_are_whitened_components_of_the_embeddings():
+    rng = np.random.default_rng(0)
+    embeddings = rng.normal(size=(40, 256)).astype(np.float32)
+    features = crop_features(embeddings)
+    assert features.shape == (40, FEATURE_COMPONENTS)
+    assert np.allclose(features.std(axis=0, ddof=1), 1.0, atol=1e-3)
+    assert crop_features(embeddings[:1]).shape == (1, 0)
+
+
 def test_overview_crops_land_on_the_tiles_they_score(twin):
     """The overview's geometry: a candidate's crop of the mosaic shows the specimen at that
     candidate (the twin's label map stands in for the image)."""
@@ -111,10 +155,10 @@ def test_overview_crops_land_on_the_tiles_they_score(twin):
 
 
 def make_session(tmp_path: Path, classifier, session_id: str, strategy: str,
-                 frames: int = 9) -> Session:
+                 frames: int = 9, objective: str = "hunt:Tips:3") -> Session:
     twin = TwinMicroscope(seed=0)
     config = RunConfig(session_id=session_id, out=str(tmp_path / "s.h5"), frames=frames,
-                       objective="hunt:Tips:3", strategy=strategy, confidence=0.0,
+                       objective=objective, strategy=strategy, confidence=0.0,
                        state_dir=str(tmp_path / "state"), pipeline=False,
                        imaging={"fov": FOV, "pixels": 64, "dwell": 2e-6},
                        thresholds={"min_sharpness": 0.0, "min_snr": 0.0, "max_drift_px": 1e9})
@@ -173,7 +217,8 @@ def test_the_summary_gives_frames_travel_and_dose_per_target_found(tmp_path, cla
     assert hunt_rows("survey", records) == []
 
 
-def _run_killed(tmp_path: Path, classifier, session_id: str, after_plans: int) -> int:
+def _run_killed(tmp_path: Path, classifier, session_id: str, after_plans: int,
+                objective: str) -> int:
     pid = os.fork()
     if pid == 0:
         try:
@@ -183,21 +228,30 @@ def _run_killed(tmp_path: Path, classifier, session_id: str, after_plans: int) -
                 seen["n"] += name == "plan"
                 if seen["n"] == after_plans:
                     os.kill(os.getpid(), signal.SIGKILL)
-            make_session(tmp_path, classifier, session_id, "active").run(on_step=on_step)
+            make_session(tmp_path, classifier, session_id, "active",
+                         objective=objective).run(on_step=on_step)
         finally:
             os._exit(0)
     _, status = os.waitpid(pid, 0)
     return os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
 
 
-def test_active_hunt_resumed_after_sigkill_chooses_the_same_positions(tmp_path, classifier):
+@pytest.mark.parametrize("objective", ["hunt:Tips:3", "explore"])
+def test_active_search_resumed_after_sigkill_chooses_the_same_positions(tmp_path, classifier,
+                                                                       objective):
+    """A hunt's surrogate reads stage coordinates; explore's also the overview crops'
+    embedding features, fixed in the plan file at the start: both resume exactly."""
     whole = tmp_path / "whole"
-    make_session(whole, classifier, str(uuid.uuid4()), "active").run()
+    make_session(whole, classifier, str(uuid.uuid4()), "active", objective=objective).run()
     killed, session_id = tmp_path / "killed", str(uuid.uuid4())
-    assert _run_killed(killed, classifier, session_id, after_plans=4) == signal.SIGKILL
-    make_session(killed, classifier, session_id, "active").run()
+    assert _run_killed(killed, classifier, session_id, 4, objective) == signal.SIGKILL
+    make_session(killed, classifier, session_id, "active", objective=objective).run()
     assert positions(killed / "s.h5") == positions(whole / "s.h5")
     assert len(positions(whole / "s.h5")) >= 4
+    plan = json.loads((killed / "s.h5.work" / "plan.json").read_text("utf-8"))
+    reads_features = ACTIVE_INPUTS[objective.partition(":")[0]][1]
+    assert all(len(p.get("features", [])) == (FEATURE_COMPONENTS if reads_features else 0)
+               for p in plan)
 
 
 @pytest.mark.parametrize("args, says", [
