@@ -51,7 +51,7 @@ else
         --feature-cache "$WORK/cache" ${INIT:+--init "$INIT"}
     echo "train wall time: $(( $(date +%s) - start )) s (OMP_NUM_THREADS=$OMP_NUM_THREADS)"
 fi
-micagent evaluate "$RUN" "$WORK/data"   # table + PNGs + evaluation.{md,json}
+micagent evaluate "$RUN" "$WORK/data" --out "$RUN"   # table + PNGs + evaluation.{md,json}
 micagent fit-ood "$RUN" "$WORK/data" --method agreed --quantile "$OOD_QUANTILE" \
     --survey-seeds 1,2,3,4,5 --work "$WORK/passes"
 micagent measure-adjudicators "$RUN" "$WORK/data" --work "$WORK/passes"
