@@ -19,7 +19,7 @@ import itertools
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import event_model
@@ -41,7 +41,7 @@ DATA_KEYS: dict[str, dict[str, str]] = {
     DECISIONS: {"kind": "string", "decision": "string", "operator": "string",
                 "label": "string", "frame_id": "string", "rescan_change": "string",
                 "note": "string"},
-    OVERVIEW: {"image": "array", "scores": "array", "metadata": "string"},
+    OVERVIEW: {"image": "array", "scores": "array", "metadata": "string", "visited": "string"},
 }
 LEFT = "left_"                      # frame data key prefix of a budget's remainder
 EXIT_STATUS = {"completed": "success", "interrupted": "abort", "failed": "fail"}
@@ -143,16 +143,23 @@ class EventStream:
                                     "rescan_change": answer.rescan_change.value
                                     if answer.rescan_change else "", "note": answer.note})
 
-    def overview(self, stored: StoredOverview) -> None:
+    def overview(self, stored: StoredOverview, visited: Sequence[DecisionRecord] = ()) -> None:
         """The stored overview (stage calibration in m: `origin_*` is pixel (0, 0)'s corner,
-        `area_*` the score map's corner, `tile` its cell side) and the strategy's metadata."""
+        `area_*` the score map's corner, `tile` its cell side) and the strategy's metadata;
+        `visited`: the frames recorded before it was sent (a resumed run's earlier ones), as a
+        JSON list of {frame_id, recorded, x, y, label}."""
+        earlier = [{"frame_id": record.frame_id, "recorded": n, "label": record.label,
+                    "x": record.position.x if record.position else None,
+                    "y": record.position.y if record.position else None}
+                   for n, record in enumerate(visited, 1)]
         with self._lock:
             self._event(OVERVIEW, {
                 "image": stored.image, "scores": stored.scores,
                 "origin_x": stored.origin[0], "origin_y": stored.origin[1],
                 "pixel": stored.pixel, "area_x": stored.area_origin[0],
                 "area_y": stored.area_origin[1], "tile": stored.tile,
-                "metadata": json.dumps(stored.metadata, default=str, sort_keys=True)})
+                "metadata": json.dumps(stored.metadata, default=str, sort_keys=True),
+                "visited": json.dumps(earlier)})
 
     def stop(self, status: str, reason: str = "") -> None:
         """Close the run: `status` completed / interrupted / failed (success / abort / fail)."""

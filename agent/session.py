@@ -201,7 +201,8 @@ class Session:
         self.context.acquirer.restore(values)
         self.stream.start(self._start_metadata(values))
         if values and (stored := self.writer.overview()) is not None:
-            self.stream.overview(stored)           # a resumed run's readers see it too
+            # a resumed run's readers see the overview too, and the frames recorded before
+            self.stream.overview(stored, visited=self.writer.records())
         if not values:
             payload: Any = self.initial_state()
         elif pending:

@@ -6,6 +6,7 @@ shows no map. End to end: an overview hunt on the twin, approved from headless C
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -143,18 +144,41 @@ def _run_hunt(tmp_path: Path, classifier, session_id: str) -> list[dict]:
 
 
 def test_the_overview_event_is_the_stored_one_and_a_resumed_run_sends_it_again(tmp_path):
+    """With the frames recorded before the resume: a page that joins then draws them too."""
     torch.manual_seed(0)
     classifier = Classifier.create(FusionConfig.ablation("vit_only"), SEM_CLASSES)
     first = _run_hunt(tmp_path, classifier, "hunt-map")
     again = _run_hunt(tmp_path, classifier, "hunt-map")     # the checkpoint says: done
     with SessionReader(tmp_path / "s.h5") as reader:
-        stored = reader.overview()
+        stored, records = reader.overview(), reader.records()
     assert len(first) == len(again) == 1
     for data in (first[0], again[0]):
         np.testing.assert_array_equal(data["image"], stored.image)
         np.testing.assert_array_equal(data["scores"], stored.scores)
         assert (data["origin_x"], data["origin_y"]) == pytest.approx(stored.origin)
         assert data["tile"] == pytest.approx(stored.tile)
+    assert json.loads(first[0]["visited"]) == []          # sent before any frame
+    visited = json.loads(again[0]["visited"])
+    assert len(records) == 2
+    assert [(v["frame_id"], v["recorded"], v["label"]) for v in visited] == \
+        [(r.frame_id, n, r.label) for n, r in enumerate(records, 1)]
+    assert [(v["x"], v["y"]) for v in visited] == \
+        [pytest.approx((r.position.x, r.position.y)) for r in records]
+
+
+def test_a_page_that_joins_a_resumed_run_draws_the_frames_recorded_before(tmp_path, ui):
+    stored = _stored(tmp_path)
+    earlier = [_record(1, -10e-6, 0.0, "Tips"), _record(2, 10e-6, 0.0, "Powder")]
+    stream = EventStream()
+    stream.subscribe(ui.search_map)
+    stream.start({"session_id": "map", "objective": "hunt:Tips:2"})
+    stream.overview(stored, visited=earlier)
+    stream.frame(_record(3, 10e-6, 10e-6, "Tips"), recorded=3, budgets_left={})
+    stream.stop("completed")
+    shown = _get(ui, "/api/progress").json()["search_map"]
+    assert [(v["order"], v["label"], v["hit"]) for v in shown["visits"]] == \
+        [(1, "Tips", True), (2, "Powder", False), (3, "Tips", True)]
+    assert shown["hits"] == 2
 
 
 def _markers(driver) -> list[str]:

@@ -175,6 +175,18 @@ def from_json(text: bytes | str, what: str, path: str = "") -> Any:
         raise SessionFileCorrupt(f"{what} is not valid JSON: {exc}", path) from exc
 
 
+def channel_json(group, name: str, path: str = "") -> Any:
+    """A JSON text of a channel group, parsed (an attribute; format 1 kept it in a scalar
+    string dataset), or SessionFileCorrupt when the group has none."""
+    if name in group.attrs:
+        text = group.attrs[name]
+    elif name in group:
+        text = group[name][()]
+    else:
+        raise SessionFileCorrupt(f"{group.name} has no {name}", path)
+    return from_json(text, f"{group.name}/{name}", path)
+
+
 def read_provenance(f, path: str = "") -> dict[str, Any]:
     """The session provenance of an open file; its backup copy when a kill broke the primary."""
     try:

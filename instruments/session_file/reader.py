@@ -44,7 +44,7 @@ from instruments.session_file.layout import (
     NotASessionFile,
     SessionFileCorrupt,
     SessionFileError,
-    from_json,
+    channel_json,
     is_lock_error,
     read_provenance,
 )
@@ -80,6 +80,15 @@ def _nsid_dataset_count(f: h5py.File) -> int:
 
     f.visititems(visit)
     return len(found)
+
+
+def channel_record(group: h5py.Group, path: str = "") -> DecisionRecord:
+    """A frame's decision record, typed (records of older versions migrated), from its
+    channel group in an open file (the reader's, or the writer's while it writes)."""
+    try:
+        return DecisionRecord.from_stored(channel_json(group, RECORD_JSON, path))
+    except RecordFormatError as exc:
+        raise SessionFileCorrupt(f"{group.name}/{RECORD_JSON}: {exc}", path) from exc
 
 
 class SessionReader:
@@ -134,14 +143,7 @@ class SessionReader:
         return len(self._channels)
 
     def _json(self, group: h5py.Group, name: str) -> Any:
-        """A JSON attribute of a channel group (format 1: a scalar string dataset)."""
-        if name in group.attrs:
-            text = group.attrs[name]
-        elif name in group:
-            text = group[name][()]
-        else:
-            raise SessionFileCorrupt(f"{group.name} has no {name}", self.path)
-        return from_json(text, f"{group.name}/{name}", self.path)
+        return channel_json(group, name, self.path)
 
     def _evaluation(self, group: h5py.Group) -> dict[str, Any]:
         """A frame's stored ground truth; {} where none was stored."""
@@ -176,11 +178,7 @@ class SessionReader:
             yield self._frame(group)
 
     def _record(self, group: h5py.Group) -> DecisionRecord:
-        """A frame's decision record, typed (records of older versions migrated)."""
-        try:
-            return DecisionRecord.from_stored(self._json(group, RECORD_JSON))
-        except RecordFormatError as exc:
-            raise SessionFileCorrupt(f"{group.name}/{RECORD_JSON}: {exc}", self.path) from exc
+        return channel_record(group, self.path)
 
     def frames(self) -> Iterator[tuple[Frame, DecisionRecord]]:
         """(Frame, decision record) pairs in write order; SessionFileCorrupt if a frame has

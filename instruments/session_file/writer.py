@@ -79,6 +79,7 @@ from instruments.session_file.overview import (
     overview_datasets,
     read_overview,
 )
+from instruments.session_file.reader import channel_record
 from instruments.utils.disk_space import free_bytes
 from instruments.utils.redaction import redact
 
@@ -325,6 +326,14 @@ class SessionWriter:
     def frame_ids(self) -> list[str]:
         """Stored frame uuids in write order."""
         return sorted(self._ids, key=self._ids.__getitem__)
+
+    def records(self) -> list[DecisionRecord]:
+        """The decision records stored so far, in write order (a resumed session's earlier
+        frames, for readers that join it then)."""
+        with self._lock:
+            self._require_open()
+            return [channel_record(self._file[channel_path(index)], self.path)
+                    for index in sorted(self._ids.values())]
 
     @property
     def provenance(self) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """The search map on the web page, read from the session's event stream: the overview a
 targeting strategy stored (its `overview` event), the candidate score map over it, the frames in
-the order they were recorded (`primary` events) and the hits among them (frames whose recorded
-label is a hunted class, as the report rings them: workflows/report/overview_map.py).
+the order they were recorded (`primary` events; after a resume, those recorded before come in
+the overview event's `visited` list) and the hits among them (frames whose recorded label is a
+hunted class, as the report rings them: workflows/report/overview_map.py).
 
 The map joins the page's progress (`broker.update_progress(search_map=...)`), which the page
 already polls; the overview itself is served as PNG, drawn from the stored array. A session
@@ -67,6 +68,8 @@ class SearchMapView(StreamReader):
         meta = json.loads(data["metadata"])
         png = overview_png(image)
         with self._lock:
+            for visit in json.loads(data.get("visited") or "[]"):
+                self._visit(visit)
             self._png = png
             self._map = {
                 "version": (self._map or {}).get("version", 0) + 1,
@@ -78,13 +81,18 @@ class SearchMapView(StreamReader):
         self._publish()
 
     def frame(self, data: dict[str, Any]) -> None:
+        with self._lock:
+            self._visit(data)
+        self._publish()
+
+    def _visit(self, data: dict[str, Any]) -> None:
+        """Mark a recorded frame (a frame event, or one the overview event lists as recorded
+        before a resume) at its stage position; the lock is held."""
         if data.get("x") is None or data.get("y") is None:
             return
-        with self._lock:
-            self._visits[data["frame_id"]] = {
-                "order": data["recorded"], "x": data["x"], "y": data["y"],
-                "label": data["label"], "hit": data["label"] in self._targets}
-        self._publish()
+        self._visits[data["frame_id"]] = {
+            "order": data["recorded"], "x": data["x"], "y": data["y"],
+            "label": data["label"], "hit": data["label"] in self._targets}
 
     def _publish(self) -> None:
         """The map with its visits in recorded order, into the page's progress."""
