@@ -196,8 +196,9 @@ def _new_card(driver, answered: list[str]):
 
 
 def _answer(driver, wait, card, answered: list[str]) -> None:
-    """Check the map against the frames recorded so far, then answer the card: the second
-    frame is relabelled as the hunted class, every other one approved."""
+    """Check the map against the frames recorded so far and the one waiting (marked where it
+    was taken), then answer the card: the second frame is relabelled as the hunted class, every
+    other one approved."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
@@ -211,6 +212,8 @@ def _answer(driver, wait, card, answered: list[str]) -> None:
     wait.until(lambda d: len(_markers(d)) == len(answered))     # one per recorded frame
     assert _markers(driver) == [str(n) for n in range(1, len(answered) + 1)]
     request_id = card.get_attribute("data-request-id")
+    wait.until(lambda d: [g.get_attribute("data-request-id") for g in d.find_elements(
+        By.CSS_SELECTOR, "#search-map g.awaiting")] == [request_id])   # the frame waiting
     if len(answered) == 1:
         Select(card.find_element(By.CSS_SELECTOR, "select.relabel-choice")
                ).select_by_value("Tips")
@@ -222,8 +225,8 @@ def _answer(driver, wait, card, answered: list[str]) -> None:
 
 def test_an_overview_hunt_shows_its_map_growing_in_headless_chromium(tmp_path: Path) -> None:
     """Every frame waits for the operator (--approve all): the map is there before the first
-    frame is recorded, gains one numbered marker per recorded frame, rings the frame relabelled
-    as the hunted class, and its hit count is the session file's."""
+    frame is recorded, marks the frame waiting, gains one numbered marker per recorded frame,
+    rings the frame relabelled as the hunted class, and its hit count is the session file's."""
     require_chromium()
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
@@ -258,6 +261,7 @@ def test_an_overview_hunt_shows_its_map_growing_in_headless_chromium(tmp_path: P
             markers = _markers(driver)
             hits_shown = driver.find_element(By.ID, "map-hits").text
             ringed = len(driver.find_elements(By.CSS_SELECTOR, "#search-map g.visit.hit"))
+            waiting = driver.find_elements(By.CSS_SELECTOR, "#search-map g.awaiting")
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -268,3 +272,4 @@ def test_an_overview_hunt_shows_its_map_growing_in_headless_chromium(tmp_path: P
     hits = sum(r.label == "Tips" for r in records)
     assert len(markers) == len(records) == len(answered) >= 2
     assert hits >= 1 and hits_shown == str(hits) and ringed == hits
+    assert waiting == []                 # nothing waits once the session has ended
