@@ -12,7 +12,7 @@ from typing import Any, Literal, TypedDict
 
 from agent.adjudication.base import ABSTAIN
 from agent.approval_request import HumanDecision
-from agent.quality import no_signal
+from agent.quality import electrons_per_pixel, no_signal
 from agent.rescan_effect import kinds_planned
 from instruments.session_file.decision_record import (
     Decision,
@@ -60,9 +60,10 @@ class RoutePolicy:
     escalations_off: escalation kinds this policy does not use (rescan kinds dwell, focus,
     fov; adjudication): under a target risk, those that measured no gain (agent/risk_policy).
     A frame without signal (failing the SNR bar, with an SNR agent/quality.no_signal cannot
-    tell from none) that no rescan (a longer dwell first)
-    can help any more is recorded with no class (quality_failed, label None), never under
-    the classifier's guess.
+    tell from none, taken with under one electron per pixel) that no rescan (a longer dwell
+    first) can help any more is recorded with no class (quality_failed, label None), never
+    under the classifier's guess. A frame with no structure at a real dose shows a smooth
+    specimen: it keeps the classifier's label under quality_failed (not a decided frame).
 
     Context (`rule_in_context`): with `neighbourhood` an unsure frame of good quality is
     pooled with the decided frames of its region; with `zoom_out` one still unsure is imaged
@@ -213,7 +214,9 @@ def rule_classified(policy: RoutePolicy, record: DecisionRecord, budgets: dict[s
                   budgets, used, ineffective)
     if (step != "rescan" and policy.approve != "all" and record.settings is not None
             and "noise" in record.quality.failures
-            and no_signal(record.quality.snr, record.settings.pixels)
+            and no_signal(record.quality.snr, record.settings.pixels,
+                          electrons_per_pixel(record.settings.beam_current,
+                                              record.settings.dwell))
             and not policy.is_confident(record.prediction)):      # still no signal
         return Ruling(step="record", label=None, source="quality",
                       route=Route.QUALITY_FAILED.value)

@@ -75,12 +75,26 @@ def snr_ratio_scatter(shape: tuple[int, ...]) -> float:
 
 
 NO_SIGNAL_Z = 3.0
+ELEMENTARY_CHARGE = 1.602176634e-19    # C
+MIN_ELECTRONS_PER_PIXEL = 1.0
+"""Below this beam dose most pixels of a frame record no electron: nothing of the specimen
+shows, whatever it is. At or above it a frame without structure shows a smooth specimen (a
+coating, a flat film), which is what it is, not a missing signal."""
 
 
-def no_signal(snr_value: float | None, pixels: int) -> bool:
+def electrons_per_pixel(beam_current: float, dwell: float) -> float:
+    """The primary electrons that reach one pixel: probe current x dwell / e."""
+    return beam_current * dwell / ELEMENTARY_CHARGE
+
+
+def no_signal(snr_value: float | None, pixels: int, electrons: float | None = None) -> bool:
     """True when a frame's SNR (`snr`) is indistinguishable from none: the variance ratio it
-    estimates lies within NO_SIGNAL_Z standard errors (`snr_ratio_scatter`) of zero."""
+    estimates lies within NO_SIGNAL_Z standard errors (`snr_ratio_scatter`) of zero. Given
+    the frame's dose (`electrons` per pixel), a frame at MIN_ELECTRONS_PER_PIXEL or more has
+    signal even without structure (a smooth specimen): only a starved beam means none."""
     if snr_value is None:
+        return False
+    if electrons is not None and electrons >= MIN_ELECTRONS_PER_PIXEL:
         return False
     return snr_value * snr_value <= NO_SIGNAL_Z * snr_ratio_scatter((pixels, pixels))
 

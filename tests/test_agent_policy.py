@@ -314,3 +314,22 @@ def test_a_learning_request_takes_a_new_class_name_others_refuse_it():
     with pytest.raises(DecisionRefused, match="relabel needs a label from"):
         request.model_copy(update={"new_labels": False}).accept(
             {"decision": "relabel", "label": "Graphene"})
+
+
+@pytest.mark.parametrize("beam_current, label", [
+    (100e-12, "A"),      # 1250 electrons a pixel: a smooth specimen, read as the classifier does
+    (1e-16, None),       # 0.001 electrons a pixel: no signal, no class
+])
+def test_a_frame_without_structure_loses_its_label_only_when_the_beam_starves_it(
+        beam_current, label):
+    from agent.policy import rule_classified
+
+    flat = QualityRecord(ok=False, snr=0.0, failures=["noise"])
+    record = DecisionRecord(prediction=prediction(0.6), quality=flat,
+                            settings=ImagingSettings(pixels=128, dwell=2e-6,
+                                                     beam_current=beam_current),
+                            rescans=[RescanRecord()] * 2)
+    spent = {**FRESH, "adjudications": 10}            # rescans done, nothing else to ask
+    ruling = rule_classified(RoutePolicy(max_rescans=2), record, BUDGETS, spent)
+    assert (ruling["step"], ruling["route"], ruling["label"]) == \
+        ("record", "quality_failed", label)
