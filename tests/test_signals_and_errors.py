@@ -62,6 +62,25 @@ def test_a_stop_signal_closes_the_file_interrupted_with_the_resume_hint(tmp_path
     assert "--resume" in summary["reason"]
 
 
+def test_a_stop_signal_swallowed_by_a_finaliser_is_delivered_again():
+    """The handler can run inside a finaliser or weakref callback, where Python prints the
+    exception as ignored and carries on (seen in CI: SIGHUP lost in a WeakValueDictionary
+    callback, the session ran on). The stop must still reach the session."""
+    from workflows.cli.stop_signals import Terminated, stop_signals
+
+    class DiesWithTheSignal:
+        def __del__(self) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)
+            sum(range(1000))                  # the handler runs here, inside the finaliser
+
+    with pytest.raises(Terminated) as stopped, stop_signals():
+        DiesWithTheSignal()                   # finalised at once: the first Terminated is lost
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:    # the session's work, going on
+            time.sleep(0.01)
+    assert stopped.value.signum == signal.SIGTERM
+
+
 def test_an_instrument_that_fails_to_start_leaves_a_foreign_out_untouched(tmp_path: Path):
     foreign = tmp_path / "theirs.h5"
     with h5py.File(foreign, "w") as f:

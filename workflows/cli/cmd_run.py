@@ -5,18 +5,17 @@ checked before the model loads or a file is written (`session_assembly.check_sta
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import signal
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
+from workflows.cli.stop_signals import stop_signals
 from workflows.terminal import fail, notice
 
 err = Console(stderr=True)
@@ -86,28 +85,6 @@ def _check_web_has_approvals(mode: str, ui: str, resume: str | None) -> None:
             "--approve is none"
         raise fail(f"--ui web answers approvals, but {saved}: add --approve uncertain (a human "
                    "decides the unsure frames) or --approve all")
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM or SIGHUP: the session stops as on Ctrl-C (file closed interrupted)."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-@contextlib.contextmanager
-def _stop_signals() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise Terminated in the main thread while the session runs."""
-    def stop(signum: int, _frame: object) -> None:
-        raise Terminated(signum)
-    names = [s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None]
-    previous = {s: signal.signal(s, stop) for s in names}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 def _vlm_timeout(given: float | None) -> float:
@@ -289,7 +266,7 @@ def run(
         raise fail(f"session failed to start: {exc}") from exc
     resume_hint = f"micagent run --resume {config.session_id} --state-dir {config.state_dir}"
     try:
-        with _stop_signals():
+        with stop_signals():
             final = run_session(config, console, quiet, ui=ui, host=host, port=port,
                                 allow_hosts=tuple(allow_host or ()), operator=operator)
     except KeyboardInterrupt as exc:
