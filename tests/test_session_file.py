@@ -205,6 +205,27 @@ def test_the_dtmicroscope_server_registers_a_session_and_serves_frame_0(session)
     assert info["channel_keys"] == ["Channel_000", "Channel_001", "Channel_002"]
 
 
+def test_hdf5_metadata_past_the_files_end_is_a_corrupt_file_with_a_way_out(
+        session, monkeypatch) -> None:
+    """A kill in the middle of an HDF5 flush can leave the measurement group past the end the
+    superblock records; h5py then raises RuntimeError ("addr overflow") on resume. It is a
+    typed error that names the HDF5 tool that may recover the file, and the file is closed."""
+    from instruments.session_file.layout import SessionFileCorrupt
+
+    path, frames, _ = session
+
+    def overflow(self) -> None:
+        raise RuntimeError("Unable to get group info (addr overflow, addr = 15984, size = 328, "
+                           "eoa = 15440)")
+
+    monkeypatch.setattr(SessionWriter, "_scan_frames", overflow)
+    with pytest.raises(SessionFileCorrupt, match="h5clear --increment"):
+        SessionWriter(path, {"session_id": "s-1"})
+    monkeypatch.undo()
+    with SessionReader(path) as reader:                  # closed again, nothing changed
+        assert reader.frame_ids == [f.frame_id for f in frames]
+
+
 def test_format_1_files_are_read_and_resumed(session) -> None:
     """Format 1 kept frame/record/evaluation as string datasets and built frames under
     /micagent/pending: still read, and a resumed writer appends format-2 frames."""

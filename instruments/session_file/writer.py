@@ -270,9 +270,13 @@ class SessionWriter:
         except SessionFileError:
             f.close()
             raise
-        except (KeyError, OSError, ValueError) as exc:
+        except (KeyError, OSError, ValueError, RuntimeError) as exc:
             f.close()
-            raise SessionFileCorrupt(f"session layout unreadable: {exc}", self.path) from exc
+            hint = ("; HDF5 metadata lies past the file's recorded end (a kill in the middle "
+                    "of a flush): `h5clear --increment` of the HDF5 tools may make it readable"
+                    if "addr overflow" in str(exc) else "")
+            raise SessionFileCorrupt(f"session layout unreadable: {exc}{hint}",
+                                     self.path) from exc
         stored_id = prov.get("session_id")
         if "session_id" in given and stored_id and given["session_id"] != stored_id:
             f.close()
