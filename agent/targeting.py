@@ -190,12 +190,6 @@ def objective_scores(readings: CropReadings, objective: dict[str, Any]) -> np.nd
     return np.where(readings.unknown, 0.0, p)
 
 
-def score_candidates(classifier: Any, overview: Overview, candidates: list[dict[str, Any]],
-                     fov: float, objective: dict[str, Any]) -> np.ndarray:
-    """Each candidate's score on its overview crop (`objective_scores`)."""
-    return objective_scores(read_crops(classifier, overview, candidates, fov), objective)
-
-
 def crop_features(embeddings: np.ndarray, components: int = FEATURE_COMPONENTS) -> np.ndarray:
     """The surrogate's embedding features: the crops' fused embeddings reduced by PCA to
     `components` whitened components (unit variance over the search area), rounded to 4

@@ -41,7 +41,7 @@ from agent.targeting import (
     crop_features,
     objective_scores,
     rank,
-    score_candidates,
+    read_crops,
     spiral_order,
 )
 from benchmarks import dtm_peer
@@ -357,7 +357,8 @@ def dtm_hunt(address: str, path: Path, classifier: Any, n: int
 
         t0 = time.perf_counter()
         objective = {"kind": "hunt", "classes": [target], "target": n}
-        scores = score_candidates(classifier, overview, candidates, tiles.tile_fov, objective)
+        scores = objective_scores(read_crops(classifier, overview, candidates, tiles.tile_fov),
+                                  objective)
         ranked = rank(candidates, scores, start)
         out.append({"which": which, "tiles": len(candidates), "target": target,
                     "present": present, "scoring_s": time.perf_counter() - t0,
