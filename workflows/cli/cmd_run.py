@@ -113,8 +113,9 @@ def run(
     instrument: str = typer.Option("twin", help="twin | dtm://H:P | tem://H:P | replay://F.h5"),
     objective: str = typer.Option("survey", help="survey | explore | hunt:CLASS[,CLASS][:N]"),
     strategy: str = typer.Option("", help="where to look next: grid | spiral | overview | "
-                                          "active (default: grid for a survey, active for a "
-                                          "hunt or explore)"),
+                                          "active (default: grid for a survey, active for "
+                                          "explore and a hunt, overview for a hunt where the "
+                                          "instrument serves its overview, as dtm:// does)"),
     frames: int = typer.Option(36, help="survey: tiles to record; hunt: positions to visit"),
     approve: str = typer.Option("none", help="which frames a human decides: none | uncertain "
                                              "| all (answered where --ui says; with "
