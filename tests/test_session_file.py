@@ -5,8 +5,10 @@ IMAGE Dataset in frame order."""
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
@@ -205,11 +207,46 @@ def test_the_dtmicroscope_server_registers_a_session_and_serves_frame_0(session)
     assert info["channel_keys"] == ["Channel_000", "Channel_001", "Channel_002"]
 
 
-def test_hdf5_metadata_past_the_files_end_is_a_corrupt_file_with_a_way_out(
+def _superblock_end(path: Path, end: int | None = None) -> int:
+    """The end of allocation a version-0 HDF5 superblock records (bytes 40-47, what h5py
+    writes by default), set to `end` where given."""
+    with open(path, "r+b") as raw:
+        raw.seek(40)
+        recorded = int.from_bytes(raw.read(8), "little")
+        if end is not None:
+            raw.seek(40)
+            raw.write(end.to_bytes(8, "little"))
+    return recorded
+
+
+def test_a_flush_torn_before_its_superblock_resumes_with_every_frame(tmp_path) -> None:
+    """A kill inside an HDF5 flush can leave the measurement group's metadata past the end of
+    allocation the superblock records (HDF5: "addr overflow"). Resuming moves that end to the
+    file's real end, as `h5clear --increment` does, and finds every frame written whole."""
+    path, torn = tmp_path / "session.h5", tmp_path / "torn.h5"
+    frames = [make_frame(i) for i in range(9)]
+    writer = SessionWriter(path, PROVENANCE)
+    writer.write_frame(frames[0], make_record(frames[0], "Fibres"))
+    end_before = _superblock_end(path)
+    for frame in frames[1:]:
+        writer.write_frame(frame, make_record(frame, "Fibres"))
+    shutil.copy(path, torn)                  # flushed, as on disk when the process dies
+    writer.close()
+    _superblock_end(torn, end_before)        # ... before the superblock got its new end
+    with pytest.raises(RuntimeError, match="addr overflow"), h5py.File(torn, "r") as f:
+        list(f["Measurement_000"])
+    with SessionWriter(torn, {"session_id": "s-1"}) as resumed:
+        assert resumed.frame_ids() == [f.frame_id for f in frames]
+        extra = make_frame(9)
+        assert resumed.write_frame(extra, make_record(extra, "Powder"))
+    with SessionReader(torn) as reader:
+        assert reader.frame_ids == [f.frame_id for f in [*frames, extra]]
+
+
+def test_metadata_past_the_end_that_cannot_be_mended_is_a_corrupt_file_with_a_way_out(
         session, monkeypatch) -> None:
-    """A kill in the middle of an HDF5 flush can leave the measurement group past the end the
-    superblock records; h5py then raises RuntimeError ("addr overflow") on resume. It is a
-    typed error that names the HDF5 tool that may recover the file, and the file is closed."""
+    """Where moving the end does not help, the typed error names the HDF5 tool that may
+    recover the file, and the file is closed."""
     from instruments.session_file.layout import SessionFileCorrupt
 
     path, frames, _ = session

@@ -30,6 +30,11 @@ import numpy as np
 
 from instruments.devices.frame import Frame
 from instruments.session_file.decision_record import DecisionRecord, RecordFormatError
+from instruments.session_file.hdf5_recovery import (
+    extend_to_file_end,
+    flush_only_cache,
+    is_past_end,
+)
 from instruments.session_file.layout import (
     ATTR_COMPLETE,
     ATTR_FORMAT,
@@ -80,7 +85,7 @@ from instruments.session_file.overview import (
     read_overview,
 )
 from instruments.session_file.reader import channel_record
-from instruments.utils.disk_space import free_bytes
+from instruments.utils.disk_space import free_bytes, is_disk_full
 from instruments.utils.redaction import redact
 
 _SEM_DETECTORS = {"SE", "BSE", "ETD", "TLD", "INLENS", "ICD", "CBS"}
@@ -191,6 +196,35 @@ def _string_dataset(group: h5py.Group, name: str, text: str) -> None:
     group.create_dataset(name, data=text, dtype=h5py.string_dtype("utf-8"))
 
 
+def _replace_text(group: h5py.Group, name: str, text: str) -> None:
+    """Overwrite the string dataset `name` (created where absent, e.g. a file written before
+    the provenance backup existed). Where the old string cannot be freed (a kill tore its heap
+    block: HDF5 reports a bad heap index), the dataset is made anew, leaving the old bytes
+    unreferenced."""
+    if name in group:
+        try:
+            group[name][()] = text
+            return
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise
+            del group[name]
+    _string_dataset(group, name, text)
+
+
+def _whole(channel: h5py.Group | h5py.Dataset) -> bool:
+    """Whether a channel is a frame written whole: marked complete, with its image and record
+    readable (a kill inside the flush that marked it may have torn what it marked)."""
+    if not isinstance(channel, h5py.Group) or not channel.attrs.get(ATTR_COMPLETE, False):
+        return False
+    try:
+        image = channel[f"{NSID_GROUP}/{NSID_GROUP}"]
+        return image.shape is not None and (RECORD_JSON in channel.attrs
+                                            or RECORD_JSON in channel)   # format 1: a dataset
+    except (KeyError, OSError, RuntimeError):
+        return False
+
+
 class SessionWriter:
     """Append-only writer of one session file; opening an existing session file resumes it.
 
@@ -229,6 +263,7 @@ class SessionWriter:
             f = h5py.File(self.path, "w")      # absent or empty (e.g. a fresh temp file)
         except OSError as exc:
             raise SessionWriteError(f"cannot create session file: {exc}", self.path) from exc
+        flush_only_cache(f)
         f.attrs[ATTR_FORMAT] = FORMAT_NAME
         f.attrs[ATTR_FORMAT_VERSION] = FORMAT_VERSION
         f.create_group(MEASUREMENT_GROUP)
@@ -252,6 +287,7 @@ class SessionWriter:
             f.close()
             raise NotASessionFile("HDF5 file is not a micagent session; refusing to append",
                                   self.path)
+        flush_only_cache(f)
         return f
 
     def _start(self, given: dict[str, Any]) -> dict[str, Any]:
@@ -265,8 +301,12 @@ class SessionWriter:
     def _resume(self, given: dict[str, Any]) -> dict[str, Any]:
         f = self._file
         try:
-            prov = read_provenance(f, self.path)
-            self._scan_frames()
+            try:
+                prov = self._read_existing()
+            except RuntimeError as exc:          # a torn flush: its metadata past the end
+                if not (is_past_end(exc) and extend_to_file_end(f)):
+                    raise
+                prov = self._read_existing()
         except SessionFileError:
             f.close()
             raise
@@ -274,7 +314,7 @@ class SessionWriter:
             f.close()
             hint = ("; HDF5 metadata lies past the file's recorded end (a kill in the middle "
                     "of a flush): `h5clear --increment` of the HDF5 tools may make it readable"
-                    if "addr overflow" in str(exc) else "")
+                    if is_past_end(exc) else "")
             raise SessionFileCorrupt(f"session layout unreadable: {exc}{hint}",
                                      self.path) from exc
         stored_id = prov.get("session_id")
@@ -286,6 +326,12 @@ class SessionWriter:
         prov.update({k: v for k, v in given.items() if k not in keep})
         prov.update(ended=None, status="running", reason="")
         prov["resumed"] = [*prov.get("resumed", []), utc_now()]
+        return prov
+
+    def _read_existing(self) -> dict[str, Any]:
+        """The stored provenance, with the complete frames indexed."""
+        prov = read_provenance(self._file, self.path)
+        self._scan_frames()
         return prov
 
     def _scan_frames(self) -> None:
@@ -303,18 +349,18 @@ class SessionWriter:
                 continue
             try:
                 group = measurement[name]
-                complete = bool(group.attrs.get(ATTR_COMPLETE, False))
-            except (KeyError, OSError):
-                # a kill mid-write can leave a link to objects past the file's last flushed
-                # end: never a complete frame (complete frames are flushed whole)
+                complete = _whole(group)
+            except (KeyError, OSError, RuntimeError):
+                # a kill mid-flush can leave a link to objects torn or past the file's
+                # recorded end: never a complete frame (complete frames are flushed whole)
                 group, complete = None, False
             if group is not None and not isinstance(group, h5py.Group):
                 continue
             if not complete:
                 try:
                     del measurement[name]
-                except (KeyError, OSError):     # a link HDF5 cannot even remove: kept, never
-                    self._next_index = max(    # read (readers skip it), its name not reused
+                except (KeyError, OSError, RuntimeError):  # a link HDF5 cannot remove: kept,
+                    self._next_index = max(    # never read (readers skip it), its name not reused
                         self._next_index, int(name[len(CHANNEL_PREFIX):]) + 1)
                 continue
             index = int(group.attrs[ATTR_INDEX])
@@ -479,12 +525,9 @@ class SessionWriter:
         text = to_json(self._provenance, "provenance", self.path)
         self._require_space(2 * len(text.encode()), "storing provenance")
         try:
-            if PROVENANCE_BACKUP in self._file:
-                self._file[PROVENANCE_BACKUP][()] = text
-            else:  # a file written before the backup existed
-                _string_dataset(self._file, PROVENANCE_BACKUP, text)
+            _replace_text(self._file, PROVENANCE_BACKUP, text)
             self._file.flush()
-            self._file[PROVENANCE][()] = text
+            _replace_text(self._file, PROVENANCE, text)
             self._file.flush()
         except OSError as exc:
             raise write_error(exc, "storing provenance", self.path) from exc
