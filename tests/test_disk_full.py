@@ -16,7 +16,7 @@ import pytest
 from instruments.session_file.reader import SessionReader
 
 REPO = Path(__file__).resolve().parents[1]
-FRAMES = 16
+FRAMES = 6
 
 
 @contextlib.contextmanager
