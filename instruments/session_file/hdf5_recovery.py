@@ -39,7 +39,8 @@ def _loaded_hdf5() -> ctypes.CDLL | None:
     if not maps.exists():
         return None
     for line in maps.read_text().splitlines():
-        path = line.split(maxsplit=5)[-1] if line.count(" ") >= 5 else ""
+        fields = line.split(maxsplit=5)        # address perms offset device inode [path]
+        path = fields[5] if len(fields) == 6 else ""
         name = Path(path).name
         if name.startswith("libhdf5") and not name.startswith("libhdf5_hl"):
             library = ctypes.CDLL(path)
