@@ -288,6 +288,23 @@ class Classifier:
             ))
         return out
 
+    def pooled(self, prediction: Prediction, earlier: np.ndarray, frames: int) -> Prediction:
+        """`prediction` of a rescanned frame pooled with the mean calibrated probabilities
+        `earlier` of the `frames` earlier frames of the same field: every frame weighs the same
+        (the mean aggregation of `classify(views=...)`, over frames instead of views), the
+        conformal set is taken again on the pooled probabilities, and the embedding and OOD
+        verdict stay the new frame's. A rescan is another look at the same field, not a
+        better one to be trusted alone. Measured on the escalated calibration frames
+        (benchmarks/rescan_pooling.py, results/rescan_pooling.md): pooling broke far fewer
+        right readings than letting the rescan's reading replace the first."""
+        p = (np.asarray(earlier, dtype=np.float64) * frames + prediction.probabilities) \
+            / (frames + 1)
+        members = ([int(np.argmax(p))] if self.conformal_qhat is None
+                   else prediction_set(p, self.conformal_qhat))
+        return dataclasses.replace(
+            prediction, probabilities=p, conformal_set=[self._class_names[j] for j in members],
+            frames=frames + 1, as_taken=prediction.as_taken or prediction.label)
+
     def embed(self, images) -> np.ndarray:
         """LMM-free fused embeddings (N, e) for similarity-driven demonstrations."""
         return self._run(images, None, 48)[1].numpy()

@@ -16,8 +16,9 @@ class Prediction:
     `ood`: the out-of-distribution verdict (models/ood.py) — {"score", "threshold", "unknown",
     "method"} — or None for a checkpoint without an OOD fit.
     `views`: how many dihedral views of the frame were averaged (test-time augmentation,
-    `Classifier.classify(views=...)`); `as_taken`: with more than one, the label of the frame
-    as taken alone.
+    `Classifier.classify(views=...)`); `frames`: how many frames of the same field were
+    averaged (a rescanned frame and the attempts before it, `Classifier.pooled`);
+    `as_taken`: with more than one view or frame, the label of this frame as taken alone.
     """
 
     class_names: list[str]
@@ -28,6 +29,7 @@ class Prediction:
     extra: dict = field(default_factory=dict)
     ood: dict | None = None
     views: int = 1
+    frames: int = 1
     as_taken: str | None = None
 
     @property
@@ -60,5 +62,6 @@ class Prediction:
             "lmm_label": self.lmm_label,
             "ood": None if self.ood is None else dict(self.ood),
             "views": self.views,
+            "frames": self.frames,
             "as_taken": self.as_taken,
         }

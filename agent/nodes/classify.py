@@ -2,7 +2,8 @@
 (the neighbourhood, and a zoom-out already taken: agent/context_evidence.py), and the policy's
 ruling on it (`agent.policy.rule_classified`, then `rule_in_context`): where it goes next,
 under which label and route. A frame the policy is unsure of is first classified again on
-dihedral views of itself (`RoutePolicy.unsure_views`). In a learning session the learner
+dihedral views of itself (`RoutePolicy.unsure_views`); a rescanned frame's reading is pooled
+with its earlier attempts' (`pooled_with_earlier`). In a learning session the learner
 first takes up the checkpointed state (what was learned so far), and the record keeps the
 head version that classified the frame."""
 
@@ -44,6 +45,19 @@ def unsure(ctx: SessionContext, prediction: Any) -> bool:
     return not (ctx.policy.is_confident(record) or ctx.policy.is_unknown(record))
 
 
+def pooled_with_earlier(ctx: SessionContext, current: DecisionRecord, prediction: Any) -> Any:
+    """A rescanned frame's prediction pooled with the reading of the attempts before it
+    (`Classifier.pooled`): the last escalation's recorded prediction already averages its own
+    attempts. Focus-search frames are not escalations and are not pooled; nor are the frames of
+    a learning session, whose head changes between attempts."""
+    earlier = current.escalations[-1].prediction if current.escalations else None
+    if (earlier is None or ctx.learner is not None
+            or list(earlier.probabilities) != list(prediction.class_names)):
+        return prediction
+    return ctx.classifier.pooled(prediction, list(earlier.probabilities.values()),
+                                 earlier.frames)
+
+
 def make(ctx: SessionContext):
     def classify(state: AgentState) -> dict[str, Any]:
         current: DecisionRecord = state["current"]
@@ -59,6 +73,7 @@ def make(ctx: SessionContext):
         if ctx.policy.unsure_views > 1 and unsure(ctx, prediction):
             prediction = ctx.classifier.classify([frame.image], imaging=[taken],
                                                  views=ctx.policy.unsure_views)[0]
+        prediction = pooled_with_earlier(ctx, current, prediction)
         timings = current.timings.model_copy(update={
             "classify_s": (current.timings.classify_s or 0.0) + time.perf_counter() - t0})
         embedding = [float(v) for v in prediction.embedding.ravel()]

@@ -13,10 +13,12 @@ schema (`extra="forbid"`); 4 = the audit trail of human acts (a rescan a human
 asked for keeps that act in its `RescanRecord.human`; each `HumanRecord` says what the act
 changed, `effect`, and for a rescan which change was asked, `rescan_change`); 5 adds the
 context the decision used (`context`: a zoom-out, the neighbourhood) and `head_version` (the
-version of the head a learning session classified the frame with; None elsewhere); 6 = this
-schema, whose prediction says how many dihedral views of the frame it averages (`views`,
+version of the head a learning session classified the frame with; None elsewhere); 6 = the
+schema whose prediction says how many dihedral views of the frame it averages (`views`,
 test-time augmentation of an unsure frame) and, with more than one, the label of the frame as
-taken alone (`as_taken`). `DecisionRecord.from_stored` migrates older versions on read, and a
+taken alone (`as_taken`); 7 = this schema, whose prediction also says how many frames of the
+same field it averages (`frames`: a rescanned frame pools its attempts' readings).
+`DecisionRecord.from_stored` migrates older versions on read, and a
 record validated with an explicit older `version` (a checkpoint written before) is migrated too.
 """
 
@@ -33,7 +35,7 @@ from pydantic_core import PydanticSerializationError
 
 from instruments.devices.frame import ImagingSettings
 
-RECORD_VERSION = 6
+RECORD_VERSION = 7
 
 
 class Route(StrEnum):
@@ -132,7 +134,8 @@ class PredictionRecord(_Part):
     lmm_label: str | None = None
     ood: OodVerdict | None = None
     views: int = 1                     # dihedral views averaged (1: the frame as taken)
-    as_taken: str | None = None        # views > 1: the label of the frame as taken alone
+    frames: int = 1                    # frames of the field averaged (a rescan and before)
+    as_taken: str | None = None        # views or frames > 1: this frame's label taken alone
 
 
 class QualityRecord(_Part):
@@ -370,6 +373,8 @@ def migrate(data: dict[str, Any]) -> dict[str, Any]:
         data = {**data, "version": 5}     # 5 adds `context`, `head_version` (absent: None)
     if data.get("version") == 5:
         data = {**data, "version": 6}     # 6 adds the prediction's `views`, `as_taken`
+    if data.get("version") == 6:
+        data = {**data, "version": 7}     # 7 adds the prediction's `frames` (absent: 1)
     return data
 
 
