@@ -19,13 +19,16 @@ import argparse
 import numpy as np
 import torch
 
-from instruments.devices.frame import StagePosition
 from models.classifier import Classifier
 from models.risk import RiskControl
 from twins.dataset import iter_labelled
 from twins.microscope import TwinMicroscope
 from workflows.session_assembly import BUNDLED_MODEL
-from workflows.training.risk_calibration import ESCALATED_BELOW, _rescan_settings
+from workflows.training.risk_calibration import (
+    ESCALATED_BELOW,
+    RESCAN_KINDS,
+    rescan_images,
+)
 
 
 def _row(kind: str, how: str, before: np.ndarray, after: np.ndarray) -> str:
@@ -53,14 +56,8 @@ def main() -> None:
     print(f"model {args.model}; frames {len(items)} (seed {seed}, indices from {first}); "
           f"escalated {len(escalated)}, first reading right on {right_first.mean():.3f}\n")
     print("| kind | reading kept | accuracy | fixed | broken |\n|---|---|---|---|---|")
-    for kind in ("dwell", "focus", "fov"):
-        images = []
-        for i in escalated:
-            record = items[i].record
-            scope.move_stage(StagePosition(**record["stage"]))
-            scope.set_imaging(_rescan_settings(record)[kind])
-            images.append(scope.acquire().image)
-        again = clf.classify(images)
+    for kind in RESCAN_KINDS:
+        again = clf.classify(rescan_images(scope, [items[i] for i in escalated], kind))
         labels = [items[i].label for i in escalated]
         replaced = np.asarray([p.label == t for p, t in zip(again, labels, strict=True)])
         pooled = np.asarray([clf.pooled(p, firsts[i].probabilities, 1).label == t

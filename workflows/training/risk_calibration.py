@@ -28,6 +28,7 @@ from twins.dataset import iter_labelled
 from twins.microscope import TwinMicroscope
 
 ESCALATED_BELOW = 0.9
+RESCAN_KINDS = ("dwell", "focus", "fov")
 
 
 def _rescan_settings(record: dict) -> dict[str, ImagingSettings]:
@@ -37,6 +38,16 @@ def _rescan_settings(record: dict) -> dict[str, ImagingSettings]:
     return {"dwell": replace(base, dwell=min(base.dwell * 4, 1e-4)),
             "focus": replace(base, defocus=record["defocus"] - record["focus_error"]),
             "fov": replace(base, fov=base.fov * 0.7)}
+
+
+def rescan_images(scope: TwinMicroscope, items: list, kind: str) -> list[np.ndarray]:
+    """Each labelled item's field imaged again as a rescan of `kind` would image it."""
+    images = []
+    for item in items:
+        scope.move_stage(StagePosition(**item.record["stage"]))
+        scope.set_imaging(_rescan_settings(item.record)[kind])
+        images.append(scope.acquire().image)
+    return images
 
 
 def _gain(before: np.ndarray, after: np.ndarray) -> EscalationGain:
@@ -60,13 +71,8 @@ def calibrate_risk(clf: Classifier, per_class: int, first: int, seed: int = 0,
     escalated = [i for i in range(len(items))
                  if confidence[i] < ESCALATED_BELOW or set_size[i] > 1]
     gains = {}
-    for kind in ("dwell", "focus", "fov"):
-        images = []
-        for i in escalated:
-            record = items[i].record
-            scope.move_stage(StagePosition(**record["stage"]))
-            scope.set_imaging(_rescan_settings(record)[kind])
-            images.append(scope.acquire().image)
+    for kind in RESCAN_KINDS:
+        images = rescan_images(scope, [items[i] for i in escalated], kind)
         after = (np.asarray([int(np.argmax(p.probabilities)) for p in clf.classify(images)])
                  == truth[escalated]) if images else np.zeros(0, bool)
         gains[kind] = _gain(correct[escalated], after)
