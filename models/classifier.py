@@ -269,18 +269,15 @@ class Classifier:
         out = []
         for i, views_p in enumerate(probs.reshape(n, views, -1)):
             p = views_p.mean(axis=0)
-            if self.conformal_qhat is None:
-                members, status = [int(np.argmax(p))], "uncalibrated"
-            else:
-                members, status = prediction_set(p, self.conformal_qhat), CONFORMAL_SCORE
             out.append(Prediction(
                 class_names=self.class_names,
                 probabilities=p,
-                conformal_set=[self._class_names[j] for j in members],
+                conformal_set=self._conformal_set(p),
                 embedding=embeds[i].numpy().astype(np.float32),
                 lmm_label=None if lmm_labels is None else lmm_labels[i],
                 extra={"temperature": self.temperature, "alpha": self.alpha,
-                       "conformal": status,
+                       "conformal": ("uncalibrated" if self.conformal_qhat is None
+                                     else CONFORMAL_SCORE),
                        "text_match": text_match[i] if text_match else None},
                 ood=None if ood is None else ood[i],
                 views=views,
@@ -299,11 +296,16 @@ class Classifier:
         right readings than letting the rescan's reading replace the first."""
         p = (np.asarray(earlier, dtype=np.float64) * frames + prediction.probabilities) \
             / (frames + 1)
-        members = ([int(np.argmax(p))] if self.conformal_qhat is None
-                   else prediction_set(p, self.conformal_qhat))
         return dataclasses.replace(
-            prediction, probabilities=p, conformal_set=[self._class_names[j] for j in members],
+            prediction, probabilities=p, conformal_set=self._conformal_set(p),
             frames=frames + 1, as_taken=prediction.as_taken or prediction.label)
+
+    def _conformal_set(self, probabilities: np.ndarray) -> list[str]:
+        """The split-conformal set of calibrated `probabilities`: the top class alone where the
+        model has no conformal threshold."""
+        members = ([int(np.argmax(probabilities))] if self.conformal_qhat is None
+                   else prediction_set(probabilities, self.conformal_qhat))
+        return [self._class_names[j] for j in members]
 
     def embed(self, images) -> np.ndarray:
         """LMM-free fused embeddings (N, e) for similarity-driven demonstrations."""
