@@ -41,7 +41,7 @@ class RunConfig:
     zoom_unsure: bool = False
     reject_unknown: bool = True
     zoom_out: bool = False
-    neighbourhood: bool = False
+    neighbourhood: bool | None = None  # context of the region; None: on with --learn only
     unsure_label: str = "classifier"  # an unresolved frame's label: classifier's or none
     unsure_views: int = 8            # dihedral views averaged for an unsure frame (1: off)
     demo_k: int = 8
@@ -97,7 +97,9 @@ class RunConfig:
         return RoutePolicy(confidence=self.confidence, max_set_size=self.max_set_size,
                            max_rescans=self.max_rescans, approve=self.approve_mode,
                            zoom_unsure=self.zoom_unsure, reject_unknown=self.reject_unknown,
-                           zoom_out=self.zoom_out, neighbourhood=self.neighbourhood,
+                           zoom_out=self.zoom_out,
+                           neighbourhood=self.learn if self.neighbourhood is None
+                           else self.neighbourhood,
                            learn_min=self.learn_min if self.learn else 0,
                            unsure_label=self.unsure_label,  # type: ignore[arg-type]
                            unsure_views=1 if self.learn else self.unsure_views)

@@ -12,15 +12,24 @@ The neighbourhood is the decided frames within NEIGHBOUR_RADIUS fields of view o
 whose embedding has cosine similarity >= MIN_SIMILARITY with this frame's (one region of the
 twin is about 11 fields of 20 um wide; two regions of a class differ in texture and scale, so
 position alone would pool another region's frames). Only frames the classifier was sure of are
-remembered (the latest MEMORY of them, in the checkpointed state), so a pooled decision never
-feeds the next one and an error cannot spread along a row. It informs later frames only: a
-frame already recorded is not revised.
+remembered (the latest `SURE_FRAMES.memory` of them, in the checkpointed state), so a pooled
+decision never feeds the next one and an error cannot spread along a row. It informs later
+frames only: a frame already recorded is not revised.
+
+In a learning session (`micagent run --learn`) the neighbourhood is what the human taught
+(`TAUGHT_FRAMES`): the frames a human named, and the frames recorded under such a neighbour's
+label that the head read the same way, remembered under their label; similarity is taken in
+the learned head's space (features standardised on the session's support set), where it
+separates regions at a lower cosine. The policy records a frame under its taught neighbours'
+label when they agree (`agent.policy.rule_on_taught`). Measured with the scripted operator on
+the twin: see benchmarks/results/teach.md.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,10 +43,29 @@ from instruments.session_file.decision_record import (
 ZOOM_OUT_FACTOR = 2.0        # the wider field: twice the FOV (four times the area)
 ZOOM_OUT_WEIGHT = 1.0        # its weight in the pool (the frame's own is 1)
 NEIGHBOUR_WEIGHT = 1.0       # each neighbour's weight in the pool
-NEIGHBOUR_RADIUS = 7.5       # stage distance, in fields of view of the frame
-MIN_SIMILARITY = 0.7         # cosine similarity of the embeddings
-MEMORY = 12                  # decided frames remembered for the neighbourhood
 FLOOR = 1e-6                 # probabilities are floored before logs (a zero vetoes nothing)
+
+
+@dataclass(frozen=True)
+class Recall:
+    """Which remembered frames are a frame's neighbours: within `radius` fields of view of it
+    on the stage, with embedding cosine similarity >= `min_similarity`; the latest `memory`
+    frames are remembered."""
+
+    radius: float
+    min_similarity: float
+    memory: int
+
+
+SURE_FRAMES = Recall(radius=7.5, min_similarity=0.7, memory=12)
+"""Frames the classifier was sure of, similarity of the classifier's embeddings."""
+TAUGHT_FRAMES = Recall(radius=7.5, min_similarity=0.5, memory=64)
+"""A learning session's frames named by a human or by their taught neighbours, similarity in
+the learned head's space. Chosen on the scripted operator's survey (twin seeds 0, 1, 2, 300
+frames, benchmarks/results/teach.md): pairs of frames 3-7 fields apart with cosine >= 0.5
+were of one class in 357 of 357 (seed 0); radius 5 instead of 7.5 decided half as many frames
+by a neighbour and never reached the target on seed 0; 64 remembered frames decided as all
+did."""
 
 
 def pool(sources: Sequence[tuple[Mapping[str, float], float]]) -> dict[str, float]:
@@ -74,40 +102,49 @@ def fused(record: DecisionRecord, neighbours: Sequence[Mapping[str, Any]]
     return as_prediction(pool(sources)) if len(sources) > 1 else None
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    norm = float(np.linalg.norm(a) * np.linalg.norm(b))
-    return float(a @ b / norm) if norm > 0 else 0.0
+Space = Callable[[np.ndarray], np.ndarray]
+"""Maps embeddings (n, d) into the space their similarity is taken in."""
+
+
+def _cosines(memory: np.ndarray, here: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(memory, axis=1) * np.linalg.norm(here)
+    return np.divide(memory @ here, norms, out=np.zeros(len(memory)), where=norms > 0)
 
 
 def neighbours(memory: Sequence[Mapping[str, Any]], record: DecisionRecord,
-               embedding: Sequence[float] | None) -> list[tuple[dict[str, Any], NeighbourRecord]]:
+               embedding: Sequence[float] | None, recall: Recall = SURE_FRAMES,
+               space: Space | None = None
+               ) -> list[tuple[dict[str, Any], NeighbourRecord]]:
     """The remembered frames of the same region as `record` (by stage distance and embedding
-    similarity, see the module), each with what the decision record keeps of it."""
-    if embedding is None or record.position is None or record.position.x is None:
+    similarity, in `space` when given, as `recall` says), each with what the decision record
+    keeps of it."""
+    if (embedding is None or not memory or record.position is None
+            or record.position.x is None):
         return []
-    here = np.asarray(embedding, dtype=np.float64)
-    radius = NEIGHBOUR_RADIUS * record.settings.fov
-    out = []
-    for entry in memory:
-        distance = math.hypot(entry["x"] - record.position.x, entry["y"] - record.position.y)
-        if distance > radius or entry["frame_id"] == record.frame_id:
-            continue
-        similarity = _cosine(here, np.asarray(entry["embedding"], dtype=np.float64))
-        if similarity >= MIN_SIMILARITY:
-            out.append((dict(entry), NeighbourRecord(
-                frame_id=entry["frame_id"], label=entry["label"], distance_m=distance,
-                similarity=similarity)))
-    return out
+    radius = recall.radius * record.settings.fov
+    distances = [math.hypot(e["x"] - record.position.x, e["y"] - record.position.y)
+                 for e in memory]
+    vectors = np.asarray([e["embedding"] for e in memory] + [list(embedding)],
+                         dtype=np.float64)
+    if space is not None:
+        vectors = space(vectors)
+    similarities = _cosines(vectors[:-1], vectors[-1])
+    return [(dict(entry), NeighbourRecord(frame_id=entry["frame_id"], label=entry["label"],
+                                          distance_m=distance, similarity=float(similarity)))
+            for entry, distance, similarity in zip(memory, distances, similarities, strict=True)
+            if distance <= radius and entry["frame_id"] != record.frame_id
+            and similarity >= recall.min_similarity]
 
 
 def remembered(memory: Sequence[Mapping[str, Any]], record: DecisionRecord,
-               embedding: Sequence[float] | None, sure: bool) -> list[dict[str, Any]]:
-    """The memory with `record` added when the classifier was `sure` of it (the latest
-    MEMORY entries): position, label, probabilities and embedding."""
-    if not sure or embedding is None or record.position is None or record.position.x is None:
+               embedding: Sequence[float] | None, keep: bool,
+               recall: Recall = SURE_FRAMES) -> list[dict[str, Any]]:
+    """The memory with `record` added under its recorded label when `keep` (the latest
+    `recall.memory` entries): position, label, probabilities and embedding."""
+    if not keep or embedding is None or record.position is None or record.position.x is None:
         return list(memory)
     entry = {"frame_id": record.frame_id, "x": record.position.x, "y": record.position.y,
-             "label": record.prediction.label,
+             "label": record.label,
              "probabilities": dict(record.prediction.probabilities),
              "embedding": [round(float(v), 5) for v in embedding]}
-    return [*memory, entry][-MEMORY:]
+    return [*memory, entry][-recall.memory:]

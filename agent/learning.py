@@ -71,6 +71,12 @@ class SessionLearner:
         """Support examples per class."""
         return self.support.counts()
 
+    def space(self, embeddings: np.ndarray) -> np.ndarray:
+        """Raw stem features (n, 472) in the current head's space (standardised on the
+        support set, unit length), where frames are compared; as given while there is no
+        head."""
+        return embeddings if self.head is None else self.head.normalise(embeddings)
+
     def classify(self, images, lmm_labels=None, imaging=None, views: int = 1
                  ) -> list[Prediction]:
         """Predictions of the current head; the embedding is the raw stem features (what a

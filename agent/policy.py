@@ -74,7 +74,9 @@ class RoutePolicy:
     taught has `learn_min` examples (two classes at least), every frame goes to the human
     (`rule_classified`, `taught`); then a frame whose conformal set is a single class (and not
     unknown) is recorded, whatever its top probability, and every other frame goes to the
-    human, without adjudication: the human's answer is what the session learns from.
+    human, without adjudication: the human's answer is what the session learns from. With
+    `neighbourhood` a frame whose taught neighbours agree is recorded under their label
+    (`rule_on_taught`).
 
     unsure_views (> 1): a frame the classifier is unsure of (not confident, not unknown) is
     classified again on that many dihedral views of itself, probabilities averaged
@@ -238,10 +240,11 @@ def rule_in_context(policy: RoutePolicy, record: DecisionRecord, ruling: Ruling,
     prediction is sure it is recorded under the pooled label (route zoomed_out when a zoom-out
     was pooled, else neighbourhood); otherwise it is zoomed out once, where the policy and the
     budget allow; otherwise the ruling's next step stands, with the pooled label where there
-    is one."""
+    is one. A learning session rules on its taught neighbours instead (`rule_on_taught`)."""
     prediction = record.prediction
+    if policy.learn_min > 0:
+        return rule_on_taught(policy, record, ruling)
     if (ruling["step"] == "rescan" or policy.approve == "all" or not record.quality.ok
-            or ruling["source"] == "learning"
             or policy.is_confident(prediction) or policy.is_unknown(prediction)):
         return ruling
     context = record.context
@@ -258,6 +261,28 @@ def rule_in_context(policy: RoutePolicy, record: DecisionRecord, ruling: Ruling,
         return ruling
     return Ruling(step=ruling["step"], label=pooled.label, source="context",
                   route=ruling["route"])
+
+
+def rule_on_taught(policy: RoutePolicy, record: DecisionRecord, ruling: Ruling) -> Ruling:
+    """A learning session's `ruling` once the frame's taught neighbours are weighed (frames of
+    its region a human named, or named after such a neighbour: agent/context_evidence.py).
+
+    Once the head may decide alone, a frame of good quality that is not unknown is recorded
+    under its neighbours' label when they all name one class (route neighbourhood), whatever
+    the head says: the human's answer on the region outweighs a head fitted on a few examples.
+    Neighbours that disagree send it to the human. Otherwise, and for every frame the session
+    still asks about to learn (source `learning`), the ruling stands."""
+    near = record.context.neighbours if record.context is not None else []
+    if (not near or ruling["step"] == "rescan" or ruling["source"] == "learning"
+            or policy.approve == "all" or not record.quality.ok
+            or policy.is_unknown(record.prediction)):
+        return ruling
+    labels = {n.label for n in near}
+    if len(labels) > 1:
+        return Ruling(step="approve", label=ruling["label"], source=ruling["source"],
+                      route=None)
+    return Ruling(step="record", label=labels.pop(), source="context",
+                  route=Route.NEIGHBOURHOOD.value)
 
 
 def rule_adjudicated(policy: RoutePolicy, record: DecisionRecord, answer: str | None,

@@ -4,14 +4,17 @@ the web page's API, until the survey ends.
 
 Printed from the session file (truth stored per frame by the twin):
 - per block of 50 frames: the share of frames the human was asked about, and the unattended
-  accuracy in it (what the agent would have recorded with nobody there: the head's top-1
-  class, or unknown where its OOD test flagged the frame; the head's plain top-1 beside it);
+  accuracy in it (what the agent would have recorded with nobody there: its label where it
+  decided alone, by the head or by taught neighbours; on a frame it asked about, the head's
+  top-1 class, or unknown where its OOD test flagged the frame; the head's plain top-1 beside
+  it);
 - the number of human answers given until the unattended accuracy over the last 50 frames
   first reached 0.95 (target: at most 50), or that it never did;
 - the refit time of the head (models/fewshot_head.py `SupportSet.fit`, what each answer costs)
   on the session's own support set at every size it had (target < 1 s), median and maximum.
 
     python -m benchmarks.teach_operator [--frames 300] [--seed 0] [--learn-min 3]
+                                        [--no-neighbourhood]
 """
 
 from __future__ import annotations
@@ -37,12 +40,14 @@ WINDOW = 50
 TARGET = 0.95
 
 
-def run_session(work: Path, frames: int, seed: int, learn_min: int) -> tuple[Path, float]:
+def run_session(work: Path, frames: int, seed: int, learn_min: int,
+                neighbourhood: bool = True) -> tuple[Path, float]:
     """The learning session's file and its wall seconds (the operator answering)."""
     out, log = work / "teach.h5", work / "stderr.log"
     command = module_command("workflows", "run", "--learn", "--model", "none", "--approve",
                              "uncertain", "--ui", "web", "--frames", str(frames),
                              "--seed", str(seed),
+                             "--neighbourhood" if neighbourhood else "--no-neighbourhood",
                              "--learn-min", str(learn_min), "--out", str(out),
                              "--state-dir", str(work / "state"), "--quiet")
     t0 = time.perf_counter()
@@ -63,7 +68,10 @@ def run_session(work: Path, frames: int, seed: int, learn_min: int) -> tuple[Pat
 
 
 def unattended(record) -> str | None:
-    """The label the agent would have recorded with nobody to ask."""
+    """The label the agent would have recorded with nobody to ask: the recorded one where it
+    decided alone (the head's, or its taught neighbours'), else the head's verdict."""
+    if record.human is None:
+        return record.label
     prediction = record.prediction
     if prediction.ood is not None and prediction.ood.unknown:
         return "unknown"
@@ -77,19 +85,28 @@ def figures(path: Path) -> dict:
     alone = np.array([unattended(r) == t for r, t in zip(records, truths, strict=True)])
     top1 = np.array([r.prediction.label == t for r, t in zip(records, truths, strict=True)])
     answers = np.cumsum(asked)
-    reached = next((i for i in range(WINDOW - 1, len(records))
-                    if alone[i - WINDOW + 1:i + 1].mean() >= TARGET), None)
+    windows = [alone[i - WINDOW + 1:i + 1].mean() for i in range(WINDOW - 1, len(records))]
+    reached = next((i + WINDOW - 1 for i, w in enumerate(windows) if w >= TARGET), None)
     blocks = [{"frames": f"{s + 1}-{min(s + WINDOW, len(records))}",
                "asked": asked[s:s + WINDOW].mean(), "unattended": alone[s:s + WINDOW].mean(),
                "top1": top1[s:s + WINDOW].mean()}
               for s in range(0, len(records), WINDOW)]
     decided = ~asked
-    return {"frames": len(records), "answers": int(asked.sum()),
+    by_neighbours = np.array([r.route is not None and r.route.value == "neighbourhood"
+                              for r in records])
+    return {"by_neighbours": int(by_neighbours.sum()),
+            "by_neighbours_accuracy": float(alone[by_neighbours].mean())
+            if by_neighbours.any() else None,
+            "by_head": int((decided & ~by_neighbours).sum()),
+            "by_head_accuracy": float(alone[decided & ~by_neighbours].mean())
+            if (decided & ~by_neighbours).any() else None,
+            "frames": len(records), "answers": int(asked.sum()),
             "classes": sorted(set(truths)),
             "reached_at_frame": None if reached is None else reached + 1,
             "answers_until": None if reached is None else int(answers[reached]),
             "alone_accuracy": float(alone[decided].mean()) if decided.any() else None,
-            "alone_frames": int(decided.sum()), "blocks": blocks}
+            "alone_frames": int(decided.sum()), "blocks": blocks,
+            "best_window": max(windows) if windows else None}
 
 
 def refit_seconds(model: Path) -> list[float]:
@@ -112,10 +129,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--learn-min", type=int, default=3)
     parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--no-neighbourhood", action="store_true",
+                        help="the session without its taught neighbours (run --no-neighbourhood)")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="micagent_teach_"))
     work.mkdir(parents=True, exist_ok=True)
-    path, wall = run_session(work, args.frames, args.seed, args.learn_min)
+    path, wall = run_session(work, args.frames, args.seed, args.learn_min,
+                             not args.no_neighbourhood)
     result = figures(path)
     refits = refit_seconds(Path(f"{path}.model"))
     print(f"session {path}: {result['frames']} frames, {wall:.0f} s wall, "
@@ -126,13 +146,17 @@ def main() -> None:
         print(f"| {b['frames']} | {b['asked']:.2f} | {b['unattended']:.2f} | {b['top1']:.2f} |")
     if result["answers_until"] is None:
         print(f"unattended accuracy over the last {WINDOW} frames never reached {TARGET} "
-              f"({result['answers']} answers given)")
+              f"({result['answers']} answers given; best window {result['best_window']:.2f})")
     else:
         print(f"unattended accuracy over the last {WINDOW} frames reached {TARGET} at frame "
               f"{result['reached_at_frame']}, after {result['answers_until']} human answers")
     if result["alone_accuracy"] is not None:
         print(f"frames decided alone: {result['alone_frames']}, accuracy "
               f"{result['alone_accuracy']:.3f}")
+    for kind, words in (("by_neighbours", "by taught neighbours (route neighbourhood)"),
+                        ("by_head", "by the head")):
+        if result[f"{kind}_accuracy"] is not None:
+            print(f"  {words}: {result[kind]}, accuracy {result[f'{kind}_accuracy']:.3f}")
     print(f"refit of the head: {len(refits)} refits, median {np.median(refits):.3f} s, "
           f"max {max(refits):.3f} s (support set up to {result['answers']} examples)")
 

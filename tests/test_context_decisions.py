@@ -9,23 +9,24 @@ pixels), and gives one embedding per region (so frames of a region are alike).""
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
+from rendering_twin import TILE_FOV, RenderingTwin, digest, region_tiles
 
 from agent import context_evidence
 from agent.config import RunConfig
 from agent.policy import RoutePolicy, Ruling, rule_in_context
 from agent.session import Session, SessionParts
-from instruments.devices.frame import Frame
 from instruments.devices.safety import GuardedMicroscope, SafetyEnvelope
 from instruments.session_file.decision_record import (
     ContextRecord,
     DecisionRecord,
+    NeighbourRecord,
+    OodVerdict,
     PredictionRecord,
     QualityRecord,
     ZoomOutRecord,
@@ -36,28 +37,6 @@ from twins.classes import SEM_CLASSES
 from twins.microscope import TwinMicroscope
 
 FILMS, POROUS = "Films_Coated_Surface", "Porous_Sponge"
-TILE_FOV = 20e-6
-
-
-class RenderingTwin(TwinMicroscope):
-    """The twin, remembering which region and field each frame it acquired shows."""
-
-    def __init__(self, **kw: Any) -> None:
-        super().__init__(**kw)
-        self.shown: dict[str, dict[str, Any]] = {}
-
-    def acquire(self) -> Frame:
-        frame = super().acquire()
-        stage, settings = self.status().stage, frame.settings
-        region = self.specimen.region_at(stage.x, stage.y)
-        self.shown[_digest(frame.image)] = {"region": self.specimen.regions.index(region),
-                                            "label": region.label, "fov": settings.fov,
-                                            "x": stage.x, "y": stage.y}
-        return frame
-
-
-def _digest(image: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(image, dtype=np.float32).tobytes()).hexdigest()
 
 
 Script = Callable[[dict[str, Any]], tuple[str, float]]
@@ -75,7 +54,7 @@ class ScriptedClassifier:
     def classify(self, images, lmm_labels=None, imaging=None) -> list[Prediction]:
         out = []
         for image in images:
-            shown = self.twin.shown[_digest(image)]
+            shown = self.twin.shown[digest(image)]
             label, p = self.script(shown)
             probabilities = np.full(len(SEM_CLASSES), 0.0)
             if label != shown["label"]:
@@ -90,18 +69,6 @@ class ScriptedClassifier:
                 conformal_set=[label] if p >= 0.9 else [label, shown["label"]],
                 embedding=region_rng.normal(size=32).astype(np.float32)))
         return out
-
-
-def region_tiles(twin: TwinMicroscope, label: str, count: int) -> list[dict[str, Any]]:
-    """`count` survey tiles two fields apart in the first region of `label` that has them."""
-    spec = twin.specimen
-    by_region: dict[int, list[dict[str, Any]]] = {}
-    for p in spec.survey_centres(TILE_FOV):
-        region = spec.region_at(p.x, p.y)
-        if region.label == label:
-            by_region.setdefault(spec.regions.index(region), []).append({"x": p.x, "y": p.y})
-    tiles = next(t for t in by_region.values() if len(t) >= 2 * count)
-    return tiles[::2][:count]
 
 
 def run(tmp_path, script: Script, positions: list[dict[str, Any]], **config: Any
@@ -242,3 +209,59 @@ def test_a_sure_frame_is_never_ruled_on_its_context():
     standing = Ruling(step="record", label=FILMS, source="classifier", route="confident")
     assert rule_in_context(RoutePolicy(zoom_out=True, neighbourhood=True), record, standing,
                            {"zoom_outs": 5}, {}) == standing
+
+
+# --- a learning session: the frames a human named inform their region (rule_on_taught)
+
+LEARNING = RoutePolicy(approve="uncertain", learn_min=3, neighbourhood=True)
+HEAD_SAYS_POROUS = Ruling(step="record", label=POROUS, source="classifier", route="confident")
+SURE_POROUS = SURE.model_copy(update={"label": POROUS, "conformal_set": [POROUS]})
+
+
+def _taught(*labels: str, prediction: PredictionRecord = SURE_POROUS,
+            quality: QualityRecord = GOOD) -> DecisionRecord:
+    near = [NeighbourRecord(frame_id=f"f{i}", label=label, distance_m=40e-6, similarity=0.8)
+            for i, label in enumerate(labels)]
+    return DecisionRecord(prediction=prediction, quality=quality,
+                          context=ContextRecord(neighbours=near) if near else None)
+
+
+@pytest.mark.parametrize("record,ruling,expected", [
+    (_taught(FILMS, FILMS), HEAD_SAYS_POROUS, ("record", FILMS, "neighbourhood")),
+    (_taught(FILMS, POROUS), HEAD_SAYS_POROUS, ("approve", POROUS, None)),      # disagree
+    (_taught(), HEAD_SAYS_POROUS, ("record", POROUS, "confident")),            # none near
+    (_taught(FILMS, prediction=UNSURE.model_copy(update={"ood": OodVerdict(
+        score=9.0, threshold=1.0, unknown=True)})),
+     Ruling(step="approve", label="unknown", source="ood", route="unknown"),
+     ("approve", "unknown", "unknown")),                        # nothing overrides unknown
+    (_taught(FILMS), Ruling(step="approve", label=POROUS, source="learning", route=None),
+     ("approve", POROUS, None)),                               # still learning its classes
+    (_taught(FILMS, quality=QualityRecord(ok=False)), HEAD_SAYS_POROUS,
+     ("record", POROUS, "confident")),
+])
+def test_a_learning_session_records_a_frame_under_the_label_its_region_was_taught(
+        record, ruling, expected):
+    out = rule_in_context(LEARNING, record, ruling, {}, {})
+    assert (out["step"], out["label"], out["route"]) == expected
+
+
+def test_taught_neighbours_are_compared_in_the_space_the_learner_gives():
+    """Two frames 3 fields apart whose raw features are alike (cosine 0.99) but differ where
+    the learned head's standardisation looks: neighbours in raw space, not in the head's."""
+    first = DecisionRecord(frame_id="a", position={"x": 0.0, "y": 0.0},
+                           settings={"fov": TILE_FOV}, prediction=SURE, quality=GOOD,
+                           label=FILMS, route="human")
+    memory = context_evidence.remembered([], first, [10.0, 10.0, 1.0], True,
+                                         context_evidence.TAUGHT_FRAMES)
+    here = first.model_copy(update={"frame_id": "b", "position": first.position.model_copy(
+        update={"x": 3 * TILE_FOV})})
+    embedding = [10.0, 10.0, -1.0]
+    assert [n.label for _, n in context_evidence.neighbours(
+        memory, here, embedding, context_evidence.TAUGHT_FRAMES)] == [FILMS]
+    centred = lambda v: v - np.array([10.0, 10.0, 0.0])  # noqa: E731
+    assert context_evidence.neighbours(memory, here, embedding,
+                                       context_evidence.TAUGHT_FRAMES, centred) == []
+    far = here.model_copy(update={"position": first.position.model_copy(
+        update={"x": 8 * TILE_FOV})})
+    assert context_evidence.neighbours(memory, far, embedding,
+                                       context_evidence.TAUGHT_FRAMES) == []

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from rendering_twin import RenderingTwin, digest, region_tiles
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -63,11 +64,11 @@ def positions(pattern: str) -> list[dict]:
 
 
 def learning_session(tmp_path: Path, features: StemFeatures, pattern: str,
-                     learn_min: int = 2) -> Session:
+                     learn_min: int = 2, neighbourhood: bool | None = None) -> Session:
     twin = TwinMicroscope(seed=0)
     config = RunConfig(session_id=str(uuid.uuid4()), out=str(tmp_path / "s.h5"),
                        state_dir=str(tmp_path / "state"), approve="uncertain", learn=True,
-                       learn_min=learn_min, frames=len(pattern),
+                       learn_min=learn_min, frames=len(pattern), neighbourhood=neighbourhood,
                        imaging={"fov": FOV, "pixels": 64, "dwell": 2e-6})
     parts = SessionParts(GuardedMicroscope(twin, SafetyEnvelope()),
                          SessionLearner(features=features), survey_positions=positions(pattern))
@@ -94,17 +95,8 @@ def assert_learned_from_each_answer(records, truths, learn_min: int) -> None:
 
 def test_a_scripted_operator_on_the_web_page_teaches_a_class_named_mid_session(
         tmp_path, features):
-    broker = ApprovalBroker()
-    web = start_web_ui(broker)
-    operator = WebOperator(web.url, TwinOperator(seed=0), FOV).start()
     session = learning_session(tmp_path, features, "ABABABCCCAB")
-    try:
-        session.run(broker=broker)
-    finally:
-        operator.stop()
-        web.stop()
-        session.close()
-    assert operator.errors == []
+    assert run_on_the_web(tmp_path, session).errors == []
     records, truths = records_of(tmp_path / "s.h5")
     assert_learned_from_each_answer(records, truths, learn_min=2)
     first_c = records[6]
@@ -114,6 +106,70 @@ def test_a_scripted_operator_on_the_web_page_teaches_a_class_named_mid_session(
     learner = session.context.learner
     assert learner.counts()["Fibres"] == learner.support.labels.count("Fibres") >= 1
     assert learner.version == sum(r.human is not None for r in records)
+
+
+def run_on_the_web(tmp_path: Path, session: Session) -> WebOperator:
+    """The session run to its end with a scripted operator answering on its web page."""
+    broker = ApprovalBroker()
+    web = start_web_ui(broker)
+    operator = WebOperator(web.url, TwinOperator(seed=0), FOV).start()
+    try:
+        session.run(broker=broker)
+    finally:
+        operator.stop()
+        web.stop()
+        session.close()
+    return operator
+
+
+class RegionFeatures:
+    """Stem features as a stem gives them for alike tiles: one vector per region of the twin,
+    drifting a little along the stage's x (the frame's region and position from the twin's
+    record, by its pixels)."""
+
+    def __init__(self, twin: RenderingTwin) -> None:
+        self.twin = twin
+
+    def __call__(self, images) -> np.ndarray:
+        rows = []
+        for image in images:
+            shown = self.twin.shown[digest(image)]
+            region = np.random.default_rng(shown["region"]).random(472)
+            drift = np.random.default_rng(1000 + shown["region"]).normal(size=472)
+            rows.append(region + 0.01 * shown["x"] / FOV * drift)
+        return np.asarray(rows, dtype=np.float32)
+
+
+@pytest.mark.parametrize("neighbourhood", [None, False])
+def test_a_frame_beside_those_the_human_named_is_recorded_under_their_label_unasked(
+        tmp_path, neighbourhood):
+    """Films, Porous, Films, Porous named by the human (two examples each, four fields apart:
+    the head may decide), then the Films tile between the first two: by default (on with
+    --learn) it is recorded under the label the human gave the tiles of its region, without a
+    question; --no-neighbourhood leaves it to the head."""
+    twin = RenderingTwin(seed=0)
+    films = region_tiles(twin, "Films_Coated_Surface", 3)
+    porous = region_tiles(twin, "Porous_Sponge", 3)
+    tiles = [films[0], porous[0], films[2], porous[2], films[1]]
+    config = RunConfig(session_id=str(uuid.uuid4()), out=str(tmp_path / "s.h5"),
+                       state_dir=str(tmp_path / "state"), approve="uncertain", learn=True,
+                       learn_min=2, frames=len(tiles), neighbourhood=neighbourhood,
+                       imaging={"fov": FOV, "pixels": 64, "dwell": 2e-6})
+    session = Session(config, SessionParts(
+        GuardedMicroscope(twin, SafetyEnvelope()), SessionLearner(features=RegionFeatures(twin)),
+        survey_positions=tiles))
+    assert run_on_the_web(tmp_path, session).errors == []
+    records, truths = records_of(tmp_path / "s.h5")
+    assert [r.route for r in records[:4]] == ["human"] * 4
+    assert [r.label for r in records[:4]] == truths[:4]
+    last = records[4]
+    if neighbourhood is None:
+        assert (last.label, last.route, last.human) == (truths[4], "neighbourhood", None)
+        assert [(n.frame_id, n.label) for n in last.context.neighbours] == [
+            (records[0].frame_id, truths[4]), (records[2].frame_id, truths[4])]
+        assert last.head_version == 4
+    else:
+        assert last.route != "neighbourhood" and last.context is None
 
 
 class PromptAnswers(io.TextIOBase):

@@ -27,14 +27,22 @@ def with_context(ctx: SessionContext, state: AgentState, record: DecisionRecord,
                  embedding: list[float]) -> DecisionRecord:
     """The record with its context: the neighbours (with the policy's `neighbourhood`), the
     zoom-out already taken (a frame rescanned after one keeps it) and their pooled
-    prediction; unchanged when there is no context."""
-    near = (context_evidence.neighbours(state.get("neighbourhood") or (), record, embedding)
-            if ctx.policy.neighbourhood else [])
+    prediction; unchanged when there is no context. In a learning session the neighbours are
+    the frames the human taught, compared in the learned head's space, and nothing is pooled:
+    the policy rules on their labels."""
+    learning = ctx.learner is not None
+    near = (context_evidence.neighbours(
+        state.get("neighbourhood") or (), record, embedding,
+        context_evidence.TAUGHT_FRAMES if learning else context_evidence.SURE_FRAMES,
+        ctx.learner.space if learning else None)
+        if ctx.policy.neighbourhood else [])
     zoom = record.context.zoom_out if record.context else None
     if not near and zoom is None:
         return record.model_copy(update={"context": None})
     context = ContextRecord(zoom_out=zoom, neighbours=[kept for _, kept in near])
     record = record.model_copy(update={"context": context})
+    if learning:
+        return record
     pooled = context_evidence.fused(record, [entry for entry, _ in near])
     return record.model_copy(update={"context": context.model_copy(update={"fused": pooled})})
 

@@ -11,7 +11,7 @@ from typing import Any
 from agent import context_evidence
 from agent.autofocus import learned
 from agent.context import SessionContext
-from agent.policy import ruling_of
+from agent.policy import UNKNOWN, ruling_of
 from agent.state import AgentState
 from instruments.session_file.decision_record import DECIDED_ROUTES, DecisionRecord, Route
 
@@ -29,6 +29,25 @@ def final_record(ctx: SessionContext, state: AgentState) -> DecisionRecord:
             objective["kind"] == "survey" or ruling["label"] in objective["classes"]):
         update["point_data"] = ctx.acquirer.point_data(current.tile.model_dump())
     return current.model_copy(update=update)
+
+
+def remember(ctx: SessionContext, state: AgentState, record: DecisionRecord
+             ) -> list[dict[str, Any]]:
+    """The neighbourhood memory once this frame is recorded: with it when the classifier was
+    sure of it, or, in a learning session, when a human named its class, or its taught
+    neighbours did and the head's own top-1 class agrees (a neighbour's label the head
+    contradicts is recorded, not passed on: on twin seed 2 one such label, from the next
+    region, was passed along six frames the head read right)."""
+    memory = state.get("neighbourhood") or ()
+    if ctx.learner is None:
+        return context_evidence.remembered(memory, record, state.get("embedding"),
+                                           record.route in (Route.CONFIDENT, Route.RESCAN))
+    confirmed = (record.route == Route.NEIGHBOURHOOD
+                 and record.prediction.label == record.label)
+    taught = ((record.route == Route.HUMAN or confirmed)
+              and record.label not in (None, UNKNOWN))
+    return context_evidence.remembered(memory, record, state.get("embedding"), taught,
+                                       context_evidence.TAUGHT_FRAMES)
 
 
 def make(ctx: SessionContext):
@@ -60,9 +79,7 @@ def make(ctx: SessionContext):
             update["defocus"] = record.settings.defocus
             if ctx.autofocus is not None:
                 update["focus"] = learned(state.get("focus"), record)
-        if ctx.policy.neighbourhood:          # frames the classifier was sure of inform later
-            update["neighbourhood"] = context_evidence.remembered(
-                state.get("neighbourhood") or (), record, state.get("embedding"),
-                record.route in (Route.CONFIDENT, Route.RESCAN))
+        if ctx.policy.neighbourhood:          # frames sure or taught inform later ones
+            update["neighbourhood"] = remember(ctx, state, record)
         return update
     return record

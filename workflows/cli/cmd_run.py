@@ -159,9 +159,12 @@ def run(
     zoom_out: bool = typer.Option(False, "--zoom-out/--no-zoom-out",
                                   help="image an unsure frame once more with a twice wider "
                                        "field at the same centre and pool both predictions"),
-    neighbourhood: bool = typer.Option(False, "--neighbourhood/--no-neighbourhood",
-                                       help="pool an unsure frame's prediction with the sure "
-                                            "frames of its region (stage distance, embedding)"),
+    neighbourhood: bool | None = typer.Option(
+        None, "--neighbourhood/--no-neighbourhood",
+        help="pool an unsure frame's prediction with the sure frames of its region (stage "
+             "distance, embedding); with --learn, record a frame under the label the human "
+             "gave its region's frames [default: on with --learn, off otherwise]",
+        show_default=False),
     unsure_label: str = typer.Option(
         "classifier", help="an unsure frame nothing settled (route unresolved, not decided): "
                            "recorded under the classifier's label, or none"),
