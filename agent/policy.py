@@ -270,8 +270,9 @@ def rule_on_taught(policy: RoutePolicy, record: DecisionRecord, ruling: Ruling) 
     Once the head may decide alone, a frame of good quality that is not unknown is recorded
     under its neighbours' label when they all name one class (route neighbourhood), whatever
     the head says: the human's answer on the region outweighs a head fitted on a few examples.
-    Neighbours that disagree send it to the human. Otherwise, and for every frame the session
-    still asks about to learn (source `learning`), the ruling stands."""
+    Neighbours that disagree send it to the human (source `neighbours`). Otherwise, and for
+    every frame the session still asks about to learn (source `learning`), the ruling
+    stands."""
     near = record.context.neighbours if record.context is not None else []
     if (not near or ruling["step"] == "rescan" or ruling["source"] == "learning"
             or policy.approve == "all" or not record.quality.ok
@@ -279,8 +280,7 @@ def rule_on_taught(policy: RoutePolicy, record: DecisionRecord, ruling: Ruling) 
         return ruling
     labels = {n.label for n in near}
     if len(labels) > 1:
-        return Ruling(step="approve", label=ruling["label"], source=ruling["source"],
-                      route=None)
+        return Ruling(step="approve", label=ruling["label"], source="neighbours", route=None)
     return Ruling(step="record", label=labels.pop(), source="context",
                   route=Route.NEIGHBOURHOOD.value)
 

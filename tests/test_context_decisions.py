@@ -243,6 +243,8 @@ def test_a_learning_session_records_a_frame_under_the_label_its_region_was_taugh
         record, ruling, expected):
     out = rule_in_context(LEARNING, record, ruling, {}, {})
     assert (out["step"], out["label"], out["route"]) == expected
+    if len({n.label for n in (record.context.neighbours if record.context else [])}) > 1:
+        assert out["source"] == "neighbours"       # the human is told why it is asked
 
 
 def test_taught_neighbours_are_compared_in_the_space_the_learner_gives():

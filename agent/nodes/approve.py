@@ -35,6 +35,10 @@ def _reason(current: DecisionRecord, mode: str, taught: dict[str, int] | None) -
     if current.proposal.source == "learning":
         return (f"the session is learning: it decides alone once every class has enough "
                 f"examples (so far {taught or 'none'}); name the class, a new one if need be")
+    if current.proposal.source == "neighbours":
+        named = sorted({n.label for n in current.context.neighbours})
+        return (f"the frames of its region named before disagree ({', '.join(named)}); "
+                f"name its class")
     if current.proposal.source == "ood":
         ood = current.prediction.ood
         return (f"the frame is unlike every class the classifier knows (out-of-distribution "
