@@ -61,11 +61,10 @@ SURE_FRAMES = Recall(radius=7.5, min_similarity=0.7, memory=12)
 """Frames the classifier was sure of, similarity of the classifier's embeddings."""
 TAUGHT_FRAMES = Recall(radius=7.5, min_similarity=0.5, memory=64)
 """A learning session's frames named by a human or by their taught neighbours, similarity in
-the learned head's space. Chosen on the scripted operator's survey (twin seeds 0, 1, 2, 300
-frames, benchmarks/results/teach.md): pairs of frames 3-7 fields apart with cosine >= 0.5
-were of one class in 357 of 357 (seed 0); radius 5 instead of 7.5 decided half as many frames
-by a neighbour and never reached the target on seed 0; 64 remembered frames decided as all
-did."""
+the learned head's space. Chosen with benchmarks/teach_neighbours_sweep.py (twin seeds 0, 1,
+2, 300 frames; benchmarks/results/teach.md): radius 5 decided a third to a half fewer frames
+by a neighbour and asked more; similarity 0.7 asked 3 more on seed 0 and the same elsewhere;
+the latest 64 taught frames decide as 1000 do."""
 
 
 def pool(sources: Sequence[tuple[Mapping[str, float], float]]) -> dict[str, float]:

@@ -42,16 +42,24 @@ VARIANTS = [("alpha 0.1 (before)", {"alpha": 0.1}), ("alpha 0.05", {"alpha": 0.0
 
 
 def survey(frames: int) -> tuple[np.ndarray, list[str]]:
-    """Raw stem features and truths of the session's survey frames."""
-    twin = TwinMicroscope(seed=0)
+    """Raw stem features and truths of the session's survey frames (twin seed 0)."""
+    features, truths, _ = survey_frames(frames, seed=0)
+    return features, truths
+
+
+def survey_frames(frames: int, seed: int) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Raw stem features, truths and stage positions (n, 2), m, of the survey frames of the
+    twin of `seed`."""
+    twin = TwinMicroscope(seed=seed)
     twin.set_imaging(ImagingSettings(fov=FOV, pixels=PIXELS))
     stem = StemFeatures()
-    features, truths = [], []
+    features, truths, positions = [], [], []
     for position in spread(list(twin.specimen.survey_centres(FOV)), frames):
         twin.move_stage(position)
         features.append(stem([twin.acquire().image])[0])
         truths.append(twin.specimen.evaluation((position.x, position.y), FOV)["label"])
-    return np.stack(features), truths
+        positions.append((position.x, position.y))
+    return np.stack(features), truths, np.array(positions)
 
 
 @contextmanager
