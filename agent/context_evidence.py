@@ -63,8 +63,8 @@ TAUGHT_FRAMES = Recall(radius=7.5, min_similarity=0.5, memory=64)
 """A learning session's frames named by a human or by their taught neighbours, similarity in
 the learned head's space. Chosen with benchmarks/teach_neighbours_sweep.py (twin seeds 0, 1,
 2, 300 frames; benchmarks/results/teach.md): radius 5 decided a third to a half fewer frames
-by a neighbour and asked more; similarity 0.7 asked 3 more on seed 0 and the same elsewhere;
-the latest 64 taught frames decide as 1000 do."""
+by a neighbour and asked more; similarity 0.7 reached the 0.95 target 3 answers later on
+seed 0, as soon elsewhere; the latest 64 taught frames decide as 1000 do."""
 
 
 def pool(sources: Sequence[tuple[Mapping[str, float], float]]) -> dict[str, float]:
