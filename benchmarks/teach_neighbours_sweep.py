@@ -6,8 +6,9 @@ learned head's space), the policy's ruling on them (agent.policy.rule_on_taught)
 of taught frames (context_evidence.remembered). Answers come from the twin's truth.
 
 Variants: the recall (radius, similarity, memory), which frames recorded under their
-neighbours' label are passed on (all, or those the head's top-1 agrees with: the product), and
-self-training (those frames added to the support set, as if the human had named them).
+neighbours' label are passed on (all, or those the head's top-1 agrees with: the product),
+self-training (those frames added to the support set, as if the human had named them), and
+the head's OOD threshold (models/fewshot_head.OOD_QUANTILE, set for the run).
 
 Printed per variant, as benchmarks/teach_operator_sweep.py prints it, plus the frames decided
 by taught neighbours and by the head with their accuracy.
@@ -27,7 +28,15 @@ from agent import context_evidence
 from agent.context_evidence import TAUGHT_FRAMES, Recall
 from agent.learning import LEARN_ALPHA
 from agent.policy import RoutePolicy, Ruling, learned_enough, rule_on_taught
-from benchmarks.teach_operator_sweep import FOV, LEARN_MIN, TARGET, WINDOW, guess, survey_frames
+from benchmarks.teach_operator_sweep import (
+    FOV,
+    LEARN_MIN,
+    TARGET,
+    WINDOW,
+    constants,
+    guess,
+    survey_frames,
+)
 from instruments.devices.frame import ImagingSettings
 from instruments.session_file.decision_record import (
     ContextRecord,
@@ -37,7 +46,7 @@ from instruments.session_file.decision_record import (
     PredictionRecord,
     QualityRecord,
 )
-from models.fewshot_head import SupportSet
+from models.fewshot_head import OOD_QUANTILE, SupportSet
 
 POLICY = RoutePolicy(approve="uncertain", learn_min=LEARN_MIN, neighbourhood=True)
 
@@ -48,6 +57,7 @@ class Variant:
     recall: Recall | None = TAUGHT_FRAMES      # None: no taught neighbours
     pass_on: str = "agree"                     # agree | all
     self_training: bool = False
+    ood_quantile: float = OOD_QUANTILE         # the head's OOD threshold quantile
 
 
 VARIANTS = [Variant("off", recall=None), Variant("product"),
@@ -55,7 +65,9 @@ VARIANTS = [Variant("off", recall=None), Variant("product"),
             Variant("radius 5", recall=Recall(5.0, 0.5, 64)),
             Variant("similarity 0.7", recall=Recall(7.5, 0.7, 64)),
             Variant("memory 1000", recall=Recall(7.5, 0.5, 1000)),
-            Variant("self-training", self_training=True)]
+            Variant("self-training", self_training=True),
+            Variant("OOD quantile 0.8", ood_quantile=0.8),
+            Variant("OOD quantile 0.95", ood_quantile=0.95)]
 
 
 def _record(index: int, position: np.ndarray, label: str, flagged: bool) -> DecisionRecord:
@@ -122,7 +134,8 @@ def main() -> None:
         features, truths, positions = survey_frames(args.frames, seed)
         took = time.perf_counter() - t0
         for variant in VARIANTS:
-            r = session(features, truths, positions, variant)
+            with constants({"OOD_QUANTILE": variant.ood_quantile}):
+                r = session(features, truths, positions, variant)
             cells = [f"{n}, {a:.3f}" if a is not None else "0" for n, a in
                      (r["neighbours"], r["head"])]
             print(f"| {seed} | {variant.name} | {r['answers']} | {r['reached'] or 'never'} "
