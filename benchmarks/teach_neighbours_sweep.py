@@ -31,10 +31,9 @@ from agent.policy import RoutePolicy, Ruling, learned_enough, rule_on_taught
 from benchmarks.teach_operator_sweep import (
     FOV,
     LEARN_MIN,
-    TARGET,
-    WINDOW,
     constants,
     guess,
+    reach,
     survey_frames,
 )
 from instruments.devices.frame import ImagingSettings
@@ -111,11 +110,7 @@ def session(features: np.ndarray, truths: list[str], positions: np.ndarray,
             recorded = record.model_copy(update={"label": decided})
             memory = context_evidence.remembered(memory, recorded, raw, keep, variant.recall)
     asked, alone, source = np.array(asked), np.array(alone), np.array(source)
-    windows = [alone[i - WINDOW + 1:i + 1].mean() for i in range(WINDOW - 1, len(alone))]
-    reached = next((i for i, w in enumerate(windows) if w >= TARGET), None)
-    return {"answers": int(asked.sum()), "best": max(windows),
-            "reached": None if reached is None else
-            (reached + WINDOW, int(asked[:reached + WINDOW].sum())),
+    return {**reach(asked, alone),
             **{kind: (int((source == kind).sum()), float(alone[source == kind].mean())
                       if (source == kind).any() else None)
                for kind in ("neighbours", "head")}}

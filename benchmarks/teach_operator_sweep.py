@@ -102,14 +102,20 @@ def session(features: np.ndarray, truths: list[str], alpha: float, knn: bool = F
             support = support.add(raw.astype(np.float32), truth)
             head = support.fit(0, alpha) if len(support.class_names) >= 2 else None
     asked, alone, top1 = np.array(asked), np.array(alone), np.array(top1)
+    return {**reach(asked, alone),
+            "alone": float(alone[~asked].mean()), "alone_n": int((~asked).sum()),
+            "blocks": [(asked[s:s + WINDOW].mean(), alone[s:s + WINDOW].mean(),
+                        top1[s:s + WINDOW].mean()) for s in range(0, len(alone), WINDOW)]}
+
+
+def reach(asked: np.ndarray, alone: np.ndarray) -> dict:
+    """Answers given, the best unattended accuracy over WINDOW consecutive frames, and where
+    it first reached TARGET: (frame, answers by then), or None."""
     windows = [alone[i - WINDOW + 1:i + 1].mean() for i in range(WINDOW - 1, len(alone))]
     reached = next((i for i, w in enumerate(windows) if w >= TARGET), None)
     return {"answers": int(asked.sum()), "best": max(windows),
             "reached": None if reached is None else
-            (reached + WINDOW, int(asked[:reached + WINDOW].sum())),
-            "alone": float(alone[~asked].mean()), "alone_n": int((~asked).sum()),
-            "blocks": [(asked[s:s + WINDOW].mean(), alone[s:s + WINDOW].mean(),
-                        top1[s:s + WINDOW].mean()) for s in range(0, len(alone), WINDOW)]}
+            (reached + WINDOW, int(asked[:reached + WINDOW].sum()))}
 
 
 def main() -> None:
