@@ -16,6 +16,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -239,7 +240,8 @@ def _operate(proc: subprocess.Popen, log: Path, until) -> WebOperator:
     return operator
 
 
-def _checkpointed_learning(out: Path, session_id: str) -> dict | None:
+def _checkpointed(out: Path, session_id: str, channel: str = "learning") -> Any:
+    """The value of a state channel in the session's latest checkpoint (None: none yet)."""
     saver = open_checkpointer(checkpoint_path(out))
     try:
         found = saver.get_tuple({"configurable": {"thread_id": session_id}})
@@ -247,7 +249,7 @@ def _checkpointed_learning(out: Path, session_id: str) -> dict | None:
         return None
     finally:
         saver.conn.close()
-    return None if found is None else found.checkpoint["channel_values"].get("learning")
+    return None if found is None else found.checkpoint["channel_values"].get(channel)
 
 
 def test_a_sigkilled_learning_session_resumes_with_what_it_learned_and_saves_its_head(
@@ -265,15 +267,17 @@ def test_a_sigkilled_learning_session_resumes_with_what_it_learned_and_saves_its
         if session_id is None:
             found = list(state.glob("sessions/*.json"))
             session_id = found[0].stem if found else None
-        value = _checkpointed_learning(out, session_id) if session_id else None
+        value = _checkpointed(out, session_id) if session_id else None
         return bool(value) and value["version"] >= 3
 
     operator = _operate(proc, log, three_answers)
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
     operator.stop()
-    killed = _checkpointed_learning(out, session_id)
+    killed = _checkpointed(out, session_id)
     assert killed["version"] >= 3
+    taught = _checkpointed(out, session_id, "neighbourhood")  # named and recorded so far
+    assert len(taught) >= 2          # the third answer's frame may not be recorded yet
 
     log2 = tmp_path / "err2.log"
     resumed = _start_cli(["run", "--resume", session_id, "--ui", "web", "--state-dir",
@@ -283,6 +287,7 @@ def test_a_sigkilled_learning_session_resumes_with_what_it_learned_and_saves_its
     operator.stop()
 
     records, _ = records_of(out)
+    assert _checkpointed(out, session_id, "neighbourhood")[:len(taught)] == taught
     after_kill = [r for r in records if r.head_version is not None
                   and r.head_version >= killed["version"]]
     assert after_kill[0].head_version == killed["version"]        # the same head went on
