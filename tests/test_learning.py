@@ -1,8 +1,10 @@
 """Learning during the session (`micagent run --learn`): a scripted operator answering from the
 twin's truth, through the web page's API and through the terminal prompt; each answer teaches
 the session's head (the next frame is classified by it, its record names the head version);
-a class named mid-session is learned; a SIGKILLed learning session resumes with exactly what
-it had learned, and saves the head as a checkpoint usable with --model."""
+a class named mid-session is learned; a frame beside frames the human named is recorded under
+their label without a question; a SIGKILLed learning session resumes with exactly what it had
+learned (support set, head, the frames it was taught), and saves the head as a checkpoint
+usable with --model."""
 
 from __future__ import annotations
 
