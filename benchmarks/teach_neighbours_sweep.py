@@ -28,14 +28,8 @@ from agent import context_evidence
 from agent.context_evidence import TAUGHT_FRAMES, Recall
 from agent.learning import LEARN_ALPHA
 from agent.policy import RoutePolicy, Ruling, learned_enough, rule_on_taught
-from benchmarks.teach_operator_sweep import (
-    FOV,
-    LEARN_MIN,
-    constants,
-    guess,
-    reach,
-    survey_frames,
-)
+from benchmarks.teach_operator import reach
+from benchmarks.teach_operator_sweep import FOV, LEARN_MIN, constants, guess, survey_frames
 from instruments.devices.frame import ImagingSettings
 from instruments.session_file.decision_record import (
     ContextRecord,

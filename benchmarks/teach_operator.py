@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.foreign_folder import ENV, REPO
+from instruments.session_file.decision_record import Route
 from instruments.session_file.reader import SessionReader
 from instruments.utils.child_python import module_command
 from models.fewshot_head import SupportSet
@@ -67,6 +68,16 @@ def run_session(work: Path, frames: int, seed: int, learn_min: int,
     return out, time.perf_counter() - t0
 
 
+def reach(asked: np.ndarray, alone: np.ndarray) -> dict:
+    """Answers given, the best unattended accuracy over WINDOW consecutive frames (None:
+    fewer frames), and where it first reached TARGET: (frame, answers by then), or None."""
+    windows = [alone[i - WINDOW + 1:i + 1].mean() for i in range(WINDOW - 1, len(alone))]
+    reached = next((i for i, w in enumerate(windows) if w >= TARGET), None)
+    return {"answers": int(asked.sum()), "best": max(windows) if windows else None,
+            "reached": None if reached is None else
+            (reached + WINDOW, int(asked[:reached + WINDOW].sum()))}
+
+
 def unattended(record) -> str | None:
     """The label the agent would have recorded with nobody to ask: the recorded one where it
     decided alone (the head's, or its taught neighbours'), else the head's verdict."""
@@ -84,29 +95,26 @@ def figures(path: Path) -> dict:
     asked = np.array([r.human is not None for r in records])
     alone = np.array([unattended(r) == t for r, t in zip(records, truths, strict=True)])
     top1 = np.array([r.prediction.label == t for r, t in zip(records, truths, strict=True)])
-    answers = np.cumsum(asked)
-    windows = [alone[i - WINDOW + 1:i + 1].mean() for i in range(WINDOW - 1, len(records))]
-    reached = next((i + WINDOW - 1 for i, w in enumerate(windows) if w >= TARGET), None)
+    target = reach(asked, alone)
     blocks = [{"frames": f"{s + 1}-{min(s + WINDOW, len(records))}",
                "asked": asked[s:s + WINDOW].mean(), "unattended": alone[s:s + WINDOW].mean(),
                "top1": top1[s:s + WINDOW].mean()}
               for s in range(0, len(records), WINDOW)]
     decided = ~asked
-    by_neighbours = np.array([r.route is not None and r.route.value == "neighbourhood"
-                              for r in records])
+    by_neighbours = np.array([r.route == Route.NEIGHBOURHOOD for r in records])
     return {"by_neighbours": int(by_neighbours.sum()),
             "by_neighbours_accuracy": float(alone[by_neighbours].mean())
             if by_neighbours.any() else None,
             "by_head": int((decided & ~by_neighbours).sum()),
             "by_head_accuracy": float(alone[decided & ~by_neighbours].mean())
             if (decided & ~by_neighbours).any() else None,
-            "frames": len(records), "answers": int(asked.sum()),
+            "frames": len(records), "answers": target["answers"],
             "classes": sorted(set(truths)),
-            "reached_at_frame": None if reached is None else reached + 1,
-            "answers_until": None if reached is None else int(answers[reached]),
+            "reached_at_frame": target["reached"] and target["reached"][0],
+            "answers_until": target["reached"] and target["reached"][1],
             "alone_accuracy": float(alone[decided].mean()) if decided.any() else None,
             "alone_frames": int(decided.sum()), "blocks": blocks,
-            "best_window": max(windows) if windows else None}
+            "best_window": target["best"]}
 
 
 def refit_seconds(model: Path) -> list[float]:
@@ -146,7 +154,8 @@ def main() -> None:
         print(f"| {b['frames']} | {b['asked']:.2f} | {b['unattended']:.2f} | {b['top1']:.2f} |")
     if result["answers_until"] is None:
         print(f"unattended accuracy over the last {WINDOW} frames never reached {TARGET} "
-              f"({result['answers']} answers given; best window {result['best_window']:.2f})")
+              f"({result['answers']} answers given; best window "
+              f"{'-' if result['best_window'] is None else format(result['best_window'], '.2f')})")
     else:
         print(f"unattended accuracy over the last {WINDOW} frames reached {TARGET} at frame "
               f"{result['reached_at_frame']}, after {result['answers_until']} human answers")

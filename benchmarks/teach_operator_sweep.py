@@ -27,11 +27,12 @@ import numpy as np
 import models.fewshot_head as fewshot_head
 from agent.objectives import spread
 from agent.policy import learned_enough
+from benchmarks.teach_operator import WINDOW, reach
 from instruments.devices.frame import ImagingSettings
 from models.fewshot_head import StemFeatures, SupportSet
 from twins.microscope import TwinMicroscope
 
-FOV, PIXELS, WINDOW, TARGET, LEARN_MIN = 20e-6, 256, 50, 0.95, 3
+FOV, PIXELS, LEARN_MIN = 20e-6, 256, 3
 VARIANTS = [("alpha 0.1 (before)", {"alpha": 0.1}), ("alpha 0.05", {"alpha": 0.05}),
             ("alpha 0.02", {"alpha": 0.02}), ("alpha 0.1, OOD quantile 0.99",
                                                {"alpha": 0.1, "OOD_QUANTILE": 0.99}),
@@ -106,16 +107,6 @@ def session(features: np.ndarray, truths: list[str], alpha: float, knn: bool = F
             "alone": float(alone[~asked].mean()), "alone_n": int((~asked).sum()),
             "blocks": [(asked[s:s + WINDOW].mean(), alone[s:s + WINDOW].mean(),
                         top1[s:s + WINDOW].mean()) for s in range(0, len(alone), WINDOW)]}
-
-
-def reach(asked: np.ndarray, alone: np.ndarray) -> dict:
-    """Answers given, the best unattended accuracy over WINDOW consecutive frames, and where
-    it first reached TARGET: (frame, answers by then), or None."""
-    windows = [alone[i - WINDOW + 1:i + 1].mean() for i in range(WINDOW - 1, len(alone))]
-    reached = next((i for i, w in enumerate(windows) if w >= TARGET), None)
-    return {"answers": int(asked.sum()), "best": max(windows),
-            "reached": None if reached is None else
-            (reached + WINDOW, int(asked[:reached + WINDOW].sum()))}
 
 
 def main() -> None:
