@@ -67,14 +67,21 @@ def positions(pattern: str) -> list[dict]:
 
 
 def learning_session(tmp_path: Path, features: StemFeatures, pattern: str,
-                     learn_min: int = 2, neighbourhood: bool | None = None) -> Session:
-    twin = TwinMicroscope(seed=0)
+                     learn_min: int = 2) -> Session:
+    return session_over(tmp_path, TwinMicroscope(seed=0), SessionLearner(features=features),
+                        positions(pattern), learn_min)
+
+
+def session_over(tmp_path: Path, twin: TwinMicroscope, learner: SessionLearner,
+                 tiles: list[dict], learn_min: int = 2,
+                 neighbourhood: bool | None = None) -> Session:
+    """A learning session (approvals on) over `tiles` of `twin`, 64 px frames."""
     config = RunConfig(session_id=str(uuid.uuid4()), out=str(tmp_path / "s.h5"),
                        state_dir=str(tmp_path / "state"), approve="uncertain", learn=True,
-                       learn_min=learn_min, frames=len(pattern), neighbourhood=neighbourhood,
+                       learn_min=learn_min, frames=len(tiles), neighbourhood=neighbourhood,
                        imaging={"fov": FOV, "pixels": 64, "dwell": 2e-6})
-    parts = SessionParts(GuardedMicroscope(twin, SafetyEnvelope()),
-                         SessionLearner(features=features), survey_positions=positions(pattern))
+    parts = SessionParts(GuardedMicroscope(twin, SafetyEnvelope()), learner,
+                         survey_positions=tiles)
     return Session(config, parts)
 
 
@@ -99,7 +106,7 @@ def assert_learned_from_each_answer(records, truths, learn_min: int) -> None:
 def test_a_scripted_operator_on_the_web_page_teaches_a_class_named_mid_session(
         tmp_path, features):
     session = learning_session(tmp_path, features, "ABABABCCCAB")
-    assert run_on_the_web(tmp_path, session).errors == []
+    assert run_on_the_web(session).errors == []
     records, truths = records_of(tmp_path / "s.h5")
     assert_learned_from_each_answer(records, truths, learn_min=2)
     first_c = records[6]
@@ -111,7 +118,7 @@ def test_a_scripted_operator_on_the_web_page_teaches_a_class_named_mid_session(
     assert learner.version == sum(r.human is not None for r in records)
 
 
-def run_on_the_web(tmp_path: Path, session: Session) -> WebOperator:
+def run_on_the_web(session: Session) -> WebOperator:
     """The session run to its end with a scripted operator answering on its web page."""
     broker = ApprovalBroker()
     web = start_web_ui(broker)
@@ -154,14 +161,9 @@ def test_a_frame_beside_those_the_human_named_is_recorded_under_their_label_unas
     films = region_tiles(twin, "Films_Coated_Surface", 3)
     porous = region_tiles(twin, "Porous_Sponge", 3)
     tiles = [films[0], porous[0], films[2], porous[2], films[1]]
-    config = RunConfig(session_id=str(uuid.uuid4()), out=str(tmp_path / "s.h5"),
-                       state_dir=str(tmp_path / "state"), approve="uncertain", learn=True,
-                       learn_min=2, frames=len(tiles), neighbourhood=neighbourhood,
-                       imaging={"fov": FOV, "pixels": 64, "dwell": 2e-6})
-    session = Session(config, SessionParts(
-        GuardedMicroscope(twin, SafetyEnvelope()), SessionLearner(features=RegionFeatures(twin)),
-        survey_positions=tiles))
-    assert run_on_the_web(tmp_path, session).errors == []
+    session = session_over(tmp_path, twin, SessionLearner(features=RegionFeatures(twin)), tiles,
+                           neighbourhood=neighbourhood)
+    assert run_on_the_web(session).errors == []
     records, truths = records_of(tmp_path / "s.h5")
     assert [r.route for r in records[:4]] == ["human"] * 4
     assert [r.label for r in records[:4]] == truths[:4]
