@@ -42,6 +42,7 @@ from models.ood import AgreedOOD, MahalanobisOOD, StemKnnOOD
 from twins.classes import SEM_CLASSES
 from twins.microscope import TwinMicroscope
 from twins.vlm_server import ChatHandler, serving, url
+from workflows.session_assembly import may_adjudicate
 
 CLASSES = ["Fibres", "Particles", "Powder"]
 BUDGETS = {"rescans": 10, "adjudications": 10, "tokens": 1000}
@@ -158,6 +159,13 @@ def test_an_adjudicator_measured_above_the_classifier_may_overrule_it(tmp_path):
     assert decide(policy, UNSURE, record.quality, 0, BUDGETS, FRESH) == "adjudicate"
     ruling = rule_adjudicated(policy, record, "Powder", "Powder", "offline-knn")
     assert (ruling["label"], ruling["route"]) == ("Powder", "adjudicated")
+
+
+def test_demonstrations_are_prepared_only_where_an_adjudicator_may_be_asked(tmp_path):
+    assert may_adjudicate(None)                          # no measurement: the policy routes
+    assert may_adjudicate(measured(tmp_path, accuracy=0.80, classifier_accuracy=0.60))
+    assert not may_adjudicate(measured(tmp_path, accuracy=0.40, classifier_accuracy=0.60))
+    assert not may_adjudicate(AdjudicatorTrust())        # never measured
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
 from test_disk_full import small_filesystem
 from typer.testing import CliRunner
@@ -84,12 +86,6 @@ def listing(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
 
-def beyond_banks(state: Path, before: list[str]) -> list[str]:
-    """What a start added to a state folder besides the demonstration banks' cache."""
-    return [name for name in listing(state) if name not in before and name != "banks"
-            and not name.startswith("banks/")]
-
-
 def failed_start(out: Path, state: Path, *args: str) -> str:
     """Run a start that fails; its one error line."""
     result = CliRunner().invoke(app, ["run", "--frames", "2", "--pixels", "64", *args,
@@ -116,7 +112,7 @@ def closed_port() -> Iterator[int]:
 
 @pytest.fixture(scope="module")
 def shared_state(tmp_path_factory) -> Path:
-    """A state folder that outlives one start (its demonstration bank cached once)."""
+    """A state folder that outlives one start."""
     return tmp_path_factory.mktemp("state")
 
 
@@ -161,7 +157,7 @@ def test_a_busy_approval_port_leaves_only_the_session_file(
         failed_start(tmp_path / "s.h5", shared_state, "--approve", "uncertain", "--ui", "web",
                      "--port", str(port))
     assert listing(tmp_path) == ["s.h5"]            # no checkpoint, no work folder
-    assert beyond_banks(shared_state, before) == []  # no log, nothing to resume
+    assert listing(shared_state) == before          # no log, nothing to resume
 
 
 def test_a_full_disk_at_start_leaves_nothing(tmp_path: Path, shared_state: Path) -> None:
@@ -170,7 +166,19 @@ def test_a_full_disk_at_start_leaves_nothing(tmp_path: Path, shared_state: Path)
         line = failed_start(disk / "s.h5", shared_state)
         assert "disk full" in line and line.endswith("free space, then start again")
         assert listing(disk) == []                  # no partial file, reserve or work folder
-    assert beyond_banks(shared_state, before) == []
+    assert listing(shared_state) == before
+
+
+def test_another_tools_file_at_out_is_refused_before_the_model_loads(
+        tmp_path: Path, events: list[str]) -> None:
+    theirs = tmp_path / "theirs.h5"
+    with h5py.File(theirs, "w") as f:
+        f["data"] = np.arange(10)
+    before = theirs.read_bytes()
+    line = failed_start(theirs, tmp_path / "state")
+    assert "not a micagent session" in line
+    assert events == []                          # nothing opened, no model loaded
+    assert listing(tmp_path) == ["theirs.h5"] and theirs.read_bytes() == before
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +190,13 @@ def unattended_session(tmp_path_factory, shared_state: Path) -> tuple[str, Path]
     assert result.exit_code == 0, result.output
     with SessionReader(out) as reader:
         return reader.summary()["session_id"], out
+
+
+def test_a_model_that_trusts_no_adjudicator_makes_no_demonstration_bank(
+        unattended_session: tuple[str, Path], shared_state: Path) -> None:
+    """The bundled model's measurement trusts no adjudicator (its adjudication.json), so no
+    frame can be adjudicated: the twin's demonstrations are neither rendered nor embedded."""
+    assert not (shared_state / "banks").exists()
 
 
 def test_resuming_an_unattended_session_on_the_web_page_needs_an_approval_mode(

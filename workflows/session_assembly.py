@@ -36,6 +36,7 @@ from instruments.devices.safety import GuardedMicroscope, check_settings, envelo
 from instruments.devices.uri import open_instrument
 from instruments.session_file.layout import SessionFileError
 from instruments.session_file.reader import SessionReader
+from instruments.session_file.writer import refuse_foreign
 from instruments.utils.library_log import log_library_noise
 from workflows.terminal import notice
 
@@ -133,6 +134,14 @@ def _bank(config: RunConfig, classifier) -> DemonstrationBank | None:
                          f"{config.bank or 'twin'}: {exc}") from exc
 
 
+def may_adjudicate(trust: AdjudicatorTrust | None) -> bool:
+    """Whether a session may ask an adjudicator at all, and so needs demonstrations: no
+    measurement applies (`trust` None, the policy routes alone), or the model's measurement
+    trusts some adjudicator. Otherwise the twin bank (~20 s of rendering and embedding on a
+    fresh state dir) is not built unless `--bank` names one."""
+    return trust is None or bool(trust.trusted(list(trust.measured)))
+
+
 def _adjudication(model_path: str, classifier: Any
                   ) -> tuple[TrainingReference | None, AdjudicatorTrust | None]:
     """The offline adjudicator's training reference and the measured adjudicator accuracy
@@ -182,7 +191,8 @@ def open_parts(config: RunConfig, classifier: Any = None, instrument: Microscope
                ) -> SessionParts:
     """Instrument (guarded; opened from config.instrument unless given), classifier (loaded
     from config.model unless given), demonstration bank (`bank_for(config, classifier)` when
-    given, else from the cache under config.state_dir) and plan inputs for a session."""
+    given, else from the cache under config.state_dir; only where `may_adjudicate` or
+    config.bank names one) and plan inputs for a session."""
     twin = config.instrument == "twin"
     try:   # first: an address that answers nothing is said in seconds, before the model loads
         inner = instrument or open_instrument(config.instrument,
@@ -201,8 +211,9 @@ def open_parts(config: RunConfig, classifier: Any = None, instrument: Microscope
         inner.close()
         raise
     guarded = GuardedMicroscope(inner, envelope_from_dict(config.envelope))
+    wants_bank = not config.learn and (config.bank is not None or may_adjudicate(trust))
     parts = SessionParts(microscope=guarded, classifier=classifier,
-                         bank=None if config.learn else (bank_for or _bank)(config, classifier),
+                         bank=(bank_for or _bank)(config, classifier) if wants_bank else None,
                          model_info={"path": model_path,
                                      "sha256": getattr(classifier, "checkpoint_sha256", None)},
                          reference=reference, trust=trust)
@@ -303,6 +314,11 @@ def run_session(config: RunConfig, console: Console, quiet: bool = False,
     footprint = StartFootprint(config)
     log_library_noise(Path(config.state_dir) / "logs" / f"{config.session_id}.log")
     given = dict(config.imaging), dict(config.envelope)
+    try:        # another tool's file at --out is said at once, before anything loads
+        refuse_foreign(config.out)
+    except SessionFileError as exc:
+        _failed_start(config, footprint, StartError(f"cannot open session {config.session_id}"
+                                                    f" at {config.out}: {exc}"), exc)
     try:
         parts = open_parts(config, classifier)
     except StartError as exc:

@@ -225,6 +225,32 @@ def _whole(channel: h5py.Group | h5py.Dataset) -> bool:
         return False
 
 
+NOT_A_SESSION = "HDF5 file is not a micagent session; refusing to append"
+
+
+def _is_session(f: h5py.File) -> bool:
+    return f.attrs.get(ATTR_FORMAT) == FORMAT_NAME and PROVENANCE in f
+
+
+def refuse_foreign(path: str | os.PathLike) -> None:
+    """Raise, before a session is set up, what `SessionWriter(path)` would raise on a file that
+    is not a session: SessionFileCorrupt for a non-empty file that is not HDF5,
+    NotASessionFile for another tool's HDF5. An absent or empty file passes, and so does one
+    that cannot be opened to read now (e.g. held by a running session): the writer decides."""
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return
+    if not h5py.is_hdf5(path):
+        raise SessionFileCorrupt("not an HDF5 file (truncated or overwritten?)", path)
+    try:
+        with h5py.File(path, "r") as f:
+            foreign = not _is_session(f)
+    except OSError:
+        return
+    if foreign:
+        raise NotASessionFile(NOT_A_SESSION, path)
+
+
 class SessionWriter:
     """Append-only writer of one session file; opening an existing session file resumes it.
 
@@ -283,10 +309,9 @@ class SessionWriter:
                 raise SessionWriteError(f"session file is open in another process: {exc}",
                                         self.path) from exc
             raise SessionFileCorrupt(f"cannot open HDF5 file: {exc}", self.path) from exc
-        if f.attrs.get(ATTR_FORMAT) != FORMAT_NAME or PROVENANCE not in f:
+        if not _is_session(f):
             f.close()
-            raise NotASessionFile("HDF5 file is not a micagent session; refusing to append",
-                                  self.path)
+            raise NotASessionFile(NOT_A_SESSION, self.path)
         flush_only_cache(f)
         return f
 
