@@ -9,8 +9,9 @@ state (support set, head, version: the number of answers it learned from) is mir
 checkpointed state (`state["learning"]`, `LearnerState`), so a killed session resumes with
 exactly what it had learned: the nodes `sync` the learner from the state before using it.
 
-Until every class has `learn_min` examples (and there are two classes) the head is not
-trusted: the policy sends every frame to the human (agent/policy.py). The first answers are
+Until two classes have `learn_min` examples each the head is not trusted: the policy sends
+every frame to the human; after that, every frame the head reads as a class with fewer
+(agent/policy.py, `learned_enough`). The first answers are
 classified as well as a head allows: with no class yet, the frame's only class is `unknown`;
 with one class, that class; while a class has a single example the head is uncalibrated and
 its conformal set is every class (so it never decides alone on a guess).

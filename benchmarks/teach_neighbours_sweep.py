@@ -7,8 +7,9 @@ of taught frames (context_evidence.remembered). Answers come from the twin's tru
 
 Variants: the recall (radius, similarity, memory), which frames recorded under their
 neighbours' label are passed on (all, or those the head's top-1 agrees with: the product),
-self-training (those frames added to the support set, as if the human had named them), and
-the head's OOD threshold (models/fewshot_head.OOD_QUANTILE, set for the run).
+self-training (those frames added to the support set, as if the human had named them), the
+head's OOD threshold (models/fewshot_head.OOD_QUANTILE, set for the run), and the learning
+gate before 2026-12-06 (a class short of examples sent every frame to the human).
 
 Printed per variant, as benchmarks/teach_operator_sweep.py prints it, plus the frames decided
 by taught neighbours and by the head with their accuracy.
@@ -51,6 +52,8 @@ class Variant:
     pass_on: str = "agree"                     # agree | all
     self_training: bool = False
     ood_quantile: float = OOD_QUANTILE         # the head's OOD threshold quantile
+    hold_every_frame: bool = False             # a class short of examples holds back every
+                                               # frame (before 2026-12-06), not only its own
 
 
 VARIANTS = [Variant("off", recall=None), Variant("product"),
@@ -60,7 +63,15 @@ VARIANTS = [Variant("off", recall=None), Variant("product"),
             Variant("memory 1000", recall=Recall(7.5, 0.5, 1000)),
             Variant("self-training", self_training=True),
             Variant("OOD quantile 0.8", ood_quantile=0.8),
-            Variant("OOD quantile 0.95", ood_quantile=0.95)]
+            Variant("OOD quantile 0.95", ood_quantile=0.95),
+            Variant("an under-taught class holds back every frame", hold_every_frame=True)]
+
+
+def may_decide(taught: dict[str, int], label: str, variant: Variant) -> bool:
+    """The policy's learning gate (agent.policy.learned_enough), or the earlier one."""
+    if variant.hold_every_frame:
+        return len(taught) >= 2 and min(taught.values()) >= LEARN_MIN
+    return learned_enough(taught, LEARN_MIN, label)
 
 
 def _record(index: int, position: np.ndarray, label: str, flagged: bool) -> DecisionRecord:
@@ -81,7 +92,7 @@ def session(features: np.ndarray, truths: list[str], positions: np.ndarray,
         label, flagged, single = (guess(head, support, raw, False) if head is not None
                                   else ("unknown", False, False))
         record = _record(index, position, label, flagged)
-        ready = learned_enough(support.counts(), LEARN_MIN)
+        ready = may_decide(support.counts(), label, variant)
         ruling = Ruling(step="record" if single and not flagged else "approve", label=label,
                         source="classifier" if ready else "learning", route="confident")
         if variant.recall is not None and head is not None:

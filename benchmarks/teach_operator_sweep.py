@@ -95,7 +95,7 @@ def session(features: np.ndarray, truths: list[str], alpha: float, knn: bool = F
     for raw, truth in zip(features, truths, strict=True):
         label, flagged, single = (guess(head, support, raw, knn) if head is not None
                                   else ("unknown", False, False))
-        ask = not learned_enough(support.counts(), LEARN_MIN) or flagged or not single
+        ask = not learned_enough(support.counts(), LEARN_MIN, label) or flagged or not single
         asked.append(ask)
         alone.append(("unknown" if flagged else label) == truth)
         top1.append(label == truth)

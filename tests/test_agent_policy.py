@@ -283,17 +283,30 @@ def test_a_reclassification_following_the_answer_is_adjudicated_one_resisting_it
     assert resists["used"]["adjudications"] == 1
 
 
-def test_a_learning_session_asks_every_frame_until_each_class_has_enough_examples():
+def test_a_learning_session_asks_every_frame_until_two_classes_have_enough_examples():
     from agent.policy import rule_classified
 
     policy = RoutePolicy(approve="uncertain", learn_min=3)
-    record = DecisionRecord(prediction=prediction(0.99), quality=GOOD)
+    record = DecisionRecord(prediction=prediction(0.99), quality=GOOD)      # read as A
     for taught in ({}, {"A": 5}, {"A": 5, "B": 2}):
         ruling = rule_classified(policy, record, BUDGETS, FRESH, taught=taught)
         assert ruling["step"] == "approve" and ruling["source"] == "learning"
         assert ruling["label"] == ("A" if "A" in taught else "unknown")
     ready = rule_classified(policy, record, BUDGETS, FRESH, taught={"A": 3, "B": 3})
     assert (ready["step"], ready["route"]) == ("record", "confident")
+
+
+@pytest.mark.parametrize("taught,step", [
+    ({"A": 3, "B": 3, "C": 1}, "record"),     # C, named late, holds back none of A's frames
+    ({"A": 2, "B": 3, "C": 3}, "approve"),    # ... but every frame read as its own class
+])
+def test_a_class_short_of_examples_holds_back_only_the_frames_read_as_it(taught, step):
+    from agent.policy import rule_classified
+
+    policy = RoutePolicy(approve="uncertain", learn_min=3)
+    record = DecisionRecord(prediction=prediction(0.99), quality=GOOD)      # read as A
+    ruling = rule_classified(policy, record, BUDGETS, FRESH, taught=taught)
+    assert (ruling["step"], ruling["label"]) == (step, "A")
 
 
 def test_a_taught_head_decides_alone_a_single_class_set_whatever_its_probability():

@@ -125,8 +125,8 @@ def run(
                                                 "start from nothing (with --learn)"),
     learn: bool = typer.Option(False, help="learn from every human answer (needs --approve): "
                                            "each refits the head; saved as OUT.model/"),
-    learn_min: int = typer.Option(3, help="--learn: examples per class before the agent "
-                                          "decides alone"),
+    learn_min: int = typer.Option(3, help="--learn: examples a class needs before the agent "
+                                          "decides alone the frames it reads as that class"),
     out: str | None = typer.Option(None, help="session file (default micagent-<id>.h5)"),
     resume: str | None = typer.Option(None, help="continue a killed or failed session (with "
                                                  "--instrument: at a new address)"),
