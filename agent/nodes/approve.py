@@ -33,8 +33,9 @@ def human_labels(class_names: list[str]) -> list[str]:
 
 def _reason(current: DecisionRecord, mode: str, taught: dict[str, int] | None) -> str:
     if current.proposal.source == "learning":
-        return (f"the session is learning: it decides alone once every class has enough "
-                f"examples (so far {taught or 'none'}); name the class, a new one if need be")
+        return (f"the session is learning: it decides alone the frames it reads as a class "
+                f"with enough examples, once two classes have them (so far {taught or 'none'}); "
+                f"name the class, a new one if need be")
     if current.proposal.source == "neighbours":
         named = sorted({n.label for n in current.context.neighbours})
         return (f"the frames of its region named before disagree ({', '.join(named)}); "
