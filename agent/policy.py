@@ -203,7 +203,7 @@ def learned_enough(taught: Mapping[str, int], learn_min: int, label: str | None)
     fewer (one named late, or met rarely) holds back only the frames the head gives it, not
     every frame: measured with the scripted operator (benchmarks/results/teach.md, "Which
     frames an under-taught class holds back"), on three twin seeds the unattended accuracy
-    reached 0.95 after 53-63 answers (every frame held back: after 74-83, or never)."""
+    reached 0.95 after 53-71 answers (every frame held back: after 75-80, or never)."""
     enough = {name for name, count in taught.items() if count >= learn_min}
     return len(enough) >= 2 and label in enough
 
