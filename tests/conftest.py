@@ -65,13 +65,9 @@ def scifi_read(tmp_path: Path):
 
 @pytest.fixture(scope="module")
 def untrained_classifier():
-    """The fusion model's ViT-only ablation with seeded random weights, one per test module:
-    scores that differ from frame to frame, for tests about control flow, not accuracy."""
-    import torch
+    """The smallest ViT-only model with seeded random weights (tests/plumbing_model.py), one
+    per test module: scores that differ from frame to frame, for tests about control flow,
+    not accuracy."""
+    from plumbing_model import untrained
 
-    from models.classifier import Classifier
-    from models.config import FusionConfig
-    from twins.classes import SEM_CLASSES
-
-    torch.manual_seed(0)
-    return Classifier.create(FusionConfig.ablation("vit_only"), SEM_CLASSES)
+    return untrained()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from plumbing_model import untrained
 
 from agent.adjudication.cache import AnswerCache
 from agent.adjudication.demonstrations import BankError, DemonstrationBank
@@ -163,14 +164,10 @@ def test_a_session_adjudicates_through_the_endpoint_and_never_stores_the_key(
         vlm_server, tmp_path, monkeypatch):
     import uuid
 
-    import torch
-
     from agent.config import RunConfig, checkpoint_path
     from agent.session import Session, SessionParts
     from instruments.devices.safety import GuardedMicroscope, SafetyEnvelope
     from instruments.session_file.reader import SessionReader
-    from models.classifier import Classifier
-    from models.config import FusionConfig
     from twins.classes import SEM_CLASSES
     from twins.microscope import TwinMicroscope
 
@@ -178,8 +175,7 @@ def test_a_session_adjudicates_through_the_endpoint_and_never_stores_the_key(
     monkeypatch.setenv("MICAGENT_VLM_BASE_URL", url(vlm_server))
     monkeypatch.setenv("MICAGENT_VLM_MODEL", "test-vlm")
     monkeypatch.setenv("OPENAI_API_KEY", secret)
-    torch.manual_seed(0)
-    classifier = Classifier.create(FusionConfig.ablation("vit_only"), SEM_CLASSES)
+    classifier = untrained(SEM_CLASSES)
     twin = TwinMicroscope(seed=0)
     centres = twin.specimen.survey_centres(20e-6)[:2]
     images = []

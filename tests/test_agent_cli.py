@@ -9,11 +9,11 @@ import re
 
 import pytest
 import torch
+from plumbing_model import untrained
 from typer.testing import CliRunner
 
 from instruments.session_file.reader import SessionReader
 from models.classifier import Classifier
-from models.config import FusionConfig
 from twins.classes import SEM_CLASSES
 from workflows.cli.app import app
 
@@ -28,9 +28,7 @@ def checkpoints(tmp_path_factory):
     paths = {}
     for name, classes, seed in (("a", SEM_CLASSES, 0), ("b", SEM_CLASSES, 1),
                                 ("other", ("cats", "dogs"), 2)):
-        torch.manual_seed(seed)
-        paths[name] = str(Classifier.create(FusionConfig.ablation("vit_only"),
-                                            classes).save(root / name))
+        paths[name] = str(untrained(classes, seed).save(root / name))
     return paths
 
 

@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from plumbing_model import untrained
 
 from agent.config import RunConfig
 from agent.nodes import acquire
@@ -17,8 +18,6 @@ from instruments.devices.frame import ImagingSettings
 from instruments.devices.safety import GuardedMicroscope, SafetyEnvelope
 from instruments.session_file.decision_record import DecisionRecord, Position, Timings
 from instruments.session_file.reader import SessionReader
-from models.classifier import Classifier
-from models.config import FusionConfig
 from twins.classes import SEM_CLASSES
 from twins.faults import FaultSpec
 from twins.microscope import TwinMicroscope
@@ -29,8 +28,7 @@ IMAGING = {"fov": 20e-6, "pixels": 128, "dwell": 2e-6}
 
 @pytest.fixture(scope="module")
 def classifier():
-    torch.manual_seed(0)
-    return Classifier.create(FusionConfig.ablation("vit_only"), SEM_CLASSES)
+    return untrained(SEM_CLASSES)
 
 
 class LoggingTwin(TwinMicroscope):

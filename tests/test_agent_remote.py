@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from plumbing_model import untrained
 from rich.console import Console
 from twin_process import served_twin
 
 from agent.config import RunConfig
 from instruments.session_file.reader import SessionReader
-from models.classifier import Classifier
-from models.config import FusionConfig
 from twins.classes import SEM_CLASSES
 from workflows.session_assembly import run_session
 
@@ -24,8 +23,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="module")
 def classifier():
-    torch.manual_seed(0)
-    return Classifier.create(FusionConfig.ablation("vit_only"), SEM_CLASSES)
+    return untrained(SEM_CLASSES)
 
 
 def config_for(tmp_path: Path, instrument: str, **kw) -> RunConfig:

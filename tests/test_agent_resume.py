@@ -18,6 +18,7 @@ import pytest
 import torch
 from crash_points import Crash, crash_at
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+from plumbing_model import untrained
 
 from agent import graph as graph_module
 from agent.checkpoint_store import BoundedSqliteSaver, steps_written
@@ -27,8 +28,6 @@ from instruments.devices.frame import ImagingSettings
 from instruments.devices.safety import GuardedMicroscope, SafetyEnvelope
 from instruments.session_file.decision_record import DecisionRecord, QualityRecord
 from instruments.session_file.reader import SessionReader, read_records
-from models.classifier import Classifier
-from models.config import FusionConfig
 from twins.classes import SEM_CLASSES
 from twins.microscope import TwinMicroscope
 
@@ -38,8 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def classifier():
-    torch.manual_seed(0)
-    return Classifier.create(FusionConfig.ablation("vit_only"), SEM_CLASSES)
+    return untrained(SEM_CLASSES)
 
 
 def session_for(tmp_path: Path, classifier, session_id: str, rescans: bool = True,

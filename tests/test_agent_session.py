@@ -13,6 +13,7 @@ import uuid
 import numpy as np
 import pytest
 import torch
+from plumbing_model import untrained
 
 from agent.adjudication.demonstrations import DemonstrationBank
 from agent.approval_broker import ApprovalBroker
@@ -25,7 +26,6 @@ from instruments.devices.safety import GuardedMicroscope, SafetyEnvelope
 from instruments.session_file.decision_record import RECORD_VERSION
 from instruments.session_file.reader import SessionReader
 from models.classifier import Classifier
-from models.config import FusionConfig
 from twins.classes import SEM_CLASSES
 from twins.faults import FaultSpec
 from twins.microscope import TwinMicroscope
@@ -38,8 +38,7 @@ RECORD_KEYS = {"frame_id", "sequence", "position", "tile", "prediction", "label"
 
 @pytest.fixture(scope="module")
 def classifier():
-    torch.manual_seed(0)
-    return Classifier.create(FusionConfig.ablation("vit_only"), SEM_CLASSES)
+    return untrained(SEM_CLASSES)
 
 
 @pytest.fixture(scope="module")

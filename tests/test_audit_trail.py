@@ -11,6 +11,7 @@ import uuid
 
 import pytest
 import torch
+from plumbing_model import untrained
 
 from agent.approval_broker import ApprovalBroker
 from agent.approval_request import HumanDecision
@@ -18,8 +19,6 @@ from agent.config import RunConfig
 from agent.session import Session, SessionParts
 from instruments.devices.safety import GuardedMicroscope, SafetyEnvelope
 from instruments.session_file.reader import SessionReader
-from models.classifier import Classifier
-from models.config import FusionConfig
 from twins.classes import SEM_CLASSES
 from twins.microscope import TwinMicroscope
 from workflows.report.session_report import build_report
@@ -40,8 +39,7 @@ ANSWERS = [
 
 @pytest.fixture(scope="module")
 def session_file(tmp_path_factory) -> str:
-    torch.manual_seed(0)
-    classifier = Classifier.create(FusionConfig.ablation("vit_only"), SEM_CLASSES)
+    classifier = untrained(SEM_CLASSES)
     tmp = tmp_path_factory.mktemp("audit")
     twin = TwinMicroscope(seed=0)
     positions = [{"x": p.x, "y": p.y, "row": 0, "col": i}

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from plumbing_model import untrained
 
 from agent.autofocus import AutofocusSettings
 from agent.config import RunConfig
@@ -20,8 +21,6 @@ from agent.session import Session, SessionParts
 from instruments.devices.safety import GuardedMicroscope, SafetyEnvelope
 from instruments.session_file.decision_record import AUTOFOCUS
 from instruments.session_file.reader import SessionReader
-from models.classifier import Classifier
-from models.config import FusionConfig
 from twins.classes import SEM_CLASSES
 from twins.microscope import TwinMicroscope
 
@@ -32,8 +31,7 @@ BUDGET = AutofocusSettings().frames
 
 @pytest.fixture(scope="module")
 def classifier():
-    torch.manual_seed(0)
-    return Classifier.create(FusionConfig.ablation("vit_only"), SEM_CLASSES)
+    return untrained(SEM_CLASSES)
 
 
 class KillAt(TwinMicroscope):

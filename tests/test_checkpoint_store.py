@@ -19,6 +19,7 @@ import pytest
 import torch
 from crash_points import Crash, crash_at
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+from plumbing_model import untrained
 
 from agent.checkpoint_store import PRUNE_EVERY, BoundedSqliteSaver, steps_written
 from agent.config import RunConfig, checkpoint_path, work_dir
@@ -28,8 +29,6 @@ from agent.session import Session, SessionParts
 from agent.survey_plan import PlanError
 from instruments.devices.safety import GuardedMicroscope, SafetyEnvelope
 from instruments.session_file.reader import SessionReader
-from models.classifier import Classifier
-from models.config import FusionConfig
 from twins.classes import SEM_CLASSES
 from twins.microscope import TwinMicroscope
 
@@ -39,8 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def classifier():
-    torch.manual_seed(0)
-    return Classifier.create(FusionConfig.ablation("vit_only"), SEM_CLASSES)
+    return untrained(SEM_CLASSES)
 
 
 def survey(tmp_path: Path, classifier, frames: int, session_id: str | None = None) -> Session:

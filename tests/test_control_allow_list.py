@@ -12,6 +12,7 @@ import subprocess
 import pytest
 import torch
 from nion_bridge import needs_nion, running_bridge
+from plumbing_model import untrained
 from test_agent_resume import start
 from twin_process import served_twin
 
@@ -21,8 +22,6 @@ from instruments.devices.frame import ImagingSettings
 from instruments.devices.safety import GuardedMicroscope, SafetyEnvelope, dose_per_nm2
 from instruments.devices.tem_client import TemClient
 from instruments.session_file.reader import SessionReader
-from models.classifier import Classifier
-from models.config import FusionConfig
 from twins.classes import SEM_CLASSES
 
 # what the second fault campaign set through set_control, and got
@@ -132,7 +131,7 @@ def test_micagent_run_records_no_frame_over_the_dose_limit_when_the_console_rais
     session file's incident log says why for each position."""
     torch.manual_seed(0)
     model = tmp_path / "model"
-    Classifier.create(FusionConfig.ablation("vit_only"), SEM_CLASSES).save(model)
+    untrained(SEM_CLASSES).save(model)
     out = tmp_path / "s.h5"
     limit = 1e4              # requested: 10 e/nm^2 at 100 pA; at 1 uA: 1e5 per frame
     with served_twin("tem", extra=("--beam-current", "1e-6")) as served:

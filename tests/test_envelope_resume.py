@@ -6,14 +6,13 @@ from __future__ import annotations
 import os
 
 import torch
+from plumbing_model import untrained
 from test_agent_resume import kill_after_steps, start
 
 from agent.checkpoint_store import BoundedSqliteSaver
 from agent.config import checkpoint_path
 from agent.graph import open_checkpointer
 from instruments.session_file.reader import SessionReader
-from models.classifier import Classifier
-from models.config import FusionConfig
 from twins.classes import SEM_CLASSES
 
 MAX_MOVES = 3
@@ -40,7 +39,7 @@ def saver_thread(saver: BoundedSqliteSaver) -> str:
 def test_max_moves_holds_across_a_sigkill_and_resume(tmp_path):
     torch.manual_seed(0)
     model = tmp_path / "model"
-    Classifier.create(FusionConfig.ablation("vit_only"), SEM_CLASSES).save(model)
+    untrained(SEM_CLASSES).save(model)
     out, state = tmp_path / "s.h5", tmp_path / "state"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = start(["--model", str(model), "--bank", "none", "--frames", str(FRAMES),

@@ -15,6 +15,7 @@ import event_model
 import pytest
 import torch
 from crash_points import Crash, crash_at
+from plumbing_model import untrained
 from rich.console import Console
 from rich.progress import Progress
 
@@ -26,8 +27,6 @@ from agent.session import Session, SessionParts
 from agent.state import DROPPED, EVENTS_KEPT, keep_recent
 from instruments.devices.safety import GuardedMicroscope, SafetyEnvelope
 from instruments.session_file.reader import SessionReader
-from models.classifier import Classifier
-from models.config import FusionConfig
 from twins.classes import SEM_CLASSES
 from twins.faults import FaultSpec
 from twins.microscope import TwinMicroscope
@@ -39,8 +38,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="module")
 def classifier():
-    torch.manual_seed(0)
-    return Classifier.create(FusionConfig.ablation("vit_only"), SEM_CLASSES)
+    return untrained(SEM_CLASSES)
 
 
 class Documents(StreamReader):

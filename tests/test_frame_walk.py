@@ -23,14 +23,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from plumbing_model import untrained
 
 from agent.config import RunConfig
 from agent.nodes.rescan import SWEEP_STEPS
 from agent.session import Session, SessionParts
 from instruments.devices.safety import GuardedMicroscope, SafetyEnvelope
 from instruments.session_file.reader import SessionReader
-from models.classifier import Classifier
-from models.config import FusionConfig
 from twins.classes import SEM_CLASSES
 from twins.microscope import TwinMicroscope
 
@@ -45,8 +44,7 @@ GUARD = "instruments/devices/safety.py"
 
 @pytest.fixture(scope="module")
 def classifier():
-    torch.manual_seed(0)
-    return Classifier.create(FusionConfig.ablation("vit_only"), SEM_CLASSES)
+    return untrained(SEM_CLASSES)
 
 
 def _product(filename: str) -> str | None:

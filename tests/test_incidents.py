@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from plumbing_model import untrained
 from rich.console import Console
 from twin_process import served_twin
 
@@ -51,13 +51,10 @@ def test_bad_frames_name_their_fault(image, fault) -> None:
 
 
 def test_a_session_over_a_faulty_server_logs_the_faults_it_recovered_from(tmp_path) -> None:
-    from models.classifier import Classifier
-    from models.config import FusionConfig
     from twins.classes import SEM_CLASSES
     from workflows.session_assembly import run_session
 
-    torch.manual_seed(0)
-    classifier = Classifier.create(FusionConfig.ablation("vit_only"), SEM_CLASSES)
+    classifier = untrained(SEM_CLASSES)
     with served_twin("tem", faults="nan@2,shape@4") as server:
         config = RunConfig(session_id=str(uuid.uuid4()), instrument=server.uri,
                            out=str(tmp_path / "s.h5"), state_dir=str(tmp_path / "state"),

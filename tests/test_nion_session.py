@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from nion_bridge import needs_nion, running_bridge, start_bridge
+from plumbing_model import untrained
 from rich.console import Console
 
 from agent.approval_broker import ApprovalBroker
@@ -26,8 +27,6 @@ from agent.objectives import spiral_position
 from instruments.devices.frame import StagePosition
 from instruments.devices.tem_client import TemClient
 from instruments.session_file.reader import SessionReader
-from models.classifier import Classifier
-from models.config import FusionConfig
 from twins.classes import SEM_CLASSES
 from workflows.session_assembly import run_session
 
@@ -39,8 +38,7 @@ ENVELOPE = {"fov": [1e-9, 1e-6], "stage_x": [-5e-7, 5e-7], "stage_y": [-5e-7, 5e
 
 @pytest.fixture(scope="module")
 def classifier():
-    torch.manual_seed(0)
-    return Classifier.create(FusionConfig.ablation("vit_only"), SEM_CLASSES)
+    return untrained(SEM_CLASSES)
 
 
 @pytest.fixture(scope="module")

@@ -18,12 +18,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-import torch
 from distributed import Client, LocalCluster
+from plumbing_model import untrained
 from typer.testing import CliRunner
 
-from models.classifier import Classifier
-from models.config import FusionConfig
 from twins.classes import SEM_CLASSES
 from twins.recorded_sessions import write_twin_session
 from workflows.cli.app import app
@@ -218,11 +216,8 @@ def test_the_archive_report_renders_the_summary(replayed, tmp_path) -> None:
 @pytest.fixture(scope="module")
 def other_models(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    return {"sem": Classifier.create(FusionConfig.ablation("vit_only"),
-                                     SEM_CLASSES).save(root / "sem"),
-            "cats": Classifier.create(FusionConfig.ablation("vit_only"),
-                                      ("cats", "dogs")).save(root / "cats")}
+    return {"sem": untrained(SEM_CLASSES).save(root / "sem"),
+            "cats": untrained(("cats", "dogs")).save(root / "cats")}
 
 
 def test_a_folder_of_another_models_results_is_refused(replayed, archive, other_models,

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from plumbing_model import untrained
 from rich.console import Console
 
 from agent.config import RunConfig
 from instruments.session_file.reader import SessionReader
 from models.classifier import Classifier
-from models.config import FusionConfig
 from models.risk import RiskControl, risk_coverage
 from twins.classes import SEM_CLASSES
 from workflows.report.risk_coverage import risk_coverage as session_curve
@@ -96,15 +96,13 @@ def test_target_risk_sets_coverage_in_the_expected_direction(tmp_path, bundled):
 
 
 def test_target_risk_needs_a_model_with_a_risk_calibration(tmp_path):
-    torch.manual_seed(0)
-    bare = Classifier.create(FusionConfig.ablation("vit_only"), SEM_CLASSES)
+    bare = untrained(SEM_CLASSES)
     with pytest.raises(StartError, match="risk control"):
         session(tmp_path, bare, target_risk=0.01)
 
 
 def test_a_frame_without_signal_gets_a_longer_dwell_then_no_label(tmp_path):
-    torch.manual_seed(0)
-    clf = Classifier.create(FusionConfig.ablation("vit_only"), SEM_CLASSES)
+    clf = untrained(SEM_CLASSES)
     config = RunConfig(session_id=str(uuid.uuid4()), out=str(tmp_path / "s.h5"),
                        state_dir=str(tmp_path / "state"), bank="none", frames=1,
                        imaging={"fov": 20e-6, "pixels": 128, "dwell": 2e-6,

@@ -16,6 +16,7 @@ from urllib.parse import quote, quote_plus
 
 import numpy as np
 import pytest
+from plumbing_model import untrained
 
 from instruments.utils.redaction import install_log_redaction, redact, redact_bytes, redact_value
 from twins.vlm_server import ChatHandler, serving, url
@@ -73,15 +74,12 @@ def log_file(tmp_path: Path):
 
 
 def test_echoed_keys_reach_no_file_and_no_log(echo_server, tmp_path, monkeypatch, log_file):
-    import torch
 
     from agent.adjudication.demonstrations import DemonstrationBank
     from agent.config import RunConfig, checkpoint_path
     from agent.session import Session, SessionParts
     from instruments.devices.safety import GuardedMicroscope, SafetyEnvelope
     from instruments.session_file.reader import SessionReader
-    from models.classifier import Classifier
-    from models.config import FusionConfig
     from twins.classes import SEM_CLASSES
     from twins.microscope import TwinMicroscope
 
@@ -91,8 +89,7 @@ def test_echoed_keys_reach_no_file_and_no_log(echo_server, tmp_path, monkeypatch
                        url(echo_server).replace("://", f"://operator:{password}@"))
     monkeypatch.setenv("MICAGENT_VLM_MODEL", "echo-vlm")
     monkeypatch.setenv("OPENAI_API_KEY", secret)
-    torch.manual_seed(0)
-    classifier = Classifier.create(FusionConfig.ablation("vit_only"), SEM_CLASSES)
+    classifier = untrained(SEM_CLASSES)
     twin = TwinMicroscope(seed=0)
     centres = twin.specimen.survey_centres(20e-6)[:3]
     images = []

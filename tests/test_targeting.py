@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from plumbing_model import untrained
 
 from agent.config import RunConfig
 from agent.session import Session, SessionParts
@@ -33,8 +34,6 @@ from agent.targeting import (
 from instruments.devices.frame import StagePosition
 from instruments.devices.safety import GuardedMicroscope, SafetyEnvelope
 from instruments.session_file.reader import SessionReader
-from models.classifier import Classifier
-from models.config import FusionConfig
 from twins.classes import SEM_CLASSES
 from twins.microscope import TwinMicroscope
 from workflows.report.hunt_cost import hunt_rows
@@ -47,8 +46,7 @@ BOUNDS = ((-1e-3, 1e-3), (-1e-3, 1e-3))
 
 @pytest.fixture(scope="module")
 def classifier():
-    torch.manual_seed(0)
-    return Classifier.create(FusionConfig.ablation("vit_only"), SEM_CLASSES)
+    return untrained(SEM_CLASSES)
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,8 @@ import event_model
 import httpx
 import numpy as np
 import pytest
-import torch
 from PIL import Image
+from plumbing_model import untrained
 from web_browser import require_chromium, wait_for_page_url
 
 from agent.approval_broker import ApprovalBroker
@@ -31,8 +31,6 @@ from instruments.session_file.overview import StoredOverview
 from instruments.session_file.reader import SessionReader
 from instruments.session_file.writer import SessionWriter
 from instruments.utils.image8 import to_uint8
-from models.classifier import Classifier
-from models.config import FusionConfig
 from twins.classes import SEM_CLASSES
 from twins.microscope import TwinMicroscope
 from twins.operator_browser import headless_chromium
@@ -145,8 +143,7 @@ def _run_hunt(tmp_path: Path, classifier, session_id: str) -> list[dict]:
 
 def test_the_overview_event_is_the_stored_one_and_a_resumed_run_sends_it_again(tmp_path):
     """With the frames recorded before the resume: a page that joins then draws them too."""
-    torch.manual_seed(0)
-    classifier = Classifier.create(FusionConfig.ablation("vit_only"), SEM_CLASSES)
+    classifier = untrained(SEM_CLASSES)
     first = _run_hunt(tmp_path, classifier, "hunt-map")
     again = _run_hunt(tmp_path, classifier, "hunt-map")     # the checkpoint says: done
     with SessionReader(tmp_path / "s.h5") as reader:
