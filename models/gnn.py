@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch_geometric.nn import global_mean_pool
 
 from models.config import FusionConfig
 from models.graph import ChebGraphEncoder, build_vision_graphs
@@ -28,6 +27,8 @@ class ChebGNNEncoder(nn.Module):
         self.graph = ChebGraphEncoder(config.d, config.cheb_order, config.gnn_layers)
 
     def forward(self, inputs: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        from torch_geometric.nn import global_mean_pool  # where used: see models/graph.py
+
         similarity, patches = self.embed(inputs)
         graphs = build_vision_graphs(similarity, patches, self.k)
         return global_mean_pool(self.graph(graphs), graphs.batch, size=patches.shape[0])

@@ -6,20 +6,28 @@ embedding, not grid position), made undirected. Optionally a virtual node is add
 both ways to every patch node. kNN is computed in torch (cdist/topk; PyG's knn_graph needs
 pyg-lib). Graphs of a batch are merged with torch_geometric's Batch. Node features are encoded
 by ChebConv layers with ReLU (eq. 15-16).
+
+torch_geometric is imported where it is used, not with this module: its import loads
+torch._dynamo and PyG's dataset and LLM modules (about 5 s of every `micagent` start on the
+2-core machine), which a model without a graph branch (vit_only, fewshot) never needs.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch_geometric.data import Batch, Data
-from torch_geometric.nn import ChebConv
-from torch_geometric.utils import to_undirected
+
+if TYPE_CHECKING:
+    from torch_geometric.data import Batch
 
 
 def knn_edges(features: torch.Tensor, k: int) -> torch.Tensor:
     """features (n, d) -> undirected edge_index (2, E) joining each node to its k most similar."""
+    from torch_geometric.utils import to_undirected
+
     n = features.shape[0]
     k = min(k, n - 1)
     if k < 1:
@@ -40,6 +48,8 @@ def build_vision_graphs(similarity: torch.Tensor, nodes: torch.Tensor, k: int,
     similarity (B, n, d): features the kNN search compares; nodes (B, n, d): node features;
     virtual (B, d) or None: features of a virtual node appended as node n of every graph.
     """
+    from torch_geometric.data import Batch, Data
+
     graphs = []
     for b in range(nodes.shape[0]):
         edge_index = knn_edges(similarity[b], k)
@@ -59,6 +69,8 @@ class ChebGraphEncoder(nn.Module):
     """Stack of ChebConv + ReLU layers over a Batch of graphs -> node embeddings (N, d)."""
 
     def __init__(self, d: int, order: int, layers: int = 1) -> None:
+        from torch_geometric.nn import ChebConv
+
         super().__init__()
         self.convs = nn.ModuleList(ChebConv(d, d, K=order) for _ in range(layers))
 

@@ -12,7 +12,6 @@ import os
 from dataclasses import dataclass, replace
 
 import numpy as np
-import openai
 
 from agent.adjudication.base import AnswerError, Demonstration, Verdict
 from agent.adjudication.cache import AnswerCache
@@ -56,11 +55,15 @@ class OpenAIAdjudicator:
         self.fallback = fallback or OfflineKnnAdjudicator()
         key = api_key or os.environ.get("OPENAI_API_KEY") or "not-needed"
         register_secret(key)                 # redacted wherever it could be quoted back
+        import openai  # here, not at the top: 1.3 s of every start, used only with a VLM
+
         self.client = openai.OpenAI(base_url=config.base_url, api_key=key,
                                     timeout=config.timeout_s, max_retries=0)
 
     def adjudicate(self, image: np.ndarray, demonstrations: list[Demonstration],
                    class_names: list[str], embedding: np.ndarray | None = None) -> Verdict:
+        import openai
+
         ids = [d.id for d in demonstrations]
         key = prompt_hash(image, demonstrations, self.config.model, class_names)
         cached = self.cache.get(key)
