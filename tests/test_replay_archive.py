@@ -28,7 +28,6 @@ from workflows.cli.app import app
 from workflows.replay.archive import ArchiveError, plan_ranges, replay_archive
 from workflows.replay.store import ResultsFolder
 from workflows.replay.task import short_key
-from workflows.session_assembly import BUNDLED_MODEL
 
 FRAMES = {"a": 4, "b": 3, "c": 5, "d": 2, "e": 4}       # five good sessions, 18 frames
 PER_TASK = 2                                            # sessions split into ranges of 2
@@ -50,6 +49,13 @@ def archive(tmp_path_factory) -> Path:
     whole.unlink()
     shutil.copy(Path(__file__).parent / "data" / "session_zeroed_block.h5", folder / "g_loops.h5")
     return folder
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    """The model every replay here uses: a plumbing model (tests/plumbing_model.py), since
+    these tests are about the archive's bookkeeping, not about what the model decides."""
+    return untrained(SEM_CLASSES).save(tmp_path_factory.mktemp("model") / "plumbing")
 
 
 @pytest.fixture(scope="module")
@@ -91,14 +97,14 @@ def _kill_a_busy_worker(client: Client, running: threading.Thread) -> tuple[str,
 
 
 @pytest.fixture(scope="module")
-def replayed(archive, input_hashes, client, state_dir, tmp_path_factory):
+def replayed(archive, input_hashes, client, state_dir, model, tmp_path_factory):
     """The archive (and one of its files a second time) replayed while a worker is killed."""
     out = tmp_path_factory.mktemp("results") / "run"
     result: dict = {}
 
     def run() -> None:
         result["summary"] = replay_archive(client, [str(archive), str(archive / "b.h5")],
-                                        BUNDLED_MODEL, out, state_dir=state_dir,
+                                        model, out, state_dir=state_dir,
                                         frames_per_task=PER_TASK, quiet=True)
 
     thread = threading.Thread(target=run)
@@ -154,20 +160,21 @@ def test_a_worker_killed_mid_task_loses_nothing_and_duplicates_nothing(replayed,
 
 
 def test_a_rerun_recomputes_nothing_and_a_partial_run_resumes(replayed, archive, client,
-                                                              state_dir, tmp_path) -> None:
+                                                              state_dir, model,
+                                                              tmp_path) -> None:
     out, _, _ = replayed
     parts = sorted(p.name for p in (out / "frames").iterdir())
-    again = replay_archive(client, [str(archive)], BUNDLED_MODEL, out, state_dir=state_dir,
+    again = replay_archive(client, [str(archive)], model, out, state_dir=state_dir,
                         frames_per_task=PER_TASK, quiet=True)
     assert sorted(p.name for p in (out / "frames").iterdir()) == parts
     assert again["frames"] == 18 and again["sessions"] == {"done": 5, "failed": 2}
 
     # a run that stopped after two sessions, resumed over all of them with another range size
     partial = tmp_path / "partial"
-    replay_archive(client, [str(archive / "a.h5"), str(archive / "c.h5")], BUNDLED_MODEL,
+    replay_archive(client, [str(archive / "a.h5"), str(archive / "c.h5")], model,
                 partial, state_dir=state_dir, frames_per_task=PER_TASK, quiet=True)
     first = {p.name for p in (partial / "frames").iterdir()}
-    resumed = replay_archive(client, [str(archive)], BUNDLED_MODEL, partial, state_dir=state_dir,
+    resumed = replay_archive(client, [str(archive)], model, partial, state_dir=state_dir,
                           frames_per_task=3, quiet=True)
     assert resumed["frames"] == 18
     rows = ResultsFolder(partial).table("frames").to_pylist()
@@ -180,10 +187,11 @@ def test_a_rerun_recomputes_nothing_and_a_partial_run_resumes(replayed, archive,
                                                 ("e", 3, 4)]
 
 
-def test_rows_equal_what_single_file_replay_decides(replayed, archive, state_dir) -> None:
+def test_rows_equal_what_single_file_replay_decides(replayed, archive, state_dir,
+                                                    model) -> None:
     out, _, _ = replayed
     result = CliRunner().invoke(app, ["replay", str(archive / "c.h5"), "--json",
-                                      "--state-dir", str(state_dir)])
+                                      "--model", str(model), "--state-dir", str(state_dir)])
     assert result.exit_code == 0, result.output
     diff = json.loads(next(line for line in reversed(result.stdout.splitlines())
                            if line.startswith("{")))
@@ -216,7 +224,7 @@ def test_the_archive_report_renders_the_summary(replayed, tmp_path) -> None:
 @pytest.fixture(scope="module")
 def other_models(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")
-    return {"sem": untrained(SEM_CLASSES).save(root / "sem"),
+    return {"sem": untrained(SEM_CLASSES, seed=1).save(root / "sem"),
             "cats": untrained(("cats", "dogs")).save(root / "cats")}
 
 
@@ -270,15 +278,15 @@ def test_ranges_cover_only_frames_not_yet_stored() -> None:
 
 
 def test_the_command_starts_a_local_cluster_prints_its_dashboard_and_reports_failures(
-        archive, state_dir, tmp_path) -> None:
+        archive, state_dir, model, tmp_path) -> None:
     out = tmp_path / "results"
     foreign = tmp_path / "not_micagent.h5"                # HDF5, but no session in it
     with h5py.File(foreign, "w") as f:
         f["image"] = np.zeros((8, 8), dtype=np.float32)
     result = CliRunner().invoke(app, [
         "replay", str(archive / "d.h5"), str(archive / "f_truncated.h5"), str(foreign),
-        "--out", str(out), "--workers", "1", "--state-dir", str(state_dir), "--json",
-        "--quiet"])
+        "--out", str(out), "--workers", "1", "--model", str(model), "--state-dir",
+        str(state_dir), "--json", "--quiet"])
     assert result.exit_code == 1, result.output          # two inputs failed, the rest done
     assert "local cluster: 1 worker processes; dashboard: http://127.0.0.1:" in result.output
     summary = json.loads(next(line for line in reversed(result.stdout.splitlines())
