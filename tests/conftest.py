@@ -71,3 +71,13 @@ def untrained_classifier():
     from plumbing_model import untrained
 
     return untrained()
+
+
+@pytest.fixture(scope="session")
+def plumbing_checkpoint(tmp_path_factory) -> Path:
+    """A saved plumbing model (tests/plumbing_model.py) for `micagent` subprocesses whose
+    test is about control flow: `--model` it (with `--bank none`) instead of the bundled
+    model, whose load and 1.3 s per frame are paid in every such process."""
+    from plumbing_model import untrained
+
+    return untrained().save(tmp_path_factory.mktemp("plumbing") / "model")

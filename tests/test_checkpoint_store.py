@@ -132,14 +132,15 @@ def test_a_resume_on_another_plan_stops_with_a_clear_error(tmp_path, classifier,
         assert "PlanError" in reader.provenance["reason"]
 
 
-def test_the_cli_says_in_one_line_why_a_session_cannot_go_on(tmp_path):
+def test_the_cli_says_in_one_line_why_a_session_cannot_go_on(tmp_path, plumbing_checkpoint):
     """`micagent run` SIGKILLed mid-survey, its plan file replaced, then `--resume`: exit 1
     with one error line naming the plan, and the frames recorded before the kill kept."""
     state, out = tmp_path / "state", tmp_path / "s.h5"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     base = [sys.executable, "-m", "workflows", "run"]
     proc = subprocess.Popen([*base, "--frames", "12", "--pixels", "64", "--bank", "none",
-                             "--out", str(out), "--state-dir", str(state), "--quiet"],
+                             "--model", str(plumbing_checkpoint), "--out", str(out),
+                             "--state-dir", str(state), "--quiet"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     while steps_written(checkpoint_path(out)) < 20:          # a few frames in

@@ -53,12 +53,13 @@ def status_and_sequences(path: Path) -> tuple[str, list[int]]:
 
 
 @pytest.mark.parametrize("margin_mb", [0, 0.5], ids=["disk-fills-mid-write", "space-check"])
-def test_full_disk_stops_disk_full_and_resume_records_every_frame(tmp_path: Path,
-                                                                   margin_mb: float):
+def test_full_disk_stops_disk_full_and_resume_records_every_frame(
+        tmp_path: Path, margin_mb: float, plumbing_checkpoint: Path):
     with small_filesystem(tmp_path / "small", "2m") as disk:
         out, state = disk / "session.h5", tmp_path / "state"
         run = ["run", "--frames", str(FRAMES), "--pixels", "128", "--out", str(out),
-               "--state-dir", str(state), "--quiet"]
+               "--model", str(plumbing_checkpoint), "--bank", "none", "--state-dir", str(state),
+               "--quiet"]
         stopped = micagent(*run, margin_mb=margin_mb)
         assert stopped.returncode == 1, stopped.stderr
         assert "Traceback" not in stopped.stderr

@@ -39,12 +39,13 @@ def one_error_line(done: subprocess.CompletedProcess) -> str:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["TERM", "HUP"])
-def test_a_stop_signal_closes_the_file_interrupted_with_the_resume_hint(tmp_path: Path,
-                                                                         signum: int):
+def test_a_stop_signal_closes_the_file_interrupted_with_the_resume_hint(
+        tmp_path: Path, signum: int, plumbing_checkpoint: Path):
     out = tmp_path / "s.h5"
     proc = subprocess.Popen([sys.executable, "-m", "workflows", "run", "--frames", "500",
                              "--pixels", "64", "--out", str(out), "--state-dir",
-                             str(tmp_path / "state"), "--quiet"],
+                             str(tmp_path / "state"), "--model", str(plumbing_checkpoint),
+                             "--bank", "none", "--quiet"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=ENV, cwd=REPO)
     thumbnails = Path(f"{out}.work") / "thumbnails"
