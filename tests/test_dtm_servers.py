@@ -123,13 +123,14 @@ def test_a_lost_connection_comes_back_with_the_microscope_and_data_set_up_again(
 
 
 def test_micagent_run_records_tiles_with_the_files_calibration(server, nsid, tmp_path,
-                                                               scifi_read):
+                                                               scifi_read, plumbing_checkpoint):
     out = tmp_path / "session.h5"
     uri = f"dtm://{server.host}:{server.port}?data={nsid.path}"
     frames = 4
     result = subprocess.run(
         [str(Path(sys.executable).with_name("micagent")), "run", "--instrument", uri,
-         "--frames", str(frames), "--bank", "none", "--out", str(out), "--quiet",
+         "--frames", str(frames), "--model", str(plumbing_checkpoint), "--bank", "none",
+         "--out", str(out), "--quiet",
          "--state-dir", str(tmp_path / "state")],
         cwd=tmp_path, env=dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
                                PYTHONPATH=str(REPO)),
