@@ -39,6 +39,21 @@ def test_help_and_version_import_no_heavy_library(args: list[str]) -> None:
         assert out.startswith("micagent ")
 
 
+def test_a_session_on_a_model_without_graph_branch_or_vlm_loads_neither_library(
+        plumbing_checkpoint: Path) -> None:
+    """torch_geometric (about 5 s to import) is loaded by a model with a graph branch, and
+    openai by a VLM adjudicator, not by every start."""
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+            "import workflows.session_assembly\n"
+            "from models.classifier import Classifier\n"
+            f"Classifier.load({str(plumbing_checkpoint)!r})\n"
+            "print('loaded:', ' '.join(m for m in ('torch_geometric', 'openai') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True,
+                         timeout=240, check=True).stdout
+    assert out.splitlines()[-1].strip() == "loaded:"
+
+
 def test_the_command_list_names_every_command_with_its_summary() -> None:
     result = CliRunner().invoke(app, ["--help"])
     assert result.exit_code == 0
