@@ -17,7 +17,6 @@ from instruments.session_file.reader import SessionReader
 from twins.classes import SEM_CLASSES
 from twins.recorded_sessions import write_twin_session
 from workflows.replay.task import replay_range, scan_session
-from workflows.session_assembly import BUNDLED_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
 FRAMES, BAD = 4, 1
@@ -30,11 +29,13 @@ def decided(row: dict) -> bool:
                                                   or row["new_route"] in NO_LABEL_ROUTES)
 
 
-def test_single_file_replay_counts_a_nan_frame_as_refused(tmp_path: Path):
+def test_single_file_replay_counts_a_nan_frame_as_refused(tmp_path: Path,
+                                                         plumbing_checkpoint: Path):
     source = write_twin_session(tmp_path / "nan.h5", FRAMES, nan_frames=(BAD,))
     done = subprocess.run(
-        [sys.executable, "-m", "workflows", "replay", str(source), "--json", "--state-dir",
-         str(tmp_path / "state")], capture_output=True, text=True, cwd=REPO, timeout=600,
+        [sys.executable, "-m", "workflows", "replay", str(source), "--json", "--model",
+         str(plumbing_checkpoint), "--state-dir", str(tmp_path / "state")],
+        capture_output=True, text=True, cwd=REPO, timeout=600,
         env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}, check=False)
     assert done.returncode == 1, done.stderr
     diff = json.loads(done.stdout)
@@ -47,16 +48,16 @@ def test_single_file_replay_counts_a_nan_frame_as_refused(tmp_path: Path):
 
 
 @pytest.mark.parametrize("bad_frames", [(BAD,), (0, 1, 2)], ids=["one", "three-in-a-row"])
-def test_archive_replay_gives_the_good_frames_of_a_session_their_rows(tmp_path: Path,
-                                                                       bad_frames):
+def test_archive_replay_gives_the_good_frames_of_a_session_their_rows(
+        tmp_path: Path, bad_frames, plumbing_checkpoint: Path):
     """Bad stored frames are data, not a broken instrument: each fails only itself, also
     several in a row (a live instrument's session stops after three)."""
     from models.classifier import Classifier
 
     source = write_twin_session(tmp_path / "nan.h5", FRAMES, nan_frames=bad_frames)
-    classifier = Classifier.load(BUNDLED_MODEL, class_names=list(SEM_CLASSES))
+    classifier = Classifier.load(plumbing_checkpoint, class_names=list(SEM_CLASSES))
     rows = replay_range(scan_session(source), 0, FRAMES, classifier, lambda *_: None,
-                        str(BUNDLED_MODEL), tmp_path / "state", tmp_path / "scratch")
+                        str(plumbing_checkpoint), tmp_path / "state", tmp_path / "scratch")
     with SessionReader(source) as reader:
         ids = [record.frame_id for record in reader.records()]
     assert [row["frame_id"] for row in rows] == ids

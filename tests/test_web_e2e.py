@@ -16,7 +16,7 @@ from instruments.session_file.reader import SessionReader
 from twins.operator_browser import headless_chromium
 
 
-def test_web_approval_of_a_twin_session(tmp_path: Path) -> None:
+def test_web_approval_of_a_twin_session(tmp_path: Path, plumbing_checkpoint: Path) -> None:
     require_chromium()
     from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
     from selenium.webdriver.common.by import By
@@ -28,7 +28,7 @@ def test_web_approval_of_a_twin_session(tmp_path: Path) -> None:
     # --confidence 1.0: no frame is confident, so every frame reaches the approval page
     command = [sys.executable, "-c", "from workflows.cli.app import app; app()", "run",
                "--approve", "uncertain", "--ui", "web", "--frames", "2", "--confidence", "1.0",
-               "--pixels", "128",
+               "--pixels", "128", "--model", str(plumbing_checkpoint), "--bank", "none",
                "--out", str(session_file), "--state-dir", str(tmp_path / "state"), "--quiet"]
     env = {**os.environ, "COLUMNS": "250", "OMP_NUM_THREADS": "1"}
     with open(out_log, "w") as out, open(err_log, "w") as err:
