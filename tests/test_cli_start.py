@@ -39,12 +39,13 @@ def test_help_and_version_import_no_heavy_library(args: list[str]) -> None:
         assert out.startswith("micagent ")
 
 
-def test_a_session_on_a_model_without_graph_branch_or_vlm_loads_neither_library(
+def test_a_model_without_graph_branch_and_the_vlm_module_load_neither_library(
         plumbing_checkpoint: Path) -> None:
     """torch_geometric (about 5 s to import) is loaded by a model with a graph branch, and
-    openai by a VLM adjudicator, not by every start."""
+    openai by a VLM adjudicator when it is built, not by every start (the session imports
+    the VLM module)."""
     code = (f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
-            "import workflows.session_assembly\n"
+            "import agent.adjudication.openai_vlm\n"
             "from models.classifier import Classifier\n"
             f"Classifier.load({str(plumbing_checkpoint)!r})\n"
             "print('loaded:', ' '.join(m for m in ('torch_geometric', 'openai') "

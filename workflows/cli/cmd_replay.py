@@ -17,10 +17,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from workflows.replay.archive import ArchiveError, dask_client, prepare_archive, run_archive
 from workflows.replay.decisions import changes_title
 from workflows.replay.single_file import replay_file
-from workflows.session_assembly import BUNDLED_MODEL
 from workflows.terminal import fail, json_text, one_line
 
 err = Console(stderr=True)
@@ -81,6 +79,11 @@ def replay(
                    "give one of them")
     if frames_per_task < 1 or (workers is not None and workers < 1):
         raise fail("--frames-per-task and --workers must be at least 1")
+    # Dask and the session machinery load only for an archive (about 3 s): a bad single
+    # input is refused before them
+    from workflows.replay.archive import ArchiveError, dask_client, prepare_archive, run_archive
+    from workflows.session_assembly import BUNDLED_MODEL
+
     results = Path(out).resolve()
     try:
         job = prepare_archive(sessions, model or BUNDLED_MODEL, results)

@@ -17,7 +17,6 @@ from instruments.session_file.hdf5_probe import check_metadata_finishes
 from instruments.session_file.reader import SessionReader
 from workflows.replay.config import replay_run_config
 from workflows.replay.decisions import REFUSED, changes_title, replay_row
-from workflows.session_assembly import StartError, run_session
 from workflows.terminal import DAMAGED, fail, file_error, json_text
 
 
@@ -51,6 +50,8 @@ def replay_file(session_file: str, model: str | None, as_json: bool, state_dir: 
         raise fail(f"cannot read {session_file}: {exc}") from exc
     if not old:
         raise fail(f"{session_file} holds no frames to replay")
+    from workflows.session_assembly import StartError, run_session  # after the input is read
+
     replay_id = str(uuid.uuid4())
     out = Path(state_dir).resolve() / "replays" / f"{source.stem}.replay-{replay_id}.h5"
     out.parent.mkdir(parents=True, exist_ok=True)
