@@ -127,6 +127,27 @@ def test_rewriting_a_frame_is_refused_and_resume_appends(session) -> None:
         assert reader.provenance["checkpoint"] == "/models/x"
 
 
+def test_a_torn_link_that_resolves_to_a_later_frame_is_not_a_second_frame(session) -> None:
+    """A kill mid-flush can leave a channel link pointing past the file's end that HDF5
+    cannot remove; once a resumed writer stores a frame at that address, the old link
+    resolves to the new frame (seen in the SIGKILL campaign: the frame counted twice). Such
+    an alias (its index attribute names another channel) is neither read nor indexed."""
+    path, frames, _ = session
+    with h5py.File(path, "r+") as f:
+        f["Measurement_000/Channel_000009"] = f["Measurement_000/Channel_000001"]  # the alias
+    with SessionReader(path) as reader:
+        assert reader.frame_ids == [f.frame_id for f in frames]
+        assert [r.frame_id for r in reader.records()] == [f.frame_id for f in frames]
+    writer = SessionWriter(path, {"session_id": "s-1"})
+    assert writer.frame_ids() == [f.frame_id for f in frames]
+    extra = make_frame(7)
+    assert writer.write_frame(extra, make_record(extra, "Powder")) is True
+    writer.close("completed", "done")
+    with SessionReader(path) as reader:
+        assert reader.summary()["frames"] == 4
+        assert reader.frame_ids == [f.frame_id for f in frames] + [extra.frame_id]
+
+
 def test_reader_never_modifies_the_file(session) -> None:
     path, _, _ = session
     before = hashlib.sha256(path.read_bytes()).hexdigest()

@@ -76,6 +76,15 @@ def channel_path(index: int) -> str:
     return f"{MEASUREMENT_GROUP}/{channel_name(index)}"
 
 
+def is_alias(name: str, group: Any) -> bool:
+    """Whether channel link `name` resolves to a frame stored under another name: a link a
+    kill tore mid-flush points past the file's end, cannot be removed, and once a later frame
+    is written at that address it resolves to that frame (whose index attribute names its own
+    channel). Such a link is not a frame."""
+    index = group.attrs.get(ATTR_INDEX)
+    return index is not None and channel_name(int(index)) != name
+
+
 class SessionFileError(MicagentError):
     """Base of every session-file failure; `path` (also `where`) names the file."""
 

@@ -45,6 +45,7 @@ from instruments.session_file.layout import (
     SessionFileCorrupt,
     SessionFileError,
     channel_json,
+    is_alias,
     is_lock_error,
     read_provenance,
 )
@@ -127,7 +128,7 @@ class SessionReader:
             try:
                 group = measurement[name]
                 complete = isinstance(group, h5py.Group) and bool(
-                    group.attrs.get(ATTR_COMPLETE, False))
+                    group.attrs.get(ATTR_COMPLETE, False)) and not is_alias(name, group)
             except (KeyError, OSError):      # a write a kill cut short: never complete
                 continue
             if complete:

@@ -63,6 +63,7 @@ from instruments.session_file.layout import (
     channel_name,
     channel_path,
     from_json,
+    is_alias,
     is_lock_error,
     jsonable,
     read_provenance,
@@ -379,8 +380,9 @@ class SessionWriter:
                 # a kill mid-flush can leave a link to objects torn or past the file's
                 # recorded end: never a complete frame (complete frames are flushed whole)
                 group, complete = None, False
-            if group is not None and not isinstance(group, h5py.Group):
-                continue
+            if group is not None and (not isinstance(group, h5py.Group)
+                                      or (complete and is_alias(name, group))):
+                continue                        # never deleted: the link shares the object
             if not complete:
                 try:
                     del measurement[name]
