@@ -6,7 +6,9 @@ micagent's dependencies), on a free port of 127.0.0.1."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,6 +30,7 @@ needs_nion = pytest.mark.skipif(
 class Bridge:
     process: subprocess.Popen
     uri: str
+    temporary: Path
     output: list[str] = field(default_factory=list)
 
     @property
@@ -39,9 +42,11 @@ class Bridge:
         return int(self.uri.rsplit(":", 1)[1])
 
     def kill(self) -> None:
+        """SIGKILL, and remove the bridge's temporary folder (a killed bridge cannot)."""
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait(timeout=10)
+        shutil.rmtree(self.temporary, ignore_errors=True)
 
     def terminate(self, timeout: float = 20.0) -> int:
         """SIGTERM, and the exit code (the bridge must close the instrument and exit)."""
@@ -50,14 +55,17 @@ class Bridge:
 
 
 def start_bridge(*args: str, port: int = 0, cwd: Path = REPO) -> Bridge:
-    """Start a bridge in `cwd` and return it once it has printed its READY line."""
+    """Start a bridge in `cwd` and return it once it has printed its READY line. Its
+    temporary files go to a folder of its own (`Bridge.temporary`)."""
     cmd = module_command("instruments.devices.bridges.nion", "--port", str(port), *args,
                          python=NION_PYTHON)
-    process, lines, announced = start_announced(cmd, cwd, dict(os.environ))
+    temporary = Path(tempfile.mkdtemp(prefix="nion-bridge-test-"))
+    process, lines, announced = start_announced(cmd, cwd, {**os.environ, "TMPDIR": str(temporary)})
     if announced is None:
         process.kill()
+        shutil.rmtree(temporary, ignore_errors=True)
         raise RuntimeError(f"bridge did not start: {cmd}\n" + "\n".join(lines))
-    return Bridge(process, announced.split()[1], lines)
+    return Bridge(process, announced.split()[1], temporary, lines)
 
 
 @contextmanager

@@ -50,7 +50,8 @@ def image_shift(before: np.ndarray, after: np.ndarray) -> tuple[float, float]:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_ready_line_first_then_a_signal_closes_the_instrument_and_exits(signum):
+def test_ready_line_first_then_a_signal_closes_the_instrument_and_exits_leaving_no_files(
+        signum):
     bridge = start_bridge("--sample", "1")
     try:
         assert bridge.output[0].startswith("READY tem://127.0.0.1:")
@@ -62,6 +63,7 @@ def test_ready_line_first_then_a_signal_closes_the_instrument_and_exits(signum):
         bridge.process.send_signal(signum)
         assert bridge.process.wait(timeout=20) == 0   # no hang on the kit's threads
         assert not [line for line in bridge.output if "Traceback" in line]
+        assert list(bridge.temporary.iterdir()) == []  # its configuration folder is removed
     finally:
         bridge.kill()
 

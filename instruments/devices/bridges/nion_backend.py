@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import pathlib
+import shutil
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -72,6 +73,11 @@ def _start_kit(configuration: pathlib.Path) -> list[Any]:
     return [close_kit]
 
 
+def _remover(folder: pathlib.Path) -> Any:
+    """A closer that deletes the bridge's own configuration folder (run last: closers pop)."""
+    return lambda: shutil.rmtree(folder, ignore_errors=True)
+
+
 def _find(scan_id: str, instrument_id: str) -> tuple[Any, Any]:
     from nion.instrumentation import HardwareSource
 
@@ -93,7 +99,7 @@ def _find(scan_id: str, instrument_id: str) -> tuple[Any, Any]:
 def open_usim(sample: int = 0) -> NionObjects:
     """Nion's simulator with sample `sample` (0 flake, 1 amorphous, 2 combined test)."""
     configuration = pathlib.Path(tempfile.mkdtemp(prefix="nion-bridge-"))
-    closers = _start_kit(configuration)
+    closers = [_remover(configuration), *_start_kit(configuration)]
     try:
         from nion.usim_device import DeviceConfiguration
 
@@ -122,7 +128,8 @@ def open_hardware(plugins: list[str], scan_id: str, instrument_id: str,
     """The instrument behind the given plug-in packages (each has `run()`/`stop()`, as the
     packages under `nionswift_plugin` that Nion Swift loads)."""
     location = pathlib.Path(configuration or tempfile.mkdtemp(prefix="nion-bridge-"))
-    closers = _start_kit(location)
+    closers = [] if configuration else [_remover(location)]
+    closers += _start_kit(location)
     try:
         for name in plugins:
             try:
