@@ -41,6 +41,7 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 OOD_FILE = "ood.safetensors"
+PROBE_FILE = "stem_probe.safetensors"   # models/stem_probe.py
 
 
 def text_hash(class_names: list[str], descriptions: list[str] | None) -> str:
@@ -206,11 +207,13 @@ def load_checkpoint(path: str | Path, class_names: list[str] | None = None,
 
 
 def checkpoint_sha256(path: str | Path) -> str:
-    """One fingerprint of a checkpoint folder (its config.json and weights; config.json holds
-    the hash of the OOD fit)."""
+    """One fingerprint of a checkpoint folder (its config.json and weights, and its stem probe
+    where it has one; config.json holds the hash of the OOD fit)."""
     folder = Path(path)
     digest = hashlib.sha256()
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         digest.update(file_sha256(folder / name).encode())
+    if (folder / PROBE_FILE).is_file():
+        digest.update(file_sha256(folder / PROBE_FILE).encode())
     return digest.hexdigest()
 

@@ -46,6 +46,7 @@ from models.pooled import PooledStemEncoder
 from models.prediction import Prediction
 from models.preprocess import dihedral_views, preprocess_batch
 from models.risk import RiskControl
+from models.stem_probe import PROBE_FILE, StemProbe
 
 CONFORMAL_SCORE = "LAC"
 
@@ -81,6 +82,7 @@ class Classifier:
         self.ood = ood
         self.head = head  # how a head fitted outside training was made (the few-shot fit)
         self.risk: RiskControl | None = None   # decisions' risk control (models/risk.py)
+        self.probe: StemProbe | None = None    # second opinion on pooled stem features
         self.checkpoint_sha256: str | None = None
 
     @property
@@ -112,6 +114,7 @@ class Classifier:
                   meta["temperature"], conformal.get("qhat"), conformal.get("alpha"),
                   load_ood(Path(path), meta), meta.get("head"))
         clf.risk = RiskControl.load(path)
+        clf.probe = StemProbe.load(path, len(clf.class_names))
         clf.checkpoint_sha256 = checkpoint_sha256(path)
         return clf
 
@@ -122,6 +125,10 @@ class Classifier:
                          "qhat": self.conformal_qhat}
         folder = save_checkpoint(path, self.model, self._class_names, self.descriptions,
                                  self.temperature, conformal, self.ood, self.head)
+        if self.probe is not None:
+            self.probe.save(folder)
+        elif (folder / PROBE_FILE).exists():
+            (folder / PROBE_FILE).unlink()
         self.checkpoint_sha256 = checkpoint_sha256(folder)
         return folder
 
@@ -164,6 +171,18 @@ class Classifier:
         """Raw (uncalibrated) logits; gradients on, the model keeps its train/eval mode."""
         return self.model(batch, lmm_index)
 
+    def decision_scores(self, fusion_logits: torch.Tensor,
+                        pooled: torch.Tensor | None) -> torch.Tensor:
+        """The scores the temperature and the conformal threshold apply to: the fusion head's
+        logits, pooled with the stem probe's opinion where the checkpoint has one
+        (models/stem_probe.py)."""
+        if self.probe is None:
+            return fusion_logits
+        if pooled is None:
+            raise ModelInputError("this checkpoint's stem probe reads stem features; the model "
+                                  "has no stem")
+        return self.probe.pool_with(fusion_logits, pooled)
+
     def calibrate(self, logits, labels, alpha: float = 0.1) -> None:
         """Fit the temperature on even-indexed and the conformal threshold on odd-indexed
         held-out examples (disjoint halves keep the conformal guarantee exact)."""
@@ -200,12 +219,14 @@ class Classifier:
                     batch = self.preprocess_batch(frames[start:start + batch_size])
                     features = self.model.features(batch)
                     lmm_batch = lmm[start:start + batch_size]
+                    stem_pooled = None
                     if self.model.stem is None:
                         h_cross, h_embed = self.model.encode(batch, lmm_batch)
                     else:
                         h_cross, h_embed = self.model.encode_features(features, lmm_batch)
-                        pooled.append(PooledStemEncoder.pool(features))
-                    logits.append(self.model.head(h_cross))
+                        stem_pooled = PooledStemEncoder.pool(features)
+                        pooled.append(stem_pooled)
+                    logits.append(self.decision_scores(self.model.head(h_cross), stem_pooled))
                     embeds.append(h_embed)
                     matches.append({k: v.argmax(-1).tolist()
                                     for k, v in self.model.last_text_scores.items()})

@@ -32,6 +32,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                                           "ablations and the baselines."),
     "fit-ood": ("cmd_train", "fit_ood_cmd", "Fit a checkpoint's out-of-distribution score "
                                             "without retraining it."),
+    "fit-probe": ("cmd_train", "fit_probe_cmd", "Fit a second opinion on the stem's pooled "
+                                                "features, blended with the fusion head."),
     "measure-adjudicators": ("cmd_train", "measure_adjudicators_cmd",
                              "Measure each adjudicator on unsure held-out frames against "
                              "the classifier; store it with the model."),

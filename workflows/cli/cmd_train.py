@@ -323,6 +323,39 @@ def fit_ood_cmd(
                        + f"; reference: {fit['train']} training images)", "green")
 
 
+def fit_probe_cmd(
+    ckpt: Annotated[Path, typer.Argument(help="Checkpoint folder (rewritten in place).")],
+    data_dir: Annotated[Path, typer.Argument(help="Labelled images, a folder per class (a "
+                                                  "twin dataset: whole specimens held out).")],
+    seed: Annotated[int, typer.Option(help="Seed of the probe's training and the split.")] = 0,
+) -> None:
+    """Fit the stem probe (an MLP on the frozen stem's pooled features) on a labelled folder,
+    choose its blend with the fusion head on held-out images and recalibrate the checkpoint
+    on the blend. Removes the risk control and adjudicator measurement made before it: run
+    `python -m workflows.training.risk_calibration CKPT` and `micagent measure-adjudicators`
+    again."""
+    from models.errors import ModelError
+    from workflows.training.data import DatasetError
+    from workflows.training.fit_probe import fit_stem_probe
+    from workflows.training.train import TrainError
+
+    _threads()
+    try:
+        fit = fit_stem_probe(ckpt, data_dir, seed,
+                             progress=lambda line: _console().print(line, end="\r"))
+    except (DatasetError, TrainError, ModelError, OSError) as exc:
+        raise fail(exc) from exc
+    top1 = fit["top1"]
+    notice(_console(), f"{ckpt}: stem probe fitted on {fit['fit_images']} images; "
+                       f"{fit['split']} ({fit['held_out_images']} images); blend weight "
+                       f"{fit['blend']:g}; held-out top-1 fusion {top1['fusion']:.3f}, probe "
+                       f"{top1['probe']:.3f}, blend {top1['blend']:.3f}; temperature "
+                       f"{fit['temperature']:.3f}", "green")
+    if fit["removed"]:
+        notice(_console(), f"removed {', '.join(fit['removed'])} (made before the probe): "
+                           "measure them again", "yellow")
+
+
 def measure_adjudicators_cmd(
     ckpt: Annotated[Path, typer.Argument(help="Checkpoint folder (the measurement is "
                                               "written beside it).")],

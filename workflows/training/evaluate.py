@@ -80,12 +80,14 @@ def encode(clf: Classifier, x: torch.Tensor, lmm: torch.Tensor | None,
             part = slice(start, start + batch_size)
             features = clf.model.features(x[part])
             lmm_part = None if lmm is None else lmm[part]
+            stem_pooled = None
             if clf.model.stem is None:
                 h, e = clf.model.encode(x[part], lmm_part)
             else:
                 h, e = clf.model.encode_features(features, lmm_part)
-                pooled.append(PooledStemEncoder.pool(features).double().numpy())
-            logits.append(clf.model.head(h).double().numpy())
+                stem_pooled = PooledStemEncoder.pool(features)
+                pooled.append(stem_pooled.double().numpy())
+            logits.append(clf.decision_scores(clf.model.head(h), stem_pooled).double().numpy())
             embeds.append(e.double().numpy())
     return (np.concatenate(logits), np.concatenate(embeds),
             np.concatenate(pooled) if pooled else None)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from instruments.utils import atomic_file
-from models.checkpoint import WEIGHTS_FILE
+from models.checkpoint import PROBE_FILE, WEIGHTS_FILE
 from models.classifier import Classifier
 from models.hashing import file_sha256
 from models.pooled import PooledStemEncoder
@@ -60,12 +60,21 @@ def model_pass(clf: Classifier, images, labels: np.ndarray, batch: int = 32,
         for start in range(0, len(images), batch):
             features = model.features(clf.preprocess_batch(images[start:start + batch]))
             h_cross, h_embed = model.encode_features(features)
-            logits.append(model.head(h_cross))
+            stem_pooled = PooledStemEncoder.pool(features)
+            logits.append(clf.decision_scores(model.head(h_cross), stem_pooled))
             emb.append(h_embed)
-            pooled.append(PooledStemEncoder.pool(features))
+            pooled.append(stem_pooled)
             progress(f"{min(start + batch, len(images))}/{len(images)} images")
     probs = torch.softmax(torch.cat(logits).double() / clf.temperature, -1).numpy()
     return Frames(np.asarray(labels), torch.cat(emb).numpy(), torch.cat(pooled).numpy(), probs)
+
+
+def _scores_identity(ckpt: Path, clf: Classifier) -> str:
+    """What the cached probabilities depend on: the weights, the temperature and the stem
+    probe."""
+    probe = ckpt / PROBE_FILE
+    return "|".join((file_sha256(ckpt / WEIGHTS_FILE), repr(clf.temperature),
+                     file_sha256(probe) if probe.is_file() else "no probe"))
 
 
 def _cached(cache: Path | None, key: str, make: Callable[[], Frames]) -> Frames:
@@ -101,7 +110,7 @@ def dataset_splits(ckpt: Path, data_dir: Path, clf: Classifier, per_class: int,
     changed = sum(ds.digests[position[s]] != d
                   for s, d in zip(record["sources"], record["digests"], strict=True))
     split = record["splits"][record.get("selected_fold", 0)]
-    weights = file_sha256(ckpt / WEIGHTS_FILE)
+    weights = _scores_identity(ckpt, clf)
     frames, images = {}, {}
     for name in ("train", "val", "test"):
         index = np.array([position[record["sources"][i]] for i in split[name]])
