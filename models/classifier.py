@@ -46,7 +46,7 @@ from models.pooled import PooledStemEncoder
 from models.prediction import Prediction
 from models.preprocess import dihedral_views, preprocess_batch
 from models.risk import RiskControl
-from models.stem_probe import PROBE_FILE, StemProbe
+from models.stem_probe import PROBE_FILE, PROBE_RECORD, StemProbe
 
 CONFORMAL_SCORE = "LAC"
 
@@ -127,8 +127,9 @@ class Classifier:
                                  self.temperature, conformal, self.ood, self.head)
         if self.probe is not None:
             self.probe.save(folder)
-        elif (folder / PROBE_FILE).exists():
-            (folder / PROBE_FILE).unlink()
+        else:
+            for name in (PROBE_FILE, PROBE_RECORD):
+                (folder / name).unlink(missing_ok=True)
         self.checkpoint_sha256 = checkpoint_sha256(folder)
         return folder
 

@@ -35,6 +35,7 @@ from models.checkpoint import PROBE_FILE
 from models.errors import CheckpointError, ModelInputError
 from models.pooled import POOLED_DIM
 
+PROBE_RECORD = "stem_probe.json"   # how it was fitted (workflows/training/fit_probe.py)
 HIDDEN = 512
 EPOCHS = 30
 LEARNING_RATE = 1e-3

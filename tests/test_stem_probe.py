@@ -123,6 +123,8 @@ def test_fitting_rewrites_the_checkpoint_and_classify_uses_the_blend(tmp_path,
     assert (ckpt / PROBE_FILE).is_file() and not (ckpt / "risk_control.json").exists()
     assert fit["removed"] == ["risk_control.json"]
     assert fit["fit_images"] + fit["held_out_images"] == 48
+    record = json.loads((ckpt / "stem_probe.json").read_text())
+    assert (record["blend"], record["data"]) == (fit["blend"], "data")
     clf = Classifier.load(ckpt)
     assert clf.probe is not None and clf.probe.blend == fit["blend"]
     assert clf.checkpoint_sha256 != before

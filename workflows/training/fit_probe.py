@@ -32,7 +32,7 @@ from instruments.utils import atomic_file
 from models.classifier import Classifier
 from models.pooled import PooledStemEncoder
 from models.risk import RISK_FILE
-from models.stem_probe import ProbeFit, fit_probe
+from models.stem_probe import PROBE_RECORD, ProbeFit, fit_probe
 from workflows.training.data import LabelledDataset, load_folder_dataset
 from workflows.training.held_out import Progress
 from workflows.training.train import TrainError
@@ -96,22 +96,33 @@ def fit_stem_probe(ckpt: str | Path, data_dir: str | Path, seed: int = 0,
         scores = clf.decision_scores(torch.from_numpy(logits[held]),
                                      torch.from_numpy(pooled[held]))
     clf.calibrate(scores, ds.labels[held], alpha=clf.alpha or 0.1)
-    removed = _rewrite(ckpt, clf)
-    return _summary(fit, clf, len(held) - int(held.sum()), int(held.sum()), how, removed)
+    summary = _summary(fit, clf, len(held) - int(held.sum()), int(held.sum()), how, seed)
+    summary["removed"] = _rewrite(ckpt, clf, summary, Path(data_dir))
+    return summary
 
 
-def _rewrite(ckpt: Path, clf: Classifier) -> list[str]:
+def _rewrite(ckpt: Path, clf: Classifier, summary: dict, data_dir: Path) -> list[str]:
+    """Write the probe and the new calibration, and a record of the fit (with the data's
+    twin manifest settings where it has them); returns the stale files removed."""
     removed = [name for name in STALE_FILES if (ckpt / name).is_file()]
+    manifest = data_dir / "manifest.json"
+    record = {**summary, "data": data_dir.name, "twin_dataset": None}
+    if manifest.is_file():
+        twin = json.loads(manifest.read_text())
+        record["twin_dataset"] = {k: twin.get(k) for k in ("seed", "per_class", "size",
+                                                           "settings", "specimen")}
     with atomic_file.atomic_path(ckpt) as tmp:
         shutil.copytree(ckpt, tmp)
         for name in removed:
             (tmp / name).unlink()
         clf.save(tmp)
+        (tmp / PROBE_RECORD).write_text(json.dumps(record, indent=1))
     return removed
 
 
 def _summary(fit: ProbeFit, clf: Classifier, fitted: int, held: int, how: str,
-             removed: list[str]) -> dict:
-    return {"fit_images": fitted, "held_out_images": held, "split": how, "blend": fit.blend,
-            "log_loss": fit.log_loss, "top1": fit.top1, "temperature": clf.temperature,
-            "conformal_qhat": clf.conformal_qhat, "removed": removed}
+             seed: int) -> dict:
+    return {"fit_images": fitted, "held_out_images": held, "split": how, "seed": seed,
+            "blend": fit.blend, "log_loss": {str(w): v for w, v in fit.log_loss.items()},
+            "top1": fit.top1, "temperature": clf.temperature,
+            "conformal_qhat": clf.conformal_qhat, "conformal_alpha": clf.alpha}
