@@ -69,6 +69,34 @@ def risk_row(ckpt: Path) -> str:
             f"{next(iter(risk['gains'].values()))['n']} escalated frames: {gains}")
 
 
+def probe_rows(ckpt: Path, fold: dict, report: dict) -> list[tuple[str, str]]:
+    """The stem probe's row (stem_probe.json, `micagent fit-probe`) and the calibration row."""
+    path = ckpt / "stem_probe.json"
+    if not path.exists():
+        return [("stem probe", "none"),
+                ("calibration", f"temperature {fold['temperature']:.3f} on half of the "
+                                f"validation split; LAC conformal threshold (alpha "
+                                f"{report.get('conformal_alpha')}) on the other half")]
+    probe = json.loads(path.read_text())
+    twin = probe.get("twin_dataset") or {}
+    settings = twin.get("settings") or {}
+    source = (f"`micagent twin dataset PROBE_DATA --per-class {twin['per_class']} --size "
+              f"{twin['size']} --seed {twin['seed']} --specimens {settings['specimens']} "
+              f"--survey-fraction {settings['survey_fraction']:g} --survey-fov-max "
+              f"{settings['survey_fov'][1] * 1e6:g}`" if twin else f"`{probe['data']}`")
+    top1 = probe["top1"]
+    return [("stem probe", f"MLP on the stem's pooled features (models/stem_probe.py), "
+                           f"`micagent fit-probe` on {source}: fitted on "
+                           f"{probe['fit_images']} images, {probe['split']} "
+                           f"({probe['held_out_images']} images); blend weight "
+                           f"{probe['blend']:g} (held-out log-loss); held-out top-1 fusion "
+                           f"{top1['fusion']:.3f}, probe {top1['probe']:.3f}, blend "
+                           f"{top1['blend']:.3f}"),
+            ("calibration", f"temperature {probe['temperature']:.3f} and LAC conformal "
+                            f"threshold (alpha {probe['conformal_alpha']}) refitted on the "
+                            "blend, on halves of the probe's held-out images")]
+
+
 def render(ckpt: Path, data: Path) -> str:
     training = json.loads((ckpt / "training.json").read_text())
     fold = json.loads((ckpt / "training_fold.json").read_text())
@@ -127,9 +155,7 @@ def render(ckpt: Path, data: Path) -> str:
         ("run", f"{len(history)} epochs, stopped by {fold['stopped_by']} ({seconds:.0f} s of "
                 f"training, one thread, shared 2-core machine); weights of the best validation "
                 f"epoch ({best['epoch']}, val acc {best['val_acc']:.3f})"),
-        ("calibration", f"temperature {fold['temperature']:.3f} on half of the validation "
-                        f"split; LAC conformal threshold (alpha {report.get('conformal_alpha')})"
-                        f" on the other half"),
+        *probe_rows(ckpt, fold, report),
         ("out-of-distribution", ood_row(ood)),
         ("adjudicators", adjudication_row(ckpt)),
         ("risk control", risk_row(ckpt)),
@@ -167,9 +193,10 @@ files next to it.
 
 The script renders the twin benchmark (`micagent twin dataset`), trains the `{opts['ablation']}`
 variant (`micagent train --profile quick --ablation {opts['ablation']}`, the run that is also
-that row of the ablation table), evaluates it on its held-out test split (`micagent
-evaluate`), refits the OOD test, measures the adjudicators and calibrates the risk control
-(rows below), copies checkpoint + report here and regenerates this README.
+that row of the ablation table), fits the stem probe on a second twin dataset (`micagent
+fit-probe`), evaluates the model on its held-out test split (`micagent evaluate`), refits the
+OOD test, measures the adjudicators and calibrates the risk control (rows below), copies
+checkpoint + report here and regenerates this README.
 
 {setup}
 

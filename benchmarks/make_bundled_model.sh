@@ -19,6 +19,11 @@
 # (`micagent measure-adjudicators`: adjudication.json, adjudication_reference.npz) and the risk
 # control (workflows/training/risk_calibration.py, RISK_PER_CLASS fresh draws per class:
 # risk_control.json), each in this order since each reads what the one before wrote.
+# Before them the stem probe (`micagent fit-probe`, models/stem_probe.py) is fitted on a second,
+# larger twin dataset (WORK/probe_data: PROBE_PER_CLASS images per class, PROBE_SPECIMENS
+# specimens, PROBE_SURVEY_FRACTION of them at survey FOVs up to PROBE_SURVEY_FOV_MAX um; its last
+# fifth of specimens held out for the blend weight and the calibration); PROBE_PER_CLASS=0
+# skips it.
 set -euo pipefail
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 WORK="${WORK:-/tmp/micagent_bundled}"
@@ -33,6 +38,10 @@ SURVEY_FOV_MAX="${SURVEY_FOV_MAX:-40}"
 INIT="${INIT:-}"
 OOD_QUANTILE="${OOD_QUANTILE:-0.995}"
 RISK_PER_CLASS="${RISK_PER_CLASS:-100}"
+PROBE_PER_CLASS="${PROBE_PER_CLASS:-400}"
+PROBE_SPECIMENS="${PROBE_SPECIMENS:-10}"
+PROBE_SURVEY_FRACTION="${PROBE_SURVEY_FRACTION:-0.75}"
+PROBE_SURVEY_FOV_MAX="${PROBE_SURVEY_FOV_MAX:-40}"
 RUN="$WORK/ablation/$ABLATION"
 DEST="models/bundled/sem_twin"
 
@@ -51,6 +60,14 @@ else
         --feature-cache "$WORK/cache" ${INIT:+--init "$INIT"}
     echo "train wall time: $(( $(date +%s) - start )) s (OMP_NUM_THREADS=$OMP_NUM_THREADS)"
 fi
+if [ "$PROBE_PER_CLASS" -gt 0 ]; then
+    if [ ! -f "$WORK/probe_data/manifest.json" ]; then
+        micagent twin dataset "$WORK/probe_data" --per-class "$PROBE_PER_CLASS" --size 224 \
+            --seed "$SEED" --specimens "$PROBE_SPECIMENS" \
+            --survey-fraction "$PROBE_SURVEY_FRACTION" --survey-fov-max "$PROBE_SURVEY_FOV_MAX"
+    fi
+    micagent fit-probe "$RUN" "$WORK/probe_data" --seed "$SEED"
+fi
 micagent evaluate "$RUN" "$WORK/data" --out "$RUN"   # table + PNGs + evaluation.{md,json}
 micagent fit-ood "$RUN" "$WORK/data" --method agreed --quantile "$OOD_QUANTILE" \
     --survey-seeds 1,2,3,4,5 --work "$WORK/passes"
@@ -62,6 +79,7 @@ cp "$RUN"/{config.json,model.safetensors,ood.safetensors,training.json,training_
     "$DEST.tmp/"
 cp "$RUN"/{evaluation.json,evaluation.md,reliability.png,confusion_matrix.png} "$DEST.tmp/"
 cp "$RUN"/{adjudication.json,adjudication_reference.npz,risk_control.json} "$DEST.tmp/"
+if [ -f "$RUN/stem_probe.safetensors" ]; then cp "$RUN"/stem_probe.{safetensors,json} "$DEST.tmp/"; fi
 python benchmarks/bundled_readme.py "$DEST.tmp" "$WORK/data"   # README.md from the run's files
 rm -rf "$DEST" && mv "$DEST.tmp" "$DEST"
 echo "wrote $DEST"
