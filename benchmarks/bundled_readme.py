@@ -97,7 +97,22 @@ def probe_rows(ckpt: Path, fold: dict, report: dict) -> list[tuple[str, str]]:
                             "blend, on halves of the probe's held-out images")]
 
 
-def render(ckpt: Path, data: Path) -> str:
+def evaluated_on(report: dict, evaluation_data: Path | None) -> str:
+    """The heading's subject: the training run's test split, or the twin dataset named."""
+    if evaluation_data is None:
+        return f"the held-out test split ({report['n_images']} images)"
+    twin = json.loads((evaluation_data / "manifest.json").read_text())
+    settings, seeds = twin["settings"], twin["specimen"]["seeds"]
+    return (f"a twin dataset of specimens no part of the model saw\n\n{report['n_images']} "
+            f"images of specimens {', '.join(map(str, seeds))}: `micagent twin dataset EVAL "
+            f"--per-class {twin['per_class']} --size {twin['size']} --seed {twin['seed']} "
+            f"--specimens {len(seeds)} --survey-fraction {settings['survey_fraction']:g} "
+            f"--survey-fov-max {settings['survey_fov'][1] * 1e6:g}`, not the training run's "
+            "test split: the twin has changed since the run, so that split no longer renders "
+            "the images it held.")
+
+
+def render(ckpt: Path, data: Path, evaluation_data: Path | None = None) -> str:
     training = json.loads((ckpt / "training.json").read_text())
     fold = json.loads((ckpt / "training_fold.json").read_text())
     report = json.loads((ckpt / "evaluation.json").read_text())
@@ -204,10 +219,11 @@ Training is deterministic for a given seed and thread count, but the time budget
 number of epochs depend on machine speed: to reproduce exactly, set `EPOCHS={len(history)}` and a
 generous `BUDGET`.
 
-## Measured on the held-out test split ({report['n_images']} images)
+## Measured on {evaluated_on(report, evaluation_data)}
 
 Full report: `evaluation.md` / `evaluation.json` (regenerate with `micagent evaluate
-models/bundled/sem_twin DATA`), `reliability.png`, `confusion_matrix.png`.
+models/bundled/sem_twin {'DATA' if evaluation_data is None else 'EVAL'}`),
+`reliability.png`, `confusion_matrix.png`.
 
 {measured}
 
@@ -220,8 +236,11 @@ and split is `benchmarks/results/ablation_twin.md` (`benchmarks/ablation_twin.sh
 
 
 def main() -> None:
+    """bundled_readme.py CKPT TRAINING_DATA [EVALUATION_DATA: where evaluation.json was
+    measured, when not on the training run's test split]."""
     ckpt, data = Path(sys.argv[1]), Path(sys.argv[2])
-    (ckpt / "README.md").write_text(render(ckpt, data))
+    evaluation_data = Path(sys.argv[3]) if len(sys.argv) > 3 else None
+    (ckpt / "README.md").write_text(render(ckpt, data, evaluation_data))
     print(f"wrote {ckpt / 'README.md'}")
 
 
