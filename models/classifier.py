@@ -14,6 +14,9 @@ class and `extra["conformal"] == "uncalibrated"`. `extra["text_match"]` names, p
 With an out-of-distribution fit (models/ood.py; `clf.fit_ood`) each Prediction's `ood` says
 whether the frame is unlike every training class. `clf.head`: the checkpoint's record of a
 head fitted outside training (the few-shot fit: support set, what could not be calibrated).
+`clf.probe`: the checkpoint's stem probe (models/stem_probe.py, `micagent fit-probe`) or None;
+where there is one, the class scores are the fusion head's pooled with it
+(`clf.decision_scores`) before the temperature and the conformal threshold.
 
 Training API (used by the training workflow):
     clf = Classifier.create(FusionConfig.ablation("full"), class_names, descriptions)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -86,8 +86,6 @@ class StemProbe(nn.Module):
         if not path.is_file():
             return None
         try:
-            from safetensors import safe_open
-
             with safe_open(str(path), "pt") as handle:
                 meta = json.loads((handle.metadata() or {})["probe"])
             probe = cls(n_classes, int(meta["hidden"]), float(meta["blend"]))
