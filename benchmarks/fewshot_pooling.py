@@ -37,7 +37,7 @@ import torch
 from benchmarks import fewshot_heads
 from benchmarks.fewshot_heads import benchmark_start, draw, ood_shares, standardiser
 from benchmarks.teach import foreign_images
-from benchmarks.teach_operator_sweep import FOV, PIXELS, session
+from benchmarks.teach_operator_sweep import session, survey_images
 from models.fewshot_head import SupportSet
 from models.preprocess import preprocess_batch
 from models.stem import PretrainedStem
@@ -138,21 +138,6 @@ def pooled(stem: PretrainedStem, images: np.ndarray, views: int) -> dict[str, np
     return {name: np.concatenate(v).astype(np.float64) for name, v in out.items()}
 
 
-def survey_images(frames: int) -> tuple[np.ndarray, list[str]]:
-    """The scripted operator's survey frames (benchmarks/teach_operator_sweep.survey)."""
-    from agent.objectives import spread
-    from instruments.devices.frame import ImagingSettings
-    from twins.microscope import TwinMicroscope
-    twin = TwinMicroscope(seed=0)
-    twin.set_imaging(ImagingSettings(fov=FOV, pixels=PIXELS))
-    images, truths = [], []
-    for position in spread(list(twin.specimen.survey_centres(FOV)), frames):
-        twin.move_stage(position)
-        images.append(twin.acquire().image)
-        truths.append(twin.specimen.evaluation((position.x, position.y), FOV)["label"])
-    return np.stack(images), truths
-
-
 def scorer(head: str, support: np.ndarray, y: np.ndarray):
     """Class scores of queries: the nearest support view of each class (kNN), or
     benchmarks/fewshot_heads.py's logistic regression / prototypes."""
@@ -190,7 +175,8 @@ def main() -> None:
         __doc__, ("--frames", 300))
     feats = pooled(stem, images, 8)
     never = pooled(stem, foreign_images(args.foreign, 1)[0], 1)
-    frames, truths = survey_images(args.frames)
+    images, truths, _ = survey_images(args.frames)
+    frames = np.stack(images)
     survey = pooled(stem, frames, 1)
     print(f"{len(images)} twin images ({len(pool)} support pool, {len(test)} held out), "
           f"{len(never['mean (product)'])} never-taught, {len(frames)} "

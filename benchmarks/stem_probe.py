@@ -17,12 +17,8 @@ import time
 import numpy as np
 import torch
 
-from agent.objectives import spread
-from instruments.devices.frame import ImagingSettings
+from benchmarks.teach_operator_sweep import survey_images
 from models.classifier import Classifier
-from twins.microscope import TwinMicroscope
-
-FOV, PIXELS = 20e-6, 256
 
 
 def seeds_of(text: str) -> list[int]:
@@ -30,18 +26,6 @@ def seeds_of(text: str) -> list[int]:
         first, last = map(int, text.split("-"))
         return list(range(first, last + 1))
     return [int(s) for s in text.split(",")]
-
-
-def survey(seed: int, tiles: int) -> tuple[list[np.ndarray], list[str]]:
-    """The frames and their truths."""
-    twin = TwinMicroscope(seed=seed)
-    twin.set_imaging(ImagingSettings(fov=FOV, pixels=PIXELS))
-    frames, truths = [], []
-    for position in spread(list(twin.specimen.survey_centres(FOV)), tiles):
-        twin.move_stage(position)
-        frames.append(twin.acquire().image)
-        truths.append(twin.specimen.evaluation((position.x, position.y), FOV)["label"])
-    return frames, truths
 
 
 def main() -> None:
@@ -60,7 +44,7 @@ def main() -> None:
     print("|---|" + "---|" * len(models))
     for seed in seeds_of(args.seeds):
         started = time.perf_counter()
-        frames, truths = survey(seed, args.tiles)
+        frames, truths, _ = survey_images(args.tiles, seed)
         cells = []
         for name, clf in models.items():
             predictions = clf.classify(frames)

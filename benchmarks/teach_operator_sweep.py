@@ -48,19 +48,27 @@ def survey(frames: int) -> tuple[np.ndarray, list[str]]:
     return features, truths
 
 
+def survey_images(frames: int, seed: int = 0) -> tuple[list[np.ndarray], list[str],
+                                                     np.ndarray]:
+    """The frames, truths and stage positions (n, 2), m, of the survey of the twin of `seed`
+    at the default run's settings, spread as the session spreads them."""
+    twin = TwinMicroscope(seed=seed)
+    twin.set_imaging(ImagingSettings(fov=FOV, pixels=PIXELS))
+    images, truths, positions = [], [], []
+    for position in spread(list(twin.specimen.survey_centres(FOV)), frames):
+        twin.move_stage(position)
+        images.append(twin.acquire().image)
+        truths.append(twin.specimen.evaluation((position.x, position.y), FOV)["label"])
+        positions.append((position.x, position.y))
+    return images, truths, np.array(positions)
+
+
 def survey_frames(frames: int, seed: int) -> tuple[np.ndarray, list[str], np.ndarray]:
     """Raw stem features, truths and stage positions (n, 2), m, of the survey frames of the
     twin of `seed`."""
-    twin = TwinMicroscope(seed=seed)
-    twin.set_imaging(ImagingSettings(fov=FOV, pixels=PIXELS))
+    images, truths, positions = survey_images(frames, seed)
     stem = StemFeatures()
-    features, truths, positions = [], [], []
-    for position in spread(list(twin.specimen.survey_centres(FOV)), frames):
-        twin.move_stage(position)
-        features.append(stem([twin.acquire().image])[0])
-        truths.append(twin.specimen.evaluation((position.x, position.y), FOV)["label"])
-        positions.append((position.x, position.y))
-    return np.stack(features), truths, np.array(positions)
+    return np.stack([stem([image])[0] for image in images]), truths, positions
 
 
 @contextmanager
