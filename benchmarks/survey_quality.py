@@ -253,20 +253,20 @@ def main() -> None:
         write(merged, args, meta["model"], meta["sha256"])
         return
     classifier = Classifier.load(args.model, class_names=list(SEM_CLASSES))
-    work = Path(tempfile.mkdtemp(prefix="micagent-survey-quality-"))
     configs = args.configs.split(",")
     results: dict[str, dict[int, dict[str, Any]]] = {c: {} for c in configs}
     # the first two configurations on every seed first, then the others: a run cut short
     # still compares them seed by seed (the figures are written after every survey)
-    for seed, name in [(s, c) for group in (configs[:2], configs[2:])
-                       for s in _seeds(args.seeds) for c in group]:
-        result = figures(run_survey(classifier, str(Path(args.model).resolve()), seed,
-                                     args.tiles, CONFIGS[name], work))
-        results[name][seed] = result
-        print(f"seed {seed} {name}: final {result['final']:.3f} alone {result['alone']:.3f} "
-              f"escalated {result['escalated']} context {result['context']} "
-              f"{result['s_per_frame']:.2f} s/frame", flush=True)
-        write(results, args, args.model, classifier.checkpoint_sha256 or "", quiet=True)
+    with tempfile.TemporaryDirectory(prefix="micagent-survey-quality-") as sessions:
+        for seed, name in [(s, c) for group in (configs[:2], configs[2:])
+                           for s in _seeds(args.seeds) for c in group]:
+            result = figures(run_survey(classifier, str(Path(args.model).resolve()), seed,
+                                        args.tiles, CONFIGS[name], Path(sessions)))
+            results[name][seed] = result
+            print(f"seed {seed} {name}: final {result['final']:.3f} alone "
+                  f"{result['alone']:.3f} escalated {result['escalated']} context "
+                  f"{result['context']} {result['s_per_frame']:.2f} s/frame", flush=True)
+            write(results, args, args.model, classifier.checkpoint_sha256 or "", quiet=True)
     write(results, args, args.model, classifier.checkpoint_sha256 or "")
 
 
