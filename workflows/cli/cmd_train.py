@@ -342,7 +342,7 @@ def fit_probe_cmd(
     _threads()
     try:
         fit = fit_stem_probe(ckpt, data_dir, seed,
-                             progress=lambda line: _console().print(line, end="\r"))
+                             progress=lambda line: _console().print(line))
     except (DatasetError, TrainError, ModelError, OSError) as exc:
         raise fail(exc) from exc
     top1 = fit["top1"]

@@ -38,6 +38,7 @@ from workflows.training.held_out import Progress
 from workflows.training.train import TrainError
 
 HELD_OUT_SHARE = 0.2
+PROGRESS_EVERY = 10   # batches between progress lines
 STALE_FILES = (RISK_FILE, "adjudication.json", "adjudication_reference.npz")
 
 
@@ -75,7 +76,9 @@ def model_scores(clf: Classifier, images: np.ndarray, batch: int = 32,
             h_cross, _ = model.encode_features(features)
             logits.append(model.head(h_cross).double())
             pooled.append(PooledStemEncoder.pool(features))
-            progress(f"{min(start + batch, len(images))}/{len(images)} images")
+            done = min(start + batch, len(images))
+            if done == len(images) or (start // batch) % PROGRESS_EVERY == 0:
+                progress(f"{done}/{len(images)} images through the model")
     return torch.cat(logits).numpy(), torch.cat(pooled).numpy()
 
 
