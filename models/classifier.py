@@ -175,6 +175,18 @@ class Classifier:
         """Raw (uncalibrated) logits; gradients on, the model keeps its train/eval mode."""
         return self.model(batch, lmm_index)
 
+    def fusion_pass(self, batch: torch.Tensor, lmm_index: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """One preprocessed batch through the model, in the mode and grad state the caller
+        set: the fusion head's raw logits, the LMM-free fused embedding, and the stem's pooled
+        features (None without a stem)."""
+        if self.model.stem is None:
+            h_cross, h_embed = self.model.encode(batch, lmm_index)
+            return self.model.head(h_cross), h_embed, None
+        features = self.model.features(batch)
+        h_cross, h_embed = self.model.encode_features(features, lmm_index)
+        return self.model.head(h_cross), h_embed, PooledStemEncoder.pool(features)
+
     def decision_scores(self, fusion_logits: torch.Tensor,
                         pooled: torch.Tensor | None) -> torch.Tensor:
         """The scores the temperature and the conformal threshold apply to: the fusion head's
@@ -221,16 +233,11 @@ class Classifier:
             with torch.no_grad():  # not inference_mode: the text cache must stay usable
                 for start in range(0, n, batch_size):
                     batch = self.preprocess_batch(frames[start:start + batch_size])
-                    features = self.model.features(batch)
-                    lmm_batch = lmm[start:start + batch_size]
-                    stem_pooled = None
-                    if self.model.stem is None:
-                        h_cross, h_embed = self.model.encode(batch, lmm_batch)
-                    else:
-                        h_cross, h_embed = self.model.encode_features(features, lmm_batch)
-                        stem_pooled = PooledStemEncoder.pool(features)
+                    fused, h_embed, stem_pooled = self.fusion_pass(
+                        batch, lmm[start:start + batch_size])
+                    if stem_pooled is not None:
                         pooled.append(stem_pooled)
-                    logits.append(self.decision_scores(self.model.head(h_cross), stem_pooled))
+                    logits.append(self.decision_scores(fused, stem_pooled))
                     embeds.append(h_embed)
                     matches.append({k: v.argmax(-1).tolist()
                                     for k, v in self.model.last_text_scores.items()})

@@ -23,7 +23,6 @@ import torch
 from instruments.utils import atomic_file
 from models.checkpoint import read_meta
 from models.classifier import Classifier
-from models.pooled import PooledStemEncoder
 from workflows.training.calibrate import softmax
 from workflows.training.data import LabelledDataset, class_folders, load_folder_dataset
 from workflows.training.metrics import aggregate, classification_metrics
@@ -78,16 +77,10 @@ def encode(clf: Classifier, x: torch.Tensor, lmm: torch.Tensor | None,
     with torch.no_grad():
         for start in range(0, len(x), batch_size):
             part = slice(start, start + batch_size)
-            features = clf.model.features(x[part])
-            lmm_part = None if lmm is None else lmm[part]
-            stem_pooled = None
-            if clf.model.stem is None:
-                h, e = clf.model.encode(x[part], lmm_part)
-            else:
-                h, e = clf.model.encode_features(features, lmm_part)
-                stem_pooled = PooledStemEncoder.pool(features)
+            fused, e, stem_pooled = clf.fusion_pass(x[part], None if lmm is None else lmm[part])
+            if stem_pooled is not None:
                 pooled.append(stem_pooled.double().numpy())
-            logits.append(clf.decision_scores(clf.model.head(h), stem_pooled).double().numpy())
+            logits.append(clf.decision_scores(fused, stem_pooled).double().numpy())
             embeds.append(e.double().numpy())
     return (np.concatenate(logits), np.concatenate(embeds),
             np.concatenate(pooled) if pooled else None)

@@ -30,7 +30,6 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from instruments.utils import atomic_file
 from models.classifier import Classifier
-from models.pooled import PooledStemEncoder
 from models.risk import RISK_FILE
 from models.stem_probe import PROBE_RECORD, ProbeFit, fit_probe
 from workflows.training.data import LabelledDataset, load_folder_dataset
@@ -68,14 +67,14 @@ def _specimens(ds: LabelledDataset) -> np.ndarray | None:
 def model_scores(clf: Classifier, images: np.ndarray, batch: int = 32,
                  progress: Progress = lambda _: None) -> tuple[np.ndarray, np.ndarray]:
     """(the fusion head's raw logits, the stem's pooled features) of every image."""
-    model = clf.model.eval()
+    clf.model.eval()
     logits, pooled = [], []
     with torch.no_grad():
         for start in range(0, len(images), batch):
-            features = model.features(clf.preprocess_batch(images[start:start + batch]))
-            h_cross, _ = model.encode_features(features)
-            logits.append(model.head(h_cross).double())
-            pooled.append(PooledStemEncoder.pool(features))
+            fused, _, stem_pooled = clf.fusion_pass(
+                clf.preprocess_batch(images[start:start + batch]))
+            logits.append(fused.double())
+            pooled.append(stem_pooled)
             done = min(start + batch, len(images))
             if done == len(images) or (start // batch) % PROGRESS_EVERY == 0:
                 progress(f"{done}/{len(images)} images through the model")

@@ -25,7 +25,6 @@ from instruments.utils import atomic_file
 from models.checkpoint import PROBE_FILE, WEIGHTS_FILE
 from models.classifier import Classifier
 from models.hashing import file_sha256
-from models.pooled import PooledStemEncoder
 from workflows.training.data import load_folder_dataset
 from workflows.training.train import TrainError
 
@@ -58,10 +57,9 @@ def model_pass(clf: Classifier, images, labels: np.ndarray, batch: int = 32,
     emb, pooled, logits = [], [], []
     with torch.no_grad():
         for start in range(0, len(images), batch):
-            features = model.features(clf.preprocess_batch(images[start:start + batch]))
-            h_cross, h_embed = model.encode_features(features)
-            stem_pooled = PooledStemEncoder.pool(features)
-            logits.append(clf.decision_scores(model.head(h_cross), stem_pooled))
+            fused, h_embed, stem_pooled = clf.fusion_pass(
+                clf.preprocess_batch(images[start:start + batch]))
+            logits.append(clf.decision_scores(fused, stem_pooled))
             emb.append(h_embed)
             pooled.append(stem_pooled)
             progress(f"{min(start + batch, len(images))}/{len(images)} images")
@@ -110,7 +108,7 @@ def dataset_splits(ckpt: Path, data_dir: Path, clf: Classifier, per_class: int,
     changed = sum(ds.digests[position[s]] != d
                   for s, d in zip(record["sources"], record["digests"], strict=True))
     split = record["splits"][record.get("selected_fold", 0)]
-    weights = _scores_identity(ckpt, clf)
+    scores_id = _scores_identity(ckpt, clf)
     frames, images = {}, {}
     for name in ("train", "val", "test"):
         index = np.array([position[record["sources"][i]] for i in split[name]])
@@ -118,7 +116,7 @@ def dataset_splits(ckpt: Path, data_dir: Path, clf: Classifier, per_class: int,
             index = np.concatenate([index[ds.labels[index] == c][:per_class]
                                     for c in range(len(clf.class_names))])
         images[name] = ds.images[index]
-        key = f"{weights}|{name}|" + ",".join(ds.digests[i] for i in index)
+        key = f"{scores_id}|{name}|" + ",".join(ds.digests[i] for i in index)
         progress(f"the {name} split: {len(index)} images")
         frames[name] = _cached(cache, key, lambda i=index: model_pass(
             clf, ds.images[i], ds.labels[i], progress=progress))
