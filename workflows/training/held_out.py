@@ -6,8 +6,9 @@ probabilities, for
   at most `per_class` images per class), matched by file name;
 - survey tiles of the twin: the first `tiles` survey positions of each seed's specimen, imaged
   at the default `micagent run` settings (the frames a session decides).
-Passes are cached in `cache` (npz per checkpoint weights and input), since a pass over a few
-thousand images takes many minutes on one core.
+Passes are cached in `cache` (npz per input and what the checkpoint's probabilities depend on:
+weights, temperature, stem probe), since a pass over a few thousand images takes many minutes
+on one core.
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ def survey_tiles(clf: Classifier, ckpt: Path, seeds: list[int], tiles: int,
     from twins.microscope import TwinMicroscope
 
     settings = ImagingSettings()
-    key = f"{file_sha256(ckpt / WEIGHTS_FILE)}|survey|{seeds}|{tiles}|{settings}"
+    key = f"{_scores_identity(ckpt, clf)}|survey|{seeds}|{tiles}|{settings}"
     seed_of = np.repeat(np.asarray(seeds), tiles)
 
     def make() -> Frames:
