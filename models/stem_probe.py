@@ -59,10 +59,6 @@ class StemProbe(nn.Module):
                                  nn.Linear(hidden, n_classes))
         self.blend = float(blend)
 
-    @property
-    def n_classes(self) -> int:
-        return self.net[-1].out_features
-
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.net((pooled.float() - self.mean) / self.scale)
 
