@@ -11,7 +11,9 @@ exactly what it had learned: the nodes `sync` the learner from the state before 
 
 Until two classes have `learn_min` examples each the head is not trusted: the policy sends
 every frame to the human; after that, every frame the head reads as a class with fewer
-(agent/policy.py, `learned_enough`). The first answers are
+(agent/policy.py, `learned_enough`). Either way, once the head exists (two classes taught), a
+frame whose taught neighbours (frames of its region a human named) agree is recorded under
+their label (`agent.policy.rule_on_taught`). The first answers are
 classified as well as a head allows: with no class yet, the frame's only class is `unknown`;
 with one class, that class; while a class has a single example the head is uncalibrated and
 its conformal set is every class (so it never decides alone on a guess).

@@ -8,13 +8,16 @@ of taught frames (context_evidence.remembered). Answers come from the twin's tru
 Variants: the recall (radius, similarity, memory), which frames recorded under their
 neighbours' label are passed on (all, or those the head's top-1 agrees with: the product),
 self-training (those frames added to the support set, as if the human had named them), the
-head's OOD threshold (models/fewshot_head.OOD_QUANTILE, set for the run), and the learning
-gate before 2026-12-06 (a class short of examples sent every frame to the human).
+head's OOD threshold (models/fewshot_head.OOD_QUANTILE, set for the run), the learning
+gate before 2026-12-06 (a class short of examples sent every frame to the human), and taught
+neighbours that wait for the gate (before 2026-12-07: a frame the gate held back went to the
+human whatever its neighbours said).
 
 Printed per variant, as benchmarks/teach_operator_sweep.py prints it, plus the frames decided
 by taught neighbours and by the head with their accuracy.
 
     python -m benchmarks.teach_neighbours_sweep [--frames 300] [--seeds 0,1,2]
+                                                [--variants 'off;product']
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ class Variant:
     ood_quantile: float = OOD_QUANTILE         # the head's OOD threshold quantile
     hold_every_frame: bool = False             # a class short of examples holds back every
                                                # frame (before 2026-12-06), not only its own
+    while_learning: bool = True                # taught neighbours decide the frames the
+                                               # learning gate holds back (since 2026-12-07)
 
 
 VARIANTS = [Variant("off", recall=None), Variant("product"),
@@ -64,7 +69,8 @@ VARIANTS = [Variant("off", recall=None), Variant("product"),
             Variant("self-training", self_training=True),
             Variant("OOD quantile 0.8", ood_quantile=0.8),
             Variant("OOD quantile 0.95", ood_quantile=0.95),
-            Variant("an under-taught class holds back every frame", hold_every_frame=True)]
+            Variant("an under-taught class holds back every frame", hold_every_frame=True),
+            Variant("neighbours wait for the learning gate", while_learning=False)]
 
 
 def may_decide(taught: dict[str, int], label: str, variant: Variant) -> bool:
@@ -93,15 +99,17 @@ def session(features: np.ndarray, truths: list[str], positions: np.ndarray,
                                   else ("unknown", False, False))
         record = _record(index, position, label, flagged)
         ready = may_decide(support.counts(), label, variant)
-        ruling = Ruling(step="record" if single and not flagged else "approve", label=label,
-                        source="classifier" if ready else "learning", route="confident")
-        if variant.recall is not None and head is not None:
+        ruling = Ruling(step="record" if ready and single and not flagged else "approve",
+                        label=label, source="classifier" if ready else "learning",
+                        route="confident" if ready else None)
+        if (variant.recall is not None and head is not None
+                and (ready or variant.while_learning)):
             near = context_evidence.neighbours(memory, record, raw, variant.recall,
                                                head.normalise)
             record = record.model_copy(update={"context": ContextRecord(
                 neighbours=[kept for _, kept in near])})
             ruling = rule_on_taught(POLICY, record, ruling)
-        ask = not ready or ruling["step"] == "approve"
+        ask = ruling["step"] == "approve"
         by_neighbours = not ask and ruling["route"] == "neighbourhood"
         decided = truth if ask else ruling["label"]       # the human answers the truth
         asked.append(ask)
@@ -125,7 +133,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--variants", default=None,
+                        help="names of the variants to run, separated by ';' (default: all)")
     args = parser.parse_args()
+    chosen = [v for v in VARIANTS if args.variants is None
+              or v.name in args.variants.split(";")]
     print("| seed | variant | answers | 0.95 reached (frame, answers) | best 50-frame window "
           "| by taught neighbours: frames, accuracy | by the head: frames, accuracy |")
     print("|---|---|---|---|---|---|---|")
@@ -133,7 +145,7 @@ def main() -> None:
         t0 = time.perf_counter()
         features, truths, positions = survey_frames(args.frames, seed)
         took = time.perf_counter() - t0
-        for variant in VARIANTS:
+        for variant in chosen:
             with constants({"OOD_QUANTILE": variant.ood_quantile}):
                 r = session(features, truths, positions, variant)
             cells = [f"{n}, {a:.3f}" if a is not None else "0" for n, a in

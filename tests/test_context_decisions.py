@@ -236,7 +236,10 @@ def _taught(*labels: str, prediction: PredictionRecord = SURE_POROUS,
      Ruling(step="approve", label="unknown", source="ood", route="unknown"),
      ("approve", "unknown", "unknown", "ood")),                 # nothing overrides unknown
     (_taught(FILMS), Ruling(step="approve", label=POROUS, source="learning", route=None),
-     ("approve", POROUS, None, "learning")),                   # still learning its classes
+     ("record", FILMS, "neighbourhood", "context")),           # still learning: the region's
+                                                               # answer decides, not the head
+    (_taught(), Ruling(step="approve", label=POROUS, source="learning", route=None),
+     ("approve", POROUS, None, "learning")),                   # still learning, none near
     (_taught(FILMS, quality=QualityRecord(ok=False)), HEAD_SAYS_POROUS,
      ("record", POROUS, "confident", "classifier")),
 ])

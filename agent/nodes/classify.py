@@ -31,11 +31,14 @@ def with_context(ctx: SessionContext, state: AgentState, record: DecisionRecord,
     the frames the human taught, compared in the learned head's space, and nothing is pooled:
     the policy rules on their labels."""
     learning = ctx.learner is not None
+    # a learner with no head yet (one class taught) has no space to compare frames in, and
+    # every taught neighbour would name that one class
+    recall = ctx.policy.neighbourhood and not (learning and ctx.learner.head is None)
     near = (context_evidence.neighbours(
         state.get("neighbourhood") or (), record, embedding,
         context_evidence.TAUGHT_FRAMES if learning else context_evidence.SURE_FRAMES,
         ctx.learner.space if learning else None)
-        if ctx.policy.neighbourhood else [])
+        if recall else [])
     zoom = record.context.zoom_out if record.context else None
     if not near and zoom is None:
         return record.model_copy(update={"context": None})
