@@ -122,8 +122,13 @@ def test_a_lost_connection_comes_back_with_the_microscope_and_data_set_up_again(
         client.close()
 
 
+@pytest.mark.parametrize("nsid", ["written"], indirect=True)
 def test_micagent_run_records_tiles_with_the_files_calibration(server, nsid, tmp_path,
                                                                scifi_read, plumbing_checkpoint):
+    """`micagent run` on both servers with the file written here (an image and a spectrum
+    image: the point data are checked too); the real PTO scan reaches both servers through
+    the same client in test_the_notebook_call_sequence and the tests above, so a CLI run per
+    server and file (25 s each) would add nothing but time."""
     out = tmp_path / "session.h5"
     uri = f"dtm://{server.host}:{server.port}?data={nsid.path}"
     frames = 4
