@@ -20,7 +20,11 @@ classifier's on the same frames; dose (peak e/nm^2 on the tile, from the guard's
 wall time per frame. Errors are listed per specimen region (classifier's reading -> truth).
 
     python -m benchmarks.survey_quality [--seeds 0-9] [--tiles 100] [--configs off,both]
-        [--model CKPT] [--out benchmarks/results/survey_quality.md]
+        [--model CKPT] [--out survey_quality_run.md]
+
+The table goes to `--out` (default: survey_quality_run.md in the current folder, the JSON
+beside it), rewritten after every survey; benchmarks/results/survey_quality.md collects
+measured runs by hand and is never written by the script.
     python -m benchmarks.survey_quality --merge A.json B.json ...   # seeds run apart, one table
 """
 
@@ -59,7 +63,6 @@ torch.set_num_threads(1)
 CONFIGS = {"off": {}, "one_view": {"unsure_views": 1}, "neighbourhood": {"neighbourhood": True},
            "zoom_out": {"zoom_out": True}, "both": {"zoom_out": True, "neighbourhood": True}}
 CONTEXT_ROUTES = ("zoomed_out", "neighbourhood")
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _seeds(text: str) -> list[int]:
@@ -238,7 +241,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0-9")
     parser.add_argument("--tiles", type=int, default=100)
     parser.add_argument("--configs", default=",".join(CONFIGS))
-    parser.add_argument("--out", default=str(RESULTS / "survey_quality.md"))
+    parser.add_argument("--out", default="survey_quality_run.md")
     parser.add_argument("--merge", nargs="+", help="JSON results of runs to put in one table")
     args = parser.parse_args()
     if args.merge:
