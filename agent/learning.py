@@ -21,6 +21,7 @@ its conformal set is every class (so it never decides alone on a guess).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,11 +75,13 @@ class SessionLearner:
         """Support examples per class."""
         return self.support.counts()
 
-    def space(self, embeddings: np.ndarray) -> np.ndarray:
-        """Raw stem features (n, 472) in the current head's space (standardised on the
-        support set, unit length), where frames are compared; as given while there is no
-        head."""
-        return embeddings if self.head is None else self.head.normalise(embeddings)
+    @property
+    def space(self) -> Callable[[np.ndarray], np.ndarray] | None:
+        """Maps raw stem features (n, 472) into the current head's space (standardised on
+        the support set, unit length), where frames are compared; None while there is no head
+        (one class taught: nothing to compare frames in, and every taught frame would name
+        that one class)."""
+        return None if self.head is None else self.head.normalise
 
     def classify(self, images, lmm_labels=None, imaging=None, views: int = 1
                  ) -> list[Prediction]:

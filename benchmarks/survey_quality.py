@@ -21,11 +21,11 @@ wall time per frame. Errors are listed per specimen region (classifier's reading
 
     python -m benchmarks.survey_quality [--seeds 0-9] [--tiles 100] [--configs off,both]
         [--model CKPT] [--out survey_quality_run.md]
+    python -m benchmarks.survey_quality --merge A.json B.json ...   # seeds run apart, one table
 
 The table goes to `--out` (default: survey_quality_run.md in the current folder, the JSON
 beside it), rewritten after every survey; benchmarks/results/survey_quality.md collects
 measured runs by hand and is never written by the script.
-    python -m benchmarks.survey_quality --merge A.json B.json ...   # seeds run apart, one table
 """
 
 from __future__ import annotations

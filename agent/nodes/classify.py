@@ -28,16 +28,14 @@ def with_context(ctx: SessionContext, state: AgentState, record: DecisionRecord,
     """The record with its context: the neighbours (with the policy's `neighbourhood`), the
     zoom-out already taken (a frame rescanned after one keeps it) and their pooled
     prediction; unchanged when there is no context. In a learning session the neighbours are
-    the frames the human taught, compared in the learned head's space, and nothing is pooled:
-    the policy rules on their labels."""
+    the frames the human taught, compared in the learned head's space (none before there is a
+    head), and nothing is pooled: the policy rules on their labels."""
     learning = ctx.learner is not None
-    # a learner with no head yet (one class taught) has no space to compare frames in, and
-    # every taught neighbour would name that one class
-    recall = ctx.policy.neighbourhood and not (learning and ctx.learner.head is None)
+    space = ctx.learner.space if learning else None
+    recall = ctx.policy.neighbourhood and (space is not None or not learning)
     near = (context_evidence.neighbours(
         state.get("neighbourhood") or (), record, embedding,
-        context_evidence.TAUGHT_FRAMES if learning else context_evidence.SURE_FRAMES,
-        ctx.learner.space if learning else None)
+        context_evidence.TAUGHT_FRAMES if learning else context_evidence.SURE_FRAMES, space)
         if recall else [])
     zoom = record.context.zoom_out if record.context else None
     if not near and zoom is None:
