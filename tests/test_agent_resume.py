@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_in_process import explain, micagent_in_process
 from crash_points import Crash, crash_at
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from plumbing_model import untrained
@@ -236,10 +237,10 @@ def test_sigkill_at_a_random_point_then_resume_gives_exact_frame_accounting(
     assert kill_after_steps(proc, ckpt, first_kill, 240)
     session_id = next(p.stem for p in (state / "sessions").glob("*.json"))
     assert registry_path(state, session_id).exists()
-    proc = start(["--resume", session_id, "--state-dir", str(state), "--quiet"], env)
-    output, _ = proc.communicate(timeout=240)
-    assert proc.returncode == 0, (f"seed {KILL_SEED}, killed at checkpoint step "
-                                  f"{first_kill}:\n{output}")
+    resumed = micagent_in_process("run", "--resume", session_id, "--state-dir", str(state),
+                                  "--quiet")
+    assert resumed.exit_code == 0, (f"seed {KILL_SEED}, killed at checkpoint step "
+                                    f"{first_kill}:\n{explain(resumed)}")
     with SessionReader(out) as reader:
         summary, records = reader.summary(), reader.records()
     assert summary["status"] == "completed" and summary["session_id"] == session_id

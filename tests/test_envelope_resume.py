@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 import torch
+from cli_in_process import explain, micagent_in_process
 from plumbing_model import untrained
 from test_agent_resume import kill_after_steps, start
 
@@ -50,9 +51,9 @@ def test_max_moves_holds_across_a_sigkill_and_resume(tmp_path):
     before = saved_values(checkpoint_path(out))
     assert 2 <= before["envelope"]["moves"] <= MAX_MOVES      # the guard's count, checkpointed
     session_id = next(p.stem for p in (state / "sessions").glob("*.json"))
-    proc = start(["--resume", session_id, "--state-dir", str(state), "--quiet"], env)
-    output, _ = proc.communicate(timeout=240)
-    assert proc.returncode == 0, output
+    resumed = micagent_in_process("run", "--resume", session_id, "--state-dir", str(state),
+                                  "--quiet")
+    assert resumed.exit_code == 0, explain(resumed)
     with SessionReader(out) as reader:
         records = reader.records()
         outcome = reader.provenance["outcome"]

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_in_process import explain, micagent_in_process
 from nion_bridge import needs_nion, running_bridge
 
 from instruments.devices.instrument_defaults import ImagingError, describe, resolve
@@ -80,12 +81,10 @@ def test_a_range_outside_the_instruments_is_an_error():
 def test_a_plain_run_on_the_nion_bridge_completes_with_no_imaging_flags(tmp_path):
     out = tmp_path / "plain.h5"
     with running_bridge() as bridge:
-        done = subprocess.run(
-            [sys.executable, "-m", "workflows", "run", "--instrument", bridge.uri,
-             "--frames", "2", "--bank", "none", "--out", str(out), "--state-dir",
-             str(tmp_path / "state"), "--quiet"],
-            capture_output=True, text=True, env=ENV, cwd=REPO, timeout=600, check=False)
-    assert done.returncode == 0, done.stdout + done.stderr
+        done = micagent_in_process("run", "--instrument", bridge.uri, "--frames", "2",
+                                   "--bank", "none", "--out", str(out), "--state-dir",
+                                   str(tmp_path / "state"), "--quiet")
+    assert done.exit_code == 0, explain(done)
     chosen = next(line for line in done.stdout.splitlines() if line.startswith("imaging:"))
     assert chosen.startswith("imaging: FOV 1e-07 m, 256 px, dwell 2e-06 s, detector HAADF")
     assert "envelope: FOV [1e-09, 1e-06] m" in chosen

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_in_process import explain, micagent_in_process
 from nion_bridge import needs_nion, running_bridge, start_bridge
 from plumbing_model import untrained
 from rich.console import Console
@@ -198,10 +199,9 @@ def test_bridge_killed_mid_session_then_restarted_and_resumed(tmp_path, classifi
     assert before["status"] == "failed" and "InstrumentUnreachable" in before["reason"]
     assert 2 <= before["frames"] < 6
     with running_bridge() as second:                        # back, on another port
-        resumed = subprocess.run([*micagent, "--resume", session_id, "--state-dir",
-                                  str(state), "--instrument", second.uri, "--quiet"],
-                                 env=env, capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        resumed = micagent_in_process("run", "--resume", session_id, "--state-dir",
+                                      str(state), "--instrument", second.uri, "--quiet")
+    assert resumed.exit_code == 0, explain(resumed)
     with SessionReader(out) as reader:
         after = reader.summary()
         ids = [f.frame_id for f in reader.iter_frames()]

@@ -6,12 +6,10 @@ get their rows."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_in_process import explain, micagent_in_process
 
 from instruments.session_file.reader import SessionReader
 from twins.classes import SEM_CLASSES
@@ -32,12 +30,9 @@ def decided(row: dict) -> bool:
 def test_single_file_replay_counts_a_nan_frame_as_refused(tmp_path: Path,
                                                          plumbing_checkpoint: Path):
     source = write_twin_session(tmp_path / "nan.h5", FRAMES, nan_frames=(BAD,))
-    done = subprocess.run(
-        [sys.executable, "-m", "workflows", "replay", str(source), "--json", "--model",
-         str(plumbing_checkpoint), "--state-dir", str(tmp_path / "state")],
-        capture_output=True, text=True, cwd=REPO, timeout=600,
-        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}, check=False)
-    assert done.returncode == 1, done.stderr
+    done = micagent_in_process("replay", str(source), "--json", "--model",
+                               str(plumbing_checkpoint), "--state-dir", str(tmp_path / "state"))
+    assert done.exit_code == 1, explain(done)
     diff = json.loads(done.stdout)
     assert diff["refused"] == 1
     refused = [row for row in diff["rows"] if row["new_route"] == "refused"]

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
+from cli_in_process import micagent_in_process
 from twin_process import REPO
 from workflows_synth import CLASSES, write_dataset
 
@@ -141,9 +140,6 @@ def test_fitting_rewrites_the_checkpoint_and_classify_uses_the_blend(tmp_path,
 
 def test_the_command_refuses_a_model_without_a_stem_in_one_line(tmp_path, plumbing_checkpoint):
     data = write_dataset(tmp_path / "data", per_class=4, size=32)
-    result = subprocess.run([sys.executable, "-m", "workflows", "fit-probe",
-                             str(plumbing_checkpoint), str(data)],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0
-    assert "has no pretrained stem" in result.stderr + result.stdout
-    assert "Traceback" not in result.stderr
+    result = micagent_in_process("fit-probe", str(plumbing_checkpoint), str(data))
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit)
+    assert "has no pretrained stem" in result.stderr
