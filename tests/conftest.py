@@ -24,11 +24,23 @@ def feature_cache_folder(tmp_path_factory) -> Path:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "slow: a module of long real-process tests (kills and resumes, peers, "
+                   "Chromium, Dask); such modules are collected first")
     try:
         import torch
     except ImportError:
         return
     torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules marked slow first, the rest in their order. With `--dist loadfile` (and
+    `--no-loadscope-reorder`, pyproject's addopts) an xdist worker takes the next file
+    whenever it is free, so long files left to the end would keep one worker busy while the
+    other idles; short files last fill the gaps."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)
 
 
 @pytest.fixture

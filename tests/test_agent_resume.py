@@ -32,6 +32,8 @@ from instruments.session_file.reader import SessionReader, read_records
 from twins.classes import SEM_CLASSES
 from twins.microscope import TwinMicroscope
 
+pytestmark = pytest.mark.slow
+
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_in_process import explain, micagent_in_process
 from crash_points import Crash, crash_at
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from plumbing_model import untrained
@@ -31,6 +32,8 @@ from instruments.devices.safety import GuardedMicroscope, SafetyEnvelope
 from instruments.session_file.reader import SessionReader
 from twins.classes import SEM_CLASSES
 from twins.microscope import TwinMicroscope
+
+pytestmark = pytest.mark.slow
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,8 +136,9 @@ def test_a_resume_on_another_plan_stops_with_a_clear_error(tmp_path, classifier,
 
 
 def test_the_cli_says_in_one_line_why_a_session_cannot_go_on(tmp_path, plumbing_checkpoint):
-    """`micagent run` SIGKILLed mid-survey, its plan file replaced, then `--resume`: exit 1
-    with one error line naming the plan, and the frames recorded before the kill kept."""
+    """`micagent run` SIGKILLed mid-survey, its plan file replaced, then `--resume` (in this
+    process): exit 1 with one error line naming the plan, and the frames recorded before the
+    kill kept."""
     state, out = tmp_path / "state", tmp_path / "s.h5"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     base = [sys.executable, "-m", "workflows", "run"]
@@ -151,13 +155,12 @@ def test_the_cli_says_in_one_line_why_a_session_cannot_go_on(tmp_path, plumbing_
     session_id = next(line.split()[1] for line in output.splitlines()
                       if line.startswith("session "))
     (work_dir(out) / "plan.json").write_text("[]")
-    resumed = subprocess.run([*base, "--resume", session_id, "--state-dir", str(state),
-                              "--quiet"], cwd=ROOT, env=env, capture_output=True, text=True,
-                             timeout=240)
+    resumed = micagent_in_process("run", "--resume", session_id, "--state-dir", str(state),
+                                  "--quiet")
     errors = resumed.stderr.strip().splitlines()
-    assert resumed.returncode == 1 and len(errors) == 1, resumed.stderr
+    assert resumed.exit_code == 1 and len(errors) == 1, explain(resumed)
+    assert isinstance(resumed.exception, SystemExit)          # no traceback
     assert errors[0].startswith(f"error: session {session_id} cannot go on: survey plan")
-    assert "Traceback" not in resumed.stdout + resumed.stderr
     with SessionReader(out) as reader:
         assert reader.summary()["frames"] >= 1 and reader.provenance["status"] == "failed"
 

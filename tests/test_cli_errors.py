@@ -14,6 +14,8 @@ import pytest
 
 from workflows.terminal import fail, one_line
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -99,7 +101,7 @@ def test_a_session_damaged_inside_is_one_error_line_for_every_reading_command(
     data = good.read_bytes()
     rng = np.random.default_rng(7)
     runner = CliRunner()
-    for case in range(12):       # 12 fixed damages: a report that reads takes ~2 s
+    for case in range(8):        # 8 fixed damages, 3 met when read: a report takes ~2 s
         damaged = bytearray(data)
         start = int(rng.integers(0, len(data) - 4096))
         damaged[start:start + 4096] = rng.bytes(4096)

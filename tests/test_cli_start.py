@@ -23,6 +23,8 @@ from instruments.session_file.reader import SessionReader
 from instruments.utils.child_python import ROOT
 from workflows.cli.app import COMMANDS, app
 
+pytestmark = pytest.mark.slow
+
 HEAVY = ("torch", "langgraph", "h5py")
 PROBE = ("import sys; sys.path.insert(0, {root!r}); from workflows.cli.app import app\n"
          "try:\n    app(sys.argv[1:])\nexcept SystemExit:\n    pass\n"

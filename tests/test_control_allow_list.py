@@ -24,6 +24,8 @@ from instruments.devices.tem_client import TemClient
 from instruments.session_file.reader import SessionReader
 from twins.classes import SEM_CLASSES
 
+pytestmark = pytest.mark.slow
+
 # what the second fault campaign set through set_control, and got
 FORBIDDEN = (("stage_position_m.x", 1e-3), ("EHT", 1e7), ("BeamCurrent", 1e-6),
              ("ConvergenceAngle", 1.0), ("C10", 1.0))

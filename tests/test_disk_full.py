@@ -19,6 +19,8 @@ from cli_in_process import explain, micagent_in_process
 from instruments.session_file.reader import SessionReader
 from instruments.utils.disk_space import MARGIN_ENV
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 FRAMES = 6
 

@@ -26,6 +26,8 @@ from twins.dtm_server import (
     resolve_data_source,
 )
 
+pytestmark = pytest.mark.slow
+
 GIB = 1 << 30
 
 

@@ -24,6 +24,8 @@ from instruments.devices.errors import InstrumentError
 from instruments.devices.microscope import Microscope
 from instruments.session_file.reader import SessionReader
 
+pytestmark = pytest.mark.slow
+
 TILE_PX = 64
 
 

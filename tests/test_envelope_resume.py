@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 from cli_in_process import explain, micagent_in_process
 from plumbing_model import untrained
@@ -15,6 +16,8 @@ from agent.config import checkpoint_path
 from agent.graph import open_checkpointer
 from instruments.session_file.reader import SessionReader
 from twins.classes import SEM_CLASSES
+
+pytestmark = pytest.mark.slow
 
 MAX_MOVES = 3
 FRAMES = 6

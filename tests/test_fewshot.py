@@ -32,6 +32,8 @@ from workflows.cli.app import app
 from workflows.session_assembly import run_session
 from workflows.training.fewshot import MAX_SHOTS
 
+pytestmark = pytest.mark.slow
+
 runner = CliRunner()
 # the support images are seen under quarter turns: orientation is no class of a micrograph, so
 # "Vertical" (a turned "Horizontal") is left out

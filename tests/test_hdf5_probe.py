@@ -23,6 +23,8 @@ from instruments.session_file.hdf5_probe import (
 )
 from workflows.cli.app import app
 
+pytestmark = pytest.mark.slow
+
 LOOPING = Path(__file__).parent / "data" / "session_zeroed_block.h5"
 LIMIT_S = 3.0
 

@@ -19,6 +19,8 @@ from instruments.devices.instrument_defaults import ImagingError, describe, reso
 from instruments.devices.microscope import Capabilities
 from instruments.session_file.reader import SessionReader
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 OPEN = {"fov": None, "pixels": None, "dwell": None, "detector": None, "defocus": 0.0}

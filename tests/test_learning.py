@@ -42,6 +42,8 @@ from twins.scripted_operator import TwinOperator, WebOperator
 from workflows.cli.app import app
 from workflows.web.approval import start_web_ui
 
+pytestmark = pytest.mark.slow
+
 torch.set_num_threads(1)
 FOV = 20e-6
 URL = re.compile(r"approval page: (http://127\.0\.0\.1:\d+/\?token=[\w-]{32,})")

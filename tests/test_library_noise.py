@@ -11,9 +11,12 @@ import sys
 import warnings
 from pathlib import Path
 
+import pytest
 from twin_process import REPO
 
 from instruments.utils.library_log import LOGGER, log_library_noise, prints_to_log
+
+pytestmark = pytest.mark.slow
 
 WARNING_LINE = re.compile(r"Warning\b|warnings\.warn|warn\(")
 

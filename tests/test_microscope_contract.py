@@ -39,6 +39,8 @@ from instruments.devices.tem_client import TemClient
 from instruments.session_file.writer import SessionWriter
 from twins.microscope import TwinMicroscope
 
+pytestmark = pytest.mark.slow
+
 IMPLEMENTATIONS = ["twin", "dtm-twin", "dtm-dtmicroscope", "dtm-twin-registered", "tem",
                    pytest.param("tem-nion", marks=needs_nion), "replay-session",
                    "replay-nsid"]

@@ -24,7 +24,7 @@ from instruments.devices.frame import ImagingSettings, StagePosition
 from instruments.devices.microscope import Microscope
 from instruments.devices.tem_client import TemClient
 
-pytestmark = needs_nion
+pytestmark = [needs_nion, pytest.mark.slow]
 SMALL = ImagingSettings(fov=200e-9, pixels=128, dwell=1e-6, detector="HAADF")
 
 

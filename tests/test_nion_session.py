@@ -31,7 +31,7 @@ from instruments.session_file.reader import SessionReader
 from twins.classes import SEM_CLASSES
 from workflows.session_assembly import run_session
 
-pytestmark = needs_nion
+pytestmark = [needs_nion, pytest.mark.slow]
 torch.set_num_threads(1)
 FOV, PIXELS = 100e-9, 128
 ENVELOPE = {"fov": [1e-9, 1e-6], "stage_x": [-5e-7, 5e-7], "stage_y": [-5e-7, 5e-7]}

@@ -26,6 +26,8 @@ from twins.stem_nsid import write_stem_nsid
 from workflows.report.session_report import build_report
 from workflows.session_assembly import run_session
 
+pytestmark = pytest.mark.slow
+
 torch.set_num_threads(1)
 TARGET = SEM_CLASSES[0]
 SERVED_PX, PIXEL_M, TILE_PX, BIN = 512, 4e-11, 64, 2     # 512 px served: binned 2x to 256

@@ -29,6 +29,8 @@ from workflows.replay.archive import ArchiveError, plan_ranges, replay_archive
 from workflows.replay.store import ResultsFolder
 from workflows.replay.task import short_key
 
+pytestmark = pytest.mark.slow
+
 FRAMES = {"a": 4, "b": 3, "c": 5, "d": 2, "e": 4}       # five good sessions, 18 frames
 PER_TASK = 2                                            # sessions split into ranges of 2
 

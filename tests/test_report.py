@@ -27,6 +27,8 @@ from workflows.report.mosaic import ROUTE_WORDS
 from workflows.report.risk_coverage import risk_coverage
 from workflows.report.session_report import build_report
 
+pytestmark = pytest.mark.slow
+
 CLASSES = ["Fibres", "Particles", "Powder", "Tips"]
 ROUTES = ["confident", "confident", "rescan", "adjudicated", "human", "contested"]
 

@@ -22,6 +22,8 @@ from workflows.report.risk_coverage import risk_coverage as session_curve
 from workflows.report.risk_summary import risk_rows
 from workflows.session_assembly import BUNDLED_MODEL, StartError, run_session
 
+pytestmark = pytest.mark.slow
+
 torch.set_num_threads(1)
 
 

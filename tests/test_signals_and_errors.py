@@ -21,6 +21,8 @@ import pytest
 from agent.config import RunConfig, registry_path
 from instruments.session_file.reader import SessionReader
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 

@@ -39,6 +39,8 @@ from twins.microscope import TwinMicroscope
 from workflows.report.hunt_cost import hunt_rows
 from workflows.report.session_report import build_report
 
+pytestmark = pytest.mark.slow
+
 torch.set_num_threads(1)
 FOV = 20e-6
 BOUNDS = ((-1e-3, 1e-3), (-1e-3, 1e-3))

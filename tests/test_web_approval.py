@@ -21,6 +21,8 @@ from instruments.session_file.decision_record import DecisionRecord
 from twins.operator_browser import headless_chromium
 from workflows.web.approval import TOKEN_HEADER, WebUIHandle, start_web_ui
 
+pytestmark = pytest.mark.slow
+
 CLASSES = ["Fibres", "Nanowires", "Particles", "Powder"]
 
 

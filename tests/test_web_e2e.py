@@ -10,10 +10,13 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 from web_browser import require_chromium, wait_for_page_url
 
 from instruments.session_file.reader import SessionReader
 from twins.operator_browser import headless_chromium
+
+pytestmark = pytest.mark.slow
 
 
 def test_web_approval_of_a_twin_session(tmp_path: Path, plumbing_checkpoint: Path) -> None:

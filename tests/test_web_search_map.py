@@ -36,6 +36,8 @@ from twins.microscope import TwinMicroscope
 from twins.operator_browser import headless_chromium
 from workflows.web.approval import WebUIHandle, start_web_ui
 
+pytestmark = pytest.mark.slow
+
 TILE = 20e-6
 @pytest.fixture
 def ui() -> Iterator[WebUIHandle]:

@@ -29,6 +29,8 @@ from workflows.training.train import (
     train,
 )
 
+pytestmark = pytest.mark.slow
+
 SMALL = {"img_size": 64, "vit_depth": 1, "hnf_patch_sizes": [16, 32], "hnf_knn": [4, 2],
          "gnn_patch": 16}
 SMALL_JSON = json.dumps(SMALL)
