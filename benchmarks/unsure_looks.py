@@ -42,9 +42,9 @@ def probabilities(classifier: Classifier, image: np.ndarray, views: int = 1) -> 
 
 
 def pooled_labels(classifier: Classifier, twin: TwinMicroscope, centre: StagePosition,
-                  image: np.ndarray, shift: float) -> dict[str, int]:
-    """The class index each pooling gives an unsure tile at `centre` (imaged as `image`)."""
-    taken = probabilities(classifier, image)
+                  image: np.ndarray, taken: np.ndarray, shift: float) -> dict[str, int]:
+    """The class index each pooling gives an unsure tile at `centre` (imaged as `image`,
+    classified as `taken`)."""
     views = probabilities(classifier, image, views=8)
     looks = []
     for dx, dy in DIAGONALS:
@@ -80,7 +80,9 @@ def main() -> None:
             truth = names.index(twin.specimen.label_at(centre.x, centre.y))
             first = classifier.classify([image])[0]
             unsure.append(first.confidence < CONFIDENCE)
-            labels = (pooled_labels(classifier, twin, centre, image, args.shift) if unsure[-1]
+            taken = np.asarray(first.probabilities, dtype=float)
+            labels = (pooled_labels(classifier, twin, centre, image, taken, args.shift)
+                      if unsure[-1]
                       else dict.fromkeys(POOLINGS, names.index(first.label)))
             for name in POOLINGS:
                 right[name].append(labels[name] == truth)
@@ -88,13 +90,14 @@ def main() -> None:
                 print(f"seed {seed} {names[truth]}: "
                       + ", ".join(f"{n} {names[v]}" for n, v in labels.items()), flush=True)
     mask = np.array(unsure)
-    taken = np.array(right["as taken"])
+    right_as_taken = np.array(right["as taken"])
     print(f"tiles {len(mask)}, unsure {mask.sum()} ({mask.mean():.1%} re-imaged); extra "
           f"frames per tile: 2 looks {2 * mask.mean():.3f}, 4 looks {4 * mask.mean():.3f}")
     for name in POOLINGS:
         ok = np.array(right[name])
         print(f"{name}: all {ok.mean():.4f}, unsure {ok[mask].mean():.4f}, "
-              f"fixed {int((ok & ~taken).sum())}, broke {int((~ok & taken).sum())}")
+              f"fixed {int((ok & ~right_as_taken).sum())}, "
+              f"broke {int((~ok & right_as_taken).sum())}")
 
 
 if __name__ == "__main__":

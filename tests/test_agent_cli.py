@@ -9,16 +9,14 @@ import re
 
 import pytest
 import torch
+from cli_in_process import micagent_in_process
 from plumbing_model import untrained
-from typer.testing import CliRunner
 
 from instruments.session_file.reader import SessionReader
 from models.classifier import Classifier
 from twins.classes import SEM_CLASSES
-from workflows.cli.app import app
 
 torch.set_num_threads(1)
-runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +39,7 @@ def json_line(stdout: str) -> dict:
 
 
 def run_cli(*args: str):
-    result = runner.invoke(app, list(args))
+    result = micagent_in_process(*args)
     return result, result.output
 
 

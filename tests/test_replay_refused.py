@@ -16,7 +16,6 @@ from twins.classes import SEM_CLASSES
 from twins.recorded_sessions import write_twin_session
 from workflows.replay.task import replay_range, scan_session
 
-REPO = Path(__file__).resolve().parents[1]
 FRAMES, BAD = 4, 1
 NO_LABEL_ROUTES = ("unresolved", "quality_failed")   # an unsure frame may keep no label
 
