@@ -41,6 +41,7 @@ class RunConfig:
     zoom_unsure: bool = False
     reject_unknown: bool = True
     zoom_out: bool = False
+    relook: bool = False             # unsure frames: four more looks at shifted centres
     neighbourhood: bool | None = None  # context of the region; None: on with --learn only
     unsure_label: str = "classifier"  # an unresolved frame's label: classifier's or none
     unsure_views: int = 8            # dihedral views averaged for an unsure frame (1: off)
@@ -97,7 +98,7 @@ class RunConfig:
         return RoutePolicy(confidence=self.confidence, max_set_size=self.max_set_size,
                            max_rescans=self.max_rescans, approve=self.approve_mode,
                            zoom_unsure=self.zoom_unsure, reject_unknown=self.reject_unknown,
-                           zoom_out=self.zoom_out,
+                           zoom_out=self.zoom_out, relook=self.relook,
                            neighbourhood=self.learn if self.neighbourhood is None
                            else self.neighbourhood,
                            learn_min=self.learn_min if self.learn else 0,
@@ -139,9 +140,11 @@ class RunConfig:
 
 
 def default_budgets(frames: int) -> dict[str, float]:
-    """Budgets that scale with the session: rescans, zoom-outs and adjudications for a fifth
-    of the frames each, tokens for paid endpoints, 20 stage moves per frame, one hour."""
+    """Budgets that scale with the session: rescans, relooks, zoom-outs and adjudications for
+    a fifth of the frames each, tokens for paid endpoints, 20 stage moves per frame, one
+    hour."""
     return {"rescans": max(4, math.ceil(0.2 * frames)),
+            "relooks": max(4, math.ceil(0.2 * frames)),
             "zoom_outs": max(4, math.ceil(0.2 * frames)),
             "adjudications": max(4, math.ceil(0.2 * frames)),
             "tokens": 500_000, "moves": 20 * frames, "wall_s": 3600.0}

@@ -1,12 +1,18 @@
-"""Context for a frame's decision, as a microscopist uses it: a wider field at the same centre
-(the zoom-out) and the decided frames of the same region (the neighbourhood), pooled with the
-frame's own prediction. Pure functions of plain values; the policy decides what the pooled
+"""Context for a frame's decision, as a microscopist uses it: more looks at the same field
+with the centre shifted (the relooks), a wider field at the same centre (the zoom-out) and the
+decided frames of the same region (the neighbourhood), pooled with the frame's own
+prediction. Pure functions of plain values; the policy decides what the pooled
 prediction makes of the frame (`agent.policy.rule_in_context`).
 
-Pooling is log-linear (a weighted geometric mean of the class distributions, renormalised;
-Genest & Zidek, Statistical Science 1986): sources that agree sharpen the result, a source that
-is sure of another class pulls it down. The pooled distribution has no conformal calibration of
-its own, so the policy applies its confidence threshold to it and no set size.
+The relooks are the frame's own evidence at its own scale: their predictions are averaged with
+the frame's (a linear pool, as measured in benchmarks/unsure_looks.py), and that average
+enters the pool below in place of the frame's own.
+
+Pooling of the other sources is log-linear (a weighted geometric mean of the class
+distributions, renormalised; Genest & Zidek, Statistical Science 1986): sources that agree
+sharpen the result, a source that is sure of another class pulls it down. The pooled
+distribution has no conformal calibration of its own, so the policy applies its confidence
+threshold to it and no set size.
 
 The neighbourhood is the decided frames within NEIGHBOUR_RADIUS fields of view on the stage
 whose embedding has cosine similarity >= MIN_SIMILARITY with this frame's (one region of the
@@ -43,6 +49,8 @@ from instruments.session_file.decision_record import (
 ZOOM_OUT_FACTOR = 2.0        # the wider field: twice the FOV (four times the area)
 ZOOM_OUT_WEIGHT = 1.0        # its weight in the pool (the frame's own is 1)
 NEIGHBOUR_WEIGHT = 1.0       # each neighbour's weight in the pool
+RELOOK_SHIFT = 0.25          # a relook's centre shift along each axis, a fraction of the FOV
+RELOOK_DIAGONALS = ((1, 1), (-1, -1), (1, -1), (-1, 1))   # the looks' shift directions
 FLOOR = 1e-6                 # probabilities are floored before logs (a zero vetoes nothing)
 
 
@@ -89,16 +97,39 @@ def as_prediction(probabilities: Mapping[str, float], k: int = 3) -> PredictionR
         entropy=float(-sum(p * math.log(p) for p in probabilities.values() if p > 0)))
 
 
+def relook_centres(x: float, y: float, fov: float) -> list[tuple[float, float]]:
+    """Where the relooks of a frame centred at (`x`, `y`) with field `fov` are taken: the
+    centre shifted by RELOOK_SHIFT fields along each diagonal (a quarter field: each look
+    shares 9/16 of its area with the frame). Set before the first measurement, not tuned."""
+    step = RELOOK_SHIFT * fov
+    return [(x + dx * step, y + dy * step) for dx, dy in RELOOK_DIAGONALS]
+
+
+def own_evidence(record: DecisionRecord) -> Mapping[str, float]:
+    """The frame's class distribution at its own scale: its prediction averaged with its
+    relooks' (those taken), a linear pool."""
+    looks = [look.prediction.probabilities for look in
+             (record.context.looks if record.context else []) if look.prediction is not None]
+    own = record.prediction.probabilities
+    if not looks:
+        return own
+    return {c: float(np.mean([own[c], *(look.get(c, 0.0) for look in looks)])) for c in own}
+
+
 def fused(record: DecisionRecord, neighbours: Sequence[Mapping[str, Any]]
           ) -> PredictionRecord | None:
-    """The frame's prediction pooled with its zoom-out's (when taken) and its neighbours'
-    (entries of `remembered`); None when there is nothing to pool it with."""
-    sources: list[tuple[Mapping[str, float], float]] = [(record.prediction.probabilities, 1.0)]
+    """The frame's own evidence (`own_evidence`: with its relooks) pooled with its zoom-out's
+    (when taken) and its neighbours' (entries of `remembered`); None when there is nothing to
+    pool it with."""
+    own = own_evidence(record)
+    sources: list[tuple[Mapping[str, float], float]] = [(own, 1.0)]
     zoom = record.context.zoom_out if record.context else None
     if zoom is not None and zoom.prediction is not None:
         sources.append((zoom.prediction.probabilities, ZOOM_OUT_WEIGHT))
     sources += [(n["probabilities"], NEIGHBOUR_WEIGHT) for n in neighbours]
-    return as_prediction(pool(sources)) if len(sources) > 1 else None
+    if len(sources) > 1:
+        return as_prediction(pool(sources))
+    return as_prediction(own) if own is not record.prediction.probabilities else None
 
 
 Space = Callable[[np.ndarray], np.ndarray]

@@ -27,6 +27,7 @@ from agent.nodes import (
     finish,
     plan,
     record,
+    relook,
     rescan,
     zoom_out,
 )
@@ -36,7 +37,8 @@ from instruments.session_file import decision_record
 NODES = {"connect": connect, "check_instrument": check_instrument, "plan": plan,
          "acquire": acquire, "assess_quality": assess_quality, "classify": classify,
          "rescan": rescan, "autofocus": autofocus, "adjudicate": adjudicate,
-         "approve": approve, "record": record, "zoom_out": zoom_out, "finish": finish}
+         "approve": approve, "record": record, "relook": relook, "zoom_out": zoom_out,
+         "finish": finish}
 
 # Checkpoints written before the record moved to instruments/session_file (session format 2)
 # name its module by the old path: that name stays importable as the moved module.
@@ -68,11 +70,14 @@ def build_graph(ctx: SessionContext) -> StateGraph:
                         else after_classify(ctx.autofocus))
     graph.add_conditional_edges("classify", after_classified,
                                 ["record", "rescan", "adjudicate", "approve", "autofocus",
-                                 "zoom_out"])
+                                 "relook", "zoom_out"])
     graph.add_conditional_edges("autofocus", after_autofocus,
                                 ["acquire", "record", "rescan", "adjudicate", "approve",
-                                 "zoom_out", "finish"])
-    graph.add_conditional_edges("zoom_out", policy.after_zoom_out,
+                                 "relook", "zoom_out", "finish"])
+    graph.add_conditional_edges("relook", policy.after_look,
+                                ["record", "rescan", "adjudicate", "approve", "zoom_out",
+                                 "finish"])
+    graph.add_conditional_edges("zoom_out", policy.after_look,
                                 ["record", "rescan", "adjudicate", "approve", "finish"])
     graph.add_conditional_edges("rescan", policy.after_rescan, ["acquire", "finish"])
     graph.add_conditional_edges("adjudicate", policy.follow_ruling, ["record", "approve"])

@@ -66,9 +66,12 @@ class RoutePolicy:
     specimen: it keeps the classifier's label under quality_failed (not a decided frame).
 
     Context (`rule_in_context`): with `neighbourhood` an unsure frame of good quality is
-    pooled with the decided frames of its region; with `zoom_out` one still unsure is imaged
-    once more at the same centre with a wider field, classified on its own and pooled too
-    (agent/context_evidence.py). Sure once pooled, it is recorded under the pooled label.
+    pooled with the decided frames of its region; with `relook` one still unsure is imaged
+    four more times at its own field and settings, the centre shifted a quarter field along
+    each diagonal, each look classified and averaged with the frame; with `zoom_out` one
+    still unsure is imaged once more at the same centre with a wider field, classified on its
+    own and pooled too (agent/context_evidence.py). Sure once pooled, it is recorded under the
+    pooled label; still unsure, the pooled label is the one its next step starts from.
 
     learning (`learn_min` > 0, `micagent run --learn`): until two classes have `learn_min`
     examples each, the head decides no frame (`rule_classified`, `taught`); then it decides
@@ -110,6 +113,7 @@ class RoutePolicy:
     zoom_out: bool = False
     neighbourhood: bool = False
     learn_min: int = 0
+    relook: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,7 +131,7 @@ class RoutePolicy:
                 and len(prediction.conformal_set) <= self.max_set_size)
 
 
-Step = Literal["record", "rescan", "adjudicate", "approve", "zoom_out"]
+Step = Literal["record", "rescan", "adjudicate", "approve", "zoom_out", "relook"]
 
 
 class Ruling(TypedDict):
@@ -245,9 +249,11 @@ def rule_in_context(policy: RoutePolicy, record: DecisionRecord, ruling: Ruling,
     Only an unsure frame of good quality that is not unknown, ruled for neither a rescan nor
     approval of every frame nor a learning session's question, is concerned: when its pooled
     prediction is sure it is recorded under the pooled label (route zoomed_out when a zoom-out
-    was pooled, else neighbourhood); otherwise it is zoomed out once, where the policy and the
-    budget allow; otherwise the ruling's next step stands, with the pooled label where there
-    is one. A learning session rules on its taught neighbours instead (`rule_on_taught`)."""
+    was pooled, else relooked when relooks were, else neighbourhood); otherwise it is relooked
+    once (a frame with a known stage position), then zoomed out once, where the policy and
+    the budgets allow; otherwise the ruling's next step stands, with the pooled label where
+    there is one. A learning session rules on its taught neighbours instead
+    (`rule_on_taught`)."""
     prediction = record.prediction
     if policy.learn_min > 0:
         return rule_on_taught(policy, record, ruling)
@@ -257,9 +263,16 @@ def rule_in_context(policy: RoutePolicy, record: DecisionRecord, ruling: Ruling,
     context = record.context
     pooled = context.fused if context is not None else None
     zoomed = context is not None and context.zoom_out is not None
+    relooked = context is not None and bool(context.looks)
     if pooled is not None and (pooled.confidence or 0.0) >= policy.confidence:
-        route = Route.ZOOMED_OUT if zoomed else Route.NEIGHBOURHOOD
+        route = (Route.ZOOMED_OUT if zoomed else Route.RELOOKED if relooked
+                 else Route.NEIGHBOURHOOD)
         return Ruling(step="record", label=pooled.label, source="context", route=route.value)
+    if (policy.relook and not relooked and record.position is not None
+            and record.position.x is not None
+            and used.get("relooks", 0) < budgets.get("relooks", 0)):
+        return Ruling(step="relook", label=ruling["label"], source=ruling["source"],
+                      route=None)
     if (policy.zoom_out and not zoomed
             and used.get("zoom_outs", 0) < budgets.get("zoom_outs", 0)):
         return Ruling(step="zoom_out", label=ruling["label"], source=ruling["source"],
@@ -391,8 +404,9 @@ def follow_ruling(state: Mapping[str, Any]) -> Step:
     return state["ruling"]["step"]
 
 
-def after_zoom_out(state: Mapping[str, Any]) -> Step | Literal["finish"]:
-    """After a zoom-out: the ruling's step, or finish when the instrument failed."""
+def after_look(state: Mapping[str, Any]) -> Step | Literal["finish"]:
+    """After a relook or a zoom-out: the ruling's step, or finish when the instrument
+    failed."""
     return FINISH if _failed(state) else state["ruling"]["step"]
 
 

@@ -158,7 +158,7 @@ class Session:
         """The configured policy, set by the target risk where there is one (with what was
         set); with the adjudicators the model's measurement trusts to overrule the classifier;
         without rescans where the instrument cannot image again (stored frames of a replay,
-        windows of a fixed overview)."""
+        windows of a fixed overview), without relooks where it cannot move its stage."""
         policy, note = self.config.policy(), None
         if self.config.target_risk is not None:
             policy, note = risk_policy(policy, getattr(self.parts.classifier, "risk", None),
@@ -166,10 +166,13 @@ class Session:
         if self.parts.trust is not None:
             policy = replace(policy, trusted_adjudicators=self.parts.trust.trusted(
                 list(dict.fromkeys([adjudicator, OfflineKnnAdjudicator.name]))))
-        fixed = (self.parts.tiles is not None
-                 or self.parts.microscope.capabilities().replays_stored)
-        return (replace(policy, max_rescans=0, zoom_unsure=False, zoom_out=False) if fixed
-                else policy), note
+        caps = self.parts.microscope.capabilities()
+        fixed = self.parts.tiles is not None or caps.replays_stored
+        if fixed:
+            policy = replace(policy, max_rescans=0, zoom_unsure=False, zoom_out=False)
+        if fixed or not caps.can_move_stage:
+            policy = replace(policy, relook=False)
+        return policy, note
 
     def initial_state(self) -> AgentState:
         objective = parse_objective(self.config.objective, self.parts.classifier.class_names)

@@ -10,6 +10,8 @@ demonstration bank), once per configuration of the context levers:
     neighbourhood + the sure frames of the same region pooled (agent/context_evidence.py)
     zoom_out      + a twice wider field at the same centre, classified and pooled
     both          + both
+    relook        off + four looks at the frame's own field, centres shifted a quarter field
+                  along the diagonals, averaged with the frame (agent/nodes/relook.py)
 
 Per seed and configuration: final accuracy against the classifier alone (its prediction of
 the stored frame) on the same frames; coverage (frames with a decided route); the share of
@@ -61,8 +63,9 @@ from workflows.training.demonstration_bank import cached_bank  # noqa: E402
 
 torch.set_num_threads(1)
 CONFIGS = {"off": {}, "one_view": {"unsure_views": 1}, "neighbourhood": {"neighbourhood": True},
-           "zoom_out": {"zoom_out": True}, "both": {"zoom_out": True, "neighbourhood": True}}
-CONTEXT_ROUTES = ("zoomed_out", "neighbourhood")
+           "zoom_out": {"zoom_out": True}, "both": {"zoom_out": True, "neighbourhood": True},
+           "relook": {"relook": True}}
+CONTEXT_ROUTES = ("zoomed_out", "neighbourhood", "relooked")
 
 
 def _seeds(text: str) -> list[int]:
@@ -137,9 +140,11 @@ def figures(run: dict[str, Any]) -> dict[str, Any]:
         "escalated": {
             "rescan": sum(bool(r.rescans) for r in records) / n,
             "zoom_out": sum(bool(r.context and r.context.zoom_out) for r in records) / n,
+            "relook": sum(bool(r.context and r.context.looks) for r in records) / n,
             "neighbourhood": by_route.get("neighbourhood", 0) / n,
             "adjudication": sum(bool(r.adjudication) for r in records) / n,
-            "any": sum(bool(r.rescans or r.adjudication or (r.context and r.context.zoom_out)
+            "any": sum(bool(r.rescans or r.adjudication
+                            or (r.context and (r.context.zoom_out or r.context.looks))
                             or str(r.route) == "neighbourhood") for r in records) / n},
         "context": context,
         "sure_right_changed": sum(_sure(r) and a and not ok
@@ -183,8 +188,8 @@ def markdown(results: dict[str, dict[int, dict[str, Any]]], args: argparse.Names
               "| config | seeds | final | alone | seeds final >= alone | final, unresolved "
               "-> classifier's label | seeds >= alone so | coverage | accuracy over decided "
               "| escalated (any) | "
-              "rescan | zoom-out | neighbourhood | adjudication | sure & right changed | "
-              "dose peak e/nm^2 | s/frame |", "|---|" + "---|" * 16]
+              "rescan | zoom-out | relook | neighbourhood | adjudication | sure & right "
+              "changed | dose peak e/nm^2 | s/frame |", "|---|" + "---|" * 17]
     for c in configs:
         rows = [results[c][s] for s in seeds if s in results[c]]
         frames = sum(r["frames"] for r in rows)
@@ -193,7 +198,7 @@ def markdown(results: dict[str, dict[int, dict[str, Any]]], args: argparse.Names
             return sum(r[key] * r["frames"] for r in rows) / frames
 
         def esc(kind: str, rows=rows, frames=frames) -> str:
-            return _pct(sum(r["escalated"][kind] * r["frames"] for r in rows) / frames)
+            return _pct(sum(r["escalated"].get(kind, 0.0) * r["frames"] for r in rows) / frames)
 
         lines.append(
             f"| {c} | {len(rows)} | {mean('final'):.4f} | {mean('alone'):.4f} | "
@@ -201,7 +206,7 @@ def markdown(results: dict[str, dict[int, dict[str, Any]]], args: argparse.Names
             f"{mean('final_fallback'):.4f} | "
             f"{sum(r['final_fallback'] >= r['alone'] for r in rows)}/{len(rows)} | "
             f"{_pct(mean('coverage'))} | {decided_mean(rows):.4f} | {esc('any')} | "
-            f"{esc('rescan')} | {esc('zoom_out')} | "
+            f"{esc('rescan')} | {esc('zoom_out')} | {esc('relook')} | "
             f"{esc('neighbourhood')} | {esc('adjudication')} | "
             f"{sum(r['sure_right_changed'] for r in rows)} | {mean('dose_peak_e_nm2'):.1f} | "
             f"{mean('s_per_frame'):.2f} |")
@@ -210,7 +215,7 @@ def markdown(results: dict[str, dict[int, dict[str, Any]]], args: argparse.Names
               "|---|---|---|---|---|"]
     for c in configs:
         for route in CONTEXT_ROUTES:
-            total = {k: sum(r["context"][route][k] for r in results[c].values())
+            total = {k: sum(r["context"].get(route, {}).get(k, 0) for r in results[c].values())
                      for k in ("frames", "fixed", "broke")}
             if total["frames"]:
                 lines.append(f"| {c} | {route} | {total['frames']} | {total['fixed']} | "

@@ -1,6 +1,7 @@
-"""Decisions with context: the zoom-out (a wider field at the same centre) and the
-neighbourhood (the sure frames of the same region) fix a region the classifier reads as
-another class at the survey's scale, and never change a region it reads right and surely.
+"""Decisions with context: the relooks (the same field with its centre shifted), the zoom-out
+(a wider field at the same centre) and the neighbourhood (the sure frames of the same region)
+fix a region the classifier reads as another class at the survey's scale, and never change a
+region it reads right and surely; every look goes through the safety envelope.
 
 The classifier here is scripted as the bundled model fails on twin surveys: a Films region read
 as Porous_Sponge at the survey's 20 um field, and read right in a wider one. It knows which
@@ -21,10 +22,13 @@ from agent import context_evidence
 from agent.config import RunConfig
 from agent.policy import RoutePolicy, Ruling, rule_in_context
 from agent.session import Session, SessionParts
-from instruments.devices.safety import GuardedMicroscope, SafetyEnvelope
+from instruments.devices.dose_ledger import DoseLedger
+from instruments.devices.frame import ImagingSettings
+from instruments.devices.safety import GuardedMicroscope, SafetyEnvelope, dose_per_nm2
 from instruments.session_file.decision_record import (
     ContextRecord,
     DecisionRecord,
+    LookRecord,
     NeighbourRecord,
     OodVerdict,
     PredictionRecord,
@@ -71,7 +75,8 @@ class ScriptedClassifier:
         return out
 
 
-def run(tmp_path, script: Script, positions: list[dict[str, Any]], **config: Any
+def run(tmp_path, script: Script, positions: list[dict[str, Any]],
+        envelope: SafetyEnvelope | None = None, **config: Any
         ) -> tuple[list[DecisionRecord], dict[str, Any], RenderingTwin]:
     twin = RenderingTwin(seed=0)
     cfg = RunConfig(session_id=str(uuid.uuid4()), out=str(tmp_path / "s.h5"),
@@ -80,7 +85,7 @@ def run(tmp_path, script: Script, positions: list[dict[str, Any]], **config: Any
                     budgets={"adjudications": 0},
                     unsure_views=1,    # the script reads frames as taken (by their pixels)
                     **config)
-    guarded = GuardedMicroscope(twin, SafetyEnvelope())
+    guarded = GuardedMicroscope(twin, envelope or SafetyEnvelope())
     session = Session(cfg, SessionParts(guarded, ScriptedClassifier(twin, script),
                                         survey_positions=positions))
     final = session.run()
@@ -271,3 +276,110 @@ def test_taught_neighbours_are_compared_in_the_space_the_learner_gives():
         update={"x": 8 * TILE_FOV})})
     assert context_evidence.neighbours(memory, far, embedding,
                                        context_evidence.TAUGHT_FRAMES) == []
+
+
+# --- relooks: the same field again, its centre shifted a quarter field along each diagonal
+
+def read_wrong_at_the_tile_centres(tiles: list[dict[str, Any]], p: float = 0.6) -> Script:
+    """Films read as Porous (probability `p`) at the tiles' own centres, right and surely
+    anywhere else; every other region read right and surely."""
+    centres = {(t["x"], t["y"]) for t in tiles}
+
+    def script(shown: dict[str, Any]) -> tuple[str, float]:
+        if shown["label"] == FILMS and (shown["x"], shown["y"]) in centres:
+            return POROUS, p
+        return shown["label"], 0.97
+    return script
+
+
+def test_relooks_fix_a_region_read_as_another_class_where_the_tiles_fell(tmp_path, films_tiles):
+    records, final, twin = run(tmp_path, read_wrong_at_the_tile_centres(films_tiles),
+                               films_tiles, relook=True)          # pipelined, as by default
+    assert [r.classifier_label for r in records] == [POROUS] * 3
+    assert [r.label for r in records] == [FILMS] * 3
+    step = context_evidence.RELOOK_SHIFT * TILE_FOV
+    for record, tile in zip(records, films_tiles, strict=True):
+        looks = record.context.looks
+        assert sorted((round((k.x - tile["x"]) / step), round((k.y - tile["y"]) / step))
+                      for k in looks) == [(-1, -1), (-1, 1), (1, -1), (1, 1)]
+        assert all(k.prediction.label == FILMS and k.error is None for k in looks)
+        assert record.context.fused.label == FILMS and record.context.zoom_out is None
+    assert final["used"]["relooks"] == 3
+    assert final["guard"]["frames"] == 3 + 12                      # the guard booked them
+    looked = [s for s in twin.shown.values()
+              if (s["x"], s["y"]) not in {(t["x"], t["y"]) for t in films_tiles}]
+    assert len(looked) == 12 and all(s["fov"] == TILE_FOV for s in looked)
+
+
+def test_relooks_are_never_taken_of_a_frame_read_surely(tmp_path, films_tiles):
+    records, final, twin = run(tmp_path, read_wrong_at_the_tile_centres(films_tiles, p=0.97),
+                               films_tiles, relook=True)
+    assert [(r.label, r.route) for r in records] == [(POROUS, "confident")] * 3
+    assert "relooks" not in final["used"] and len(twin.shown) == 3
+
+
+def test_a_look_outside_the_envelope_never_reaches_the_stage(tmp_path, films_tiles):
+    """The stage's x range ends between the tile's centre and the looks to its right: those
+    two are refused by the guard and recorded with why; the other two are taken."""
+    tile = films_tiles[0]
+    margin = context_evidence.RELOOK_SHIFT * TILE_FOV / 2
+    envelope = SafetyEnvelope(stage_x=(-1e-3, tile["x"] + margin))
+    records, final, twin = run(tmp_path, read_wrong_at_the_tile_centres([tile]), [tile],
+                               envelope=envelope, relook=True)
+    looks = records[0].context.looks
+    refused = [k for k in looks if k.error is not None]
+    assert len(refused) == 2 and all(k.x > tile["x"] and "SafetyRefused" in k.error
+                                     and k.prediction is None for k in refused)
+    assert all(s["x"] <= tile["x"] + margin for s in twin.shown.values())
+    assert final["guard"]["frames"] == 1 + 2 and records[0].label == FILMS
+
+
+def test_relooks_stop_at_the_sessions_dose_limit(tmp_path, films_tiles):
+    """A total dose that allows the tile and two looks over it: the later looks are refused
+    and nothing past the limit is exposed."""
+    tile = films_tiles[0]
+    per_frame = dose_per_nm2(ImagingSettings(fov=TILE_FOV, pixels=64, dwell=2e-6))
+    envelope = SafetyEnvelope(max_dose_per_nm2_total=2.5 * per_frame)
+    records, final, _ = run(tmp_path, read_wrong_at_the_tile_centres([tile]), [tile],
+                            envelope=envelope, relook=True)
+    looks = records[0].context.looks
+    assert [k.error is None for k in looks].count(True) >= 1
+    assert any(k.error and "dose" in k.error for k in looks)
+    ledger = DoseLedger(final["guard"]["exposures"])
+    assert ledger.peak(tile["x"], tile["y"], TILE_FOV) <= 2.5 * per_frame * (1 + 1e-9)
+
+
+RELOOKED = UNSURE.model_copy(update={"probabilities": {POROUS: 0.05, FILMS: 0.95}})
+LEANING_FILMS = UNSURE.model_copy(update={"label": FILMS, "probabilities": {POROUS: 0.3,
+                                                                            FILMS: 0.7}})
+PLACED = {"position": {"x": 0.0, "y": 0.0}, "settings": {"fov": TILE_FOV}}
+
+
+def _relooked(prediction: PredictionRecord, look: PredictionRecord | None) -> DecisionRecord:
+    record = DecisionRecord(prediction=prediction, quality=GOOD, **PLACED)
+    if look is None:
+        return record
+    record = record.model_copy(update={"context": ContextRecord(looks=[
+        LookRecord(x=0.0, y=0.0, prediction=look)] * 4)})
+    return record.model_copy(update={"context": record.context.model_copy(
+        update={"fused": context_evidence.fused(record, [])})})
+
+
+@pytest.mark.parametrize("policy,record,used,step,label,route", [
+    (RoutePolicy(relook=True), _relooked(UNSURE, None), {}, "relook", POROUS, None),
+    (RoutePolicy(relook=True, zoom_out=True), _relooked(UNSURE, None), {}, "relook", POROUS,
+     None),                                                        # relooks come first
+    (RoutePolicy(relook=True), _relooked(UNSURE, None), {"relooks": 5}, "adjudicate", POROUS,
+     "unresolved"),                                                # no budget left
+    (RoutePolicy(relook=True), _record(UNSURE), {}, "adjudicate", POROUS,
+     "unresolved"),                                                # no stage position
+    (RoutePolicy(relook=True), _relooked(UNSURE, RELOOKED), {}, "adjudicate", FILMS,
+     "unresolved"),                     # the looks' mean (0.84) names Films, not surely
+    (RoutePolicy(relook=True), _relooked(LEANING_FILMS, SURE), {}, "record", FILMS,
+     "relooked"),                       # frame and looks average to 0.92 Films: decided
+    (RoutePolicy(relook=True, zoom_out=True), _relooked(UNSURE, RELOOKED), {}, "zoom_out",
+     POROUS, None),                                                # then the zoom-out
+])
+def test_the_policy_rules_on_the_relooks(policy, record, used, step, label, route):
+    ruling = rule_in_context(policy, record, STANDING, {"relooks": 5, "zoom_outs": 5}, used)
+    assert (ruling["step"], ruling["label"], ruling["route"]) == (step, label, route)

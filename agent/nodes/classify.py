@@ -1,11 +1,11 @@
 """classify: calibrated probabilities, conformal set and embedding of the frame, its context
-(the neighbourhood, and a zoom-out already taken: agent/context_evidence.py), and the policy's
-ruling on it (`agent.policy.rule_classified`, then `rule_in_context`): where it goes next,
-under which label and route. A frame the policy is unsure of is first classified again on
+(the neighbourhood, and relooks or a zoom-out already taken: agent/context_evidence.py), and the
+policy's ruling on it (`agent.policy.rule_classified`, then `rule_in_context`): where it goes
+next, under which label and route. A frame the policy is unsure of is first classified again on
 dihedral views of itself (`RoutePolicy.unsure_views`); a rescanned frame's reading is pooled
-with its earlier attempts' (`pooled_with_earlier`). In a learning session the learner
-first takes up the checkpointed state (what was learned so far), and the record keeps the
-head version that classified the frame."""
+with its earlier attempts' (`pooled_with_earlier`). In a learning session the learner first
+takes up the checkpointed state (what was learned so far), and the record keeps the head version
+that classified the frame."""
 
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ from instruments.session_file.decision_record import (
 def with_context(ctx: SessionContext, state: AgentState, record: DecisionRecord,
                  embedding: list[float]) -> DecisionRecord:
     """The record with its context: the neighbours (with the policy's `neighbourhood`), the
-    zoom-out already taken (a frame rescanned after one keeps it) and their pooled
-    prediction; unchanged when there is no context. In a learning session the neighbours are
+    relooks and zoom-out already taken (a frame rescanned after them keeps them) and their
+    pooled prediction; unchanged when there is no context. In a learning session the neighbours are
     the frames the human taught, compared in the learned head's space (none before there is a
     head), and nothing is pooled: the policy rules on their labels."""
     learning = ctx.learner is not None
@@ -38,9 +38,10 @@ def with_context(ctx: SessionContext, state: AgentState, record: DecisionRecord,
         context_evidence.TAUGHT_FRAMES if learning else context_evidence.SURE_FRAMES, space)
         if recall else [])
     zoom = record.context.zoom_out if record.context else None
-    if not near and zoom is None:
+    looks = record.context.looks if record.context else []
+    if not near and zoom is None and not looks:
         return record.model_copy(update={"context": None})
-    context = ContextRecord(zoom_out=zoom, neighbours=[kept for _, kept in near])
+    context = ContextRecord(looks=looks, zoom_out=zoom, neighbours=[kept for _, kept in near])
     record = record.model_copy(update={"context": context})
     if learning:
         return record

@@ -16,8 +16,10 @@ context the decision used (`context`: a zoom-out, the neighbourhood) and `head_v
 version of the head a learning session classified the frame with; None elsewhere); 6 = the
 schema whose prediction says how many dihedral views of the frame it averages (`views`,
 test-time augmentation of an unsure frame) and, with more than one, the label of the frame as
-taken alone (`as_taken`); 7 = this schema, whose prediction also says how many frames of the
-same field it averages (`frames`: a rescanned frame pools its attempts' readings).
+taken alone (`as_taken`); 7 = the schema whose prediction also says how many frames of the
+same field it averages (`frames`: a rescanned frame pools its attempts' readings); 8 = this
+schema, whose context also holds the frame's relooks (`context.looks`: the same field imaged
+again at shifted centres) and whose routes include `relooked`.
 `DecisionRecord.from_stored` migrates older versions on read, and a
 record validated with an explicit older `version` (a checkpoint written before) is migrated too.
 """
@@ -35,7 +37,7 @@ from pydantic_core import PydanticSerializationError
 
 from instruments.devices.frame import ImagingSettings
 
-RECORD_VERSION = 7
+RECORD_VERSION = 8
 
 
 class Route(StrEnum):
@@ -51,13 +53,14 @@ class Route(StrEnum):
     UNKNOWN = "unknown"                # out-of-distribution: unlike every class
     ZOOMED_OUT = "zoomed_out"          # sure once a wider field at the same centre was fused
     NEIGHBOURHOOD = "neighbourhood"    # sure once the same region's decided tiles were fused
+    RELOOKED = "relooked"              # sure once looks at shifted centres, same field, were fused
 
 
 # routes whose label stands on the evidence (a hunt counts only these frames as found)
 DECIDED_ROUTES = (Route.CONFIDENT, Route.RESCAN, Route.ADJUDICATED, Route.HUMAN,
-                  Route.ZOOMED_OUT, Route.NEIGHBOURHOOD)
+                  Route.ZOOMED_OUT, Route.NEIGHBOURHOOD, Route.RELOOKED)
 ESCALATED_ROUTES = (Route.RESCAN, Route.ADJUDICATED, Route.HUMAN, Route.CONTESTED,
-                    Route.ZOOMED_OUT)
+                    Route.ZOOMED_OUT, Route.RELOOKED)
 
 
 class Decision(StrEnum):
@@ -216,6 +219,19 @@ class ZoomOutRecord(_Part):
     error: str | None = None
 
 
+class LookRecord(_Part):
+    """One more look at the frame's field: the same settings, the centre shifted (`x`, `y`,
+    stage metres); its frame (not stored: its id), its own prediction, or why it could not be
+    taken (`error`)."""
+
+    x: float
+    y: float
+    frame_id: str | None = None
+    prediction: PredictionRecord | None = None
+    acquire_s: float | None = None
+    error: str | None = None
+
+
 class NeighbourRecord(_Part):
     """A decided frame taken for the same region: by stage distance and embedding similarity."""
 
@@ -226,9 +242,11 @@ class NeighbourRecord(_Part):
 
 
 class ContextRecord(_Part):
-    """What the frame's decision saw beyond the frame: a zoom-out, the neighbourhood, and
-    the prediction fused from the frame's and theirs (agent/context_evidence.py)."""
+    """What the frame's decision saw beyond the frame: its relooks, a zoom-out, the
+    neighbourhood, and the prediction fused from the frame's and theirs
+    (agent/context_evidence.py)."""
 
+    looks: list[LookRecord] = Field(default_factory=list)
     zoom_out: ZoomOutRecord | None = None
     neighbours: list[NeighbourRecord] = Field(default_factory=list)
     fused: PredictionRecord | None = None
@@ -375,6 +393,8 @@ def migrate(data: dict[str, Any]) -> dict[str, Any]:
         data = {**data, "version": 6}     # 6 adds the prediction's `views`, `as_taken`
     if data.get("version") == 6:
         data = {**data, "version": 7}     # 7 adds the prediction's `frames` (absent: 1)
+    if data.get("version") == 7:
+        data = {**data, "version": 8}     # 8 adds `context.looks` and route relooked
     return data
 
 

@@ -159,6 +159,10 @@ def run(
     zoom_out: bool = typer.Option(False, "--zoom-out/--no-zoom-out",
                                   help="image an unsure frame once more with a twice wider "
                                        "field at the same centre and pool both predictions"),
+    relook: bool = typer.Option(False, "--relook/--no-relook",
+                                help="image an unsure frame four more times at its own field, "
+                                     "the centre shifted a quarter field along each diagonal, "
+                                     "and average the looks' predictions with its own"),
     neighbourhood: bool | None = typer.Option(
         None, "--neighbourhood/--no-neighbourhood",
         help="pool an unsure frame's prediction with the sure frames of its region (stage "
@@ -253,7 +257,8 @@ def run(
                 dwell=dwell, detector=detector, confidence=confidence, max_rescans=max_rescans,
                 target_risk=target_risk, autofocus=autofocus,
                 autofocus_every=autofocus_every,
-                zoom_unsure=zoom_unsure, zoom_out=zoom_out, neighbourhood=neighbourhood,
+                zoom_unsure=zoom_unsure, zoom_out=zoom_out, relook=relook,
+                neighbourhood=neighbourhood,
                 unsure_label=unsure_label, unsure_views=unsure_views, reject_unknown=ood,
                 pipeline=pipeline, demo_k=demo_k,
                 demo_strategy=demo_strategy, vlm_timeout_s=_vlm_timeout(vlm_timeout),

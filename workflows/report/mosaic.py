@@ -29,11 +29,15 @@ UNKNOWN_COLOUR = "#262626"
 NO_LABEL_COLOUR = "#b3b3b3"
 # one mark per route (confident frames carry none)
 ROUTE_MARKS = {"confident": "", "rescan": "R", "adjudicated": "A", "contested": "×",
-               "human": "H", "unknown": "?", "unresolved": "!", "quality_failed": "Q"}
+               "human": "H", "unknown": "?", "unresolved": "!", "quality_failed": "Q",
+               "relooked": "L", "zoomed_out": "Z", "neighbourhood": "N"}
 ROUTE_WORDS = {"confident": "confident", "rescan": "rescanned", "adjudicated": "adjudicated",
                "contested": "contested (classifier overruled the adjudicator)",
                "human": "decided by a human", "unknown": "unknown (unlike every class)",
-               "unresolved": "unresolved", "quality_failed": "poor quality"}
+               "unresolved": "unresolved", "quality_failed": "poor quality",
+               "relooked": "decided with looks at shifted centres",
+               "zoomed_out": "decided with a wider field",
+               "neighbourhood": "decided with its region's frames"}
 
 
 @dataclass(frozen=True)
