@@ -5,7 +5,8 @@ The model's stored risk control (models/risk.py, `risk_control.json`) gives the 
 threshold Learn then Test certifies for A: the classifier decides a frame alone at or above
 it. Every escalation kind is used only where it measured a gain on the model's calibration
 frames (it fixed more than it broke); a kind with no measurement is not used either, since
-nothing says it helps. What was set, and the calibration's own figures (the expected risk),
+nothing says it helps (relooks need a stage and are not measured on calibration frames: they
+are off under a target risk). What was set, and the calibration's own figures (the expected risk),
 go to the session's provenance, where the summary compares them with the risk observed.
 """
 
@@ -17,7 +18,7 @@ from typing import Any
 from agent.policy import RoutePolicy
 from models.risk import RiskControl
 
-ESCALATION_KINDS = ("dwell", "focus", "fov", "adjudication")
+ESCALATION_KINDS = ("dwell", "focus", "fov", "adjudication", "relook")
 NOTHING_CONFIDENT = 1.01
 """The threshold when none can be certified: no top probability reaches it."""
 

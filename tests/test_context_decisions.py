@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ from agent.config import RunConfig
 from agent.policy import RoutePolicy, Ruling, rule_in_context
 from agent.session import Session, SessionParts
 from instruments.devices.dose_ledger import DoseLedger
+from instruments.devices.errors import InstrumentUnreachable
 from instruments.devices.frame import ImagingSettings
 from instruments.devices.safety import GuardedMicroscope, SafetyEnvelope, dose_per_nm2
 from instruments.session_file.decision_record import (
@@ -76,9 +78,9 @@ class ScriptedClassifier:
 
 
 def run(tmp_path, script: Script, positions: list[dict[str, Any]],
-        envelope: SafetyEnvelope | None = None, **config: Any
-        ) -> tuple[list[DecisionRecord], dict[str, Any], RenderingTwin]:
-    twin = RenderingTwin(seed=0)
+        envelope: SafetyEnvelope | None = None, twin: RenderingTwin | None = None,
+        **config: Any) -> tuple[list[DecisionRecord], dict[str, Any], RenderingTwin]:
+    twin = twin or RenderingTwin(seed=0)
     cfg = RunConfig(session_id=str(uuid.uuid4()), out=str(tmp_path / "s.h5"),
                     state_dir=str(tmp_path / "state"), frames=len(positions),
                     imaging={"fov": TILE_FOV, "pixels": 64, "dwell": 2e-6}, max_rescans=0,
@@ -355,8 +357,9 @@ LEANING_FILMS = UNSURE.model_copy(update={"label": FILMS, "probabilities": {PORO
 PLACED = {"position": {"x": 0.0, "y": 0.0}, "settings": {"fov": TILE_FOV}}
 
 
-def _relooked(prediction: PredictionRecord, look: PredictionRecord | None) -> DecisionRecord:
-    record = DecisionRecord(prediction=prediction, quality=GOOD, **PLACED)
+def _relooked(prediction: PredictionRecord, look: PredictionRecord | None,
+              quality: QualityRecord = GOOD) -> DecisionRecord:
+    record = DecisionRecord(prediction=prediction, quality=quality, **PLACED)
     if look is None:
         return record
     record = record.model_copy(update={"context": ContextRecord(looks=[
@@ -373,6 +376,8 @@ def _relooked(prediction: PredictionRecord, look: PredictionRecord | None) -> De
      "unresolved"),                                                # no budget left
     (RoutePolicy(relook=True), _record(UNSURE), {}, "adjudicate", POROUS,
      "unresolved"),                                                # no stage position
+    (RoutePolicy(relook=True, escalations_off=("relook",)), _relooked(UNSURE, None), {},
+     "adjudicate", POROUS, "unresolved"),                          # off under a target risk
     (RoutePolicy(relook=True), _relooked(UNSURE, RELOOKED), {}, "adjudicate", FILMS,
      "unresolved"),                     # the looks' mean (0.84) names Films, not surely
     (RoutePolicy(relook=True), _relooked(LEANING_FILMS, SURE), {}, "record", FILMS,
@@ -383,3 +388,67 @@ def _relooked(prediction: PredictionRecord, look: PredictionRecord | None) -> De
 def test_the_policy_rules_on_the_relooks(policy, record, used, step, label, route):
     ruling = rule_in_context(policy, record, STANDING, {"relooks": 5, "zoom_outs": 5}, used)
     assert (ruling["step"], ruling["label"], ruling["route"]) == (step, label, route)
+
+
+POOR = QualityRecord(ok=False, failures=["noise"])
+STAYED_POOR = Ruling(step="record", label=POROUS, source="classifier", route="quality_failed")
+NO_SIGNAL = Ruling(step="record", label=None, source="quality", route="quality_failed")
+
+
+@pytest.mark.parametrize("record,ruling,expected", [
+    (_relooked(UNSURE, None, POOR), STAYED_POOR, ("relook", POROUS, None)),
+    (_relooked(UNSURE, RELOOKED, POOR), STAYED_POOR,
+     ("record", FILMS, "quality_failed")),             # still unsure: the looks' label
+    (_relooked(LEANING_FILMS, SURE, POOR), STAYED_POOR, ("record", FILMS, "relooked")),
+    (_relooked(UNSURE, None, POOR), NO_SIGNAL,
+     ("record", None, "quality_failed")),              # no signal: its looks would starve too
+])
+def test_a_frame_that_stayed_poor_is_relooked_unless_it_had_no_signal(record, ruling,
+                                                                       expected):
+    out = rule_in_context(RoutePolicy(relook=True, zoom_out=True), record, ruling,
+                          {"relooks": 5, "zoom_outs": 5}, {})
+    assert (out["step"], out["label"], out["route"]) == expected
+
+
+class FailingTwin(RenderingTwin):
+    """The twin, its link lost after `frames` frames."""
+
+    def __init__(self, frames: int, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.left = frames
+
+    def acquire(self):
+        self.left -= 1
+        if self.left < 0:
+            raise InstrumentUnreachable("link lost", "twin")
+        return super().acquire()
+
+
+def test_an_instrument_lost_during_the_relooks_fails_the_session(tmp_path, films_tiles):
+    tile = films_tiles[0]
+    records, final, _ = run(tmp_path, read_wrong_at_the_tile_centres([tile]), [tile],
+                            twin=FailingTwin(frames=2, seed=0), relook=True, pipeline=False)
+    assert final["status"] == "failed" and final["reason"].startswith(
+        "relook: InstrumentUnreachable")
+    assert records == [] and final["guard"]["frames"] == 2
+
+
+class StagelessTwin(RenderingTwin):
+    """The twin, reporting no stage to move (as a stored overview's server)."""
+
+    def capabilities(self):
+        return replace(super().capabilities(), can_move_stage=False)
+
+
+@pytest.mark.parametrize("twin,relooks", [(RenderingTwin, True), (StagelessTwin, False)])
+def test_relooks_are_used_only_where_the_stage_can_move(tmp_path, twin, relooks):
+    microscope = twin(seed=0)
+    cfg = RunConfig(session_id=str(uuid.uuid4()), out=str(tmp_path / "s.h5"),
+                    state_dir=str(tmp_path / "state"), frames=1, relook=True)
+    session = Session(cfg, SessionParts(GuardedMicroscope(microscope, SafetyEnvelope()),
+                                        ScriptedClassifier(microscope, lambda s: (FILMS, 0.6)),
+                                        survey_positions=[{"x": 0.0, "y": 0.0}]))
+    try:
+        assert session.context.policy.relook is relooks
+    finally:
+        session.close()
