@@ -67,10 +67,12 @@ class RoutePolicy:
     specimen: it keeps the classifier's label under quality_failed (not a decided frame).
 
     Context (`rule_in_context`): with `neighbourhood` an unsure frame of good quality is
-    pooled with the decided frames of its region; with `relook` one still unsure (or one
-    that stayed poor, with a label) is imaged four more times at its own field and settings,
-    the centre shifted a quarter field along each diagonal, each look classified and
-    averaged with the frame; with `zoom_out` one still unsure is imaged once more at the
+    pooled with the decided frames of its region; with `relook` one still read below
+    `relook_below` is imaged four more times at its own field and settings, the centre
+    shifted a quarter field along each diagonal, each look classified and averaged with the
+    frame (measured, benchmarks/results/survey_quality.md "Relooks in the agent": on twin
+    surveys the looks fixed frames read below 0.7 only, and relooking frames that stayed
+    poor fixed as many as it broke); with `zoom_out` one still unsure is imaged once more at the
     same centre with a wider field, classified on its own and pooled too
     (agent/context_evidence.py). Sure once pooled, it is recorded under the pooled label;
     still unsure, the pooled label is the one its next step starts from.
@@ -116,6 +118,7 @@ class RoutePolicy:
     neighbourhood: bool = False
     learn_min: int = 0
     relook: bool = False
+    relook_below: float = 0.7
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -248,25 +251,19 @@ def rule_in_context(policy: RoutePolicy, record: DecisionRecord, ruling: Ruling,
                     budgets: dict[str, float], used: dict[str, float]) -> Ruling:
     """The classifier's `ruling` once the frame's context is weighed (`record.context`).
 
-    Only an unsure frame that is not unknown, ruled for neither a rescan nor approval of
-    every frame nor a learning session's question, is concerned: when its pooled prediction
-    is sure it is recorded under the pooled label (route zoomed_out when a zoom-out was
-    pooled, else relooked when relooks were, else neighbourhood); otherwise it is relooked
-    once (a frame with a known stage position), then zoomed out once (a frame of good
-    quality), where the policy and the budgets allow; otherwise the ruling's next step
-    stands, with the pooled label where there is one. A frame that stayed poor is concerned
-    only with `relook` and a label to weigh (not one without signal, whose looks would starve
-    as it did): the rescans could not improve it, but its field shifted may show structure
-    (measured: benchmarks/results/survey_quality.md, "Relooks in the agent"). A learning
-    session rules on its taught neighbours instead (`rule_on_taught`)."""
+    Only an unsure frame of good quality that is not unknown, ruled for neither a rescan nor
+    approval of every frame nor a learning session's question, is concerned: when its pooled
+    prediction is sure it is recorded under the pooled label (route zoomed_out when a
+    zoom-out was pooled, else relooked when relooks were, else neighbourhood); otherwise it
+    is relooked once (a frame with a known stage position, read below `relook_below`), then
+    zoomed out once, where the policy and the budgets allow; otherwise the ruling's next step
+    stands, with the pooled label where there is one. A learning session rules on its taught
+    neighbours instead (`rule_on_taught`)."""
     prediction = record.prediction
     if policy.learn_min > 0:
         return rule_on_taught(policy, record, ruling)
-    poor = not record.quality.ok
-    if (ruling["step"] == "rescan" or policy.approve == "all"
-            or policy.is_confident(prediction) or policy.is_unknown(prediction)
-            or (poor and (not policy.relook or "relook" in policy.escalations_off
-                          or ruling["label"] is None))):
+    if (ruling["step"] == "rescan" or policy.approve == "all" or not record.quality.ok
+            or policy.is_confident(prediction) or policy.is_unknown(prediction)):
         return ruling
     context = record.context
     pooled = context.fused if context is not None else None
@@ -277,12 +274,13 @@ def rule_in_context(policy: RoutePolicy, record: DecisionRecord, ruling: Ruling,
                  else Route.NEIGHBOURHOOD)
         return Ruling(step="record", label=pooled.label, source="context", route=route.value)
     if (policy.relook and "relook" not in policy.escalations_off and not relooked
+            and (prediction.confidence or 0.0) < policy.relook_below
             and record.position is not None
             and record.position.x is not None
             and used.get("relooks", 0) < budgets.get("relooks", 0)):
         return Ruling(step="relook", label=ruling["label"], source=ruling["source"],
                       route=None)
-    if (policy.zoom_out and not zoomed and not poor
+    if (policy.zoom_out and not zoomed
             and used.get("zoom_outs", 0) < budgets.get("zoom_outs", 0)):
         return Ruling(step="zoom_out", label=ruling["label"], source=ruling["source"],
                       route=None)
