@@ -41,7 +41,7 @@ class RunConfig:
     zoom_unsure: bool = False
     reject_unknown: bool = True
     zoom_out: bool = False
-    relook: bool = False             # unsure frames: four more looks at shifted centres
+    relook: bool = True              # unsure frames: four more looks at shifted centres
     neighbourhood: bool | None = None  # context of the region; None: on with --learn only
     unsure_label: str = "classifier"  # an unresolved frame's label: classifier's or none
     unsure_views: int = 8            # dihedral views averaged for an unsure frame (1: off)

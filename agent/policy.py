@@ -284,7 +284,7 @@ def rule_in_context(policy: RoutePolicy, record: DecisionRecord, ruling: Ruling,
             and used.get("zoom_outs", 0) < budgets.get("zoom_outs", 0)):
         return Ruling(step="zoom_out", label=ruling["label"], source=ruling["source"],
                       route=None)
-    if pooled is None:
+    if pooled is None or ruling["label"] is None:      # None: unsure_label "none" holds
         return ruling
     return Ruling(step=ruling["step"], label=pooled.label, source="context",
                   route=ruling["route"])

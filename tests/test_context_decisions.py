@@ -86,7 +86,7 @@ def run(tmp_path, script: Script, positions: list[dict[str, Any]],
                     imaging={"fov": TILE_FOV, "pixels": 64, "dwell": 2e-6}, max_rescans=0,
                     budgets={"adjudications": 0},
                     unsure_views=1,    # the script reads frames as taken (by their pixels)
-                    **config)
+                    **{"relook": False, **config})   # context levers: those a test turns on
     guarded = GuardedMicroscope(twin, envelope or SafetyEnvelope())
     session = Session(cfg, SessionParts(guarded, ScriptedClassifier(twin, script),
                                         survey_positions=positions))
@@ -390,6 +390,15 @@ def _relooked(prediction: PredictionRecord, look: PredictionRecord | None,
 def test_the_policy_rules_on_the_relooks(policy, record, used, step, label, route):
     ruling = rule_in_context(policy, record, STANDING, {"relooks": 5, "zoom_outs": 5}, used)
     assert (ruling["step"], ruling["label"], ruling["route"]) == (step, label, route)
+
+
+def test_an_unsure_frame_kept_without_a_label_stays_so_after_its_context():
+    """--unsure-label none: the looks' mean names a class without deciding the frame; the
+    frame is still recorded with no label."""
+    unlabelled = Ruling(step="record", label=None, source="classifier", route="unresolved")
+    record = _relooked(UNSURE, RELOOKED)
+    assert rule_in_context(RoutePolicy(relook=True, unsure_label="none"), record, unlabelled,
+                           {"relooks": 5}, {}) == unlabelled
 
 
 STAYED_POOR = Ruling(step="record", label=POROUS, source="classifier", route="quality_failed")

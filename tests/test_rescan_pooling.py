@@ -13,7 +13,7 @@ import torch
 from agent.config import RunConfig
 from agent.session import Session, SessionParts
 from instruments.devices.safety import GuardedMicroscope, SafetyEnvelope
-from instruments.session_file.decision_record import DecisionRecord
+from instruments.session_file.decision_record import RECORD_VERSION, DecisionRecord
 from instruments.session_file.reader import SessionReader
 from twins.microscope import TwinMicroscope
 
@@ -76,4 +76,4 @@ def test_a_rescanned_frame_is_recorded_with_its_attempts_pooled(tmp_path, classi
 def test_records_written_before_pooling_read_as_one_frame():
     stored = {"version": 6, "frame_id": "f", "prediction": {"label": "Tips", "views": 1}}
     record = DecisionRecord.from_stored(stored)
-    assert record.prediction.frames == 1 and record.version == 7
+    assert record.prediction.frames == 1 and record.version == RECORD_VERSION

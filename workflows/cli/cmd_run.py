@@ -159,10 +159,11 @@ def run(
     zoom_out: bool = typer.Option(False, "--zoom-out/--no-zoom-out",
                                   help="image an unsure frame once more with a twice wider "
                                        "field at the same centre and pool both predictions"),
-    relook: bool = typer.Option(False, "--relook/--no-relook",
-                                help="image an unsure frame four more times at its own field, "
-                                     "the centre shifted a quarter field along each diagonal, "
-                                     "and average the looks' predictions with its own"),
+    relook: bool = typer.Option(True, "--relook/--no-relook",
+                                help="image a frame read below 0.7 four more times at its own "
+                                     "field, the centre shifted a quarter field along each "
+                                     "diagonal, and average the looks' predictions with its "
+                                     "own (needs a stage; off under --target-risk)"),
     neighbourhood: bool | None = typer.Option(
         None, "--neighbourhood/--no-neighbourhood",
         help="pool an unsure frame's prediction with the sure frames of its region (stage "
