@@ -1,9 +1,10 @@
 """The README's figures for `micagent run` with no arguments (36 tiles on the embedded twin,
 bundled model, offline adjudicator): run it as a user would, in an empty working folder, then
-read its session file: final-label accuracy, the classifier's own accuracy, routes,
-escalations and wall time. Prints them and writes results/default_run.md with the commit
-they were measured on. Options after `--` go to `micagent run` (a candidate checkpoint, a
-policy switch) and the figures are then printed only, not written.
+read its session file: final-label accuracy, the classifier's own accuracy, routes, escalations
+and wall time. Prints them and writes them at the top of results/default_run.md with the commit
+they were measured on (earlier measurements are kept below). Options after `--` go to `micagent
+run` (a candidate checkpoint, a policy switch) and the figures are then printed only, not
+written.
 
     python -m benchmarks.default_run [-- --model CKPT --zoom-out]
 """
@@ -68,15 +69,19 @@ def main() -> None:
             f"{r.route} {r.predicted} -> {r.label} (truth {r.truth}, p {r.confidence or 0:.2f})"
             for r in rows if r.label != r.truth),
         "- routes: " + ", ".join(f"{route} {n}" for route, n in routes.most_common()),
-        f"- escalated: {summary['escalations']} ({summary['escalation_counts']['rescan']} "
-        f"rescanned, {summary['escalation_counts']['adjudication']} adjudicated)",
+        f"- escalated: {summary['escalations']} ("
+        + ", ".join(f"{kind} {n}" for kind, n in summary["escalation_counts"].items()) + ")",
         f"- wall time of the command: {wall:.0f} s (start, model load, 36 tiles, close)",
     ]
     text = "\n".join(lines) + "\n"
     print(text, end="")
     if options:
         return
-    RESULTS.write_text("# Default run\n\n" + text, encoding="utf-8")
+    title = "# Default run\n\n"
+    earlier = (RESULTS.read_text(encoding="utf-8").removeprefix(title)
+               if RESULTS.exists() else "")
+    RESULTS.write_text(title + text + ("\nBefore:\n\n" + earlier if earlier else ""),
+                       encoding="utf-8")
 
 
 if __name__ == "__main__":

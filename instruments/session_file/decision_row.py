@@ -56,6 +56,8 @@ class DecisionRow(BaseModel):
     top_k: tuple[tuple[str, float], ...] = ()
     rescans: int = 0
     adjudicated: bool = False
+    relooked: bool = False                       # imaged again at shifted centres
+    zoomed_out: bool = False                     # imaged again with a wider field
     human: HumanRecord | None = None
     human_acts: tuple[HumanRecord, ...] = ()     # every human act, rescan requests included
     truth: str | None = None
@@ -68,8 +70,9 @@ class DecisionRow(BaseModel):
 
     @property
     def escalated(self) -> bool:
-        """Rescanned, adjudicated or decided by a human."""
-        return bool(self.rescans or self.adjudicated or self.human)
+        """Rescanned, relooked, zoomed out, adjudicated or decided by a human."""
+        return bool(self.rescans or self.relooked or self.zoomed_out or self.adjudicated
+                    or self.human)
 
     @classmethod
     def of(cls, index: int, record: DecisionRecord, evaluation: Mapping[str, Any] | None = None,
@@ -96,6 +99,8 @@ class DecisionRow(BaseModel):
             rescans=len(record.escalations) or int(record.route == Route.RESCAN),
             adjudicated=bool(record.adjudication) or record.route in (Route.ADJUDICATED,
                                                                        Route.CONTESTED),
+            relooked=bool(record.context and record.context.looks),
+            zoomed_out=bool(record.context and record.context.zoom_out),
             human=record.human, human_acts=tuple(record.human_acts),
             truth=truth if isinstance(truth, str) else None,
             timings={key: number for key, value in record.timings.model_dump().items()
@@ -122,6 +127,8 @@ def tally(rows: Sequence[DecisionRow]) -> dict[str, Any]:
         "escalations": sum(r.escalated for r in rows),
         "escalation_counts": {
             "rescan": sum(1 for r in rows if r.rescans),
+            "relook": sum(1 for r in rows if r.relooked),
+            "zoom_out": sum(1 for r in rows if r.zoomed_out),
             "adjudication": sum(1 for r in rows if r.adjudicated),
             "human": len(humans),
         },
