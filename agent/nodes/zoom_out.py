@@ -16,12 +16,11 @@ from agent import context_evidence
 from agent.acquirer import Shot
 from agent.context import SessionContext
 from agent.nodes._common import fail, thumbnail
-from agent.policy import rule_classified, rule_in_context
+from agent.nodes._context import ruled_with
 from agent.state import AgentState
 from instruments.devices.errors import BadFrame, SafetyRefused
 from instruments.devices.frame import ImagingSettings
 from instruments.session_file.decision_record import (
-    ContextRecord,
     DecisionRecord,
     PredictionRecord,
     ZoomOutRecord,
@@ -58,18 +57,7 @@ def make(ctx: SessionContext):
         zoom, shot = _look(ctx, current)
         if shot.error is not None and not isinstance(shot.error, (SafetyRefused, BadFrame)):
             return {"used": {"moves": int(shot.moved)}, **fail(f"zoom_out: {zoom.error}")}
-        context = current.context or ContextRecord()
-        near = {n.frame_id for n in context.neighbours}
-        memory = [e for e in state.get("neighbourhood") or () if e["frame_id"] in near]
-        record = current.model_copy(update={"context": context.model_copy(
-            update={"zoom_out": zoom})})
-        pooled = context_evidence.fused(record, memory)
-        record = record.model_copy(update={"context": record.context.model_copy(
-            update={"fused": pooled})})
-        ruling = rule_in_context(
-            ctx.policy, record, rule_classified(ctx.policy, record, state["budgets"],
-                                                state["used"], state.get("ineffective") or ()),
-            state["budgets"], state["used"])
+        record, ruling = ruled_with(ctx, state, {"zoom_out": zoom})
         return {"current": record, "ruling": ruling,
                 "used": {"zoom_outs": 1, "moves": int(shot.moved)}}
     return zoom_out
