@@ -105,23 +105,24 @@ def relook_centres(x: float, y: float, fov: float) -> list[tuple[float, float]]:
     return [(x + dx * step, y + dy * step) for dx, dy in RELOOK_DIAGONALS]
 
 
-def own_evidence(record: DecisionRecord) -> Mapping[str, float]:
-    """The frame's class distribution at its own scale: its prediction averaged with its
-    relooks' (those taken), a linear pool."""
+def relooked_evidence(record: DecisionRecord) -> dict[str, float] | None:
+    """The frame's class distribution at its own scale once relooked: its prediction averaged
+    with its relooks' (those classified), a linear pool; None when no look was classified."""
     looks = [look.prediction.probabilities for look in
              (record.context.looks if record.context else []) if look.prediction is not None]
-    own = record.prediction.probabilities
     if not looks:
-        return own
+        return None
+    own = record.prediction.probabilities
     return {c: float(np.mean([own[c], *(look.get(c, 0.0) for look in looks)])) for c in own}
 
 
 def fused(record: DecisionRecord, neighbours: Sequence[Mapping[str, Any]]
           ) -> PredictionRecord | None:
-    """The frame's own evidence (`own_evidence`: with its relooks) pooled with its zoom-out's
-    (when taken) and its neighbours' (entries of `remembered`); None when there is nothing to
-    pool it with."""
-    own = own_evidence(record)
+    """The frame's own evidence (its prediction, or `relooked_evidence` when relooked) pooled
+    with its zoom-out's (when taken) and its neighbours' (entries of `remembered`); None when
+    there is nothing to pool and no relook."""
+    relooked = relooked_evidence(record)
+    own = relooked if relooked is not None else record.prediction.probabilities
     sources: list[tuple[Mapping[str, float], float]] = [(own, 1.0)]
     zoom = record.context.zoom_out if record.context else None
     if zoom is not None and zoom.prediction is not None:
@@ -129,7 +130,7 @@ def fused(record: DecisionRecord, neighbours: Sequence[Mapping[str, Any]]
     sources += [(n["probabilities"], NEIGHBOUR_WEIGHT) for n in neighbours]
     if len(sources) > 1:
         return as_prediction(pool(sources))
-    return as_prediction(own) if own is not record.prediction.probabilities else None
+    return as_prediction(relooked) if relooked is not None else None
 
 
 Space = Callable[[np.ndarray], np.ndarray]

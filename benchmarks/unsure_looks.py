@@ -24,6 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from agent.context_evidence import RELOOK_DIAGONALS, RELOOK_SHIFT  # noqa: E402
 from benchmarks.unsure_views import CONFIDENCE  # noqa: E402
 from instruments.devices.frame import ImagingSettings, StagePosition  # noqa: E402
 from models.classifier import Classifier  # noqa: E402
@@ -32,7 +33,7 @@ from workflows.session_assembly import BUNDLED_MODEL  # noqa: E402
 
 torch.set_num_threads(1)
 FOV = 20e-6
-DIAGONALS = ((1, 1), (-1, -1), (1, -1), (-1, 1))       # the first two: the two-look variant
+DIAGONALS = RELOOK_DIAGONALS                            # the first two: the two-look variant
 POOLINGS = ("as taken", "8 views", "as taken + 2 looks", "as taken + 4 looks",
             "8 views + 4 looks")
 
@@ -60,7 +61,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0-9")
     parser.add_argument("--tiles", type=int, default=60)
-    parser.add_argument("--shift", type=float, default=0.25,
+    parser.add_argument("--shift", type=float, default=RELOOK_SHIFT,
                         help="centre shift along each diagonal axis, a fraction of the FOV")
     parser.add_argument("--model", default=str(BUNDLED_MODEL))
     args = parser.parse_args()

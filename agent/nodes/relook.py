@@ -2,7 +2,7 @@
 diagonal (`context_evidence.relook_centres`), at the frame's own settings, each look taken
 through the acquirer (the guard below it checks every move against the envelope and books the
 dose), classified on its own, and averaged with the frame's prediction
-(`context_evidence.own_evidence`) before the rest of the context is pooled; the policy rules
+(`context_evidence.relooked_evidence`) before the rest of the context is pooled; the policy rules
 on the pool (`agent.policy.rule_in_context`). The looks' frames are not stored in the session
 file: their centres, predictions and times are, in the record's context. A refused look (the
 envelope, a move outside the free zone: a context look asks no human) or a bad frame is
