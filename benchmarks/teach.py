@@ -19,8 +19,9 @@ are scored by its OOD test. Three datasets:
   starts it; without it the benchmark stops and says so), its samples
   flake, amorphous and combined as classes; HAADF frames (128 px, FOV log-uniform in
   50-200 nm, dwell 1 us) at random stage positions, the support pool from the left half of
-  the stage (x < 0), the held-out frames from the right half. Never taught: the foreign
-  textures.
+  the stage (x < 0), the held-out frames from the right half; the flake sample's frames
+  within its flake field (FLAKE_FIELD: beyond it the sample is vacuum; `--nion-anywhere`
+  draws them over the whole stage, as before). Never taught: the foreign textures.
 
 Printed: per dataset and k, top-1 (mean and standard deviation over the seeds), the share of
 held-out known images flagged unknown, the share of never-taught images flagged unknown, the
@@ -30,6 +31,7 @@ e.g. Patterned_surface: copolymer, grating, holes or pillars) some support image
 those whose look no support image shows; then the seconds per stem pass and the load average.
 
     python -m benchmarks.teach [--per-class 24] [--held-out 10] [--datasets twin,foreign,nion]
+                              [--nion-anywhere]
 """
 
 from __future__ import annotations
@@ -54,6 +56,10 @@ from workflows.training import fewshot
 SHOTS = (1, 3, 5, 10, 20)
 SEEDS = (0, 1, 2)
 NION_SAMPLES = ("flake", "amorphous", "combined")
+# nionswift-usim's flake sample (SampleSimulator.RectangleFlakeSample) places its flakes within
+# 20 % of its 1000 nm stage of the centre (flakes up to 60 nm wide); beyond is vacuum, frames of
+# shot noise alone. Its frames are drawn inside this field unless asked otherwise.
+FLAKE_FIELD = 200e-9
 
 
 @dataclass
@@ -124,8 +130,11 @@ def region_split(labels: list[str], regions: list[int]) -> np.ndarray:
     return out
 
 
-def nion_frames(per_class: int, held_out: int) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """(frames, sample names, in support pool) from the bridge, one bridge per sample."""
+def nion_frames(per_class: int, held_out: int, anywhere: bool = False
+                ) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """(frames, sample names, in support pool) from the bridge, one bridge per sample; the
+    flake sample's frames inside its FLAKE_FIELD (`anywhere`: over the whole stage, as before
+    2026-12-07, when most of them showed vacuum)."""
     from benchmarks.nion_overhead import start_bridge
     from instruments.devices.frame import ImagingSettings, StagePosition
     from instruments.devices.tem_client import TemClient
@@ -137,11 +146,14 @@ def nion_frames(per_class: int, held_out: int) -> tuple[np.ndarray, list[str], n
         client = TemClient(host, int(port))
         try:
             limit = client.capabilities().stage_range[0][1]
+            if sample == "flake" and not anywhere:
+                limit = min(limit, FLAKE_FIELD)
             for j in range(per_class + held_out):
                 fov = float(np.exp(rng.uniform(np.log(50e-9), np.log(200e-9))))
                 side = -1.0 if j < per_class else 1.0
-                x = side * rng.uniform(fov / 2, limit - fov / 2)
-                y = rng.uniform(-limit + fov / 2, limit - fov / 2)
+                half = max(limit - fov / 2, fov / 2)
+                x = side * rng.uniform(fov / 2, half)
+                y = rng.uniform(-half, half)
                 client.move_stage(StagePosition(x=x, y=y))
                 client.set_imaging(ImagingSettings(fov=fov, pixels=128, dwell=1e-6,
                                                    detector="HAADF"))
@@ -224,6 +236,9 @@ def main() -> None:
     parser.add_argument("--held-out", type=int, default=10)
     parser.add_argument("--datasets", default="twin,foreign,nion")
     parser.add_argument("--shots", default=",".join(map(str, SHOTS)))
+    parser.add_argument("--nion-anywhere", action="store_true",
+                        help="the flake sample's frames over the whole stage, vacuum included "
+                             "(the protocol before 2026-12-07)")
     args = parser.parse_args()
     chosen = args.datasets.split(",")
     shots = tuple(int(k) for k in args.shots.split(","))
@@ -247,7 +262,7 @@ def main() -> None:
         if "foreign" in chosen:
             results["foreign"] = (foreign_data, twin_data.test)
     if "nion" in chosen:
-        frames, n_labels, left = nion_frames(per, held)
+        frames, n_labels, left = nion_frames(per, held, args.nion_anywhere)
         results["nion"] = (dataset(list(NION_SAMPLES), n_labels, left, frames, features,
                                    per, held), foreign_data.test)
     print(f"data and stem features: {time.perf_counter() - started:.0f} s, "
