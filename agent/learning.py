@@ -21,6 +21,7 @@ its conformal set is every class (so it never decides alone on a guess).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,25 @@ set at this level is a single class. Measured with the scripted operator on the 
 `train --profile fewshot` calibrates at) the frames decided alone go from 0.839 to 0.894
 correct, for more questions (112 answers instead of 77 in 300 frames)."""
 
+STAGE_BLOCK_FIELDS = 10.0
+"""Width of the stage blocks, in fields of view, that calibrate a learning session's head
+(`stage_block`): about one region of the twin (11 fields of 20 um). Measured with the scripted
+operator replayed offline (benchmarks/teach_neighbours_sweep.py, variant "image folds"; twin
+seeds 0-5, benchmarks/results/teach.md)."""
+
 UNTAUGHT = "unknown"
 """The only class a learner that was taught nothing can name (the policy's unknown label)."""
+
+
+def stage_block(x: float | None, y: float | None, fov: float | None) -> str:
+    """The block of the stage, STAGE_BLOCK_FIELDS fields of view wide, a frame at (x, y) was
+    taken in: its calibration group in the support set ("" without a position or FOV). Frames
+    of one block are alike; the head's conformal threshold is cross-validated over blocks
+    (models/fewshot_head.py), so it holds for a region the session has not met yet."""
+    if x is None or y is None or not fov:
+        return ""
+    width = STAGE_BLOCK_FIELDS * fov
+    return f"{math.floor(x / width)},{math.floor(y / width)}"
 
 
 class SessionLearner:
@@ -117,10 +135,10 @@ class SessionLearner:
                                  else "uncalibrated"},
                           ood=ood)
 
-    def teach(self, embedding: Any, label: str) -> dict[str, Any]:
-        """Add one answered frame (its raw stem features) under `label`, refit; the new
-        state for the checkpoint."""
-        self.support = self.support.add(np.asarray(embedding, dtype=np.float32), label)
+    def teach(self, embedding: Any, label: str, group: str = "") -> dict[str, Any]:
+        """Add one answered frame (its raw stem features) under `label`, in calibration
+        group `group` (`stage_block`), refit; the new state for the checkpoint."""
+        self.support = self.support.add(np.asarray(embedding, dtype=np.float32), label, group)
         self.head = self._fit(self.support)
         self.version += 1
         return self.state()

@@ -9,9 +9,10 @@ Variants: the recall (radius, similarity, memory), which frames recorded under t
 neighbours' label are passed on (all, or those the head's top-1 agrees with: the product),
 self-training (those frames added to the support set, as if the human had named them), the
 head's OOD threshold (models/fewshot_head.OOD_QUANTILE, set for the run), the learning
-gate before 2026-12-06 (a class short of examples sent every frame to the human), and taught
+gate before 2026-12-06 (a class short of examples sent every frame to the human), taught
 neighbours that wait for the gate (before 2026-12-07: a frame the gate held back went to the
-human whatever its neighbours said).
+human whatever its neighbours said), and the head's conformal threshold cross-validated over
+images (before 2026-12-07) or over stage blocks of another width.
 
 Printed per variant, as benchmarks/teach_operator_sweep.py prints it, plus the frames decided
 by taught neighbours and by the head with their accuracy.
@@ -30,7 +31,7 @@ import numpy as np
 
 from agent import context_evidence
 from agent.context_evidence import TAUGHT_FRAMES, Recall
-from agent.learning import LEARN_ALPHA
+from agent.learning import LEARN_ALPHA, STAGE_BLOCK_FIELDS, stage_block
 from agent.policy import RoutePolicy, Ruling, learned_enough, rule_on_taught
 from benchmarks.teach_operator import reach
 from benchmarks.teach_operator_sweep import FOV, LEARN_MIN, constants, guess, survey_frames
@@ -59,6 +60,9 @@ class Variant:
                                                # frame (before 2026-12-06), not only its own
     while_learning: bool = True                # taught neighbours decide the frames the
                                                # learning gate holds back (since 2026-12-07)
+    blocks: bool | float = True                # the head's conformal threshold cross-validated
+                                               # over stage blocks (since 2026-12-07), not
+                                               # over images
 
 
 VARIANTS = [Variant("off", recall=None), Variant("product"),
@@ -70,7 +74,10 @@ VARIANTS = [Variant("off", recall=None), Variant("product"),
             Variant("OOD quantile 0.8", ood_quantile=0.8),
             Variant("OOD quantile 0.95", ood_quantile=0.95),
             Variant("an under-taught class holds back every frame", hold_every_frame=True),
-            Variant("neighbours wait for the learning gate", while_learning=False)]
+            Variant("neighbours wait for the learning gate", while_learning=False),
+            Variant("image folds", blocks=False),
+            Variant("stage blocks of 5 fields", blocks=5.0),
+            Variant("stage blocks of 20 fields", blocks=20.0)]
 
 
 def may_decide(taught: dict[str, int], label: str, variant: Variant) -> bool:
@@ -78,6 +85,15 @@ def may_decide(taught: dict[str, int], label: str, variant: Variant) -> bool:
     if variant.hold_every_frame:
         return len(taught) >= 2 and min(taught.values()) >= LEARN_MIN
     return learned_enough(taught, LEARN_MIN, label)
+
+
+def _block(position: np.ndarray, variant: Variant) -> str:
+    """A support example's calibration group under the variant (agent.learning.stage_block)."""
+    if variant.blocks is False:
+        return ""
+    if variant.blocks is True:
+        return stage_block(position[0], position[1], FOV)
+    return stage_block(position[0], position[1], FOV * variant.blocks / STAGE_BLOCK_FIELDS)
 
 
 def _record(index: int, position: np.ndarray, label: str, flagged: bool) -> DecisionRecord:
@@ -116,7 +132,7 @@ def session(features: np.ndarray, truths: list[str], positions: np.ndarray,
         alone.append((("unknown" if flagged else label) if ask else decided) == truth)
         source.append("asked" if ask else "neighbours" if by_neighbours else "head")
         if ask or (by_neighbours and variant.self_training):
-            support = support.add(raw.astype(np.float32), decided)
+            support = support.add(raw.astype(np.float32), decided, _block(position, variant))
             head = support.fit(0, LEARN_ALPHA) if len(support.class_names) >= 2 else None
         keep = ask or (by_neighbours and (variant.pass_on == "all" or decided == label))
         if variant.recall is not None:

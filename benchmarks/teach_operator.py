@@ -122,7 +122,7 @@ def refit_seconds(model: Path) -> list[float]:
     support = SupportSet.load(model)
     out = []
     for n in range(1, len(support) + 1):
-        part = SupportSet(support.features[:n], support.labels[:n])
+        part = SupportSet(support.features[:n], support.labels[:n], support.groups[:n])
         if len(part.class_names) < 2:
             continue
         t0 = time.perf_counter()

@@ -17,6 +17,14 @@ Calibration comes from the support set alone:
   has images, at most CV_FOLDS; an image's views stay in its fold). The out-of-fold heads see
   fewer images than the final one, so the temperature errs on the soft side; both are fitted on
   the same out-of-fold scores (too few images to split them).
+- where the support images carry calibration groups (a learning session: the block of the stage
+  each frame was taken in, `agent.learning.stage_block`), the conformal threshold instead comes
+  from a spatially blocked cross-validation (scikit-learn's GroupKFold over the blocks; Roberts
+  et al., Ecography 40, 2017): frames of one region are alike, so image folds hold a frame's
+  region-mates in training and the threshold is set for frames of regions already taught,
+  while a session meets new regions all the time. Images of a class no training fold holds are
+  left out; with fewer blocked scores than a finite threshold needs at `alpha` the image folds'
+  threshold stands.
 - the out-of-distribution threshold (models/ood.py, `NearestSupportOOD`): the OOD_QUANTILE
   quantile of each support image's squared distance to the nearest view of any other support
   image (leave one image out: what a new frame of a known class meets).
@@ -42,7 +50,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from scipy.special import softmax
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import GroupKFold, StratifiedKFold
 
 from models.calibration import conformal_threshold, fit_temperature, prediction_set
 from models.config import FusionConfig
@@ -164,6 +172,31 @@ def _out_of_fold_logits(z: np.ndarray, y: np.ndarray, folds: int, seed: int) -> 
     return out
 
 
+def _blocked_scores(z: np.ndarray, y: np.ndarray, groups: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(logits, labels) of each image's first view from a head fitted without its group, for
+    the images whose class some other group holds (GroupKFold, at most CV_FOLDS folds)."""
+    n, views, dim = z.shape
+    n_classes = int(y.max()) + 1
+    logits, kept = [], []
+    folds = GroupKFold(n_splits=min(CV_FOLDS, len(np.unique(groups))))
+    for train, test in folds.split(np.zeros(n), y, groups):
+        present = np.unique(y[train])
+        test = test[np.isin(y[test], present)]
+        if len(present) < 2 or len(test) == 0:
+            continue
+        w, b = _weights(_logistic(z[train].reshape(-1, dim), np.repeat(y[train], views)),
+                        len(present))
+        out = np.full((len(test), n_classes), -np.inf)
+        out[:, present] = z[test, 0] @ w.T + b
+        logits.append(out)
+        kept.append(test)
+    if not kept:
+        return np.zeros((0, n_classes)), np.zeros(0, dtype=np.int64)
+    order = np.concatenate(kept)
+    return np.concatenate(logits), y[order]
+
+
 def _ood_fit(z: np.ndarray, y: np.ndarray) -> tuple[NearestSupportOOD, bool]:
     """The nearest-support score on every view, its threshold the OOD_QUANTILE quantile of the
     support images' leave-one-image-out scores; whether every class had a second image."""
@@ -177,8 +210,9 @@ def _ood_fit(z: np.ndarray, y: np.ndarray) -> tuple[NearestSupportOOD, bool]:
 
 
 def _calibrate(head: FewShotHead, z: np.ndarray, y: np.ndarray, seed: int,
-               alpha: float) -> None:
-    """Temperature, conformal threshold and OOD fit of `head` from the support set."""
+               alpha: float, groups: np.ndarray | None = None) -> None:
+    """Temperature, conformal threshold and OOD fit of `head` from the support set; the
+    threshold from folds over `groups` where they allow one (module docstring)."""
     folds = min(int(np.bincount(y).min()), CV_FOLDS)
     record: dict = {"alpha": None, "folds": None}
     missing = []
@@ -189,7 +223,15 @@ def _calibrate(head: FewShotHead, z: np.ndarray, y: np.ndarray, seed: int,
                                                   y, alpha)
         head.alpha = alpha
         record.update(alpha=alpha, folds=folds,
-                      out_of_fold_top1=float((logits.argmax(1) == y).mean()))
+                      out_of_fold_top1=float((logits.argmax(1) == y).mean()),
+                      conformal_folds="images")
+        if groups is not None and len(np.unique(groups)) >= 2:
+            blocked, labels = _blocked_scores(z, y, groups)
+            record["blocked_scores"] = len(labels)
+            if len(labels) + 1 >= 1.0 / alpha:        # enough for a finite threshold
+                head.conformal_qhat = conformal_threshold(
+                    softmax(blocked / head.temperature, axis=-1), labels, alpha)
+                record["conformal_folds"] = "groups"
     else:
         missing += ["temperature (kept at 1)", "conformal sets (top-1 class only)"]
     head.ood, ood_calibrated = _ood_fit(z, y)
@@ -207,10 +249,11 @@ def _calibrate(head: FewShotHead, z: np.ndarray, y: np.ndarray, seed: int,
 
 def fit_head(features: np.ndarray, labels: Sequence[str],
              class_names: Sequence[str] | None = None, seed: int = 0,
-             alpha: float = ALPHA) -> FewShotHead:
+             alpha: float = ALPHA, groups: Sequence[str] | None = None) -> FewShotHead:
     """The calibrated head on raw pooled features (n, 472) or (n, views, 472) labelled by
     class name; classes in `class_names` order (default: sorted), at least two of them;
-    conformal sets at miscoverage `alpha`."""
+    conformal sets at miscoverage `alpha`, calibrated over `groups` (one per image) where
+    given."""
     raw = np.asarray(features, dtype=np.float64)
     raw = raw[:, None, :] if raw.ndim == 2 else raw
     names = list(class_names) if class_names is not None else sorted(set(labels))
@@ -228,7 +271,7 @@ def fit_head(features: np.ndarray, labels: Sequence[str],
     z = head.normalise(raw)
     head.weight, head.bias = _weights(_logistic(z.reshape(-1, z.shape[-1]),
                                                 np.repeat(y, views)), len(names))
-    _calibrate(head, z, y, seed, alpha)
+    _calibrate(head, z, y, seed, alpha, None if groups is None else np.asarray(groups))
     return head
 
 
@@ -250,10 +293,19 @@ class StemFeatures:
 
 @dataclass(frozen=True)
 class SupportSet:
-    """Labelled raw pooled features (n, 472) float32; classes in order of first appearance."""
+    """Labelled raw pooled features (n, 472) float32; classes in order of first appearance;
+    each example's calibration group ("": none, an image on its own; see `fit_head`)."""
 
     features: np.ndarray = field(default_factory=lambda: np.zeros((0, POOLED_DIM), np.float32))
     labels: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.groups:
+            object.__setattr__(self, "groups", ("",) * len(self.labels))
+        if len(self.groups) != len(self.labels):
+            raise ModelInputError(f"{len(self.groups)} calibration groups for "
+                                  f"{len(self.labels)} support examples")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -265,27 +317,38 @@ class SupportSet:
     def counts(self) -> dict[str, int]:
         return {name: self.labels.count(name) for name in self.class_names}
 
-    def add(self, feature: np.ndarray, label: str) -> SupportSet:
+    def add(self, feature: np.ndarray, label: str, group: str = "") -> SupportSet:
         row = np.asarray(feature, dtype=np.float32).reshape(1, POOLED_DIM)
-        return SupportSet(np.concatenate([self.features, row]), (*self.labels, label))
+        return SupportSet(np.concatenate([self.features, row]), (*self.labels, label),
+                          (*self.groups, group))
+
+    def calibration_groups(self) -> list[str] | None:
+        """One group per example for `fit_head` (an ungrouped example is a group of its
+        own); None when no example has a group."""
+        if not any(self.groups):
+            return None
+        return [g or f"#{i}" for i, g in enumerate(self.groups)]
 
     def fit(self, seed: int = 0, alpha: float = ALPHA) -> FewShotHead:
-        return fit_head(self.features, self.labels, self.class_names, seed, alpha)
+        return fit_head(self.features, self.labels, self.class_names, seed, alpha,
+                        self.calibration_groups())
 
     def to_state(self) -> dict:
-        return {"labels": list(self.labels),
+        return {"labels": list(self.labels), "groups": list(self.groups),
                 "features": np.ascontiguousarray(self.features, dtype="<f4").tobytes()}
 
     @classmethod
     def from_state(cls, state: dict) -> SupportSet:
+        """The support set of `to_state` (a state written before calibration groups: none)."""
         features = np.frombuffer(state["features"], dtype="<f4").reshape(-1, POOLED_DIM)
-        return cls(features.copy(), tuple(state["labels"]))
+        return cls(features.copy(), tuple(state["labels"]), tuple(state.get("groups", ())))
 
     def save(self, folder: str | Path) -> Path:
         """`support.safetensors` in `folder`: the features, labels in its metadata."""
         path = Path(folder) / SUPPORT_FILE
         save_file({"features": torch.from_numpy(np.ascontiguousarray(self.features))},
                   str(path), metadata={"labels": json.dumps(list(self.labels)),
+                                       "groups": json.dumps(list(self.groups)),
                                        "stem_sha256": STEM_SHA256})
         return path
 
@@ -304,4 +367,5 @@ class SupportSet:
         if meta.get("stem_sha256") != STEM_SHA256:
             raise ModelInputError(f"{path} was computed with another stem "
                                   f"(sha256 {str(meta.get('stem_sha256'))[:16]}...)")
-        return cls(features.astype(np.float32), tuple(json.loads(meta["labels"])))
+        return cls(features.astype(np.float32), tuple(json.loads(meta["labels"])),
+                   tuple(json.loads(meta.get("groups", "[]"))))

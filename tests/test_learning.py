@@ -30,7 +30,7 @@ from typer.testing import CliRunner
 from agent.approval_broker import ApprovalBroker
 from agent.config import RunConfig, checkpoint_path
 from agent.graph import open_checkpointer
-from agent.learning import SessionLearner
+from agent.learning import SessionLearner, stage_block
 from agent.session import Session, SessionParts
 from agent.terminal_approval import TerminalApprover
 from instruments.devices.safety import GuardedMicroscope, SafetyEnvelope
@@ -118,6 +118,9 @@ def test_a_scripted_operator_on_the_web_page_teaches_a_class_named_mid_session(
     learner = session.context.learner
     assert learner.counts()["Fibres"] == learner.support.labels.count("Fibres") >= 1
     assert learner.version == sum(r.human is not None for r in records)
+    # each answer is calibrated as one frame of its stage block (in fields of the survey)
+    assert learner.support.groups == tuple(stage_block(r.position.x, r.position.y, FOV)
+                                           for r in records if r.human is not None)
 
 
 def run_on_the_web(session: Session) -> WebOperator:
@@ -311,6 +314,7 @@ def test_a_sigkilled_learning_session_resumes_with_what_it_learned_and_saves_its
     support = SupportSet.load(f"{out}.model")
     before = SupportSet.from_state(killed["support"])
     assert support.labels[:len(before)] == before.labels
+    assert support.groups[:len(before)] == before.groups and all(support.groups)
     assert np.array_equal(support.features[:len(before)], before.features)
     model = Classifier.load(f"{out}.model")
     assert model.class_names == support.class_names

@@ -14,6 +14,7 @@ from langgraph.types import interrupt
 
 from agent.approval_request import DecisionRefused, HumanDecision, LabelRequest
 from agent.context import SessionContext
+from agent.learning import stage_block
 from agent.nodes._common import thumbnail
 from agent.policy import UNKNOWN, rule_human, ruling_of
 from agent.state import AgentState
@@ -92,6 +93,13 @@ def human_record(proposal: str | None, label: str | None,
                        effect=_effect(proposal, label, decision))
 
 
+def _block(record: DecisionRecord, survey_fov: float) -> str:
+    """The stage block of a frame a human named, in fields of the session's survey (a rescan
+    may have changed the frame's own): its calibration group in the support set."""
+    where = record.position
+    return stage_block(where.x if where else None, where.y if where else None, survey_fov)
+
+
 def make(ctx: SessionContext):
     def approve(state: AgentState) -> dict[str, Any]:
         current: DecisionRecord = state["current"]
@@ -114,6 +122,7 @@ def make(ctx: SessionContext):
         update = {"current": current.model_copy(update={"human": human}), "ruling": ruling}
         if ctx.learner is not None and ruling["step"] == "record" \
                 and ruling["label"] not in (None, UNKNOWN):
-            update["learning"] = ctx.learner.teach(state["embedding"], ruling["label"])
+            update["learning"] = ctx.learner.teach(state["embedding"], ruling["label"],
+                                                   _block(current, ctx.imaging.fov))
         return update
     return approve
