@@ -20,9 +20,9 @@ final right, and the reverse), and frames the classifier read right and surely w
 label changed (must be 0); the adjudicator's accuracy on the frames it received against the
 classifier's on the same frames; dose (peak e/nm^2 on the tile, from the guard's ledger) and
 wall time per frame. Errors are listed per specimen region (classifier's reading -> truth).
-The JSON also keeps each frame's confidence before context, whether its label then and its
-final label were right, its route and whether it was relooked (`per_frame`), so a trigger
-threshold can be studied on one run.
+The JSON also keeps each frame's confidence before context, whether the classifier alone, its
+label then and its final label were right, its route, views, truth and final label and
+whether it was relooked (`per_frame`), so a trigger threshold can be studied on one run.
 
     python -m benchmarks.survey_quality [--seeds 0-9] [--tiles 100] [--configs off,both]
         [--model CKPT] [--out survey_quality_run.md]
@@ -159,10 +159,12 @@ def figures(run: dict[str, Any]) -> dict[str, Any]:
                                                       r.settings.fov) for r in records])),
         "s_per_frame": run["wall_s"] / n, "routes": dict(by_route), "errors": errors,
         "per_frame": [{"p": round(r.prediction.confidence or 0.0, 4),
-                       "before_context": r.prediction.label == t, "final": ok,
-                       "route": str(r.route),
-                       "relooked": bool(r.context and r.context.looks)}
-                      for r, t, ok in zip(records, truths, right, strict=True)],
+                       "alone": ok_alone, "before_context": r.prediction.label == t,
+                       "final": ok, "route": str(r.route), "views": r.prediction.views,
+                       "relooked": bool(r.context and r.context.looks),
+                       "truth": t, "label": r.label}
+                      for r, t, ok, ok_alone in zip(records, truths, right, alone,
+                                                    strict=True)],
     }
 
 
