@@ -148,6 +148,7 @@ def test_poor_frames_are_rescanned_with_adapted_settings_at_most_r_times(tmp_pat
     assert open(first.thumbnail, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert records[0].settings.dwell > records[0].rescans[0].settings.dwell
     assert records[0].rescans[1].new_settings.fov == pytest.approx(0.7 * 20e-6)
+    assert records[0].quality.drift_px == 0.0     # not measured against another field
     assert all(r.route == "quality_failed" for r in records)
 
 

@@ -21,9 +21,12 @@ def make(ctx: SessionContext):
         frame = ctx.scratch.get(current.frame_id)
         reference = None
         if current.rescans and state.get("reference_id"):
-            reference = ctx.scratch.get(state["reference_id"]).image
-            if reference.shape != frame.image.shape:
-                reference = None
+            earlier = ctx.scratch.get(state["reference_id"])
+            reference = earlier.image
+            if reference.shape != frame.image.shape or (
+                    earlier.settings is not None and frame.settings is not None
+                    and earlier.settings.fov != frame.settings.fov):
+                reference = None          # another field: no drift to measure against it
         quality = QualityRecord(**assess(frame.image, ctx.thresholds, reference))
         update: dict[str, Any] = {}
         rescans = current.rescans
