@@ -60,9 +60,10 @@ class Variant:
                                                # frame (before 2026-12-06), not only its own
     while_learning: bool = True                # taught neighbours decide the frames the
                                                # learning gate holds back (since 2026-12-07)
-    blocks: bool | float = True                # the head's conformal threshold cross-validated
-                                               # over stage blocks (since 2026-12-07), not
-                                               # over images
+    block_fields: float | None = STAGE_BLOCK_FIELDS   # the head's conformal threshold
+                                               # cross-validated over stage blocks this many
+                                               # fields wide (since 2026-12-07); None: over
+                                               # images
 
 
 VARIANTS = [Variant("off", recall=None), Variant("product"),
@@ -75,9 +76,9 @@ VARIANTS = [Variant("off", recall=None), Variant("product"),
             Variant("OOD quantile 0.95", ood_quantile=0.95),
             Variant("an under-taught class holds back every frame", hold_every_frame=True),
             Variant("neighbours wait for the learning gate", while_learning=False),
-            Variant("image folds", blocks=False),
-            Variant("stage blocks of 5 fields", blocks=5.0),
-            Variant("stage blocks of 20 fields", blocks=20.0)]
+            Variant("image folds", block_fields=None),
+            Variant("stage blocks of 5 fields", block_fields=5.0),
+            Variant("stage blocks of 20 fields", block_fields=20.0)]
 
 
 def may_decide(taught: dict[str, int], label: str, variant: Variant) -> bool:
@@ -85,15 +86,6 @@ def may_decide(taught: dict[str, int], label: str, variant: Variant) -> bool:
     if variant.hold_every_frame:
         return len(taught) >= 2 and min(taught.values()) >= LEARN_MIN
     return learned_enough(taught, LEARN_MIN, label)
-
-
-def _block(position: np.ndarray, variant: Variant) -> str:
-    """A support example's calibration group under the variant (agent.learning.stage_block)."""
-    if variant.blocks is False:
-        return ""
-    if variant.blocks is True:
-        return stage_block(position[0], position[1], FOV)
-    return stage_block(position[0], position[1], FOV * variant.blocks / STAGE_BLOCK_FIELDS)
 
 
 def _record(index: int, position: np.ndarray, label: str, flagged: bool) -> DecisionRecord:
@@ -132,7 +124,9 @@ def session(features: np.ndarray, truths: list[str], positions: np.ndarray,
         alone.append((("unknown" if flagged else label) if ask else decided) == truth)
         source.append("asked" if ask else "neighbours" if by_neighbours else "head")
         if ask or (by_neighbours and variant.self_training):
-            support = support.add(raw.astype(np.float32), decided, _block(position, variant))
+            block = ("" if variant.block_fields is None else
+                     stage_block(position[0], position[1], FOV, variant.block_fields))
+            support = support.add(raw.astype(np.float32), decided, block)
             head = support.fit(0, LEARN_ALPHA) if len(support.class_names) >= 2 else None
         keep = ask or (by_neighbours and (variant.pass_on == "all" or decided == label))
         if variant.recall is not None:

@@ -159,28 +159,14 @@ def _weights(fit: LogisticRegression, n_classes: int) -> tuple[np.ndarray, np.nd
     return w, b
 
 
-def _out_of_fold_logits(z: np.ndarray, y: np.ndarray, folds: int, seed: int) -> np.ndarray:
-    """(N, C) logits of each image's first view from a head fitted without that image."""
-    n, views, _ = z.shape
-    n_classes = int(y.max()) + 1
-    out = np.zeros((n, n_classes))
-    split = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for train, test in split.split(np.zeros(n), y):
-        w, b = _weights(_logistic(z[train].reshape(-1, z.shape[-1]),
-                                  np.repeat(y[train], views)), n_classes)
-        out[test] = z[test, 0] @ w.T + b
-    return out
-
-
-def _blocked_scores(z: np.ndarray, y: np.ndarray, groups: np.ndarray
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """(logits, labels) of each image's first view from a head fitted without its group, for
-    the images whose class some other group holds (GroupKFold, at most CV_FOLDS folds)."""
+def _fold_logits(z: np.ndarray, y: np.ndarray, splits) -> tuple[np.ndarray, np.ndarray]:
+    """(logits, rows): each held-out image's first view scored by a head fitted on its
+    training fold, for the images whose class that fold holds (a class it lacks scores -inf);
+    `splits` yields (train, test) index arrays."""
     n, views, dim = z.shape
     n_classes = int(y.max()) + 1
-    logits, kept = [], []
-    folds = GroupKFold(n_splits=min(CV_FOLDS, len(np.unique(groups))))
-    for train, test in folds.split(np.zeros(n), y, groups):
+    logits, rows = [], []
+    for train, test in splits:
         present = np.unique(y[train])
         test = test[np.isin(y[test], present)]
         if len(present) < 2 or len(test) == 0:
@@ -190,11 +176,29 @@ def _blocked_scores(z: np.ndarray, y: np.ndarray, groups: np.ndarray
         out = np.full((len(test), n_classes), -np.inf)
         out[:, present] = z[test, 0] @ w.T + b
         logits.append(out)
-        kept.append(test)
-    if not kept:
+        rows.append(test)
+    if not rows:
         return np.zeros((0, n_classes)), np.zeros(0, dtype=np.int64)
-    order = np.concatenate(kept)
-    return np.concatenate(logits), y[order]
+    return np.concatenate(logits), np.concatenate(rows)
+
+
+def _out_of_fold_logits(z: np.ndarray, y: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """(N, C) logits of each image's first view from a head fitted without that image
+    (stratified folds: every training fold holds every class)."""
+    split = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    logits, rows = _fold_logits(z, y, split.split(np.zeros(len(y)), y))
+    out = np.zeros_like(logits)
+    out[rows] = logits
+    return out
+
+
+def _blocked_scores(z: np.ndarray, y: np.ndarray, groups: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(logits, labels) of each image's first view from a head fitted without its group, for
+    the images whose class some other group holds (GroupKFold, at most CV_FOLDS folds)."""
+    split = GroupKFold(n_splits=min(CV_FOLDS, len(np.unique(groups))))
+    logits, rows = _fold_logits(z, y, split.split(np.zeros(len(y)), y, groups))
+    return logits, y[rows]
 
 
 def _ood_fit(z: np.ndarray, y: np.ndarray) -> tuple[NearestSupportOOD, bool]:
